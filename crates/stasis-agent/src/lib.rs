@@ -1,0 +1,1 @@
+//! The agent (see docs/architecture.md).

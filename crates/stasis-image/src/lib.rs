@@ -1,0 +1,45 @@
+//! The Stasis checkpoint image format.
+//!
+//! A pure, safe crate: it reads and writes image files and checkpoint
+//! directories and nothing else, so that it can be fuzzed and tested alone.
+//!
+//! ```text
+//!  offset 0      +-------------------------------+
+//!                | header (64 bytes, then zeros)  |  magic, version, where the
+//!  4096          +-------------------------------+  metadata lies, checksums
+//!                | payload: chunks, each starting |
+//!                | on a page boundary             |  memory pages, file contents
+//!                +-------------------------------+
+//!                | metadata (encoded ProcessMeta) |
+//!                +-------------------------------+
+//! ```
+//!
+//! The header is written last, so a file whose writer died never carries a
+//! valid header. docs/image-format.md has the byte tables.
+#![forbid(unsafe_code)]
+
+mod codec;
+mod error;
+mod file;
+mod manifest;
+pub mod model;
+mod render;
+mod store;
+
+pub use codec::{decode_meta, encode_meta};
+pub use error::{Error, Result};
+pub use file::{Header, ImageReader, ImageWriter, parse_image};
+pub use manifest::{Manifest, ManifestProcess};
+pub use model::*;
+pub use render::render;
+pub use store::{CheckpointDir, Generation, PendingGeneration};
+
+/// First eight bytes of every image.
+pub const MAGIC: [u8; 8] = *b"STASISIM";
+/// Format version written by this build; readers refuse any other.
+pub const VERSION: u32 = 1;
+/// Alignment of the payload and of memory chunks.
+pub const PAGE_SIZE: u64 = 4096;
+/// Upper bound on the encoded metadata, so a hostile file cannot make a
+/// reader allocate without bound.
+pub const MAX_META_LEN: u64 = 256 << 20;

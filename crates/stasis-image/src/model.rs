@@ -1,0 +1,222 @@
+//! What an image says about one process: plain data, no behaviour.
+//!
+//! Every field is filled by the agent at checkpoint time and read by
+//! `stasis restart` and `stasis inspect`. Addresses are virtual addresses of
+//! the checkpointed process; sizes are bytes.
+
+/// Everything but the memory contents of one checkpointed process.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcessMeta {
+    /// Generation number of the checkpoint this image belongs to.
+    pub generation: u64,
+    /// Identifies the computation across generations (random, chosen at launch).
+    pub computation_id: u64,
+    /// Wall-clock time of the checkpoint, seconds since the epoch.
+    pub created_unix: u64,
+    /// Pid as the process saw it (getpid), also its thread-group id.
+    pub pid: i32,
+    /// Parent pid as the process saw it.
+    pub ppid: i32,
+    /// Short program name (`comm`).
+    pub name: String,
+    /// Path of the executable at checkpoint time.
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    pub cwd: String,
+    pub umask: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub mm: MmLayout,
+    pub regions: Vec<Region>,
+    pub threads: Vec<Thread>,
+    pub fds: Vec<Fd>,
+    /// Signal dispositions, indexed by signal number minus one (1..=64).
+    pub sigactions: Vec<SigAction>,
+    /// Signals pending for the whole process (bit n-1 is signal n).
+    pub shared_pending: u64,
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF, in that order.
+    pub itimers: Vec<ITimer>,
+    pub posix_timers: Vec<PosixTimer>,
+    pub agent: AgentInfo,
+    /// Where each piece of saved data lies in the payload.
+    pub chunks: Vec<Chunk>,
+}
+
+/// One resource limit (getrlimit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The fields of the kernel's `mm_struct` that PR_SET_MM_MAP restores.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MmLayout {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// The auxiliary vector as /proc/self/auxv gives it, as u64 words.
+    pub auxv: Vec<u64>,
+}
+
+pub const PROT_READ: u8 = 1;
+pub const PROT_WRITE: u8 = 2;
+pub const PROT_EXEC: u8 = 4;
+
+/// One virtual memory area, as /proc/self/smaps lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC bits.
+    pub prot: u8,
+    /// MAP_SHARED (otherwise MAP_PRIVATE).
+    pub shared: bool,
+    /// VM_GROWSDOWN: a stack that the kernel extends on faults below it.
+    pub growsdown: bool,
+    pub kind: RegionKind,
+    /// The name column of /proc/self/maps ("[heap]", a path, or empty).
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RegionKind {
+    /// Anonymous memory: pages not in the payload are zero.
+    #[default]
+    Anonymous,
+    /// A mapping of a file that still exists: pages not in the payload come
+    /// from the file, which must be unchanged at restart (see `FileId`).
+    File { path: String, offset: u64, id: FileId },
+    /// The vdso or one of the vvar areas: recreated by the kernel, moved into place.
+    Vdso,
+    Vvar,
+}
+
+/// Enough of a file's identity to tell whether it changed since the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileId {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub inode: u64,
+}
+
+/// One thread: its saved signal frame is its whole user-space context.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Thread {
+    pub tid: i32,
+    /// The kernel's `struct ucontext` (uc_flags .. uc_sigmask) as the signal
+    /// handler received it: general registers, alternate stack, signal mask.
+    pub ucontext: Vec<u8>,
+    /// The FPU/vector state the ucontext pointed to (XSAVE layout).
+    pub fpstate: Vec<u8>,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// set_tid_address() of the thread (glibc: its `pthread.tid` field).
+    pub clear_child_tid: u64,
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    /// rseq registration (address, length, signature); address 0 if none.
+    pub rseq_addr: u64,
+    pub rseq_len: u32,
+    pub rseq_sig: u32,
+    /// Signals pending for this thread only (bit n-1 is signal n).
+    pub pending: u64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fd {
+    pub fd: i32,
+    pub cloexec: bool,
+    pub kind: FdKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum FdKind {
+    /// A regular file: reopened at its path with its flags and offset.
+    /// If it was open for writing, `size` is its size at checkpoint time and
+    /// restart cuts it back to that. `deleted` files are recreated from the
+    /// chunk of kind `FileContents` for this fd.
+    File { path: String, flags: u32, offset: u64, size: u64, deleted: bool },
+    Directory { path: String, flags: u32 },
+    /// A device or other path that is simply reopened (/dev/null, /dev/zero...).
+    Device { path: String, flags: u32 },
+    /// Pointed outside the computation (terminal, pipe, socket): restart hands
+    /// it the descriptor of the same number that `stasis restart` itself has.
+    Inherited { what: String },
+    /// The agent's own connection to its coordinator, reconnected at restart.
+    Agent,
+    /// Not restorable: left closed at restart, with `what` in the log.
+    #[default]
+    Unsupported,
+}
+
+/// sigaction() as the kernel stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// setitimer() state: time to the next expiry and the reload interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ITimer {
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+/// One timer_create() timer, as /proc/self/timers and timer_gettime show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    /// SIGEV_SIGNAL, SIGEV_NONE or SIGEV_THREAD_ID.
+    pub notify: i32,
+    pub signal: i32,
+    pub sigev_value: u64,
+    /// Target thread for SIGEV_THREAD_ID.
+    pub notify_tid: i32,
+    pub interval_ns: u64,
+    pub value_ns: u64,
+    pub overrun: i32,
+}
+
+/// Where the agent keeps what restart must tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgentInfo {
+    /// Address of the agent's `RestoreInfo` block, written by the restorer.
+    pub restore_info_addr: u64,
+    /// The signal the agent uses to suspend threads.
+    pub ckpt_signal: i32,
+    /// The checkpoint interval in force, seconds (0 = none).
+    pub interval_s: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkKind {
+    /// Bytes of `regions[region]` starting `offset` bytes into it.
+    Memory { region: u32, offset: u64 },
+    /// Bytes of the file behind `fds[fd_index]` starting at `offset`.
+    FileContents { fd_index: u32, offset: u64 },
+}
+
+/// A run of saved bytes in the payload, with its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub kind: ChunkKind,
+    /// Offset of the bytes in the image file (page-aligned for memory).
+    pub file_offset: u64,
+    pub len: u64,
+    /// xxh3-64 of the bytes.
+    pub checksum: u64,
+}
