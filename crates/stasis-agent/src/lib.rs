@@ -1,1 +1,49 @@
-//! The agent (see docs/architecture.md).
+//! The Stasis agent, preloaded into every process of a computation.
+//!
+//! At load time it installs the checkpoint signal's handler and starts the
+//! checkpoint thread, which connects to the coordinator named in
+//! `STASIS_COORD_SOCKET` and writes this process's image on request.
+//! docs/architecture.md tells the whole story.
+//!
+//! Rules for code here: the agent lives inside someone else's program. It
+//! never panics into it, never allocates or locks in a signal handler, and
+//! uses its own allocator so it cannot deadlock on the program's malloc.
+
+mod alloc;
+mod ckpt;
+mod collect;
+mod control;
+mod signals;
+mod sys;
+mod writer;
+
+#[global_allocator]
+static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc::new();
+
+/// The signal used unless STASIS_CKPT_SIGNAL names another: a real-time
+/// signal near the top, which programs rarely use (glibc reserves the
+/// lowest ones).
+const DEFAULT_SIGNAL: i32 = 62;
+
+extern "C" fn init() {
+    let Some(socket) = std::env::var_os("STASIS_COORD_SOCKET") else { return };
+    let sig = std::env::var("STASIS_CKPT_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
+    signals::resolve_real_functions();
+    if signals::install(sig, ckpt::in_handler).is_err() {
+        sys::write_stderr(b"stasis agent: cannot install the checkpoint signal handler\n");
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("stasis-ckpt".into())
+        .spawn(move || {
+            // A bug in the agent must not take the program down with it.
+            let _ = std::panic::catch_unwind(|| control::run(socket.into()));
+        });
+    if spawned.is_err() {
+        sys::write_stderr(b"stasis agent: cannot start the checkpoint thread\n");
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT: extern "C" fn() = init;

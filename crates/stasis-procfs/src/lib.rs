@@ -1,1 +1,292 @@
-//! Parsers for /proc files.
+//! Parsers for the /proc files Stasis reads.
+//!
+//! Pure functions over text, so the agent's collection code stays short and
+//! the parsing is tested without a running process. Each parser names the
+//! file it understands; malformed input gives `None`/an error, never a panic.
+#![forbid(unsafe_code)]
+
+/// One entry of /proc/PID/smaps (or maps: then `vm_flags` is empty).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub inode: u64,
+    /// The path or pseudo-name ("[heap]", "[stack]", "[vdso]"), possibly
+    /// ending in " (deleted)"; empty for anonymous memory.
+    pub name: String,
+    /// Two-letter VmFlags from smaps ("gd" grows down, "sh" shared, ...).
+    pub vm_flags: Vec<[u8; 2]>,
+}
+
+impl MapEntry {
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.vm_flags.iter().any(|f| f == flag.as_bytes())
+    }
+
+    /// The backing path without the " (deleted)" suffix, if the entry is a file.
+    pub fn path(&self) -> Option<&str> {
+        if self.name.starts_with('/') {
+            Some(self.name.strip_suffix(" (deleted)").unwrap_or(&self.name))
+        } else {
+            None
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.name.starts_with('/') && self.name.ends_with(" (deleted)")
+    }
+}
+
+/// Parses the header line of a maps/smaps entry.
+pub fn parse_map_line(line: &str) -> Option<MapEntry> {
+    let mut rest = line;
+    let mut next = || {
+        let trimmed = rest.trim_start();
+        let end = trimmed.find(' ').unwrap_or(trimmed.len());
+        let (word, tail) = trimmed.split_at(end);
+        rest = tail;
+        word
+    };
+    let range = next();
+    let perms = next().as_bytes();
+    let offset = next();
+    let _dev = next();
+    let inode = next();
+    let name = rest.trim_start().to_string();
+    let (start, end) = range.split_once('-')?;
+    if perms.len() != 4 {
+        return None;
+    }
+    Some(MapEntry {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        shared: perms[3] == b's',
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        inode: inode.parse().ok()?,
+        name,
+        vm_flags: Vec::new(),
+    })
+}
+
+/// Parses /proc/PID/smaps (or /proc/PID/maps).
+pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let entry = out.last_mut()?;
+            entry.vm_flags = flags
+                .split_whitespace()
+                .filter_map(|f| f.as_bytes().try_into().ok())
+                .collect();
+        } else if line.split(' ').next().is_some_and(|w| w.contains('-')) {
+            out.push(parse_map_line(line)?);
+        }
+        // Other smaps lines (Size:, Rss:, ...) are not needed.
+    }
+    Some(out)
+}
+
+/// The fields of /proc/PID/fdinfo/FD that Stasis uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FdInfo {
+    pub pos: u64,
+    /// open(2) flags, O_CLOEXEC included when set.
+    pub flags: u32,
+}
+
+pub fn parse_fdinfo(text: &str) -> Option<FdInfo> {
+    let mut info = FdInfo::default();
+    let (mut have_pos, mut have_flags) = (false, false);
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("pos:") {
+            info.pos = v.trim().parse().ok()?;
+            have_pos = true;
+        } else if let Some(v) = line.strip_prefix("flags:") {
+            info.flags = u32::from_str_radix(v.trim(), 8).ok()?;
+            have_flags = true;
+        }
+    }
+    (have_pos && have_flags).then_some(info)
+}
+
+/// The memory-layout fields of /proc/PID/stat (see proc(5)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatMm {
+    pub ppid: i32,
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+pub fn parse_stat(text: &str) -> Option<StatMm> {
+    // The command name may hold spaces and parentheses: fields start after
+    // the last ')'. Field 3 (state) is then index 0.
+    let after = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let num = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
+    Some(StatMm {
+        ppid: f.get(1)?.parse().ok()?,
+        start_code: num(26)?,
+        end_code: num(27)?,
+        start_stack: num(28)?,
+        start_data: num(45)?,
+        end_data: num(46)?,
+        start_brk: num(47)?,
+        arg_start: num(48)?,
+        arg_end: num(49)?,
+        env_start: num(50)?,
+        env_end: num(51)?,
+    })
+}
+
+/// A hexadecimal field of /proc/PID/status ("SigPnd", "ShdPnd", ...).
+pub fn status_hex(text: &str, key: &str) -> Option<u64> {
+    status_field(text, key).and_then(|v| u64::from_str_radix(v, 16).ok())
+}
+
+/// The value of a field of /proc/PID/status, trimmed.
+pub fn status_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim())
+    })
+}
+
+/// One timer of /proc/PID/timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TimerEntry {
+    pub id: i32,
+    pub signal: i32,
+    pub sigev_value: u64,
+    /// "signal", "none" or "thread" as the kernel prints it.
+    pub notify: TimerNotify,
+    /// Set for SIGEV_THREAD_ID ("tid" in the file).
+    pub to_thread: bool,
+    pub notify_pid: i32,
+    pub clock: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimerNotify {
+    #[default]
+    Signal,
+    None,
+    Thread,
+}
+
+pub fn parse_timers(text: &str) -> Option<Vec<TimerEntry>> {
+    let mut out: Vec<TimerEntry> = Vec::new();
+    for line in text.lines() {
+        let (key, value) = line.split_once(':')?;
+        let value = value.trim();
+        if key == "ID" {
+            out.push(TimerEntry { id: value.parse().ok()?, ..Default::default() });
+            continue;
+        }
+        let t = out.last_mut()?;
+        match key {
+            "signal" => {
+                let (sig, val) = value.split_once('/')?;
+                t.signal = sig.parse().ok()?;
+                let val = val.trim_start_matches("0x");
+                t.sigev_value = u64::from_str_radix(val, 16).ok()?;
+            }
+            "notify" => {
+                let (how, who) = value.split_once('/')?;
+                t.notify = match how {
+                    "signal" => TimerNotify::Signal,
+                    "none" => TimerNotify::None,
+                    "thread" => TimerNotify::Thread,
+                    _ => return None,
+                };
+                let (kind, pid) = who.split_once('.')?;
+                t.to_thread = kind == "tid";
+                t.notify_pid = pid.parse().ok()?;
+            }
+            "ClockID" => t.clock = value.parse().ok()?,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_entries_and_flags() {
+        let text = "\
+55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+VmFlags: rd wr mr mw me ac sd
+7f85d3682000-7f85d368c000 r--p 00027000 fe:00 325843                     /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
+VmFlags: rd mr mw me sd
+7ffef233a000-7ffef235b000 rw-p 00000000 00:00 0                          [stack]
+VmFlags: rd wr mr mw me gd ac
+7f0000000000-7f0000001000 rw-s 00000000 00:01 99                         /tmp/x y (deleted)
+";
+        let e = parse_smaps(text).unwrap();
+        assert_eq!(e.len(), 4);
+        assert_eq!(e[0].name, "[heap]");
+        assert!(e[0].read && e[0].write && !e[0].exec && !e[0].shared);
+        assert_eq!(e[1].offset, 0x27000);
+        assert_eq!(e[1].path(), Some("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"));
+        assert!(e[2].has_flag("gd"));
+        assert!(e[3].shared && e[3].is_deleted());
+        assert_eq!(e[3].path(), Some("/tmp/x y"));
+    }
+
+    #[test]
+    fn fdinfo_and_status() {
+        let fi = parse_fdinfo("pos:\t42\nflags:\t02100002\nmnt_id:\t21\nino:\t5\n").unwrap();
+        assert_eq!(fi, FdInfo { pos: 42, flags: 0o2100002 });
+        let st = "Name:\tx\nUmask:\t0022\nSigPnd:\t0000000000000200\nShdPnd:\t0000000000000001\n";
+        assert_eq!(status_hex(st, "SigPnd"), Some(0x200));
+        assert_eq!(status_hex(st, "ShdPnd"), Some(1));
+        assert_eq!(status_field(st, "Umask"), Some("0022"));
+        assert!(parse_fdinfo("garbage").is_none());
+    }
+
+    #[test]
+    fn stat_with_awkward_name() {
+        let mut s = String::from("1234 (a) b (c)) S 77");
+        for n in 5..=52 {
+            s.push_str(&format!(" {n}"));
+        }
+        let m = parse_stat(&s).unwrap();
+        assert_eq!(m.ppid, 77);
+        assert_eq!(m.start_code, 26);
+        assert_eq!(m.start_stack, 28);
+        assert_eq!(m.env_end, 51);
+        assert!(parse_stat("1 (x) S").is_none());
+    }
+
+    #[test]
+    fn timers() {
+        let t = "ID: 0\nsignal: 34/00000000deadbeef\nnotify: signal/pid.100\nClockID: 1\n\
+                 ID: 3\nsignal: 14/0000000000000000\nnotify: thread/tid.101\nClockID: 0\n";
+        let v = parse_timers(t).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].sigev_value, 0xdeadbeef);
+        assert_eq!(v[0].clock, 1);
+        assert_eq!(v[1].notify, TimerNotify::Thread);
+        assert!(v[1].to_thread);
+        assert_eq!(v[1].notify_pid, 101);
+    }
+}

@@ -1,0 +1,225 @@
+//! One checkpoint, as the checkpoint thread runs it: stop the other
+//! threads, snapshot the process, fork a copy-on-write child that writes
+//! the image, resume the program. The same code path continues in a
+//! restored process, which is how the agent learns it was restored.
+
+use std::cell::UnsafeCell;
+use std::ffi::c_void;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::signals::{self, CT_SLOT, NEXT_SLOT, RESTORE_INFO, RESUME, STOP_REQUESTED, STOPPED};
+use crate::{collect, sys, writer};
+
+/// State only the checkpoint thread touches (in its own signal handler
+/// included), so it needs no lock.
+struct CtCell<T>(UnsafeCell<T>);
+// SAFETY: accessed only from the checkpoint thread (see `with`).
+unsafe impl<T> Sync for CtCell<T> {}
+impl<T> CtCell<T> {
+    fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: only the checkpoint thread calls this, never reentrantly:
+        // its signal handler runs only while it sits in tgkill below.
+        f(unsafe { &mut *self.0.get() })
+    }
+}
+
+pub struct Request {
+    pub generation: u64,
+    pub dir: PathBuf,
+    pub agent_fd: i32,
+    pub interval_s: u32,
+}
+
+struct InFlight {
+    child: i32,
+    pipe: File,
+    image: String,
+    pause: Duration,
+}
+
+static REQUEST: CtCell<Option<Request>> = CtCell(UnsafeCell::new(None));
+static IN_FLIGHT: CtCell<Option<Result<InFlight, String>>> = CtCell(UnsafeCell::new(None));
+static STARTED: CtCell<Option<Instant>> = CtCell(UnsafeCell::new(None));
+
+pub enum Outcome {
+    Written { image: String, bytes: u64, pause: Duration },
+    /// This is a restored process, continuing after its checkpoint.
+    Restored { generation: u64 },
+}
+
+/// How long threads get to reach the handler before the checkpoint fails.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn live_tasks() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Stops every thread but this one; they wait in the handler.
+fn stop_others(pid: i32, me: i32, sig: i32) -> Result<(), String> {
+    NEXT_SLOT.store(0, Ordering::Release);
+    STOPPED.store(0, Ordering::Release);
+    STOP_REQUESTED.store(true, Ordering::Release);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    let mut signaled: Vec<i32> = Vec::new();
+    loop {
+        let fresh: Vec<i32> = live_tasks().into_iter().filter(|t| *t != me && !signaled.contains(t)).collect();
+        let all_stopped = STOPPED.load(Ordering::Acquire) as usize >= signaled.len();
+        if fresh.is_empty() && all_stopped {
+            return Ok(());
+        }
+        for t in fresh {
+            if sys::tgkill(pid, t, sig).is_ok() {
+                signaled.push(t);
+            }
+        }
+        let seen = STOPPED.load(Ordering::Acquire);
+        if (seen as usize) < signaled.len() {
+            sys::futex_wait(&STOPPED, seen, 20);
+            // A thread that exited after being signalled will never stop.
+            let live = live_tasks();
+            signaled.retain(|t| live.contains(t));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} of {} threads did not stop within {:?} (blocking the checkpoint signal?)",
+                signaled.len() - STOPPED.load(Ordering::Acquire) as usize,
+                signaled.len(),
+                STOP_TIMEOUT
+            ));
+        }
+    }
+}
+
+fn resume_others() {
+    STOP_REQUESTED.store(false, Ordering::Release);
+    RESUME.fetch_add(1, Ordering::AcqRel);
+    sys::futex_wake(&RESUME);
+}
+
+/// Runs one checkpoint. Never leaves the program stopped.
+pub fn checkpoint(req: Request) -> Result<Outcome, String> {
+    let pid = sys::getpid();
+    let me = sys::gettid();
+    let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
+    STARTED.with(|s| *s = Some(Instant::now()));
+    if let Err(e) = stop_others(pid, me, sig) {
+        resume_others();
+        return Err(e);
+    }
+    RESTORE_INFO.restored.store(0, Ordering::Release);
+    REQUEST.with(|r| *r = Some(req));
+    IN_FLIGHT.with(|f| *f = None);
+    // The snapshot is taken inside our own handler, so that this thread,
+    // too, is saved as a signal frame; see `in_handler`.
+    let _ = sys::tgkill(pid, me, sig);
+
+    if RESTORE_INFO.restored.load(Ordering::Acquire) != 0 {
+        finish_restore();
+        return Ok(Outcome::Restored { generation: RESTORE_INFO.generation.load(Ordering::Acquire) });
+    }
+    resume_others();
+    let flight = IN_FLIGHT.with(|f| f.take()).unwrap_or_else(|| Err("checkpoint handler did not run".into()))?;
+    collect_child(flight)
+}
+
+/// Runs in this thread's handler for its own signal. Whatever the
+/// outcome, it returns promptly so the program can be resumed.
+pub fn in_handler(uc: *mut c_void) {
+    CT_SLOT.fill(uc);
+    let result = REQUEST.with(|r| r.take()).ok_or_else(|| "no request".to_string()).and_then(start_writer);
+    IN_FLIGHT.with(|f| *f = Some(result));
+}
+
+fn start_writer(req: Request) -> Result<InFlight, String> {
+    let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
+    let mut snap = collect::snapshot(req.agent_fd, sig, req.interval_s)?;
+    snap.meta.generation = req.generation;
+    let image = format!("ckpt_{}_{}.img", sanitize(&snap.meta.name), snap.meta.pid);
+    let path = req.dir.join(&image);
+
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just created and are owned here.
+    let (rd, wr) = unsafe { (File::from(OwnedFd::from_raw_fd(fds[0])), File::from(OwnedFd::from_raw_fd(fds[1]))) };
+    match sys::snapshot_fork() {
+        Err(e) => Err(format!("fork for the image writer: errno {e}")),
+        Ok(0) => {
+            drop(rd);
+            let mut wr = wr;
+            let result = writer::write_image(snap, &path, &mut || {
+                let _ = wr.write_all(b"S");
+            });
+            let line = match result {
+                Ok(bytes) => format!("SOK {bytes}\n"),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    format!("SERR {}\n", e.replace('\n', " "))
+                }
+            };
+            let _ = wr.write_all(line.as_bytes());
+            sys::exit_group(0)
+        }
+        Ok(child) => {
+            drop(wr);
+            let mut rd = rd;
+            // Hold the program until the child has copied whatever the
+            // program could change under it (shared memory and the like).
+            let mut byte = [0u8; 1];
+            let _ = rd.read(&mut byte);
+            let pause = STARTED.with(|s| s.map(|t| t.elapsed())).unwrap_or_default();
+            Ok(InFlight { child: child as i32, pipe: rd, image, pause })
+        }
+    }
+}
+
+fn collect_child(mut flight: InFlight) -> Result<Outcome, String> {
+    let mut out = String::new();
+    let _ = flight.pipe.read_to_string(&mut out);
+    let status = sys::wait_snapshot(flight.child).map_err(|e| format!("wait for image writer: errno {e}"))?;
+    let out = out.trim_start_matches('S');
+    if let Some(bytes) = out.strip_prefix("OK ") {
+        return Ok(Outcome::Written {
+            image: flight.image,
+            bytes: bytes.trim().parse().unwrap_or(0),
+            pause: flight.pause,
+        });
+    }
+    if let Some(e) = out.strip_prefix("ERR ") {
+        return Err(e.trim().to_string());
+    }
+    Err(format!("image writer died (wait status {status:#x})"))
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+}
+
+/// In a restored process: wait until every thread has left the restorer's
+/// memory (each says so from its first signal), then unmap it.
+fn finish_restore() {
+    loop {
+        let left = RESTORE_INFO.checkout.load(Ordering::Acquire);
+        if left == 0 {
+            break;
+        }
+        sys::futex_wait(&RESTORE_INFO.checkout, left, 100);
+    }
+    let start = RESTORE_INFO.blob_start.load(Ordering::Acquire);
+    let len = RESTORE_INFO.blob_len.load(Ordering::Acquire);
+    if start != 0 && len != 0 {
+        sys::munmap(start as *mut u8, len as usize);
+    }
+    RESTORE_INFO.phase.store(0, Ordering::Release);
+    RESTORE_INFO.restored.store(0, Ordering::Release);
+    STOP_REQUESTED.store(false, Ordering::Release);
+}

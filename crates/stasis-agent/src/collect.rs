@@ -1,0 +1,402 @@
+//! Gathers what an image holds about this process, while its other threads
+//! are stopped: memory layout and which pages to save, threads, descriptors,
+//! signal state, timers and the rest. Runs on the checkpoint thread.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::Ordering;
+
+use stasis_image::{
+    AgentInfo, Fd, FdKind, FileId, ITimer, MmLayout, PosixTimer, ProcessMeta, Region, RegionKind, Rlimit, SigAction,
+    Thread,
+};
+use stasis_plan::{UC_FPSTATE_OFFSET, UCONTEXT_LEN};
+
+use crate::signals::{self, Slot};
+use crate::sys;
+
+pub const PAGE: u64 = 4096;
+
+/// Which pages of a region the writer saves.
+pub enum Pages {
+    None,
+    /// Every page from the start up to `len` bytes.
+    Prefix(u64),
+    /// Pages whose bit is set (bit i = page i of the region).
+    Bitmap(Vec<u64>),
+}
+
+/// A region and what to save of it.
+pub struct RegionPlan {
+    pub pages: Pages,
+    /// Pages that are all zero may be left out (anonymous memory).
+    pub skip_zero: bool,
+}
+
+pub struct Snapshot {
+    pub meta: ProcessMeta,
+    pub plans: Vec<RegionPlan>,
+    /// fds (index into meta.fds) whose file contents must be saved.
+    pub deleted_files: Vec<usize>,
+}
+
+fn read_string(path: &str) -> Result<String, String> {
+    fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))
+}
+
+/// Collects everything; `agent_fd` is the coordinator connection.
+pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snapshot, String> {
+    let pid = sys::getpid();
+    let stat = stasis_procfs::parse_stat(&read_string("/proc/self/stat")?).ok_or("cannot parse /proc/self/stat")?;
+    let status = read_string("/proc/self/status")?;
+    let umask = stasis_procfs::status_field(&status, "Umask")
+        .and_then(|u| u32::from_str_radix(u, 8).ok())
+        .unwrap_or(0o022);
+    let shared_pending = stasis_procfs::status_hex(&status, "ShdPnd").unwrap_or(0);
+
+    let (regions, plans) = memory()?;
+    let threads = threads(pid)?;
+    let fds = descriptors(agent_fd)?;
+    let deleted_files = fds
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.kind, FdKind::File { deleted: true, .. }))
+        .map(|(i, _)| i)
+        .collect();
+
+    let meta = ProcessMeta {
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        pid,
+        ppid: stat.ppid,
+        name: read_string("/proc/self/comm")?.trim_end().to_string(),
+        exe: fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        cmdline: read_string("/proc/self/cmdline")
+            .unwrap_or_default()
+            .split_terminator('\0')
+            .map(str::to_string)
+            .collect(),
+        cwd: fs::read_link("/proc/self/cwd")
+            .map_err(|e| format!("read /proc/self/cwd: {e}"))?
+            .to_string_lossy()
+            .into_owned(),
+        umask,
+        rlimits: rlimits(),
+        mm: mm_layout(&stat)?,
+        regions,
+        threads,
+        fds,
+        sigactions: sigactions(),
+        shared_pending,
+        itimers: (0..3)
+            .map(|w| {
+                let t = sys::getitimer(w);
+                ITimer {
+                    interval_us: t.it_interval.tv_sec as u64 * 1_000_000 + t.it_interval.tv_usec as u64,
+                    value_us: t.it_value.tv_sec as u64 * 1_000_000 + t.it_value.tv_usec as u64,
+                }
+            })
+            .collect(),
+        posix_timers: posix_timers()?,
+        agent: AgentInfo {
+            restore_info_addr: &signals::RESTORE_INFO as *const _ as u64,
+            ckpt_signal,
+            interval_s,
+        },
+        ..Default::default()
+    };
+    Ok(Snapshot { meta, plans, deleted_files })
+}
+
+fn rlimits() -> Vec<Rlimit> {
+    (0..16)
+        .filter_map(|r| {
+            // SAFETY: a zeroed rlimit is valid; getrlimit fills it.
+            let mut l: libc::rlimit = unsafe { std::mem::zeroed() };
+            // SAFETY: `l` is a valid rlimit to write.
+            (unsafe { libc::getrlimit(r, &mut l) } == 0).then_some(Rlimit {
+                resource: r,
+                soft: l.rlim_cur,
+                hard: l.rlim_max,
+            })
+        })
+        .collect()
+}
+
+fn mm_layout(stat: &stasis_procfs::StatMm) -> Result<MmLayout, String> {
+    let mut auxv_bytes = Vec::new();
+    fs::File::open("/proc/self/auxv")
+        .and_then(|mut f| f.read_to_end(&mut auxv_bytes))
+        .map_err(|e| format!("read /proc/self/auxv: {e}"))?;
+    // SAFETY: brk(0) changes nothing and returns the current break.
+    let brk = unsafe { sys::syscall6(libc::SYS_brk, [0; 6]) }.unwrap_or(0) as u64;
+    Ok(MmLayout {
+        start_code: stat.start_code,
+        end_code: stat.end_code,
+        start_data: stat.start_data,
+        end_data: stat.end_data,
+        start_brk: stat.start_brk,
+        brk,
+        start_stack: stat.start_stack,
+        arg_start: stat.arg_start,
+        arg_end: stat.arg_end,
+        env_start: stat.env_start,
+        env_end: stat.env_end,
+        auxv: auxv_bytes.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default())).collect(),
+    })
+}
+
+fn sigactions() -> Vec<SigAction> {
+    (1..=64)
+        .map(|sig| match sys::rt_sigaction_get(sig) {
+            Ok([handler, flags, restorer, mask]) => SigAction { handler, flags, restorer, mask },
+            Err(_) => SigAction::default(),
+        })
+        .collect()
+}
+
+fn posix_timers() -> Result<Vec<PosixTimer>, String> {
+    let text = read_string("/proc/self/timers")?;
+    let entries = stasis_procfs::parse_timers(&text).ok_or("cannot parse /proc/self/timers")?;
+    let mut out = Vec::new();
+    for e in entries {
+        let Some(spec) = sys::timer_gettime(e.id) else { continue };
+        let notify = match e.notify {
+            stasis_procfs::TimerNotify::None => libc::SIGEV_NONE,
+            stasis_procfs::TimerNotify::Thread => libc::SIGEV_THREAD,
+            stasis_procfs::TimerNotify::Signal if e.to_thread => libc::SIGEV_THREAD_ID,
+            stasis_procfs::TimerNotify::Signal => libc::SIGEV_SIGNAL,
+        };
+        let ns = |t: libc::timespec| t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64;
+        out.push(PosixTimer {
+            id: e.id,
+            clock: e.clock,
+            notify,
+            signal: e.signal,
+            sigev_value: e.sigev_value,
+            notify_tid: if e.to_thread { e.notify_pid } else { 0 },
+            interval_ns: ns(spec.it_interval),
+            value_ns: ns(spec.it_value),
+            overrun: sys::timer_getoverrun(e.id),
+        });
+    }
+    Ok(out)
+}
+
+// ---- threads -------------------------------------------------------------------
+
+fn thread_from_slot(slot: &Slot) -> Result<Thread, String> {
+    let tid = slot.tid.load(Ordering::Acquire);
+    let uc = slot.uc.load(Ordering::Acquire) as *const u8;
+    if uc.is_null() {
+        return Err(format!("thread {tid} left no context"));
+    }
+    // SAFETY: the thread is stopped inside its handler, so its kernel
+    // ucontext (UCONTEXT_LEN bytes) is live on its stack.
+    let ucontext = unsafe { std::slice::from_raw_parts(uc, UCONTEXT_LEN) }.to_vec();
+    let fp = u64::from_le_bytes(ucontext[UC_FPSTATE_OFFSET..UC_FPSTATE_OFFSET + 8].try_into().unwrap_or_default());
+    let fpstate = if fp == 0 {
+        Vec::new()
+    } else {
+        // The software-reserved bytes at 464 of the FXSAVE area say how
+        // long the XSAVE area that follows is (magic 'FPXS').
+        // SAFETY: the kernel put at least a 512-byte FXSAVE area there.
+        let fx = unsafe { std::slice::from_raw_parts(fp as *const u8, 512) };
+        let magic = u32::from_le_bytes(fx[464..468].try_into().unwrap_or_default());
+        let ext = u32::from_le_bytes(fx[468..472].try_into().unwrap_or_default()) as usize;
+        let len = if magic == 0x4650_5853 && (512..=1 << 20).contains(&ext) { ext } else { 512 };
+        // SAFETY: the kernel wrote `len` bytes of state at `fp` (its own header says so).
+        unsafe { std::slice::from_raw_parts(fp as *const u8, len) }.to_vec()
+    };
+    let task_status = read_string(&format!("/proc/self/task/{tid}/status")).unwrap_or_default();
+    let (rseq_addr, rseq_len, rseq_sig) = rseq_of(slot.fs_base.load(Ordering::Relaxed));
+    Ok(Thread {
+        tid,
+        ucontext,
+        fpstate,
+        fs_base: slot.fs_base.load(Ordering::Relaxed),
+        gs_base: slot.gs_base.load(Ordering::Relaxed),
+        clear_child_tid: slot.clear_child_tid.load(Ordering::Relaxed),
+        robust_list: slot.robust_list.load(Ordering::Relaxed),
+        robust_list_len: slot.robust_list_len.load(Ordering::Relaxed),
+        rseq_addr,
+        rseq_len,
+        rseq_sig,
+        pending: stasis_procfs::status_hex(&task_status, "SigPnd").unwrap_or(0),
+        name: read_string(&format!("/proc/self/task/{tid}/comm")).unwrap_or_default().trim_end().to_string(),
+    })
+}
+
+/// glibc registers every thread's rseq area at a fixed offset from its
+/// thread pointer (exported as __rseq_offset/__rseq_size since 2.35).
+fn rseq_of(fs_base: u64) -> (u64, u32, u32) {
+    // SAFETY: dlsym with NUL-terminated names; the symbols, when present,
+    // are glibc's read-only variables of these types.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        if off.is_null() || size.is_null() || *size == 0 {
+            return (0, 0, 0);
+        }
+        // glibc registers the whole 32-byte struct rseq with RSEQ_SIG.
+        ((fs_base as i64 + *off as i64) as u64, 32, 0x5305_3053)
+    }
+}
+
+/// Every thread: the stopped ones, then the checkpoint thread itself; the
+/// thread-group leader first.
+fn threads(pid: i32) -> Result<Vec<Thread>, String> {
+    let n = signals::NEXT_SLOT.load(Ordering::Acquire).min(signals::MAX_THREADS);
+    let mut out = Vec::with_capacity(n + 1);
+    for slot in &signals::SLOTS[..n] {
+        out.push(thread_from_slot(slot)?);
+    }
+    out.push(thread_from_slot(&signals::CT_SLOT)?);
+    let leader = out.iter().position(|t| t.tid == pid).ok_or("the main thread has exited; cannot checkpoint")?;
+    out.swap(0, leader);
+    Ok(out)
+}
+
+// ---- memory --------------------------------------------------------------------
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
+    let text = read_string("/proc/self/smaps")?;
+    let entries = stasis_procfs::parse_smaps(&text).ok_or("cannot parse /proc/self/smaps")?;
+    let pagemap = fs::File::open("/proc/self/pagemap").map_err(|e| format!("open /proc/self/pagemap: {e}"))?;
+    let mut regions = Vec::new();
+    let mut plans = Vec::new();
+    for e in entries {
+        if e.name == "[vsyscall]" {
+            continue;
+        }
+        let prot = (e.read as u8) * stasis_image::PROT_READ
+            | (e.write as u8) * stasis_image::PROT_WRITE
+            | (e.exec as u8) * stasis_image::PROT_EXEC;
+        let len = e.end - e.start;
+        let (kind, plan) = match e.name.as_str() {
+            "[vdso]" => (RegionKind::Vdso, RegionPlan { pages: Pages::Prefix(len), skip_zero: false }),
+            "[vvar]" | "[vvar_vclock]" => (RegionKind::Vvar, RegionPlan { pages: Pages::None, skip_zero: false }),
+            _ => match e.path() {
+                Some(path) if !e.is_deleted() && !path.starts_with("/SYSV") && !path.starts_with("/memfd:") => {
+                    let md = fs::metadata(path).map_err(|err| format!("stat {path}: {err}"))?;
+                    let id = FileId { size: md.size(), mtime_ns: mtime_ns(&md), inode: md.ino() };
+                    let plan = if e.shared {
+                        // The file itself holds these contents: save them
+                        // all (up to the file's end) and write them back.
+                        let in_file = md.size().saturating_sub(e.offset).next_multiple_of(PAGE).min(len);
+                        RegionPlan { pages: Pages::Prefix(in_file), skip_zero: false }
+                    } else {
+                        // Pages still backed by the file come from it again.
+                        let bits = page_bits(&pagemap, e.start, len, |pm| {
+                            pm & PM_SWAPPED != 0 || (pm & PM_PRESENT != 0 && pm & PM_FILE == 0)
+                        })?;
+                        RegionPlan { pages: Pages::Bitmap(bits), skip_zero: false }
+                    };
+                    (RegionKind::File { path: path.to_string(), offset: e.offset, id }, plan)
+                }
+                _ if e.shared => (RegionKind::Anonymous, RegionPlan { pages: Pages::Prefix(len), skip_zero: true }),
+                Some(_) => {
+                    // A deleted file: nothing to map at restart, so keep
+                    // everything that is in memory now.
+                    let bits = page_bits(&pagemap, e.start, len, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
+                    (RegionKind::Anonymous, RegionPlan { pages: Pages::Bitmap(bits), skip_zero: false })
+                }
+                None => {
+                    let bits = page_bits(&pagemap, e.start, len, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
+                    (RegionKind::Anonymous, RegionPlan { pages: Pages::Bitmap(bits), skip_zero: true })
+                }
+            },
+        };
+        regions.push(Region {
+            start: e.start,
+            end: e.end,
+            prot,
+            shared: e.shared,
+            growsdown: e.has_flag("gd"),
+            kind,
+            name: e.name.clone(),
+        });
+        plans.push(plan);
+    }
+    Ok((regions, plans))
+}
+
+fn mtime_ns(md: &fs::Metadata) -> i128 {
+    md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128
+}
+
+/// Reads the pagemap entries of a range and keeps a bit per page.
+fn page_bits(pagemap: &fs::File, start: u64, len: u64, keep: impl Fn(u64) -> bool) -> Result<Vec<u64>, String> {
+    let pages = (len / PAGE) as usize;
+    let mut bits = vec![0u64; pages.div_ceil(64)];
+    let mut buf = vec![0u8; 8 * 4096];
+    let mut done = 0usize;
+    while done < pages {
+        let n = (pages - done).min(4096);
+        let off = (start / PAGE + done as u64) * 8;
+        pagemap.read_exact_at(&mut buf[..n * 8], off).map_err(|e| format!("read pagemap: {e}"))?;
+        for i in 0..n {
+            let pm = u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+            if keep(pm) {
+                let p = done + i;
+                bits[p / 64] |= 1 << (p % 64);
+            }
+        }
+        done += n;
+    }
+    Ok(bits)
+}
+
+// ---- descriptors -----------------------------------------------------------------
+
+fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
+    let dir = fs::read_dir("/proc/self/fd").map_err(|e| format!("read /proc/self/fd: {e}"))?;
+    let mut nums: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    nums.sort_unstable();
+    let mut out = Vec::new();
+    for fd in nums {
+        let Ok(link) = fs::read_link(format!("/proc/self/fd/{fd}")) else { continue }; // the dir's own fd
+        let link = link.to_string_lossy().into_owned();
+        let Ok(info_text) = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else { continue };
+        let info = stasis_procfs::parse_fdinfo(&info_text).ok_or_else(|| format!("cannot parse fdinfo of fd {fd}"))?;
+        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        // SAFETY: a zeroed stat is valid; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid stat buffer.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            continue;
+        }
+        let kind = if fd == agent_fd {
+            FdKind::Agent
+        } else {
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => {
+                    let deleted = st.st_nlink == 0;
+                    let path = if deleted { link.strip_suffix(" (deleted)").unwrap_or(&link).to_string() } else { link };
+                    FdKind::File { path, flags, offset: info.pos, size: st.st_size as u64, deleted }
+                }
+                libc::S_IFDIR => FdKind::Directory { path: link, flags },
+                _ if fd <= 2 => FdKind::Inherited { what: link },
+                libc::S_IFCHR if link.starts_with('/') && !link.starts_with("/dev/pts") => {
+                    FdKind::Device { path: link, flags }
+                }
+                _ => FdKind::Inherited { what: link },
+            }
+        };
+        out.push(Fd { fd, cloexec, kind });
+    }
+    Ok(out)
+}
+
+/// The file behind `fd`, for reading a deleted file's contents.
+pub fn reopen_fd(fd: i32) -> std::io::Result<fs::File> {
+    fs::File::open(format!("/proc/self/fd/{fd}"))
+}

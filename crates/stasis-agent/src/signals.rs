@@ -1,0 +1,275 @@
+//! The checkpoint signal: stopping threads, and the libc wrappers that keep
+//! the program from blocking or replacing that signal.
+//!
+//! A stopped thread waits inside the handler; the kernel's signal frame on
+//! its stack already holds its whole user context (registers, FPU and
+//! vector state, signal mask, alternate stack), so the handler records
+//! where that frame is and nothing else. Nothing here allocates or takes a
+//! lock: handlers run at any point of the program.
+
+use std::ffi::{CStr, c_int, c_void};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::sys;
+
+/// Most threads a process may have for a checkpoint to succeed.
+pub const MAX_THREADS: usize = 4096;
+
+/// What a stopped thread leaves for the checkpoint thread.
+pub struct Slot {
+    pub tid: AtomicI32,
+    /// Address of the kernel `ucontext` the handler received.
+    pub uc: AtomicU64,
+    pub fs_base: AtomicU64,
+    pub gs_base: AtomicU64,
+    pub clear_child_tid: AtomicU64,
+    pub robust_list: AtomicU64,
+    pub robust_list_len: AtomicU64,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        tid: AtomicI32::new(0),
+        uc: AtomicU64::new(0),
+        fs_base: AtomicU64::new(0),
+        gs_base: AtomicU64::new(0),
+        clear_child_tid: AtomicU64::new(0),
+        robust_list: AtomicU64::new(0),
+        robust_list_len: AtomicU64::new(0),
+    };
+
+    /// Records the calling thread's state next to its frame.
+    pub fn fill(&self, uc: *mut c_void) {
+        let (robust, robust_len) = sys::robust_list();
+        self.tid.store(sys::gettid(), Ordering::Relaxed);
+        self.uc.store(uc as u64, Ordering::Relaxed);
+        self.fs_base.store(sys::fs_base(), Ordering::Relaxed);
+        self.gs_base.store(sys::gs_base(), Ordering::Relaxed);
+        self.clear_child_tid.store(sys::tid_address(), Ordering::Relaxed);
+        self.robust_list.store(robust, Ordering::Relaxed);
+        self.robust_list_len.store(robust_len, Ordering::Relaxed);
+    }
+}
+
+pub static SLOTS: [Slot; MAX_THREADS] = [Slot::EMPTY; MAX_THREADS];
+/// The checkpoint thread's own slot.
+pub static CT_SLOT: Slot = Slot::EMPTY;
+/// Next free slot; threads stopped so far.
+pub static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+pub static STOPPED: AtomicU32 = AtomicU32::new(0);
+/// Bumped to release stopped threads.
+pub static RESUME: AtomicU32 = AtomicU32::new(0);
+/// Set while a checkpoint wants threads to stop; a stray signal otherwise
+/// is ignored.
+pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+pub static CT_TID: AtomicI32 = AtomicI32::new(0);
+/// The signal number in use (set once at start-up).
+pub static CKPT_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The block the restorer pokes; layout in `stasis_plan::restore_info`.
+#[repr(C)]
+pub struct RestoreInfo {
+    pub magic: AtomicU64,
+    pub checkout: AtomicU32,
+    pub phase: AtomicU32,
+    pub blob_start: AtomicU64,
+    pub blob_len: AtomicU64,
+    pub restored: AtomicU64,
+    pub generation: AtomicU64,
+}
+
+pub static RESTORE_INFO: RestoreInfo = RestoreInfo {
+    magic: AtomicU64::new(stasis_plan::restore_info::MAGIC),
+    checkout: AtomicU32::new(0),
+    phase: AtomicU32::new(0),
+    blob_start: AtomicU64::new(0),
+    blob_len: AtomicU64::new(0),
+    restored: AtomicU64::new(0),
+    generation: AtomicU64::new(0),
+};
+
+/// Runs the checkpoint itself when the checkpoint thread signals itself.
+pub type SelfHandler = fn(*mut c_void);
+static SELF_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_signal(_sig: c_int, _info: *mut libc::siginfo_t, uc: *mut c_void) {
+    // SAFETY: __errno_location returns the calling thread's errno.
+    let errno_ptr = unsafe { libc::__errno_location() };
+    // SAFETY: as above, valid for this thread.
+    let saved_errno = unsafe { *errno_ptr };
+
+    if RESTORE_INFO.phase.load(Ordering::Acquire) == stasis_plan::restore_info::PHASE_RESTORING {
+        // This thread has just left the restorer through rt_sigreturn: say so.
+        if RESTORE_INFO.checkout.fetch_sub(1, Ordering::AcqRel) == 1 {
+            sys::futex_wake(&RESTORE_INFO.checkout);
+        }
+    } else if sys::gettid() == CT_TID.load(Ordering::Relaxed) {
+        let f = SELF_HANDLER.load(Ordering::Acquire);
+        if f != 0 {
+            // SAFETY: only ever set from a `SelfHandler` in `install`.
+            let f: SelfHandler = unsafe { std::mem::transmute::<usize, SelfHandler>(f) };
+            f(uc);
+        }
+    } else if STOP_REQUESTED.load(Ordering::Acquire) {
+        let round = RESUME.load(Ordering::Acquire);
+        let i = NEXT_SLOT.fetch_add(1, Ordering::AcqRel);
+        if let Some(slot) = SLOTS.get(i) {
+            slot.fill(uc);
+        }
+        STOPPED.fetch_add(1, Ordering::AcqRel);
+        sys::futex_wake(&STOPPED);
+        while RESUME.load(Ordering::Acquire) == round {
+            sys::futex_wait(&RESUME, round, 0);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *errno_ptr = saved_errno };
+}
+
+/// Installs the handler for `sig`; `self_handler` runs when the checkpoint
+/// thread signals itself.
+pub fn install(sig: c_int, self_handler: SelfHandler) -> Result<(), i32> {
+    SELF_HANDLER.store(self_handler as usize, Ordering::Release);
+    CKPT_SIGNAL.store(sig, Ordering::Release);
+    // SAFETY: a zeroed sigaction is a valid starting point.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = on_signal as usize;
+    act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: sa_mask is a valid sigset_t to fill.
+    unsafe { libc::sigfillset(&mut act.sa_mask) };
+    let real = real_sigaction();
+    // SAFETY: `act` is fully initialised; the old action is not wanted.
+    let r = unsafe { real(sig, &act, std::ptr::null_mut()) };
+    if r == 0 { Ok(()) } else { Err(sig) }
+}
+
+// ---- libc wrappers ----------------------------------------------------------
+
+type SigactionFn = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+type SigmaskFn = unsafe extern "C" fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int;
+type SignalFn = unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+type SigsuspendFn = unsafe extern "C" fn(*const libc::sigset_t) -> c_int;
+
+static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
+static REAL_SIGPROCMASK: AtomicUsize = AtomicUsize::new(0);
+static REAL_PTHREAD_SIGMASK: AtomicUsize = AtomicUsize::new(0);
+static REAL_SIGNAL: AtomicUsize = AtomicUsize::new(0);
+static REAL_SIGSUSPEND: AtomicUsize = AtomicUsize::new(0);
+
+/// The next definition of `name` after ours (libc's).
+fn next_symbol(cache: &AtomicUsize, name: &CStr) -> usize {
+    let mut f = cache.load(Ordering::Acquire);
+    if f == 0 {
+        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+        cache.store(f, Ordering::Release);
+    }
+    f
+}
+
+/// Resolves every wrapped function now, so that no wrapper has to call
+/// dlsym later (possibly inside a signal handler).
+pub fn resolve_real_functions() {
+    next_symbol(&REAL_SIGACTION, c"sigaction");
+    next_symbol(&REAL_SIGPROCMASK, c"sigprocmask");
+    next_symbol(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask");
+    next_symbol(&REAL_SIGNAL, c"signal");
+    next_symbol(&REAL_SIGSUSPEND, c"sigsuspend");
+}
+
+fn real_sigaction() -> SigactionFn {
+    let f = next_symbol(&REAL_SIGACTION, c"sigaction");
+    // SAFETY: libc's sigaction has this signature; dlsym found it.
+    unsafe { std::mem::transmute::<usize, SigactionFn>(f) }
+}
+
+fn is_ours(sig: c_int) -> bool {
+    let ours = CKPT_SIGNAL.load(Ordering::Relaxed);
+    ours != 0 && sig == ours
+}
+
+/// The program's own idea of the disposition of our signal, which it may
+/// set but never gets to install.
+static SHADOW_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// # Safety
+/// Same contract as libc's sigaction.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+    if is_ours(sig) {
+        if !old.is_null() {
+            // SAFETY: the caller gave a writable sigaction.
+            unsafe {
+                std::ptr::write_bytes(old, 0, 1);
+                (*old).sa_sigaction = SHADOW_HANDLER.load(Ordering::Relaxed);
+            }
+        }
+        if !act.is_null() {
+            // SAFETY: the caller gave a readable sigaction.
+            SHADOW_HANDLER.store(unsafe { (*act).sa_sigaction }, Ordering::Relaxed);
+        }
+        return 0;
+    }
+    // SAFETY: forwarded unchanged to libc.
+    unsafe { real_sigaction()(sig, act, old) }
+}
+
+/// # Safety
+/// Same contract as libc's signal.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    if is_ours(sig) {
+        return SHADOW_HANDLER.swap(handler, Ordering::Relaxed);
+    }
+    let f = next_symbol(&REAL_SIGNAL, c"signal");
+    // SAFETY: libc's signal has this signature.
+    unsafe { std::mem::transmute::<usize, SignalFn>(f)(sig, handler) }
+}
+
+/// Calls a mask-setting function with our signal removed from `set`.
+///
+/// # Safety
+/// `set` is null or points to a valid sigset_t; `f` has the SigmaskFn contract.
+unsafe fn without_ours(f: SigmaskFn, how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    if set.is_null() || how == libc::SIG_UNBLOCK {
+        // SAFETY: forwarded unchanged.
+        return unsafe { f(how, set, old) };
+    }
+    // SAFETY: `set` is valid for reads (caller's contract).
+    let mut copy = unsafe { *set };
+    // SAFETY: `copy` is a valid sigset_t.
+    unsafe { libc::sigdelset(&mut copy, CKPT_SIGNAL.load(Ordering::Relaxed)) };
+    // SAFETY: forwarded with our own valid copy.
+    unsafe { f(how, &copy, old) }
+}
+
+/// # Safety
+/// Same contract as libc's sigprocmask.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    let f = next_symbol(&REAL_SIGPROCMASK, c"sigprocmask");
+    // SAFETY: libc's sigprocmask has this signature; arguments as given.
+    unsafe { without_ours(std::mem::transmute::<usize, SigmaskFn>(f), how, set, old) }
+}
+
+/// # Safety
+/// Same contract as libc's pthread_sigmask.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    let f = next_symbol(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask");
+    // SAFETY: libc's pthread_sigmask has this signature; arguments as given.
+    unsafe { without_ours(std::mem::transmute::<usize, SigmaskFn>(f), how, set, old) }
+}
+
+/// # Safety
+/// Same contract as libc's sigsuspend.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigsuspend(mask: *const libc::sigset_t) -> c_int {
+    let f = next_symbol(&REAL_SIGSUSPEND, c"sigsuspend");
+    // SAFETY: `mask` is valid (caller's contract); our copy is valid.
+    unsafe {
+        let mut copy = *mask;
+        libc::sigdelset(&mut copy, CKPT_SIGNAL.load(Ordering::Relaxed));
+        std::mem::transmute::<usize, SigsuspendFn>(f)(&copy)
+    }
+}

@@ -1,0 +1,209 @@
+//! Raw system calls behind safe functions.
+//!
+//! The agent calls the kernel directly rather than through libc for two
+//! reasons: these calls run inside the program's signal handlers, where
+//! touching `errno` or libc locks would disturb the program, and some have
+//! no libc wrapper at all (clone without atfork handlers, get_robust_list,
+//! PR_GET_TID_ADDRESS). Results are `Result<usize, i32>` with the errno.
+
+use std::arch::asm;
+
+pub type SysResult = Result<usize, i32>;
+
+#[inline(always)]
+fn check(ret: isize) -> SysResult {
+    if (-4095..0).contains(&ret) { Err(-ret as i32) } else { Ok(ret as usize) }
+}
+
+/// # Safety
+/// The caller guarantees that the arguments are valid for system call `nr`
+/// (pointers point to memory of the size the kernel will access).
+#[inline(always)]
+pub unsafe fn syscall6(nr: i64, a: [usize; 6]) -> SysResult {
+    let ret: isize;
+    // SAFETY: the x86_64 syscall convention; rcx and r11 are clobbered by
+    // the instruction, memory validity is the caller's promise.
+    unsafe {
+        asm!("syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+            in("r10") a[3], in("r8") a[4], in("r9") a[5],
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack));
+    }
+    check(ret)
+}
+
+/// A system call whose arguments are plain numbers (no memory is touched).
+#[inline(always)]
+fn syscall_nomem(nr: i64, a: [usize; 6]) -> SysResult {
+    // SAFETY: callers only pass calls whose arguments are not pointers.
+    unsafe { syscall6(nr, a) }
+}
+
+pub fn gettid() -> i32 {
+    syscall_nomem(libc::SYS_gettid, [0; 6]).unwrap_or(0) as i32
+}
+
+pub fn getpid() -> i32 {
+    syscall_nomem(libc::SYS_getpid, [0; 6]).unwrap_or(0) as i32
+}
+
+pub fn tgkill(pid: i32, tid: i32, sig: i32) -> SysResult {
+    syscall_nomem(libc::SYS_tgkill, [pid as usize, tid as usize, sig as usize, 0, 0, 0])
+}
+
+pub fn kill(pid: i32, sig: i32) -> SysResult {
+    syscall_nomem(libc::SYS_kill, [pid as usize, sig as usize, 0, 0, 0, 0])
+}
+
+/// Sleeps while `*word == expected`, at most `timeout_ms` (0 = no limit).
+pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout_ms: u64) {
+    let ts = libc::timespec {
+        tv_sec: (timeout_ms / 1000) as i64,
+        tv_nsec: ((timeout_ms % 1000) * 1_000_000) as i64,
+    };
+    let tsp = if timeout_ms == 0 { 0 } else { &ts as *const _ as usize };
+    // SAFETY: `word` and `ts` live across the call.
+    let _ = unsafe {
+        syscall6(
+            libc::SYS_futex,
+            [word.as_ptr() as usize, (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as usize, expected as usize, tsp, 0, 0],
+        )
+    };
+}
+
+pub fn futex_wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: the kernel only uses the address as a key.
+    let _ = unsafe {
+        syscall6(
+            libc::SYS_futex,
+            [word.as_ptr() as usize, (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as usize, i32::MAX as usize, 0, 0, 0],
+        )
+    };
+}
+
+pub fn mmap_anon(len: usize) -> Option<*mut u8> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: a fresh anonymous mapping touches no existing memory.
+    let r = unsafe { syscall6(libc::SYS_mmap, [0, len, prot as usize, flags as usize, usize::MAX, 0]) };
+    r.ok().map(|a| a as *mut u8)
+}
+
+pub fn munmap(ptr: *mut u8, len: usize) {
+    // SAFETY: callers unmap only memory they mapped and no longer use.
+    let _ = unsafe { syscall6(libc::SYS_munmap, [ptr as usize, len, 0, 0, 0, 0]) };
+}
+
+/// mprotect on memory the caller owns outright (the writer's private copy).
+pub fn mprotect(addr: u64, len: u64, prot: i32) -> SysResult {
+    // SAFETY: changing protection of our own mapping; the caller knows no
+    // code relies on the old protection in this process.
+    unsafe { syscall6(libc::SYS_mprotect, [addr as usize, len as usize, prot as usize, 0, 0, 0]) }
+}
+
+/// The calling thread's fs base (its TLS pointer).
+pub fn fs_base() -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes one u64 to the given address.
+    let _ = unsafe { syscall6(libc::SYS_arch_prctl, [0x1003, &mut v as *mut u64 as usize, 0, 0, 0, 0]) };
+    v
+}
+
+pub fn gs_base() -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: ARCH_GET_GS writes one u64 to the given address.
+    let _ = unsafe { syscall6(libc::SYS_arch_prctl, [0x1004, &mut v as *mut u64 as usize, 0, 0, 0, 0]) };
+    v
+}
+
+/// The calling thread's clear_child_tid address (set_tid_address).
+pub fn tid_address() -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer to the given address.
+    let _ = unsafe { syscall6(libc::SYS_prctl, [40, &mut v as *mut u64 as usize, 0, 0, 0, 0]) };
+    v
+}
+
+/// The calling thread's robust futex list (head, length).
+pub fn robust_list() -> (u64, u64) {
+    let (mut head, mut len): (u64, u64) = (0, 0);
+    // SAFETY: get_robust_list(0, ...) writes a pointer and a size_t.
+    let _ = unsafe {
+        syscall6(
+            libc::SYS_get_robust_list,
+            [0, &mut head as *mut u64 as usize, &mut len as *mut u64 as usize, 0, 0, 0],
+        )
+    };
+    (head, len)
+}
+
+/// A fork that runs no atfork handlers and takes no libc locks: the child
+/// is a copy-on-write snapshot that only runs agent code and then
+/// `exit_group`. exit_signal 0 keeps it invisible to the program's wait()
+/// and SIGCHLD handler. Returns 0 in the child, its pid in the parent.
+pub fn snapshot_fork() -> SysResult {
+    syscall_nomem(libc::SYS_clone, [0, 0, 0, 0, 0, 0])
+}
+
+/// Waits for a child made by `snapshot_fork`; returns its wait status.
+pub fn wait_snapshot(pid: i32) -> Result<i32, i32> {
+    let mut status: i32 = 0;
+    loop {
+        // SAFETY: wait4 writes one int to `status`.
+        let r = unsafe {
+            syscall6(
+                libc::SYS_wait4,
+                [pid as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0],
+            )
+        };
+        match r {
+            Ok(_) => return Ok(status),
+            Err(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub fn exit_group(code: i32) -> ! {
+    loop {
+        let _ = syscall_nomem(libc::SYS_exit_group, [code as usize, 0, 0, 0, 0, 0]);
+    }
+}
+
+/// rt_sigaction without libc (no sa_restorer games: the caller supplies it).
+pub fn rt_sigaction_get(sig: i32) -> Result<[u64; 4], i32> {
+    let mut old = [0u64; 4];
+    // SAFETY: the kernel writes a 32-byte kernel sigaction into `old`.
+    unsafe { syscall6(libc::SYS_rt_sigaction, [sig as usize, 0, old.as_mut_ptr() as usize, 8, 0, 0]) }?;
+    Ok(old)
+}
+
+pub fn getitimer(which: i32) -> libc::itimerval {
+    // SAFETY: an all-zero itimerval is valid.
+    let mut v: libc::itimerval = unsafe { std::mem::zeroed() };
+    // SAFETY: getitimer writes one itimerval.
+    let _ = unsafe { syscall6(libc::SYS_getitimer, [which as usize, &mut v as *mut _ as usize, 0, 0, 0, 0]) };
+    v
+}
+
+/// timer_gettime for the raw kernel timer id.
+pub fn timer_gettime(id: i32) -> Option<libc::itimerspec> {
+    // SAFETY: an all-zero itimerspec is valid.
+    let mut v: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes one itimerspec.
+    unsafe { syscall6(libc::SYS_timer_gettime, [id as usize, &mut v as *mut _ as usize, 0, 0, 0, 0]) }.ok()?;
+    Some(v)
+}
+
+pub fn timer_getoverrun(id: i32) -> i32 {
+    syscall_nomem(libc::SYS_timer_getoverrun, [id as usize, 0, 0, 0, 0, 0]).unwrap_or(0) as i32
+}
+
+/// Writes a message straight to fd 2 (for reporting from places where
+/// allocation or locks are not allowed).
+pub fn write_stderr(msg: &[u8]) {
+    // SAFETY: write reads `msg` only.
+    let _ = unsafe { syscall6(libc::SYS_write, [2, msg.as_ptr() as usize, msg.len(), 0, 0, 0]) };
+}
