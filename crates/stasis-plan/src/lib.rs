@@ -189,8 +189,11 @@ pub struct Plan {
     pub ckpt_signal: i32,
     /// Futex word: the leader sets it to 1 when every thread may go.
     pub go: u32,
-    /// Descriptors to close before going (the image, the log).
-    pub close_fds: [i32; 4],
+    /// Restart's own descriptors (the image, mapped files, the log) are
+    /// all in `[close_from, close_to)`, above every descriptor of the
+    /// program; the restorer closes them before going.
+    pub close_from: i32,
+    pub close_to: i32,
 }
 
 /// The agent's block that the restorer writes into (through `Poke`s) to
@@ -214,3 +217,6 @@ pub mod restore_info {
     pub const MAGIC: u64 = u64::from_le_bytes(*b"STASRINF");
     pub const PHASE_RESTORING: u32 = 1;
 }
+
+/// Size of the stack the restorer gives each thread it creates.
+pub const RESTORER_THREAD_STACK: u64 = 32 * 1024;

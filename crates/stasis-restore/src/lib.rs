@@ -1,14 +1,29 @@
 //! Restart: turns an image back into a running process.
 //!
+//! Everything that can be decided or checked is done first, in this
+//! process, while nothing has started: the image's checksums, the files
+//! its mappings need, the vdso. Then [`spawn_restored`] clones a namespace
+//! init (see `ns`), which clones the process to restore with its old pid;
+//! that process reopens descriptors (`fds`), computes the restore plan and
+//! jumps into the restorer blob (`plan`), which rebuilds memory and threads.
+//!
 //! Call [`spawn_restored`] while the calling process is still
-//! single-threaded: it forks the namespace init and the restored process.
+//! single-threaded: its children run Rust code after a raw clone.
 
-use std::io;
-use std::os::fd::OwnedFd;
+mod fds;
+mod layout;
+mod ns;
+mod plan;
+mod vdso;
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
-use stasis_image::ImageReader;
+use stasis_image::{FdKind, ImageReader, RegionKind};
 
 /// What went wrong before the restored process could run.
 #[derive(Debug)]
@@ -25,6 +40,7 @@ impl std::error::Error for RestoreError {}
 /// A restored computation, running in its own namespaces.
 pub struct Spawned {
     init_pid: i32,
+    status: File,
 }
 
 impl Spawned {
@@ -35,9 +51,67 @@ impl Spawned {
     }
 
     /// Waits for the restored program and returns its exit status.
-    pub fn wait(self) -> io::Result<ExitStatus> {
-        todo!()
+    pub fn wait(mut self) -> io::Result<ExitStatus> {
+        let mut st = 0;
+        loop {
+            // SAFETY: waitpid writes one int.
+            let r = unsafe { libc::waitpid(self.init_pid, &mut st, 0) };
+            if r >= 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+        let mut report = String::new();
+        let _ = self.status.read_to_string(&mut report);
+        let report = report.trim();
+        if let Some(code) = report.strip_prefix("exit ").and_then(|c| c.parse::<i32>().ok()) {
+            return Ok(ExitStatus::from_raw(code << 8));
+        }
+        if let Some(sig) = report.strip_prefix("signal ").and_then(|c| c.parse::<i32>().ok()) {
+            return Ok(ExitStatus::from_raw(sig));
+        }
+        if let Some(msg) = report.strip_prefix("error ") {
+            return Err(io::Error::other(msg.to_string()));
+        }
+        Err(io::Error::other(format!("the restore process ended unexpectedly (wait status {st:#x})")))
     }
+}
+
+/// Everything that can be checked before anything starts.
+fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
+    let meta = image.meta();
+    let err = |m: String| Err(RestoreError(m));
+    if meta.threads.first().map(|t| t.tid) != Some(meta.pid) {
+        return err("the image has no main thread".into());
+    }
+    if meta.agent.restore_info_addr == 0 {
+        return err("the image was not written by the stasis agent".into());
+    }
+    if !Path::new(&meta.cwd).is_dir() {
+        return err(format!("the working directory {} no longer exists", meta.cwd));
+    }
+    for r in &meta.regions {
+        if let RegionKind::File { path, id, .. } = &r.kind {
+            let md = std::fs::metadata(path).map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
+            use std::os::unix::fs::MetadataExt;
+            let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+            if !r.shared && (md.size() != id.size || mtime != id.mtime_ns) {
+                return err(format!("{path} changed since the checkpoint; the program maps it"));
+            }
+        }
+    }
+    for f in &meta.fds {
+        if let FdKind::File { path, deleted: false, .. } = &f.kind
+            && !Path::new(path).exists()
+        {
+            return err(format!("{path} (open as fd {}) no longer exists", f.fd));
+        }
+    }
+    vdso::check_compatible(meta, image).map_err(RestoreError)?;
+    image.verify_payload().map_err(|e| RestoreError(e.to_string()))
 }
 
 /// Restores the process in `image` (already opened and checked), handing
@@ -47,6 +121,51 @@ pub fn spawn_restored(
     image: &ImageReader,
     agent_conn: OwnedFd,
 ) -> Result<Spawned, RestoreError> {
-    let _ = (image_path, image, agent_conn);
-    todo!()
+    let _ = image_path;
+    precheck(image)?;
+    let meta = image.meta();
+    let (init_pid, status) = ns::spawn(meta.pid, || become_restored(image, agent_conn.as_raw_fd()))?;
+    Ok(Spawned { init_pid, status })
+}
+
+/// Runs in the process that becomes the restored one.
+fn become_restored(image: &ImageReader, agent_conn: i32) -> ! {
+    let result = prepare_and_jump(image, agent_conn);
+    let msg = format!("stasis: restore failed: {}\n", result.err().unwrap_or_default());
+    // SAFETY: write to stderr (whatever fd 2 is now) and leave.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::_exit(125)
+    }
+}
+
+fn prepare_and_jump(image: &ImageReader, agent_conn: i32) -> Result<(), String> {
+    let meta = image.meta();
+    // SAFETY: getpid cannot fail.
+    let pid = unsafe { libc::getpid() };
+    if pid != meta.pid {
+        return Err(format!("got pid {pid} instead of {}", meta.pid));
+    }
+    fds::write_back_shared(meta, image)?;
+    let mut warnings = Vec::new();
+    let helpers = fds::restore(meta, image, agent_conn, &mut |w| warnings.push(w))?;
+    for w in warnings {
+        let line = format!("stasis: restart: {w}\n");
+        // SAFETY: write to the restart command's stderr (kept as the log fd).
+        unsafe { libc::write(helpers.log, line.as_ptr().cast(), line.len()) };
+    }
+    std::env::set_current_dir(&meta.cwd).map_err(|e| format!("chdir {}: {e}", meta.cwd))?;
+    // SAFETY: umask and setrlimit only change this process's settings.
+    unsafe {
+        libc::umask(meta.umask as libc::mode_t);
+        for l in &meta.rlimits {
+            let mut cur: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(l.resource as _, &mut cur) != 0 {
+                continue;
+            }
+            let want = libc::rlimit { rlim_cur: l.soft.min(cur.rlim_max), rlim_max: l.hard.min(cur.rlim_max) };
+            libc::setrlimit(l.resource as _, &want);
+        }
+    }
+    plan::build_and_jump(meta, image, helpers)
 }

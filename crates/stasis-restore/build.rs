@@ -1,0 +1,81 @@
+//! Builds the freestanding restorer (crates/stasis-restorer) in its own
+//! target directory and embeds its loadable segments as a flat blob.
+//!
+//! The blob is copied to an arbitrary address at restart and run without
+//! any loader, so it must need no relocations: this script fails the build
+//! if the linker left any.
+
+use std::env;
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use object::{Object, ObjectSection, ObjectSegment};
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let restorer = manifest.join("../stasis-restorer");
+    for p in ["src", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", restorer.join(p).display());
+    }
+    println!("cargo:rerun-if-changed={}", manifest.join("../stasis-plan/src").display());
+
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let target_dir = out.join("restorer-target");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["rustc", "--release", "--quiet", "--offline", "--manifest-path"])
+        .arg(restorer.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .args([
+            "--",
+            "-C",
+            "relocation-model=pie",
+            "-C",
+            "link-arg=-nostartfiles",
+            "-C",
+            "link-arg=-nostdlib",
+            "-C",
+            "link-arg=-static-pie",
+            "-C",
+            "link-arg=-Wl,--entry=restorer_main",
+            "-C",
+            "link-arg=-Wl,-z,max-page-size=4096",
+        ])
+        // The outer build's flags and wrappers (clippy, coverage) are not
+        // meant for freestanding code.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .expect("run cargo to build the restorer");
+    assert!(status.success(), "building crates/stasis-restorer failed");
+
+    let elf_path = target_dir.join("release/stasis-restorer");
+    let data = fs::read(&elf_path).expect("read the restorer binary");
+    let file = object::File::parse(&*data).expect("parse the restorer binary");
+    if let Some(rela) = file.section_by_name(".rela.dyn") {
+        assert!(rela.size() == 0, "the restorer has dynamic relocations; it must not use static pointer tables");
+    }
+    assert!(file.dynamic_relocations().is_none_or(|mut r| r.next().is_none()), "the restorer has relocations");
+
+    let mut image: Vec<u8> = Vec::new();
+    for seg in file.segments() {
+        let (addr, size) = (seg.address() as usize, seg.size() as usize);
+        if size == 0 {
+            continue;
+        }
+        if image.len() < addr + size {
+            image.resize(addr + size, 0);
+        }
+        let bytes = seg.data().expect("segment data");
+        image[addr..addr + bytes.len()].copy_from_slice(bytes);
+    }
+    image.resize(image.len().next_multiple_of(4096), 0);
+    fs::write(out.join("restorer.bin"), &image).expect("write restorer.bin");
+    fs::write(out.join("restorer_entry.rs"), format!("{}\n", file.entry())).expect("write restorer_entry.rs");
+}

@@ -1,0 +1,215 @@
+//! Descriptors of the restored process, set up in it before the restorer
+//! runs: files reopened at their flags and offsets, stdio handed over from
+//! the restart command, the agent's coordinator connection, and restart's
+//! own helpers kept above every descriptor number the program uses.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use stasis_image::{ChunkKind, FdKind, ImageReader, ProcessMeta};
+
+/// Restart's own descriptors in the restored process, all >= `base`.
+pub struct Helpers {
+    pub base: i32,
+    pub image: i32,
+    pub log: i32,
+    next_hint: i32,
+    /// Descriptors of mapped files by (path, opened for writing).
+    maps: HashMap<(String, bool), i32>,
+}
+
+impl Helpers {
+    /// One past the highest helper descriptor.
+    pub fn end(&self) -> i32 {
+        self.next_hint
+    }
+
+    /// A descriptor of `path` to map from, opened once per path and mode.
+    pub fn map_fd(&mut self, path: &str, write: bool) -> Result<i32, String> {
+        if let Some(&fd) = self.maps.get(&(path.to_string(), write)) {
+            return Ok(fd);
+        }
+        let flags = if write { libc::O_RDWR } else { libc::O_RDONLY };
+        let fd = self.keep(open(path, flags | libc::O_CLOEXEC)?)?;
+        self.maps.insert((path.to_string(), write), fd);
+        Ok(fd)
+    }
+
+    /// Moves `fd` to the helper range and returns its new number.
+    pub fn keep(&mut self, fd: i32) -> Result<i32, String> {
+        let new = dup_at_least(fd, self.next_hint)?;
+        close(fd);
+        self.next_hint = self.next_hint.max(new + 1);
+        Ok(new)
+    }
+}
+
+fn cstr(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("path with a NUL byte: {s:?}"))
+}
+
+fn open(path: &str, flags: i32) -> Result<i32, String> {
+    let c = cstr(path)?;
+    // SAFETY: open with a NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags, 0o600) };
+    if fd < 0 { Err(format!("open {path}: {}", std::io::Error::last_os_error())) } else { Ok(fd) }
+}
+
+fn dup_at_least(fd: i32, min: i32) -> Result<i32, String> {
+    // SAFETY: F_DUPFD on a descriptor we own.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD, min) };
+    if r < 0 { Err(format!("dup fd {fd}: {}", std::io::Error::last_os_error())) } else { Ok(r) }
+}
+
+fn dup2(from: i32, to: i32) -> Result<(), String> {
+    // SAFETY: dup2 between descriptors we own.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(format!("dup2 to fd {to}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing a descriptor this code owns.
+    unsafe { libc::close(fd) };
+}
+
+/// Puts every saved descriptor at its number. `agent_conn` becomes the
+/// agent's descriptor; `warn` collects what could not be restored.
+pub fn restore(
+    meta: &ProcessMeta,
+    image: &ImageReader,
+    agent_conn: i32,
+    warn: &mut dyn FnMut(String),
+) -> Result<Helpers, String> {
+    let base = meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
+    let base = base.max(16);
+    // Our own descriptors go above the program's first.
+    let stdio: Vec<i32> = (0..3).map(|fd| dup_at_least(fd, base).unwrap_or(-1)).collect();
+    let agent = dup_at_least(agent_conn, base)?;
+    let image_fd = dup_at_least(image.file().as_raw_fd(), base)?;
+    let log = dup_at_least(2, base)?;
+    let mut keep: Vec<i32> = stdio.clone();
+    keep.extend([agent, image_fd, log]);
+    crate::ns::close_all_but(&keep);
+
+    for f in &meta.fds {
+        let tmp = match &f.kind {
+            FdKind::File { path, flags, offset, size, deleted } => {
+                let flags = (*flags as i32) & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+                let fd = if *deleted {
+                    recreate_deleted(meta, image, f.fd, path, flags)?
+                } else {
+                    open(path, flags)?
+                };
+                if flags & libc::O_ACCMODE != libc::O_RDONLY && !*deleted {
+                    truncate_to(fd, *size, path, warn)?;
+                }
+                // SAFETY: lseek on our own descriptor.
+                if unsafe { libc::lseek(fd, *offset as i64, libc::SEEK_SET) } < 0 {
+                    return Err(format!("seek {path}: {}", std::io::Error::last_os_error()));
+                }
+                fd
+            }
+            FdKind::Directory { path, flags } | FdKind::Device { path, flags } => open(path, *flags as i32)?,
+            FdKind::Inherited { what } => match stdio.get(f.fd as usize) {
+                Some(&fd) if fd >= 0 => dup_at_least(fd, 0)?,
+                _ => {
+                    warn(format!("fd {} ({what}) pointed outside the computation; it is closed", f.fd));
+                    continue;
+                }
+            },
+            FdKind::Agent => dup_at_least(agent, 0)?,
+            FdKind::Unsupported => {
+                warn(format!("fd {} could not be saved; it is closed", f.fd));
+                continue;
+            }
+        };
+        if tmp != f.fd {
+            dup2(tmp, f.fd)?;
+            close(tmp);
+        }
+        let fdflag = if f.cloexec { libc::FD_CLOEXEC } else { 0 };
+        // SAFETY: F_SETFD on a descriptor we just placed.
+        unsafe { libc::fcntl(f.fd, libc::F_SETFD, fdflag) };
+    }
+    for fd in stdio.into_iter().chain([agent]) {
+        if fd >= 0 {
+            close(fd);
+        }
+    }
+    let next_hint = image_fd.max(log) + 1;
+    Ok(Helpers { base, image: image_fd, log, next_hint, maps: HashMap::new() })
+}
+
+/// A file opened for writing that grew after the checkpoint is cut back,
+/// so that what the program writes again is not written twice.
+fn truncate_to(fd: i32, size: u64, path: &str, warn: &mut dyn FnMut(String)) -> Result<(), String> {
+    // SAFETY: a zeroed stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on our own descriptor.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    let now = st.st_size as u64;
+    if now > size {
+        // SAFETY: ftruncate on our own descriptor.
+        if unsafe { libc::ftruncate(fd, size as i64) } != 0 {
+            return Err(format!("cut {path} back to {size} bytes: {}", std::io::Error::last_os_error()));
+        }
+    } else if now < size {
+        warn(format!("{path} is shorter than at the checkpoint ({now} < {size} bytes)"));
+    }
+    Ok(())
+}
+
+/// A file that was deleted while open: its saved contents are written to a
+/// new file next to where it was, opened, and the new file is deleted too.
+fn recreate_deleted(meta: &ProcessMeta, image: &ImageReader, fd: i32, path: &str, flags: i32) -> Result<i32, String> {
+    let index = meta.fds.iter().position(|f| f.fd == fd).unwrap_or(usize::MAX) as u32;
+    // SAFETY: getpid cannot fail.
+    let tmp = format!("{path}.stasis-restore-{}", unsafe { libc::getpid() });
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| format!("recreate deleted file {path}: {e}"))?;
+    for c in &meta.chunks {
+        if let ChunkKind::FileContents { fd_index, offset } = c.kind
+            && fd_index == index
+        {
+            let data = image.chunk_data(c).map_err(|e| e.to_string())?;
+            file.write_all_at(&data, offset).map_err(|e| format!("write {tmp}: {e}"))?;
+        }
+    }
+    drop(file);
+    let fd = open(&tmp, flags);
+    let _ = std::fs::remove_file(&tmp);
+    fd
+}
+
+/// Writes the saved contents of MAP_SHARED file mappings back into their
+/// files, before they are mapped again.
+pub fn write_back_shared(meta: &ProcessMeta, image: &ImageReader) -> Result<(), String> {
+    for (i, r) in meta.regions.iter().enumerate() {
+        let stasis_image::RegionKind::File { path, offset: file_off, .. } = &r.kind else { continue };
+        if !r.shared {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("write back shared mapping of {path}: {e}"))?;
+        for c in &meta.chunks {
+            if let ChunkKind::Memory { region, offset } = c.kind
+                && region as usize == i
+            {
+                let data = image.chunk_data(c).map_err(|e| e.to_string())?;
+                file.write_all_at(&data, file_off + offset).map_err(|e| format!("write back {path}: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! Builds the restore plan inside the restorer's area and jumps there.
+
+use std::arch::asm;
+
+use stasis_image::{ChunkKind, ImageReader, ProcessMeta, RegionKind};
+use stasis_plan::{
+    Itimerval, KernelSigaction, MapOp, Move, Plan, Poke, PrctlMmMap, RESTORER_THREAD_STACK, ReadOp, Slice,
+    ThreadPlan, TimerPlan, restore_info,
+};
+
+use crate::fds::Helpers;
+use crate::layout::{self, PAGE};
+use crate::vdso::{self, VdsoArea};
+
+static RESTORER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/restorer.bin"));
+const RESTORER_ENTRY: u64 = include!(concat!(env!("OUT_DIR"), "/restorer_entry.rs"));
+const MAIN_STACK: u64 = 64 * 1024;
+
+/// Bytes laid out in the restorer's area, at known absolute addresses.
+struct Arena<'a> {
+    base: u64,
+    buf: &'a mut [u8],
+    used: usize,
+}
+
+impl Arena<'_> {
+    fn alloc(&mut self, len: usize, align: usize) -> Result<u64, String> {
+        let start = self.used.next_multiple_of(align);
+        if start + len > self.buf.len() {
+            return Err("restorer area too small (internal error)".into());
+        }
+        self.used = start + len;
+        Ok(self.base + start as u64)
+    }
+
+    fn write_bytes(&mut self, addr: u64, bytes: &[u8]) {
+        let off = (addr - self.base) as usize;
+        self.buf[off..off + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn put<T: Copy>(&mut self, items: &[T]) -> Result<Slice, String> {
+        let len = std::mem::size_of_val(items);
+        let addr = self.alloc(len.max(1), std::mem::align_of::<T>().max(8))?;
+        // SAFETY: T is a plain repr(C) record type; viewing it as bytes is sound.
+        let bytes = unsafe { std::slice::from_raw_parts(items.as_ptr() as *const u8, len) };
+        self.write_bytes(addr, bytes);
+        Ok(Slice { addr, len: items.len() as u64 })
+    }
+}
+
+fn map_flags(r: &stasis_image::Region) -> u32 {
+    let mut f = if r.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u32;
+    if matches!(r.kind, RegionKind::Anonymous) {
+        f |= libc::MAP_ANONYMOUS as u32;
+    }
+    if r.growsdown {
+        f |= libc::MAP_GROWSDOWN as u32;
+    }
+    f
+}
+
+fn prot(p: u8) -> u32 {
+    let mut v = 0;
+    if p & stasis_image::PROT_READ != 0 {
+        v |= libc::PROT_READ;
+    }
+    if p & stasis_image::PROT_WRITE != 0 {
+        v |= libc::PROT_WRITE;
+    }
+    if p & stasis_image::PROT_EXEC != 0 {
+        v |= libc::PROT_EXEC;
+    }
+    v as u32
+}
+
+fn us(v: u64) -> (i64, i64) {
+    ((v / 1_000_000) as i64, (v % 1_000_000) as i64)
+}
+
+fn ns(v: u64) -> (i64, i64) {
+    ((v / 1_000_000_000) as i64, (v % 1_000_000_000) as i64)
+}
+
+/// Maps the restorer's area somewhere free in both the saved layout and
+/// this process. Returns its address.
+fn place_area(meta: &ProcessMeta, current_vdso: &[VdsoArea], size: u64) -> Result<u64, String> {
+    let mut occupied: Vec<(u64, u64)> = meta.regions.iter().map(|r| (r.start, r.end)).collect();
+    occupied.extend(current_vdso.iter().map(|a| (a.start, a.end)));
+    for start in layout::gaps(&occupied, size) {
+        let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+        let p = unsafe { libc::mmap(start as *mut _, size as usize, prot, flags, -1, 0) };
+        if p as u64 == start {
+            return Ok(start);
+        }
+        if p != libc::MAP_FAILED {
+            // SAFETY: an unwanted mapping we just made.
+            unsafe { libc::munmap(p, size as usize) };
+        }
+    }
+    Err("no room in the address space for the restorer".into())
+}
+
+/// Builds the plan and runs the restorer. Only returns on error.
+pub fn build_and_jump(meta: &ProcessMeta, image: &ImageReader, mut helpers: Helpers) -> Result<(), String> {
+    let current_vdso = vdso::current()?;
+    let threads = &meta.threads;
+    let frames: u64 = threads.iter().map(|t| layout::frame_len(t) + 64).sum();
+    let arrays = (meta.regions.len() * 40 + meta.chunks.len() * 24 + threads.len() * 96 + meta.posix_timers.len() * 64)
+        as u64
+        + meta.mm.auxv.len() as u64 * 8
+        + 8 * 64;
+    let code = RESTORER.len() as u64;
+    let size = (code
+        + std::mem::size_of::<Plan>() as u64
+        + arrays
+        + frames
+        + threads.len() as u64 * RESTORER_THREAD_STACK
+        + MAIN_STACK
+        + 16 * PAGE)
+        .next_multiple_of(PAGE);
+    let base = place_area(meta, &current_vdso, size)?;
+    // SAFETY: we just mapped `size` bytes at `base`, read-write, for us alone.
+    let buf = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, size as usize) };
+    buf[..RESTORER.len()].copy_from_slice(RESTORER);
+    let mut arena = Arena { base, buf, used: RESTORER.len() };
+    let plan_addr = arena.alloc(std::mem::size_of::<Plan>(), PAGE as usize)?;
+
+    // Memory.
+    let mut maps = Vec::new();
+    let mut region_reads = vec![true; meta.regions.len()];
+    for (i, r) in meta.regions.iter().enumerate() {
+        let (fd, offset) = match &r.kind {
+            RegionKind::Vdso | RegionKind::Vvar => {
+                region_reads[i] = false;
+                continue;
+            }
+            RegionKind::Anonymous => (-1, 0),
+            RegionKind::File { path, offset, .. } => {
+                let write = r.shared && r.prot & stasis_image::PROT_WRITE != 0;
+                if r.shared {
+                    // Written back into the file already.
+                    region_reads[i] = false;
+                }
+                (helpers.map_fd(path, write)?, *offset)
+            }
+        };
+        maps.push(MapOp {
+            start: r.start,
+            len: r.end - r.start,
+            prot: prot(r.prot),
+            flags: map_flags(r),
+            fd,
+            _pad: 0,
+            offset,
+        });
+    }
+    let reads: Vec<ReadOp> = meta
+        .chunks
+        .iter()
+        .filter_map(|c| match c.kind {
+            ChunkKind::Memory { region, offset } if region_reads[region as usize] => Some(ReadOp {
+                addr: meta.regions[region as usize].start + offset,
+                len: c.len,
+                file_offset: c.file_offset,
+            }),
+            _ => None,
+        })
+        .collect();
+
+    // The agent's block, and what to tell it.
+    let ri = meta.agent.restore_info_addr;
+    let pokes = [
+        Poke {
+            addr: ri + restore_info::CHECKOUT_OFFSET,
+            value: threads.len() as u64 | (u64::from(restore_info::PHASE_RESTORING) << 32),
+        },
+        Poke { addr: ri + restore_info::BLOB_START_OFFSET, value: base },
+        Poke { addr: ri + restore_info::BLOB_LEN_OFFSET, value: size },
+        Poke { addr: ri + restore_info::RESTORED_OFFSET, value: 1 },
+        Poke { addr: ri + restore_info::GENERATION_OFFSET, value: meta.generation },
+    ];
+
+    // Threads: a frame each, and a small stack for all but the leader.
+    let mut tplans = Vec::new();
+    for (i, t) in threads.iter().enumerate() {
+        let frame = arena.alloc(layout::frame_len(t) as usize, 64)?;
+        let bytes = layout::build_frame(t, frame, meta.agent.ckpt_signal);
+        arena.write_bytes(frame, &bytes);
+        let stack_top = if i == 0 {
+            0
+        } else {
+            arena.alloc(RESTORER_THREAD_STACK as usize, 16)? + RESTORER_THREAD_STACK
+        };
+        tplans.push(ThreadPlan {
+            tid: t.tid,
+            _pad: 0,
+            fs_base: t.fs_base,
+            gs_base: t.gs_base,
+            frame,
+            stack_top,
+            clear_child_tid: t.clear_child_tid,
+            robust_list: t.robust_list,
+            robust_list_len: t.robust_list_len,
+            rseq_addr: t.rseq_addr,
+            rseq_len: t.rseq_len,
+            rseq_sig: t.rseq_sig,
+            pending: t.pending,
+        });
+    }
+    let main_stack_top = arena.alloc(MAIN_STACK as usize, 16)? + MAIN_STACK;
+
+    let timers: Vec<TimerPlan> = meta
+        .posix_timers
+        .iter()
+        .map(|t| {
+            let (is, ins) = ns(t.interval_ns);
+            let (vs, vns) = ns(t.value_ns);
+            TimerPlan {
+                id: t.id,
+                clock: t.clock,
+                notify: t.notify,
+                signal: t.signal,
+                notify_tid: t.notify_tid,
+                _pad: 0,
+                sigev_value: t.sigev_value,
+                interval_sec: is,
+                interval_nsec: ins,
+                value_sec: vs,
+                value_nsec: vns,
+            }
+        })
+        .collect();
+
+    let mut sigactions = [KernelSigaction::default(); 64];
+    let mut sigaction_set = 0u64;
+    for (i, a) in meta.sigactions.iter().enumerate().take(64) {
+        let sig = i as i32 + 1;
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        sigactions[i] = KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask };
+        sigaction_set |= 1 << i;
+    }
+    let mut itimers = [Itimerval::default(); 3];
+    for (i, t) in meta.itimers.iter().enumerate().take(3) {
+        let (is, ius) = us(t.interval_us);
+        let (vs, vus) = us(t.value_us);
+        itimers[i] = Itimerval { interval_sec: is, interval_usec: ius, value_sec: vs, value_usec: vus };
+    }
+
+    let auxv = arena.put(&meta.mm.auxv)?;
+    let exe_fd = std::ffi::CString::new(meta.exe.as_str())
+        .ok()
+        .map(|c| {
+            // SAFETY: open with a NUL-terminated path.
+            unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
+        })
+        .filter(|&fd| fd >= 0)
+        .and_then(|fd| helpers.keep(fd).ok())
+        .map(|fd| fd as u32)
+        .unwrap_or(u32::MAX);
+    let m = &meta.mm;
+    let mm_map = PrctlMmMap {
+        start_code: m.start_code,
+        end_code: m.end_code,
+        start_data: m.start_data,
+        end_data: m.end_data,
+        start_brk: m.start_brk,
+        brk: m.brk,
+        start_stack: m.start_stack,
+        arg_start: m.arg_start,
+        arg_end: m.arg_end,
+        env_start: m.env_start,
+        env_end: m.env_end,
+        auxv: if m.auxv.is_empty() { 0 } else { auxv.addr },
+        auxv_size: (m.auxv.len() * 8) as u32,
+        exe_fd,
+    };
+
+    let (keep, moves) = vdso::plan_moves(meta, &current_vdso, base, size)?;
+    let mut plan = Plan {
+        magic: stasis_plan::PLAN_MAGIC,
+        blob_start: base,
+        blob_end: base + size,
+        keep: [Move::default(); 4],
+        n_keep: keep.len() as u64,
+        moves: [Move::default(); 8],
+        n_moves: moves.len() as u64,
+        maps: arena.put(&maps)?,
+        reads: arena.put(&reads)?,
+        pokes: arena.put(&pokes)?,
+        threads: arena.put(&tplans)?,
+        timers: arena.put(&timers)?,
+        sigactions,
+        sigaction_set,
+        itimers,
+        mm_map,
+        shared_pending: meta.shared_pending,
+        image_fd: helpers.image,
+        log_fd: helpers.log,
+        ckpt_signal: meta.agent.ckpt_signal,
+        go: 0,
+        close_from: helpers.base,
+        close_to: helpers.end(),
+    };
+    plan.keep[..keep.len()].copy_from_slice(&keep);
+    plan.moves[..moves.len()].copy_from_slice(&moves);
+    // SAFETY: plan_addr is page-aligned inside our area, with room for a Plan.
+    unsafe { std::ptr::write(plan_addr as *mut Plan, plan) };
+
+    forget_rseq();
+    // SAFETY: block every signal; the saved masks come back with each frame.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+    }
+    let entry = base + RESTORER_ENTRY;
+    // SAFETY: the restorer takes over the process: it gets its own stack
+    // (aligned as after a call) and the plan, and never returns.
+    unsafe {
+        asm!(
+            "mov rsp, {sp}",
+            "xor ebp, ebp",
+            "jmp {entry}",
+            sp = in(reg) main_stack_top - 8,
+            entry = in(reg) entry,
+            in("rdi") plan_addr,
+            options(noreturn),
+        )
+    }
+}
+
+/// glibc registered this thread's rseq area in memory the restorer is about
+/// to unmap; the kernel would then fault writing to it. Unregister first.
+fn forget_rseq() {
+    // SAFETY: dlsym with NUL-terminated names; the values are glibc's
+    // read-only variables. rseq(UNREGISTER) only affects this thread.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        if off.is_null() || size.is_null() || *size == 0 {
+            return;
+        }
+        let mut tp: u64;
+        asm!("mov {}, fs:0", out(reg) tp);
+        tp = (tp as i64 + *off as i64) as u64;
+        for len in [32u32, *size] {
+            if libc::syscall(libc::SYS_rseq, tp, len, 1, 0x5305_3053) == 0 {
+                break;
+            }
+        }
+    }
+}
