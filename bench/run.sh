@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Checkpoint benchmark: fills N MiB (half random, half repetitive) and
+# reports checkpoint time, image size and restart-to-first-output, beside
+# `dd` writing the same amount to the same disk in the same run.
+#
+#   bench/run.sh [MIB ...]        (default: 1024; builds release binaries)
+#
+# Figures are printed, never asserted: machines are shared and noisy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sizes=("${@:-1024}")
+cargo build --release --workspace -q
+stasis=$PWD/target/release/stasis
+work=$(mktemp -d "${BENCH_DIR:-$PWD/target}/bench.XXXXXX")
+trap 'kill -9 -- -$launch_pgid 2>/dev/null || true; kill -9 $restart_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+launch_pgid=0 restart_pid=0
+cc -O2 -o "$work/fill" bench/fill.c
+
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+wait_for() { # file pattern timeout
+  local end=$(( $(date +%s) + $3 ))
+  until grep -q "$2" "$1" 2>/dev/null; do
+    (( $(date +%s) < end )) || { echo "timed out waiting for $2 in $1" >&2; exit 1; }
+    sleep 0.005
+  done
+}
+
+printf '%-6s %10s %10s %10s %12s %10s %12s\n' MiB "dd s" "dd MB/s" "ckpt s" "ckpt MB/s" "image MiB" "restart s"
+for mib in "${sizes[@]}"; do
+  ck=$work/ck-$mib sock=$work/coord-$mib.sock
+  rm -rf "$ck"; mkdir -p "$ck"
+
+  # Reference: the disk's sequential write speed for the same amount.
+  t0=$(now)
+  dd if=/dev/zero of="$ck/dd.tmp" bs=1M count="$mib" conv=fsync status=none
+  t1=$(now)
+  rm -f "$ck/dd.tmp"
+  dd_s=$(secs "$t0" "$t1")
+
+  setsid "$stasis" launch --ckptdir "$ck" --coord-socket "$sock" -- "$work/fill" "$mib" >"$work/out-$mib" 2>"$work/err-$mib" &
+  launch_pgid=$!
+  wait_for "$work/out-$mib" ready 300
+  t0=$(now)
+  "$stasis" command --coord-socket "$sock" --checkpoint >/dev/null
+  t1=$(now)
+  ckpt_s=$(secs "$t0" "$t1")
+  kill -9 -- -"$launch_pgid" 2>/dev/null || true
+  wait "$launch_pgid" 2>/dev/null || true
+  image_mib=$(du -sm "$ck"/gen-* | awk '{ s += $1 } END { print s }')
+
+  : >"$work/rout-$mib"
+  t0=$(now)
+  "$stasis" restart --coord-socket "$sock.2" "$ck" >"$work/rout-$mib" 2>"$work/rerr-$mib" &
+  restart_pid=$!
+  wait_for "$work/rout-$mib" tick 300
+  t1=$(now)
+  restart_s=$(secs "$t0" "$t1")
+  kill -9 "$restart_pid" 2>/dev/null || true
+  pkill -9 -f "$work/fill" 2>/dev/null || true
+  wait "$restart_pid" 2>/dev/null || true
+
+  printf '%-6s %10s %10.0f %10s %12.0f %10s %12s\n' "$mib" "$dd_s" \
+    "$(awk -v m="$mib" -v s="$dd_s" 'BEGIN { print m * 1.048576 / s }')" "$ckpt_s" \
+    "$(awk -v m="$mib" -v s="$ckpt_s" 'BEGIN { print m * 1.048576 / s }')" "$image_mib" "$restart_s"
+done
