@@ -1,0 +1,717 @@
+//! End-to-end tests of the `stasis` binary: real programs (tests/programs)
+//! launched, checkpointed, killed and restarted.
+//!
+//! How runs are compared, how processes are cleaned up and which environment
+//! variables matter: see the documentation of the `support` module. These
+//! tests need `cc`, `/usr/bin/python3`, `unshare` (util-linux) and, for every
+//! test that restarts, unprivileged user namespaces; without them they fail
+//! with a message that says so, they do not skip.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Launches `prog`, checkpoints it once it has printed a few lines, lets it
+/// print a few more, kills it with its launcher, restarts it from the
+/// checkpoint directory and checks the history against an uninterrupted
+/// reference run. Returns the sandbox and the working directories of the
+/// checkpointed run and of the reference run.
+fn checkpoint_kill_restart(test: &str, prog: &Program) -> (Sandbox, PathBuf, PathBuf) {
+    let sb = Sandbox::new(test);
+    let ref_dir = sb.mkdir("ref");
+    let reference = start_reference(&sb, prog, &ref_dir);
+
+    let run_dir = sb.mkdir("run");
+    let ck = sb.join("ck");
+    let sock = sb.socket();
+    let mut app = launch(&sb, prog, &sock, &ck, &run_dir, Out::Pipe);
+    app.wait_lines(&sb, 3);
+    let window = checkpoint(&sb, &sock, &mut app);
+    carry_on(&sb, &mut app, window, 3);
+    app.kill();
+    let reference = finish_reference(&sb, reference);
+
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || {
+        format!("{} exited with {status}", re.label)
+    });
+    verify_history(
+        &sb,
+        &reference,
+        &[
+            Piece::new(&app.label, app.lines(), vec![window]),
+            Piece::new(&re.label, re.lines(), vec![]),
+        ],
+    );
+    drop(re);
+    drop(app);
+    (sb, run_dir, ref_dir)
+}
+
+/// After a checkpoint, waits for `more` new lines (or the program's end) and
+/// checks that the program printed at least one: it carried on.
+fn carry_on(sb: &Sandbox, app: &mut Proc, window: Window, more: usize) {
+    if let Some(status) = app.wait_lines_or_exit(sb, window.hi + more) {
+        sb.check(status.success(), || {
+            format!("{} failed after the checkpoint: {status}", app.label)
+        });
+    }
+    sb.check(app.line_count() > window.hi, || {
+        format!(
+            "{} printed nothing after the checkpoint (window {window:?})",
+            app.label
+        )
+    });
+}
+
+fn wait_until(sb: &Sandbox, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            sb.fail(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+fn same_file(sb: &Sandbox, a: &Path, b: &Path) {
+    let (x, y) = (fs::read(a), fs::read(b));
+    sb.check(matches!((&x, &y), (Ok(x), Ok(y)) if x == y), || {
+        format!(
+            "{} and {} differ ({:?} vs {:?} bytes)",
+            a.display(),
+            b.display(),
+            x.map(|v| v.len()),
+            y.map(|v| v.len())
+        )
+    });
+}
+
+// ---------------------------------------------------------------------------
+// One checkpoint, kill, restart, per program
+
+#[test]
+fn single_threaded_program_survives_checkpoint_kill_restart() {
+    checkpoint_kill_restart("single", &Program::c("single", &[]));
+}
+
+#[test]
+fn threads_mutexes_and_tids_survive_checkpoint_kill_restart() {
+    checkpoint_kill_restart("threads", &Program::c("threads", &[]));
+}
+
+#[test]
+fn signals_and_timers_survive_checkpoint_kill_restart() {
+    checkpoint_kill_restart("signals", &Program::c("signals", &[]));
+}
+
+#[test]
+fn open_files_and_shared_mappings_survive_checkpoint_kill_restart() {
+    let (sb, run, reference) = checkpoint_kill_restart("files", &Program::c("files", &[]));
+    // The program checked them itself; the files on disk must agree too.
+    for name in ["log.txt", "counters.bin", "input.dat"] {
+        same_file(&sb, &run.join(name), &reference.join(name));
+    }
+}
+
+#[test]
+fn python_generator_survives_checkpoint_kill_restart() {
+    checkpoint_kill_restart("gen.py", &Program::python("gen.py", &[]));
+}
+
+#[test]
+fn stdout_to_a_regular_file_is_cut_back_and_continued() {
+    // The program's stdout is a file: the restart reopens it at its offset
+    // and cuts it back to its size at checkpoint time, so what it holds in
+    // the end is exactly the reference output.
+    let sb = Sandbox::new("stdout-file");
+    let prog = Program::c("single", &[]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let out = sb.join("out.txt");
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch(
+        &sb,
+        &prog,
+        &sock,
+        &ck,
+        &sb.mkdir("run"),
+        Out::File(out.clone()),
+    );
+    wait_until(&sb, "3 lines in out.txt", LINES_TIMEOUT, || {
+        file_lines(&out).len() >= 3 || app.poll_exit().is_some()
+    });
+    sb.check(file_lines(&out).len() >= 3, || {
+        format!("{} exited before printing 3 lines", app.label)
+    });
+    checkpoint(&sb, &sock, &mut app);
+    let after = file_lines(&out).len();
+    wait_until(&sb, "more lines in out.txt", LINES_TIMEOUT, || {
+        file_lines(&out).len() >= after + 3 || app.poll_exit().is_some()
+    });
+    sb.check(file_lines(&out).len() > after, || {
+        format!("{} printed nothing after the checkpoint", app.label)
+    });
+    app.kill();
+    let reference = finish_reference(&sb, reference);
+
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Null);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || {
+        format!("{} exited with {status}", re.label)
+    });
+    let got = file_lines(&out);
+    sb.check(got == reference, || {
+        format!(
+            "out.txt after the restart:\n{}\nexpected the reference:\n{}",
+            got.join("\n"),
+            reference.join("\n")
+        )
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Several generations
+
+#[test]
+fn three_checkpoint_kill_restart_cycles() {
+    let sb = Sandbox::new("cycles");
+    // Longer and steadier than the default, to leave room for three cycles.
+    let prog = Program::c("single", &["120", "50"]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let ck = sb.join("ck");
+    let mut sock = sb.socket();
+    let mut app = launch(&sb, &prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
+    let mut pieces = Vec::new();
+    for _ in 0..3 {
+        app.wait_lines(&sb, 2);
+        let window = checkpoint(&sb, &sock, &mut app);
+        carry_on(&sb, &mut app, window, 2);
+        app.kill();
+        pieces.push(Piece::new(&app.label, app.lines(), vec![window]));
+        sock = sb.socket();
+        app = restart(&sb, &sock, &ck, Out::Pipe);
+    }
+    let status = app.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || {
+        format!("{} exited with {status}", app.label)
+    });
+    pieces.push(Piece::new(&app.label, app.lines(), vec![]));
+    let reference = finish_reference(&sb, reference);
+    verify_history(&sb, &reference, &pieces);
+    sb.check(app.lines().last() == reference.last(), || {
+        "the final result differs".into()
+    });
+}
+
+#[test]
+fn stale_partial_generation_is_ignored() {
+    let sb = Sandbox::new("partial");
+    let prog = Program::c("single", &[]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch(&sb, &prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
+    app.wait_lines(&sb, 3);
+    let first = checkpoint(&sb, &sock, &mut app);
+    carry_on(&sb, &mut app, first, 2);
+    let second = checkpoint(&sb, &sock, &mut app);
+    carry_on(&sb, &mut app, second, 2);
+    app.kill();
+    sb.check(committed_generations(&ck).len() >= 2, || {
+        "two checkpoints left fewer than two generations".into()
+    });
+
+    // What a checkpoint killed half-way leaves: an uncommitted, newer-numbered
+    // generation holding garbage.
+    let partial = sb.mkdir("ck/.gen-000009.partial");
+    fs::write(partial.join("MANIFEST"), b"generation 9, garbage\n\xff\xfe").unwrap();
+    fs::write(partial.join("single.img"), pseudo_random(20_000, 9)).unwrap();
+
+    let reference = finish_reference(&sb, reference);
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || {
+        format!("{} exited with {status}", re.label)
+    });
+    // Only the second checkpoint, the newest committed one, fits.
+    verify_history(
+        &sb,
+        &reference,
+        &[
+            Piece::new(&app.label, app.lines(), vec![second]),
+            Piece::new(&re.label, re.lines(), vec![]),
+        ],
+    );
+}
+
+#[test]
+fn kill_during_checkpoint_keeps_a_restartable_generation() {
+    let sb = Sandbox::new("kill-mid-checkpoint");
+    let prog = Program::c("single", &[]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch(&sb, &prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
+    app.wait_lines(&sb, 3);
+    let first = checkpoint(&sb, &sock, &mut app);
+    carry_on(&sb, &mut app, first, 2);
+
+    // Start a second checkpoint and kill everything as soon as it shows.
+    app.drain();
+    let lo = app.line_count();
+    let mut command = start_checkpoint(&sb, &sock);
+    let partial_exists = || {
+        fs::read_dir(&ck)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !partial_exists() && command.poll_exit().is_none() && Instant::now() < deadline {
+        sleep(Duration::from_millis(1));
+    }
+    app.kill();
+    command.kill();
+    // Whichever generation is the newest committed one, the restart must
+    // carry on from it.
+    let second = Window {
+        lo,
+        hi: app.line_count(),
+    };
+
+    let reference = finish_reference(&sb, reference);
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || {
+        format!("{} exited with {status}", re.label)
+    });
+    verify_history(
+        &sb,
+        &reference,
+        &[
+            Piece::new(&app.label, app.lines(), vec![first, second]),
+            Piece::new(&re.label, re.lines(), vec![]),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Images
+
+/// Launches single.c (from a private copy of its executable), checkpoints it
+/// once and kills it. Returns the running program's maps and pid as they were
+/// right after the checkpoint, and the checkpoint directory.
+fn one_checkpoint(sb: &Sandbox) -> (Program, Vec<(u64, u64, String)>, i32, PathBuf) {
+    let exe = sb.join("single-copy");
+    fs::copy(compiled("single"), &exe).unwrap_or_else(|e| sb.fail(format!("copy single: {e}")));
+    let prog = Program::c("single", &[]).at(&exe);
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch(sb, &prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
+    app.wait_lines(sb, 3);
+    checkpoint(sb, &sock, &mut app);
+    let pid = find_descendant(app.pid(), &exe).unwrap_or_else(|| {
+        sb.fail(format!(
+            "no process running {} under {}",
+            exe.display(),
+            app.label
+        ))
+    });
+    let maps = maps(pid);
+    app.kill();
+    (prog, maps, pid, ck)
+}
+
+#[test]
+fn images_are_private_and_generations_committed() {
+    let sb = Sandbox::new("image-mode");
+    let (_, _, _, ck) = one_checkpoint(&sb);
+    let gens = committed_generations(&ck);
+    sb.check(
+        gens.iter().map(|(n, _)| *n).collect::<Vec<_>>() == [1],
+        || format!("generations after one checkpoint: {gens:?}"),
+    );
+    sb.check(
+        gens[0].1.file_name().is_some_and(|n| n == "gen-000001"),
+        || format!("generation directory {:?}", gens[0].1),
+    );
+    for image in images_in(&sb, &gens[0].1) {
+        let m = mode(&image);
+        sb.check(m == 0o600, || {
+            format!("{} has mode {m:o}, not 600", image.display())
+        });
+    }
+    let leftovers: Vec<_> = fs::read_dir(&ck)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    sb.check(leftovers.is_empty(), || {
+        format!("a committed checkpoint left {leftovers:?}")
+    });
+}
+
+#[test]
+fn inspect_lists_regions_and_threads() {
+    let sb = Sandbox::new("inspect");
+    let (prog, maps, pid, ck) = one_checkpoint(&sb);
+    let generation = newest_generation(&sb, &ck);
+    let images = images_in(&sb, &generation);
+    sb.check(images.len() == 1, || {
+        format!("one process, but images {images:?}")
+    });
+    let out = run_stasis(
+        &sb,
+        "inspect",
+        &[Path::new("inspect"), &images[0]],
+        QUICK_TIMEOUT,
+    );
+    sb.check(out.status.success(), || {
+        format!("stasis inspect failed: {}\n{}", out.status, out.stderr)
+    });
+    let text = out.stdout.to_lowercase();
+    sb.check(text.contains("thread"), || {
+        format!("no threads listed:\n{}", out.stdout)
+    });
+    let words: Vec<&str> = text.split(|c: char| !c.is_ascii_alphanumeric()).collect();
+    sb.check(words.contains(&pid.to_string().as_str()), || {
+        format!("pid {pid} (the thread's tid) not shown:\n{}", out.stdout)
+    });
+    let exe = prog.exe().to_string_lossy().into_owned();
+    for wanted in ["[stack]", exe.as_str()] {
+        let Some((start, _, _)) = maps.iter().find(|(_, _, name)| name == wanted) else {
+            sb.fail(format!("no {wanted} in the program's maps: {maps:?}"))
+        };
+        sb.check(text.contains(&format!("{start:x}")), || {
+            format!(
+                "the region {wanted} at {start:#x} is not listed:\n{}",
+                out.stdout
+            )
+        });
+    }
+}
+
+/// Deterministic noise.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Runs `stasis restart` on `target` and `stasis inspect` on `image` (if
+/// any), expecting each to refuse cleanly and to leave no process behind.
+fn expect_refused(
+    sb: &Sandbox,
+    case: &str,
+    targets: &[&Path],
+    image: Option<&Path>,
+    exe: Option<&Path>,
+) {
+    let mut outcomes = Vec::new();
+    for target in targets {
+        let sock = sb.socket();
+        let args = [
+            Path::new("restart"),
+            Path::new("--coord-socket"),
+            &sock,
+            target,
+        ];
+        outcomes.push((
+            format!("{case}: stasis restart {}", target.display()),
+            run_stasis(sb, "restart", &args, QUICK_TIMEOUT),
+        ));
+    }
+    if let Some(image) = image {
+        let args = [Path::new("inspect"), image];
+        outcomes.push((
+            format!("{case}: stasis inspect {}", image.display()),
+            run_stasis(sb, "inspect", &args, QUICK_TIMEOUT),
+        ));
+    }
+    for (what, out) in &outcomes {
+        expect_clean_error(sb, what, out);
+        sb.check(!group_alive(out.pid), || {
+            format!("{what} left processes behind in its process group")
+        });
+    }
+    if let Some(exe) = exe {
+        let left = running(exe);
+        sb.check(left.is_empty(), || {
+            format!(
+                "{case}: processes {left:?} run {} after a refused restart",
+                exe.display()
+            )
+        });
+    }
+}
+
+/// Live processes whose executable or command line names `exe`.
+fn running(exe: &Path) -> Vec<i32> {
+    let needle = exe.as_os_str().as_encoded_bytes();
+    let me = std::process::id().to_string();
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().into_string().ok()?;
+            let _: i32 = pid.parse().ok()?;
+            (pid != me).then_some(pid)
+        })
+        .filter(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
+            if !matches!(state.as_deref(), Some(s) if s != "Z" && s != "X") {
+                return false;
+            }
+            let by_exe = fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe);
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            by_exe || cmdline.windows(needle.len()).any(|w| w == needle)
+        })
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
+/// A way to damage an image's bytes.
+type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
+#[test]
+fn damaged_images_are_refused_cleanly() {
+    let sb = Sandbox::new("damaged");
+    let (prog, _, _, ck) = one_checkpoint(&sb);
+    let exe = prog.exe().to_path_buf();
+    wait_until(
+        &sb,
+        "the killed program to be gone",
+        Duration::from_secs(10),
+        || running(&exe).is_empty(),
+    );
+
+    let generation = newest_generation(&sb, &ck);
+    let images = images_in(&sb, &generation);
+    sb.check(images.len() == 1, || {
+        format!("one process, but images {images:?}")
+    });
+    let image_name = images[0].file_name().unwrap().to_owned();
+    let gen_name = generation.file_name().unwrap().to_owned();
+    let good = fs::read(&images[0]).unwrap();
+    let (header, _) = stasis_image::parse_image(&good)
+        .unwrap_or_else(|e| sb.fail(format!("the freshly written image does not parse: {e:?}")));
+    let (p0, plen) = (header.payload_offset as usize, header.payload_len as usize);
+    let (m0, mlen) = (header.meta_offset as usize, header.meta_len as usize);
+    sb.check(
+        m0 + mlen <= good.len() && p0 + plen <= good.len() && mlen > 0,
+        || format!("odd header {header:?}"),
+    );
+
+    let flip = |at: usize| {
+        move |b: &mut Vec<u8>| {
+            b[at] ^= 0x5a;
+        }
+    };
+    let cut = |len: usize| move |b: &mut Vec<u8>| b.truncate(len);
+    let mut cases: Vec<(String, Damage)> = vec![
+        ("magic flipped".into(), Box::new(flip(0))),
+        (
+            "header zeroed".into(),
+            Box::new(|b: &mut Vec<u8>| b[..64].fill(0)),
+        ),
+        (
+            "metadata byte flipped".into(),
+            Box::new(flip(m0 + mlen / 2)),
+        ),
+        (
+            "metadata last byte flipped".into(),
+            Box::new(flip(m0 + mlen - 1)),
+        ),
+        (
+            "cut before the metadata end".into(),
+            Box::new(cut(m0 + mlen - 1)),
+        ),
+        ("cut after the header".into(), Box::new(cut(4096))),
+        ("cut inside the header".into(), Box::new(cut(40))),
+        ("empty".into(), Box::new(cut(0))),
+        (
+            "random bytes".into(),
+            Box::new(|b: &mut Vec<u8>| *b = pseudo_random(65536, 1)),
+        ),
+        (
+            "magic then random bytes".into(),
+            Box::new(|b: &mut Vec<u8>| {
+                let mut v = b"STASISIM".to_vec();
+                v.extend(pseudo_random(8184, 2));
+                *b = v;
+            }),
+        ),
+    ];
+    if plen > 0 {
+        // The first byte of any page of the payload is chunk data, never padding.
+        let middle_page = p0 + (plen / 2) / 4096 * 4096;
+        cases.push(("first payload byte flipped".into(), Box::new(flip(p0))));
+        cases.push(("payload page flipped".into(), Box::new(flip(middle_page))));
+        cases.push((
+            "cut inside the payload".into(),
+            Box::new(cut(middle_page + 100)),
+        ));
+    }
+
+    for (i, (case, damage)) in cases.iter().enumerate() {
+        let case_ck = sb.join(format!("cases/{i}/ck"));
+        copy_tree(&ck, &case_ck).unwrap();
+        let image = case_ck.join(&gen_name).join(&image_name);
+        let mut bytes = good.clone();
+        damage(&mut bytes);
+        fs::write(&image, &bytes).unwrap();
+        expect_refused(&sb, case, &[&case_ck, &image], Some(&image), Some(&exe));
+    }
+
+    // Damage to the generation rather than to the image.
+    let case_ck = sb.join("cases/manifest/ck");
+    copy_tree(&ck, &case_ck).unwrap();
+    fs::write(
+        case_ck.join(&gen_name).join("MANIFEST"),
+        pseudo_random(300, 3),
+    )
+    .unwrap();
+    expect_refused(&sb, "garbage MANIFEST", &[&case_ck], None, Some(&exe));
+
+    let case_ck = sb.join("cases/no-image/ck");
+    copy_tree(&ck, &case_ck).unwrap();
+    fs::remove_file(case_ck.join(&gen_name).join(&image_name)).unwrap();
+    expect_refused(&sb, "image missing", &[&case_ck], None, Some(&exe));
+
+    // The untouched checkpoint still inspects.
+    let out = run_stasis(
+        &sb,
+        "inspect",
+        &[Path::new("inspect"), &images[0]],
+        QUICK_TIMEOUT,
+    );
+    sb.check(out.status.success(), || {
+        format!("inspect of the good image failed: {}", out.stderr)
+    });
+}
+
+#[test]
+fn missing_and_foreign_images_are_refused_cleanly() {
+    // Needs no checkpoint: only the command line and the image reader.
+    let sb = Sandbox::new("foreign");
+    let missing = sb.join("no-such-dir");
+    expect_refused(
+        &sb,
+        "missing path",
+        &[&missing],
+        Some(&missing.join("x.img")),
+        None,
+    );
+
+    let empty_dir = sb.mkdir("empty-ck");
+    expect_refused(&sb, "no generation", &[&empty_dir], Some(&empty_dir), None);
+
+    let only_partial = sb.mkdir("partial-ck");
+    fs::create_dir(only_partial.join(".gen-000001.partial")).unwrap();
+    fs::write(only_partial.join(".gen-000001.partial/MANIFEST"), b"x").unwrap();
+    expect_refused(
+        &sb,
+        "only a partial generation",
+        &[&only_partial],
+        None,
+        None,
+    );
+
+    let files: [(&str, Vec<u8>); 4] = [
+        ("empty.img", Vec::new()),
+        ("random.img", pseudo_random(65536, 4)),
+        (
+            "magic.img",
+            [b"STASISIM".as_slice(), &pseudo_random(4088, 5)].concat(),
+        ),
+        ("elf.img", fs::read("/bin/true").unwrap()),
+    ];
+    for (name, bytes) in files {
+        let path = sb.join(name);
+        fs::write(&path, bytes).unwrap();
+        expect_refused(&sb, name, &[&path], Some(&path), None);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The command line
+
+#[test]
+fn relocated_binaries_still_launch() {
+    // stasis finds its agent next to itself, wherever it was copied.
+    let sb = Sandbox::new("relocated");
+    let bin_dir = sb.mkdir("bin");
+    let bin = bin_dir.join("stasis");
+    let agent = bin_dir.join("libstasis_agent.so");
+    fs::copy(stasis(), &bin).unwrap();
+    fs::copy(stasis().with_file_name("libstasis_agent.so"), &agent).unwrap();
+
+    let prog = Program::c("single", &[]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch_with(&sb, &bin, &prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
+    app.wait_lines(&sb, 3);
+    let pid = find_descendant(app.pid(), prog.exe()).unwrap_or_else(|| {
+        sb.fail(format!(
+            "no process running {} under {}",
+            prog.exe().display(),
+            app.label
+        ))
+    });
+    let agent_text = agent.to_string_lossy().into_owned();
+    sb.check(
+        maps(pid).iter().any(|(_, _, name)| *name == agent_text),
+        || format!("the program did not load {agent_text}: {:?}", maps(pid)),
+    );
+    checkpoint(&sb, &sock, &mut app);
+    sb.check(!committed_generations(&ck).is_empty(), || {
+        "no generation committed".into()
+    });
+    let status = app.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || {
+        format!("{} exited with {status}", app.label)
+    });
+    let reference = finish_reference(&sb, reference);
+    sb.check(app.lines() == reference, || {
+        "the launched run's output differs from the reference".into()
+    });
+}
+
+#[test]
+fn launch_exits_with_the_program_status() {
+    let sb = Sandbox::new("exit-status");
+    let prog = Program {
+        name: "sh".into(),
+        argv: vec!["/bin/sh".into(), "-c".into(), "echo hello; exit 7".into()],
+    };
+    let mut app = launch(
+        &sb,
+        &prog,
+        &sb.socket(),
+        &sb.join("ck"),
+        &sb.mkdir("run"),
+        Out::Pipe,
+    );
+    let status = app.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.code() == Some(7), || {
+        format!("{} exited with {status}, not 7", app.label)
+    });
+    sb.check(app.lines() == ["hello"], || {
+        format!("stdout {:?}", app.stdout_text())
+    });
+}
