@@ -56,9 +56,7 @@ pub enum Outcome {
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn live_tasks() -> Vec<i32> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default()
+    sys::numeric_entries(c"/proc/self/task").unwrap_or_default()
 }
 
 /// Stops every thread but this one; they wait in the handler.

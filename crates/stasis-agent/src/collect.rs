@@ -230,19 +230,30 @@ fn thread_from_slot(slot: &Slot) -> Result<Thread, String> {
     })
 }
 
-/// glibc registers every thread's rseq area at a fixed offset from its
-/// thread pointer (exported as __rseq_offset/__rseq_size since 2.35).
-fn rseq_of(fs_base: u64) -> (u64, u32, u32) {
-    // SAFETY: dlsym with NUL-terminated names; the symbols, when present,
-    // are glibc's read-only variables of these types.
-    unsafe {
-        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
-        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
-        if off.is_null() || size.is_null() || *size == 0 {
-            return (0, 0, 0);
+/// glibc's rseq registration: offset from the thread pointer, or None.
+static RSEQ_OFFSET: std::sync::OnceLock<Option<isize>> = std::sync::OnceLock::new();
+
+/// Looks up glibc's __rseq_offset/__rseq_size (exported since 2.35). Done
+/// at start-up: dlsym takes the loader's lock, which a stopped thread may
+/// hold during a checkpoint.
+pub fn init_rseq_lookup() {
+    RSEQ_OFFSET.get_or_init(|| {
+        // SAFETY: dlsym with NUL-terminated names; the symbols, when
+        // present, are glibc's read-only variables of these types.
+        unsafe {
+            let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+            let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+            (!off.is_null() && !size.is_null() && *size != 0).then(|| *off)
         }
-        // glibc registers the whole 32-byte struct rseq with RSEQ_SIG.
-        ((fs_base as i64 + *off as i64) as u64, 32, 0x5305_3053)
+    });
+}
+
+/// A thread's rseq area: glibc registers the whole 32-byte struct rseq at
+/// a fixed offset from the thread pointer, with RSEQ_SIG.
+fn rseq_of(fs_base: u64) -> (u64, u32, u32) {
+    match RSEQ_OFFSET.get().copied().flatten() {
+        Some(off) => ((fs_base as i64 + off as i64) as u64, 32, 0x5305_3053),
+        None => (0, 0, 0),
     }
 }
 
@@ -357,12 +368,11 @@ fn page_bits(pagemap: &fs::File, start: u64, len: u64, keep: impl Fn(u64) -> boo
 // ---- descriptors -----------------------------------------------------------------
 
 fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
-    let dir = fs::read_dir("/proc/self/fd").map_err(|e| format!("read /proc/self/fd: {e}"))?;
-    let mut nums: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    let mut nums = sys::numeric_entries(c"/proc/self/fd").map_err(|e| format!("read /proc/self/fd: errno {e}"))?;
     nums.sort_unstable();
     let mut out = Vec::new();
     for fd in nums {
-        let Ok(link) = fs::read_link(format!("/proc/self/fd/{fd}")) else { continue }; // the dir's own fd
+        let Ok(link) = fs::read_link(format!("/proc/self/fd/{fd}")) else { continue }; // closed meanwhile
         let link = link.to_string_lossy().into_owned();
         let Ok(info_text) = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else { continue };
         let info = stasis_procfs::parse_fdinfo(&info_text).ok_or_else(|| format!("cannot parse fdinfo of fd {fd}"))?;

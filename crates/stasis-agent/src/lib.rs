@@ -29,6 +29,7 @@ extern "C" fn init() {
     let Some(socket) = std::env::var_os("STASIS_COORD_SOCKET") else { return };
     let sig = std::env::var("STASIS_CKPT_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
     signals::resolve_real_functions();
+    collect::init_rseq_lookup();
     if signals::install(sig, ckpt::in_handler).is_err() {
         sys::write_stderr(b"stasis agent: cannot install the checkpoint signal handler\n");
         return;

@@ -207,3 +207,43 @@ pub fn write_stderr(msg: &[u8]) {
     // SAFETY: write reads `msg` only.
     let _ = unsafe { syscall6(libc::SYS_write, [2, msg.as_ptr() as usize, msg.len(), 0, 0, 0]) };
 }
+
+/// The numeric entries of a /proc directory (task ids, fd numbers), read
+/// with getdents64 because glibc's opendir allocates with the program's
+/// malloc, whose lock a stopped thread may hold.
+pub fn numeric_entries(path: &std::ffi::CStr) -> Result<Vec<i32>, i32> {
+    // SAFETY: open with a NUL-terminated path.
+    let fd = unsafe {
+        syscall6(
+            libc::SYS_openat,
+            [libc::AT_FDCWD as usize, path.as_ptr() as usize, (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as usize, 0, 0, 0],
+        )
+    }? as i32;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let result = loop {
+        // SAFETY: getdents64 writes at most buf.len() bytes into buf.
+        let n = match unsafe { syscall6(libc::SYS_getdents64, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0]) } {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        let mut off = 0;
+        while off + 19 <= n {
+            // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name...
+            let reclen = u16::from_le_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name = &buf[off + 19..(off + reclen).min(n)];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if let Some(v) = std::str::from_utf8(name).ok().and_then(|s| s.parse().ok()) {
+                out.push(v);
+            }
+            off += reclen;
+        }
+    };
+    // SAFETY: closing the descriptor opened above.
+    let _ = unsafe { syscall6(libc::SYS_close, [fd as usize, 0, 0, 0, 0, 0]) };
+    result.map(|()| out)
+}
