@@ -1149,6 +1149,26 @@ pub fn verify_history(sb: &Sandbox, reference: &[String], pieces: &[Piece]) {
         match candidates.as_slice() {
             [k] => pos += k,
             [] => {
+                let in_window =
+                    |k: usize| piece.checkpoints.iter().any(|w| (w.lo..=w.hi).contains(&k));
+                let start = next
+                    .lines
+                    .first()
+                    .and_then(|l| reference.iter().position(|r| r == l));
+                if let Some(j) = start.filter(|&j| j >= pos && in_window(j - pos)) {
+                    let bad = mismatch(reference, j, &next.lines).unwrap_or(next.lines.len());
+                    sb.fail(format!(
+                        "{} resumes {} at the right line ({} of the reference) but then differs: \
+                         its line {} is {:?} where the reference (line {}) has {:?}",
+                        describe(next),
+                        piece.label,
+                        j + 1,
+                        bad + 1,
+                        next.lines.get(bad),
+                        j + bad + 1,
+                        reference.get(j + bad)
+                    ));
+                }
                 let at = next
                     .lines
                     .first()
