@@ -7,9 +7,13 @@
 //! carved from mmap'd chunks, large blocks mapped directly. The lock is
 //! only ever taken by agent code outside signal handlers, so the program
 //! can never hold it.
+//!
+//! The image writer (a fork of the checkpoint thread) must not change any
+//! memory it is saving, so while a writer runs it allocates from a separate
+//! arena mapped for it alone and never frees (it exits soon after).
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 use crate::sys;
 
@@ -23,7 +27,14 @@ const SLAB: usize = 1 << 20;
 pub struct AgentAlloc {
     lock: AtomicBool,
     state: std::cell::UnsafeCell<State>,
+    /// The writer's arena (0 when no writer is being started) and the pid
+    /// of the process that made it: any other pid is the writer.
+    child_arena: AtomicUsize,
+    arena_owner: AtomicI32,
 }
+
+/// Size of the writer's arena for small blocks (reserved, not committed).
+const CHILD_ARENA: usize = 256 << 20;
 
 struct State {
     /// Heads of the free lists, one per class (intrusive singly linked).
@@ -41,7 +52,34 @@ impl AgentAlloc {
         AgentAlloc {
             lock: AtomicBool::new(false),
             state: std::cell::UnsafeCell::new(State { free: [0; CLASSES], bump: 0, bump_end: 0 }),
+            child_arena: AtomicUsize::new(0),
+            arena_owner: AtomicI32::new(0),
         }
+    }
+
+    /// Maps the arena a writer forked next will allocate from.
+    pub fn prepare_child_arena(&self) -> bool {
+        let Some(base) = sys::mmap_reserve(CHILD_ARENA) else { return false };
+        // The first word is the arena's bump pointer.
+        // SAFETY: fresh mapping, at least one page.
+        unsafe { *(base as *mut usize) = base as usize + 64 };
+        self.arena_owner.store(sys::getpid(), Ordering::Release);
+        self.child_arena.store(base as usize, Ordering::Release);
+        true
+    }
+
+    /// In the parent after the fork (or in a restored process): forget it.
+    pub fn drop_child_arena(&self, unmap: bool) {
+        let base = self.child_arena.swap(0, Ordering::AcqRel);
+        if unmap && base != 0 {
+            sys::munmap(base as *mut u8, CHILD_ARENA);
+        }
+    }
+
+    /// The writer's arena, if this process is a writer.
+    fn child(&self) -> Option<usize> {
+        let base = self.child_arena.load(Ordering::Acquire);
+        (base != 0 && sys::getpid() != self.arena_owner.load(Ordering::Acquire)).then_some(base)
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -70,6 +108,22 @@ fn large_len(layout: Layout) -> usize {
 // from mmap; a block is never handed out twice before being freed.
 unsafe impl GlobalAlloc for AgentAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(base) = self.child() {
+            if layout.size() > 1 << MAX_SHIFT || layout.align() > 4096 {
+                return sys::mmap_anon(large_len(layout)).unwrap_or(std::ptr::null_mut());
+            }
+            // SAFETY: the arena's first word is its bump pointer; only the
+            // writer's single thread uses it.
+            unsafe {
+                let next = base as *mut usize;
+                let start = (*next).next_multiple_of(layout.align().max(16));
+                if start + layout.size() > base + CHILD_ARENA {
+                    return std::ptr::null_mut();
+                }
+                *next = start + layout.size();
+                return start as *mut u8;
+            }
+        }
         let Some(class) = class_of(layout) else {
             if layout.align() > 4096 {
                 return std::ptr::null_mut();
@@ -97,6 +151,9 @@ unsafe impl GlobalAlloc for AgentAlloc {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if self.child().is_some() {
+            return; // the writer frees nothing: that would change saved memory
+        }
         let Some(class) = class_of(layout) else {
             sys::munmap(ptr, large_len(layout));
             return;

@@ -119,6 +119,8 @@ pub fn checkpoint(req: Request) -> Result<Outcome, String> {
     let _ = sys::tgkill(pid, me, sig);
 
     if RESTORE_INFO.restored.load(Ordering::Acquire) != 0 {
+        // The writer's arena was never part of the image.
+        crate::ALLOC.drop_child_arena(false);
         finish_restore();
         return Ok(Outcome::Restored { generation: RESTORE_INFO.generation.load(Ordering::Acquire) });
     }
@@ -149,23 +151,20 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
     }
     // SAFETY: both descriptors were just created and are owned here.
     let (rd, wr) = unsafe { (File::from(OwnedFd::from_raw_fd(fds[0])), File::from(OwnedFd::from_raw_fd(fds[1]))) };
-    match sys::snapshot_fork() {
+    if !crate::ALLOC.prepare_child_arena() {
+        return Err("cannot map memory for the image writer".into());
+    }
+    let forked = sys::snapshot_fork();
+    if !matches!(forked, Ok(0)) {
+        crate::ALLOC.drop_child_arena(true);
+    }
+    match forked {
         Err(e) => Err(format!("fork for the image writer: errno {e}")),
         Ok(0) => {
             drop(rd);
-            let mut wr = wr;
-            let result = writer::write_image(snap, &path, &mut || {
-                let _ = wr.write_all(b"S");
-            });
-            let line = match result {
-                Ok(bytes) => format!("SOK {bytes}\n"),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&path);
-                    format!("SERR {}\n", e.replace('\n', " "))
-                }
-            };
-            let _ = wr.write_all(line.as_bytes());
-            sys::exit_group(0)
+            let job = WriterJob { snap, path, pipe: wr };
+            // A new stack: the writer must not scribble on the stack it saves.
+            sys::run_on_new_stack(WRITER_STACK, writer_main, &job as *const WriterJob as usize)
         }
         Ok(child) => {
             drop(wr);
@@ -178,6 +177,35 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
             Ok(InFlight { child: child as i32, pipe: rd, image, pause })
         }
     }
+}
+
+const WRITER_STACK: usize = 8 << 20;
+
+struct WriterJob {
+    snap: collect::Snapshot,
+    path: PathBuf,
+    pipe: File,
+}
+
+/// The image writer's whole life, in the forked child.
+extern "C" fn writer_main(job: usize) -> ! {
+    // SAFETY: `job` is the WriterJob on the old stack, which stays mapped
+    // (and untouched) in this process; we take it by value, reading only.
+    let WriterJob { snap, path, pipe } = unsafe { std::ptr::read(job as *const WriterJob) };
+    collect::forget_rseq();
+    let mut pipe = pipe;
+    let result = writer::write_image(snap, &path, &mut || {
+        let _ = pipe.write_all(b"S");
+    });
+    let line = match result {
+        Ok(bytes) => format!("SOK {bytes}\n"),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            format!("SERR {}\n", e.replace('\n', " "))
+        }
+    };
+    let _ = pipe.write_all(line.as_bytes());
+    sys::exit_group(0)
 }
 
 fn collect_child(mut flight: InFlight) -> Result<Outcome, String> {

@@ -248,6 +248,19 @@ pub fn init_rseq_lookup() {
     });
 }
 
+/// Unregisters the calling thread's rseq area (which lives at
+/// `fs_base`-relative `rseq_of`). The image writer does this first: it
+/// inherits the checkpoint thread's registration, and the kernel would keep
+/// updating the cpu number inside memory being saved.
+pub fn forget_rseq() {
+    let (addr, len, sig) = rseq_of(sys::fs_base());
+    if addr != 0 {
+        // SAFETY: rseq(UNREGISTER) with the registration glibc made; it
+        // only stops the kernel from writing to that area.
+        let _ = unsafe { sys::syscall6(libc::SYS_rseq, [addr as usize, len as usize, 1, sig as usize, 0, 0]) };
+    }
+}
+
 /// A thread's rseq area: glibc registers the whole 32-byte struct rseq at
 /// a fixed offset from the thread pointer, with RSEQ_SIG.
 fn rseq_of(fs_base: u64) -> (u64, u32, u32) {

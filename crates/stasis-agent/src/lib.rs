@@ -18,7 +18,7 @@ mod sys;
 mod writer;
 
 #[global_allocator]
-static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc::new();
+pub(crate) static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc::new();
 
 /// The signal used unless STASIS_CKPT_SIGNAL names another: a real-time
 /// signal near the top, which programs rarely use (glibc reserves the

@@ -133,7 +133,7 @@ pub fn install(sig: c_int, self_handler: SelfHandler) -> Result<(), i32> {
     CKPT_SIGNAL.store(sig, Ordering::Release);
     // SAFETY: a zeroed sigaction is a valid starting point.
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-    act.sa_sigaction = on_signal as usize;
+    act.sa_sigaction = on_signal as *const () as usize;
     act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     // SAFETY: sa_mask is a valid sigset_t to fill.
     unsafe { libc::sigfillset(&mut act.sa_mask) };

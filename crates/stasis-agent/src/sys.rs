@@ -91,6 +91,26 @@ pub fn mmap_anon(len: usize) -> Option<*mut u8> {
     r.ok().map(|a| a as *mut u8)
 }
 
+/// Reserves address space without committing memory.
+pub fn mmap_reserve(len: usize) -> Option<*mut u8> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: a fresh anonymous mapping touches no existing memory.
+    let r = unsafe { syscall6(libc::SYS_mmap, [0, len, prot as usize, flags as usize, usize::MAX, 0]) };
+    r.ok().map(|a| a as *mut u8)
+}
+
+/// Runs `f(arg)` on a fresh stack of `len` bytes; `f` must not return.
+pub fn run_on_new_stack(len: usize, f: extern "C" fn(usize) -> !, arg: usize) -> ! {
+    let Some(stack) = mmap_anon(len) else { exit_group(70) };
+    let top = (stack as usize + len) & !15;
+    // SAFETY: switches to a stack we own entirely and calls a function that
+    // never returns, so nothing ever uses the old stack pointer again.
+    unsafe {
+        asm!("mov rsp, {top}", "call {f}", "ud2", top = in(reg) top, f = in(reg) f, in("rdi") arg, options(noreturn));
+    }
+}
+
 pub fn munmap(ptr: *mut u8, len: usize) {
     // SAFETY: callers unmap only memory they mapped and no longer use.
     let _ = unsafe { syscall6(libc::SYS_munmap, [ptr as usize, len, 0, 0, 0, 0]) };

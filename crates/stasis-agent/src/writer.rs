@@ -83,12 +83,18 @@ fn write_region(w: &mut ImageWriter, region: u32, start: u64, prot: u8, plan: &R
         }
     }
     let mut run_start: Option<u64> = None;
+    let mut bounce = vec![0u8; MAX_CHUNK as usize];
     let mut flush = |from: u64, to: u64, w: &mut ImageWriter| -> Result<(), String> {
         let addr = start + from * PAGE;
+        let len = ((to - from) * PAGE) as usize;
         // SAFETY: pages [from, to) are mapped and readable in this process
         // (present in the pagemap, or within the mapped file's size).
-        let data = unsafe { std::slice::from_raw_parts(addr as *const u8, ((to - from) * PAGE) as usize) };
-        w.append_chunk(ChunkKind::Memory { region, offset: from * PAGE }, data)
+        let live = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
+        // Copy first: libc's own wrappers briefly change this thread's
+        // descriptor (cancellation state) in memory that may be saved here,
+        // so what is hashed and what is written must be the same bytes.
+        bounce[..len].copy_from_slice(live);
+        w.append_chunk(ChunkKind::Memory { region, offset: from * PAGE }, &bounce[..len])
             .map(|_| ())
             .map_err(|e| e.to_string())
     };

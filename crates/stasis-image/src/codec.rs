@@ -1,13 +1,395 @@
-use crate::{ProcessMeta, Result};
+//! The metadata encoding: little-endian integers, u32-length-prefixed
+//! strings and vectors, u8 tags for enums. Decoding never panics and never
+//! allocates more than the input could describe.
+
+use std::path::PathBuf;
+
+use crate::model::*;
+use crate::{Error, Result};
+
+pub(crate) const UCONTEXT_LEN: usize = 304;
+
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn bool(&mut self, v: bool) {
+        self.0.push(v as u8);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i32(&mut self, v: i32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i128(&mut self, v: i128) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.u32(v.len() as u32);
+        self.0.extend_from_slice(v);
+    }
+    fn str(&mut self, v: &str) {
+        self.bytes(v.as_bytes());
+    }
+    fn vec<T>(&mut self, v: &[T], mut f: impl FnMut(&mut Self, &T)) {
+        self.u32(v.len() as u32);
+        for x in v {
+            f(self, x);
+        }
+    }
+}
+
+struct Dec<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+fn corrupt(what: impl Into<String>) -> Error {
+    Error::Corrupt { path: PathBuf::new(), what: what.into() }
+}
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.data.len() - self.pos < n {
+            return Err(corrupt(format!("metadata ends early (at byte {})", self.pos)));
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn bool(&mut self) -> Result<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(corrupt(format!("invalid boolean {b}"))),
+        }
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.arr()?))
+    }
+    fn i32(&mut self) -> Result<i32> {
+        Ok(i32::from_le_bytes(self.arr()?))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.arr()?))
+    }
+    fn i128(&mut self) -> Result<i128> {
+        Ok(i128::from_le_bytes(self.arr()?))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn str(&mut self) -> Result<String> {
+        String::from_utf8(self.bytes()?).map_err(|_| corrupt("invalid UTF-8 in a string"))
+    }
+    /// A vector of items each at least `min_item` bytes long: the count is
+    /// checked against what is left before anything is allocated.
+    fn vec<T>(&mut self, min_item: usize, mut f: impl FnMut(&mut Self) -> Result<T>) -> Result<Vec<T>> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_item.max(1)) > self.data.len() - self.pos {
+            return Err(corrupt(format!("a list of {n} items does not fit in the metadata")));
+        }
+        (0..n).map(|_| f(self)).collect()
+    }
+}
 
 /// Encodes the metadata section.
 pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
-    let _ = meta;
-    todo!()
+    let mut e = Enc(Vec::with_capacity(4096));
+    e.u64(meta.generation);
+    e.u64(meta.computation_id);
+    e.u64(meta.created_unix);
+    e.i32(meta.pid);
+    e.i32(meta.ppid);
+    e.str(&meta.name);
+    e.str(&meta.exe);
+    e.vec(&meta.cmdline, |e, s| e.str(s));
+    e.str(&meta.cwd);
+    e.u32(meta.umask);
+    e.vec(&meta.rlimits, |e, r| {
+        e.u32(r.resource);
+        e.u64(r.soft);
+        e.u64(r.hard);
+    });
+    let m = &meta.mm;
+    for v in [
+        m.start_code,
+        m.end_code,
+        m.start_data,
+        m.end_data,
+        m.start_brk,
+        m.brk,
+        m.start_stack,
+        m.arg_start,
+        m.arg_end,
+        m.env_start,
+        m.env_end,
+    ] {
+        e.u64(v);
+    }
+    e.vec(&m.auxv, |e, v| e.u64(*v));
+    e.vec(&meta.regions, |e, r| {
+        e.u64(r.start);
+        e.u64(r.end);
+        e.u8(r.prot);
+        e.bool(r.shared);
+        e.bool(r.growsdown);
+        match &r.kind {
+            RegionKind::Anonymous => e.u8(0),
+            RegionKind::File { path, offset, id } => {
+                e.u8(1);
+                e.str(path);
+                e.u64(*offset);
+                e.u64(id.size);
+                e.i128(id.mtime_ns);
+                e.u64(id.inode);
+            }
+            RegionKind::Vdso => e.u8(2),
+            RegionKind::Vvar => e.u8(3),
+        }
+        e.str(&r.name);
+    });
+    e.vec(&meta.threads, |e, t| {
+        e.i32(t.tid);
+        e.bytes(&t.ucontext);
+        e.bytes(&t.fpstate);
+        for v in [t.fs_base, t.gs_base, t.clear_child_tid, t.robust_list, t.robust_list_len, t.rseq_addr] {
+            e.u64(v);
+        }
+        e.u32(t.rseq_len);
+        e.u32(t.rseq_sig);
+        e.u64(t.pending);
+        e.str(&t.name);
+    });
+    e.vec(&meta.fds, |e, f| {
+        e.i32(f.fd);
+        e.bool(f.cloexec);
+        match &f.kind {
+            FdKind::File { path, flags, offset, size, deleted } => {
+                e.u8(0);
+                e.str(path);
+                e.u32(*flags);
+                e.u64(*offset);
+                e.u64(*size);
+                e.bool(*deleted);
+            }
+            FdKind::Directory { path, flags } => {
+                e.u8(1);
+                e.str(path);
+                e.u32(*flags);
+            }
+            FdKind::Device { path, flags } => {
+                e.u8(2);
+                e.str(path);
+                e.u32(*flags);
+            }
+            FdKind::Inherited { what } => {
+                e.u8(3);
+                e.str(what);
+            }
+            FdKind::Agent => e.u8(4),
+            FdKind::Unsupported => e.u8(5),
+        }
+    });
+    e.vec(&meta.sigactions, |e, a| {
+        for v in [a.handler, a.flags, a.restorer, a.mask] {
+            e.u64(v);
+        }
+    });
+    e.u64(meta.shared_pending);
+    e.vec(&meta.itimers, |e, t| {
+        e.u64(t.interval_us);
+        e.u64(t.value_us);
+    });
+    e.vec(&meta.posix_timers, |e, t| {
+        for v in [t.id, t.clock, t.notify, t.signal] {
+            e.i32(v);
+        }
+        e.u64(t.sigev_value);
+        e.i32(t.notify_tid);
+        e.u64(t.interval_ns);
+        e.u64(t.value_ns);
+        e.i32(t.overrun);
+    });
+    e.u64(meta.agent.restore_info_addr);
+    e.i32(meta.agent.ckpt_signal);
+    e.u32(meta.agent.interval_s);
+    e.vec(&meta.chunks, |e, c| {
+        match c.kind {
+            ChunkKind::Memory { region, offset } => {
+                e.u8(0);
+                e.u32(region);
+                e.u64(offset);
+            }
+            ChunkKind::FileContents { fd_index, offset } => {
+                e.u8(1);
+                e.u32(fd_index);
+                e.u64(offset);
+            }
+        }
+        e.u64(c.file_offset);
+        e.u64(c.len);
+        e.u64(c.checksum);
+    });
+    e.0
 }
 
 /// Decodes the metadata section; never panics, whatever the bytes.
 pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
-    let _ = bytes;
-    todo!()
+    let mut d = Dec { data: bytes, pos: 0 };
+    let mut m = ProcessMeta {
+        generation: d.u64()?,
+        computation_id: d.u64()?,
+        created_unix: d.u64()?,
+        pid: d.i32()?,
+        ppid: d.i32()?,
+        name: d.str()?,
+        exe: d.str()?,
+        cmdline: d.vec(4, |d| d.str())?,
+        cwd: d.str()?,
+        umask: d.u32()?,
+        rlimits: d.vec(20, |d| Ok(Rlimit { resource: d.u32()?, soft: d.u64()?, hard: d.u64()? }))?,
+        ..Default::default()
+    };
+    m.mm = MmLayout {
+        start_code: d.u64()?,
+        end_code: d.u64()?,
+        start_data: d.u64()?,
+        end_data: d.u64()?,
+        start_brk: d.u64()?,
+        brk: d.u64()?,
+        start_stack: d.u64()?,
+        arg_start: d.u64()?,
+        arg_end: d.u64()?,
+        env_start: d.u64()?,
+        env_end: d.u64()?,
+        auxv: d.vec(8, |d| d.u64())?,
+    };
+    m.regions = d.vec(24, |d| {
+        let (start, end, prot, shared, growsdown) = (d.u64()?, d.u64()?, d.u8()?, d.bool()?, d.bool()?);
+        let kind = match d.u8()? {
+            0 => RegionKind::Anonymous,
+            1 => RegionKind::File {
+                path: d.str()?,
+                offset: d.u64()?,
+                id: FileId { size: d.u64()?, mtime_ns: d.i128()?, inode: d.u64()? },
+            },
+            2 => RegionKind::Vdso,
+            3 => RegionKind::Vvar,
+            t => return Err(corrupt(format!("unknown region kind {t}"))),
+        };
+        Ok(Region { start, end, prot, shared, growsdown, kind, name: d.str()? })
+    })?;
+    m.threads = d.vec(70, |d| {
+        Ok(Thread {
+            tid: d.i32()?,
+            ucontext: d.bytes()?,
+            fpstate: d.bytes()?,
+            fs_base: d.u64()?,
+            gs_base: d.u64()?,
+            clear_child_tid: d.u64()?,
+            robust_list: d.u64()?,
+            robust_list_len: d.u64()?,
+            rseq_addr: d.u64()?,
+            rseq_len: d.u32()?,
+            rseq_sig: d.u32()?,
+            pending: d.u64()?,
+            name: d.str()?,
+        })
+    })?;
+    m.fds = d.vec(6, |d| {
+        let (fd, cloexec) = (d.i32()?, d.bool()?);
+        let kind = match d.u8()? {
+            0 => FdKind::File { path: d.str()?, flags: d.u32()?, offset: d.u64()?, size: d.u64()?, deleted: d.bool()? },
+            1 => FdKind::Directory { path: d.str()?, flags: d.u32()? },
+            2 => FdKind::Device { path: d.str()?, flags: d.u32()? },
+            3 => FdKind::Inherited { what: d.str()? },
+            4 => FdKind::Agent,
+            5 => FdKind::Unsupported,
+            t => return Err(corrupt(format!("unknown descriptor kind {t}"))),
+        };
+        Ok(Fd { fd, cloexec, kind })
+    })?;
+    m.sigactions = d.vec(32, |d| Ok(SigAction { handler: d.u64()?, flags: d.u64()?, restorer: d.u64()?, mask: d.u64()? }))?;
+    m.shared_pending = d.u64()?;
+    m.itimers = d.vec(16, |d| Ok(ITimer { interval_us: d.u64()?, value_us: d.u64()? }))?;
+    m.posix_timers = d.vec(48, |d| {
+        Ok(PosixTimer {
+            id: d.i32()?,
+            clock: d.i32()?,
+            notify: d.i32()?,
+            signal: d.i32()?,
+            sigev_value: d.u64()?,
+            notify_tid: d.i32()?,
+            interval_ns: d.u64()?,
+            value_ns: d.u64()?,
+            overrun: d.i32()?,
+        })
+    })?;
+    m.agent = AgentInfo { restore_info_addr: d.u64()?, ckpt_signal: d.i32()?, interval_s: d.u32()? };
+    m.chunks = d.vec(37, |d| {
+        let kind = match d.u8()? {
+            0 => ChunkKind::Memory { region: d.u32()?, offset: d.u64()? },
+            1 => ChunkKind::FileContents { fd_index: d.u32()?, offset: d.u64()? },
+            t => return Err(corrupt(format!("unknown chunk kind {t}"))),
+        };
+        Ok(Chunk { kind, file_offset: d.u64()?, len: d.u64()?, checksum: d.u64()? })
+    })?;
+    if d.pos != bytes.len() {
+        return Err(corrupt(format!("{} unexpected bytes after the metadata", bytes.len() - d.pos)));
+    }
+    validate(&m)?;
+    Ok(m)
+}
+
+/// Checks the relations between fields that the encoding alone cannot.
+fn validate(m: &ProcessMeta) -> Result<()> {
+    let page = crate::PAGE_SIZE;
+    let mut prev_end = 0;
+    for (i, r) in m.regions.iter().enumerate() {
+        if r.start >= r.end || r.start % page != 0 || r.end % page != 0 || r.start < prev_end {
+            return Err(corrupt(format!("region {i} ({:#x}-{:#x}) is invalid or out of order", r.start, r.end)));
+        }
+        prev_end = r.end;
+    }
+    for t in &m.threads {
+        if t.ucontext.len() != UCONTEXT_LEN {
+            return Err(corrupt(format!("thread {} has a {}-byte context", t.tid, t.ucontext.len())));
+        }
+    }
+    if m.sigactions.len() > 64 {
+        return Err(corrupt("more than 64 signal actions"));
+    }
+    for (i, c) in m.chunks.iter().enumerate() {
+        match c.kind {
+            ChunkKind::Memory { region, offset } => {
+                let r = m.regions.get(region as usize).ok_or_else(|| corrupt(format!("chunk {i} names no region")))?;
+                let end = offset.checked_add(c.len).and_then(|e| r.start.checked_add(e));
+                if end.is_none_or(|e| e > r.end) {
+                    return Err(corrupt(format!("chunk {i} lies outside its region")));
+                }
+            }
+            ChunkKind::FileContents { fd_index, .. } => {
+                if m.fds.get(fd_index as usize).is_none() {
+                    return Err(corrupt(format!("chunk {i} names no descriptor")));
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,3 +1,4 @@
+use std::fmt;
 use std::path::PathBuf;
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -13,4 +14,50 @@ pub enum Error {
     Corrupt { path: PathBuf, what: String },
     Checksum { path: PathBuf, what: String },
     NoCheckpoint { dir: PathBuf },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, op, source } => write!(f, "{}: {op}: {source}", path.display()),
+            Error::NotAnImage { path } => write!(f, "{}: not a stasis image (bad magic)", path.display()),
+            Error::UnsupportedVersion { path, version } => write!(
+                f,
+                "{}: image format version {version} is not supported (this stasis reads version {})",
+                path.display(),
+                crate::VERSION
+            ),
+            Error::Truncated { path, expected, actual } => {
+                write!(f, "{}: truncated: expected {expected} bytes, found {actual}", path.display())
+            }
+            Error::Corrupt { path, what } => write!(f, "{}: corrupt image: {what}", path.display()),
+            Error::Checksum { path, what } => write!(f, "{}: checksum mismatch in {what}", path.display()),
+            Error::NoCheckpoint { dir } => write!(f, "{}: no committed checkpoint found", dir.display()),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// Replaces the path an error names (decoders work without one).
+    pub fn at(self, p: &std::path::Path) -> Error {
+        let path = p.to_path_buf();
+        match self {
+            Error::Io { op, source, .. } => Error::Io { path, op, source },
+            Error::NotAnImage { .. } => Error::NotAnImage { path },
+            Error::UnsupportedVersion { version, .. } => Error::UnsupportedVersion { path, version },
+            Error::Truncated { expected, actual, .. } => Error::Truncated { path, expected, actual },
+            Error::Corrupt { what, .. } => Error::Corrupt { path, what },
+            Error::Checksum { what, .. } => Error::Checksum { path, what },
+            Error::NoCheckpoint { .. } => Error::NoCheckpoint { dir: path },
+        }
+    }
 }

@@ -69,6 +69,7 @@ pub fn build_frame(t: &Thread, addr: u64, ckpt_signal: i32) -> Vec<u8> {
 }
 
 /// Ranges overlap (half-open).
+#[cfg(test)]
 pub fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
 }

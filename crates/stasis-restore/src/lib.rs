@@ -167,5 +167,5 @@ fn prepare_and_jump(image: &ImageReader, agent_conn: i32) -> Result<(), String> 
             libc::setrlimit(l.resource as _, &want);
         }
     }
-    plan::build_and_jump(meta, image, helpers)
+    plan::build_and_jump(meta, helpers)
 }

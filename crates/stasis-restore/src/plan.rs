@@ -2,7 +2,7 @@
 
 use std::arch::asm;
 
-use stasis_image::{ChunkKind, ImageReader, ProcessMeta, RegionKind};
+use stasis_image::{ChunkKind, ProcessMeta, RegionKind};
 use stasis_plan::{
     Itimerval, KernelSigaction, MapOp, Move, Plan, Poke, PrctlMmMap, RESTORER_THREAD_STACK, ReadOp, Slice,
     ThreadPlan, TimerPlan, restore_info,
@@ -103,7 +103,7 @@ fn place_area(meta: &ProcessMeta, current_vdso: &[VdsoArea], size: u64) -> Resul
 }
 
 /// Builds the plan and runs the restorer. Only returns on error.
-pub fn build_and_jump(meta: &ProcessMeta, image: &ImageReader, mut helpers: Helpers) -> Result<(), String> {
+pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), String> {
     let current_vdso = vdso::current()?;
     let threads = &meta.threads;
     let frames: u64 = threads.iter().map(|t| layout::frame_len(t) + 64).sum();
