@@ -84,6 +84,14 @@ pub fn restore(
     agent_conn: i32,
     warn: &mut dyn FnMut(String),
 ) -> Result<Helpers, String> {
+    // Contents of deleted files, read while the image's descriptor is open.
+    let mut saved_contents: HashMap<i32, Vec<(u64, Vec<u8>)>> = HashMap::new();
+    for c in &meta.chunks {
+        if let ChunkKind::FileContents { fd_index, offset } = c.kind {
+            let fd = meta.fds[fd_index as usize].fd;
+            saved_contents.entry(fd).or_default().push((offset, image.chunk_data(c).map_err(|e| e.to_string())?));
+        }
+    }
     let base = meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
     let base = base.max(16);
     // Our own descriptors go above the program's first.
@@ -100,7 +108,7 @@ pub fn restore(
             FdKind::File { path, flags, offset, size, deleted } => {
                 let flags = (*flags as i32) & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
                 let fd = if *deleted {
-                    recreate_deleted(meta, image, f.fd, path, flags)?
+                    recreate_deleted(saved_contents.get(&f.fd).map_or(&[][..], |v| v.as_slice()), path, flags)?
                 } else {
                     open(path, flags)?
                 };
@@ -167,25 +175,15 @@ fn truncate_to(fd: i32, size: u64, path: &str, warn: &mut dyn FnMut(String)) -> 
 
 /// A file that was deleted while open: its saved contents are written to a
 /// new file next to where it was, opened, and the new file is deleted too.
-fn recreate_deleted(meta: &ProcessMeta, image: &ImageReader, fd: i32, path: &str, flags: i32) -> Result<i32, String> {
-    let index = meta.fds.iter().position(|f| f.fd == fd).unwrap_or(usize::MAX) as u32;
+fn recreate_deleted(contents: &[(u64, Vec<u8>)], path: &str, flags: i32) -> Result<i32, String> {
     // SAFETY: getpid cannot fail.
     let tmp = format!("{path}.stasis-restore-{}", unsafe { libc::getpid() });
-    let file = std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .map_err(|e| format!("recreate deleted file {path}: {e}"))?;
-    for c in &meta.chunks {
-        if let ChunkKind::FileContents { fd_index, offset } = c.kind
-            && fd_index == index
-        {
-            let data = image.chunk_data(c).map_err(|e| e.to_string())?;
-            file.write_all_at(&data, offset).map_err(|e| format!("write {tmp}: {e}"))?;
-        }
-    }
-    drop(file);
-    let fd = open(&tmp, flags);
+        .and_then(|file| contents.iter().try_for_each(|(offset, data)| file.write_all_at(data, *offset)));
+    let fd = written.map_err(|e| format!("recreate deleted file {path}: {e}")).and_then(|()| open(&tmp, flags));
     let _ = std::fs::remove_file(&tmp);
     fd
 }

@@ -128,15 +128,22 @@ pub fn spawn_restored(
     Ok(Spawned { init_pid, status })
 }
 
+/// Where the process being restored reports: the restart command's stderr
+/// (fd 2 until the program's own descriptors replace it).
+static LOG_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(2);
+
+fn log(msg: &str) {
+    let fd = LOG_FD.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: write() of a buffer we own.
+    unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
+}
+
 /// Runs in the process that becomes the restored one.
 fn become_restored(image: &ImageReader, agent_conn: i32) -> ! {
     let result = prepare_and_jump(image, agent_conn);
-    let msg = format!("stasis: restore failed: {}\n", result.err().unwrap_or_default());
-    // SAFETY: write to stderr (whatever fd 2 is now) and leave.
-    unsafe {
-        libc::write(2, msg.as_ptr().cast(), msg.len());
-        libc::_exit(125)
-    }
+    log(&format!("stasis: restore failed: {}\n", result.err().unwrap_or_default()));
+    // SAFETY: leaving without running the caller's atexit handlers.
+    unsafe { libc::_exit(125) }
 }
 
 fn prepare_and_jump(image: &ImageReader, agent_conn: i32) -> Result<(), String> {
@@ -149,10 +156,9 @@ fn prepare_and_jump(image: &ImageReader, agent_conn: i32) -> Result<(), String> 
     fds::write_back_shared(meta, image)?;
     let mut warnings = Vec::new();
     let helpers = fds::restore(meta, image, agent_conn, &mut |w| warnings.push(w))?;
+    LOG_FD.store(helpers.log, std::sync::atomic::Ordering::Relaxed);
     for w in warnings {
-        let line = format!("stasis: restart: {w}\n");
-        // SAFETY: write to the restart command's stderr (kept as the log fd).
-        unsafe { libc::write(helpers.log, line.as_ptr().cast(), line.len()) };
+        log(&format!("stasis: restart: {w}\n"));
     }
     std::env::set_current_dir(&meta.cwd).map_err(|e| format!("chdir {}: {e}", meta.cwd))?;
     // SAFETY: umask and setrlimit only change this process's settings.
