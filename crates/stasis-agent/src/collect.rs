@@ -311,7 +311,12 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
                 Some(path) if !e.is_deleted() && !path.starts_with("/SYSV") && !path.starts_with("/memfd:") => {
                     let md = fs::metadata(path).map_err(|err| format!("stat {path}: {err}"))?;
                     let id = FileId { size: md.size(), mtime_ns: mtime_ns(&md), inode: md.ino() };
-                    let plan = if e.shared {
+                    // "mw": the mapping may be made writable, so the program
+                    // may have changed the file through it.
+                    let writable_shared = e.shared && (e.write || e.has_flag("mw"));
+                    let plan = if e.shared && !writable_shared {
+                        RegionPlan { pages: Pages::None, skip_zero: false }
+                    } else if e.shared {
                         // The file itself holds these contents: save them
                         // all (up to the file's end) and write them back.
                         let in_file = md.size().saturating_sub(e.offset).next_multiple_of(PAGE).min(len);

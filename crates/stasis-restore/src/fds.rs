@@ -193,8 +193,10 @@ fn recreate_deleted(contents: &[(u64, Vec<u8>)], path: &str, flags: i32) -> Resu
 pub fn write_back_shared(meta: &ProcessMeta, image: &ImageReader) -> Result<(), String> {
     for (i, r) in meta.regions.iter().enumerate() {
         let stasis_image::RegionKind::File { path, offset: file_off, .. } = &r.kind else { continue };
-        if !r.shared {
-            continue;
+        let has_contents =
+            meta.chunks.iter().any(|c| matches!(c.kind, ChunkKind::Memory { region, .. } if region as usize == i));
+        if !r.shared || !has_contents {
+            continue; // private, or never writable: the file is as it was
         }
         let file = std::fs::OpenOptions::new()
             .write(true)
