@@ -86,6 +86,8 @@ pub struct ThreadPlan {
     pub rseq_sig: u32,
     /// Thread-directed signals to queue again (bit n-1 is signal n).
     pub pending: u64,
+    /// The thread's name (comm), NUL-terminated.
+    pub name: [u8; 16],
 }
 
 /// The kernel's `struct sigaction` for rt_sigaction on x86_64.

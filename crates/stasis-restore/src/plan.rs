@@ -73,6 +73,15 @@ fn prot(p: u8) -> u32 {
     v as u32
 }
 
+/// A thread name as prctl(PR_SET_NAME) takes it: at most 15 bytes and a NUL.
+fn comm(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(15);
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
+}
+
 fn us(v: u64) -> (i64, i64) {
     ((v / 1_000_000) as i64, (v % 1_000_000) as i64)
 }
@@ -207,6 +216,7 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
             rseq_len: t.rseq_len,
             rseq_sig: t.rseq_sig,
             pending: t.pending,
+            name: comm(&t.name),
         });
     }
     let main_stack_top = arena.alloc(MAIN_STACK as usize, 16)? + MAIN_STACK;

@@ -317,6 +317,7 @@ fn finish_thread(t: &ThreadPlan, leader: bool) -> ! {
     if t.robust_list != 0 {
         let _ = set_robust_list(t.robust_list, t.robust_list_len);
     }
+    let _ = prctl(PR_SET_NAME, t.name.as_ptr() as u64);
     if t.rseq_addr != 0 {
         // Best effort: without it glibc only sees a stale cpu number.
         let _ = rseq(t.rseq_addr, t.rseq_len, t.rseq_sig);

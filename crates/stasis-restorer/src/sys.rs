@@ -15,6 +15,7 @@ pub const MAP_FIXED: u32 = 0x10;
 pub const ARCH_SET_GS: i32 = 0x1001;
 pub const ARCH_SET_FS: i32 = 0x1002;
 pub const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
+pub const PR_SET_NAME: i32 = 15;
 pub const CLONE_VM: u64 = 0x100;
 pub const CLONE_FS: u64 = 0x200;
 pub const CLONE_FILES: u64 = 0x400;
