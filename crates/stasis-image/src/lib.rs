@@ -29,10 +29,10 @@ mod store;
 pub use codec::{decode_meta, encode_meta};
 pub use error::{Error, Result};
 pub use file::{Header, ImageReader, ImageWriter, parse_image};
-pub use manifest::{Manifest, ManifestProcess};
+pub use manifest::{MANIFEST, Manifest, ManifestProcess};
 pub use model::*;
 pub use render::render;
-pub use store::{CheckpointDir, Generation, PendingGeneration};
+pub use store::{CheckpointDir, Generation, PendingGeneration, resolve_restart_target};
 
 /// First eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"STASISIM";
@@ -43,3 +43,5 @@ pub const PAGE_SIZE: u64 = 4096;
 /// Upper bound on the encoded metadata, so a hostile file cannot make a
 /// reader allocate without bound.
 pub const MAX_META_LEN: u64 = 256 << 20;
+/// Length of a thread's saved kernel ucontext.
+pub const UCONTEXT_LEN: usize = codec::UCONTEXT_LEN;
