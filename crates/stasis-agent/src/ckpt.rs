@@ -30,6 +30,7 @@ impl<T> CtCell<T> {
 
 pub struct Request {
     pub generation: u64,
+    pub computation: u64,
     pub dir: PathBuf,
     pub agent_fd: i32,
     pub interval_s: u32,
@@ -141,6 +142,7 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
     let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     let mut snap = collect::snapshot(req.agent_fd, sig, req.interval_s)?;
     snap.meta.generation = req.generation;
+    snap.meta.computation_id = req.computation;
     let image = format!("ckpt_{}_{}.img", sanitize(&snap.meta.name), snap.meta.pid);
     let path = req.dir.join(&image);
 

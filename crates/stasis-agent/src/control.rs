@@ -27,13 +27,13 @@ fn block_program_signals(sig: i32) {
     }
 }
 
-fn hello(restored: bool, generation: u64) -> Message {
+fn hello(restored: bool, generation: u64, computation: u64) -> Message {
     let name = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
     Message::new(proto::HELLO)
         .with("pid", sys::getpid())
         .with("name", name.trim_end())
         .with("restored", restored as u8)
-        .with("computation", 0)
+        .with("computation", format!("{computation:x}"))
         .with("generation", generation)
 }
 
@@ -51,7 +51,8 @@ pub fn run(socket: PathBuf) {
     let fd = stream.as_raw_fd();
     let mut interval_s = 0u32;
     let mut generation = 0u64;
-    let mut greeting = hello(false, 0);
+    let mut computation = 0u64;
+    let mut greeting = hello(false, 0, 0);
     'connection: loop {
         let mut writer = &stream;
         if writer.write_all(greeting.encode().as_bytes()).is_err() {
@@ -73,13 +74,16 @@ pub fn run(socket: PathBuf) {
                 proto::CHECKPOINT => {
                     let generation_no: u64 = msg.get_parsed("generation").unwrap_or(generation + 1);
                     interval_s = msg.get_parsed("interval").unwrap_or(interval_s);
+                    if let Some(id) = msg.get("computation").and_then(|c| u64::from_str_radix(c, 16).ok()) {
+                        computation = id;
+                    }
                     let Some(dir) = msg.get("dir") else {
                         let _ = writer.write_all(
                             Message::new(proto::FAILED).with("generation", generation_no).with("reason", "no dir").encode().as_bytes(),
                         );
                         continue;
                     };
-                    let req = Request { generation: generation_no, dir: PathBuf::from(dir), agent_fd: fd, interval_s };
+                    let req = Request { generation: generation_no, computation, dir: PathBuf::from(dir), agent_fd: fd, interval_s };
                     let reply = match ckpt::checkpoint(req) {
                         Ok(Outcome::Written { image, bytes, pause }) => {
                             generation = generation_no;
@@ -93,7 +97,7 @@ pub fn run(socket: PathBuf) {
                             // The descriptor now holds a new connection to
                             // the restart's coordinator: greet it afresh.
                             generation = g;
-                            greeting = hello(true, g);
+                            greeting = hello(true, g, computation);
                             continue 'connection;
                         }
                         Err(reason) => {
