@@ -102,7 +102,7 @@ impl Coordinator {
     /// listens on any more is replaced.
     pub fn bind(cfg: CoordConfig) -> io::Result<Coordinator> {
         let dir = CheckpointDir::open_or_create(&cfg.ckpt_dir).map_err(io::Error::other)?;
-        let last_generation = dir.latest().ok().flatten().map_or(0, |g| g.number);
+        let last_generation = dir.latest().map_or(0, |g| g.number);
         let computation_id = match cfg.computation_id {
             Some(id) => id,
             None => random::computation_id()?,
@@ -177,7 +177,12 @@ fn accept(shared: &Arc<Shared>, listener: &UnixListener) {
         match accepted {
             Ok((stream, _)) => conn::start(shared, stream),
             // Out of descriptors or memory: wait a little, the peer retries.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) =>
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -238,7 +243,13 @@ impl CoordHandle {
         if let Some(t) = self.driver.take() {
             let _ = t.join();
         }
-        let threads = std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let threads = std::mem::take(
+            &mut *self
+                .shared
+                .threads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         for t in threads {
             let _ = t.join();
         }

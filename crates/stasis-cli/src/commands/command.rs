@@ -1,0 +1,308 @@
+//! `stasis command`: one request to a running coordinator, its answer
+//! printed for people or as JSON.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use stasis_proto::{self as proto, Message};
+
+use crate::coord_socket::{self, CoordOpts};
+use crate::exit::Exit;
+use crate::output::print;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// For now as blocking as the next one; the wait will become optional.
+    Checkpoint,
+    BlockingCheckpoint,
+    Status,
+    Interval(u32),
+    Kill,
+}
+
+impl Action {
+    fn what(self) -> &'static str {
+        match self {
+            Action::Checkpoint | Action::BlockingCheckpoint => "checkpoint",
+            Action::Status => "status",
+            Action::Interval(_) => "interval",
+            Action::Kill => "kill",
+        }
+    }
+
+    fn request(self) -> Message {
+        let m = Message::new(proto::COMMAND).with("what", self.what());
+        match self {
+            Action::Interval(s) => m.with("seconds", s),
+            _ => m,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOpts {
+    pub coord: CoordOpts,
+    pub action: Action,
+    pub json: bool,
+}
+
+pub fn run(opts: CommandOpts) -> Result<Exit> {
+    let socket = coord_socket::resolve(&opts.coord)?;
+    let stream = match UnixStream::connect(&socket) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            bail!(
+                "no coordinator at {} (is the computation running?)",
+                socket.display()
+            )
+        }
+        Err(e) => {
+            return Err(e).context(format!(
+                "cannot reach the coordinator at {}",
+                socket.display()
+            ));
+        }
+    };
+    let reply = ask(&stream, &opts.action.request())
+        .with_context(|| format!("talking to the coordinator at {}", socket.display()))?;
+    let ok = reply.verb == proto::OK;
+    if opts.json {
+        print(&format!("{}\n", to_json(&reply)))?;
+    } else if ok {
+        print(&human(opts.action, &reply, unix_now()))?;
+    } else {
+        let reason = reply.get("reason").unwrap_or("no reason given");
+        eprintln!("stasis: {} failed: {reason}", opts.action.what());
+    }
+    Ok(Exit::Code(if ok { 0 } else { 1 }))
+}
+
+fn ask(mut stream: &UnixStream, request: &Message) -> Result<Message> {
+    stream.write_all(request.encode().as_bytes())?;
+    let mut line = String::new();
+    if BufReader::new(stream).read_line(&mut line)? == 0 {
+        bail!("the coordinator closed the connection without answering");
+    }
+    let reply = Message::decode(&line)?;
+    if reply.verb != proto::OK && reply.verb != proto::ERROR {
+        bail!("unexpected answer {}", reply.verb);
+    }
+    Ok(reply)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Fields of one process in a status answer: `proc.<i>.<key>`.
+fn processes(reply: &Message) -> Vec<Vec<(&str, &str)>> {
+    let mut out: Vec<Vec<(&str, &str)>> = Vec::new();
+    for (k, v) in &reply.fields {
+        let Some((i, key)) = k.strip_prefix("proc.").and_then(|r| r.split_once('.')) else {
+            continue;
+        };
+        let Ok(i) = i.parse::<usize>() else { continue };
+        if out.len() <= i {
+            out.resize_with(i + 1, Vec::new);
+        }
+        out[i].push((key, v.as_str()));
+    }
+    out
+}
+
+/// The answer for people.
+fn human(action: Action, reply: &Message, now: u64) -> String {
+    let get = |k: &str| reply.get(k).unwrap_or("?");
+    match action {
+        Action::Checkpoint | Action::BlockingCheckpoint => format!(
+            "checkpoint committed: generation {} in {} ({} process{})\n",
+            get("generation"),
+            get("dir"),
+            get("processes"),
+            if get("processes") == "1" { "" } else { "es" }
+        ),
+        Action::Interval(_) => match get("interval") {
+            "0" => "checkpoint interval: none (checkpoints on request only)\n".to_string(),
+            s => format!("checkpoint interval: {s} s\n"),
+        },
+        Action::Kill => format!("kill sent to {} process(es)\n", get("processes")),
+        Action::Status => {
+            let mut s = String::new();
+            let line = |s: &mut String, k: &str, v: &str| s.push_str(&format!("{k:<17}{v}\n"));
+            line(&mut s, "state:", get("state"));
+            line(&mut s, "processes:", get("processes"));
+            line(&mut s, "computation:", get("computation"));
+            line(&mut s, "checkpoint dir:", get("ckptdir"));
+            let interval = match get("interval") {
+                "0" => "none".to_string(),
+                i => format!("{i} s"),
+            };
+            line(&mut s, "interval:", &interval);
+            let last = match (
+                get("generation"),
+                reply.get_parsed::<u64>("last_checkpoint"),
+            ) {
+                ("0", _) => "none".to_string(),
+                (g, Some(t)) if t > 0 => format!("generation {g}, {} s ago", now.saturating_sub(t)),
+                (g, _) => format!("generation {g} (before this coordinator)"),
+            };
+            line(&mut s, "last checkpoint:", &last);
+            if let Some(e) = reply.get("last_error") {
+                line(&mut s, "last error:", e);
+            }
+            for p in processes(reply) {
+                let field = |k: &str| p.iter().find(|(key, _)| *key == k).map_or("?", |(_, v)| *v);
+                let mut l = format!("  pid {} {}", field("pid"), field("name"));
+                if field("restored") == "1" {
+                    l.push_str(" (restored)");
+                }
+                for (k, v) in &p {
+                    if !matches!(*k, "pid" | "name" | "restored") {
+                        l.push_str(&format!(" {k}={v}"));
+                    }
+                }
+                s.push_str(&l);
+                s.push('\n');
+            }
+            s
+        }
+    }
+}
+
+/// Fields whose values are text even when they look like numbers.
+const TEXT_FIELDS: [&str; 8] = [
+    "reason",
+    "dir",
+    "ckptdir",
+    "state",
+    "computation",
+    "name",
+    "image",
+    "last_error",
+];
+
+/// The answer as one JSON object: `ok`, the fields, and for a status the
+/// processes as an array of objects.
+fn to_json(reply: &Message) -> String {
+    let mut members = vec![format!("\"ok\":{}", reply.verb == proto::OK)];
+    for (k, v) in &reply.fields {
+        if !k.starts_with("proc.") {
+            members.push(format!("{}:{}", json_string(k), json_value(k, v)));
+        }
+    }
+    let procs = processes(reply);
+    if !procs.is_empty() || reply.get("processes").is_some() && reply.get("state").is_some() {
+        let items: Vec<String> = procs
+            .iter()
+            .map(|p| {
+                let fields: Vec<String> = p
+                    .iter()
+                    .map(|(k, v)| format!("{}:{}", json_string(k), json_value(k, v)))
+                    .collect();
+                format!("{{{}}}", fields.join(","))
+            })
+            .collect();
+        members.push(format!("\"process_list\":[{}]", items.join(",")));
+    }
+    format!("{{{}}}", members.join(","))
+}
+
+fn json_value(key: &str, v: &str) -> String {
+    let numeric = !TEXT_FIELDS.contains(&key)
+        && !v.is_empty()
+        && v.len() <= 19
+        && v.bytes().all(|b| b.is_ascii_digit())
+        && (v == "0" || !v.starts_with('0'));
+    if numeric {
+        v.to_string()
+    } else {
+        json_string(v)
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Message {
+        Message::new("OK")
+            .with("processes", 1)
+            .with("state", "running")
+            .with("interval", 60)
+            .with("generation", 3)
+            .with("last_checkpoint", 1000)
+            .with("computation", "0000000000001234")
+            .with("ckptdir", "/ck \"dir\"")
+            .with("proc.0.pid", 42)
+            .with("proc.0.name", "007")
+            .with("proc.0.restored", 1)
+            .with("proc.0.bytes", 4096)
+    }
+
+    #[test]
+    fn json_of_a_status() {
+        assert_eq!(
+            to_json(&status()),
+            "{\"ok\":true,\"processes\":1,\"state\":\"running\",\"interval\":60,\"generation\":3,\
+             \"last_checkpoint\":1000,\"computation\":\"0000000000001234\",\"ckptdir\":\"/ck \\\"dir\\\"\",\
+             \"process_list\":[{\"pid\":42,\"name\":\"007\",\"restored\":1,\"bytes\":4096}]}"
+        );
+        let err = Message::new("ERROR").with("reason", "no process connected");
+        assert_eq!(
+            to_json(&err),
+            "{\"ok\":false,\"reason\":\"no process connected\"}"
+        );
+        assert_eq!(json_value("x", "0123"), "\"0123\"");
+        assert_eq!(
+            json_value("x", "99999999999999999999"),
+            "\"99999999999999999999\""
+        );
+        assert_eq!(json_string("a\u{1}\tb"), "\"a\\u0001\\tb\"");
+    }
+
+    #[test]
+    fn status_for_people() {
+        let text = human(Action::Status, &status(), 1012);
+        assert!(text.contains("interval:        60 s"), "{text}");
+        assert!(text.contains("generation 3, 12 s ago"), "{text}");
+        assert!(
+            text.contains("  pid 42 007 (restored) bytes=4096"),
+            "{text}"
+        );
+        let ck = Message::new("OK")
+            .with("generation", 4)
+            .with("dir", "/ck/gen-000004")
+            .with("processes", 1);
+        assert_eq!(
+            human(Action::Checkpoint, &ck, 0),
+            "checkpoint committed: generation 4 in /ck/gen-000004 (1 process)\n"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! What the coordinator knows, shared by its threads under one mutex.
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use stasis_proto::{self as proto, Message};
+
+/// The state and the condition variable that announces every change of it:
+/// an agent's answer, a new request, a new interval, shutdown.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    pub(crate) changed: Condvar,
+    pub(crate) checkpoint_timeout: Duration,
+    pub(crate) keep: usize,
+    pub(crate) ckpt_dir: PathBuf,
+    /// Connection threads, joined at shutdown.
+    pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        state: State,
+        checkpoint_timeout: Duration,
+        keep: usize,
+        ckpt_dir: PathBuf,
+    ) -> Self {
+        Shared {
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            checkpoint_timeout,
+            keep,
+            ckpt_dir,
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Locks the state. A thread that panicked while holding the lock left
+    /// it consistent enough to go on: every update is a few assignments.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed
+            .wait(guard)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn wait_timeout<'a>(
+        &self,
+        guard: MutexGuard<'a, State>,
+        d: Duration,
+    ) -> MutexGuard<'a, State> {
+        self.changed
+            .wait_timeout(guard, d)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+    }
+}
+
+pub(crate) struct State {
+    pub(crate) computation_id: u64,
+    pub(crate) interval_s: u32,
+    /// The interval timer counts from here: the end of the last checkpoint,
+    /// the last change of the interval, or the start.
+    pub(crate) timer_base: Instant,
+    pub(crate) agents: Vec<Agent>,
+    /// Every open connection, so that shutdown can close them.
+    pub(crate) conns: HashMap<u64, Arc<UnixStream>>,
+    pub(crate) next_conn: u64,
+    /// The largest generation any agent said it belongs to.
+    pub(crate) reported_generation: u64,
+    /// The last generation number handed out, committed or not: numbers
+    /// are never reused, so a late answer cannot be taken for a new one's.
+    pub(crate) last_attempt: u64,
+    /// The last generation committed (or found in the directory at start).
+    pub(crate) last_generation: u64,
+    /// When the last checkpoint was committed, seconds since the epoch (0: never).
+    pub(crate) last_checkpoint_unix: u64,
+    pub(crate) last_error: Option<String>,
+    /// True from the moment a checkpoint is taken up until it ends.
+    pub(crate) busy: bool,
+    pub(crate) round: Option<Round>,
+    /// Clients waiting for the next checkpoint to start and end.
+    pub(crate) waiters: Vec<Sender<Message>>,
+    pub(crate) shutdown: bool,
+}
+
+/// A connected agent: one process of the computation.
+pub(crate) struct Agent {
+    pub(crate) conn: u64,
+    pub(crate) pid: i32,
+    pub(crate) name: String,
+    pub(crate) restored: bool,
+    pub(crate) generation: u64,
+    pub(crate) stream: Arc<UnixStream>,
+    /// The extra fields of its last WRITTEN (bytes=, pause_us=, ...).
+    pub(crate) stats: Vec<(String, String)>,
+}
+
+/// The checkpoint in progress.
+pub(crate) struct Round {
+    pub(crate) generation: u64,
+    pub(crate) participants: Vec<Participant>,
+}
+
+pub(crate) struct Participant {
+    pub(crate) conn: u64,
+    pub(crate) pid: i32,
+    pub(crate) name: String,
+    pub(crate) progress: Progress,
+}
+
+impl Participant {
+    pub(crate) fn describe(&self) -> String {
+        format!("process {} ({})", self.pid, self.name)
+    }
+}
+
+pub(crate) enum Progress {
+    Waiting,
+    Written {
+        image: String,
+        stats: Vec<(String, String)>,
+    },
+    Failed(String),
+}
+
+impl State {
+    pub(crate) fn new(computation_id: u64, interval_s: u32, last_generation: u64) -> Self {
+        State {
+            computation_id,
+            interval_s,
+            timer_base: Instant::now(),
+            agents: Vec::new(),
+            conns: HashMap::new(),
+            next_conn: 0,
+            reported_generation: 0,
+            last_attempt: 0,
+            last_generation,
+            last_checkpoint_unix: 0,
+            last_error: None,
+            busy: false,
+            round: None,
+            waiters: Vec::new(),
+            shutdown: false,
+        }
+    }
+
+    /// Records what connection `conn` answered for `generation`, if that is
+    /// the checkpoint in progress and it still waits for that connection;
+    /// anything else is a late answer to an abandoned checkpoint.
+    pub(crate) fn record(&mut self, conn: u64, generation: Option<u64>, progress: Progress) {
+        let Some(round) = &mut self.round else { return };
+        if generation.is_some_and(|g| g != round.generation) {
+            return;
+        }
+        if let Some(p) = round
+            .participants
+            .iter_mut()
+            .find(|p| p.conn == conn && matches!(p.progress, Progress::Waiting))
+        {
+            p.progress = progress;
+        }
+    }
+
+    /// Forgets an agent whose connection ended; a checkpoint that waited
+    /// for it fails.
+    pub(crate) fn remove_agent(&mut self, conn: u64, why: &str) {
+        self.agents.retain(|a| a.conn != conn);
+        self.record(conn, None, Progress::Failed(why.to_string()));
+    }
+
+    /// The answer to `COMMAND what=status`.
+    pub(crate) fn status(&self, ckpt_dir: &std::path::Path) -> Message {
+        let mut m = Message::new(proto::OK)
+            .with("processes", self.agents.len())
+            .with(
+                "state",
+                if self.busy {
+                    "checkpointing"
+                } else {
+                    "running"
+                },
+            )
+            .with("interval", self.interval_s)
+            .with("generation", self.last_generation)
+            .with("last_checkpoint", self.last_checkpoint_unix)
+            .with("computation", format!("{:016x}", self.computation_id))
+            .with("ckptdir", ckpt_dir.display());
+        if let Some(e) = &self.last_error {
+            m = m.with("last_error", e);
+        }
+        for (i, a) in self.agents.iter().enumerate() {
+            m = m
+                .with(&format!("proc.{i}.pid"), a.pid)
+                .with(&format!("proc.{i}.name"), &a.name)
+                .with(&format!("proc.{i}.restored"), u8::from(a.restored))
+                .with(&format!("proc.{i}.generation"), a.generation);
+            for (k, v) in &a.stats {
+                m = m.with(&format!("proc.{i}.{k}"), v);
+            }
+        }
+        m
+    }
+}
+
+/// An ERROR reply.
+pub(crate) fn error(reason: impl std::fmt::Display) -> Message {
+    Message::new(proto::ERROR).with("reason", reason)
+}
