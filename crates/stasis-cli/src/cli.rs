@@ -156,9 +156,12 @@ struct CommandArgs {
 
 #[derive(Args, Debug)]
 struct InspectArgs {
-    /// Also read the whole payload and check every checksum
-    #[arg(long)]
+    /// Read the whole payload and check every checksum (the default)
+    #[arg(long, overrides_with = "no_verify")]
     verify: bool,
+    /// Only read the header and the metadata (quick, for large images)
+    #[arg(long, overrides_with = "verify")]
+    no_verify: bool,
     /// The image file
     #[arg(value_name = "IMAGE")]
     image: PathBuf,
@@ -204,7 +207,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Verb, NotRun> {
         }
         VerbArgs::Inspect(a) => Verb::Inspect(InspectOpts {
             image: a.image,
-            verify: a.verify,
+            verify: a.verify || !a.no_verify,
         }),
     })
 }
@@ -325,6 +328,18 @@ mod tests {
             action(&["command", "-k", "--coord-socket", "/s"]),
             (Action::Kill, false)
         );
+    }
+
+    #[test]
+    fn inspect_verifies_unless_told_not_to() {
+        let verify = |args: &[&str]| match parse_str(args) {
+            Ok(Verb::Inspect(o)) => o.verify,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        assert!(verify(&["inspect", "x.img"]));
+        assert!(verify(&["inspect", "--verify", "x.img"]));
+        assert!(!verify(&["inspect", "--no-verify", "x.img"]));
+        assert!(verify(&["inspect", "--no-verify", "--verify", "x.img"]));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::output::print;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InspectOpts {
     pub image: PathBuf,
-    /// Also check every checksum of the payload.
+    /// Also check every checksum of the payload, so that a damaged image
+    /// is an error here too, not only at restart.
     pub verify: bool,
 }
 
@@ -24,7 +25,7 @@ pub fn run(opts: InspectOpts) -> Result<Exit> {
     print(&text)?;
     if opts.verify {
         reader.verify_payload()?;
-        print("payload: ok (every checksum matches)\n")?;
+        print("payload: every checksum matches\n")?;
     }
     Ok(Exit::Code(0))
 }
