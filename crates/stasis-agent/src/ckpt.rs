@@ -48,9 +48,15 @@ static IN_FLIGHT: CtCell<Option<Result<InFlight, String>>> = CtCell(UnsafeCell::
 static STARTED: CtCell<Option<Instant>> = CtCell(UnsafeCell::new(None));
 
 pub enum Outcome {
-    Written { image: String, bytes: u64, pause: Duration },
+    Written {
+        image: String,
+        bytes: u64,
+        pause: Duration,
+    },
     /// This is a restored process, continuing after its checkpoint.
-    Restored { generation: u64 },
+    Restored {
+        generation: u64,
+    },
 }
 
 /// How long threads get to reach the handler before the checkpoint fails.

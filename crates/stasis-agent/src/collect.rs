@@ -50,9 +50,8 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
     let pid = sys::getpid();
     let stat = stasis_procfs::parse_stat(&read_string("/proc/self/stat")?).ok_or("cannot parse /proc/self/stat")?;
     let status = read_string("/proc/self/status")?;
-    let umask = stasis_procfs::status_field(&status, "Umask")
-        .and_then(|u| u32::from_str_radix(u, 8).ok())
-        .unwrap_or(0o022);
+    let umask =
+        stasis_procfs::status_field(&status, "Umask").and_then(|u| u32::from_str_radix(u, 8).ok()).unwrap_or(0o022);
     let shared_pending = stasis_procfs::status_hex(&status, "ShdPnd").unwrap_or(0);
 
     let (regions, plans) = memory()?;
@@ -101,11 +100,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
             })
             .collect(),
         posix_timers: posix_timers()?,
-        agent: AgentInfo {
-            restore_info_addr: &signals::RESTORE_INFO as *const _ as u64,
-            ckpt_signal,
-            interval_s,
-        },
+        agent: AgentInfo { restore_info_addr: &signals::RESTORE_INFO as *const _ as u64, ckpt_signal, interval_s },
         ..Default::default()
     };
     Ok(Snapshot { meta, plans, deleted_files })
@@ -300,9 +295,10 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
         if e.name == "[vsyscall]" {
             continue;
         }
-        let prot = (e.read as u8) * stasis_image::PROT_READ
-            | (e.write as u8) * stasis_image::PROT_WRITE
-            | (e.exec as u8) * stasis_image::PROT_EXEC;
+        let bit = |on: bool, b: u8| if on { b } else { 0 };
+        let prot = bit(e.read, stasis_image::PROT_READ)
+            | bit(e.write, stasis_image::PROT_WRITE)
+            | bit(e.exec, stasis_image::PROT_EXEC);
         let len = e.end - e.start;
         let (kind, plan) = match e.name.as_str() {
             "[vdso]" => (RegionKind::Vdso, RegionPlan { pages: Pages::Prefix(len), skip_zero: false }),
@@ -408,7 +404,8 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => {
                     let deleted = st.st_nlink == 0;
-                    let path = if deleted { link.strip_suffix(" (deleted)").unwrap_or(&link).to_string() } else { link };
+                    let path =
+                        if deleted { link.strip_suffix(" (deleted)").unwrap_or(&link).to_string() } else { link };
                     FdKind::File { path, flags, offset: info.pos, size: st.st_size as u64, deleted }
                 }
                 libc::S_IFDIR => FdKind::Directory { path: link, flags },

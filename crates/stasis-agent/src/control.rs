@@ -79,11 +79,21 @@ pub fn run(socket: PathBuf) {
                     }
                     let Some(dir) = msg.get("dir") else {
                         let _ = writer.write_all(
-                            Message::new(proto::FAILED).with("generation", generation_no).with("reason", "no dir").encode().as_bytes(),
+                            Message::new(proto::FAILED)
+                                .with("generation", generation_no)
+                                .with("reason", "no dir")
+                                .encode()
+                                .as_bytes(),
                         );
                         continue;
                     };
-                    let req = Request { generation: generation_no, computation, dir: PathBuf::from(dir), agent_fd: fd, interval_s };
+                    let req = Request {
+                        generation: generation_no,
+                        computation,
+                        dir: PathBuf::from(dir),
+                        agent_fd: fd,
+                        interval_s,
+                    };
                     let reply = match ckpt::checkpoint(req) {
                         Ok(Outcome::Written { image, bytes, pause }) => {
                             generation = generation_no;

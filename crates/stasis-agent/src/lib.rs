@@ -34,12 +34,10 @@ extern "C" fn init() {
         sys::write_stderr(b"stasis agent: cannot install the checkpoint signal handler\n");
         return;
     }
-    let spawned = std::thread::Builder::new()
-        .name("stasis-ckpt".into())
-        .spawn(move || {
-            // A bug in the agent must not take the program down with it.
-            let _ = std::panic::catch_unwind(|| control::run(socket.into()));
-        });
+    let spawned = std::thread::Builder::new().name("stasis-ckpt".into()).spawn(move || {
+        // A bug in the agent must not take the program down with it.
+        let _ = std::panic::catch_unwind(|| control::run(socket.into()));
+    });
     if spawned.is_err() {
         sys::write_stderr(b"stasis agent: cannot start the checkpoint thread\n");
     }

@@ -28,6 +28,8 @@ pub struct Slot {
 }
 
 impl Slot {
+    // Only used to initialise the statics below, one copy each.
+    #[allow(clippy::declare_interior_mutable_const)]
     const EMPTY: Slot = Slot {
         tid: AtomicI32::new(0),
         uc: AtomicU64::new(0),

@@ -59,16 +59,20 @@ pub fn kill(pid: i32, sig: i32) -> SysResult {
 
 /// Sleeps while `*word == expected`, at most `timeout_ms` (0 = no limit).
 pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout_ms: u64) {
-    let ts = libc::timespec {
-        tv_sec: (timeout_ms / 1000) as i64,
-        tv_nsec: ((timeout_ms % 1000) * 1_000_000) as i64,
-    };
+    let ts = libc::timespec { tv_sec: (timeout_ms / 1000) as i64, tv_nsec: ((timeout_ms % 1000) * 1_000_000) as i64 };
     let tsp = if timeout_ms == 0 { 0 } else { &ts as *const _ as usize };
     // SAFETY: `word` and `ts` live across the call.
     let _ = unsafe {
         syscall6(
             libc::SYS_futex,
-            [word.as_ptr() as usize, (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as usize, expected as usize, tsp, 0, 0],
+            [
+                word.as_ptr() as usize,
+                (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as usize,
+                expected as usize,
+                tsp,
+                0,
+                0,
+            ],
         )
     };
 }
@@ -78,7 +82,14 @@ pub fn futex_wake(word: &std::sync::atomic::AtomicU32) {
     let _ = unsafe {
         syscall6(
             libc::SYS_futex,
-            [word.as_ptr() as usize, (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as usize, i32::MAX as usize, 0, 0, 0],
+            [
+                word.as_ptr() as usize,
+                (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as usize,
+                i32::MAX as usize,
+                0,
+                0,
+                0,
+            ],
         )
     };
 }
@@ -151,10 +162,7 @@ pub fn robust_list() -> (u64, u64) {
     let (mut head, mut len): (u64, u64) = (0, 0);
     // SAFETY: get_robust_list(0, ...) writes a pointer and a size_t.
     let _ = unsafe {
-        syscall6(
-            libc::SYS_get_robust_list,
-            [0, &mut head as *mut u64 as usize, &mut len as *mut u64 as usize, 0, 0, 0],
-        )
+        syscall6(libc::SYS_get_robust_list, [0, &mut head as *mut u64 as usize, &mut len as *mut u64 as usize, 0, 0, 0])
     };
     (head, len)
 }
@@ -173,10 +181,7 @@ pub fn wait_snapshot(pid: i32) -> Result<i32, i32> {
     loop {
         // SAFETY: wait4 writes one int to `status`.
         let r = unsafe {
-            syscall6(
-                libc::SYS_wait4,
-                [pid as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0],
-            )
+            syscall6(libc::SYS_wait4, [pid as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0])
         };
         match r {
             Ok(_) => return Ok(status),
@@ -236,14 +241,23 @@ pub fn numeric_entries(path: &std::ffi::CStr) -> Result<Vec<i32>, i32> {
     let fd = unsafe {
         syscall6(
             libc::SYS_openat,
-            [libc::AT_FDCWD as usize, path.as_ptr() as usize, (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as usize, 0, 0, 0],
+            [
+                libc::AT_FDCWD as usize,
+                path.as_ptr() as usize,
+                (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as usize,
+                0,
+                0,
+                0,
+            ],
         )
     }? as i32;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let result = loop {
         // SAFETY: getdents64 writes at most buf.len() bytes into buf.
-        let n = match unsafe { syscall6(libc::SYS_getdents64, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0]) } {
+        let n = match unsafe {
+            syscall6(libc::SYS_getdents64, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0])
+        } {
             Ok(0) => break Ok(()),
             Ok(n) => n,
             Err(e) => break Err(e),

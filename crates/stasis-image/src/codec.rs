@@ -325,7 +325,8 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
         };
         Ok(Fd { fd, cloexec, kind })
     })?;
-    m.sigactions = d.vec(32, |d| Ok(SigAction { handler: d.u64()?, flags: d.u64()?, restorer: d.u64()?, mask: d.u64()? }))?;
+    m.sigactions =
+        d.vec(32, |d| Ok(SigAction { handler: d.u64()?, flags: d.u64()?, restorer: d.u64()?, mask: d.u64()? }))?;
     m.shared_pending = d.u64()?;
     m.itimers = d.vec(16, |d| Ok(ITimer { interval_us: d.u64()?, value_us: d.u64()? }))?;
     m.posix_timers = d.vec(48, |d| {

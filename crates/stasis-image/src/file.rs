@@ -188,9 +188,8 @@ impl ImageReader {
         if !md.is_file() {
             return Err(Error::NotAnImage { path: path.into() });
         }
-        let (header, meta) = load(path, md.len(), &mut |buf, off| {
-            file.read_exact_at(buf, off).map_err(io(path, "read"))
-        })?;
+        let (header, meta) =
+            load(path, md.len(), &mut |buf, off| file.read_exact_at(buf, off).map_err(io(path, "read")))?;
         Ok(ImageReader { file, path: path.into(), header, meta })
     }
 

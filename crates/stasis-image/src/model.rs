@@ -94,7 +94,11 @@ pub enum RegionKind {
     Anonymous,
     /// A mapping of a file that still exists: pages not in the payload come
     /// from the file, which must be unchanged at restart (see `FileId`).
-    File { path: String, offset: u64, id: FileId },
+    File {
+        path: String,
+        offset: u64,
+        id: FileId,
+    },
     /// The vdso or one of the vvar areas: recreated by the kernel, moved into place.
     Vdso,
     Vvar,
@@ -145,13 +149,27 @@ pub enum FdKind {
     /// If it was open for writing, `size` is its size at checkpoint time and
     /// restart cuts it back to that. `deleted` files are recreated from the
     /// chunk of kind `FileContents` for this fd.
-    File { path: String, flags: u32, offset: u64, size: u64, deleted: bool },
-    Directory { path: String, flags: u32 },
+    File {
+        path: String,
+        flags: u32,
+        offset: u64,
+        size: u64,
+        deleted: bool,
+    },
+    Directory {
+        path: String,
+        flags: u32,
+    },
     /// A device or other path that is simply reopened (/dev/null, /dev/zero...).
-    Device { path: String, flags: u32 },
+    Device {
+        path: String,
+        flags: u32,
+    },
     /// Pointed outside the computation (terminal, pipe, socket): restart hands
     /// it the descriptor of the same number that `stasis restart` itself has.
-    Inherited { what: String },
+    Inherited {
+        what: String,
+    },
     /// The agent's own connection to its coordinator, reconnected at restart.
     Agent,
     /// Not restorable: left closed at restart, with `what` in the log.

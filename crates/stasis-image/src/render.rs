@@ -20,10 +20,18 @@ fn size(n: u64) -> String {
 /// What `stasis inspect` prints.
 pub fn render(m: &ProcessMeta) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "generation {}  computation {:016x}  created {} (unix)", m.generation, m.computation_id, m.created_unix);
+    let _ = writeln!(
+        o,
+        "generation {}  computation {:016x}  created {} (unix)",
+        m.generation, m.computation_id, m.created_unix
+    );
     let _ = writeln!(o, "process {} (parent {})  {}  exe {}", m.pid, m.ppid, m.name, m.exe);
     let _ = writeln!(o, "command {}", m.cmdline.join(" "));
-    let _ = writeln!(o, "cwd {}  umask {:04o}  checkpoint signal {}  interval {}s", m.cwd, m.umask, m.agent.ckpt_signal, m.agent.interval_s);
+    let _ = writeln!(
+        o,
+        "cwd {}  umask {:04o}  checkpoint signal {}  interval {}s",
+        m.cwd, m.umask, m.agent.ckpt_signal, m.agent.interval_s
+    );
 
     let mut saved = vec![0u64; m.regions.len()];
     let mut files = 0u64;

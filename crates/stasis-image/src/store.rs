@@ -49,7 +49,8 @@ fn parse_name(name: &str) -> Option<(u64, bool)> {
         return rest.parse().ok().map(|n| (n, true));
     }
     let digits = name.strip_prefix("gen-")?;
-    (digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok().map(|n| (n, false)))?
+    (digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok().map(|n| (n, false)))?
 }
 
 fn fsync_dir(path: &Path) -> Result<()> {

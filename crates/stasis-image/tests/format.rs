@@ -24,12 +24,22 @@ fn sample_meta() -> ProcessMeta {
                 start: 0x10000,
                 end: 0x12000,
                 prot: PROT_READ,
-                kind: RegionKind::File { path: "/lib/x.so".into(), offset: 4096, id: FileId { size: 9, mtime_ns: -5, inode: 3 } },
+                kind: RegionKind::File {
+                    path: "/lib/x.so".into(),
+                    offset: 4096,
+                    id: FileId { size: 9, mtime_ns: -5, inode: 3 },
+                },
                 name: "/lib/x.so".into(),
                 ..Default::default()
             },
         ],
-        threads: vec![Thread { tid: 4242, ucontext: ucontext(), fpstate: vec![1; 832], name: "prog".into(), ..Default::default() }],
+        threads: vec![Thread {
+            tid: 4242,
+            ucontext: ucontext(),
+            fpstate: vec![1; 832],
+            name: "prog".into(),
+            ..Default::default()
+        }],
         fds: vec![Fd {
             fd: 3,
             cloexec: true,
@@ -121,8 +131,13 @@ fn arb_region_kind() -> impl Strategy<Value = RegionKind> {
         Just(RegionKind::Anonymous),
         Just(RegionKind::Vdso),
         Just(RegionKind::Vvar),
-        ("[a-z/.]{0,20}", any::<u64>(), any::<u64>(), any::<i128>(), any::<u64>())
-            .prop_map(|(path, offset, size, mtime_ns, inode)| RegionKind::File { path, offset, id: FileId { size, mtime_ns, inode } }),
+        ("[a-z/.]{0,20}", any::<u64>(), any::<u64>(), any::<i128>(), any::<u64>()).prop_map(
+            |(path, offset, size, mtime_ns, inode)| RegionKind::File {
+                path,
+                offset,
+                id: FileId { size, mtime_ns, inode }
+            }
+        ),
     ]
 }
 

@@ -30,11 +30,7 @@ impl MapEntry {
 
     /// The backing path without the " (deleted)" suffix, if the entry is a file.
     pub fn path(&self) -> Option<&str> {
-        if self.name.starts_with('/') {
-            Some(self.name.strip_suffix(" (deleted)").unwrap_or(&self.name))
-        } else {
-            None
-        }
+        if self.name.starts_with('/') { Some(self.name.strip_suffix(" (deleted)").unwrap_or(&self.name)) } else { None }
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -82,10 +78,7 @@ pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
     for line in text.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
             let entry = out.last_mut()?;
-            entry.vm_flags = flags
-                .split_whitespace()
-                .filter_map(|f| f.as_bytes().try_into().ok())
-                .collect();
+            entry.vm_flags = flags.split_whitespace().filter_map(|f| f.as_bytes().try_into().ok()).collect();
         } else if line.split(' ').next().is_some_and(|w| w.contains('-')) {
             out.push(parse_map_line(line)?);
         }

@@ -93,9 +93,7 @@ impl Message {
         }
         let mut fields = Vec::new();
         for word in words {
-            let (k, v) = word
-                .split_once('=')
-                .ok_or_else(|| ParseError(format!("field without '=': {word:?}")))?;
+            let (k, v) = word.split_once('=').ok_or_else(|| ParseError(format!("field without '=': {word:?}")))?;
             fields.push((unescape(k)?, unescape(v)?));
         }
         Ok(Message { verb, fields })
@@ -142,9 +140,7 @@ mod tests {
 
     #[test]
     fn round_trip_with_awkward_values() {
-        let m = Message::new(CHECKPOINT)
-            .with("dir", "/tmp/a dir/with=signs%and\nnewline")
-            .with("generation", 7);
+        let m = Message::new(CHECKPOINT).with("dir", "/tmp/a dir/with=signs%and\nnewline").with("generation", 7);
         let line = m.encode();
         assert_eq!(line.matches('\n').count(), 1);
         let back = Message::decode(&line).unwrap();

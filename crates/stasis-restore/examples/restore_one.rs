@@ -8,7 +8,8 @@ use std::os::unix::net::UnixStream;
 fn main() {
     let mut args = std::env::args().skip(1);
     let path = std::path::PathBuf::from(args.next().expect("usage: restore_one IMAGE [DIR SECONDS]"));
-    let again: Option<(String, f64)> = args.next().map(|d| (d, args.next().and_then(|s| s.parse().ok()).unwrap_or(0.5)));
+    let again: Option<(String, f64)> =
+        args.next().map(|d| (d, args.next().and_then(|s| s.parse().ok()).unwrap_or(0.5)));
     let image = stasis_image::ImageReader::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let generation = image.meta().generation + 1;
     let (ours, theirs) = UnixStream::pair().expect("socketpair");

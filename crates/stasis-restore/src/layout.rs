@@ -111,6 +111,6 @@ mod tests {
         assert_eq!(fp % 64, 0);
         assert_eq!(&f[(fp - addr) as usize..(fp - addr) as usize + 832], &[7u8; 832][..]);
         let mask = u64::from_le_bytes(uc[UC_SIGMASK_OFFSET..UC_SIGMASK_OFFSET + 8].try_into().unwrap());
-        assert_eq!(mask, u64::MAX & !(1 << 61));
+        assert_eq!(mask, !(1u64 << 61));
     }
 }

@@ -95,7 +95,8 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
     }
     for r in &meta.regions {
         if let RegionKind::File { path, id, .. } = &r.kind {
-            let md = std::fs::metadata(path).map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
+            let md =
+                std::fs::metadata(path).map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
             use std::os::unix::fs::MetadataExt;
             let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
             if !r.shared && (md.size() != id.size || mtime != id.mtime_ns) {
@@ -116,11 +117,7 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
 
 /// Restores the process in `image` (already opened and checked), handing
 /// `agent_conn` to its agent as its coordinator connection.
-pub fn spawn_restored(
-    image_path: &Path,
-    image: &ImageReader,
-    agent_conn: OwnedFd,
-) -> Result<Spawned, RestoreError> {
+pub fn spawn_restored(image_path: &Path, image: &ImageReader, agent_conn: OwnedFd) -> Result<Spawned, RestoreError> {
     let _ = image_path;
     precheck(image)?;
     let meta = image.meta();

@@ -149,8 +149,13 @@ fn enter(uid: u32, gid: u32) -> Result<(), String> {
     let c = |s: &str| CString::new(s).unwrap_or_default();
     // SAFETY: mount with valid NUL-terminated strings (or null where allowed).
     unsafe {
-        if libc::mount(std::ptr::null(), c("/").as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
-            != 0
+        if libc::mount(
+            std::ptr::null(),
+            c("/").as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
         {
             return Err(format!("make mounts private: {}", std::io::Error::last_os_error()));
         }

@@ -4,8 +4,8 @@ use std::arch::asm;
 
 use stasis_image::{ChunkKind, ProcessMeta, RegionKind};
 use stasis_plan::{
-    Itimerval, KernelSigaction, MapOp, Move, Plan, Poke, PrctlMmMap, RESTORER_THREAD_STACK, ReadOp, Slice,
-    ThreadPlan, TimerPlan, restore_info,
+    Itimerval, KernelSigaction, MapOp, Move, Plan, Poke, PrctlMmMap, RESTORER_THREAD_STACK, ReadOp, Slice, ThreadPlan,
+    TimerPlan, restore_info,
 };
 
 use crate::fds::Helpers;
@@ -197,11 +197,8 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
         let frame = arena.alloc(layout::frame_len(t) as usize, 64)?;
         let bytes = layout::build_frame(t, frame, meta.agent.ckpt_signal);
         arena.write_bytes(frame, &bytes);
-        let stack_top = if i == 0 {
-            0
-        } else {
-            arena.alloc(RESTORER_THREAD_STACK as usize, 16)? + RESTORER_THREAD_STACK
-        };
+        let stack_top =
+            if i == 0 { 0 } else { arena.alloc(RESTORER_THREAD_STACK as usize, 16)? + RESTORER_THREAD_STACK };
         tplans.push(ThreadPlan {
             tid: t.tid,
             _pad: 0,

@@ -32,11 +32,7 @@ pub fn current() -> Result<Vec<VdsoArea>, String> {
 }
 
 fn saved(meta: &ProcessMeta) -> Vec<(usize, &stasis_image::Region)> {
-    meta.regions
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| matches!(r.kind, RegionKind::Vdso | RegionKind::Vvar))
-        .collect()
+    meta.regions.iter().enumerate().filter(|(_, r)| matches!(r.kind, RegionKind::Vdso | RegionKind::Vvar)).collect()
 }
 
 /// Checks that the saved vdso can be replaced by this kernel's.
