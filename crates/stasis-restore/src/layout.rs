@@ -19,7 +19,7 @@ pub fn gaps(occupied: &[(u64, u64)], size: u64) -> Vec<u64> {
     let mut out = Vec::new();
     let mut prev_end = LOW;
     let mut push_gap = |lo: u64, hi: u64| {
-        let lo = lo.max(LOW) + PAGE;
+        let lo = lo.max(LOW).saturating_add(PAGE);
         let hi = hi.min(HIGH).saturating_sub(PAGE);
         if hi > lo && hi - lo >= size {
             // Both ends of the gap: one of them is usually far from
