@@ -12,7 +12,7 @@ sizes=("${@:-1024}")
 cargo build --release --workspace -q
 stasis=$PWD/target/release/stasis
 work=$(mktemp -d "${BENCH_DIR:-$PWD/target}/bench.XXXXXX")
-trap 'kill -9 -- -$launch_pgid 2>/dev/null || true; kill -9 $restart_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill -9 -- -$launch_pgid 2>/dev/null || true; kill -9 -- -$restart_pid 2>/dev/null || true; pkill -9 -f "$work/fill" 2>/dev/null || true; rm -rf "$work"' EXIT
 launch_pgid=0 restart_pid=0
 cc -O2 -o "$work/fill" bench/fill.c
 
@@ -38,27 +38,30 @@ for mib in "${sizes[@]}"; do
   rm -f "$ck/dd.tmp"
   dd_s=$(secs "$t0" "$t1")
 
-  setsid "$stasis" launch --ckptdir "$ck" --coord-socket "$sock" -- "$work/fill" "$mib" >"$work/out-$mib" 2>"$work/err-$mib" &
+  # Output through a pipe, as from a batch job's log: at restart, stdout
+  # becomes the restart command's own, where the first line is timed.
+  setsid bash -c 'exec "$@" | cat' _ "$stasis" launch --ckptdir "$ck" --coord-socket "$sock" -- "$work/fill" "$mib" \
+    >"$work/out-$mib" 2>"$work/err-$mib" &
   launch_pgid=$!
+  disown "$launch_pgid"
   wait_for "$work/out-$mib" ready 300
   t0=$(now)
   "$stasis" command --coord-socket "$sock" --checkpoint >/dev/null
   t1=$(now)
   ckpt_s=$(secs "$t0" "$t1")
   kill -9 -- -"$launch_pgid" 2>/dev/null || true
-  wait "$launch_pgid" 2>/dev/null || true
   image_mib=$(du -sm "$ck"/gen-* | awk '{ s += $1 } END { print s }')
 
   : >"$work/rout-$mib"
   t0=$(now)
-  "$stasis" restart --coord-socket "$sock.2" "$ck" >"$work/rout-$mib" 2>"$work/rerr-$mib" &
+  setsid "$stasis" restart --coord-socket "$sock.2" "$ck" >"$work/rout-$mib" 2>"$work/rerr-$mib" &
   restart_pid=$!
+  disown "$restart_pid" # killed below on purpose: no job-control notice
   wait_for "$work/rout-$mib" tick 300
   t1=$(now)
   restart_s=$(secs "$t0" "$t1")
-  kill -9 "$restart_pid" 2>/dev/null || true
+  kill -9 -- -"$restart_pid" 2>/dev/null || true
   pkill -9 -f "$work/fill" 2>/dev/null || true
-  wait "$restart_pid" 2>/dev/null || true
 
   printf '%-6s %10s %10.0f %10s %12.0f %10s %12s\n' "$mib" "$dd_s" \
     "$(awk -v m="$mib" -v s="$dd_s" 'BEGIN { print m * 1.048576 / s }')" "$ckpt_s" \
