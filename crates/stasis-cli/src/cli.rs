@@ -49,10 +49,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum VerbArgs {
     /// Run a program under stasis, checkpointable
-    #[command(
-        disable_help_flag = true,
-        override_usage = "stasis launch [OPTIONS] [--] PROGRAM [ARGS]..."
-    )]
+    #[command(disable_help_flag = true, override_usage = "stasis launch [OPTIONS] [--] PROGRAM [ARGS]...")]
     Launch(LaunchArgs),
     /// Bring a checkpointed program back
     #[command(disable_help_flag = true)]
@@ -77,10 +74,7 @@ struct CoordArgs {
 
 impl From<CoordArgs> for CoordOpts {
     fn from(a: CoordArgs) -> Self {
-        CoordOpts {
-            socket: a.socket,
-            port: a.port,
-        }
+        CoordOpts { socket: a.socket, port: a.port }
     }
 }
 
@@ -199,16 +193,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Verb, NotRun> {
             } else {
                 unreachable!("clap requires one action")
             };
-            Verb::Command(CommandOpts {
-                coord: a.coord.into(),
-                action,
-                json: a.json,
-            })
+            Verb::Command(CommandOpts { coord: a.coord.into(), action, json: a.json })
         }
-        VerbArgs::Inspect(a) => Verb::Inspect(InspectOpts {
-            image: a.image,
-            verify: a.verify || !a.no_verify,
-        }),
+        VerbArgs::Inspect(a) => Verb::Inspect(InspectOpts { image: a.image, verify: a.verify || !a.no_verify }),
     })
 }
 
@@ -219,12 +206,8 @@ fn not_run(e: clap::Error) -> NotRun {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => NotRun::Asked(text),
         _ => {
             // The message is the first paragraph; usage and tips follow.
-            let first: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .skip_while(|l| l.is_empty())
-                .take_while(|l| !l.is_empty())
-                .collect();
+            let first: Vec<&str> =
+                text.lines().map(str::trim).skip_while(|l| l.is_empty()).take_while(|l| !l.is_empty()).collect();
             let first = first.join(" ");
             let first = first.strip_prefix("error: ").unwrap_or(&first);
             NotRun::Usage(format!("{first} (see stasis --help)"))
@@ -237,34 +220,20 @@ mod tests {
     use super::*;
 
     fn parse_str(args: &[&str]) -> Result<Verb, NotRun> {
-        parse(
-            std::iter::once("stasis")
-                .chain(args.iter().copied())
-                .map(OsString::from),
-        )
+        parse(std::iter::once("stasis").chain(args.iter().copied()).map(OsString::from))
     }
 
     #[test]
     fn launch_takes_the_program_and_its_flags() {
-        let Ok(Verb::Launch(o)) = parse_str(&[
-            "launch",
-            "-i",
-            "60",
-            "--ckptdir",
-            "ck",
-            "./prog",
-            "-i",
-            "--help",
-        ]) else {
+        let Ok(Verb::Launch(o)) = parse_str(&["launch", "-i", "60", "--ckptdir", "ck", "./prog", "-i", "--help"])
+        else {
             panic!()
         };
         assert_eq!(o.interval_s, Some(60));
         assert_eq!(o.ckpt_dir, Some(PathBuf::from("ck")));
         assert_eq!(o.keep, 2);
         assert_eq!(o.program, ["./prog", "-i", "--help"]);
-        let Ok(Verb::Launch(o)) =
-            parse_str(&["launch", "--keep", "5", "-p", "9000", "--", "-weird", "x"])
-        else {
+        let Ok(Verb::Launch(o)) = parse_str(&["launch", "--keep", "5", "-p", "9000", "--", "-weird", "x"]) else {
             panic!()
         };
         assert_eq!((o.keep, o.coord.port), (5, Some(9000)));
@@ -284,10 +253,7 @@ mod tests {
             &["nonsense"],
         ] {
             match parse_str(args) {
-                Err(NotRun::Usage(m)) => assert!(
-                    !m.contains('\n') && !m.starts_with("error"),
-                    "{args:?}: {m}"
-                ),
+                Err(NotRun::Usage(m)) => assert!(!m.contains('\n') && !m.starts_with("error"), "{args:?}: {m}"),
                 other => panic!("{args:?}: {other:?}"),
             }
         }
@@ -296,15 +262,9 @@ mod tests {
     #[test]
     fn help_is_long_only_for_the_dmtcp_like_verbs() {
         for verb in ["launch", "restart", "command"] {
-            assert!(
-                matches!(parse_str(&[verb, "--help"]), Err(NotRun::Asked(_))),
-                "{verb}"
-            );
+            assert!(matches!(parse_str(&[verb, "--help"]), Err(NotRun::Asked(_))), "{verb}");
         }
-        assert!(matches!(
-            parse_str(&["inspect", "-h"]),
-            Err(NotRun::Asked(_))
-        ));
+        assert!(matches!(parse_str(&["inspect", "-h"]), Err(NotRun::Asked(_))));
         assert!(matches!(parse_str(&["--version"]), Err(NotRun::Asked(_))));
     }
 
@@ -315,19 +275,10 @@ mod tests {
             other => panic!("{args:?}: {other:?}"),
         };
         assert_eq!(action(&["command", "-c"]), (Action::Checkpoint, false));
-        assert_eq!(
-            action(&["command", "--bcheckpoint", "--json"]),
-            (Action::BlockingCheckpoint, true)
-        );
+        assert_eq!(action(&["command", "--bcheckpoint", "--json"]), (Action::BlockingCheckpoint, true));
         assert_eq!(action(&["command", "-s"]), (Action::Status, false));
-        assert_eq!(
-            action(&["command", "--interval", "30"]),
-            (Action::Interval(30), false)
-        );
-        assert_eq!(
-            action(&["command", "-k", "--coord-socket", "/s"]),
-            (Action::Kill, false)
-        );
+        assert_eq!(action(&["command", "--interval", "30"]), (Action::Interval(30), false));
+        assert_eq!(action(&["command", "-k", "--coord-socket", "/s"]), (Action::Kill, false));
     }
 
     #[test]
@@ -344,10 +295,7 @@ mod tests {
 
     #[test]
     fn restart_target() {
-        let Ok(Verb::Restart(o)) = parse_str(&["restart", "--coord-socket", "/s.sock", "ck"])
-        else {
-            panic!()
-        };
+        let Ok(Verb::Restart(o)) = parse_str(&["restart", "--coord-socket", "/s.sock", "ck"]) else { panic!() };
         assert_eq!(o.target, PathBuf::from("ck"));
         assert_eq!(o.coord.socket, Some(PathBuf::from("/s.sock")));
         assert_eq!(o.interval_s, None);

@@ -31,11 +31,7 @@ pub fn resolve(opts: &CoordOpts) -> Result<PathBuf> {
     std::path::absolute(&path).with_context(|| format!("cannot make {} absolute", path.display()))
 }
 
-fn resolve_with(
-    opts: &CoordOpts,
-    uid: u32,
-    env: impl Fn(&str) -> Option<OsString>,
-) -> Result<PathBuf> {
+fn resolve_with(opts: &CoordOpts, uid: u32, env: impl Fn(&str) -> Option<OsString>) -> Result<PathBuf> {
     let env = |name: &str| env(name).filter(|v| !v.is_empty());
     if let Some(p) = &opts.socket {
         return Ok(p.clone());
@@ -50,10 +46,7 @@ fn resolve_with(
                 None => DEFAULT_PORT,
                 Some(v) => match v.to_str().and_then(|s| s.trim().parse().ok()) {
                     Some(p) => p,
-                    None => bail!(
-                        "STASIS_COORD_PORT={} is not a port number",
-                        v.to_string_lossy()
-                    ),
+                    None => bail!("STASIS_COORD_PORT={} is not a port number", v.to_string_lossy()),
                 },
             }
         }
@@ -63,8 +56,7 @@ fn resolve_with(
 }
 
 fn socket_for_port(base: &Path, uid: u32, port: u16) -> PathBuf {
-    base.join(format!("stasis-{uid}"))
-        .join(format!("coord-{port}.sock"))
+    base.join(format!("stasis-{uid}")).join(format!("coord-{port}.sock"))
 }
 
 #[cfg(test)]
@@ -72,13 +64,8 @@ mod tests {
     use super::*;
 
     fn with(opts: CoordOpts, vars: &[(&str, &str)]) -> Result<PathBuf> {
-        let vars: Vec<(String, OsString)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.into()))
-            .collect();
-        resolve_with(&opts, 1000, |name| {
-            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-        })
+        let vars: Vec<(String, OsString)> = vars.iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+        resolve_with(&opts, 1000, |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
     }
 
     fn p(s: &str) -> PathBuf {
@@ -88,66 +75,28 @@ mod tests {
     #[test]
     fn default_and_ports() {
         let none = CoordOpts::default();
+        assert_eq!(with(none.clone(), &[]).unwrap(), p("/tmp/stasis-1000/coord-7779.sock"));
+        let port = CoordOpts { port: Some(8000), ..Default::default() };
+        assert_eq!(with(port.clone(), &[]).unwrap(), p("/tmp/stasis-1000/coord-8000.sock"));
         assert_eq!(
-            with(none.clone(), &[]).unwrap(),
-            p("/tmp/stasis-1000/coord-7779.sock")
-        );
-        let port = CoordOpts {
-            port: Some(8000),
-            ..Default::default()
-        };
-        assert_eq!(
-            with(port.clone(), &[]).unwrap(),
-            p("/tmp/stasis-1000/coord-8000.sock")
-        );
-        assert_eq!(
-            with(
-                none.clone(),
-                &[("STASIS_COORD_PORT", "7001"), ("STASIS_TMPDIR", "/scratch")]
-            )
-            .unwrap(),
+            with(none.clone(), &[("STASIS_COORD_PORT", "7001"), ("STASIS_TMPDIR", "/scratch")]).unwrap(),
             p("/scratch/stasis-1000/coord-7001.sock")
         );
         // The flag beats the environment.
         assert_eq!(
-            with(
-                port,
-                &[
-                    ("STASIS_COORD_PORT", "7001"),
-                    ("STASIS_COORD_SOCKET", "/x.sock")
-                ]
-            )
-            .unwrap(),
+            with(port, &[("STASIS_COORD_PORT", "7001"), ("STASIS_COORD_SOCKET", "/x.sock")]).unwrap(),
             p("/tmp/stasis-1000/coord-8000.sock")
         );
-        assert!(
-            with(none, &[("STASIS_COORD_PORT", "lots")])
-                .unwrap_err()
-                .to_string()
-                .contains("lots")
-        );
+        assert!(with(none, &[("STASIS_COORD_PORT", "lots")]).unwrap_err().to_string().contains("lots"));
     }
 
     #[test]
     fn explicit_sockets() {
-        let sock = CoordOpts {
-            socket: Some(p("/a/b.sock")),
-            port: Some(9),
-        };
-        assert_eq!(
-            with(sock, &[("STASIS_COORD_SOCKET", "/x.sock")]).unwrap(),
-            p("/a/b.sock")
-        );
+        let sock = CoordOpts { socket: Some(p("/a/b.sock")), port: Some(9) };
+        assert_eq!(with(sock, &[("STASIS_COORD_SOCKET", "/x.sock")]).unwrap(), p("/a/b.sock"));
         let none = CoordOpts::default();
         assert_eq!(
-            with(
-                none.clone(),
-                &[
-                    ("STASIS_COORD_SOCKET", "/x.sock"),
-                    ("STASIS_COORD_PORT", "1")
-                ]
-            )
-            .unwrap(),
+            with(none.clone(), &[("STASIS_COORD_SOCKET", "/x.sock"), ("STASIS_COORD_PORT", "1")]).unwrap(),
             p("/x.sock")
         );
         // Empty variables count as unset.
@@ -159,10 +108,7 @@ mod tests {
 
     #[test]
     fn resolved_paths_are_absolute() {
-        let rel = CoordOpts {
-            socket: Some(p("rel.sock")),
-            port: None,
-        };
+        let rel = CoordOpts { socket: Some(p("rel.sock")), port: None };
         assert!(resolve(&rel).unwrap().is_absolute());
     }
 }

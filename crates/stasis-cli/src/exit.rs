@@ -26,19 +26,14 @@ fn mirror(status: ExitStatus) -> ! {
     if let Some(code) = status.code() {
         std::process::exit(code);
     }
-    let Some(sig) = status.signal() else {
-        std::process::exit(1)
-    };
+    let Some(sig) = status.signal() else { std::process::exit(1) };
     let _ = std::io::Write::flush(&mut std::io::stdout());
     // SAFETY: each call takes only plain values or pointers to locals. The
     // signal is sent to this thread (pthread_kill), not to the process, so
     // that the forwarding thread's sigwait cannot take it; no core file of
     // ours is left in place of the program's.
     unsafe {
-        let none = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         libc::setrlimit(libc::RLIMIT_CORE, &none);
         libc::signal(sig, libc::SIG_DFL);
         libc::pthread_kill(libc::pthread_self(), sig);

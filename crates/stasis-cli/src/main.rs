@@ -64,9 +64,5 @@ fn chain(e: &anyhow::Error) -> String {
 
 /// Error messages stay on one line, whatever a lower layer put in them.
 fn one_line(msg: &str) -> String {
-    msg.split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    msg.split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }

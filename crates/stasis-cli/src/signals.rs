@@ -14,14 +14,8 @@ use std::io;
 
 /// SLURM's preemption notice is SIGTERM (or what `--signal` names, often
 /// USR1/USR2); users type ^C and ^\; HUP ends sessions.
-pub const FORWARDED: [libc::c_int; 6] = [
-    libc::SIGTERM,
-    libc::SIGINT,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
+pub const FORWARDED: [libc::c_int; 6] =
+    [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
 
 /// The forwarded signals, blocked in the calling thread.
 pub struct Blocked {
@@ -55,33 +49,27 @@ impl Blocked {
         move || {
             // SAFETY: sigprocmask reads one local set; it is async-signal-safe.
             let r = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-            if r == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
+            if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
         }
     }
 
     /// Starts the thread that sends the blocked signals on to `pid`.
     pub fn forward_to(self, pid: i32) -> io::Result<()> {
         let set = self.set;
-        std::thread::Builder::new()
-            .name("stasis-signals".into())
-            .spawn(move || {
-                loop {
-                    // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
-                    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-                    // SAFETY: waits for one of the signals of `set`, which
-                    // this and every thread keep blocked.
-                    let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
-                    if sig <= 0 || !should_forward(&info, pid) {
-                        continue;
-                    }
-                    // SAFETY: kill only takes numbers.
-                    unsafe { libc::kill(pid, sig) };
+        std::thread::Builder::new().name("stasis-signals".into()).spawn(move || {
+            loop {
+                // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: waits for one of the signals of `set`, which
+                // this and every thread keep blocked.
+                let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
+                if sig <= 0 || !should_forward(&info, pid) {
+                    continue;
                 }
-            })?;
+                // SAFETY: kill only takes numbers.
+                unsafe { libc::kill(pid, sig) };
+            }
+        })?;
         Ok(())
     }
 }

@@ -17,10 +17,7 @@ pub(crate) fn start(shared: &Arc<Shared>, stream: UnixStream) {
     match socket::peer_uid(&stream) {
         Ok(uid) if uid == socket::my_uid() => {}
         Ok(uid) => {
-            send(
-                &stream,
-                &error(format!("uid {uid} may not use this coordinator")),
-            );
+            send(&stream, &error(format!("uid {uid} may not use this coordinator")));
             return;
         }
         Err(e) => {
@@ -45,10 +42,7 @@ pub(crate) fn start(shared: &Arc<Shared>, stream: UnixStream) {
         .spawn(move || serve(&thread_shared, conn, &stream));
     match spawned {
         Ok(handle) => {
-            let mut threads = shared
-                .threads
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut threads = shared.threads.lock().unwrap_or_else(PoisonError::into_inner);
             threads.retain(|t| !t.is_finished());
             threads.push(handle);
         }
@@ -76,10 +70,7 @@ fn serve(shared: &Shared, conn: u64, stream: &Arc<UnixStream>) {
     match read_message(&mut reader) {
         Ok(Some(m)) if m.verb == proto::HELLO => serve_agent(shared, conn, stream, &mut reader, &m),
         Ok(Some(m)) if m.verb == proto::COMMAND => serve_client(shared, stream, &mut reader, m),
-        Ok(Some(m)) => send(
-            stream,
-            &error(format!("expected HELLO or COMMAND, not {}", m.verb)),
-        ),
+        Ok(Some(m)) => send(stream, &error(format!("expected HELLO or COMMAND, not {}", m.verb))),
         Ok(None) => {}
         Err(why) => send(stream, &error(why)),
     }
@@ -109,27 +100,16 @@ fn send(mut stream: &UnixStream, m: &Message) {
 }
 
 /// What an agent's HELLO says about it.
-fn greet(
-    st: &mut State,
-    conn: u64,
-    stream: &Arc<UnixStream>,
-    hello: &Message,
-) -> Result<(), String> {
-    let pid = hello
-        .get_parsed::<i32>("pid")
-        .filter(|&p| p > 0)
-        .ok_or("HELLO needs pid=<process id>")?;
+fn greet(st: &mut State, conn: u64, stream: &Arc<UnixStream>, hello: &Message) -> Result<(), String> {
+    let pid = hello.get_parsed::<i32>("pid").filter(|&p| p > 0).ok_or("HELLO needs pid=<process id>")?;
     let restored = hello.get("restored") == Some("1");
     let computation = match hello.get("computation") {
         None => 0,
-        Some(hex) => u64::from_str_radix(hex, 16)
-            .map_err(|_| format!("HELLO has a bad computation={hex:?}"))?,
+        Some(hex) => u64::from_str_radix(hex, 16).map_err(|_| format!("HELLO has a bad computation={hex:?}"))?,
     };
     let generation = match hello.get("generation") {
         None => 0,
-        Some(g) => g
-            .parse::<u64>()
-            .map_err(|_| format!("HELLO has a bad generation={g:?}"))?,
+        Some(g) => g.parse::<u64>().map_err(|_| format!("HELLO has a bad generation={g:?}"))?,
     };
     if restored && computation != 0 {
         st.computation_id = computation;
@@ -141,26 +121,14 @@ fn greet(
         Some(a) => {
             (a.pid, a.name, a.restored, a.generation) = (pid, name, restored, generation);
         }
-        None => st.agents.push(Agent {
-            conn,
-            pid,
-            name,
-            restored,
-            generation,
-            stream: stream.clone(),
-            stats: Vec::new(),
-        }),
+        None => {
+            st.agents.push(Agent { conn, pid, name, restored, generation, stream: stream.clone(), stats: Vec::new() })
+        }
     }
     Ok(())
 }
 
-fn serve_agent(
-    shared: &Shared,
-    conn: u64,
-    stream: &Arc<UnixStream>,
-    reader: &mut Reader<'_>,
-    hello: &Message,
-) {
+fn serve_agent(shared: &Shared, conn: u64, stream: &Arc<UnixStream>, reader: &mut Reader<'_>, hello: &Message) {
     // A stuck agent must not block the coordinator's writes for long.
     let _ = stream.set_write_timeout(Some(AGENT_WRITE_TIMEOUT));
     let mut msg = hello.clone();
@@ -199,19 +167,9 @@ fn serve_agent(
 }
 
 fn written(st: &mut State, conn: u64, msg: &Message) -> Result<(), String> {
-    let generation = msg
-        .get_parsed::<u64>("generation")
-        .ok_or("WRITTEN needs generation=<number>")?;
-    let image = msg
-        .get("image")
-        .ok_or("WRITTEN needs image=<file name>")?
-        .to_string();
-    let stats = msg
-        .fields
-        .iter()
-        .filter(|(k, _)| k != "generation" && k != "image")
-        .cloned()
-        .collect();
+    let generation = msg.get_parsed::<u64>("generation").ok_or("WRITTEN needs generation=<number>")?;
+    let image = msg.get("image").ok_or("WRITTEN needs image=<file name>")?.to_string();
+    let stats = msg.fields.iter().filter(|(k, _)| k != "generation" && k != "image").cloned().collect();
     st.record(conn, Some(generation), Progress::Written { image, stats });
     Ok(())
 }
@@ -220,10 +178,7 @@ fn serve_client(shared: &Shared, stream: &UnixStream, reader: &mut Reader<'_>, f
     let mut msg = first;
     loop {
         if msg.verb != proto::COMMAND {
-            send(
-                stream,
-                &error(format!("expected COMMAND, not {}", msg.verb)),
-            );
+            send(stream, &error(format!("expected COMMAND, not {}", msg.verb)));
             return;
         }
         send(stream, &command(shared, &msg));
@@ -251,8 +206,7 @@ fn command(shared: &Shared, msg: &Message) -> Message {
                 st.waiters.push(tx);
                 shared.changed.notify_all();
             }
-            rx.recv()
-                .unwrap_or_else(|_| error("the coordinator is shutting down"))
+            rx.recv().unwrap_or_else(|_| error("the coordinator is shutting down"))
         }
         Some("status") => shared.lock().status(&shared.ckpt_dir),
         Some("interval") => {
@@ -266,12 +220,7 @@ fn command(shared: &Shared, msg: &Message) -> Message {
             Message::new(proto::OK).with("interval", seconds)
         }
         Some("kill") => {
-            let targets: Vec<_> = shared
-                .lock()
-                .agents
-                .iter()
-                .map(|a| a.stream.clone())
-                .collect();
+            let targets: Vec<_> = shared.lock().agents.iter().map(|a| a.stream.clone()).collect();
             let line = Message::new(KILL).encode();
             for s in &targets {
                 let _ = (&**s).write_all(line.as_bytes());

@@ -77,9 +77,7 @@ pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// One checkpoint, from choosing its number to committing or aborting it.
@@ -90,9 +88,7 @@ fn checkpoint(shared: &Shared, dir: &CheckpointDir) -> Result<(u64, PathBuf, usi
         if st.agents.is_empty() {
             return Err(NO_PROCESS.into());
         }
-        st.reported_generation
-            .max(st.last_attempt)
-            .max(st.last_generation)
+        st.reported_generation.max(st.last_attempt).max(st.last_generation)
     };
     let generation = dir.next_number().max(floor + 1);
     shared.lock().last_attempt = generation;
@@ -143,22 +139,13 @@ fn gather(shared: &Shared, pending: &PendingGeneration) -> Result<Manifest, Stri
         .with("computation", format!("{:016x}", st.computation_id))
         .encode();
     let (computation_id, interval_s) = (st.computation_id, st.interval_s);
-    let targets: Vec<_> = st
-        .agents
-        .iter()
-        .map(|a| (a.conn, a.stream.clone()))
-        .collect();
+    let targets: Vec<_> = st.agents.iter().map(|a| (a.conn, a.stream.clone())).collect();
     st.round = Some(Round {
         generation,
         participants: st
             .agents
             .iter()
-            .map(|a| Participant {
-                conn: a.conn,
-                pid: a.pid,
-                name: a.name.clone(),
-                progress: Progress::Waiting,
-            })
+            .map(|a| Participant { conn: a.conn, pid: a.pid, name: a.name.clone(), progress: Progress::Waiting })
             .collect(),
     });
     drop(st);
@@ -169,11 +156,7 @@ fn gather(shared: &Shared, pending: &PendingGeneration) -> Result<Manifest, Stri
             // Half a line may have gone out: this connection is done for.
             let _ = stream.shutdown(std::net::Shutdown::Both);
             let mut st = shared.lock();
-            st.record(
-                conn,
-                None,
-                Progress::Failed(format!("cannot be reached: {e}")),
-            );
+            st.record(conn, None, Progress::Failed(format!("cannot be reached: {e}")));
         }
     }
 
@@ -184,21 +167,14 @@ fn gather(shared: &Shared, pending: &PendingGeneration) -> Result<Manifest, Stri
         if st.shutdown {
             break Err(SHUTTING_DOWN.into());
         }
-        let round = st
-            .round
-            .as_ref()
-            .expect("the round lives until gather ends");
+        let round = st.round.as_ref().expect("the round lives until gather ends");
         if let Some((p, why)) = round.participants.iter().find_map(|p| match &p.progress {
             Progress::Failed(why) => Some((p, why)),
             _ => None,
         }) {
             break Err(format!("{} failed: {why}", p.describe()));
         }
-        if round
-            .participants
-            .iter()
-            .all(|p| matches!(p.progress, Progress::Written { .. }))
-        {
+        if round.participants.iter().all(|p| matches!(p.progress, Progress::Written { .. })) {
             break Ok(());
         }
         let now = Instant::now();
@@ -222,26 +198,14 @@ fn gather(shared: &Shared, pending: &PendingGeneration) -> Result<Manifest, Stri
 
     let mut processes = Vec::with_capacity(round.participants.len());
     for p in round.participants {
-        let Progress::Written { image, stats } = p.progress else {
-            unreachable!("every participant has written")
-        };
+        let Progress::Written { image, stats } = p.progress else { unreachable!("every participant has written") };
         if let Some(a) = st.agents.iter_mut().find(|a| a.conn == p.conn) {
             a.generation = generation;
             a.stats = stats;
         }
-        processes.push(ManifestProcess {
-            pid: p.pid,
-            name: p.name,
-            image,
-        });
+        processes.push(ManifestProcess { pid: p.pid, name: p.name, image });
     }
-    Ok(Manifest {
-        generation,
-        computation_id,
-        created_unix: 0,
-        interval_s,
-        processes,
-    })
+    Ok(Manifest { generation, computation_id, created_unix: 0, interval_s, processes })
 }
 
 /// Every image is a plain file name, named once, and present: a
@@ -252,23 +216,15 @@ fn check_images(pending: &PendingGeneration, processes: &[ManifestProcess]) -> R
         let who = format!("process {} ({})", p.pid, p.name);
         // One word, as the manifest needs it.
         let plain = !p.image.is_empty()
-            && !p
-                .image
-                .contains(|c: char| c == '/' || c.is_whitespace() || c.is_control())
+            && !p.image.contains(|c: char| c == '/' || c.is_whitespace() || c.is_control())
             && p.image != "."
             && p.image != ".."
             && !p.image.starts_with(stasis_image::MANIFEST);
         if !plain {
-            return Err(format!(
-                "{who} named its image {:?}, not a plain file name",
-                p.image
-            ));
+            return Err(format!("{who} named its image {:?}, not a plain file name", p.image));
         }
         if !seen.insert(p.image.as_str()) {
-            return Err(format!(
-                "{who} named its image {:?} like another process",
-                p.image
-            ));
+            return Err(format!("{who} named its image {:?} like another process", p.image));
         }
         if !pending.path.join(&p.image).is_file() {
             return Err(format!(

@@ -110,13 +110,7 @@ impl Coordinator {
         let (listener, socket) = socket::bind(&cfg.socket_path)?;
         let state = State::new(computation_id, cfg.interval_s, last_generation);
         let shared = Shared::new(state, cfg.checkpoint_timeout, cfg.keep, dir.path.clone());
-        Ok(Coordinator {
-            listener,
-            socket,
-            dir,
-            shared: Arc::new(shared),
-            adopted: Vec::new(),
-        })
+        Ok(Coordinator { listener, socket, dir, shared: Arc::new(shared), adopted: Vec::new() })
     }
 
     /// Takes on a connection made by `stasis restart`: the restored agent
@@ -135,34 +129,19 @@ impl Coordinator {
 
     /// Starts the coordinator's threads.
     pub fn spawn(self) -> io::Result<CoordHandle> {
-        let Coordinator {
-            listener,
-            socket,
-            dir,
-            shared,
-            adopted,
-        } = self;
-        let mut handle = CoordHandle {
-            shared: shared.clone(),
-            listener: Arc::new(listener),
-            socket,
-            acceptor: None,
-            driver: None,
-        };
+        let Coordinator { listener, socket, dir, shared, adopted } = self;
+        let mut handle =
+            CoordHandle { shared: shared.clone(), listener: Arc::new(listener), socket, acceptor: None, driver: None };
         let driver_shared = shared.clone();
         handle.driver = Some(
-            std::thread::Builder::new()
-                .name("stasis-coord".into())
-                .spawn(move || driver::run(driver_shared, dir))?,
+            std::thread::Builder::new().name("stasis-coord".into()).spawn(move || driver::run(driver_shared, dir))?,
         );
         for stream in adopted {
             conn::start(&shared, stream);
         }
         let listener = handle.listener.clone();
         handle.acceptor = Some(
-            std::thread::Builder::new()
-                .name("stasis-coord-accept".into())
-                .spawn(move || accept(&shared, &listener))?,
+            std::thread::Builder::new().name("stasis-coord-accept".into()).spawn(move || accept(&shared, &listener))?,
         );
         Ok(handle)
     }
@@ -177,12 +156,7 @@ fn accept(shared: &Arc<Shared>, listener: &UnixListener) {
         match accepted {
             Ok((stream, _)) => conn::start(shared, stream),
             // Out of descriptors or memory: wait a little, the peer retries.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                ) =>
-            {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -243,13 +217,7 @@ impl CoordHandle {
         if let Some(t) = self.driver.take() {
             let _ = t.join();
         }
-        let threads = std::mem::take(
-            &mut *self
-                .shared
-                .threads
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let threads = std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(PoisonError::into_inner));
         for t in threads {
             let _ = t.join();
         }

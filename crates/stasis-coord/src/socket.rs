@@ -32,10 +32,7 @@ pub(crate) fn bind(path: &Path) -> io::Result<(UnixListener, SocketFile)> {
     if len > MAX_SOCKET_PATH {
         return Err(io::Error::new(
             ErrorKind::InvalidInput,
-            format!(
-                "the socket path {} is too long ({len} bytes; at most {MAX_SOCKET_PATH})",
-                path.display()
-            ),
+            format!("the socket path {} is too long ({len} bytes; at most {MAX_SOCKET_PATH})", path.display()),
         ));
     }
     let dir = match path.parent() {
@@ -44,17 +41,10 @@ pub(crate) fn bind(path: &Path) -> io::Result<(UnixListener, SocketFile)> {
     };
     private_dir(dir)?;
     clear_stale(path)?;
-    let listener = UnixListener::bind(path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", path.display()),
-        )
-    })?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", path.display())))?;
     let md = fs::symlink_metadata(path)?;
-    let file = SocketFile {
-        path: path.to_path_buf(),
-        id: (md.dev(), md.ino()),
-    };
+    let file = SocketFile { path: path.to_path_buf(), id: (md.dev(), md.ino()) };
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     Ok((listener, file))
 }
@@ -65,20 +55,14 @@ fn private_dir(dir: &Path) -> io::Result<()> {
     match DirBuilder::new().recursive(true).mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("cannot create the directory {}: {e}", dir.display()),
-            ));
+            return Err(io::Error::new(e.kind(), format!("cannot create the directory {}: {e}", dir.display())));
         }
     }
     let md = fs::symlink_metadata(dir)?;
     let refuse = |why: String| {
         Err(io::Error::new(
             ErrorKind::PermissionDenied,
-            format!(
-                "refusing to put the coordinator socket in {}: {why}",
-                dir.display()
-            ),
+            format!("refusing to put the coordinator socket in {}: {why}", dir.display()),
         ))
     };
     if md.file_type().is_symlink() {
@@ -92,10 +76,7 @@ fn private_dir(dir: &Path) -> io::Result<()> {
         return refuse(format!("it belongs to uid {}, not to us ({me})", md.uid()));
     }
     if md.mode() & 0o022 != 0 {
-        return refuse(format!(
-            "its mode is {:o}: others could replace the socket (chmod 700 it)",
-            md.mode() & 0o7777
-        ));
+        return refuse(format!("its mode is {:o}: others could replace the socket (chmod 700 it)", md.mode() & 0o7777));
     }
     Ok(())
 }
@@ -107,13 +88,7 @@ pub(crate) fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cred`.
     let r = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len)
     };
     if r != 0 {
         return Err(io::Error::last_os_error());
@@ -135,10 +110,7 @@ fn clear_stale(path: &Path) -> io::Result<()> {
         Err(e) => return Err(e),
     };
     if !md.file_type().is_socket() {
-        return Err(io::Error::new(
-            ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", path.display()),
-        ));
+        return Err(io::Error::new(ErrorKind::AlreadyExists, format!("{} exists and is not a socket", path.display())));
     }
     match UnixStream::connect(path) {
         Ok(_) => Err(io::Error::new(
@@ -149,10 +121,7 @@ fn clear_stale(path: &Path) -> io::Result<()> {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         },
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("cannot tell whether {} is in use: {e}", path.display()),
-        )),
+        Err(e) => Err(io::Error::new(e.kind(), format!("cannot tell whether {} is in use: {e}", path.display()))),
     }
 }
 
@@ -209,10 +178,7 @@ mod tests {
         for mode in [0o775, 0o757, 0o1777] {
             fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
             let err = bind(&dir.join("c.sock")).unwrap_err();
-            assert!(
-                err.to_string().contains(&format!("mode is {mode:o}")),
-                "{err}"
-            );
+            assert!(err.to_string().contains(&format!("mode is {mode:o}")), "{err}");
         }
     }
 

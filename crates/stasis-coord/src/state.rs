@@ -23,12 +23,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        state: State,
-        checkpoint_timeout: Duration,
-        keep: usize,
-        ckpt_dir: PathBuf,
-    ) -> Self {
+    pub(crate) fn new(state: State, checkpoint_timeout: Duration, keep: usize, ckpt_dir: PathBuf) -> Self {
         Shared {
             state: Mutex::new(state),
             changed: Condvar::new(),
@@ -46,20 +41,11 @@ impl Shared {
     }
 
     pub(crate) fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.changed
-            .wait(guard)
-            .unwrap_or_else(PoisonError::into_inner)
+        self.changed.wait(guard).unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn wait_timeout<'a>(
-        &self,
-        guard: MutexGuard<'a, State>,
-        d: Duration,
-    ) -> MutexGuard<'a, State> {
-        self.changed
-            .wait_timeout(guard, d)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
+    pub(crate) fn wait_timeout<'a>(&self, guard: MutexGuard<'a, State>, d: Duration) -> MutexGuard<'a, State> {
+        self.changed.wait_timeout(guard, d).unwrap_or_else(PoisonError::into_inner).0
     }
 }
 
@@ -124,10 +110,7 @@ impl Participant {
 
 pub(crate) enum Progress {
     Waiting,
-    Written {
-        image: String,
-        stats: Vec<(String, String)>,
-    },
+    Written { image: String, stats: Vec<(String, String)> },
     Failed(String),
 }
 
@@ -160,10 +143,8 @@ impl State {
         if generation.is_some_and(|g| g != round.generation) {
             return;
         }
-        if let Some(p) = round
-            .participants
-            .iter_mut()
-            .find(|p| p.conn == conn && matches!(p.progress, Progress::Waiting))
+        if let Some(p) =
+            round.participants.iter_mut().find(|p| p.conn == conn && matches!(p.progress, Progress::Waiting))
         {
             p.progress = progress;
         }
@@ -180,14 +161,7 @@ impl State {
     pub(crate) fn status(&self, ckpt_dir: &std::path::Path) -> Message {
         let mut m = Message::new(proto::OK)
             .with("processes", self.agents.len())
-            .with(
-                "state",
-                if self.busy {
-                    "checkpointing"
-                } else {
-                    "running"
-                },
-            )
+            .with("state", if self.busy { "checkpointing" } else { "running" })
             .with("interval", self.interval_s)
             .with("generation", self.last_generation)
             .with("last_checkpoint", self.last_checkpoint_unix)

@@ -32,11 +32,7 @@ impl Test {
         let tmp = tempfile::tempdir().unwrap();
         let sock = tmp.path().join("run/coord.sock");
         let ck = tmp.path().join("ck");
-        Test {
-            _tmp: tmp,
-            sock,
-            ck,
-        }
+        Test { _tmp: tmp, sock, ck }
     }
 
     fn config(&self) -> CoordConfig {
@@ -70,11 +66,7 @@ impl Test {
     }
 
     fn latest(&self) -> Option<u64> {
-        CheckpointDir::open_or_create(&self.ck)
-            .unwrap()
-            .latest()
-            .ok()
-            .map(|g| g.number)
+        CheckpointDir::open_or_create(&self.ck).unwrap().latest().ok().map(|g| g.number)
     }
 
     /// The directory entries of the checkpoint directory.
@@ -113,24 +105,12 @@ impl FakeAgent {
         Self::with_hello(sock, pid, name, behaviour, &[])
     }
 
-    fn with_hello(
-        sock: &Path,
-        pid: i32,
-        name: &str,
-        behaviour: Behaviour,
-        extra: &[(&str, &str)],
-    ) -> FakeAgent {
+    fn with_hello(sock: &Path, pid: i32, name: &str, behaviour: Behaviour, extra: &[(&str, &str)]) -> FakeAgent {
         let stream = UnixStream::connect(sock).unwrap();
         Self::on_stream(stream, pid, name, behaviour, extra)
     }
 
-    fn on_stream(
-        stream: UnixStream,
-        pid: i32,
-        name: &str,
-        behaviour: Behaviour,
-        extra: &[(&str, &str)],
-    ) -> FakeAgent {
+    fn on_stream(stream: UnixStream, pid: i32, name: &str, behaviour: Behaviour, extra: &[(&str, &str)]) -> FakeAgent {
         let mut hello = Message::new("HELLO")
             .with("pid", pid)
             .with("name", name)
@@ -146,11 +126,7 @@ impl FakeAgent {
         let name = name.to_string();
         let mine = stream.try_clone().unwrap();
         let thread = thread::spawn(move || agent_loop(mine, pid, &name, behaviour, &tx));
-        FakeAgent {
-            thread: Some(thread),
-            kills,
-            stream,
-        }
+        FakeAgent { thread: Some(thread), kills, stream }
     }
 }
 
@@ -163,13 +139,7 @@ impl Drop for FakeAgent {
     }
 }
 
-fn agent_loop(
-    stream: UnixStream,
-    pid: i32,
-    name: &str,
-    behaviour: Behaviour,
-    kills: &mpsc::Sender<i32>,
-) {
+fn agent_loop(stream: UnixStream, pid: i32, name: &str, behaviour: Behaviour, kills: &mpsc::Sender<i32>) {
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
     loop {
@@ -195,14 +165,12 @@ fn agent_loop(
                                 .with("image", image)
                                 .with("bytes", 20)
                                 .with("pause_us", 7),
-                            Err(e) => Message::new("FAILED")
-                                .with("generation", generation)
-                                .with("reason", e),
+                            Err(e) => Message::new("FAILED").with("generation", generation).with("reason", e),
                         }
                     }
-                    Behaviour::Fail => Message::new("FAILED")
-                        .with("generation", generation)
-                        .with("reason", "disk on fire"),
+                    Behaviour::Fail => {
+                        Message::new("FAILED").with("generation", generation).with("reason", "disk on fire")
+                    }
                     Behaviour::Disconnect => {
                         let _ = stream.shutdown(std::net::Shutdown::Both);
                         return;
@@ -266,11 +234,7 @@ fn two_agents_commit_a_generation_that_lists_both() {
     assert_eq!(ok(&checkpoint(&t)).get("generation"), Some("2"));
     assert_eq!(ok(&checkpoint(&t)).get("generation"), Some("3"));
     assert_eq!(t.latest(), Some(3));
-    assert!(
-        !t.entries().iter().any(|e| e.contains("000001")),
-        "{:?}",
-        t.entries()
-    );
+    assert!(!t.entries().iter().any(|e| e.contains("000001")), "{:?}", t.entries());
 }
 
 #[test]
@@ -285,20 +249,13 @@ fn a_failed_agent_aborts_and_the_previous_generation_stays() {
     let _b = FakeAgent::connect(&t.sock, 102, "beta", Behaviour::Fail);
     t.wait_processes(2);
     let why = err(&checkpoint(&t));
-    assert!(
-        why.contains("102") && why.contains("beta") && why.contains("disk on fire"),
-        "{why}"
-    );
+    assert!(why.contains("102") && why.contains("beta") && why.contains("disk on fire"), "{why}");
     assert_eq!(t.latest(), Some(1));
     assert_eq!(t.entries(), before, "the aborted generation left something");
 
     let st = t.command(&[("what", "status")]);
     assert_eq!(st.get("generation"), Some("1"));
-    assert!(
-        st.get("last_error")
-            .is_some_and(|e| e.contains("disk on fire")),
-        "{st:?}"
-    );
+    assert!(st.get("last_error").is_some_and(|e| e.contains("disk on fire")), "{st:?}");
     assert_eq!(st.get("state"), Some("running"));
 }
 
@@ -328,10 +285,7 @@ fn a_silent_agent_times_out() {
     let _b = FakeAgent::connect(&t.sock, 102, "beta", Behaviour::Ignore);
     t.wait_processes(2);
     let why = err(&checkpoint(&t));
-    assert!(
-        why.contains("timed out") && why.contains("102") && !why.contains("101"),
-        "{why}"
-    );
+    assert!(why.contains("timed out") && why.contains("102") && !why.contains("101"), "{why}");
     assert_eq!(t.latest(), None);
     assert!(t.entries().is_empty(), "{:?}", t.entries());
 }
@@ -368,17 +322,11 @@ fn interval_and_status_commands() {
     assert_eq!(st.get("generation"), Some("0"));
     assert_eq!(st.get("last_checkpoint"), Some("0"));
     assert_eq!(st.get("computation").map(str::len), Some(16));
-    let mut names = [
-        st.get("proc.0.name").unwrap(),
-        st.get("proc.1.name").unwrap(),
-    ];
+    let mut names = [st.get("proc.0.name").unwrap(), st.get("proc.1.name").unwrap()];
     names.sort();
     assert_eq!(names, ["alpha", "beta"]);
 
-    assert_eq!(
-        ok(&t.command(&[("what", "interval"), ("seconds", "1")])).get("interval"),
-        Some("1")
-    );
+    assert_eq!(ok(&t.command(&[("what", "interval"), ("seconds", "1")])).get("interval"), Some("1"));
     assert_eq!(t.command(&[("what", "status")]).get("interval"), Some("1"));
     // The timer, switched on by the command, checkpoints.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -401,10 +349,7 @@ fn kill_reaches_every_agent() {
     let a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
     let b = FakeAgent::connect(&t.sock, 102, "beta", Behaviour::Write);
     t.wait_processes(2);
-    assert_eq!(
-        ok(&t.command(&[("what", "kill")])).get("processes"),
-        Some("2")
-    );
+    assert_eq!(ok(&t.command(&[("what", "kill")])).get("processes"), Some("2"));
     let timeout = Duration::from_secs(5);
     assert_eq!(a.kills.recv_timeout(timeout), Ok(101));
     assert_eq!(b.kills.recv_timeout(timeout), Ok(102));
@@ -422,17 +367,12 @@ fn requests_during_a_checkpoint_wait_for_the_next_one() {
             thread::spawn(move || command(&sock, &[("what", "checkpoint")]))
         })
         .collect();
-    let mut generations: Vec<u64> = clients
-        .into_iter()
-        .map(|c| ok(&c.join().unwrap()).get_parsed("generation").unwrap())
-        .collect();
+    let mut generations: Vec<u64> =
+        clients.into_iter().map(|c| ok(&c.join().unwrap()).get_parsed("generation").unwrap()).collect();
     generations.sort();
     generations.dedup();
     // Never more checkpoints than requests, and at least one.
-    assert!(
-        !generations.is_empty() && generations.len() <= 6,
-        "{generations:?}"
-    );
+    assert!(!generations.is_empty() && generations.len() <= 6, "{generations:?}");
     assert_eq!(t.latest(), generations.last().copied());
 }
 
@@ -448,11 +388,7 @@ fn a_restored_agent_brings_its_computation_and_generation() {
         4242,
         "restored",
         Behaviour::Write,
-        &[
-            ("restored", "1"),
-            ("computation", "00000000deadbeef"),
-            ("generation", "7"),
-        ],
+        &[("restored", "1"), ("computation", "00000000deadbeef"), ("generation", "7")],
     );
     t.wait_processes(1);
     assert_eq!(coord.computation_id(), 0xdead_beef);
@@ -467,56 +403,35 @@ fn a_configured_computation_id_is_used() {
     let t = Test::new();
     let coord = t.start_with(|c| c.computation_id = Some(0x1234));
     assert_eq!(coord.computation_id(), 0x1234);
-    assert_eq!(
-        t.command(&[("what", "status")]).get("computation"),
-        Some("0000000000001234")
-    );
+    assert_eq!(t.command(&[("what", "status")]).get("computation"), Some("0000000000001234"));
 }
 
 #[test]
 fn bad_lines_get_an_error_and_the_coordinator_carries_on() {
     let t = Test::new();
     let _coord = t.start();
-    for garbage in [
-        "hello there\n",
-        "NOPE x=1\n",
-        "HELLO pid=-3\n",
-        "COMMAND what=status junk\n",
-        "\u{1}\n",
-    ] {
+    for garbage in ["hello there\n", "NOPE x=1\n", "HELLO pid=-3\n", "COMMAND what=status junk\n", "\u{1}\n"] {
         let s = UnixStream::connect(&t.sock).unwrap();
         (&s).write_all(garbage.as_bytes()).unwrap();
         let mut reader = BufReader::new(&s);
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
-        assert!(
-            line.starts_with("ERROR reason="),
-            "{garbage:?} got {line:?}"
-        );
+        assert!(line.starts_with("ERROR reason="), "{garbage:?} got {line:?}");
         line.clear();
-        assert_eq!(
-            reader.read_line(&mut line).unwrap(),
-            0,
-            "{garbage:?}: not closed"
-        );
+        assert_eq!(reader.read_line(&mut line).unwrap(), 0, "{garbage:?}: not closed");
     }
     // A line that never ends is cut off at MAX_LINE.
     let s = UnixStream::connect(&t.sock).unwrap();
     let _ = (&s).write_all(&vec![b'A'; stasis_proto::MAX_LINE + 10]);
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).unwrap();
-    assert!(
-        err(&Message::decode(&line).unwrap()).contains("longer than"),
-        "{line:?}"
-    );
+    assert!(err(&Message::decode(&line).unwrap()).contains("longer than"), "{line:?}");
 
     // An agent that says something odd is dropped; the others stay.
     let _a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
     t.wait_processes(1);
     let odd = UnixStream::connect(&t.sock).unwrap();
-    (&odd)
-        .write_all(b"HELLO pid=5 name=odd\nCOMMAND what=status\n")
-        .unwrap();
+    (&odd).write_all(b"HELLO pid=5 name=odd\nCOMMAND what=status\n").unwrap();
     let mut line = String::new();
     BufReader::new(&odd).read_line(&mut line).unwrap();
     assert!(line.starts_with("ERROR"), "{line:?}");
@@ -529,9 +444,7 @@ fn a_late_answer_to_an_abandoned_checkpoint_is_ignored() {
     let t = Test::new();
     let _coord = t.start_with(|c| c.checkpoint_timeout = Duration::from_millis(200));
     let raw = UnixStream::connect(&t.sock).unwrap();
-    (&raw)
-        .write_all(b"HELLO pid=300 name=slow restored=0 computation=0 generation=0\n")
-        .unwrap();
+    (&raw).write_all(b"HELLO pid=300 name=slow restored=0 computation=0 generation=0\n").unwrap();
     t.wait_processes(1);
     assert!(err(&checkpoint(&t)).contains("timed out"));
     let mut reader = BufReader::new(&raw);
@@ -545,9 +458,7 @@ fn a_late_answer_to_an_abandoned_checkpoint_is_ignored() {
     reader.read_line(&mut line).unwrap();
     let next = Message::decode(&line).unwrap();
     assert_ne!(next.get("generation"), first.get("generation"));
-    let late = Message::new("WRITTEN")
-        .with("generation", first.get("generation").unwrap())
-        .with("image", "x.img");
+    let late = Message::new("WRITTEN").with("generation", first.get("generation").unwrap()).with("image", "x.img");
     (&raw).write_all(late.encode().as_bytes()).unwrap();
     assert!(err(&second.join().unwrap()).contains("timed out"));
     assert_eq!(t.latest(), None);
@@ -565,9 +476,8 @@ fn an_image_that_is_not_there_aborts() {
     let mut line = String::new();
     BufReader::new(&raw).read_line(&mut line).unwrap();
     let m = Message::decode(&line).unwrap();
-    let answer = Message::new("WRITTEN")
-        .with("generation", m.get("generation").unwrap())
-        .with("image", "../escape.img");
+    let answer =
+        Message::new("WRITTEN").with("generation", m.get("generation").unwrap()).with("image", "../escape.img");
     (&raw).write_all(answer.encode().as_bytes()).unwrap();
     let why = err(&client.join().unwrap());
     assert!(why.contains("not a plain file name"), "{why}");

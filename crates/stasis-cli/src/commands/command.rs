@@ -52,22 +52,11 @@ pub fn run(opts: CommandOpts) -> Result<Exit> {
     let socket = coord_socket::resolve(&opts.coord)?;
     let stream = match UnixStream::connect(&socket) {
         Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            bail!(
-                "no coordinator at {} (is the computation running?)",
-                socket.display()
-            )
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
+            bail!("no coordinator at {} (is the computation running?)", socket.display())
         }
         Err(e) => {
-            return Err(e).context(format!(
-                "cannot reach the coordinator at {}",
-                socket.display()
-            ));
+            return Err(e).context(format!("cannot reach the coordinator at {}", socket.display()));
         }
     };
     let reply = ask(&stream, &opts.action.request())
@@ -98,9 +87,7 @@ fn ask(mut stream: &UnixStream, request: &Message) -> Result<Message> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Fields of one process in a status answer: `proc.<i>.<key>`.
@@ -147,10 +134,7 @@ fn human(action: Action, reply: &Message, now: u64) -> String {
                 i => format!("{i} s"),
             };
             line(&mut s, "interval:", &interval);
-            let last = match (
-                get("generation"),
-                reply.get_parsed::<u64>("last_checkpoint"),
-            ) {
+            let last = match (get("generation"), reply.get_parsed::<u64>("last_checkpoint")) {
                 ("0", _) => "none".to_string(),
                 (g, Some(t)) if t > 0 => format!("generation {g}, {} s ago", now.saturating_sub(t)),
                 (g, _) => format!("generation {g} (before this coordinator)"),
@@ -179,16 +163,7 @@ fn human(action: Action, reply: &Message, now: u64) -> String {
 }
 
 /// Fields whose values are text even when they look like numbers.
-const TEXT_FIELDS: [&str; 8] = [
-    "reason",
-    "dir",
-    "ckptdir",
-    "state",
-    "computation",
-    "name",
-    "image",
-    "last_error",
-];
+const TEXT_FIELDS: [&str; 8] = ["reason", "dir", "ckptdir", "state", "computation", "name", "image", "last_error"];
 
 /// The answer as one JSON object: `ok`, the fields, and for a status the
 /// processes as an array of objects.
@@ -204,10 +179,8 @@ fn to_json(reply: &Message) -> String {
         let items: Vec<String> = procs
             .iter()
             .map(|p| {
-                let fields: Vec<String> = p
-                    .iter()
-                    .map(|(k, v)| format!("{}:{}", json_string(k), json_value(k, v)))
-                    .collect();
+                let fields: Vec<String> =
+                    p.iter().map(|(k, v)| format!("{}:{}", json_string(k), json_value(k, v))).collect();
                 format!("{{{}}}", fields.join(","))
             })
             .collect();
@@ -222,11 +195,7 @@ fn json_value(key: &str, v: &str) -> String {
         && v.len() <= 19
         && v.bytes().all(|b| b.is_ascii_digit())
         && (v == "0" || !v.starts_with('0'));
-    if numeric {
-        v.to_string()
-    } else {
-        json_string(v)
-    }
+    if numeric { v.to_string() } else { json_string(v) }
 }
 
 fn json_string(s: &str) -> String {
@@ -275,15 +244,9 @@ mod tests {
              \"process_list\":[{\"pid\":42,\"name\":\"007\",\"restored\":1,\"bytes\":4096}]}"
         );
         let err = Message::new("ERROR").with("reason", "no process connected");
-        assert_eq!(
-            to_json(&err),
-            "{\"ok\":false,\"reason\":\"no process connected\"}"
-        );
+        assert_eq!(to_json(&err), "{\"ok\":false,\"reason\":\"no process connected\"}");
         assert_eq!(json_value("x", "0123"), "\"0123\"");
-        assert_eq!(
-            json_value("x", "99999999999999999999"),
-            "\"99999999999999999999\""
-        );
+        assert_eq!(json_value("x", "99999999999999999999"), "\"99999999999999999999\"");
         assert_eq!(json_string("a\u{1}\tb"), "\"a\\u0001\\tb\"");
     }
 
@@ -292,14 +255,8 @@ mod tests {
         let text = human(Action::Status, &status(), 1012);
         assert!(text.contains("interval:        60 s"), "{text}");
         assert!(text.contains("generation 3, 12 s ago"), "{text}");
-        assert!(
-            text.contains("  pid 42 007 (restored) bytes=4096"),
-            "{text}"
-        );
-        let ck = Message::new("OK")
-            .with("generation", 4)
-            .with("dir", "/ck/gen-000004")
-            .with("processes", 1);
+        assert!(text.contains("  pid 42 007 (restored) bytes=4096"), "{text}");
+        let ck = Message::new("OK").with("generation", 4).with("dir", "/ck/gen-000004").with("processes", 1);
         assert_eq!(
             human(Action::Checkpoint, &ck, 0),
             "checkpoint committed: generation 4 in /ck/gen-000004 (1 process)\n"

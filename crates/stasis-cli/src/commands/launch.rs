@@ -44,25 +44,15 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
     let (program, args) = opts.program.split_first().context("no program to launch")?;
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .env(
-            "LD_PRELOAD",
-            preload(&agent, std::env::var_os("LD_PRELOAD")),
-        )
+        .env("LD_PRELOAD", preload(&agent, std::env::var_os("LD_PRELOAD")))
         .env("STASIS_COORD_SOCKET", coord.socket_path());
     let restore_mask = signals.restorer();
     // SAFETY: the closure only calls sigprocmask, which is async-signal-safe.
     unsafe { cmd.pre_exec(restore_mask) };
     let mut child = cmd.spawn().map_err(|e| {
         // As a shell says it: 127 when there is no such program, else 126.
-        let code = if e.kind() == io::ErrorKind::NotFound {
-            127
-        } else {
-            126
-        };
-        WithCode(
-            code,
-            format!("cannot run {}: {e}", program.to_string_lossy()),
-        )
+        let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
+        WithCode(code, format!("cannot run {}: {e}", program.to_string_lossy()))
     })?;
     let pid = i32::try_from(child.id()).context("child pid out of range")?;
     supervise(coord, signals, pid, move || child.wait())
@@ -87,13 +77,7 @@ mod tests {
     fn preload_goes_first() {
         let a = Path::new("/opt/stasis/libstasis_agent.so");
         assert_eq!(preload(a, None), "/opt/stasis/libstasis_agent.so");
-        assert_eq!(
-            preload(a, Some("".into())),
-            "/opt/stasis/libstasis_agent.so"
-        );
-        assert_eq!(
-            preload(a, Some("libx.so".into())),
-            "/opt/stasis/libstasis_agent.so:libx.so"
-        );
+        assert_eq!(preload(a, Some("".into())), "/opt/stasis/libstasis_agent.so");
+        assert_eq!(preload(a, Some("libx.so".into())), "/opt/stasis/libstasis_agent.so:libx.so");
     }
 }

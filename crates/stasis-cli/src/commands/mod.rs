@@ -36,10 +36,7 @@ fn bind_coordinator(cfg: CoordConfig) -> Result<Coordinator> {
         } else {
             ""
         };
-        anyhow::anyhow!("{e}{hint}").context(format!(
-            "cannot start the coordinator at {}",
-            socket.display()
-        ))
+        anyhow::anyhow!("{e}{hint}").context(format!("cannot start the coordinator at {}", socket.display()))
     })
 }
 
@@ -56,9 +53,7 @@ fn supervise(
     let handle = match coord.spawn() {
         Ok(h) => Some(h),
         Err(e) => {
-            eprintln!(
-                "stasis: cannot start the coordinator: {e}; the program runs without checkpoints"
-            );
+            eprintln!("stasis: cannot start the coordinator: {e}; the program runs without checkpoints");
             None
         }
     };

@@ -46,17 +46,10 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         (None, None) => std::env::current_dir().context("cannot tell the current directory")?,
     };
     let mut cfg = CoordConfig::new(coord_socket::resolve(&opts.coord)?, ckpt_dir);
-    cfg.interval_s = opts
-        .interval_s
-        .or(origin.as_ref().map(|o| o.manifest.interval_s))
-        .unwrap_or(0);
+    cfg.interval_s = opts.interval_s.or(origin.as_ref().map(|o| o.manifest.interval_s)).unwrap_or(0);
     cfg.keep = opts.keep;
-    cfg.computation_id = [
-        origin.as_ref().map_or(0, |o| o.manifest.computation_id),
-        meta.computation_id,
-    ]
-    .into_iter()
-    .find(|&id| id != 0);
+    cfg.computation_id =
+        [origin.as_ref().map_or(0, |o| o.manifest.computation_id), meta.computation_id].into_iter().find(|&id| id != 0);
     let mut coord = bind_coordinator(cfg)?;
     let (ours, theirs) = UnixStream::pair().context("cannot create the agent's connection")?;
     coord.adopt_agent(ours);
@@ -83,9 +76,6 @@ impl Origin {
         let generation = image.parent()?;
         let manifest = Manifest::read_from(generation).ok()?;
         let generation = generation.canonicalize().ok()?;
-        Some(Origin {
-            manifest,
-            ckpt_dir: generation.parent()?.to_path_buf(),
-        })
+        Some(Origin { manifest, ckpt_dir: generation.parent()?.to_path_buf() })
     }
 }
