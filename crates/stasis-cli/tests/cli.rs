@@ -18,9 +18,7 @@ use stasis_proto::Message;
 
 fn stasis() -> Command {
     let mut cmd = Command::new(support::stasis());
-    cmd.stdin(Stdio::null())
-        .env_remove("STASIS_COORD_SOCKET")
-        .env_remove("STASIS_COORD_PORT");
+    cmd.stdin(Stdio::null()).env_remove("STASIS_COORD_SOCKET").env_remove("STASIS_COORD_PORT");
     cmd
 }
 
@@ -47,10 +45,7 @@ fn refused(o: &Output, what: &str) {
 
 /// A temporary directory with a short path (socket paths are limited).
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("stasis-cli-")
-        .tempdir_in("/tmp")
-        .unwrap()
+    tempfile::Builder::new().prefix("stasis-cli-").tempdir_in("/tmp").unwrap()
 }
 
 #[test]
@@ -73,10 +68,7 @@ fn usage_errors_are_one_line_and_exit_1() {
         assert!(err.starts_with("stasis: "), "{args:?}: {err}");
     }
     let o = run(stasis().args(["launch", "--help"]));
-    assert!(
-        o.status.success() && stdout(&o).contains("PROGRAM [ARGS]..."),
-        "{o:?}"
-    );
+    assert!(o.status.success() && stdout(&o).contains("PROGRAM [ARGS]..."), "{o:?}");
 }
 
 #[test]
@@ -107,14 +99,8 @@ fn launch_exits_as_the_program_did() {
     let o = launch("echo \"$STASIS_COORD_SOCKET\"; echo \"$LD_PRELOAD\"");
     let text = stdout(&o);
     let mut lines = text.lines();
-    assert_eq!(
-        lines.next(),
-        Some(t.path().join("c.sock").to_str().unwrap())
-    );
-    assert!(
-        lines.next().unwrap().ends_with("/libstasis_agent.so"),
-        "{text}"
-    );
+    assert_eq!(lines.next(), Some(t.path().join("c.sock").to_str().unwrap()));
+    assert!(lines.next().unwrap().ends_with("/libstasis_agent.so"), "{text}");
     assert!(!t.path().join("c.sock").exists());
     assert!(t.path().join("ck").is_dir());
 }
@@ -123,35 +109,20 @@ fn launch_exits_as_the_program_did() {
 fn launch_refuses_cleanly() {
     let t = tmp();
     let sock = t.path().join("c.sock");
-    let o = run(stasis()
-        .arg("launch")
-        .arg("--coord-socket")
-        .arg(&sock)
-        .arg(t.path().join("no-such-program")));
+    let o = run(stasis().arg("launch").arg("--coord-socket").arg(&sock).arg(t.path().join("no-such-program")));
     assert_eq!(o.status.code(), Some(127), "{o:?}");
     assert!(stderr(&o).starts_with("stasis: cannot run "), "{o:?}");
 
     // A coordinator already there.
-    let _other = Coordinator::bind(CoordConfig::new(sock.clone(), t.path().join("ck")))
-        .unwrap()
-        .spawn()
-        .unwrap();
-    let o = run(stasis()
-        .arg("launch")
-        .arg("--coord-socket")
-        .arg(&sock)
-        .arg("true"));
+    let _other = Coordinator::bind(CoordConfig::new(sock.clone(), t.path().join("ck"))).unwrap().spawn().unwrap();
+    let o = run(stasis().arg("launch").arg("--coord-socket").arg(&sock).arg("true"));
     refused(&o, "already listening");
 
     // A socket directory others may write to.
     let open = t.path().join("open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let o = run(stasis()
-        .arg("launch")
-        .arg("--coord-socket")
-        .arg(open.join("c.sock"))
-        .arg("true"));
+    let o = run(stasis().arg("launch").arg("--coord-socket").arg(open.join("c.sock")).arg("true"));
     refused(&o, "others could replace the socket");
 
     // No agent next to the binary.
@@ -218,22 +189,10 @@ fn launch_passes_signals_on() {
 fn command_without_a_coordinator() {
     let t = tmp();
     let sock = t.path().join("none.sock");
-    let o = run(stasis()
-        .arg("command")
-        .arg("--coord-socket")
-        .arg(&sock)
-        .arg("-s"));
-    refused(
-        &o,
-        &format!(
-            "no coordinator at {} (is the computation running?)",
-            sock.display()
-        ),
-    );
+    let o = run(stasis().arg("command").arg("--coord-socket").arg(&sock).arg("-s"));
+    refused(&o, &format!("no coordinator at {} (is the computation running?)", sock.display()));
     // The port names the socket under STASIS_TMPDIR.
-    let o = run(stasis()
-        .args(["command", "-p", "7123", "-s"])
-        .env("STASIS_TMPDIR", t.path()));
+    let o = run(stasis().args(["command", "-p", "7123", "-s"]).env("STASIS_TMPDIR", t.path()));
     refused(&o, "coord-7123.sock");
 }
 
@@ -252,36 +211,21 @@ impl Computation {
         let t = tmp();
         let sock = t.path().join("run/c.sock");
         let ck = t.path().join("ck");
-        let coord = Coordinator::bind(CoordConfig::new(sock.clone(), ck.clone()))
-            .unwrap()
-            .spawn()
-            .unwrap();
+        let coord = Coordinator::bind(CoordConfig::new(sock.clone(), ck.clone())).unwrap().spawn().unwrap();
         let agent = (agents > 0).then(|| {
             let s = UnixStream::connect(&sock).unwrap();
             thread::spawn(move || fake_agent(s))
         });
-        let c = Computation {
-            _tmp: t,
-            sock,
-            ck,
-            coord: Some(coord),
-            agent,
-        };
+        let c = Computation { _tmp: t, sock, ck, coord: Some(coord), agent };
         if agents > 0 {
-            wait_for("the agent", || {
-                c.command(&["-s"]).1.contains("processes:       1")
-            });
+            wait_for("the agent", || c.command(&["-s"]).1.contains("processes:       1"));
         }
         c
     }
 
     /// Runs `stasis command --coord-socket SOCK ARGS`: exit code, stdout, stderr.
     fn command(&self, args: &[&str]) -> (i32, String, String) {
-        let o = run(stasis()
-            .arg("command")
-            .arg("--coord-socket")
-            .arg(&self.sock)
-            .args(args));
+        let o = run(stasis().arg("command").arg("--coord-socket").arg(&self.sock).args(args));
         (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
     }
 }
@@ -328,29 +272,17 @@ fn command_checkpoint_status_interval_kill() {
     let (code, out, err) = c.command(&["--checkpoint"]);
     assert_eq!(code, 0, "{err}");
     let gen1 = c.ck.canonicalize().unwrap().join("gen-000001");
-    assert_eq!(
-        out,
-        format!(
-            "checkpoint committed: generation 1 in {} (1 process)\n",
-            gen1.display()
-        )
-    );
+    assert_eq!(out, format!("checkpoint committed: generation 1 in {} (1 process)\n", gen1.display()));
     assert!(gen1.join("fake.img").is_file());
     let (code, out, _) = c.command(&["--bcheckpoint", "--json"]);
     assert_eq!(code, 0);
-    assert!(
-        out.starts_with("{\"ok\":true,\"generation\":2,\"dir\":\""),
-        "{out}"
-    );
+    assert!(out.starts_with("{\"ok\":true,\"generation\":2,\"dir\":\""), "{out}");
 
     let (code, out, _) = c.command(&["-s"]);
     assert_eq!(code, 0);
-    for want in [
-        "state:           running",
-        "interval:        none",
-        "generation 2, ",
-        "pid 4242 fake generation=2 bytes=1",
-    ] {
+    for want in
+        ["state:           running", "interval:        none", "generation 2, ", "pid 4242 fake generation=2 bytes=1"]
+    {
         assert!(out.contains(want), "{want:?} not in\n{out}");
     }
     let (_, out, _) = c.command(&["-s", "--json"]);
@@ -364,13 +296,7 @@ fn command_checkpoint_status_interval_kill() {
     assert_eq!((code, out.as_str()), (0, "checkpoint interval: 90 s\n"));
     assert!(c.command(&["-s"]).1.contains("interval:        90 s"));
     let (code, out, _) = c.command(&["--interval", "0"]);
-    assert_eq!(
-        (code, out.as_str()),
-        (
-            0,
-            "checkpoint interval: none (checkpoints on request only)\n"
-        )
-    );
+    assert_eq!((code, out.as_str()), (0, "checkpoint interval: none (checkpoints on request only)\n"));
 
     let (code, out, _) = c.command(&["-k"]);
     assert_eq!((code, out.as_str()), (0, "kill sent to 1 process(es)\n"));
@@ -398,26 +324,9 @@ fn inspect_and_restart_refuse_what_is_not_an_image() {
     let junk = t.path().join("junk.img");
     std::fs::write(&junk, b"not an image at all").unwrap();
     refused(&run(stasis().arg("inspect").arg(&junk)), "junk.img");
-    refused(
-        &run(stasis().arg("inspect").arg(t.path().join("missing.img"))),
-        "missing.img",
-    );
+    refused(&run(stasis().arg("inspect").arg(t.path().join("missing.img"))), "missing.img");
     let sock = t.path().join("c.sock");
-    refused(
-        &run(stasis()
-            .arg("restart")
-            .arg("--coord-socket")
-            .arg(&sock)
-            .arg(&junk)),
-        "junk.img",
-    );
-    refused(
-        &run(stasis()
-            .arg("restart")
-            .arg("--coord-socket")
-            .arg(&sock)
-            .arg(t.path())),
-        "no committed checkpoint",
-    );
+    refused(&run(stasis().arg("restart").arg("--coord-socket").arg(&sock).arg(&junk)), "junk.img");
+    refused(&run(stasis().arg("restart").arg("--coord-socket").arg(&sock).arg(t.path())), "no committed checkpoint");
     assert!(!sock.exists());
 }

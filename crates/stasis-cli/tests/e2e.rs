@@ -38,16 +38,11 @@ fn checkpoint_kill_restart(test: &str, prog: &Program) -> (Sandbox, PathBuf, Pat
 
     let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
     let status = re.wait_exit(&sb, RUN_TIMEOUT);
-    sb.check(status.success(), || {
-        format!("{} exited with {status}", re.label)
-    });
+    sb.check(status.success(), || format!("{} exited with {status}", re.label));
     verify_history(
         &sb,
         &reference,
-        &[
-            Piece::new(&app.label, app.lines(), vec![window]),
-            Piece::new(&re.label, re.lines(), vec![]),
-        ],
+        &[Piece::new(&app.label, app.lines(), vec![window]), Piece::new(&re.label, re.lines(), vec![])],
     );
     drop(re);
     drop(app);
@@ -60,16 +55,11 @@ fn checkpoint_kill_restart(test: &str, prog: &Program) -> (Sandbox, PathBuf, Pat
 fn carry_on(sb: &Sandbox, app: &mut Proc, window: Window, more: usize) {
     let mut finished = false;
     if let Some(status) = app.wait_lines_or_exit(sb, window.hi + more) {
-        sb.check(status.success(), || {
-            format!("{} failed after the checkpoint: {status}", app.label)
-        });
+        sb.check(status.success(), || format!("{} failed after the checkpoint: {status}", app.label));
         finished = app.lines().last().is_some_and(|l| l.starts_with("final "));
     }
     sb.check(app.line_count() > window.hi || finished, || {
-        format!(
-            "{} printed nothing after the checkpoint (window {window:?})",
-            app.label
-        )
+        format!("{} printed nothing after the checkpoint (window {window:?})", app.label)
     });
 }
 
@@ -138,43 +128,24 @@ fn stdout_to_a_regular_file_is_cut_back_and_continued() {
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
     let out = sb.join("out.txt");
     let (ck, sock) = (sb.join("ck"), sb.socket());
-    let mut app = launch(
-        &sb,
-        &prog,
-        &sock,
-        &ck,
-        &sb.mkdir("run"),
-        Out::File(out.clone()),
-    );
-    wait_until(&sb, "3 lines in out.txt", LINES_TIMEOUT, || {
-        file_lines(&out).len() >= 3 || app.poll_exit().is_some()
-    });
-    sb.check(file_lines(&out).len() >= 3, || {
-        format!("{} exited before printing 3 lines", app.label)
-    });
+    let mut app = launch(&sb, &prog, &sock, &ck, &sb.mkdir("run"), Out::File(out.clone()));
+    wait_until(&sb, "3 lines in out.txt", LINES_TIMEOUT, || file_lines(&out).len() >= 3 || app.poll_exit().is_some());
+    sb.check(file_lines(&out).len() >= 3, || format!("{} exited before printing 3 lines", app.label));
     checkpoint(&sb, &sock, &mut app);
     let after = file_lines(&out).len();
     wait_until(&sb, "more lines in out.txt", LINES_TIMEOUT, || {
         file_lines(&out).len() >= after + 3 || app.poll_exit().is_some()
     });
-    sb.check(file_lines(&out).len() > after, || {
-        format!("{} printed nothing after the checkpoint", app.label)
-    });
+    sb.check(file_lines(&out).len() > after, || format!("{} printed nothing after the checkpoint", app.label));
     app.kill();
     let reference = finish_reference(&sb, reference);
 
     let mut re = restart(&sb, &sb.socket(), &ck, Out::Null);
     let status = re.wait_exit(&sb, RUN_TIMEOUT);
-    sb.check(status.success(), || {
-        format!("{} exited with {status}", re.label)
-    });
+    sb.check(status.success(), || format!("{} exited with {status}", re.label));
     let got = file_lines(&out);
     sb.check(got == reference, || {
-        format!(
-            "out.txt after the restart:\n{}\nexpected the reference:\n{}",
-            got.join("\n"),
-            reference.join("\n")
-        )
+        format!("out.txt after the restart:\n{}\nexpected the reference:\n{}", got.join("\n"), reference.join("\n"))
     });
 }
 
@@ -201,15 +172,11 @@ fn three_checkpoint_kill_restart_cycles() {
         app = restart(&sb, &sock, &ck, Out::Pipe);
     }
     let status = app.wait_exit(&sb, RUN_TIMEOUT);
-    sb.check(status.success(), || {
-        format!("{} exited with {status}", app.label)
-    });
+    sb.check(status.success(), || format!("{} exited with {status}", app.label));
     pieces.push(Piece::new(&app.label, app.lines(), vec![]));
     let reference = finish_reference(&sb, reference);
     verify_history(&sb, &reference, &pieces);
-    sb.check(app.lines().last() == reference.last(), || {
-        "the final result differs".into()
-    });
+    sb.check(app.lines().last() == reference.last(), || "the final result differs".into());
 }
 
 #[test]
@@ -225,9 +192,7 @@ fn stale_partial_generation_is_ignored() {
     let second = checkpoint(&sb, &sock, &mut app);
     carry_on(&sb, &mut app, second, 2);
     app.kill();
-    sb.check(committed_generations(&ck).len() >= 2, || {
-        "two checkpoints left fewer than two generations".into()
-    });
+    sb.check(committed_generations(&ck).len() >= 2, || "two checkpoints left fewer than two generations".into());
 
     // What a checkpoint killed half-way leaves: an uncommitted, newer-numbered
     // generation holding garbage.
@@ -238,17 +203,12 @@ fn stale_partial_generation_is_ignored() {
     let reference = finish_reference(&sb, reference);
     let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
     let status = re.wait_exit(&sb, RUN_TIMEOUT);
-    sb.check(status.success(), || {
-        format!("{} exited with {status}", re.label)
-    });
+    sb.check(status.success(), || format!("{} exited with {status}", re.label));
     // Only the second checkpoint, the newest committed one, fits.
     verify_history(
         &sb,
         &reference,
-        &[
-            Piece::new(&app.label, app.lines(), vec![second]),
-            Piece::new(&re.label, re.lines(), vec![]),
-        ],
+        &[Piece::new(&app.label, app.lines(), vec![second]), Piece::new(&re.label, re.lines(), vec![])],
     );
 }
 
@@ -268,11 +228,7 @@ fn kill_during_checkpoint_keeps_a_restartable_generation() {
     let lo = app.line_count();
     let mut command = start_checkpoint(&sb, &sock);
     let partial_exists = || {
-        fs::read_dir(&ck)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        fs::read_dir(&ck).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while !partial_exists() && command.poll_exit().is_none() && Instant::now() < deadline {
@@ -282,24 +238,16 @@ fn kill_during_checkpoint_keeps_a_restartable_generation() {
     command.kill();
     // Whichever generation is the newest committed one, the restart must
     // carry on from it.
-    let second = Window {
-        lo,
-        hi: app.line_count(),
-    };
+    let second = Window { lo, hi: app.line_count() };
 
     let reference = finish_reference(&sb, reference);
     let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
     let status = re.wait_exit(&sb, RUN_TIMEOUT);
-    sb.check(status.success(), || {
-        format!("{} exited with {status}", re.label)
-    });
+    sb.check(status.success(), || format!("{} exited with {status}", re.label));
     verify_history(
         &sb,
         &reference,
-        &[
-            Piece::new(&app.label, app.lines(), vec![first, second]),
-            Piece::new(&re.label, re.lines(), vec![]),
-        ],
+        &[Piece::new(&app.label, app.lines(), vec![first, second]), Piece::new(&re.label, re.lines(), vec![])],
     );
 }
 
@@ -317,13 +265,8 @@ fn one_checkpoint(sb: &Sandbox) -> (Program, Vec<(u64, u64, String)>, i32, PathB
     let mut app = launch(sb, &prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
     app.wait_lines(sb, 3);
     checkpoint(sb, &sock, &mut app);
-    let pid = find_descendant(app.pid(), &exe).unwrap_or_else(|| {
-        sb.fail(format!(
-            "no process running {} under {}",
-            exe.display(),
-            app.label
-        ))
-    });
+    let pid = find_descendant(app.pid(), &exe)
+        .unwrap_or_else(|| sb.fail(format!("no process running {} under {}", exe.display(), app.label)));
     let maps = maps(pid);
     app.kill();
     (prog, maps, pid, ck)
@@ -334,19 +277,15 @@ fn images_are_private_and_generations_committed() {
     let sb = Sandbox::new("image-mode");
     let (_, _, _, ck) = one_checkpoint(&sb);
     let gens = committed_generations(&ck);
-    sb.check(
-        gens.iter().map(|(n, _)| *n).collect::<Vec<_>>() == [1],
-        || format!("generations after one checkpoint: {gens:?}"),
-    );
-    sb.check(
-        gens[0].1.file_name().is_some_and(|n| n == "gen-000001"),
-        || format!("generation directory {:?}", gens[0].1),
-    );
+    sb.check(gens.iter().map(|(n, _)| *n).collect::<Vec<_>>() == [1], || {
+        format!("generations after one checkpoint: {gens:?}")
+    });
+    sb.check(gens[0].1.file_name().is_some_and(|n| n == "gen-000001"), || {
+        format!("generation directory {:?}", gens[0].1)
+    });
     for image in images_in(&sb, &gens[0].1) {
         let m = mode(&image);
-        sb.check(m == 0o600, || {
-            format!("{} has mode {m:o}, not 600", image.display())
-        });
+        sb.check(m == 0o600, || format!("{} has mode {m:o}, not 600", image.display()));
     }
     let leftovers: Vec<_> = fs::read_dir(&ck)
         .unwrap()
@@ -354,9 +293,7 @@ fn images_are_private_and_generations_committed() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".partial"))
         .collect();
-    sb.check(leftovers.is_empty(), || {
-        format!("a committed checkpoint left {leftovers:?}")
-    });
+    sb.check(leftovers.is_empty(), || format!("a committed checkpoint left {leftovers:?}"));
 }
 
 #[test]
@@ -365,22 +302,11 @@ fn inspect_lists_regions_and_threads() {
     let (prog, maps, pid, ck) = one_checkpoint(&sb);
     let generation = newest_generation(&sb, &ck);
     let images = images_in(&sb, &generation);
-    sb.check(images.len() == 1, || {
-        format!("one process, but images {images:?}")
-    });
-    let out = run_stasis(
-        &sb,
-        "inspect",
-        &[Path::new("inspect"), &images[0]],
-        QUICK_TIMEOUT,
-    );
-    sb.check(out.status.success(), || {
-        format!("stasis inspect failed: {}\n{}", out.status, out.stderr)
-    });
+    sb.check(images.len() == 1, || format!("one process, but images {images:?}"));
+    let out = run_stasis(&sb, "inspect", &[Path::new("inspect"), &images[0]], QUICK_TIMEOUT);
+    sb.check(out.status.success(), || format!("stasis inspect failed: {}\n{}", out.status, out.stderr));
     let text = out.stdout.to_lowercase();
-    sb.check(text.contains("thread"), || {
-        format!("no threads listed:\n{}", out.stdout)
-    });
+    sb.check(text.contains("thread"), || format!("no threads listed:\n{}", out.stdout));
     let words: Vec<&str> = text.split(|c: char| !c.is_ascii_alphanumeric()).collect();
     sb.check(words.contains(&pid.to_string().as_str()), || {
         format!("pid {pid} (the thread's tid) not shown:\n{}", out.stdout)
@@ -391,10 +317,7 @@ fn inspect_lists_regions_and_threads() {
             sb.fail(format!("no {wanted} in the program's maps: {maps:?}"))
         };
         sb.check(text.contains(&format!("{start:x}")), || {
-            format!(
-                "the region {wanted} at {start:#x} is not listed:\n{}",
-                out.stdout
-            )
+            format!("the region {wanted} at {start:#x} is not listed:\n{}", out.stdout)
         });
     }
 }
@@ -414,22 +337,11 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 
 /// Runs `stasis restart` on `target` and `stasis inspect` on `image` (if
 /// any), expecting each to refuse cleanly and to leave no process behind.
-fn expect_refused(
-    sb: &Sandbox,
-    case: &str,
-    targets: &[&Path],
-    image: Option<&Path>,
-    exe: Option<&Path>,
-) {
+fn expect_refused(sb: &Sandbox, case: &str, targets: &[&Path], image: Option<&Path>, exe: Option<&Path>) {
     let mut outcomes = Vec::new();
     for target in targets {
         let sock = sb.socket();
-        let args = [
-            Path::new("restart"),
-            Path::new("--coord-socket"),
-            &sock,
-            target,
-        ];
+        let args = [Path::new("restart"), Path::new("--coord-socket"), &sock, target];
         outcomes.push((
             format!("{case}: stasis restart {}", target.display()),
             run_stasis(sb, "restart", &args, QUICK_TIMEOUT),
@@ -449,17 +361,12 @@ fn expect_refused(
         while group_alive(out.pid) && Instant::now() < deadline {
             sleep(Duration::from_millis(20));
         }
-        sb.check(!group_alive(out.pid), || {
-            format!("{what} left processes behind in its process group")
-        });
+        sb.check(!group_alive(out.pid), || format!("{what} left processes behind in its process group"));
     }
     if let Some(exe) = exe {
         let left = running(exe);
         sb.check(left.is_empty(), || {
-            format!(
-                "{case}: processes {left:?} run {} after a refused restart",
-                exe.display()
-            )
+            format!("{case}: processes {left:?} run {} after a refused restart", exe.display())
         });
     }
 }
@@ -479,9 +386,7 @@ fn running(exe: &Path) -> Vec<i32> {
         })
         .filter(|pid| {
             let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
+            let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
             if !matches!(state.as_deref(), Some(s) if s != "Z" && s != "X") {
                 return false;
             }
@@ -501,18 +406,11 @@ fn damaged_images_are_refused_cleanly() {
     let sb = Sandbox::new("damaged");
     let (prog, _, _, ck) = one_checkpoint(&sb);
     let exe = prog.exe().to_path_buf();
-    wait_until(
-        &sb,
-        "the killed program to be gone",
-        Duration::from_secs(10),
-        || running(&exe).is_empty(),
-    );
+    wait_until(&sb, "the killed program to be gone", Duration::from_secs(10), || running(&exe).is_empty());
 
     let generation = newest_generation(&sb, &ck);
     let images = images_in(&sb, &generation);
-    sb.check(images.len() == 1, || {
-        format!("one process, but images {images:?}")
-    });
+    sb.check(images.len() == 1, || format!("one process, but images {images:?}"));
     let image_name = images[0].file_name().unwrap().to_owned();
     let gen_name = generation.file_name().unwrap().to_owned();
     let good = fs::read(&images[0]).unwrap();
@@ -521,9 +419,7 @@ fn damaged_images_are_refused_cleanly() {
     // the metadata last. So the first byte of any page past the header is
     // checksummed data (chunk or metadata), never padding.
     let len = good.len();
-    sb.check(len > 3 * 4096, || {
-        format!("a {len}-byte image is too small")
-    });
+    sb.check(len > 3 * 4096, || format!("a {len}-byte image is too small"));
     let middle_page = len / 2 / 4096 * 4096;
     let flip = |at: usize| {
         move |b: &mut Vec<u8>| {
@@ -535,20 +431,14 @@ fn damaged_images_are_refused_cleanly() {
         ("magic flipped", Box::new(flip(0))),
         ("header zeroed", Box::new(|b: &mut Vec<u8>| b[..64].fill(0))),
         ("first payload byte flipped", Box::new(flip(4096))),
-        (
-            "a middle page's first byte flipped",
-            Box::new(flip(middle_page)),
-        ),
+        ("a middle page's first byte flipped", Box::new(flip(middle_page))),
         ("last byte (metadata) flipped", Box::new(flip(len - 1))),
         ("last byte cut", Box::new(cut(len - 1))),
         ("cut in the middle", Box::new(cut(middle_page + 100))),
         ("cut after the header", Box::new(cut(4096))),
         ("cut inside the header", Box::new(cut(40))),
         ("empty", Box::new(cut(0))),
-        (
-            "random bytes",
-            Box::new(|b: &mut Vec<u8>| *b = pseudo_random(65536, 1)),
-        ),
+        ("random bytes", Box::new(|b: &mut Vec<u8>| *b = pseudo_random(65536, 1))),
         (
             "magic then random bytes",
             Box::new(|b: &mut Vec<u8>| {
@@ -570,11 +460,7 @@ fn damaged_images_are_refused_cleanly() {
     // Damage to the generation rather than to the image.
     let case_ck = sb.join("cases/manifest/ck");
     copy_tree(&ck, &case_ck).unwrap();
-    fs::write(
-        case_ck.join(&gen_name).join("MANIFEST"),
-        pseudo_random(300, 3),
-    )
-    .unwrap();
+    fs::write(case_ck.join(&gen_name).join("MANIFEST"), pseudo_random(300, 3)).unwrap();
     expect_refused(&sb, "garbage MANIFEST", &[&case_ck], None, Some(&exe));
 
     let case_ck = sb.join("cases/no-image/ck");
@@ -583,15 +469,8 @@ fn damaged_images_are_refused_cleanly() {
     expect_refused(&sb, "image missing", &[&case_ck], None, Some(&exe));
 
     // The untouched checkpoint still inspects.
-    let out = run_stasis(
-        &sb,
-        "inspect",
-        &[Path::new("inspect"), &images[0]],
-        QUICK_TIMEOUT,
-    );
-    sb.check(out.status.success(), || {
-        format!("inspect of the good image failed: {}", out.stderr)
-    });
+    let out = run_stasis(&sb, "inspect", &[Path::new("inspect"), &images[0]], QUICK_TIMEOUT);
+    sb.check(out.status.success(), || format!("inspect of the good image failed: {}", out.stderr));
 }
 
 #[test]
@@ -599,13 +478,7 @@ fn missing_and_foreign_images_are_refused_cleanly() {
     // Needs no checkpoint: only the command line and the image reader.
     let sb = Sandbox::new("foreign");
     let missing = sb.join("no-such-dir");
-    expect_refused(
-        &sb,
-        "missing path",
-        &[&missing],
-        Some(&missing.join("x.img")),
-        None,
-    );
+    expect_refused(&sb, "missing path", &[&missing], Some(&missing.join("x.img")), None);
 
     let empty_dir = sb.mkdir("empty-ck");
     expect_refused(&sb, "no generation", &[&empty_dir], Some(&empty_dir), None);
@@ -613,21 +486,12 @@ fn missing_and_foreign_images_are_refused_cleanly() {
     let only_partial = sb.mkdir("partial-ck");
     fs::create_dir(only_partial.join(".gen-000001.partial")).unwrap();
     fs::write(only_partial.join(".gen-000001.partial/MANIFEST"), b"x").unwrap();
-    expect_refused(
-        &sb,
-        "only a partial generation",
-        &[&only_partial],
-        None,
-        None,
-    );
+    expect_refused(&sb, "only a partial generation", &[&only_partial], None, None);
 
     let files: [(&str, Vec<u8>); 4] = [
         ("empty.img", Vec::new()),
         ("random.img", pseudo_random(65536, 4)),
-        (
-            "magic.img",
-            [b"STASISIM".as_slice(), &pseudo_random(4088, 5)].concat(),
-        ),
+        ("magic.img", [b"STASISIM".as_slice(), &pseudo_random(4088, 5)].concat()),
         ("elf.img", fs::read("/bin/true").unwrap()),
     ];
     for (name, bytes) in files {
@@ -655,52 +519,26 @@ fn relocated_binaries_still_launch() {
     let (ck, sock) = (sb.join("ck"), sb.socket());
     let mut app = launch_with(&sb, &bin, &prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
     app.wait_lines(&sb, 3);
-    let pid = find_descendant(app.pid(), prog.exe()).unwrap_or_else(|| {
-        sb.fail(format!(
-            "no process running {} under {}",
-            prog.exe().display(),
-            app.label
-        ))
-    });
+    let pid = find_descendant(app.pid(), prog.exe())
+        .unwrap_or_else(|| sb.fail(format!("no process running {} under {}", prog.exe().display(), app.label)));
     let agent_text = agent.to_string_lossy().into_owned();
-    sb.check(
-        maps(pid).iter().any(|(_, _, name)| *name == agent_text),
-        || format!("the program did not load {agent_text}: {:?}", maps(pid)),
-    );
+    sb.check(maps(pid).iter().any(|(_, _, name)| *name == agent_text), || {
+        format!("the program did not load {agent_text}: {:?}", maps(pid))
+    });
     checkpoint(&sb, &sock, &mut app);
-    sb.check(!committed_generations(&ck).is_empty(), || {
-        "no generation committed".into()
-    });
+    sb.check(!committed_generations(&ck).is_empty(), || "no generation committed".into());
     let status = app.wait_exit(&sb, RUN_TIMEOUT);
-    sb.check(status.success(), || {
-        format!("{} exited with {status}", app.label)
-    });
+    sb.check(status.success(), || format!("{} exited with {status}", app.label));
     let reference = finish_reference(&sb, reference);
-    sb.check(app.lines() == reference, || {
-        "the launched run's output differs from the reference".into()
-    });
+    sb.check(app.lines() == reference, || "the launched run's output differs from the reference".into());
 }
 
 #[test]
 fn launch_exits_with_the_program_status() {
     let sb = Sandbox::new("exit-status");
-    let prog = Program {
-        name: "sh".into(),
-        argv: vec!["/bin/sh".into(), "-c".into(), "echo hello; exit 7".into()],
-    };
-    let mut app = launch(
-        &sb,
-        &prog,
-        &sb.socket(),
-        &sb.join("ck"),
-        &sb.mkdir("run"),
-        Out::Pipe,
-    );
+    let prog = Program { name: "sh".into(), argv: vec!["/bin/sh".into(), "-c".into(), "echo hello; exit 7".into()] };
+    let mut app = launch(&sb, &prog, &sb.socket(), &sb.join("ck"), &sb.mkdir("run"), Out::Pipe);
     let status = app.wait_exit(&sb, RUN_TIMEOUT);
-    sb.check(status.code() == Some(7), || {
-        format!("{} exited with {status}, not 7", app.label)
-    });
-    sb.check(app.lines() == ["hello"], || {
-        format!("stdout {:?}", app.stdout_text())
-    });
+    sb.check(status.code() == Some(7), || format!("{} exited with {status}, not 7", app.label));
+    sb.check(app.lines() == ["hello"], || format!("stdout {:?}", app.stdout_text()));
 }

@@ -114,10 +114,7 @@ fn locate_stasis() -> PathBuf {
 fn build_agent(bin: &Path) {
     let profile_dir = bin.parent().expect("the stasis binary has a directory");
     let target_dir = profile_dir.parent().unwrap_or(profile_dir);
-    let profile = profile_dir
-        .file_name()
-        .and_then(OsStr::to_str)
-        .unwrap_or("debug");
+    let profile = profile_dir.file_name().and_then(OsStr::to_str).unwrap_or("debug");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
     let mut cmd = Command::new(cargo);
@@ -135,15 +132,10 @@ fn build_agent(bin: &Path) {
             cmd.args(["--profile", other]);
         }
     }
-    eprintln!(
-        "e2e: {AGENT} is missing next to {}; running {cmd:?}",
-        bin.display()
-    );
+    eprintln!("e2e: {AGENT} is missing next to {}; running {cmd:?}", bin.display());
     match cmd.status() {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!(
-            "build the workspace first: cargo build --workspace (cargo build -p stasis-agent: {s})"
-        ),
+        Ok(s) => panic!("build the workspace first: cargo build --workspace (cargo build -p stasis-agent: {s})"),
         Err(e) => {
             panic!("build the workspace first: cargo build --workspace (cannot run cargo: {e})")
         }
@@ -154,21 +146,12 @@ fn build_agent(bin: &Path) {
 /// because unprivileged user namespaces are unavailable. It never skips.
 pub fn require_user_namespaces() {
     static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
-    let check = CHECK.get_or_init(|| {
-        match Command::new("unshare")
-            .args(["-Ur", "true"])
-            .stdin(Stdio::null())
-            .output()
-        {
+    let check =
+        CHECK.get_or_init(|| match Command::new("unshare").args(["-Ur", "true"]).stdin(Stdio::null()).output() {
             Ok(out) if out.status.success() => Ok(()),
-            Ok(out) => Err(format!(
-                "exited with {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
+            Ok(out) => Err(format!("exited with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())),
             Err(e) => Err(format!("could not run: {e} (is util-linux installed?)")),
-        }
-    });
+        });
     if let Err(why) = check {
         panic!(
             "stasis restart needs unprivileged user namespaces and this machine does not \
@@ -247,11 +230,7 @@ pub fn compiled(name: &str) -> PathBuf {
         return out;
     }
     static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let tmp = cache_dir().join(format!(
-        ".{name}-{}-{}.tmp",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = cache_dir().join(format!(".{name}-{}-{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
     let result = Command::new("cc")
         .args(CFLAGS)
         .arg("-o")
@@ -259,18 +238,8 @@ pub fn compiled(name: &str) -> PathBuf {
         .arg(&src)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run cc to build {}: {e} (install gcc)",
-                src.display()
-            )
-        });
-    assert!(
-        result.status.success(),
-        "cc {} failed:\n{}",
-        src.display(),
-        String::from_utf8_lossy(&result.stderr)
-    );
+        .unwrap_or_else(|e| panic!("cannot run cc to build {}: {e} (install gcc)", src.display()));
+    assert!(result.status.success(), "cc {} failed:\n{}", src.display(), String::from_utf8_lossy(&result.stderr));
     match fs::hard_link(&tmp, &out) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -292,37 +261,22 @@ impl Program {
     pub fn c(name: &str, args: &[&str]) -> Program {
         let mut argv = vec![compiled(name).into_os_string()];
         argv.extend(args.iter().map(OsString::from));
-        Program {
-            name: name.to_string(),
-            argv,
-        }
+        Program { name: name.to_string(), argv }
     }
 
     /// A Python script of tests/programs, run by the distribution's python3.
     pub fn python(script: &str, args: &[&str]) -> Program {
-        assert!(
-            Path::new(PYTHON).is_file(),
-            "{PYTHON} is missing: install python3 (apt-get install python3)"
-        );
-        let mut argv = vec![
-            OsString::from(PYTHON),
-            programs_dir().join(script).into_os_string(),
-        ];
+        assert!(Path::new(PYTHON).is_file(), "{PYTHON} is missing: install python3 (apt-get install python3)");
+        let mut argv = vec![OsString::from(PYTHON), programs_dir().join(script).into_os_string()];
         argv.extend(args.iter().map(OsString::from));
-        Program {
-            name: script.to_string(),
-            argv,
-        }
+        Program { name: script.to_string(), argv }
     }
 
     /// The same program run from another copy of its executable.
     pub fn at(&self, exe: &Path) -> Program {
         let mut argv = self.argv.clone();
         argv[0] = exe.as_os_str().to_owned();
-        Program {
-            name: self.name.clone(),
-            argv,
-        }
+        Program { name: self.name.clone(), argv }
     }
 
     pub fn exe(&self) -> &Path {
@@ -360,12 +314,7 @@ impl Sandbox {
             .tempdir_in(&base)
             .unwrap_or_else(|e| panic!("create a temporary directory in {}: {e}", base.display()));
         let path = dir.path().to_path_buf();
-        Sandbox {
-            dir: Some(dir),
-            path,
-            test: test.to_string(),
-            seq: AtomicUsize::new(0),
-        }
+        Sandbox { dir: Some(dir), path, test: test.to_string(), seq: AtomicUsize::new(0) }
     }
 
     pub fn path(&self) -> &Path {
@@ -407,11 +356,7 @@ impl Sandbox {
     }
 
     fn note(&self, line: &str) {
-        if let Ok(mut f) = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.join("commands.log"))
-        {
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(self.join("commands.log")) {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -425,36 +370,19 @@ impl Sandbox {
         for f in &files {
             if let Ok(m) = fs::symlink_metadata(f) {
                 let rel = f.strip_prefix(&self.path).unwrap_or(f);
-                let _ = writeln!(
-                    out,
-                    "{:o} {:>10} {}",
-                    m.mode() & 0o7777,
-                    m.len(),
-                    rel.display()
-                );
+                let _ = writeln!(out, "{:o} {:>10} {}", m.mode() & 0o7777, m.len(), rel.display());
             }
         }
         for f in &files {
-            let name = f
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let shown = [".stdout", ".stderr", ".log", ".txt"]
-                .iter()
-                .any(|e| name.ends_with(e));
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let shown = [".stdout", ".stderr", ".log", ".txt"].iter().any(|e| name.ends_with(e));
             if !shown || !f.is_file() {
                 continue;
             }
             let bytes = fs::read(f).unwrap_or_default();
             let tail = &bytes[bytes.len().saturating_sub(6000)..];
             let rel = f.strip_prefix(&self.path).unwrap_or(f);
-            let _ = writeln!(
-                out,
-                "--- {} ({} bytes, last {}) ---",
-                rel.display(),
-                bytes.len(),
-                tail.len()
-            );
+            let _ = writeln!(out, "--- {} ({} bytes, last {}) ---", rel.display(), bytes.len(), tail.len());
             out.push_str(&String::from_utf8_lossy(tail));
             if !out.ends_with('\n') {
                 out.push('\n');
@@ -529,10 +457,7 @@ fn proc_pids() -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
+    entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
 }
 
 /// State and parent of a process, from /proc/PID/stat.
@@ -585,10 +510,8 @@ pub fn processes_naming(dir: &Path) -> Vec<i32> {
         }
         let base = format!("/proc/{pid}");
         let cwd = fs::read_link(format!("{base}/cwd")).ok();
-        let cwd_hit =
-            cwd.is_some_and(|c| c == dir || c.as_os_str().as_bytes().starts_with(&inside));
-        let in_file =
-            |name: &str| fs::read(format!("{base}/{name}")).is_ok_and(|b| contains(&b, &inside));
+        let cwd_hit = cwd.is_some_and(|c| c == dir || c.as_os_str().as_bytes().starts_with(&inside));
+        let in_file = |name: &str| fs::read(format!("{base}/{name}")).is_ok_and(|b| contains(&b, &inside));
         if cwd_hit || in_file("cmdline") || in_file("environ") {
             out.push(pid);
         }
@@ -647,42 +570,36 @@ impl Proc {
     /// stderr to `LABEL.stderr` in the sandbox.
     pub fn spawn(sb: &Sandbox, label: &str, mut cmd: Command, out: Out) -> Proc {
         let stderr_path = sb.join(format!("{label}.stderr"));
-        let stderr = File::create(&stderr_path)
-            .unwrap_or_else(|e| sb.fail(format!("create stderr file: {e}")));
+        let stderr = File::create(&stderr_path).unwrap_or_else(|e| sb.fail(format!("create stderr file: {e}")));
         let piped = matches!(out, Out::Pipe);
         match out {
             Out::Pipe => cmd.stdout(Stdio::piped()),
             Out::Null => cmd.stdout(Stdio::null()),
             Out::File(p) => {
-                let f = File::create(&p)
-                    .unwrap_or_else(|e| sb.fail(format!("create {}: {e}", p.display())));
+                let f = File::create(&p).unwrap_or_else(|e| sb.fail(format!("create {}: {e}", p.display())));
                 cmd.stdout(f)
             }
         };
         cmd.stdin(Stdio::null()).stderr(stderr).process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec, after
+        // stdin/stdout/stderr are in place, and only makes one system call.
+        // It closes what this process inherited without close-on-exec (such
+        // as cargo's jobserver pipe), so the programs see only 0, 1 and 2.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
         sb.note(&format!("{label}: {cmd:?}"));
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| sb.fail(format!("cannot start {label} ({cmd:?}): {e}")));
+        let mut child = cmd.spawn().unwrap_or_else(|e| sb.fail(format!("cannot start {label} ({cmd:?}): {e}")));
         let pipe = child.stdout.take().map(|s| {
             let f = File::from(OwnedFd::from(s));
             set_nonblocking(&f);
             f
         });
-        let copy = if piped {
-            File::create(sb.join(format!("{label}.stdout"))).ok()
-        } else {
-            None
-        };
-        Proc {
-            label: label.to_string(),
-            child,
-            pipe,
-            buf: Vec::new(),
-            copy,
-            status: None,
-            stderr_path,
-        }
+        let copy = if piped { File::create(sb.join(format!("{label}.stdout"))).ok() } else { None };
+        Proc { label: label.to_string(), child, pipe, buf: Vec::new(), copy, status: None, stderr_path }
     }
 
     pub fn pid(&self) -> i32 {
@@ -823,10 +740,7 @@ impl Drop for Proc {
 
 fn complete_lines(buf: &[u8]) -> Vec<String> {
     let end = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    String::from_utf8_lossy(&buf[..end])
-        .lines()
-        .map(str::to_string)
-        .collect()
+    String::from_utf8_lossy(&buf[..end]).lines().map(str::to_string).collect()
 }
 
 /// The complete lines of a file.
@@ -843,15 +757,7 @@ pub fn launch(sb: &Sandbox, prog: &Program, sock: &Path, ck: &Path, cwd: &Path, 
 }
 
 /// Like [`launch`], with another stasis binary.
-pub fn launch_with(
-    sb: &Sandbox,
-    bin: &Path,
-    prog: &Program,
-    sock: &Path,
-    ck: &Path,
-    cwd: &Path,
-    out: Out,
-) -> Proc {
+pub fn launch_with(sb: &Sandbox, bin: &Path, prog: &Program, sock: &Path, ck: &Path, cwd: &Path, out: Out) -> Proc {
     let mut cmd = Command::new(bin);
     cmd.arg("launch")
         .arg("--ckptdir")
@@ -868,11 +774,7 @@ pub fn launch_with(
 pub fn restart(sb: &Sandbox, sock: &Path, target: &Path, out: Out) -> Proc {
     require_user_namespaces();
     let mut cmd = Command::new(stasis());
-    cmd.arg("restart")
-        .arg("--coord-socket")
-        .arg(sock)
-        .arg(target)
-        .current_dir(sb.path());
+    cmd.arg("restart").arg("--coord-socket").arg(sock).arg(target).current_dir(sb.path());
     Proc::spawn(sb, &sb.label("restart"), cmd, out)
 }
 
@@ -887,23 +789,12 @@ pub struct Outcome {
 }
 
 /// Runs `stasis ARGS...` to completion (in the sandbox directory).
-pub fn run_stasis<S: AsRef<OsStr>>(
-    sb: &Sandbox,
-    base: &str,
-    args: &[S],
-    timeout: Duration,
-) -> Outcome {
+pub fn run_stasis<S: AsRef<OsStr>>(sb: &Sandbox, base: &str, args: &[S], timeout: Duration) -> Outcome {
     let mut cmd = Command::new(stasis());
     cmd.args(args).current_dir(sb.path());
     let mut p = Proc::spawn(sb, &sb.label(base), cmd, Out::Pipe);
     let status = p.wait_exit(sb, timeout);
-    Outcome {
-        label: p.label.clone(),
-        pid: p.pid(),
-        status,
-        stdout: p.stdout_text(),
-        stderr: p.stderr_text(),
-    }
+    Outcome { label: p.label.clone(), pid: p.pid(), status, stdout: p.stdout_text(), stderr: p.stderr_text() }
 }
 
 /// Where in a run's output a checkpoint was taken: after `k` of its lines,
@@ -920,11 +811,7 @@ pub fn checkpoint(sb: &Sandbox, sock: &Path, app: &mut Proc) -> Window {
     app.drain();
     let lo = app.line_count();
     let mut cmd = Command::new(stasis());
-    cmd.arg("command")
-        .arg("--coord-socket")
-        .arg(sock)
-        .arg("--checkpoint")
-        .current_dir(sb.path());
+    cmd.arg("command").arg("--coord-socket").arg(sock).arg("--checkpoint").current_dir(sb.path());
     let mut command = Proc::spawn(sb, &sb.label("command"), cmd, Out::Pipe);
     let deadline = Instant::now() + COMMAND_TIMEOUT;
     let status = loop {
@@ -950,34 +837,21 @@ pub fn checkpoint(sb: &Sandbox, sock: &Path, app: &mut Proc) -> Window {
         )
     });
     app.drain();
-    Window {
-        lo,
-        hi: app.line_count(),
-    }
+    Window { lo, hi: app.line_count() }
 }
 
 /// Starts `stasis command --checkpoint` without waiting for it.
 pub fn start_checkpoint(sb: &Sandbox, sock: &Path) -> Proc {
     let mut cmd = Command::new(stasis());
-    cmd.arg("command")
-        .arg("--coord-socket")
-        .arg(sock)
-        .arg("--checkpoint")
-        .current_dir(sb.path());
+    cmd.arg("command").arg("--coord-socket").arg(sock).arg("--checkpoint").current_dir(sb.path());
     Proc::spawn(sb, &sb.label("command"), cmd, Out::Pipe)
 }
 
 /// Checks that a stasis command refused cleanly: a non-zero exit (not a
 /// crash) and a single line on stderr, starting with "stasis:".
 pub fn expect_clean_error(sb: &Sandbox, what: &str, out: &Outcome) {
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    let ok = out.status.code().is_some_and(|c| c != 0)
-        && lines.len() == 1
-        && lines[0].starts_with("stasis:");
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let ok = out.status.code().is_some_and(|c| c != 0) && lines.len() == 1 && lines[0].starts_with("stasis:");
     sb.check(ok, || {
         format!(
             "{what} ({}): expected a non-zero exit and one line \"stasis: ...\" on stderr; got {} \
@@ -1027,9 +901,7 @@ pub fn images_in(sb: &Sandbox, generation: &Path) -> Vec<PathBuf> {
         .map(|e| e.path())
         .collect();
     images.sort();
-    sb.check(!images.is_empty(), || {
-        format!("no image in {}", generation.display())
-    });
+    sb.check(!images.is_empty(), || format!("no image in {}", generation.display()));
     images
 }
 
@@ -1050,9 +922,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 
 /// File mode bits (permissions only).
 pub fn mode(path: &Path) -> u32 {
-    fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0)
+    fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------
@@ -1068,20 +938,15 @@ pub fn start_reference(sb: &Sandbox, prog: &Program, cwd: &Path) -> Proc {
 /// Waits for a reference run; its output, whose lines must be distinct.
 pub fn finish_reference(sb: &Sandbox, mut p: Proc) -> Vec<String> {
     let st = p.wait_exit(sb, RUN_TIMEOUT);
-    sb.check(st.success(), || {
-        format!("the reference run {} failed: {st}", p.label)
-    });
+    sb.check(st.success(), || format!("the reference run {} failed: {st}", p.label));
     let lines = p.lines();
     let mut seen = HashSet::new();
     for l in &lines {
-        sb.check(seen.insert(l), || {
-            format!("the reference output repeats the line {l:?}")
-        });
+        sb.check(seen.insert(l), || format!("the reference output repeats the line {l:?}"));
     }
-    sb.check(
-        lines.last().is_some_and(|l| l.starts_with("final ")),
-        || "the reference output does not end with a \"final\" line".into(),
-    );
+    sb.check(lines.last().is_some_and(|l| l.starts_with("final ")), || {
+        "the reference output does not end with a \"final\" line".into()
+    });
     lines
 }
 
@@ -1095,11 +960,7 @@ pub struct Piece {
 
 impl Piece {
     pub fn new(label: &str, lines: Vec<String>, checkpoints: Vec<Window>) -> Piece {
-        Piece {
-            label: label.to_string(),
-            lines,
-            checkpoints,
-        }
+        Piece { label: label.to_string(), lines, checkpoints }
     }
 }
 
@@ -1149,12 +1010,8 @@ pub fn verify_history(sb: &Sandbox, reference: &[String], pieces: &[Piece]) {
         match candidates.as_slice() {
             [k] => pos += k,
             [] => {
-                let in_window =
-                    |k: usize| piece.checkpoints.iter().any(|w| (w.lo..=w.hi).contains(&k));
-                let start = next
-                    .lines
-                    .first()
-                    .and_then(|l| reference.iter().position(|r| r == l));
+                let in_window = |k: usize| piece.checkpoints.iter().any(|w| (w.lo..=w.hi).contains(&k));
+                let start = next.lines.first().and_then(|l| reference.iter().position(|r| r == l));
                 if let Some(j) = start.filter(|&j| j >= pos && in_window(j - pos)) {
                     let bad = mismatch(reference, j, &next.lines).unwrap_or(next.lines.len());
                     sb.fail(format!(
@@ -1169,17 +1026,11 @@ pub fn verify_history(sb: &Sandbox, reference: &[String], pieces: &[Piece]) {
                         reference.get(j + bad)
                     ));
                 }
-                let at = next
-                    .lines
-                    .first()
-                    .and_then(|l| reference.iter().position(|r| r == l));
+                let at = next.lines.first().and_then(|l| reference.iter().position(|r| r == l));
                 let at = match at {
-                    Some(j) if j >= pos => format!(
-                        "reference line {} (after {} lines of {})",
-                        j + 1,
-                        j - pos,
-                        piece.label
-                    ),
+                    Some(j) if j >= pos => {
+                        format!("reference line {} (after {} lines of {})", j + 1, j - pos, piece.label)
+                    }
                     Some(j) => format!("reference line {}", j + 1),
                     None => "no line of the reference".into(),
                 };
@@ -1189,20 +1040,13 @@ pub fn verify_history(sb: &Sandbox, reference: &[String], pieces: &[Piece]) {
                      a step was lost or repeated, or the wrong checkpoint was restored",
                     describe(next),
                     piece.label,
-                    if piece.checkpoints.len() == 1 {
-                        "it"
-                    } else {
-                        "one"
-                    },
+                    if piece.checkpoints.len() == 1 { "it" } else { "one" },
                     piece.label,
                     piece.checkpoints,
                     next.lines.first()
                 ));
             }
-            many => sb.fail(format!(
-                "ambiguous history: {} fits after {many:?} lines of {}",
-                next.label, piece.label
-            )),
+            many => sb.fail(format!("ambiguous history: {} fits after {many:?} lines of {}", next.label, piece.label)),
         }
     }
 }
@@ -1220,18 +1064,12 @@ pub fn maps(pid: i32) -> Vec<(u64, u64, String)> {
             let mut f = l.split_whitespace();
             let (lo, hi) = f.next()?.split_once('-')?;
             let name = f.nth(4).unwrap_or("").to_string();
-            Some((
-                u64::from_str_radix(lo, 16).ok()?,
-                u64::from_str_radix(hi, 16).ok()?,
-                name,
-            ))
+            Some((u64::from_str_radix(lo, 16).ok()?, u64::from_str_radix(hi, 16).ok()?, name))
         })
         .collect()
 }
 
 /// The descendant of `root` running `exe`.
 pub fn find_descendant(root: i32, exe: &Path) -> Option<i32> {
-    descendants(root)
-        .into_iter()
-        .find(|&p| fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == exe))
+    descendants(root).into_iter().find(|&p| fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == exe))
 }
