@@ -29,7 +29,14 @@ const FORWARDED: [i32; 8] = [
 
 static TARGET: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn forward(sig: libc::c_int) {
+extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // A signal from the terminal (^C, ^\, hangup) already reaches the
+    // restored program, which is in the same process group: passing it on
+    // would deliver it twice. Only what a process sent is forwarded.
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    if info.is_null() || unsafe { (*info).si_code } == libc::SI_KERNEL {
+        return;
+    }
     let pid = TARGET.load(Ordering::Relaxed);
     if pid > 0 {
         // SAFETY: kill is async-signal-safe.
@@ -111,7 +118,10 @@ fn init(mut status: File, uid: u32, gid: u32, pid: i32, restore: impl FnOnce()) 
     // the signals the caller may have blocked before cloning us.
     unsafe {
         for sig in FORWARDED {
-            libc::signal(sig, forward as *const () as libc::sighandler_t);
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = forward as *const () as usize;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigaction(sig, &act, std::ptr::null_mut());
         }
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
