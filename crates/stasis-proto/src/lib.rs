@@ -6,6 +6,8 @@
 //! characters), so any byte string survives. docs/protocol.md lists the verbs.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+
 use std::fmt;
 
 /// Longest line a peer may send; longer ones are a protocol error.
@@ -25,6 +27,23 @@ pub const COMMAND: &str = "COMMAND";
 pub const OK: &str = "OK";
 /// Coordinator → client: refusal or failure (`reason=`).
 pub const ERROR: &str = "ERROR";
+/// Coordinator → agent: stop your threads for `generation` (checkpoint
+/// phase 1); the agent answers `SUSPENDED`.
+pub const SUSPEND: &str = "SUSPEND";
+pub const SUSPENDED: &str = "SUSPENDED";
+/// Coordinator → agent: every process is stopped; take the snapshot
+/// (phase 2). The agent answers `SNAPSHOTTED` once its writer holds
+/// everything the program could still change; the program stays stopped.
+pub const SNAPSHOT: &str = "SNAPSHOT";
+pub const SNAPSHOTTED: &str = "SNAPSHOTTED";
+/// Coordinator → agent: resume the program (phase 3, or an abort before
+/// it). No answer; `WRITTEN` or `FAILED` follow once the image is done.
+pub const RESUME: &str = "RESUME";
+/// Coordinator → agent: where to reconnect if the connection drops
+/// (`addr=unix:PATH` or `addr=tcp:HOST:PORT`).
+pub const COORDINATOR: &str = "COORDINATOR";
+/// Coordinator → agent: kill your own process.
+pub const KILL: &str = "KILL";
 
 /// One protocol message.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
