@@ -108,16 +108,50 @@ fn resume_others() {
     sys::futex_wake(&RESUME);
 }
 
-/// Runs one checkpoint. Never leaves the program stopped.
-pub fn checkpoint(req: Request) -> Result<Outcome, String> {
+/// Phase 1: stops every other thread. On error nothing stays stopped.
+pub fn suspend() -> Result<(), String> {
     let pid = sys::getpid();
     let me = sys::gettid();
     let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     STARTED.with(|s| *s = Some(Instant::now()));
-    if let Err(e) = stop_others(pid, me, sig) {
-        resume_others();
-        return Err(e);
+    stop_others(pid, me, sig).inspect_err(|_| resume_others())
+}
+
+/// What phase 2 produced.
+pub enum Snapshotted {
+    /// The writer is running; the program is still stopped.
+    Writing(Pending),
+    /// This is a restored process, continuing after its checkpoint.
+    Restored { generation: u64 },
+}
+
+/// An image being written by the snapshot child.
+pub struct Pending(InFlight);
+
+impl Pending {
+    pub fn pause(&self) -> Duration {
+        self.0.pause
     }
+
+    /// Waits for the writer and reports the image.
+    pub fn finish(self) -> Result<Outcome, String> {
+        collect_child(self.0)
+    }
+
+    /// Stops the writer (the generation was abandoned).
+    pub fn cancel(self) {
+        let _ = sys::kill(self.0.child, libc::SIGKILL);
+        let _ = sys::wait_snapshot(self.0.child);
+    }
+}
+
+/// Phase 2, with every thread stopped: snapshot the process and start the
+/// writer. Returns once the writer holds everything the program could still
+/// change; the caller then resumes the program (phase 3).
+pub fn snapshot(req: Request) -> Result<Snapshotted, String> {
+    let pid = sys::getpid();
+    let me = sys::gettid();
+    let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     RESTORE_INFO.restored.store(0, Ordering::Release);
     REQUEST.with(|r| *r = Some(req));
     IN_FLIGHT.with(|f| *f = None);
@@ -129,11 +163,33 @@ pub fn checkpoint(req: Request) -> Result<Outcome, String> {
         // The writer's arena was never part of the image.
         crate::ALLOC.drop_child_arena(false);
         finish_restore();
-        return Ok(Outcome::Restored { generation: RESTORE_INFO.generation.load(Ordering::Acquire) });
+        return Ok(Snapshotted::Restored { generation: RESTORE_INFO.generation.load(Ordering::Acquire) });
     }
-    resume_others();
     let flight = IN_FLIGHT.with(|f| f.take()).unwrap_or_else(|| Err("checkpoint handler did not run".into()))?;
-    collect_child(flight)
+    Ok(Snapshotted::Writing(Pending(flight)))
+}
+
+/// Phase 3 (or an abort after phase 1): lets the program run again.
+pub fn resume() {
+    resume_others();
+}
+
+/// All three phases at once, for a coordinator that does not coordinate
+/// with other processes. Never leaves the program stopped.
+pub fn checkpoint(req: Request) -> Result<Outcome, String> {
+    suspend()?;
+    let snap = snapshot(req);
+    match snap {
+        Ok(Snapshotted::Restored { generation }) => Ok(Outcome::Restored { generation }),
+        Ok(Snapshotted::Writing(p)) => {
+            resume();
+            p.finish()
+        }
+        Err(e) => {
+            resume();
+            Err(e)
+        }
+    }
 }
 
 /// Runs in this thread's handler for its own signal. Whatever the

@@ -1,18 +1,63 @@
-//! The checkpoint thread's loop: obey the coordinator.
+//! The checkpoint thread's loop: find the coordinator and obey it.
+//!
+//! The coordinator's address comes from the environment (`STASIS_COORD_ADDR`
+//! = `unix:PATH` or `tcp:HOST:PORT`, or the older `STASIS_COORD_SOCKET`) and
+//! later from the coordinator itself (`COORDINATOR addr=...`). If the
+//! connection drops, the program runs on and the agent tries that address
+//! again every few seconds, so a new coordinator picks the computation up.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use stasis_proto::{self as proto, Message};
+use stasis_proto::{self as proto, Message, auth};
 
-use crate::ckpt::{self, Outcome, Request};
+use crate::ckpt::{self, Outcome, Request, Snapshotted};
 use crate::{signals, sys};
+
+/// How long the program may stay stopped waiting for the coordinator's
+/// next step before the agent resumes it on its own.
+const STOPPED_LIMIT: Duration = Duration::from_secs(60);
+/// Pause between attempts to reach a coordinator that went away.
+const RETRY: Duration = Duration::from_secs(2);
 
 fn log(msg: &str) {
     sys::write_stderr(format!("stasis agent[{}]: {msg}\n", sys::getpid()).as_bytes());
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Addr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+fn parse_addr(s: &str) -> Option<Addr> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        return Some(Addr::Unix(p.into()));
+    }
+    s.strip_prefix("tcp:").filter(|hp| hp.contains(':')).map(|hp| Addr::Tcp(hp.to_string()))
+}
+
+fn addr_from_env() -> Option<Addr> {
+    if let Some(a) = std::env::var("STASIS_COORD_ADDR").ok().and_then(|s| parse_addr(&s)) {
+        return Some(a);
+    }
+    std::env::var_os("STASIS_COORD_SOCKET").map(|p| Addr::Unix(p.into()))
+}
+
+/// What the agent remembers about its computation, across reconnections
+/// and restarts (it lives on the checkpoint thread's stack, which is saved).
+struct Session {
+    addr: Option<Addr>,
+    secret: Option<Vec<u8>>,
+    generation: u64,
+    computation: u64,
+    interval_s: u32,
 }
 
 /// Blocks every signal in the calling thread except the checkpoint signal,
@@ -27,103 +72,332 @@ fn block_program_signals(sig: i32) {
     }
 }
 
-fn hello(restored: bool, generation: u64, computation: u64) -> Message {
+/// Sets (or clears) how long a read on the connection may block.
+fn set_read_timeout(conn: &File, limit: Option<Duration>) {
+    let d = limit.unwrap_or_default();
+    let tv = libc::timeval { tv_sec: d.as_secs() as i64, tv_usec: d.subsec_micros() as i64 };
+    // SAFETY: setsockopt with a timeval on a descriptor we own.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+}
+
+fn connect(addr: &Addr, secret: Option<&[u8]>) -> Result<File, String> {
+    match addr {
+        Addr::Unix(path) => UnixStream::connect(path)
+            .map(|s| File::from(OwnedFd::from(s)))
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Addr::Tcp(hp) => {
+            let sa = hp
+                .to_socket_addrs()
+                .map_err(|e| format!("{hp}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{hp}: no address"))?;
+            let s = TcpStream::connect_timeout(&sa, Duration::from_secs(10)).map_err(|e| format!("{hp}: {e}"))?;
+            let _ = s.set_nodelay(true);
+            let conn = File::from(OwnedFd::from(s));
+            authenticate(&conn, secret).map_err(|e| format!("{hp}: {e}"))?;
+            Ok(conn)
+        }
+    }
+}
+
+/// Answers the coordinator's challenge on a new TCP connection.
+fn authenticate(conn: &File, secret: Option<&[u8]>) -> Result<(), String> {
+    set_read_timeout(conn, Some(Duration::from_secs(10)));
+    // Byte by byte: nothing after the challenge's line may be consumed here.
+    let read_line = || -> Result<Message, String> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.len() < proto::MAX_LINE {
+            match std::io::Read::read(&mut &*conn, &mut byte) {
+                Ok(1) if byte[0] == b'\n' => break,
+                Ok(1) => line.push(byte[0]),
+                Ok(_) => return Err("connection closed".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Message::decode(&String::from_utf8_lossy(&line)).map_err(|e| e.to_string())
+    };
+    let challenge = read_line()?;
+    let nonce = challenge
+        .get("nonce")
+        .and_then(auth::from_hex)
+        .filter(|_| challenge.verb == auth::CHALLENGE)
+        .ok_or("the coordinator did not send a challenge")?;
+    let secret = secret.ok_or("no secret to prove (STASIS_COORD_SECRET is not set)")?;
+    let answer = Message::new(auth::AUTH).with("proof", auth::prove(secret, &nonce));
+    (&*conn).write_all(answer.encode().as_bytes()).map_err(|e| e.to_string())?;
+    let reply = read_line()?;
+    set_read_timeout(conn, None);
+    if reply.verb == proto::OK {
+        Ok(())
+    } else {
+        Err(format!("refused: {}", reply.get("reason").unwrap_or("no reason given")))
+    }
+}
+
+fn hello(s: &Session, restored: bool) -> Message {
     let name = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
     Message::new(proto::HELLO)
         .with("pid", sys::getpid())
         .with("name", name.trim_end())
         .with("restored", restored as u8)
-        .with("computation", format!("{computation:x}"))
-        .with("generation", generation)
+        .with("computation", format!("{:x}", s.computation))
+        .with("generation", s.generation)
 }
 
-pub fn run(socket: PathBuf) {
+pub fn run() {
     let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     block_program_signals(sig);
     signals::CT_TID.store(sys::gettid(), Ordering::Release);
-    let stream = match UnixStream::connect(&socket) {
-        Ok(s) => s,
+    let mut s = Session {
+        addr: addr_from_env(),
+        secret: std::env::var("STASIS_COORD_SECRET").ok().and_then(|h| auth::from_hex(&h)),
+        generation: 0,
+        computation: 0,
+        interval_s: 0,
+    };
+    let mut conn: Option<File> = None;
+    let mut restored = false;
+    let mut complained = false;
+    loop {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => {
+                let Some(addr) = s.addr.clone() else { return };
+                match connect(&addr, s.secret.as_deref()) {
+                    Ok(c) => {
+                        complained = false;
+                        c
+                    }
+                    Err(e) => {
+                        if !complained {
+                            log(&format!("cannot reach the coordinator ({e}); the program runs on, retrying"));
+                            complained = true;
+                        }
+                        std::thread::sleep(RETRY);
+                        continue;
+                    }
+                }
+            }
+        };
+        if (&c).write_all(hello(&s, restored).encode().as_bytes()).is_err() {
+            std::thread::sleep(RETRY);
+            continue;
+        }
+        restored = false;
+        match serve(&c, &mut s) {
+            // The descriptor now holds restart's connection: greet it.
+            End::Restored => {
+                restored = true;
+                conn = Some(c);
+            }
+            End::Closed => std::thread::sleep(RETRY),
+        }
+    }
+}
+
+enum End {
+    Closed,
+    Restored,
+}
+
+fn send(conn: &File, m: Message) -> bool {
+    (&*conn).write_all(m.encode().as_bytes()).is_ok()
+}
+
+fn failed(generation: u64, reason: &str) -> Message {
+    Message::new(proto::FAILED).with("generation", generation).with("reason", reason)
+}
+
+/// Reads the next message; `None` when the connection ended or timed out
+/// (`timed_out` tells which).
+fn next(reader: &mut BufReader<&File>, timed_out: &mut bool) -> Option<Message> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return None,
+            Ok(_) => match Message::decode(&line) {
+                Ok(m) => return Some(m),
+                Err(_) => log(&format!("ignoring a bad line from the coordinator: {:?}", line.trim_end())),
+            },
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                *timed_out = true;
+                return None;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+fn request(msg: &Message, s: &mut Session, conn: &File) -> Option<Request> {
+    let generation = msg.get_parsed("generation").unwrap_or(s.generation + 1);
+    s.interval_s = msg.get_parsed("interval").unwrap_or(s.interval_s);
+    if let Some(id) = msg.get("computation").and_then(|c| u64::from_str_radix(c, 16).ok()) {
+        s.computation = id;
+    }
+    let dir = msg.get("dir")?;
+    Some(Request {
+        generation,
+        computation: s.computation,
+        dir: PathBuf::from(dir),
+        agent_fd: conn.as_raw_fd(),
+        interval_s: s.interval_s,
+    })
+}
+
+fn written(generation: u64, result: Result<Outcome, String>) -> Message {
+    match result {
+        Ok(Outcome::Written { image, bytes, pause }) => Message::new(proto::WRITTEN)
+            .with("generation", generation)
+            .with("image", image)
+            .with("bytes", bytes)
+            .with("pause_us", pause.as_micros()),
+        Ok(Outcome::Restored { .. }) => failed(generation, "unexpected restore"),
+        Err(reason) => {
+            log(&format!("checkpoint {generation} failed: {reason}"));
+            failed(generation, &reason)
+        }
+    }
+}
+
+fn serve(conn: &File, s: &mut Session) -> End {
+    let mut reader = BufReader::new(conn);
+    let mut timed_out = false;
+    while let Some(msg) = next(&mut reader, &mut timed_out) {
+        match msg.verb.as_str() {
+            proto::CHECKPOINT => {
+                let Some(req) = request(&msg, s, conn) else {
+                    send(conn, failed(s.generation + 1, "no dir"));
+                    continue;
+                };
+                let g = req.generation;
+                let result = ckpt::checkpoint(req);
+                if let Ok(Outcome::Restored { generation }) = result {
+                    s.generation = generation;
+                    return End::Restored;
+                }
+                if result.is_ok() {
+                    s.generation = g;
+                }
+                if !send(conn, written(g, result)) {
+                    return End::Closed;
+                }
+            }
+            proto::SUSPEND => {
+                let Some(req) = request(&msg, s, conn) else {
+                    send(conn, failed(s.generation + 1, "no dir"));
+                    continue;
+                };
+                match phased(conn, &mut reader, s, req) {
+                    Some(end) => return end,
+                    None => continue,
+                }
+            }
+            proto::COORDINATOR => {
+                if let Some(a) = msg.get("addr").and_then(parse_addr) {
+                    s.addr = Some(a);
+                }
+            }
+            proto::KILL => {
+                let _ = sys::kill(sys::getpid(), libc::SIGKILL);
+            }
+            _ => {} // RESUME with nothing suspended, or a verb from a newer coordinator
+        }
+    }
+    End::Closed
+}
+
+/// A checkpoint in three steps, each waiting for the coordinator, so that
+/// every process of the computation is saved at the same instant. The
+/// program is never left stopped: a silent or vanished coordinator resumes
+/// it. Returns `Some` when the connection ended or this is a restored process.
+fn phased(conn: &File, reader: &mut BufReader<&File>, s: &mut Session, req: Request) -> Option<End> {
+    let g = req.generation;
+    if let Err(e) = ckpt::suspend() {
+        return (!send(conn, failed(g, &e))).then_some(End::Closed);
+    }
+    if !send(conn, Message::new(proto::SUSPENDED).with("generation", g)) {
+        ckpt::resume();
+        return Some(End::Closed);
+    }
+    set_read_timeout(conn, Some(STOPPED_LIMIT));
+    let mut timed_out = false;
+    let step = next(reader, &mut timed_out);
+    set_read_timeout(conn, None);
+    match step {
+        Some(m) if m.verb == proto::SNAPSHOT => {}
+        Some(_) => {
+            ckpt::resume(); // RESUME (an abort) or anything else
+            return None;
+        }
+        None => {
+            ckpt::resume();
+            if timed_out {
+                send(conn, failed(g, "the coordinator did not go on; the program was resumed"));
+                return None;
+            }
+            return Some(End::Closed);
+        }
+    }
+    let pending = match ckpt::snapshot(req) {
+        Ok(Snapshotted::Restored { generation }) => {
+            s.generation = generation;
+            return Some(End::Restored);
+        }
+        Ok(Snapshotted::Writing(p)) => p,
         Err(e) => {
-            log(&format!("cannot reach the coordinator at {}: {e}; running without checkpoints", socket.display()));
-            return;
+            ckpt::resume();
+            return (!send(conn, written(g, Err(e)))).then_some(End::Closed);
         }
     };
-    let fd = stream.as_raw_fd();
-    let mut interval_s = 0u32;
-    let mut generation = 0u64;
-    let mut computation = 0u64;
-    let mut greeting = hello(false, 0, 0);
-    'connection: loop {
-        let mut writer = &stream;
-        if writer.write_all(greeting.encode().as_bytes()).is_err() {
-            return;
-        }
-        let mut reader = BufReader::new(&stream);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return, // coordinator gone: the program runs on
-                Ok(_) => {}
+    let snapped = Message::new(proto::SNAPSHOTTED).with("generation", g).with("pause_us", pending.pause().as_micros());
+    if !send(conn, snapped) {
+        ckpt::resume();
+        pending.cancel();
+        return Some(End::Closed);
+    }
+    set_read_timeout(conn, Some(STOPPED_LIMIT));
+    let mut timed_out = false;
+    let step = next(reader, &mut timed_out);
+    set_read_timeout(conn, None);
+    ckpt::resume();
+    match step {
+        Some(m) if m.verb == proto::RESUME => {
+            let result = pending.finish();
+            if result.is_ok() {
+                s.generation = g;
             }
-            let Ok(msg) = Message::decode(&line) else {
-                log(&format!("ignoring a bad line from the coordinator: {:?}", line.trim_end()));
-                continue;
-            };
-            match msg.verb.as_str() {
-                proto::CHECKPOINT => {
-                    let generation_no: u64 = msg.get_parsed("generation").unwrap_or(generation + 1);
-                    interval_s = msg.get_parsed("interval").unwrap_or(interval_s);
-                    if let Some(id) = msg.get("computation").and_then(|c| u64::from_str_radix(c, 16).ok()) {
-                        computation = id;
-                    }
-                    let Some(dir) = msg.get("dir") else {
-                        let _ = writer.write_all(
-                            Message::new(proto::FAILED)
-                                .with("generation", generation_no)
-                                .with("reason", "no dir")
-                                .encode()
-                                .as_bytes(),
-                        );
-                        continue;
-                    };
-                    let req = Request {
-                        generation: generation_no,
-                        computation,
-                        dir: PathBuf::from(dir),
-                        agent_fd: fd,
-                        interval_s,
-                    };
-                    let reply = match ckpt::checkpoint(req) {
-                        Ok(Outcome::Written { image, bytes, pause }) => {
-                            generation = generation_no;
-                            Message::new(proto::WRITTEN)
-                                .with("generation", generation_no)
-                                .with("image", image)
-                                .with("bytes", bytes)
-                                .with("pause_us", pause.as_micros())
-                        }
-                        Ok(Outcome::Restored { generation: g }) => {
-                            // The descriptor now holds a new connection to
-                            // the restart's coordinator: greet it afresh.
-                            generation = g;
-                            greeting = hello(true, g, computation);
-                            continue 'connection;
-                        }
-                        Err(reason) => {
-                            log(&format!("checkpoint {generation_no} failed: {reason}"));
-                            Message::new(proto::FAILED).with("generation", generation_no).with("reason", reason)
-                        }
-                    };
-                    if writer.write_all(reply.encode().as_bytes()).is_err() {
-                        return;
-                    }
-                }
-                "KILL" => {
-                    let _ = sys::kill(sys::getpid(), libc::SIGKILL);
-                }
-                _ => {}
-            }
+            (!send(conn, written(g, result))).then_some(End::Closed)
         }
+        other => {
+            pending.cancel();
+            if other.is_none() && !timed_out {
+                return Some(End::Closed);
+            }
+            (!send(conn, failed(g, "the coordinator did not go on; the program was resumed"))).then_some(End::Closed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_addr("unix:/tmp/x.sock"), Some(Addr::Unix("/tmp/x.sock".into())));
+        assert_eq!(parse_addr("tcp:node1:7779"), Some(Addr::Tcp("node1:7779".into())));
+        assert_eq!(parse_addr("tcp:node1"), None);
+        assert_eq!(parse_addr("/tmp/x.sock"), None);
     }
 }

@@ -26,7 +26,9 @@ pub(crate) static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc::new();
 const DEFAULT_SIGNAL: i32 = 62;
 
 extern "C" fn init() {
-    let Some(socket) = std::env::var_os("STASIS_COORD_SOCKET") else { return };
+    if std::env::var_os("STASIS_COORD_ADDR").is_none() && std::env::var_os("STASIS_COORD_SOCKET").is_none() {
+        return; // not under stasis: stay out of the way
+    }
     let sig = std::env::var("STASIS_CKPT_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
     signals::resolve_real_functions();
     collect::init_rseq_lookup();
@@ -36,7 +38,7 @@ extern "C" fn init() {
     }
     let spawned = std::thread::Builder::new().name("stasis-ckpt".into()).spawn(move || {
         // A bug in the agent must not take the program down with it.
-        let _ = std::panic::catch_unwind(|| control::run(socket.into()));
+        let _ = std::panic::catch_unwind(control::run);
     });
     if spawned.is_err() {
         sys::write_stderr(b"stasis agent: cannot start the checkpoint thread\n");
