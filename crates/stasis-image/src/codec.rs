@@ -359,35 +359,74 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
 }
 
 /// Checks the relations between fields that the encoding alone cannot.
-fn validate(m: &ProcessMeta) -> Result<()> {
+/// The writer runs it too, so that a bad image fails at checkpoint time
+/// rather than at restart.
+pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
     let page = crate::PAGE_SIZE;
     let mut prev_end = 0;
     for (i, r) in m.regions.iter().enumerate() {
-        if r.start >= r.end || r.start % page != 0 || r.end % page != 0 || r.start < prev_end {
-            return Err(corrupt(format!("region {i} ({:#x}-{:#x}) is invalid or out of order", r.start, r.end)));
+        let range = format!("region {i} ({:#x}-{:#x})", r.start, r.end);
+        if r.start >= r.end {
+            return Err(corrupt(format!("{range} is empty")));
+        }
+        if r.start % page != 0 || r.end % page != 0 {
+            return Err(corrupt(format!("{range} is not page aligned")));
+        }
+        if r.start < prev_end {
+            return Err(corrupt(format!("{range} overlaps or precedes the region before it")));
+        }
+        if r.prot & !(PROT_READ | PROT_WRITE | PROT_EXEC) != 0 {
+            return Err(corrupt(format!("{range} has unknown protection bits {:#x}", r.prot)));
+        }
+        // Restart maps the file at this offset, and mmap wants it aligned.
+        if let RegionKind::File { offset, .. } = r.kind
+            && offset % page != 0
+        {
+            return Err(corrupt(format!("{range} maps its file at unaligned offset {offset:#x}")));
         }
         prev_end = r.end;
     }
     for t in &m.threads {
         if t.ucontext.len() != UCONTEXT_LEN {
-            return Err(corrupt(format!("thread {} has a {}-byte context", t.tid, t.ucontext.len())));
+            return Err(corrupt(format!(
+                "thread {} has a {}-byte context (expected {UCONTEXT_LEN})",
+                t.tid,
+                t.ucontext.len()
+            )));
         }
     }
     if m.sigactions.len() > 64 {
-        return Err(corrupt("more than 64 signal actions"));
+        return Err(corrupt(format!("{} signal actions (at most 64)", m.sigactions.len())));
+    }
+    if m.itimers.len() > 3 {
+        return Err(corrupt(format!("{} interval timers (at most 3)", m.itimers.len())));
     }
     for (i, c) in m.chunks.iter().enumerate() {
         match c.kind {
             ChunkKind::Memory { region, offset } => {
-                let r = m.regions.get(region as usize).ok_or_else(|| corrupt(format!("chunk {i} names no region")))?;
+                let r = m
+                    .regions
+                    .get(region as usize)
+                    .ok_or_else(|| corrupt(format!("memory chunk {i} names region {region}, which does not exist")))?;
+                // Page aligned within the region, as it is in the file, so
+                // that restart can map the chunk where it belongs.
+                if offset % page != 0 {
+                    return Err(corrupt(format!("memory chunk {i} starts at unaligned offset {offset:#x}")));
+                }
                 let end = offset.checked_add(c.len).and_then(|e| r.start.checked_add(e));
                 if end.is_none_or(|e| e > r.end) {
-                    return Err(corrupt(format!("chunk {i} lies outside its region")));
+                    return Err(corrupt(format!(
+                        "memory chunk {i} ({} bytes at offset {offset:#x}) lies outside region {region} ({:#x}-{:#x})",
+                        c.len, r.start, r.end
+                    )));
                 }
             }
-            ChunkKind::FileContents { fd_index, .. } => {
+            ChunkKind::FileContents { fd_index, offset } => {
                 if m.fds.get(fd_index as usize).is_none() {
-                    return Err(corrupt(format!("chunk {i} names no descriptor")));
+                    return Err(corrupt(format!("file contents chunk {i} names descriptor #{fd_index}, which does not exist")));
+                }
+                if offset.checked_add(c.len).is_none() {
+                    return Err(corrupt(format!("file contents chunk {i} ends past the largest file offset")));
                 }
             }
         }

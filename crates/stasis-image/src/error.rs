@@ -14,6 +14,10 @@ pub enum Error {
     Corrupt { path: PathBuf, what: String },
     Checksum { path: PathBuf, what: String },
     NoCheckpoint { dir: PathBuf },
+    /// A MANIFEST that does not decode (damaged, or not one of ours).
+    BadManifest { path: PathBuf, what: String },
+    /// The writer refused metadata that no reader would accept.
+    Invalid { path: PathBuf, what: String },
 }
 
 impl fmt::Display for Error {
@@ -33,6 +37,10 @@ impl fmt::Display for Error {
             Error::Corrupt { path, what } => write!(f, "{}: corrupt image: {what}", path.display()),
             Error::Checksum { path, what } => write!(f, "{}: checksum mismatch in {what}", path.display()),
             Error::NoCheckpoint { dir } => write!(f, "{}: no committed checkpoint found", dir.display()),
+            Error::BadManifest { path, what } => write!(f, "{}: invalid manifest: {what}", path.display()),
+            Error::Invalid { path, what } => {
+                write!(f, "{}: refusing to write an invalid image: {what}", path.display())
+            }
         }
     }
 }
@@ -47,6 +55,21 @@ impl std::error::Error for Error {
 }
 
 impl Error {
+    /// The file or directory the error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Error::Io { path, .. }
+            | Error::NotAnImage { path }
+            | Error::UnsupportedVersion { path, .. }
+            | Error::Truncated { path, .. }
+            | Error::Corrupt { path, .. }
+            | Error::Checksum { path, .. }
+            | Error::BadManifest { path, .. }
+            | Error::Invalid { path, .. } => path,
+            Error::NoCheckpoint { dir } => dir,
+        }
+    }
+
     /// Replaces the path an error names (decoders work without one).
     pub fn at(self, p: &std::path::Path) -> Error {
         let path = p.to_path_buf();
@@ -58,6 +81,8 @@ impl Error {
             Error::Corrupt { what, .. } => Error::Corrupt { path, what },
             Error::Checksum { what, .. } => Error::Checksum { path, what },
             Error::NoCheckpoint { .. } => Error::NoCheckpoint { dir: path },
+            Error::BadManifest { what, .. } => Error::BadManifest { path, what },
+            Error::Invalid { what, .. } => Error::Invalid { path, what },
         }
     }
 }

@@ -1,15 +1,19 @@
 //! Image files: the header, chunk payload and metadata described in lib.rs.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use crate::{Chunk, ChunkKind, Error, MAGIC, MAX_META_LEN, PAGE_SIZE, ProcessMeta, Result, VERSION};
 
 const HEADER_LEN: usize = 64;
+/// The header checksum covers everything before it.
+const HEADER_SUMMED: usize = 56;
+/// Block size for checking chunks: memory stays bounded whatever their size.
+const VERIFY_BLOCK: usize = 1 << 20;
 
 /// The fixed header at offset 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,7 +27,16 @@ pub struct Header {
 }
 
 impl Header {
-    fn encode(&self) -> [u8; HEADER_LEN] {
+    /// Encoded length of the header; the rest of the first page is zero.
+    pub const LEN: u64 = HEADER_LEN as u64;
+
+    /// Where the metadata ends: the length of a complete image file.
+    pub fn file_len(&self) -> u64 {
+        self.meta_offset.saturating_add(self.meta_len)
+    }
+
+    /// The 64 bytes at offset 0, header checksum included.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         h[8..12].copy_from_slice(&self.version.to_le_bytes());
@@ -33,23 +46,41 @@ impl Header {
         h[32..40].copy_from_slice(&self.meta_offset.to_le_bytes());
         h[40..48].copy_from_slice(&self.meta_len.to_le_bytes());
         h[48..56].copy_from_slice(&self.meta_checksum.to_le_bytes());
-        let sum = xxh3_64(&h[..56]);
-        h[56..64].copy_from_slice(&sum.to_le_bytes());
+        let sum = xxh3_64(&h[..HEADER_SUMMED]);
+        h[HEADER_SUMMED..].copy_from_slice(&sum.to_le_bytes());
         h
     }
 
-    fn decode(h: &[u8], path: &Path) -> Result<Header> {
-        if h.len() < HEADER_LEN || h[0..8] != MAGIC {
+    /// Decodes and checks the header that `h` starts with. The checks run
+    /// in the order that gives the most useful message: a foreign file is
+    /// "not an image" and a newer image is "unsupported version" (a later
+    /// format may lay out or checksum its header differently), before any
+    /// talk of corruption.
+    pub fn decode(h: &[u8], path: &Path) -> Result<Header> {
+        let Some(h) = h.get(..HEADER_LEN) else {
+            let magic_prefix = h.len() <= MAGIC.len() && h == &MAGIC[..h.len()] || h.starts_with(&MAGIC);
+            return Err(if magic_prefix {
+                Error::Truncated { path: path.into(), expected: PAGE_SIZE, actual: h.len() as u64 }
+            } else {
+                Error::NotAnImage { path: path.into() }
+            });
+        };
+        if h[0..8] != MAGIC {
             return Err(Error::NotAnImage { path: path.into() });
         }
-        let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap_or_default());
-        let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or_default());
+        let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+        let u64_at = |o: usize| (u64::from(u32_at(o + 4)) << 32) | u64::from(u32_at(o));
         let version = u32_at(8);
         if version != VERSION {
             return Err(Error::UnsupportedVersion { path: path.into(), version });
         }
-        if u64_at(56) != xxh3_64(&h[..56]) || u32_at(12) as usize != HEADER_LEN {
+        if u64_at(HEADER_SUMMED) != xxh3_64(&h[..HEADER_SUMMED]) {
             return Err(Error::Checksum { path: path.into(), what: "the header".into() });
+        }
+        let corrupt = |what: String| Error::Corrupt { path: path.into(), what };
+        let header_len = u32_at(12);
+        if header_len as usize != HEADER_LEN {
+            return Err(corrupt(format!("header length {header_len} (expected {HEADER_LEN})")));
         }
         let hd = Header {
             version,
@@ -59,23 +90,44 @@ impl Header {
             meta_len: u64_at(40),
             meta_checksum: u64_at(48),
         };
-        if hd.meta_len > MAX_META_LEN || hd.payload_offset != PAGE_SIZE {
-            return Err(Error::Corrupt { path: path.into(), what: "header fields out of range".into() });
+        if hd.payload_offset != PAGE_SIZE {
+            return Err(corrupt(format!("payload offset {} (expected {PAGE_SIZE})", hd.payload_offset)));
+        }
+        if hd.meta_len > MAX_META_LEN {
+            return Err(corrupt(format!("metadata length {} is over the limit of {MAX_META_LEN}", hd.meta_len)));
+        }
+        let payload_end = hd.payload_offset.checked_add(hd.payload_len);
+        if payload_end.is_none_or(|end| end > hd.meta_offset) || hd.meta_offset.checked_add(hd.meta_len).is_none() {
+            return Err(corrupt(format!(
+                "payload ({} bytes at {}) and metadata ({} bytes at {}) overlap",
+                hd.payload_len, hd.payload_offset, hd.meta_len, hd.meta_offset
+            )));
         }
         Ok(hd)
     }
+
+    fn payload_end(&self) -> u64 {
+        // decode() made sure this does not overflow.
+        self.payload_offset + self.payload_len
+    }
+}
+
+fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io { path: path.into(), op, source }
 }
 
 /// Writes one image: chunks first, then `finish` writes metadata and header.
+///
+/// Dropping a writer without `finish` leaves a file whose first page is
+/// zero, which every reader refuses.
 pub struct ImageWriter {
     file: File,
     path: PathBuf,
+    /// End of the bytes written so far (the file cursor is there too).
     pos: u64,
     chunks: Vec<Chunk>,
-}
-
-fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io { path: path.into(), op, source }
+    /// A write failed: the cursor and `pos` may disagree, so refuse more.
+    failed: bool,
 }
 
 impl ImageWriter {
@@ -83,7 +135,6 @@ impl ImageWriter {
     pub fn create(path: &Path) -> Result<Self> {
         let mut file = File::options()
             .write(true)
-            .read(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
@@ -91,7 +142,24 @@ impl ImageWriter {
         // A zero page where the header will go: a writer that dies leaves
         // a file without a valid header.
         file.write_all(&[0u8; PAGE_SIZE as usize]).map_err(io(path, "write"))?;
-        Ok(ImageWriter { file, path: path.into(), pos: PAGE_SIZE, chunks: Vec::new() })
+        Ok(ImageWriter { file, path: path.into(), pos: PAGE_SIZE, chunks: Vec::new(), failed: false })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The chunks appended so far.
+    pub fn chunks(&self) -> &[Chunk] {
+        &self.chunks
+    }
+
+    fn usable(&self) -> Result<()> {
+        if self.failed {
+            let source = io::Error::other("an earlier write to this image failed");
+            return Err(Error::Io { path: self.path.clone(), op: "write", source });
+        }
+        Ok(())
     }
 
     /// Appends `data` as one chunk starting on a page boundary.
@@ -102,11 +170,20 @@ impl ImageWriter {
 
     /// Same, for a caller that computed the xxh3-64 of `data` already.
     pub fn append_chunk_checksummed(&mut self, kind: ChunkKind, data: &[u8], checksum: u64) -> Result<Chunk> {
+        self.usable()?;
         let start = self.pos.next_multiple_of(PAGE_SIZE);
-        if start > self.pos {
-            self.file.seek(SeekFrom::Start(start)).map_err(io(&self.path, "seek"))?;
+        // Seeking past the end leaves a hole, which reads as zeros and
+        // costs no write.
+        let written = (|| {
+            if start > self.pos {
+                self.file.seek(SeekFrom::Start(start)).map_err(io(&self.path, "seek"))?;
+            }
+            self.file.write_all(data).map_err(io(&self.path, "write"))
+        })();
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(e);
         }
-        self.file.write_all(data).map_err(io(&self.path, "write"))?;
         self.pos = start + data.len() as u64;
         let c = Chunk { kind, file_offset: start, len: data.len() as u64, checksum };
         self.chunks.push(c);
@@ -114,12 +191,22 @@ impl ImageWriter {
     }
 
     /// Writes the metadata (with the chunks appended so far), then the
-    /// header, then fsyncs. Returns the file's size.
+    /// header, then fsyncs. Returns the file's size. The metadata is
+    /// checked as a reader would check it first, so that an image that
+    /// could not be restarted fails now rather than at restart.
     pub fn finish(mut self, mut meta: ProcessMeta) -> Result<u64> {
+        self.usable()?;
         meta.chunks = std::mem::take(&mut self.chunks);
+        let invalid = |what: String| Error::Invalid { path: self.path.clone(), what };
+        crate::codec::validate(&meta).map_err(|e| match e {
+            Error::Corrupt { what, .. } => invalid(what),
+            other => other,
+        })?;
         let bytes = crate::encode_meta(&meta);
+        if bytes.len() as u64 > MAX_META_LEN {
+            return Err(invalid(format!("{} bytes of metadata, over the limit of {MAX_META_LEN}", bytes.len())));
+        }
         let meta_offset = self.pos.next_multiple_of(8);
-        self.file.write_all_at(&bytes, meta_offset).map_err(io(&self.path, "write"))?;
         let header = Header {
             version: VERSION,
             payload_offset: PAGE_SIZE,
@@ -128,16 +215,22 @@ impl ImageWriter {
             meta_len: bytes.len() as u64,
             meta_checksum: xxh3_64(&bytes),
         };
+        self.file.write_all_at(&bytes, meta_offset).map_err(io(&self.path, "write"))?;
         // Payload and metadata reach the disk before the header that makes
         // them valid.
         self.file.sync_data().map_err(io(&self.path, "fsync"))?;
         self.file.write_all_at(&header.encode(), 0).map_err(io(&self.path, "write"))?;
-        self.file.sync_all().map_err(io(&self.path, "fsync"))?;
-        Ok(meta_offset + bytes.len() as u64)
+        if let Err(e) = self.file.sync_all() {
+            // Failure must not leave a valid-looking image; best effort.
+            let _ = self.file.write_all_at(&[0u8; HEADER_LEN], 0);
+            return Err(io(&self.path, "fsync")(e));
+        }
+        Ok(header.file_len())
     }
 }
 
 /// An image opened for reading, header and metadata already checked.
+#[derive(Debug)]
 pub struct ImageReader {
     file: File,
     path: PathBuf,
@@ -145,51 +238,76 @@ pub struct ImageReader {
     meta: ProcessMeta,
 }
 
-/// Checks the header, reads and checks the metadata, given a way to read.
+/// Checks the header, reads and checks the metadata and where the chunks
+/// lie, given the file's length and a way to read from it.
 fn load(path: &Path, len: u64, read_at: &mut dyn FnMut(&mut [u8], u64) -> Result<()>) -> Result<(Header, ProcessMeta)> {
     let mut h = [0u8; HEADER_LEN];
-    if len < HEADER_LEN as u64 {
-        read_at(&mut h[..len as usize], 0)?;
-        if h[..len as usize] != MAGIC[..(len as usize).min(8)] {
-            return Err(Error::NotAnImage { path: path.into() });
-        }
-        return Err(Error::Truncated { path: path.into(), expected: PAGE_SIZE, actual: len });
-    }
-    read_at(&mut h, 0)?;
-    let header = Header::decode(&h, path)?;
-    let end = header.meta_offset.saturating_add(header.meta_len);
+    let head = &mut h[..len.min(HEADER_LEN as u64) as usize];
+    read_at(head, 0)?;
+    let header = Header::decode(head, path)?;
+    let end = header.file_len();
     if end > len {
         return Err(Error::Truncated { path: path.into(), expected: end, actual: len });
     }
+    // Bounded: decode() capped meta_len, and the file holds that many bytes.
     let mut meta_bytes = vec![0u8; header.meta_len as usize];
     read_at(&mut meta_bytes, header.meta_offset)?;
     if xxh3_64(&meta_bytes) != header.meta_checksum {
         return Err(Error::Checksum { path: path.into(), what: "the metadata".into() });
     }
     let meta = crate::decode_meta(&meta_bytes).map_err(|e| e.at(path))?;
-    let payload_end = header.payload_offset + header.payload_len;
-    if header.meta_offset < payload_end {
-        return Err(Error::Corrupt { path: path.into(), what: "metadata overlaps the payload".into() });
-    }
     for (i, c) in meta.chunks.iter().enumerate() {
-        let inside = c.file_offset >= header.payload_offset && c.file_offset.saturating_add(c.len) <= payload_end;
-        let aligned = !matches!(c.kind, ChunkKind::Memory { .. }) || c.file_offset % PAGE_SIZE == 0;
-        if !inside || !aligned {
-            return Err(Error::Corrupt { path: path.into(), what: format!("chunk {i} lies outside the payload") });
+        let inside =
+            c.file_offset >= header.payload_offset && c.file_offset.saturating_add(c.len) <= header.payload_end();
+        if !inside {
+            return Err(Error::Corrupt {
+                path: path.into(),
+                what: format!("chunk {i} ({} bytes at {}) lies outside the payload", c.len, c.file_offset),
+            });
+        }
+        if matches!(c.kind, ChunkKind::Memory { .. }) && c.file_offset % PAGE_SIZE != 0 {
+            return Err(Error::Corrupt {
+                path: path.into(),
+                what: format!("memory chunk {i} starts at {}, not on a page boundary", c.file_offset),
+            });
         }
     }
     Ok((header, meta))
 }
 
-impl ImageReader {
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(io(path, "open"))?;
-        let md = file.metadata().map_err(io(path, "stat"))?;
-        if !md.is_file() {
-            return Err(Error::NotAnImage { path: path.into() });
+/// Names a chunk in messages: its index, and what it holds.
+fn describe(meta: &ProcessMeta, c: &Chunk) -> String {
+    let index = meta.chunks.iter().position(|x| x == c).map_or_else(|| "?".into(), |i| i.to_string());
+    match c.kind {
+        ChunkKind::Memory { region, offset } => match meta.regions.get(region as usize) {
+            Some(r) => format!(
+                "memory chunk {index} (region {:#x}-{:#x}, {} bytes at {:#x})",
+                r.start,
+                r.end,
+                c.len,
+                r.start.saturating_add(offset)
+            ),
+            None => format!("memory chunk {index} (region {region}, {} bytes)", c.len),
+        },
+        ChunkKind::FileContents { fd_index, offset } => {
+            let fd = meta.fds.get(fd_index as usize).map_or_else(|| format!("#{fd_index}"), |f| f.fd.to_string());
+            format!("file contents chunk {index} (descriptor {fd}, {} bytes at offset {offset})", c.len)
         }
-        let (header, meta) =
-            load(path, md.len(), &mut |buf, off| file.read_exact_at(buf, off).map_err(io(path, "read")))?;
+    }
+}
+
+impl ImageReader {
+    /// Opens an image and checks its header, its metadata and where its
+    /// chunks lie; the chunks' contents are checked as they are read.
+    pub fn open(path: &Path) -> Result<Self> {
+        // Checked before opening: opening a FIFO would block.
+        let md = std::fs::metadata(path).map_err(io(path, "open"))?;
+        if !md.is_file() {
+            return Err(io(path, "open")(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+        }
+        let file = File::open(path).map_err(io(path, "open"))?;
+        let len = file.metadata().map_err(io(path, "stat"))?.len();
+        let (header, meta) = load(path, len, &mut |buf, off| read_exact_at(&file, path, buf, off))?;
         Ok(ImageReader { file, path: path.into(), header, meta })
     }
 
@@ -214,77 +332,255 @@ impl ImageReader {
         &self.file
     }
 
-    fn describe(&self, c: &Chunk) -> String {
-        let i = self.meta.chunks.iter().position(|x| x == c).unwrap_or(usize::MAX);
-        match c.kind {
-            ChunkKind::Memory { region, offset } => {
-                let start = self.meta.regions.get(region as usize).map_or(0, |r| r.start);
-                format!("memory chunk {i} (at {:#x}, {} bytes)", start + offset, c.len)
-            }
-            ChunkKind::FileContents { fd_index, .. } => format!("file contents chunk {i} (descriptor #{fd_index})"),
-        }
-    }
-
     /// Reads a chunk into `buf` (exactly `chunk.len` bytes) and checks it.
     pub fn read_chunk(&self, chunk: &Chunk, buf: &mut [u8]) -> Result<()> {
-        self.file.read_exact_at(buf, chunk.file_offset).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => Error::Truncated {
-                path: self.path.clone(),
-                expected: chunk.file_offset + chunk.len,
-                actual: self.file.metadata().map(|m| m.len()).unwrap_or(0),
-            },
-            _ => Error::Io { path: self.path.clone(), op: "read", source: e },
-        })?;
+        if buf.len() as u64 != chunk.len {
+            let msg = format!("a {}-byte buffer for a {}-byte chunk", buf.len(), chunk.len);
+            return Err(io(&self.path, "read")(io::Error::new(io::ErrorKind::InvalidInput, msg)));
+        }
+        read_exact_at(&self.file, &self.path, buf, chunk.file_offset)?;
         if xxh3_64(buf) != chunk.checksum {
-            return Err(Error::Checksum { path: self.path.clone(), what: self.describe(chunk) });
+            return Err(Error::Checksum { path: self.path.clone(), what: describe(&self.meta, chunk) });
         }
         Ok(())
     }
 
+    /// A chunk's bytes, checked.
     pub fn chunk_data(&self, chunk: &Chunk) -> Result<Vec<u8>> {
+        // A chunk of this image lies inside the file (open() checked);
+        // refuse to allocate for one that does not claim to.
+        if chunk.file_offset.saturating_add(chunk.len) > self.header.payload_end() {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                what: format!("chunk of {} bytes at {} lies outside the payload", chunk.len, chunk.file_offset),
+            });
+        }
         let mut buf = vec![0u8; chunk.len as usize];
         self.read_chunk(chunk, &mut buf)?;
         Ok(buf)
     }
 
-    /// Reads every chunk and checks its checksum, with bounded memory.
+    /// Reads every chunk and checks its checksum, in blocks of at most
+    /// 1 MiB whatever the chunks' sizes.
     pub fn verify_payload(&self) -> Result<()> {
-        let mut buf = Vec::new();
+        let mut buf = vec![0u8; VERIFY_BLOCK];
         for c in &self.meta.chunks {
-            buf.resize(c.len as usize, 0);
-            self.read_chunk(c, &mut buf)?;
+            let mut hasher = Xxh3Default::new();
+            let mut done = 0u64;
+            while done < c.len {
+                let n = (c.len - done).min(VERIFY_BLOCK as u64) as usize;
+                read_exact_at(&self.file, &self.path, &mut buf[..n], c.file_offset + done)?;
+                hasher.update(&buf[..n]);
+                done += n as u64;
+            }
+            if hasher.digest() != c.checksum {
+                return Err(Error::Checksum { path: self.path.clone(), what: describe(&self.meta, c) });
+            }
         }
         Ok(())
     }
 }
 
-/// Parses a whole image held in memory, chunks checked too (for fuzzing
-/// and tests).
+/// read_exact_at, with a file that ends early reported as truncated.
+fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => Error::Truncated {
+            path: path.into(),
+            expected: offset.saturating_add(buf.len() as u64),
+            actual: file.metadata().map_or(0, |m| m.len()),
+        },
+        _ => Error::Io { path: path.into(), op: "read", source: e },
+    })
+}
+
+/// Parses a whole image held in memory, with every check that
+/// `ImageReader::open` and `verify_payload` make (for fuzzing and tests).
 pub fn parse_image(bytes: &[u8]) -> Result<(Header, ProcessMeta)> {
     let path = Path::new("<memory>");
-    let (header, meta) = load(path, bytes.len() as u64, &mut |buf, off| {
-        let start = off as usize;
-        let src = bytes.get(start..start + buf.len()).ok_or(Error::Truncated {
+    let len = bytes.len() as u64;
+    let slice = |off: u64, n: u64| {
+        let start = usize::try_from(off).ok()?;
+        let end = start.checked_add(usize::try_from(n).ok()?)?;
+        bytes.get(start..end)
+    };
+    let (header, meta) = load(path, len, &mut |buf, off| {
+        let src = slice(off, buf.len() as u64).ok_or(Error::Truncated {
             path: path.into(),
-            expected: off + buf.len() as u64,
-            actual: bytes.len() as u64,
+            expected: off.saturating_add(buf.len() as u64),
+            actual: len,
         })?;
         buf.copy_from_slice(src);
         Ok(())
     })?;
-    for (i, c) in meta.chunks.iter().enumerate() {
-        let data = &bytes[c.file_offset as usize..(c.file_offset + c.len) as usize];
-        if xxh3_64(data) != c.checksum {
-            return Err(Error::Checksum { path: path.into(), what: format!("chunk {i}") });
+    for c in &meta.chunks {
+        // load() checked that every chunk lies inside the bytes.
+        let data = slice(c.file_offset, c.len).unwrap_or_default();
+        if data.len() as u64 != c.len || xxh3_64(data) != c.checksum {
+            return Err(Error::Checksum { path: path.into(), what: describe(&meta, c) });
         }
     }
     Ok((header, meta))
 }
 
-/// Reads a whole small file (used by tests and tools).
-#[allow(dead_code)]
-pub(crate) fn read_all(path: &Path) -> Result<Vec<u8>> {
-    let mut v = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut v)).map_err(io(path, "read"))?;
-    Ok(v)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Fd, FdKind, Region, Thread, UCONTEXT_LEN};
+
+    fn meta() -> ProcessMeta {
+        ProcessMeta {
+            pid: 7,
+            regions: vec![Region { start: 0x10000, end: 0x14000, prot: 3, ..Default::default() }],
+            threads: vec![Thread { tid: 7, ucontext: vec![0; UCONTEXT_LEN], ..Default::default() }],
+            fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent }],
+            ..Default::default()
+        }
+    }
+
+    /// An image with two memory chunks (the first shorter than a page, so
+    /// the second needs padding) and one file contents chunk.
+    fn image(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let path = dir.join("t.img");
+        let mut w = ImageWriter::create(&path).unwrap();
+        w.append_chunk(ChunkKind::Memory { region: 0, offset: 0 }, &[1u8; 100]).unwrap();
+        w.append_chunk(ChunkKind::Memory { region: 0, offset: 8192 }, &[2u8; 8192]).unwrap();
+        w.append_chunk_checksummed(ChunkKind::FileContents { fd_index: 0, offset: 0 }, b"abc", xxh3_64(b"abc"))
+            .unwrap();
+        let size = w.finish(meta()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(size, bytes.len() as u64);
+        (path, bytes)
+    }
+
+    /// Rewrites the header of `bytes` with a valid checksum, so that the
+    /// checks behind the checksum are reached.
+    fn forge(bytes: &mut [u8], f: impl FnOnce(&mut Header)) {
+        let mut h = Header::decode(&bytes[..HEADER_LEN], Path::new("x")).unwrap();
+        f(&mut h);
+        bytes[..HEADER_LEN].copy_from_slice(&h.encode());
+    }
+
+    fn err(bytes: &[u8]) -> String {
+        parse_image(bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn layout() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, bytes) = image(t.path());
+        let (h, m) = parse_image(&bytes).unwrap();
+        assert_eq!(&bytes[..8], b"STASISIM");
+        assert!(bytes[HEADER_LEN..PAGE_SIZE as usize].iter().all(|&b| b == 0));
+        assert_eq!(h.payload_offset, PAGE_SIZE);
+        assert_eq!(h.meta_offset % 8, 0);
+        assert_eq!(h.file_len(), bytes.len() as u64);
+        let offsets: Vec<u64> = m.chunks.iter().map(|c| c.file_offset).collect();
+        assert_eq!(offsets, [4096, 8192, 16384]);
+        // The padding after the short chunk reads as zeros.
+        assert!(bytes[4096 + 100..8192].iter().all(|&b| b == 0));
+        assert_eq!(&bytes[16384..16387], b"abc");
+    }
+
+    #[test]
+    fn reader_reads_chunks() {
+        let t = tempfile::tempdir().unwrap();
+        let (path, _) = image(t.path());
+        let r = ImageReader::open(&path).unwrap();
+        let chunks = r.meta().chunks.clone();
+        assert_eq!(r.chunk_data(&chunks[0]).unwrap(), [1u8; 100]);
+        assert_eq!(r.chunk_data(&chunks[2]).unwrap(), b"abc");
+        let mut small = [0u8; 2];
+        assert!(r.read_chunk(&chunks[2], &mut small).unwrap_err().to_string().contains("3-byte chunk"));
+        let mut bogus = chunks[2];
+        bogus.len = u64::MAX;
+        assert!(matches!(r.chunk_data(&bogus), Err(Error::Corrupt { .. })));
+        r.verify_payload().unwrap();
+        assert_eq!(r.header().file_len(), std::fs::metadata(&path).unwrap().len());
+        assert_eq!(r.into_meta().pid, 7);
+    }
+
+    #[test]
+    fn forged_headers_are_refused_without_panicking() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, good) = image(t.path());
+        let cases: [(&str, fn(&mut Header)); 6] = [
+            ("overlap", |h| h.payload_len = u64::MAX),
+            ("overlap", |h| h.meta_offset = 100),
+            ("overlap", |h| h.meta_offset = u64::MAX),
+            ("over the limit", |h| h.meta_len = MAX_META_LEN + 1),
+            ("payload offset", |h| h.payload_offset = 0),
+            ("truncated", |h| h.meta_len += 1),
+        ];
+        for (want, f) in cases {
+            let mut v = good.clone();
+            forge(&mut v, f);
+            let e = err(&v);
+            assert!(e.contains(want), "{e:?} should mention {want:?}");
+        }
+        let mut v = good.clone();
+        v[12] = 32;
+        let sum = xxh3_64(&v[..HEADER_SUMMED]);
+        v[HEADER_SUMMED..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+        assert!(err(&v).contains("header length 32"));
+    }
+
+    #[test]
+    fn chunks_outside_the_payload_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, good) = image(t.path());
+        let (h, mut m) = parse_image(&good).unwrap();
+        let rewrite = |m: &ProcessMeta| {
+            let enc = crate::encode_meta(m);
+            let mut v = good[..h.meta_offset as usize].to_vec();
+            v.extend_from_slice(&enc);
+            forge(&mut v, |h| {
+                h.meta_len = enc.len() as u64;
+                h.meta_checksum = xxh3_64(&enc);
+            });
+            v
+        };
+        parse_image(&rewrite(&m)).unwrap();
+        m.chunks[2].file_offset = h.meta_offset - 1;
+        assert!(err(&rewrite(&m)).contains("chunk 2 (3 bytes at"), "{}", err(&rewrite(&m)));
+        m.chunks[2].file_offset = 100;
+        assert!(err(&rewrite(&m)).contains("outside the payload"));
+        m.chunks[2].file_offset = 16384;
+        m.chunks[1].file_offset = 8192 + 8;
+        assert!(err(&rewrite(&m)).contains("not on a page boundary"));
+    }
+
+    #[test]
+    fn writer_refuses_what_readers_would() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("bad.img");
+        let mut w = ImageWriter::create(&path).unwrap();
+        w.append_chunk(ChunkKind::Memory { region: 5, offset: 0 }, &[0u8; 10]).unwrap();
+        assert_eq!(w.chunks().len(), 1);
+        let e = w.finish(meta()).unwrap_err();
+        assert!(matches!(e, Error::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains("region 5"), "{e}");
+        assert!(matches!(ImageReader::open(&path), Err(Error::NotAnImage { .. })));
+    }
+
+    #[test]
+    fn short_files() {
+        for len in [0, 1, 8, 63] {
+            let mut v = MAGIC.to_vec();
+            v.resize(len, 0);
+            v.truncate(len);
+            let e = parse_image(&v).unwrap_err();
+            assert!(matches!(e, Error::Truncated { expected: PAGE_SIZE, .. }), "{len}: {e}");
+        }
+        assert!(matches!(parse_image(b"#!/bin"), Err(Error::NotAnImage { .. })));
+        assert!(matches!(parse_image(b"\x7fELF\x02\x01\x01\0\0\0\0\0"), Err(Error::NotAnImage { .. })));
+    }
+
+    #[test]
+    fn directories_are_not_images() {
+        let t = tempfile::tempdir().unwrap();
+        let e = ImageReader::open(t.path()).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = ImageReader::open(&t.path().join("none.img")).unwrap_err().to_string();
+        assert!(e.contains("none.img: open:"), "{e}");
+    }
 }
