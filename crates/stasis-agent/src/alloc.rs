@@ -31,6 +31,12 @@ pub struct AgentAlloc {
     /// of the process that made it: any other pid is the writer.
     child_arena: AtomicUsize,
     arena_owner: AtomicI32,
+    /// Bumped whenever this allocator maps a new slab, so that the
+    /// checkpoint can tell whether its list of memory regions went stale
+    /// (the allocator's saved state must never point outside the image).
+    /// Large blocks are mapped on their own and referenced by no allocator
+    /// state, so they do not count.
+    epoch: AtomicUsize,
 }
 
 /// Size of the writer's arena for small blocks (reserved, not committed).
@@ -54,7 +60,13 @@ impl AgentAlloc {
             state: std::cell::UnsafeCell::new(State { free: [0; CLASSES], bump: 0, bump_end: 0 }),
             child_arena: AtomicUsize::new(0),
             arena_owner: AtomicI32::new(0),
+            epoch: AtomicUsize::new(0),
         }
+    }
+
+    /// Changes whenever the allocator maps a new slab.
+    pub fn epoch(&self) -> usize {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Maps the arena a writer forked next will allocate from.
@@ -140,6 +152,7 @@ unsafe impl GlobalAlloc for AgentAlloc {
             }
             let start = st.bump.next_multiple_of(size);
             if start + size > st.bump_end || st.bump == 0 {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
                 let Some(slab) = sys::mmap_anon(SLAB) else { return std::ptr::null_mut() };
                 st.bump = slab as usize + size;
                 st.bump_end = slab as usize + SLAB;

@@ -207,6 +207,17 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
     snap.meta.computation_id = req.computation;
     let image = format!("ckpt_{}_{}.img", sanitize(&snap.meta.name), snap.meta.pid);
     let path = req.dir.join(&image);
+    // The memory list must describe the process as the fork will copy it:
+    // if the agent's own allocations mapped or unmapped memory since it was
+    // taken (a new slab, say), take it again.
+    let mut tries = 0;
+    while crate::ALLOC.epoch() != snap.epoch {
+        tries += 1;
+        if tries > 8 {
+            return Err("the agent's memory kept changing while listing it".into());
+        }
+        collect::refresh_memory(&mut snap)?;
+    }
 
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 writes two descriptors into `fds`.

@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub plans: Vec<RegionPlan>,
     /// fds (index into meta.fds) whose file contents must be saved.
     pub deleted_files: Vec<usize>,
+    /// The allocator's epoch before memory was listed.
+    pub epoch: usize,
 }
 
 fn read_string(path: &str) -> Result<String, String> {
@@ -46,6 +48,10 @@ fn read_string(path: &str) -> Result<String, String> {
 }
 
 /// Collects everything; `agent_fd` is the coordinator connection.
+///
+/// Memory is read last, and the returned snapshot carries the allocator's
+/// epoch at that moment: if the agent maps or unmaps anything after it
+/// (its own allocations), the caller must take the memory list again.
 pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snapshot, String> {
     let pid = sys::getpid();
     let stat = stasis_procfs::parse_stat(&read_string("/proc/self/stat")?).ok_or("cannot parse /proc/self/stat")?;
@@ -54,7 +60,6 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
         stasis_procfs::status_field(&status, "Umask").and_then(|u| u32::from_str_radix(u, 8).ok()).unwrap_or(0o022);
     let shared_pending = stasis_procfs::status_hex(&status, "ShdPnd").unwrap_or(0);
 
-    let (regions, plans) = memory()?;
     let threads = threads(pid)?;
     let fds = descriptors(agent_fd)?;
     let deleted_files = fds
@@ -63,8 +68,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
         .filter(|(_, f)| matches!(f.kind, FdKind::File { deleted: true, .. }))
         .map(|(i, _)| i)
         .collect();
-
-    let meta = ProcessMeta {
+    let mut meta = ProcessMeta {
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -85,7 +89,6 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
         umask,
         rlimits: rlimits(),
         mm: mm_layout(&stat)?,
-        regions,
         threads,
         fds,
         sigactions: sigactions(),
@@ -103,7 +106,19 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
         agent: AgentInfo { restore_info_addr: &signals::RESTORE_INFO as *const _ as u64, ckpt_signal, interval_s },
         ..Default::default()
     };
-    Ok(Snapshot { meta, plans, deleted_files })
+    let epoch = crate::ALLOC.epoch();
+    let (regions, plans) = memory()?;
+    meta.regions = regions;
+    Ok(Snapshot { meta, plans, deleted_files, epoch })
+}
+
+/// Takes the memory list again (see `snapshot`).
+pub fn refresh_memory(snap: &mut Snapshot) -> Result<(), String> {
+    snap.epoch = crate::ALLOC.epoch();
+    let (regions, plans) = memory()?;
+    snap.meta.regions = regions;
+    snap.plans = plans;
+    Ok(())
 }
 
 fn rlimits() -> Vec<Rlimit> {

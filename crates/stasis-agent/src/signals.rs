@@ -268,6 +268,10 @@ pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t,
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sigsuspend(mask: *const libc::sigset_t) -> c_int {
     let f = next_symbol(&REAL_SIGSUSPEND, c"sigsuspend");
+    if mask.is_null() {
+        // SAFETY: forwarded unchanged; libc reports EFAULT.
+        return unsafe { std::mem::transmute::<usize, SigsuspendFn>(f)(mask) };
+    }
     // SAFETY: `mask` is valid (caller's contract); our copy is valid.
     unsafe {
         let mut copy = *mask;

@@ -127,13 +127,6 @@ pub fn munmap(ptr: *mut u8, len: usize) {
     let _ = unsafe { syscall6(libc::SYS_munmap, [ptr as usize, len, 0, 0, 0, 0]) };
 }
 
-/// mprotect on memory the caller owns outright (the writer's private copy).
-pub fn mprotect(addr: u64, len: u64, prot: i32) -> SysResult {
-    // SAFETY: changing protection of our own mapping; the caller knows no
-    // code relies on the old protection in this process.
-    unsafe { syscall6(libc::SYS_mprotect, [addr as usize, len as usize, prot as usize, 0, 0, 0]) }
-}
-
 /// The calling thread's fs base (its TLS pointer).
 pub fn fs_base() -> u64 {
     let mut v: u64 = 0;

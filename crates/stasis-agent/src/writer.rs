@@ -1,13 +1,14 @@
 //! Writes the image. Runs in the copy-on-write snapshot child, so it sees
 //! memory exactly as it was at the fork while the program runs on.
 
+use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use stasis_image::{ChunkKind, ImageWriter, RegionKind};
 
 use crate::collect::{PAGE, Pages, RegionPlan, Snapshot, reopen_fd};
-use crate::sys;
 
 /// Chunks are cut at this size, so a damaged chunk costs little and
 /// incremental checkpoints can compare chunk checksums.
@@ -18,13 +19,17 @@ const MAX_CHUNK: u64 = 4 << 20;
 /// contents) is in the image; private memory follows.
 pub fn write_image(snap: Snapshot, path: &Path, shared_done: &mut dyn FnMut()) -> Result<u64, String> {
     let err = |e: stasis_image::Error| e.to_string();
+    // Memory is read through /proc/self/mem: protection does not stop it,
+    // and a page that vanished (the agent's own temporary buffers, freed
+    // after the memory list was taken) is an error, not a crash.
+    let mem = std::fs::File::open("/proc/self/mem").map_err(|e| format!("open /proc/self/mem: {e}"))?;
     let mut w = ImageWriter::create(path).map_err(err)?;
-    let Snapshot { meta, plans, deleted_files } = snap;
+    let Snapshot { meta, plans, deleted_files, .. } = snap;
 
     let first_pass = |i: usize| meta.regions[i].shared || meta.regions[i].kind == RegionKind::Vdso;
     for (i, plan) in plans.iter().enumerate() {
         if first_pass(i) {
-            write_region(&mut w, i as u32, meta.regions[i].start, meta.regions[i].prot, plan)?;
+            write_region(&mut w, &mem, i as u32, meta.regions[i].start, plan)?;
         }
     }
     for &fd_index in &deleted_files {
@@ -44,7 +49,7 @@ pub fn write_image(snap: Snapshot, path: &Path, shared_done: &mut dyn FnMut()) -
     shared_done();
     for (i, plan) in plans.iter().enumerate() {
         if !first_pass(i) {
-            write_region(&mut w, i as u32, meta.regions[i].start, meta.regions[i].prot, plan)?;
+            write_region(&mut w, &mem, i as u32, meta.regions[i].start, plan)?;
         }
     }
     w.finish(meta).map_err(err)
@@ -58,60 +63,63 @@ fn page_wanted(plan: &RegionPlan, page: u64) -> bool {
     }
 }
 
-fn is_zero_page(addr: u64) -> bool {
-    // SAFETY: the page is mapped and readable (write_region made sure).
-    let words = unsafe { std::slice::from_raw_parts(addr as *const u64, (PAGE / 8) as usize) };
-    words.iter().all(|&w| w == 0)
+fn is_zero(page: &[u8]) -> bool {
+    page.iter().all(|&b| b == 0)
 }
 
-fn write_region(w: &mut ImageWriter, region: u32, start: u64, prot: u8, plan: &RegionPlan) -> Result<(), String> {
+/// Writes the wanted pages of one region as chunks of runs of pages.
+fn write_region(w: &mut ImageWriter, mem: &File, region: u32, start: u64, plan: &RegionPlan) -> Result<(), String> {
     let pages = match &plan.pages {
         Pages::None => return Ok(()),
         Pages::Prefix(len) => len / PAGE,
         Pages::Bitmap(bits) => bits.len() as u64 * 64,
     };
-    if prot & stasis_image::PROT_READ == 0 {
-        // This is the snapshot child's private copy of the mapping: making
-        // it readable here changes nothing for the program.
-        let full = libc::PROT_READ | if prot & stasis_image::PROT_WRITE != 0 { libc::PROT_WRITE } else { 0 };
-        let len = match &plan.pages {
-            Pages::Prefix(len) => *len,
-            _ => pages * PAGE,
-        };
-        if (0..pages).any(|p| page_wanted(plan, p)) {
-            sys::mprotect(start, len, full).map_err(|e| format!("mprotect {start:#x}: errno {e}"))?;
-        }
-    }
-    let mut run_start: Option<u64> = None;
+    let max_run = MAX_CHUNK / PAGE;
     let mut bounce = vec![0u8; MAX_CHUNK as usize];
-    let mut flush = |from: u64, to: u64, w: &mut ImageWriter| -> Result<(), String> {
-        let addr = start + from * PAGE;
-        let len = ((to - from) * PAGE) as usize;
-        // SAFETY: pages [from, to) are mapped and readable in this process
-        // (present in the pagemap, or within the mapped file's size).
-        let live = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
-        // Copy first: libc's own wrappers briefly change this thread's
-        // descriptor (cancellation state) in memory that may be saved here,
-        // so what is hashed and what is written must be the same bytes.
-        bounce[..len].copy_from_slice(live);
-        w.append_chunk(ChunkKind::Memory { region, offset: from * PAGE }, &bounce[..len])
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    };
-    for p in 0..=pages {
-        let keep = p < pages && page_wanted(plan, p) && !(plan.skip_zero && is_zero_page(start + p * PAGE));
-        match (run_start, keep) {
-            (None, true) => run_start = Some(p),
-            (Some(s), true) if (p - s) * PAGE >= MAX_CHUNK => {
-                flush(s, p, w)?;
-                run_start = Some(p);
+    let emit = |w: &mut ImageWriter, first: u64, data: &[u8]| -> Result<(), String> {
+        // Runs of pages, split where all-zero pages may be left out.
+        let n = data.len() / PAGE as usize;
+        let page = |i: usize| &data[i * PAGE as usize..(i + 1) * PAGE as usize];
+        let mut i = 0;
+        while i < n {
+            if plan.skip_zero && is_zero(page(i)) {
+                i += 1;
+                continue;
             }
-            (Some(s), false) => {
-                flush(s, p, w)?;
-                run_start = None;
+            let mut j = i + 1;
+            while j < n && !(plan.skip_zero && is_zero(page(j))) {
+                j += 1;
             }
-            _ => {}
+            let bytes = &data[i * PAGE as usize..j * PAGE as usize];
+            w.append_chunk(ChunkKind::Memory { region, offset: (first + i as u64) * PAGE }, bytes)
+                .map_err(|e| e.to_string())?;
+            i = j;
         }
+        Ok(())
+    };
+    let mut p = 0;
+    while p < pages {
+        if !page_wanted(plan, p) {
+            p += 1;
+            continue;
+        }
+        let mut q = p + 1;
+        while q < pages && q - p < max_run && page_wanted(plan, q) {
+            q += 1;
+        }
+        let len = ((q - p) * PAGE) as usize;
+        if mem.read_exact_at(&mut bounce[..len], start + p * PAGE).is_ok() {
+            emit(w, p, &bounce[..len])?;
+        } else {
+            // Some page of the run is gone: keep the ones that are not.
+            for k in p..q {
+                let buf = &mut bounce[..PAGE as usize];
+                if mem.read_exact_at(buf, start + k * PAGE).is_ok() {
+                    emit(w, k, buf)?;
+                }
+            }
+        }
+        p = q;
     }
     Ok(())
 }

@@ -116,10 +116,14 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
     let current_vdso = vdso::current()?;
     let threads = &meta.threads;
     let frames: u64 = threads.iter().map(|t| layout::frame_len(t) + 64).sum();
-    let arrays = (meta.regions.len() * 40 + meta.chunks.len() * 24 + threads.len() * 96 + meta.posix_timers.len() * 64)
-        as u64
-        + meta.mm.auxv.len() as u64 * 8
-        + 8 * 64;
+    // Every array of the plan, each padded to its alignment.
+    let record = |n: usize, size: usize| (n * size + 16) as u64;
+    let arrays = record(meta.regions.len(), std::mem::size_of::<MapOp>())
+        + record(meta.chunks.len(), std::mem::size_of::<ReadOp>())
+        + record(5, std::mem::size_of::<Poke>())
+        + record(threads.len(), std::mem::size_of::<ThreadPlan>())
+        + record(meta.posix_timers.len(), std::mem::size_of::<TimerPlan>())
+        + record(meta.mm.auxv.len(), 8);
     let code = RESTORER.len() as u64;
     let size = (code
         + std::mem::size_of::<Plan>() as u64
