@@ -31,7 +31,7 @@ pub use error::{Error, Result};
 pub use file::{Header, ImageReader, ImageWriter, parse_image};
 pub use manifest::{MANIFEST, Manifest, ManifestProcess};
 pub use model::*;
-pub use render::render;
+pub use render::{render, render_header};
 pub use store::{CheckpointDir, Generation, PendingGeneration, resolve_restart_target};
 
 /// First eight bytes of every image.

@@ -1,13 +1,27 @@
 //! What `stasis inspect` prints: a summary of an image for people.
+//!
+//! Everything here takes whatever it is given: an image is hostile input,
+//! so nothing indexes without a check and every string from the image is
+//! escaped before it reaches a terminal.
 
 use std::fmt::Write;
 
-use crate::{ChunkKind, FdKind, PROT_EXEC, PROT_READ, PROT_WRITE, ProcessMeta, RegionKind};
+use crate::{ChunkKind, FdKind, Header, PROT_EXEC, PROT_READ, PROT_WRITE, ProcessMeta, RegionKind};
 
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    b.get(off..off + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
+/// Where the kernel's x86_64 `struct ucontext` keeps what we show:
+/// uc_mcontext starts at byte 40, its gregs run r8..r15, rdi, rsi, rbp,
+/// rbx, rdx, rax, rcx, rsp, rip; the signal mask is at byte 296.
+const UC_GREGS: usize = 40;
+const UC_RSP: usize = UC_GREGS + 15 * 8;
+const UC_RIP: usize = UC_GREGS + 16 * 8;
+const UC_SIGMASK: usize = 296;
+
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    b.get(off..off + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes)
 }
 
+/// A human size: exact bytes below 10 KiB, then the largest unit that
+/// keeps at least two digits.
 fn size(n: u64) -> String {
     match n {
         n if n >= 10 << 30 => format!("{} GiB", n >> 30),
@@ -17,78 +31,146 @@ fn size(n: u64) -> String {
     }
 }
 
+/// Kibibytes, rounded up, for the region table (regions are whole pages).
+fn kib(n: u64) -> String {
+    format!("{}K", n.div_ceil(1024))
+}
+
+/// A string from the image, with control characters escaped so that a
+/// crafted name cannot drive the terminal or forge output lines.
+fn clean(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// A civil date (UTC) from seconds since the epoch.
+fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days to year/month/day in the proleptic Gregorian calendar, counting
+    // in 400-year eras that start on March 1st (so leap days come last).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+fn signal_name(n: usize) -> String {
+    const NAMES: [&str; 31] = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM",
+        "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF",
+        "WINCH", "IO", "PWR", "SYS",
+    ];
+    match n {
+        1..=31 => format!("SIG{}", NAMES[n - 1]),
+        // glibc keeps 32 and 33 for itself and starts SIGRTMIN at 34.
+        34..=64 => format!("SIGRTMIN+{}", n - 34),
+        _ => format!("signal {n}"),
+    }
+}
+
+fn prot(p: u8, shared: bool) -> String {
+    [(PROT_READ, 'r'), (PROT_WRITE, 'w'), (PROT_EXEC, 'x')]
+        .iter()
+        .map(|&(b, c)| if p & b != 0 { c } else { '-' })
+        .chain([if shared { 's' } else { 'p' }])
+        .collect()
+}
+
 /// What `stasis inspect` prints.
 pub fn render(m: &ProcessMeta) -> String {
     let mut o = String::new();
+    let _ = writeln!(o, "process {} {} (parent {})", m.pid, clean(&m.name), m.ppid);
+    let _ = writeln!(o, "  generation   {}", m.generation);
+    let _ = writeln!(o, "  computation  {:016x}", m.computation_id);
+    let _ = writeln!(o, "  created      {} ({})", utc(m.created_unix), m.created_unix);
+    let _ = writeln!(o, "  exe          {}", clean(&m.exe));
+    let cmdline: Vec<String> = m.cmdline.iter().map(|a| format!("{:?}", a)).collect();
+    let _ = writeln!(o, "  cmdline      {}", cmdline.join(" "));
+    let _ = writeln!(o, "  cwd          {}", clean(&m.cwd));
+    let _ = writeln!(o, "  umask        {:04o}", m.umask);
     let _ = writeln!(
         o,
-        "generation {}  computation {:016x}  created {} (unix)",
-        m.generation, m.computation_id, m.created_unix
-    );
-    let _ = writeln!(o, "process {} (parent {})  {}  exe {}", m.pid, m.ppid, m.name, m.exe);
-    let _ = writeln!(o, "command {}", m.cmdline.join(" "));
-    let _ = writeln!(
-        o,
-        "cwd {}  umask {:04o}  checkpoint signal {}  interval {}s",
-        m.cwd, m.umask, m.agent.ckpt_signal, m.agent.interval_s
+        "  agent        checkpoint signal {}, interval {}, restore info at {:#x}",
+        m.agent.ckpt_signal,
+        if m.agent.interval_s == 0 { "none".to_string() } else { format!("{}s", m.agent.interval_s) },
+        m.agent.restore_info_addr
     );
 
+    // What the payload holds for each region, and for files.
     let mut saved = vec![0u64; m.regions.len()];
     let mut files = 0u64;
     for c in &m.chunks {
         match c.kind {
-            ChunkKind::Memory { region, .. } => saved[region as usize] += c.len,
-            ChunkKind::FileContents { .. } => files += c.len,
+            ChunkKind::Memory { region, .. } => {
+                if let Some(s) = saved.get_mut(region as usize) {
+                    *s = s.saturating_add(c.len);
+                }
+            }
+            ChunkKind::FileContents { .. } => files = files.saturating_add(c.len),
         }
     }
+
     let _ = writeln!(o, "\nmemory: {} regions", m.regions.len());
-    let _ = writeln!(o, "  {:<33} {:>9} {:>9}  {:<4} {:<5} name", "range", "size", "saved", "prot", "kind");
+    let _ = writeln!(o, "  {:<29} {:>9} {:>9} {:<4} {:<4} name", "range", "size", "saved", "prot", "kind");
     for (r, s) in m.regions.iter().zip(&saved) {
-        let prot: String = [(PROT_READ, 'r'), (PROT_WRITE, 'w'), (PROT_EXEC, 'x')]
-            .iter()
-            .map(|&(b, c)| if r.prot & b != 0 { c } else { '-' })
-            .chain([if r.shared { 's' } else { 'p' }])
-            .collect();
         let kind = match &r.kind {
             RegionKind::Anonymous => "anon",
             RegionKind::File { .. } => "file",
             RegionKind::Vdso => "vdso",
             RegionKind::Vvar => "vvar",
         };
+        let mut name = clean(&r.name);
+        if let RegionKind::File { path, offset, .. } = &r.kind {
+            if path != &r.name {
+                name = format!("{name} ({})", clean(path));
+            }
+            if *offset != 0 {
+                name = format!("{name} @ {offset:#x}");
+            }
+        }
+        if r.growsdown {
+            name.push_str(" (grows down)");
+        }
         let _ = writeln!(
             o,
-            "  {:#014x}-{:#014x} {:>9} {:>9}  {prot} {kind:<5} {}",
+            "  {:014x}-{:014x} {:>9} {:>9} {} {kind:<4} {name}",
             r.start,
             r.end,
-            size(r.end - r.start),
-            size(*s),
-            r.name
+            kib(r.end.saturating_sub(r.start)),
+            kib(*s),
+            prot(r.prot, r.shared),
         );
     }
-    let mapped: u64 = m.regions.iter().map(|r| r.end - r.start).sum();
+    let mapped = m.regions.iter().fold(0u64, |a, r| a.saturating_add(r.end.saturating_sub(r.start)));
+    let memory: u64 = saved.iter().fold(0, |a, s| a.saturating_add(*s));
     let _ = writeln!(
         o,
-        "  total mapped {}, saved {} in {} chunks, file contents {}",
+        "  mapped {}, saved {} ({} chunks), file contents {}",
         size(mapped),
-        size(saved.iter().sum()),
-        m.chunks.len(),
+        size(memory),
+        m.chunks.iter().filter(|c| matches!(c.kind, ChunkKind::Memory { .. })).count(),
         size(files)
     );
 
     let _ = writeln!(o, "\nthreads: {}", m.threads.len());
     for t in &m.threads {
         let uc = &t.ucontext;
+        let reg = |off| u64_at(uc, off).map_or_else(|| "?".to_string(), |v| format!("{v:#x}"));
         let _ = writeln!(
             o,
-            "  tid {:<7} {:<16} rip {:#x} rsp {:#x} fs {:#x} mask {:#x} pending {:#x} fpu {} B",
+            "  tid {:<7} {:<16} rip {} rsp {} fs_base {:#x} mask {} pending {:#x}",
             t.tid,
-            t.name,
-            u64_at(uc, 40 + 128),
-            u64_at(uc, 40 + 120),
+            clean(&t.name),
+            reg(UC_RIP),
+            reg(UC_RSP),
             t.fs_base,
-            u64_at(uc, 40 + 256),
+            reg(UC_SIGMASK),
             t.pending,
-            t.fpstate.len()
         );
     }
 
@@ -96,41 +178,168 @@ pub fn render(m: &ProcessMeta) -> String {
     for f in &m.fds {
         let what = match &f.kind {
             FdKind::File { path, flags, offset, size: sz, deleted } => format!(
-                "file {path}{} flags {flags:#o} offset {offset} size {sz}",
+                "file {}{} flags {flags:#o} offset {offset} size {sz}",
+                clean(path),
                 if *deleted { " (deleted, contents saved)" } else { "" }
             ),
-            FdKind::Directory { path, .. } => format!("directory {path}"),
-            FdKind::Device { path, flags } => format!("device {path} flags {flags:#o}"),
-            FdKind::Inherited { what } => format!("inherited from restart ({what})"),
+            FdKind::Directory { path, flags } => format!("directory {} flags {flags:#o}", clean(path)),
+            FdKind::Device { path, flags } => format!("device {} flags {flags:#o}", clean(path)),
+            FdKind::Inherited { what } => format!("inherited from restart ({})", clean(what)),
             FdKind::Agent => "the agent's coordinator connection".into(),
-            FdKind::Unsupported => "not restorable".into(),
+            FdKind::Unsupported => "not restorable (left closed)".into(),
         };
-        let _ = writeln!(o, "  {:>4}{} {what}", f.fd, if f.cloexec { "c" } else { " " });
+        let _ = writeln!(o, "  {:>4}{} {what}", f.fd, if f.cloexec { " cloexec" } else { "        " });
     }
 
-    let handled: Vec<String> = m
-        .sigactions
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| a.handler != 0)
-        .map(|(i, a)| match a.handler {
-            1 => format!("{}:ignore", i + 1),
-            _ => format!("{}:handler", i + 1),
-        })
-        .collect();
-    let _ = writeln!(o, "\nsignals: {}", if handled.is_empty() { "all default".into() } else { handled.join(" ") });
-    let _ = writeln!(o, "  pending for the process {:#x}", m.shared_pending);
+    let _ = writeln!(o, "\nsignals: pending for the process {:#x}", m.shared_pending);
+    let mut all_default = true;
+    for (i, a) in m.sigactions.iter().enumerate() {
+        if a.handler == 0 && a.flags == 0 && a.mask == 0 {
+            continue;
+        }
+        all_default = false;
+        let handler = match a.handler {
+            0 => "default".to_string(),
+            1 => "ignore".to_string(),
+            h => format!("handler {h:#x}"),
+        };
+        let _ = writeln!(
+            o,
+            "  {:<12} {handler} flags {:#x} mask {:#x}",
+            signal_name(i + 1),
+            a.flags,
+            a.mask
+        );
+    }
+    if all_default {
+        let _ = writeln!(o, "  every action is the default");
+    }
+
+    let mut timers = false;
     for (name, t) in ["real", "virtual", "prof"].iter().zip(&m.itimers) {
-        if t.value_us != 0 {
-            let _ = writeln!(o, "  itimer {name}: next in {} us, every {} us", t.value_us, t.interval_us);
+        if t.value_us != 0 || t.interval_us != 0 {
+            timers = true;
+            let _ = writeln!(o, "  itimer {name}: next in {} us, then every {} us", t.value_us, t.interval_us);
         }
     }
     for t in &m.posix_timers {
+        timers = true;
         let _ = writeln!(
             o,
-            "  posix timer {} clock {} signal {}: next in {} ns, every {} ns",
-            t.id, t.clock, t.signal, t.value_ns, t.interval_ns
+            "  posix timer {}: clock {} notify {} signal {} tid {}: next in {} ns, then every {} ns, overrun {}",
+            t.id, t.clock, t.notify, t.signal, t.notify_tid, t.value_ns, t.interval_ns, t.overrun
         );
     }
+    if !timers {
+        let _ = writeln!(o, "  no timers armed");
+    }
+
+    let _ = writeln!(
+        o,
+        "\ntotals: {} mapped, {} saved in {} chunks, {} regions, {} threads, {} descriptors",
+        size(mapped),
+        size(memory.saturating_add(files)),
+        m.chunks.len(),
+        m.regions.len(),
+        m.threads.len(),
+        m.fds.len()
+    );
     o
+}
+
+/// One line on the file itself: its size and how it splits.
+pub fn render_header(h: &Header) -> String {
+    format!(
+        "image format {}, {} in all: payload {} at {}, metadata {} at {}\n",
+        h.version,
+        size(h.file_len()),
+        size(h.payload_len),
+        h.payload_offset,
+        size(h.meta_len),
+        h.meta_offset
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Chunk, Fd, ITimer, Region, SigAction, Thread, UCONTEXT_LEN};
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_795_512_610), "2026-11-24 09:30:10 UTC");
+        assert_eq!(utc(4_107_542_399), "2100-02-28 23:59:59 UTC");
+        let _ = utc(u64::MAX);
+    }
+
+    #[test]
+    fn shows_registers_regions_and_signals() {
+        let mut uc = vec![0u8; UCONTEXT_LEN];
+        uc[UC_RIP..UC_RIP + 8].copy_from_slice(&0x4011_2233u64.to_le_bytes());
+        uc[UC_RSP..UC_RSP + 8].copy_from_slice(&0x7ffd_0000u64.to_le_bytes());
+        uc[UC_SIGMASK..UC_SIGMASK + 8].copy_from_slice(&0x4000u64.to_le_bytes());
+        let mut sigactions = vec![SigAction::default(); 64];
+        sigactions[1] = SigAction { handler: 1, ..Default::default() };
+        sigactions[9] = SigAction { handler: 0x401000, flags: 0x0400_0000, ..Default::default() };
+        let m = ProcessMeta {
+            pid: 42,
+            name: "evil\x1b[2J".into(),
+            cmdline: vec!["prog".into(), "two words".into()],
+            regions: vec![
+                Region { start: 0x1000, end: 0x5000, prot: PROT_READ | PROT_WRITE, ..Default::default() },
+                Region {
+                    start: 0x7000,
+                    end: 0x8000,
+                    prot: PROT_READ,
+                    shared: true,
+                    name: "/dev/shm/x".into(),
+                    ..Default::default()
+                },
+            ],
+            threads: vec![Thread { tid: 42, ucontext: uc, fs_base: 0x1234, ..Default::default() }],
+            fds: vec![Fd { fd: 1, cloexec: true, kind: FdKind::Inherited { what: "pipe:[1]".into() } }],
+            sigactions,
+            itimers: vec![ITimer { interval_us: 0, value_us: 5 }, ITimer::default(), ITimer::default()],
+            chunks: vec![Chunk {
+                kind: ChunkKind::Memory { region: 0, offset: 0 },
+                file_offset: 4096,
+                len: 8192,
+                checksum: 0,
+            }],
+            ..Default::default()
+        };
+        let text = render(&m);
+        assert!(text.contains("rip 0x40112233 rsp 0x7ffd0000 fs_base 0x1234 mask 0x4000"), "{text}");
+        assert!(text.contains("00000000001000-00000000005000       16K        8K rw-p anon"), "{text}");
+        assert!(text.contains("r--s anon /dev/shm/x"), "{text}");
+        assert!(text.contains("SIGINT       ignore"), "{text}");
+        assert!(text.contains("SIGUSR1      handler 0x401000 flags 0x4000000"), "{text}");
+        assert!(text.contains("\"two words\""), "{text}");
+        assert!(text.contains("itimer real: next in 5 us"), "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(text.contains("totals: 20 KiB mapped, 8192 B saved in 1 chunks"), "{text}");
+    }
+
+    #[test]
+    fn never_panics_on_nonsense() {
+        let m = ProcessMeta {
+            regions: vec![Region { start: 9, end: 1, ..Default::default() }],
+            threads: vec![Thread::default()],
+            sigactions: vec![SigAction { handler: 5, ..Default::default() }; 70],
+            chunks: vec![Chunk {
+                kind: ChunkKind::Memory { region: 7, offset: 0 },
+                file_offset: 0,
+                len: u64::MAX,
+                checksum: 0,
+            }],
+            ..Default::default()
+        };
+        let text = render(&m);
+        assert!(text.contains("rip ? rsp ?"), "{text}");
+        assert!(text.contains("signal 70"), "{text}");
+        let h = Header { meta_offset: u64::MAX, meta_len: 5, ..Default::default() };
+        assert!(render_header(&h).contains("in all"));
+    }
 }
