@@ -115,6 +115,27 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
     image.verify_payload().map_err(|e| RestoreError(e.to_string()))
 }
 
+/// Checks that the processes of these images can be restored side by
+/// side: each is restored on its own (its own namespaces), which is right
+/// for programs launched separately, and wrong for a parent and its child,
+/// whose relation (and any pipe between them) would be lost.
+pub fn check_restorable_together(metas: &[&stasis_image::ProcessMeta]) -> Result<(), RestoreError> {
+    for m in metas {
+        if let Some(parent) = metas.iter().find(|p| p.pid == m.ppid && p.pid != m.pid) {
+            return Err(RestoreError(format!(
+                "process {} ({}) is a child of process {} ({}): restoring process trees is not supported yet",
+                m.pid, m.name, parent.pid, parent.name
+            )));
+        }
+    }
+    let mut pids: Vec<i32> = metas.iter().map(|m| m.pid).collect();
+    pids.sort_unstable();
+    if let Some(w) = pids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(RestoreError(format!("two images are of the same process {}", w[0])));
+    }
+    Ok(())
+}
+
 /// Restores the process in `image` (already opened and checked), handing
 /// `agent_conn` to its agent as its coordinator connection.
 pub fn spawn_restored(image_path: &Path, image: &ImageReader, agent_conn: OwnedFd) -> Result<Spawned, RestoreError> {
@@ -171,4 +192,23 @@ fn prepare_and_jump(image: &ImageReader, agent_conn: i32) -> Result<(), String> 
         }
     }
     plan::build_and_jump(meta, helpers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stasis_image::ProcessMeta;
+
+    fn meta(pid: i32, ppid: i32) -> ProcessMeta {
+        ProcessMeta { pid, ppid, name: format!("p{pid}"), ..Default::default() }
+    }
+
+    #[test]
+    fn unrelated_processes_restore_together_but_trees_do_not() {
+        let (a, b, c) = (meta(10, 1), meta(20, 1), meta(30, 10));
+        assert!(check_restorable_together(&[&a, &b]).is_ok());
+        let e = check_restorable_together(&[&a, &c]).unwrap_err().to_string();
+        assert!(e.contains("child of process 10"), "{e}");
+        assert!(check_restorable_together(&[&a, &a]).is_err());
+    }
 }
