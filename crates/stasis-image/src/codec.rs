@@ -423,7 +423,9 @@ pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
             }
             ChunkKind::FileContents { fd_index, offset } => {
                 if m.fds.get(fd_index as usize).is_none() {
-                    return Err(corrupt(format!("file contents chunk {i} names descriptor #{fd_index}, which does not exist")));
+                    return Err(corrupt(format!(
+                        "file contents chunk {i} names descriptor #{fd_index}, which does not exist"
+                    )));
                 }
                 if offset.checked_add(c.len).is_none() {
                     return Err(corrupt(format!("file contents chunk {i} ends past the largest file offset")));
@@ -432,4 +434,143 @@ pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> ProcessMeta {
+        ProcessMeta {
+            name: "p".into(),
+            regions: vec![
+                Region { start: 0x1000, end: 0x3000, prot: PROT_READ, ..Default::default() },
+                Region {
+                    start: 0x3000,
+                    end: 0x4000,
+                    kind: RegionKind::File { path: "/f".into(), offset: 0x2000, id: FileId::default() },
+                    ..Default::default()
+                },
+            ],
+            threads: vec![Thread { tid: 1, ucontext: vec![0; UCONTEXT_LEN], ..Default::default() }],
+            fds: vec![Fd { fd: 0, cloexec: false, kind: FdKind::Agent }],
+            sigactions: vec![SigAction::default(); 64],
+            itimers: vec![ITimer::default(); 3],
+            chunks: vec![
+                Chunk {
+                    kind: ChunkKind::Memory { region: 0, offset: 0x1000 },
+                    file_offset: 4096,
+                    len: 4096,
+                    checksum: 1,
+                },
+                Chunk {
+                    kind: ChunkKind::FileContents { fd_index: 0, offset: 3 },
+                    file_offset: 8192,
+                    len: 9,
+                    checksum: 2,
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn what(e: Error) -> String {
+        match e {
+            Error::Corrupt { what, .. } => what,
+            other => panic!("expected corrupt, got {other}"),
+        }
+    }
+
+    fn refused(f: impl FnOnce(&mut ProcessMeta), want: &str) {
+        let mut m = valid();
+        f(&mut m);
+        let w = what(decode_meta(&encode_meta(&m)).unwrap_err());
+        assert!(w.contains(want), "{w:?} should mention {want:?}");
+    }
+
+    #[test]
+    fn round_trip_and_canonical() {
+        let bytes = encode_meta(&valid());
+        let back = decode_meta(&bytes).unwrap();
+        assert_eq!(back, valid());
+        assert_eq!(encode_meta(&back), bytes);
+        assert_eq!(decode_meta(&encode_meta(&ProcessMeta::default())).unwrap(), ProcessMeta::default());
+    }
+
+    #[test]
+    fn relations_are_checked() {
+        refused(|m| m.regions[0].end = m.regions[0].start, "is empty");
+        refused(|m| m.regions[0].end = 0x2800, "not page aligned");
+        refused(|m| m.regions.swap(0, 1), "overlaps or precedes");
+        refused(|m| m.regions[1].start = 0x2000, "overlaps or precedes");
+        refused(|m| m.regions[0].prot = 8, "unknown protection bits");
+        refused(
+            |m| m.regions[1].kind = RegionKind::File { path: "/f".into(), offset: 5, id: FileId::default() },
+            "unaligned offset 0x5",
+        );
+        refused(|m| m.threads[0].ucontext.pop().map_or((), drop), "303-byte context (expected 304)");
+        refused(|m| m.threads[0].ucontext.push(0), "305-byte context");
+        refused(|m| m.sigactions.push(SigAction::default()), "65 signal actions");
+        refused(|m| m.itimers.push(ITimer::default()), "4 interval timers");
+        refused(|m| m.chunks[0].kind = ChunkKind::Memory { region: 2, offset: 0 }, "region 2, which does not exist");
+        refused(|m| m.chunks[0].kind = ChunkKind::Memory { region: 0, offset: 0x1800 }, "unaligned offset");
+        refused(|m| m.chunks[0].len = 4097, "lies outside region 0");
+        refused(|m| m.chunks[0].kind = ChunkKind::Memory { region: 0, offset: !0xfff }, "outside");
+        refused(
+            |m| m.chunks[1].kind = ChunkKind::FileContents { fd_index: 1, offset: 0 },
+            "descriptor #1, which does not exist",
+        );
+        refused(|m| m.chunks[1].kind = ChunkKind::FileContents { fd_index: 0, offset: u64::MAX }, "past the largest");
+    }
+
+    #[test]
+    fn encoding_errors() {
+        let good = encode_meta(&valid());
+        for cut in 0..good.len() {
+            let w = what(decode_meta(&good[..cut]).unwrap_err());
+            assert!(w.contains("ends early") || w.contains("does not fit"), "cut at {cut}: {w}");
+        }
+        let mut v = good.clone();
+        v.push(0);
+        assert_eq!(what(decode_meta(&v).unwrap_err()), "1 unexpected bytes after the metadata");
+
+        // name is the first string: u32 length at 32, one byte at 36.
+        let mut v = good.clone();
+        v[36] = 0xff;
+        assert!(what(decode_meta(&v).unwrap_err()).contains("UTF-8"));
+        let mut v = good.clone();
+        v[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(what(decode_meta(&v).unwrap_err()).contains("ends early"));
+
+        // exe is empty, then cmdline's count: a huge count must not allocate.
+        let mut v = good.clone();
+        v[41..45].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(what(decode_meta(&v).unwrap_err()).contains("does not fit"));
+    }
+
+    #[test]
+    fn tags_and_booleans() {
+        let m = ProcessMeta {
+            regions: vec![Region { start: 0x1000, end: 0x2000, ..Default::default() }],
+            fds: vec![Fd { fd: 0, cloexec: false, kind: FdKind::Agent }],
+            ..Default::default()
+        };
+        let good = encode_meta(&m);
+        // Find the region's fields: start, end, prot, shared, growsdown, kind.
+        let at = good.windows(16).position(|w| w[..8] == 0x1000u64.to_le_bytes()).unwrap();
+        let cases =
+            [(at + 17, 2, "invalid boolean 2"), (at + 18, 7, "invalid boolean 7"), (at + 19, 4, "region kind 4")];
+        for (pos, val, want) in cases {
+            let mut v = good.clone();
+            v[pos] = val;
+            let w = what(decode_meta(&v).unwrap_err());
+            assert!(w.contains(want), "{w:?} should mention {want:?}");
+        }
+        // The descriptor's tag is followed by 40 bytes: four empty lists'
+        // counts, shared_pending and the agent's 16 bytes.
+        let fd_tag = good.len() - 41;
+        let mut v = good.clone();
+        v[fd_tag] = 9;
+        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 9"));
+    }
 }

@@ -7,17 +7,44 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Messages are one line, lower-case, and name the file and the problem.
 #[derive(Debug)]
 pub enum Error {
-    Io { path: PathBuf, op: &'static str, source: std::io::Error },
-    NotAnImage { path: PathBuf },
-    UnsupportedVersion { path: PathBuf, version: u32 },
-    Truncated { path: PathBuf, expected: u64, actual: u64 },
-    Corrupt { path: PathBuf, what: String },
-    Checksum { path: PathBuf, what: String },
-    NoCheckpoint { dir: PathBuf },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    NotAnImage {
+        path: PathBuf,
+    },
+    UnsupportedVersion {
+        path: PathBuf,
+        version: u32,
+    },
+    Truncated {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    Corrupt {
+        path: PathBuf,
+        what: String,
+    },
+    Checksum {
+        path: PathBuf,
+        what: String,
+    },
+    NoCheckpoint {
+        dir: PathBuf,
+    },
     /// A MANIFEST that does not decode (damaged, or not one of ours).
-    BadManifest { path: PathBuf, what: String },
+    BadManifest {
+        path: PathBuf,
+        what: String,
+    },
     /// The writer refused metadata that no reader would accept.
-    Invalid { path: PathBuf, what: String },
+    Invalid {
+        path: PathBuf,
+        what: String,
+    },
 }
 
 impl fmt::Display for Error {

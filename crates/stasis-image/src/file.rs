@@ -133,12 +133,8 @@ pub struct ImageWriter {
 impl ImageWriter {
     /// Creates `path` (mode 0600, must not exist).
     pub fn create(path: &Path) -> Result<Self> {
-        let mut file = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io(path, "create"))?;
+        let mut file =
+            File::options().write(true).create_new(true).mode(0o600).open(path).map_err(io(path, "create"))?;
         // A zero page where the header will go: a writer that dies leaves
         // a file without a valid header.
         file.write_all(&[0u8; PAGE_SIZE as usize]).map_err(io(path, "write"))?;
@@ -503,7 +499,8 @@ mod tests {
     fn forged_headers_are_refused_without_panicking() {
         let t = tempfile::tempdir().unwrap();
         let (_, good) = image(t.path());
-        let cases: [(&str, fn(&mut Header)); 6] = [
+        type Forge = fn(&mut Header);
+        let cases: [(&str, Forge); 6] = [
             ("overlap", |h| h.payload_len = u64::MAX),
             ("overlap", |h| h.meta_offset = 100),
             ("overlap", |h| h.meta_offset = u64::MAX),

@@ -203,13 +203,7 @@ pub fn render(m: &ProcessMeta) -> String {
             1 => "ignore".to_string(),
             h => format!("handler {h:#x}"),
         };
-        let _ = writeln!(
-            o,
-            "  {:<12} {handler} flags {:#x} mask {:#x}",
-            signal_name(i + 1),
-            a.flags,
-            a.mask
-        );
+        let _ = writeln!(o, "  {:<12} {handler} flags {:#x} mask {:#x}", signal_name(i + 1), a.flags, a.mask);
     }
     if all_default {
         let _ = writeln!(o, "  every action is the default");

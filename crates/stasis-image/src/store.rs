@@ -288,7 +288,7 @@ mod tests {
         fs::create_dir(t.path().join("gen-000004")).unwrap();
         fs::write(t.path().join("gen-000004").join(MANIFEST), "stasis-manifest 1\n").unwrap(); // bad manifest
         fs::write(t.path().join("gen-000005"), b"a file").unwrap();
-        assert_eq!(dir.generations().unwrap(), [good.clone()]);
+        assert_eq!(dir.generations().unwrap(), std::slice::from_ref(&good));
         assert_eq!(dir.latest().unwrap(), good);
         assert_eq!(dir.next_number(), 6);
         assert_eq!(resolve_restart_target(t.path()).unwrap()[0], good.path.join("a.img"));
