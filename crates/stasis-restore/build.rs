@@ -2,15 +2,17 @@
 //! target directory and embeds its loadable segments as a flat blob.
 //!
 //! The blob is copied to an arbitrary address at restart and run without
-//! any loader, so it must need no relocations: this script fails the build
-//! if the linker left any.
+//! any loader. The only relocations it may have are R_X86_64_RELATIVE ones
+//! (GOT slots holding the addresses of its own functions): they are listed
+//! here and applied by restart after it places the blob. Any other kind
+//! fails the build.
 
 use std::env;
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSegment, RelocationFlags};
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -58,11 +60,13 @@ fn main() {
     let elf_path = target_dir.join("release/stasis-restorer");
     let data = fs::read(&elf_path).expect("read the restorer binary");
     let file = object::File::parse(&*data).expect("parse the restorer binary");
-    if let Some(rela) = file.section_by_name(".rela.dyn") {
-        assert!(rela.size() == 0, "the restorer has dynamic relocations; it must not use static pointer tables");
+    let mut relocs: Vec<(u64, i64)> = Vec::new();
+    for (offset, r) in file.dynamic_relocations().into_iter().flatten() {
+        match r.flags() {
+            RelocationFlags::Elf { r_type: object::elf::R_X86_64_RELATIVE } => relocs.push((offset, r.addend())),
+            other => panic!("the restorer has a relocation restart cannot apply: {other:?} at {offset:#x}"),
+        }
     }
-    assert!(file.dynamic_relocations().is_none_or(|mut r| r.next().is_none()), "the restorer has relocations");
-
     let mut image: Vec<u8> = Vec::new();
     for seg in file.segments() {
         let (addr, size) = (seg.address() as usize, seg.size() as usize);
@@ -78,4 +82,6 @@ fn main() {
     image.resize(image.len().next_multiple_of(4096), 0);
     fs::write(out.join("restorer.bin"), &image).expect("write restorer.bin");
     fs::write(out.join("restorer_entry.rs"), format!("{}\n", file.entry())).expect("write restorer_entry.rs");
+    let table: String = relocs.iter().map(|(o, a)| format!("({o:#x}, {a:#x}), ")).collect();
+    fs::write(out.join("restorer_relocs.rs"), format!("[{table}]\n")).expect("write restorer_relocs.rs");
 }

@@ -31,6 +31,8 @@ impl<T> CtCell<T> {
 pub struct Request {
     pub generation: u64,
     pub computation: u64,
+    /// Compress the image's chunks (LZ4) where that pays.
+    pub compress: bool,
     pub dir: PathBuf,
     pub agent_fd: i32,
     pub interval_s: u32,
@@ -237,7 +239,7 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
         Err(e) => Err(format!("fork for the image writer: errno {e}")),
         Ok(0) => {
             drop(rd);
-            let job = WriterJob { snap, path, pipe: wr };
+            let job = WriterJob { snap, path, pipe: wr, compress: req.compress };
             // A new stack: the writer must not scribble on the stack it saves.
             sys::run_on_new_stack(WRITER_STACK, writer_main, &job as *const WriterJob as usize)
         }
@@ -260,16 +262,17 @@ struct WriterJob {
     snap: collect::Snapshot,
     path: PathBuf,
     pipe: File,
+    compress: bool,
 }
 
 /// The image writer's whole life, in the forked child.
 extern "C" fn writer_main(job: usize) -> ! {
     // SAFETY: `job` is the WriterJob on the old stack, which stays mapped
     // (and untouched) in this process; we take it by value, reading only.
-    let WriterJob { snap, path, pipe } = unsafe { std::ptr::read(job as *const WriterJob) };
+    let WriterJob { snap, path, pipe, compress } = unsafe { std::ptr::read(job as *const WriterJob) };
     collect::forget_rseq();
     let mut pipe = pipe;
-    let result = writer::write_image(snap, &path, &mut || {
+    let result = writer::write_image(snap, &path, compress, &mut || {
         let _ = pipe.write_all(b"S");
     });
     let line = match result {

@@ -249,6 +249,7 @@ fn request(msg: &Message, s: &mut Session, conn: &File) -> Option<Request> {
     Some(Request {
         generation,
         computation: s.computation,
+        compress: msg.get("compression") == Some("lz4"),
         dir: PathBuf::from(dir),
         agent_fd: conn.as_raw_fd(),
         interval_s: s.interval_s,

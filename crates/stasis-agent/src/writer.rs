@@ -17,13 +17,16 @@ const MAX_CHUNK: u64 = 4 << 20;
 /// Writes `snap` to `path`. `shared_done` is called once everything that
 /// the running program could still change (shared memory, deleted files'
 /// contents) is in the image; private memory follows.
-pub fn write_image(snap: Snapshot, path: &Path, shared_done: &mut dyn FnMut()) -> Result<u64, String> {
+pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mut dyn FnMut()) -> Result<u64, String> {
     let err = |e: stasis_image::Error| e.to_string();
     // Memory is read through /proc/self/mem: protection does not stop it,
     // and a page that vanished (the agent's own temporary buffers, freed
     // after the memory list was taken) is an error, not a crash.
     let mem = std::fs::File::open("/proc/self/mem").map_err(|e| format!("open /proc/self/mem: {e}"))?;
     let mut w = ImageWriter::create(path).map_err(err)?;
+    if compress {
+        w.set_compression(stasis_image::Compression::Lz4);
+    }
     let Snapshot { meta, plans, deleted_files, .. } = snap;
 
     let first_pass = |i: usize| meta.regions[i].shared || meta.regions[i].kind == RegionKind::Vdso;

@@ -245,6 +245,11 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
         e.u64(c.file_offset);
         e.u64(c.len);
         e.u64(c.checksum);
+        e.u8(match c.compression {
+            Compression::None => 0,
+            Compression::Lz4 => 1,
+        });
+        e.u64(c.data_len);
     });
     e.0
 }
@@ -343,13 +348,19 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
         })
     })?;
     m.agent = AgentInfo { restore_info_addr: d.u64()?, ckpt_signal: d.i32()?, interval_s: d.u32()? };
-    m.chunks = d.vec(37, |d| {
+    m.chunks = d.vec(46, |d| {
         let kind = match d.u8()? {
             0 => ChunkKind::Memory { region: d.u32()?, offset: d.u64()? },
             1 => ChunkKind::FileContents { fd_index: d.u32()?, offset: d.u64()? },
             t => return Err(corrupt(format!("unknown chunk kind {t}"))),
         };
-        Ok(Chunk { kind, file_offset: d.u64()?, len: d.u64()?, checksum: d.u64()? })
+        let (file_offset, len, checksum) = (d.u64()?, d.u64()?, d.u64()?);
+        let compression = match d.u8()? {
+            0 => Compression::None,
+            1 => Compression::Lz4,
+            t => return Err(corrupt(format!("unknown compression {t}"))),
+        };
+        Ok(Chunk { kind, file_offset, len, checksum, compression, data_len: d.u64()? })
     })?;
     if d.pos != bytes.len() {
         return Err(corrupt(format!("{} unexpected bytes after the metadata", bytes.len() - d.pos)));
@@ -402,6 +413,13 @@ pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
         return Err(corrupt(format!("{} interval timers (at most 3)", m.itimers.len())));
     }
     for (i, c) in m.chunks.iter().enumerate() {
+        let lengths_agree = match c.compression {
+            Compression::None => c.data_len == c.len,
+            Compression::Lz4 => c.data_len <= crate::MAX_CHUNK_LEN,
+        };
+        if !lengths_agree {
+            return Err(corrupt(format!("chunk {i} holds {} bytes in {} stored ones", c.data_len, c.len)));
+        }
         match c.kind {
             ChunkKind::Memory { region, offset } => {
                 let r = m
@@ -413,11 +431,11 @@ pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
                 if offset % page != 0 {
                     return Err(corrupt(format!("memory chunk {i} starts at unaligned offset {offset:#x}")));
                 }
-                let end = offset.checked_add(c.len).and_then(|e| r.start.checked_add(e));
+                let end = offset.checked_add(c.data_len).and_then(|e| r.start.checked_add(e));
                 if end.is_none_or(|e| e > r.end) {
                     return Err(corrupt(format!(
                         "memory chunk {i} ({} bytes at offset {offset:#x}) lies outside region {region} ({:#x}-{:#x})",
-                        c.len, r.start, r.end
+                        c.data_len, r.start, r.end
                     )));
                 }
             }
@@ -427,7 +445,7 @@ pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
                         "file contents chunk {i} names descriptor #{fd_index}, which does not exist"
                     )));
                 }
-                if offset.checked_add(c.len).is_none() {
+                if offset.checked_add(c.data_len).is_none() {
                     return Err(corrupt(format!("file contents chunk {i} ends past the largest file offset")));
                 }
             }
@@ -462,12 +480,16 @@ mod tests {
                     file_offset: 4096,
                     len: 4096,
                     checksum: 1,
+                    compression: Compression::None,
+                    data_len: 4096,
                 },
                 Chunk {
                     kind: ChunkKind::FileContents { fd_index: 0, offset: 3 },
                     file_offset: 8192,
                     len: 9,
                     checksum: 2,
+                    compression: Compression::None,
+                    data_len: 9,
                 },
             ],
             ..Default::default()
@@ -514,7 +536,14 @@ mod tests {
         refused(|m| m.itimers.push(ITimer::default()), "4 interval timers");
         refused(|m| m.chunks[0].kind = ChunkKind::Memory { region: 2, offset: 0 }, "region 2, which does not exist");
         refused(|m| m.chunks[0].kind = ChunkKind::Memory { region: 0, offset: 0x1800 }, "unaligned offset");
-        refused(|m| m.chunks[0].len = 4097, "lies outside region 0");
+        refused(
+            |m| {
+                m.chunks[0].len = 4097;
+                m.chunks[0].data_len = 4097;
+            },
+            "lies outside region 0",
+        );
+        refused(|m| m.chunks[0].len = 4097, "holds 4096 bytes in 4097 stored ones");
         refused(|m| m.chunks[0].kind = ChunkKind::Memory { region: 0, offset: !0xfff }, "outside");
         refused(
             |m| m.chunks[1].kind = ChunkKind::FileContents { fd_index: 1, offset: 0 },

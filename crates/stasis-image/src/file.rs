@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
-use crate::{Chunk, ChunkKind, Error, MAGIC, MAX_META_LEN, PAGE_SIZE, ProcessMeta, Result, VERSION};
+use crate::{
+    Chunk, ChunkKind, Compression, Error, MAGIC, MAX_CHUNK_LEN, MAX_META_LEN, PAGE_SIZE, ProcessMeta, Result, VERSION,
+};
 
 const HEADER_LEN: usize = 64;
 /// The header checksum covers everything before it.
@@ -121,6 +123,10 @@ fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Error +
 /// Dropping a writer without `finish` leaves a file whose first page is
 /// zero, which every reader refuses.
 pub struct ImageWriter {
+    /// Chunks appended from now on are compressed when that pays.
+    compression: Compression,
+    /// Where compressed chunks are built.
+    scratch: Vec<u8>,
     file: File,
     path: PathBuf,
     /// End of the bytes written so far (the file cursor is there too).
@@ -138,7 +144,15 @@ impl ImageWriter {
         // A zero page where the header will go: a writer that dies leaves
         // a file without a valid header.
         file.write_all(&[0u8; PAGE_SIZE as usize]).map_err(io(path, "write"))?;
-        Ok(ImageWriter { file, path: path.into(), pos: PAGE_SIZE, chunks: Vec::new(), failed: false })
+        Ok(ImageWriter {
+            compression: Compression::None,
+            scratch: Vec::new(),
+            file,
+            path: path.into(),
+            pos: PAGE_SIZE,
+            chunks: Vec::new(),
+            failed: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -160,12 +174,48 @@ impl ImageWriter {
 
     /// Appends `data` as one chunk starting on a page boundary.
     pub fn append_chunk(&mut self, kind: ChunkKind, data: &[u8]) -> Result<Chunk> {
+        if self.compression == Compression::Lz4 && data.len() >= 512 && data.len() as u64 <= MAX_CHUNK_LEN {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
+            // Kept only if it saves at least an eighth: random data stays
+            // as it is, page aligned and cheaper to restore.
+            let result = match lz4_flex::block::compress_into(data, &mut scratch) {
+                Ok(n) if n < data.len() - data.len() / 8 => Some(self.append_stored(
+                    kind,
+                    &scratch[..n],
+                    xxh3_64(&scratch[..n]),
+                    Compression::Lz4,
+                    data.len() as u64,
+                )),
+                _ => None,
+            };
+            self.scratch = scratch;
+            if let Some(r) = result {
+                return r;
+            }
+        }
         let checksum = xxh3_64(data);
         self.append_chunk_checksummed(kind, data, checksum)
     }
 
+    /// Compresses the chunks appended from now on, where that pays.
+    pub fn set_compression(&mut self, c: Compression) {
+        self.compression = c;
+    }
+
     /// Same, for a caller that computed the xxh3-64 of `data` already.
     pub fn append_chunk_checksummed(&mut self, kind: ChunkKind, data: &[u8], checksum: u64) -> Result<Chunk> {
+        self.append_stored(kind, data, checksum, Compression::None, data.len() as u64)
+    }
+
+    fn append_stored(
+        &mut self,
+        kind: ChunkKind,
+        data: &[u8],
+        checksum: u64,
+        compression: Compression,
+        data_len: u64,
+    ) -> Result<Chunk> {
         self.usable()?;
         let start = self.pos.next_multiple_of(PAGE_SIZE);
         // Seeking past the end leaves a hole, which reads as zeros and
@@ -181,7 +231,7 @@ impl ImageWriter {
             return Err(e);
         }
         self.pos = start + data.len() as u64;
-        let c = Chunk { kind, file_offset: start, len: data.len() as u64, checksum };
+        let c = Chunk { kind, file_offset: start, len: data.len() as u64, checksum, compression, data_len };
         self.chunks.push(c);
         Ok(c)
     }
@@ -328,15 +378,33 @@ impl ImageReader {
         &self.file
     }
 
-    /// Reads a chunk into `buf` (exactly `chunk.len` bytes) and checks it.
+    /// Reads a chunk into `buf` (exactly `chunk.data_len` bytes), checked
+    /// and decompressed.
     pub fn read_chunk(&self, chunk: &Chunk, buf: &mut [u8]) -> Result<()> {
-        if buf.len() as u64 != chunk.len {
-            let msg = format!("a {}-byte buffer for a {}-byte chunk", buf.len(), chunk.len);
+        if buf.len() as u64 != chunk.data_len {
+            let msg = format!("a {}-byte buffer for a {}-byte chunk", buf.len(), chunk.data_len);
             return Err(io(&self.path, "read")(io::Error::new(io::ErrorKind::InvalidInput, msg)));
         }
-        read_exact_at(&self.file, &self.path, buf, chunk.file_offset)?;
-        if xxh3_64(buf) != chunk.checksum {
+        let mut stored_buf = Vec::new();
+        let stored: &mut [u8] = match chunk.compression {
+            Compression::None => buf,
+            Compression::Lz4 => {
+                stored_buf.resize(chunk.len as usize, 0);
+                &mut stored_buf
+            }
+        };
+        read_exact_at(&self.file, &self.path, stored, chunk.file_offset)?;
+        if xxh3_64(stored) != chunk.checksum {
             return Err(Error::Checksum { path: self.path.clone(), what: describe(&self.meta, chunk) });
+        }
+        if chunk.compression == Compression::Lz4 {
+            match lz4_flex::block::decompress_into(&stored_buf, buf) {
+                Ok(n) if n == buf.len() => {}
+                _ => {
+                    let what = format!("{} does not decompress", describe(&self.meta, chunk));
+                    return Err(Error::Corrupt { path: self.path.clone(), what });
+                }
+            }
         }
         Ok(())
     }
@@ -351,7 +419,7 @@ impl ImageReader {
                 what: format!("chunk of {} bytes at {} lies outside the payload", chunk.len, chunk.file_offset),
             });
         }
-        let mut buf = vec![0u8; chunk.len as usize];
+        let mut buf = vec![0u8; chunk.data_len as usize];
         self.read_chunk(chunk, &mut buf)?;
         Ok(buf)
     }

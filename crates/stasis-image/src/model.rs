@@ -234,7 +234,22 @@ pub struct Chunk {
     pub kind: ChunkKind,
     /// Offset of the bytes in the image file (page-aligned for memory).
     pub file_offset: u64,
+    /// Bytes in the file.
     pub len: u64,
-    /// xxh3-64 of the bytes.
+    /// xxh3-64 of the bytes in the file, so that checking an image needs
+    /// no decompression.
     pub checksum: u64,
+    pub compression: Compression,
+    /// Bytes the chunk holds once decompressed (`len` when not compressed).
+    pub data_len: u64,
+}
+
+/// How a chunk's bytes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// As they are: page aligned, so a restart could map them directly.
+    #[default]
+    None,
+    /// One LZ4 block (the `--gzip` of DMTCP's command line).
+    Lz4,
 }

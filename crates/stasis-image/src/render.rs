@@ -301,6 +301,8 @@ mod tests {
                 file_offset: 4096,
                 len: 8192,
                 checksum: 0,
+                compression: crate::Compression::None,
+                data_len: 8192,
             }],
             ..Default::default()
         };
@@ -327,6 +329,8 @@ mod tests {
                 file_offset: 0,
                 len: u64::MAX,
                 checksum: 0,
+                compression: crate::Compression::None,
+                data_len: u64::MAX,
             }],
             ..Default::default()
         };

@@ -39,13 +39,17 @@ pub struct MapOp {
     pub offset: u64,
 }
 
-/// Read `len` bytes at `file_offset` of the image into `addr`.
+/// Read `len` bytes at `file_offset` of the image into `addr`; when
+/// `compressed` is 1, they are an LZ4 block of `stored_len` bytes,
+/// read into the plan's scratch buffer and decompressed into place.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadOp {
     pub addr: u64,
     pub len: u64,
     pub file_offset: u64,
+    pub stored_len: u64,
+    pub compressed: u64,
 }
 
 /// Store `value` at `addr` once memory is in place (tells the agent it was restored).
@@ -183,6 +187,8 @@ pub struct Plan {
     pub mm_map: PrctlMmMap,
     /// Process-directed signals to queue again (bit n-1 is signal n).
     pub shared_pending: u64,
+    /// Where compressed chunks are read before being decompressed.
+    pub scratch: Slice,
     pub image_fd: i32,
     /// Where the restorer reports a failure before exiting.
     pub log_fd: i32,

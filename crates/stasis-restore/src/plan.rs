@@ -14,6 +14,9 @@ use crate::vdso::{self, VdsoArea};
 
 static RESTORER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/restorer.bin"));
 const RESTORER_ENTRY: u64 = include!(concat!(env!("OUT_DIR"), "/restorer_entry.rs"));
+/// The blob's R_X86_64_RELATIVE relocations: (offset, addend); each slot
+/// gets the blob's base address plus the addend once the blob is placed.
+const RESTORER_RELOCS: &[(u64, i64)] = &include!(concat!(env!("OUT_DIR"), "/restorer_relocs.rs"));
 const MAIN_STACK: u64 = 64 * 1024;
 
 /// Bytes laid out in the restorer's area, at known absolute addresses.
@@ -125,7 +128,16 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
         + record(meta.posix_timers.len(), std::mem::size_of::<TimerPlan>())
         + record(meta.mm.auxv.len(), 8);
     let code = RESTORER.len() as u64;
+    // Compressed chunks are read here before being decompressed into place.
+    let scratch_len = meta
+        .chunks
+        .iter()
+        .filter(|c| c.compression != stasis_image::Compression::None)
+        .map(|c| c.len)
+        .max()
+        .unwrap_or(0);
     let size = (code
+        + scratch_len
         + std::mem::size_of::<Plan>() as u64
         + arrays
         + frames
@@ -137,6 +149,11 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
     // SAFETY: we just mapped `size` bytes at `base`, read-write, for us alone.
     let buf = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, size as usize) };
     buf[..RESTORER.len()].copy_from_slice(RESTORER);
+    for &(offset, addend) in RESTORER_RELOCS {
+        let slot = offset as usize;
+        let value = base.wrapping_add_signed(addend);
+        buf[slot..slot + 8].copy_from_slice(&value.to_le_bytes());
+    }
     let mut arena = Arena { base, buf, used: RESTORER.len() };
     let plan_addr = arena.alloc(std::mem::size_of::<Plan>(), PAGE as usize)?;
 
@@ -175,8 +192,10 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
         .filter_map(|c| match c.kind {
             ChunkKind::Memory { region, offset } if region_reads[region as usize] => Some(ReadOp {
                 addr: meta.regions[region as usize].start + offset,
-                len: c.len,
+                len: c.data_len,
                 file_offset: c.file_offset,
+                stored_len: c.len,
+                compressed: u64::from(c.compression == stasis_image::Compression::Lz4),
             }),
             _ => None,
         })
@@ -221,6 +240,7 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
         });
     }
     let main_stack_top = arena.alloc(MAIN_STACK as usize, 16)? + MAIN_STACK;
+    let scratch = Slice { addr: arena.alloc(scratch_len.max(1) as usize, 64)?, len: scratch_len };
 
     let timers: Vec<TimerPlan> = meta
         .posix_timers
@@ -309,6 +329,7 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
         itimers,
         mm_map,
         shared_pending: meta.shared_pending,
+        scratch,
         image_fd: helpers.image,
         log_fd: helpers.log,
         ckpt_signal: meta.agent.ckpt_signal,

@@ -205,16 +205,25 @@ fn map_memory(p: &Plan) {
         }
     }
     for r in slice::<stasis_plan::ReadOp>(p.reads) {
-        let mut done = 0u64;
-        while done < r.len {
-            let n = pread(p.image_fd, r.addr + done, r.len - done, r.file_offset + done);
-            if n == -4 {
-                continue; // EINTR
-            }
-            if n <= 0 {
-                fail(b"reading the image", if n == 0 { -5 } else { n });
-            }
-            done += n as u64;
+        if r.compressed == 0 {
+            read_fully(p.image_fd, r.addr, r.len, r.file_offset);
+            continue;
+        }
+        if r.stored_len > p.scratch.len {
+            fail(b"compressed chunk larger than the scratch buffer", -22);
+        }
+        read_fully(p.image_fd, p.scratch.addr, r.stored_len, r.file_offset);
+        // SAFETY: the scratch buffer and the target range are mapped,
+        // writable and disjoint (restart placed the scratch in our area).
+        let (src, dst) = unsafe {
+            (
+                core::slice::from_raw_parts(p.scratch.addr as *const u8, r.stored_len as usize),
+                core::slice::from_raw_parts_mut(r.addr as *mut u8, r.len as usize),
+            )
+        };
+        match lz4_flex::block::decompress_into(src, dst) {
+            Ok(n) if n as u64 == r.len => {}
+            _ => fail(b"decompressing a chunk", -22),
         }
     }
     for m in maps {
@@ -222,6 +231,20 @@ fn map_memory(p: &Plan) {
         if !direct {
             check(b"mprotect", mprotect(m.start, m.len, m.prot));
         }
+    }
+}
+
+fn read_fully(fd: i32, addr: u64, len: u64, offset: u64) {
+    let mut done = 0u64;
+    while done < len {
+        let n = pread(fd, addr + done, len - done, offset + done);
+        if n == -4 {
+            continue; // EINTR
+        }
+        if n <= 0 {
+            fail(b"reading the image", if n == 0 { -5 } else { n });
+        }
+        done += n as u64;
     }
 }
 
