@@ -578,6 +578,27 @@ mod tests {
     }
 
     #[test]
+    fn compression_fields() {
+        let mut m = valid();
+        m.chunks[1].compression = Compression::Lz4;
+        m.chunks[1].data_len = crate::MAX_CHUNK_LEN;
+        assert!(decode_meta(&encode_meta(&m)).is_ok());
+        refused(
+            |m| {
+                m.chunks[1].compression = Compression::Lz4;
+                m.chunks[1].data_len = crate::MAX_CHUNK_LEN + 1;
+            },
+            "holds 67108865 bytes in 9 stored ones",
+        );
+        refused(|m| m.chunks[1].data_len = 10, "holds 10 bytes in 9 stored ones");
+        // The compression tag is the second last field of the last chunk.
+        let mut v = encode_meta(&valid());
+        let at = v.len() - 9;
+        v[at] = 2;
+        assert_eq!(what(decode_meta(&v).unwrap_err()), "unknown compression 2");
+    }
+
+    #[test]
     fn tags_and_booleans() {
         let m = ProcessMeta {
             regions: vec![Region { start: 0x1000, end: 0x2000, ..Default::default() }],

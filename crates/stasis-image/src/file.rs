@@ -324,20 +324,24 @@ fn load(path: &Path, len: u64, read_at: &mut dyn FnMut(&mut [u8], u64) -> Result
 /// Names a chunk in messages: its index, and what it holds.
 fn describe(meta: &ProcessMeta, c: &Chunk) -> String {
     let index = meta.chunks.iter().position(|x| x == c).map_or_else(|| "?".into(), |i| i.to_string());
+    let index = match c.compression {
+        Compression::None => index,
+        Compression::Lz4 => format!("{index} (lz4, {} bytes stored)", c.len),
+    };
     match c.kind {
         ChunkKind::Memory { region, offset } => match meta.regions.get(region as usize) {
             Some(r) => format!(
                 "memory chunk {index} (region {:#x}-{:#x}, {} bytes at {:#x})",
                 r.start,
                 r.end,
-                c.len,
+                c.data_len,
                 r.start.saturating_add(offset)
             ),
-            None => format!("memory chunk {index} (region {region}, {} bytes)", c.len),
+            None => format!("memory chunk {index} (region {region}, {} bytes)", c.data_len),
         },
         ChunkKind::FileContents { fd_index, offset } => {
             let fd = meta.fds.get(fd_index as usize).map_or_else(|| format!("#{fd_index}"), |f| f.fd.to_string());
-            format!("file contents chunk {index} (descriptor {fd}, {} bytes at offset {offset})", c.len)
+            format!("file contents chunk {index} (descriptor {fd}, {} bytes at offset {offset})", c.data_len)
         }
     }
 }
@@ -378,9 +382,29 @@ impl ImageReader {
         &self.file
     }
 
+    /// A chunk of this image lies inside the payload and decompresses to
+    /// at most MAX_CHUNK_LEN (open() checked); refuse to allocate for any
+    /// other a caller hands in.
+    fn check_bounds(&self, chunk: &Chunk) -> Result<()> {
+        let inside = chunk.file_offset >= self.header.payload_offset
+            && chunk.file_offset.saturating_add(chunk.len) <= self.header.payload_end();
+        let sized = chunk.compression == Compression::None || chunk.data_len <= MAX_CHUNK_LEN;
+        if !inside || !sized {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                what: format!(
+                    "chunk of {} bytes ({} stored) at {} lies outside the payload",
+                    chunk.data_len, chunk.len, chunk.file_offset
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Reads a chunk into `buf` (exactly `chunk.data_len` bytes), checked
     /// and decompressed.
     pub fn read_chunk(&self, chunk: &Chunk, buf: &mut [u8]) -> Result<()> {
+        self.check_bounds(chunk)?;
         if buf.len() as u64 != chunk.data_len {
             let msg = format!("a {}-byte buffer for a {}-byte chunk", buf.len(), chunk.data_len);
             return Err(io(&self.path, "read")(io::Error::new(io::ErrorKind::InvalidInput, msg)));
@@ -411,14 +435,7 @@ impl ImageReader {
 
     /// A chunk's bytes, checked.
     pub fn chunk_data(&self, chunk: &Chunk) -> Result<Vec<u8>> {
-        // A chunk of this image lies inside the file (open() checked);
-        // refuse to allocate for one that does not claim to.
-        if chunk.file_offset.saturating_add(chunk.len) > self.header.payload_end() {
-            return Err(Error::Corrupt {
-                path: self.path.clone(),
-                what: format!("chunk of {} bytes at {} lies outside the payload", chunk.len, chunk.file_offset),
-            });
-        }
+        self.check_bounds(chunk)?;
         let mut buf = vec![0u8; chunk.data_len as usize];
         self.read_chunk(chunk, &mut buf)?;
         Ok(buf)
@@ -458,7 +475,9 @@ fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Resul
 }
 
 /// Parses a whole image held in memory, with every check that
-/// `ImageReader::open` and `verify_payload` make (for fuzzing and tests).
+/// `ImageReader::open` and `verify_payload` make, and one more: each
+/// compressed chunk must decompress to its length (for fuzzing and tests;
+/// a file reader leaves that to whoever reads the chunk).
 pub fn parse_image(bytes: &[u8]) -> Result<(Header, ProcessMeta)> {
     let path = Path::new("<memory>");
     let len = bytes.len() as u64;
@@ -481,6 +500,14 @@ pub fn parse_image(bytes: &[u8]) -> Result<(Header, ProcessMeta)> {
         let data = slice(c.file_offset, c.len).unwrap_or_default();
         if data.len() as u64 != c.len || xxh3_64(data) != c.checksum {
             return Err(Error::Checksum { path: path.into(), what: describe(&meta, c) });
+        }
+        if c.compression == Compression::Lz4 {
+            // Bounded: validate() capped data_len at MAX_CHUNK_LEN.
+            let mut out = vec![0u8; c.data_len as usize];
+            if lz4_flex::block::decompress_into(data, &mut out).ok() != Some(out.len()) {
+                let what = format!("{} does not decompress", describe(&meta, c));
+                return Err(Error::Corrupt { path: path.into(), what });
+            }
         }
     }
     Ok((header, meta))
@@ -612,6 +639,38 @@ mod tests {
         m.chunks[2].file_offset = 16384;
         m.chunks[1].file_offset = 8192 + 8;
         assert!(err(&rewrite(&m)).contains("not on a page boundary"));
+    }
+
+    #[test]
+    fn compressed_chunks_that_do_not_decompress() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("z.img");
+        let mut w = ImageWriter::create(&path).unwrap();
+        w.set_compression(Compression::Lz4);
+        let c = w.append_chunk(ChunkKind::Memory { region: 0, offset: 0 }, &[5u8; 8192]).unwrap();
+        assert_eq!(c.compression, Compression::Lz4);
+        w.finish(meta()).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let (h, mut m) = parse_image(&good).unwrap();
+        // Claims one byte more than the block holds; checksums all valid.
+        m.chunks[0].data_len += 1;
+        let enc = crate::encode_meta(&m);
+        let mut v = good[..h.meta_offset as usize].to_vec();
+        v.extend_from_slice(&enc);
+        forge(&mut v, |h| {
+            h.meta_len = enc.len() as u64;
+            h.meta_checksum = xxh3_64(&enc);
+        });
+        let e = err(&v);
+        assert!(e.contains("memory chunk 0 (lz4, ") && e.ends_with("does not decompress"), "{e}");
+        std::fs::write(t.path().join("y.img"), &v).unwrap();
+        let r = ImageReader::open(&t.path().join("y.img")).unwrap();
+        let e = r.chunk_data(&r.meta().chunks[0]).unwrap_err().to_string();
+        assert!(e.ends_with("does not decompress"), "{e}");
+        // A chunk handed in that claims more than any reader decompresses.
+        let mut huge = r.meta().chunks[0];
+        huge.data_len = crate::MAX_CHUNK_LEN + 1;
+        assert!(matches!(r.chunk_data(&huge), Err(Error::Corrupt { .. })));
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub const VERSION: u32 = 1;
 pub const PAGE_SIZE: u64 = 4096;
 /// Upper bound on the encoded metadata, so a hostile file cannot make a
 /// reader allocate without bound.
+pub const MAX_META_LEN: u64 = 256 << 20;
 /// Largest chunk a reader decompresses (a bound for its buffers).
 pub const MAX_CHUNK_LEN: u64 = 64 << 20;
-pub const MAX_META_LEN: u64 = 256 << 20;
 /// Length of a thread's saved kernel ucontext.
 pub const UCONTEXT_LEN: usize = codec::UCONTEXT_LEN;

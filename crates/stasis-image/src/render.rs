@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use crate::{ChunkKind, FdKind, Header, PROT_EXEC, PROT_READ, PROT_WRITE, ProcessMeta, RegionKind};
+use crate::{ChunkKind, Compression, FdKind, Header, PROT_EXEC, PROT_READ, PROT_WRITE, ProcessMeta, RegionKind};
 
 /// Where the kernel's x86_64 `struct ucontext` keeps what we show:
 /// uc_mcontext starts at byte 40, its gregs run r8..r15, rdi, rsi, rbp,
@@ -101,18 +101,22 @@ pub fn render(m: &ProcessMeta) -> String {
         m.agent.restore_info_addr
     );
 
-    // What the payload holds for each region, and for files.
+    // What the payload holds for each region, and for files, counted
+    // before compression; `stored` is what it takes in the file.
     let mut saved = vec![0u64; m.regions.len()];
     let mut files = 0u64;
+    let (mut stored, mut compressed) = (0u64, 0usize);
     for c in &m.chunks {
         match c.kind {
             ChunkKind::Memory { region, .. } => {
                 if let Some(s) = saved.get_mut(region as usize) {
-                    *s = s.saturating_add(c.len);
+                    *s = s.saturating_add(c.data_len);
                 }
             }
-            ChunkKind::FileContents { .. } => files = files.saturating_add(c.len),
+            ChunkKind::FileContents { .. } => files = files.saturating_add(c.data_len),
         }
+        stored = stored.saturating_add(c.len);
+        compressed += usize::from(c.compression != Compression::None);
     }
 
     let _ = writeln!(o, "\nmemory: {} regions", m.regions.len());
@@ -230,10 +234,12 @@ pub fn render(m: &ProcessMeta) -> String {
 
     let _ = writeln!(
         o,
-        "\ntotals: {} mapped, {} saved in {} chunks, {} regions, {} threads, {} descriptors",
+        "\ntotals: {} mapped, {} saved in {} chunks ({} stored, {compressed} chunks compressed), {} regions, \
+         {} threads, {} descriptors",
         size(mapped),
         size(memory.saturating_add(files)),
         m.chunks.len(),
+        size(stored),
         m.regions.len(),
         m.threads.len(),
         m.fds.len()
@@ -315,7 +321,7 @@ mod tests {
         assert!(text.contains("\"two words\""), "{text}");
         assert!(text.contains("itimer real: next in 5 us"), "{text}");
         assert!(!text.contains('\x1b'), "{text}");
-        assert!(text.contains("totals: 20 KiB mapped, 8192 B saved in 1 chunks"), "{text}");
+        assert!(text.contains("totals: 20 KiB mapped, 8192 B saved in 1 chunks (8192 B stored, 0 chunks"), "{text}");
     }
 
     #[test]

@@ -295,28 +295,32 @@ fn arb_regions() -> impl Strategy<Value = Vec<Region>> {
 
 /// Raw numbers turned into a chunk that refers to an existing region or
 /// descriptor and lies inside its region; None when there is nothing to
-/// refer to.
-fn make_chunk(raw: (bool, u32, u64, u64, u64, u64), regions: &[Region], fds: usize) -> Option<Chunk> {
-    let (memory, index, offset, len, file_offset, checksum) = raw;
-    let kind = if memory {
+/// refer to. A compressed chunk stores any number of bytes.
+fn make_chunk(raw: (bool, u32, u64, u64, u64, u64, Option<u32>), regions: &[Region], fds: usize) -> Option<Chunk> {
+    let (memory, index, offset, len, file_offset, checksum, stored) = raw;
+    let (kind, file_offset, data_len) = if memory {
         let region = index % u32::try_from(regions.len()).ok().filter(|&n| n > 0)?;
         let r = &regions[region as usize];
         let pages = (r.end - r.start) / PAGE_SIZE;
         let first = offset % pages;
         let room = (pages - first) * PAGE_SIZE;
-        return Some(Chunk {
-            kind: ChunkKind::Memory { region, offset: first * PAGE_SIZE },
-            file_offset: file_offset & !(PAGE_SIZE - 1),
-            len: len % (room + 1),
-            checksum,
-            compression: Compression::None,
-            data_len: len % (room + 1),
-        });
+        let kind = ChunkKind::Memory { region, offset: first * PAGE_SIZE };
+        (kind, file_offset & !(PAGE_SIZE - 1), len % (room + 1))
     } else {
         let fd_index = index % u32::try_from(fds).ok().filter(|&n| n > 0)?;
-        ChunkKind::FileContents { fd_index, offset: offset >> 1 }
+        (ChunkKind::FileContents { fd_index, offset: offset >> 1 }, file_offset, len >> 1)
     };
-    Some(Chunk { kind, file_offset, len: len >> 1, checksum, compression: Compression::None, data_len: len >> 1 })
+    Some(match stored {
+        None => Chunk { kind, file_offset, len: data_len, checksum, compression: Compression::None, data_len },
+        Some(n) => Chunk {
+            kind,
+            file_offset,
+            len: n.into(),
+            checksum,
+            compression: Compression::Lz4,
+            data_len: data_len % (MAX_CHUNK_LEN + 1),
+        },
+    })
 }
 
 prop_compose! {
@@ -324,7 +328,7 @@ prop_compose! {
         regions in arb_regions(),
         threads in prop::collection::vec(arb_thread(), 0..4),
         fds in prop::collection::vec(arb_fd(), 0..5),
-        raw_chunks in prop::collection::vec(any::<(bool, u32, u64, u64, u64, u64)>(), 0..8),
+        raw_chunks in prop::collection::vec(any::<(bool, u32, u64, u64, u64, u64, Option<u32>)>(), 0..8),
         cmdline in prop::collection::vec(arb_string(), 0..4),
         rlimits in prop::collection::vec(any::<(u32, u64, u64)>(), 0..4),
         sigactions in prop::collection::vec(any::<[u64; 4]>(), 0..=64),
@@ -446,14 +450,17 @@ proptest! {
 
     /// Arbitrary metadata and chunks through a real file and back.
     #[test]
-    fn images_round_trip_through_files(meta in arb_meta()) {
+    fn images_round_trip_through_files(meta in arb_meta(), compress in any::<bool>()) {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("p.img");
         let mut w = ImageWriter::create(&path).unwrap();
+        if compress {
+            w.set_compression(Compression::Lz4);
+        }
         let mut data = Vec::new();
         for (i, c) in meta.chunks.iter().enumerate() {
-            // Bounded: a chunk of up to a few hundred KiB is plenty.
-            let len = c.len.min(3 * PAGE_SIZE + 17) as usize;
+            // Bounded: a chunk of up to a few pages is plenty.
+            let len = c.data_len.min(3 * PAGE_SIZE + 17) as usize;
             let bytes: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
             w.append_chunk(c.kind, &bytes).unwrap();
             data.push(bytes);
