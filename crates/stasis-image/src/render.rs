@@ -140,8 +140,7 @@ pub fn render(m: &ProcessMeta) -> String {
         if r.growsdown {
             name.push_str(" (grows down)");
         }
-        let _ = writeln!(
-            o,
+        let line = format!(
             "  {:014x}-{:014x} {:>9} {:>9} {} {kind:<4} {name}",
             r.start,
             r.end,
@@ -149,6 +148,7 @@ pub fn render(m: &ProcessMeta) -> String {
             kib(*s),
             prot(r.prot, r.shared),
         );
+        let _ = writeln!(o, "{}", line.trim_end());
     }
     let mapped = m.regions.iter().fold(0u64, |a, r| a.saturating_add(r.end.saturating_sub(r.start)));
     let memory: u64 = saved.iter().fold(0, |a, s| a.saturating_add(*s));
@@ -213,6 +213,7 @@ pub fn render(m: &ProcessMeta) -> String {
         let _ = writeln!(o, "  every action is the default");
     }
 
+    let _ = writeln!(o, "\ntimers:");
     let mut timers = false;
     for (name, t) in ["real", "virtual", "prof"].iter().zip(&m.itimers) {
         if t.value_us != 0 || t.interval_us != 0 {
