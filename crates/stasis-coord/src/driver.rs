@@ -5,8 +5,15 @@
 //! one, which starts as soon as the current one ends: every client gets a
 //! checkpoint taken after it asked, and a burst of requests costs one
 //! checkpoint, not one each.
+//!
+//! A checkpoint passes through barriers, so that the images of all the
+//! processes are of one instant: every agent suspends its process
+//! (SUSPEND / SUSPENDED); once all are stopped, every agent snapshots it
+//! (SNAPSHOT / SNAPSHOTTED); once all hold their snapshot, every process
+//! resumes (RESUME) while its image is written, and the generation commits
+//! when every image is (WRITTEN). A failure before the snapshots sends
+//! RESUME to everyone and nothing is written.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,11 +21,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stasis_image::{CheckpointDir, Manifest, ManifestProcess, PendingGeneration};
 use stasis_proto::{self as proto, Message};
 
-use crate::state::{Participant, Progress, Round, Shared, error};
-use crate::warn;
+use crate::state::{Participant, Round, Shared, Stage, Waiter, error};
+use crate::{publish, warn};
 
 const NO_PROCESS: &str = "no process connected";
 const SHUTTING_DOWN: &str = "the coordinator is shutting down";
+
+/// The longest the processes may stay stopped waiting for the slowest of
+/// them to suspend or to snapshot: well under the minute after which an
+/// agent gives up and resumes on its own.
+const PHASE_LIMIT: Duration = Duration::from_secs(40);
+/// After a failure, how long to wait for images still being written
+/// before their pending directory is removed.
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
 pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
     loop {
@@ -42,11 +57,11 @@ pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
             }
             st = shared.wait_timeout(st, due - now);
         };
-        let waiters = std::mem::take(&mut st.waiters);
+        let mut waiters = std::mem::take(&mut st.waiters);
         st.busy = true;
         drop(st);
 
-        let outcome = checkpoint(&shared, &dir);
+        let outcome = checkpoint(&shared, &dir, &mut waiters);
 
         let mut st = shared.lock();
         st.busy = false;
@@ -71,7 +86,7 @@ pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
         };
         drop(st);
         for w in waiters {
-            let _ = w.send(reply.clone());
+            let _ = w.tx.send(reply.clone());
         }
     }
 }
@@ -82,7 +97,11 @@ fn unix_now() -> u64 {
 
 /// One checkpoint, from choosing its number to committing or aborting it.
 /// Returns the generation, its directory and the number of processes.
-fn checkpoint(shared: &Shared, dir: &CheckpointDir) -> Result<(u64, PathBuf, usize), String> {
+fn checkpoint(
+    shared: &Shared,
+    dir: &CheckpointDir,
+    waiters: &mut Vec<Waiter>,
+) -> Result<(u64, PathBuf, usize), String> {
     let floor = {
         let st = shared.lock();
         if st.agents.is_empty() {
@@ -95,7 +114,9 @@ fn checkpoint(shared: &Shared, dir: &CheckpointDir) -> Result<(u64, PathBuf, usi
     let created_unix = unix_now();
     let pending = dir.begin(generation).map_err(|e| e.to_string())?;
 
-    let manifest = match gather(shared, &pending) {
+    let gathered = gather(shared, &pending, waiters);
+    shared.lock().round = None;
+    let manifest = match gathered {
         Ok(m) => Manifest { created_unix, ..m },
         Err(reason) => return Err(abort(dir, pending, reason)),
     };
@@ -103,6 +124,9 @@ fn checkpoint(shared: &Shared, dir: &CheckpointDir) -> Result<(u64, PathBuf, usi
         return Err(abort(dir, pending, reason));
     }
     let committed = dir.commit(pending, &manifest).map_err(|e| e.to_string())?;
+    for problem in publish::after_commit(&dir.path, &committed, &manifest) {
+        warn(&problem);
+    }
     if let Err(e) = dir.prune(shared.keep.max(1)) {
         warn(&format!("cannot remove old generations: {e}"));
     }
@@ -121,84 +145,162 @@ fn abort(dir: &CheckpointDir, pending: PendingGeneration, reason: String) -> Str
     reason
 }
 
-/// Sends CHECKPOINT to every agent and waits until all have written, one
-/// has failed, or the time is up. Returns the manifest less its time.
-fn gather(shared: &Shared, pending: &PendingGeneration) -> Result<Manifest, String> {
-    let generation = pending.number;
-    let mut st = shared.lock();
-    if st.shutdown {
-        return Err(SHUTTING_DOWN.into());
-    }
-    if st.agents.is_empty() {
-        return Err(NO_PROCESS.into());
-    }
-    let line = Message::new(proto::CHECKPOINT)
-        .with("generation", generation)
-        .with("dir", pending.path.display())
-        .with("interval", st.interval_s)
-        .with("computation", format!("{:016x}", st.computation_id))
-        .encode();
-    let (computation_id, interval_s) = (st.computation_id, st.interval_s);
-    let targets: Vec<_> = st.agents.iter().map(|a| (a.conn, a.stream.clone())).collect();
-    st.round = Some(Round {
-        generation,
-        participants: st
-            .agents
-            .iter()
-            .map(|a| Participant { conn: a.conn, pid: a.pid, name: a.name.clone(), progress: Progress::Waiting })
-            .collect(),
-    });
-    drop(st);
-
+/// Sends `m` to every participant; one that cannot be reached has failed.
+fn broadcast(shared: &Shared, m: &Message) {
+    let links: Vec<_> = {
+        let st = shared.lock();
+        let Some(round) = &st.round else { return };
+        round.participants.iter().map(|p| (p.conn, p.link.clone())).collect()
+    };
     // Written without the lock: a stuck agent must not stall the others.
-    for (conn, stream) in targets {
-        if let Err(e) = (&*stream).write_all(line.as_bytes()) {
-            // Half a line may have gone out: this connection is done for.
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+    for (conn, link) in links {
+        if let Err(e) = link.send(m) {
             let mut st = shared.lock();
-            st.record(conn, None, Progress::Failed(format!("cannot be reached: {e}")));
+            st.record(conn, None, Stage::Failed(format!("cannot be reached: {e}")));
+            shared.changed.notify_all();
         }
     }
+}
 
-    let deadline = Instant::now() + shared.checkpoint_timeout;
+fn rank(s: &Stage) -> u8 {
+    match s {
+        Stage::Asked => 0,
+        Stage::Suspended => 1,
+        Stage::Snapshotted => 2,
+        Stage::Written { .. } => 3,
+        Stage::Failed(_) => 4,
+    }
+}
+
+/// Waits until every participant has reached `target`, one has failed, or
+/// `deadline` (at most `limit` from the start of the wait) has passed.
+fn wait_for(shared: &Shared, target: Stage, deadline: Instant, what: &str) -> Result<(), String> {
+    let started = Instant::now();
     let mut st = shared.lock();
-    let outcome = loop {
+    loop {
         // First: shutdown also ends the agents' connections.
         if st.shutdown {
-            break Err(SHUTTING_DOWN.into());
+            return Err(SHUTTING_DOWN.into());
         }
         let round = st.round.as_ref().expect("the round lives until gather ends");
-        if let Some((p, why)) = round.participants.iter().find_map(|p| match &p.progress {
-            Progress::Failed(why) => Some((p, why)),
+        if let Some((p, why)) = round.participants.iter().find_map(|p| match &p.stage {
+            Stage::Failed(why) => Some((p, why)),
             _ => None,
         }) {
-            break Err(format!("{} failed: {why}", p.describe()));
+            return Err(format!("{} failed: {why}", p.describe()));
         }
-        if round.participants.iter().all(|p| matches!(p.progress, Progress::Written { .. })) {
-            break Ok(());
+        if round.participants.iter().all(|p| rank(&p.stage) >= rank(&target)) {
+            return Ok(());
         }
         let now = Instant::now();
         if now >= deadline {
             let late: Vec<String> = round
                 .participants
                 .iter()
-                .filter(|p| matches!(p.progress, Progress::Waiting))
+                .filter(|p| rank(&p.stage) < rank(&target))
                 .map(Participant::describe)
                 .collect();
-            break Err(format!(
-                "timed out after {} s waiting for {}",
-                shared.checkpoint_timeout.as_secs(),
-                late.join(", ")
-            ));
+            let waited = (now - started).as_secs_f64();
+            return Err(format!("timed out after {waited:.0} s waiting for {} to {what}", late.join(", ")));
         }
         st = shared.wait_timeout(st, deadline - now);
-    };
-    let round = st.round.take().expect("the round lives until gather ends");
-    outcome?;
+    }
+}
 
+/// After a failure past SNAPSHOT: waits (a bounded time) until no image is
+/// still being written into the pending directory.
+fn settle(shared: &Shared, deadline: Instant) {
+    let mut st = shared.lock();
+    loop {
+        let busy = st
+            .round
+            .as_ref()
+            .is_some_and(|r| r.participants.iter().any(|p| matches!(p.stage, Stage::Suspended | Stage::Snapshotted)));
+        let now = Instant::now();
+        if !busy || st.shutdown || now >= deadline {
+            return;
+        }
+        st = shared.wait_timeout(st, deadline - now);
+    }
+}
+
+/// Answers the clients that only wanted to know that a checkpoint began.
+fn announce_start(waiters: &mut Vec<Waiter>, generation: u64, processes: usize) {
+    let started =
+        Message::new(proto::OK).with("generation", generation).with("started", 1).with("processes", processes);
+    waiters.retain(|w| {
+        if w.started_only {
+            let _ = w.tx.send(started.clone());
+        }
+        !w.started_only
+    });
+}
+
+/// Takes every agent through the barriers and waits until all have
+/// written, one has failed, or the time is up. Returns the manifest less
+/// its time.
+fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter>) -> Result<Manifest, String> {
+    let generation = pending.number;
+    let deadline = Instant::now() + shared.checkpoint_timeout;
+    let phase_deadline = || deadline.min(Instant::now() + PHASE_LIMIT);
+    let (suspend, computation_id, interval_s, count) = {
+        let mut st = shared.lock();
+        if st.shutdown {
+            return Err(SHUTTING_DOWN.into());
+        }
+        if st.agents.is_empty() {
+            return Err(NO_PROCESS.into());
+        }
+        let suspend = Message::new(proto::SUSPEND)
+            .with("generation", generation)
+            .with("dir", pending.path.display())
+            .with("interval", st.interval_s)
+            .with("computation", format!("{:016x}", st.computation_id));
+        let participants: Vec<Participant> = st
+            .agents
+            .iter()
+            .map(|a| Participant {
+                conn: a.conn,
+                pid: a.pid,
+                name: a.name.clone(),
+                link: a.link.clone(),
+                stage: Stage::Asked,
+            })
+            .collect();
+        let count = participants.len();
+        st.round = Some(Round { generation, participants });
+        (suspend, st.computation_id, st.interval_s, count)
+    };
+    let resume = Message::new(proto::RESUME).with("generation", generation);
+
+    // 1. Suspend every process. Agents that connect from now on take part
+    // in the next checkpoint, not this one.
+    broadcast(shared, &suspend);
+    announce_start(waiters, generation, count);
+    if let Err(why) = wait_for(shared, Stage::Suspended, phase_deadline(), "suspend") {
+        broadcast(shared, &resume);
+        return Err(why);
+    }
+    // 2. Every process is stopped. (Issue 4 drains the bytes in flight
+    // between them here.) Snapshot them all.
+    broadcast(shared, &Message::new(proto::SNAPSHOT).with("generation", generation));
+    if let Err(why) = wait_for(shared, Stage::Snapshotted, phase_deadline(), "snapshot") {
+        broadcast(shared, &resume);
+        settle(shared, deadline.min(Instant::now() + SETTLE_LIMIT));
+        return Err(why);
+    }
+    // 3. Every snapshot is taken: resume, and wait for the images.
+    broadcast(shared, &resume);
+    if let Err(why) = wait_for(shared, Stage::Written { image: String::new(), stats: Vec::new() }, deadline, "write") {
+        settle(shared, deadline.min(Instant::now() + SETTLE_LIMIT));
+        return Err(why);
+    }
+
+    let mut st = shared.lock();
+    let round = st.round.take().expect("the round lives until gather ends");
     let mut processes = Vec::with_capacity(round.participants.len());
     for p in round.participants {
-        let Progress::Written { image, stats } = p.progress else { unreachable!("every participant has written") };
+        let Stage::Written { image, stats } = p.stage else { unreachable!("every participant has written") };
         if let Some(a) = st.agents.iter_mut().find(|a| a.conn == p.conn) {
             a.generation = generation;
             a.stats = stats;

@@ -1,11 +1,12 @@
 //! The coordinator: one per computation. Every process of the computation
-//! connects to it (its agent says `HELLO`); it drives each checkpoint,
-//! commits the generation when every process has written its image, keeps
-//! the interval timer, and answers clients (`stasis command`).
+//! connects to it (its agent says `HELLO`); it drives each checkpoint
+//! through its barriers, commits the generation when every process has
+//! written its image, keeps the interval timer, and answers clients
+//! (`stasis command`). The protocol is in docs/protocol.md.
 //!
-//! It is a library so that `stasis launch` and `stasis restart` can run it
-//! inside their own process today, and a standalone `stasis coordinator`
-//! can run the same loop tomorrow. The protocol is in docs/protocol.md.
+//! `stasis coordinator` runs it as a process of its own; `stasis launch`
+//! and `stasis restart` start one in the background when none answers.
+//! The [`client`] module is how everyone else reaches it.
 //!
 //! ```no_run
 //! # fn main() -> std::io::Result<()> {
@@ -19,28 +20,37 @@
 //! # }
 //! ```
 //!
-//! Threads: one accepts connections, one per connection reads it, and one
-//! (the driver) runs the checkpoints and the timer. They share one mutex
-//! and a condition variable (`state.rs`).
+//! Threads: one accepts connections on each listening socket, one per
+//! connection reads it, and one (the driver) runs the checkpoints and the
+//! timer. They share one mutex and a condition variable (`state.rs`).
 
+pub mod client;
 mod conn;
 mod driver;
+pub mod publish;
 mod random;
+pub mod secret;
 mod socket;
 mod state;
+pub mod stream;
 
 use std::io;
+use std::net::{Shutdown, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use stasis_image::CheckpointDir;
+use stasis_proto::Message;
 
+use crate::client::Addr;
+use crate::secret::Secret;
 use crate::socket::SocketFile;
 use crate::state::{Shared, State};
+use crate::stream::Stream;
 
 pub use conn::KILL;
 
@@ -89,9 +99,10 @@ pub struct Coordinator {
     // holds its inode (see SocketFile).
     socket: SocketFile,
     listener: UnixListener,
+    tcp: Option<TcpListener>,
     dir: CheckpointDir,
-    shared: Arc<Shared>,
-    adopted: Vec<UnixStream>,
+    shared: Shared,
+    adopted: Vec<Stream>,
 }
 
 impl Coordinator {
@@ -109,18 +120,37 @@ impl Coordinator {
         };
         let (listener, socket) = socket::bind(&cfg.socket_path)?;
         let state = State::new(computation_id, cfg.interval_s, last_generation);
-        let shared = Shared::new(state, cfg.checkpoint_timeout, cfg.keep, dir.path.clone());
-        Ok(Coordinator { listener, socket, dir, shared: Arc::new(shared), adopted: Vec::new() })
+        let unix_addr = Addr::Unix(std::path::absolute(socket.path()).unwrap_or_else(|_| socket.path().into()));
+        let shared = Shared::new(state, &cfg, dir.path.clone(), unix_addr);
+        Ok(Coordinator { listener, socket, tcp: None, dir, shared, adopted: Vec::new() })
     }
 
-    /// Takes on a connection made by `stasis restart`: the restored agent
-    /// at its other end will greet us with HELLO.
+    /// Also takes connections on `listener` (TCP), each of which must prove
+    /// `secret` before anything else.
+    pub fn listen_tcp(&mut self, listener: TcpListener, secret: Secret) -> io::Result<()> {
+        self.shared.tcp_port = Some(listener.local_addr()?.port());
+        self.shared.secret = Some(secret.bytes);
+        self.tcp = Some(listener);
+        Ok(())
+    }
+
+    /// Takes on a connection to an agent made elsewhere (a socket pair):
+    /// the agent at its other end will greet us with HELLO.
     pub fn adopt_agent(&mut self, stream: UnixStream) {
-        self.adopted.push(stream);
+        self.adopted.push(Stream::Unix(stream));
     }
 
     pub fn socket_path(&self) -> &Path {
         self.socket.path()
+    }
+
+    /// The checkpoint directory, absolute.
+    pub fn ckpt_dir(&self) -> &Path {
+        &self.dir.path
+    }
+
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.shared.tcp_port
     }
 
     pub fn computation_id(&self) -> u64 {
@@ -129,9 +159,17 @@ impl Coordinator {
 
     /// Starts the coordinator's threads.
     pub fn spawn(self) -> io::Result<CoordHandle> {
-        let Coordinator { listener, socket, dir, shared, adopted } = self;
-        let mut handle =
-            CoordHandle { shared: shared.clone(), listener: Arc::new(listener), socket, acceptor: None, driver: None };
+        let Coordinator { listener, socket, tcp, dir, shared, adopted } = self;
+        let shared = Arc::new(shared);
+        let mut handle = CoordHandle {
+            shared: shared.clone(),
+            listener: Arc::new(listener),
+            tcp: tcp.map(Arc::new),
+            socket,
+            acceptors: Vec::new(),
+            driver: None,
+            started: Instant::now(),
+        };
         let driver_shared = shared.clone();
         handle.driver = Some(
             std::thread::Builder::new().name("stasis-coord".into()).spawn(move || driver::run(driver_shared, dir))?,
@@ -139,22 +177,35 @@ impl Coordinator {
         for stream in adopted {
             conn::start(&shared, stream);
         }
-        let listener = handle.listener.clone();
-        handle.acceptor = Some(
-            std::thread::Builder::new().name("stasis-coord-accept".into()).spawn(move || accept(&shared, &listener))?,
+        let (unix_shared, listener) = (shared.clone(), handle.listener.clone());
+        handle.acceptors.push(
+            std::thread::Builder::new()
+                .name("stasis-coord-accept".into())
+                .spawn(move || accept(&unix_shared, || listener.accept().map(|(s, _)| Stream::Unix(s))))?,
         );
+        if let Some(tcp) = handle.tcp.clone() {
+            let tcp_shared = shared.clone();
+            handle.acceptors.push(std::thread::Builder::new().name("stasis-coord-tcp".into()).spawn(move || {
+                accept(&tcp_shared, || {
+                    tcp.accept().map(|(s, _)| {
+                        let _ = s.set_nodelay(true);
+                        Stream::Tcp(s)
+                    })
+                })
+            })?);
+        }
         Ok(handle)
     }
 }
 
-fn accept(shared: &Arc<Shared>, listener: &UnixListener) {
+fn accept(shared: &Arc<Shared>, mut next: impl FnMut() -> io::Result<Stream>) {
     loop {
-        let accepted = listener.accept();
+        let accepted = next();
         if shared.lock().shutdown {
             return;
         }
         match accepted {
-            Ok((stream, _)) => conn::start(shared, stream),
+            Ok(stream) => conn::start(shared, stream),
             // Out of descriptors or memory: wait a little, the peer retries.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
                 std::thread::sleep(Duration::from_millis(50));
@@ -167,13 +218,26 @@ fn accept(shared: &Arc<Shared>, listener: &UnixListener) {
     }
 }
 
+/// Why a coordinator's life ended (see [`CoordHandle::wait_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// A client asked it to quit (`COMMAND what=quit`).
+    Quit,
+    /// The last process of the computation is gone.
+    LastGone,
+    /// No process ever came within the time allowed.
+    Unused,
+}
+
 /// A running coordinator. Dropping it stops it, like [`CoordHandle::shutdown`].
 pub struct CoordHandle {
     shared: Arc<Shared>,
     socket: SocketFile,
     listener: Arc<UnixListener>,
-    acceptor: Option<JoinHandle<()>>,
+    tcp: Option<Arc<TcpListener>>,
+    acceptors: Vec<JoinHandle<()>>,
     driver: Option<JoinHandle<()>>,
+    started: Instant,
 }
 
 impl CoordHandle {
@@ -181,8 +245,48 @@ impl CoordHandle {
         self.socket.path()
     }
 
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.shared.tcp_port
+    }
+
+    pub fn ckpt_dir(&self) -> &Path {
+        &self.shared.ckpt_dir
+    }
+
     pub fn computation_id(&self) -> u64 {
         self.shared.lock().computation_id
+    }
+
+    /// Carries out a client's command (`COMMAND what=...`) as if it came
+    /// over a connection, and returns the answer. For the console.
+    pub fn command(&self, request: &Message) -> Message {
+        conn::command(&self.shared, request)
+    }
+
+    /// Waits until a client asks the coordinator to quit, or, with
+    /// `exit_on_last`, until the computation's last process is gone, or,
+    /// with `unused_limit`, until that long has passed without any process.
+    pub fn wait_end(&self, exit_on_last: bool, unused_limit: Option<Duration>) -> End {
+        let mut st = self.shared.lock();
+        loop {
+            if st.quit {
+                return End::Quit;
+            }
+            let pending = st.conns.keys().any(|c| !st.identified.contains(c));
+            if exit_on_last && st.had_agent && st.agents.is_empty() && !pending && !st.busy {
+                return End::LastGone;
+            }
+            if let Some(limit) = unused_limit
+                && !st.had_agent
+                && !pending
+                && self.started.elapsed() >= limit
+            {
+                return End::Unused;
+            }
+            // Connections end without a word to the condition variable
+            // when their thread has not noticed yet: look again now and then.
+            st = self.shared.wait_timeout(st, Duration::from_millis(500));
+        }
     }
 
     /// Stops the coordinator: a checkpoint in progress is abandoned (its
@@ -202,17 +306,21 @@ impl CoordHandle {
             self.shared.changed.notify_all();
         }
         self.socket.remove();
-        // SAFETY: shutdown(2) on a descriptor the listener owns and keeps
-        // open; it wakes the acceptor's accept() with EINVAL.
+        // SAFETY: shutdown(2) on descriptors the listeners own and keep
+        // open; it wakes the acceptors' accept() with EINVAL.
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
-        if let Some(t) = self.acceptor.take() {
+        if let Some(tcp) = &self.tcp {
+            // SAFETY: as above.
+            unsafe { libc::shutdown(tcp.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        for t in self.acceptors.drain(..) {
             let _ = t.join();
         }
         // No connection can be registered any more. Their readers see the
         // end of the stream and close them; a client waiting for a
         // checkpoint is still answered (by the driver, below).
-        for stream in self.shared.lock().conns.values() {
-            let _ = stream.shutdown(std::net::Shutdown::Read);
+        for link in self.shared.lock().conns.values() {
+            let _ = link.stream.shutdown(Shutdown::Read);
         }
         if let Some(t) = self.driver.take() {
             let _ = t.join();

@@ -14,7 +14,8 @@ pub(crate) fn computation_id() -> io::Result<u64> {
     }
 }
 
-fn fill(buf: &mut [u8]) -> io::Result<()> {
+/// Fills `buf` with random bytes from the kernel.
+pub(crate) fn fill(buf: &mut [u8]) -> io::Result<()> {
     // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
     if usize::try_from(n).is_ok_and(|n| n == buf.len()) {

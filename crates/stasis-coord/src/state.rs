@@ -1,7 +1,7 @@
 //! What the coordinator knows, shared by its threads under one mutex.
 
-use std::collections::HashMap;
-use std::os::unix::net::UnixStream;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -9,6 +9,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use stasis_proto::{self as proto, Message};
+
+use crate::client::Addr;
+use crate::stream::Stream;
 
 /// The state and the condition variable that announces every change of it:
 /// an agent's answer, a new request, a new interval, shutdown.
@@ -18,18 +21,27 @@ pub(crate) struct Shared {
     pub(crate) checkpoint_timeout: Duration,
     pub(crate) keep: usize,
     pub(crate) ckpt_dir: PathBuf,
+    /// Where agents on this node reach us (told to them after HELLO).
+    pub(crate) unix_addr: Addr,
+    /// The secret TCP peers must prove, if we listen on TCP.
+    pub(crate) secret: Option<Vec<u8>>,
+    /// The TCP port we listen on, if any (for status).
+    pub(crate) tcp_port: Option<u16>,
     /// Connection threads, joined at shutdown.
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
-    pub(crate) fn new(state: State, checkpoint_timeout: Duration, keep: usize, ckpt_dir: PathBuf) -> Self {
+    pub(crate) fn new(state: State, cfg: &crate::CoordConfig, ckpt_dir: PathBuf, unix_addr: Addr) -> Self {
         Shared {
             state: Mutex::new(state),
             changed: Condvar::new(),
-            checkpoint_timeout,
-            keep,
+            checkpoint_timeout: cfg.checkpoint_timeout,
+            keep: cfg.keep,
             ckpt_dir,
+            unix_addr,
+            secret: None,
+            tcp_port: None,
             threads: Mutex::new(Vec::new()),
         }
     }
@@ -49,6 +61,40 @@ impl Shared {
     }
 }
 
+/// An open connection, and the lock that keeps two threads' lines from
+/// interleaving on it (the driver's SUSPEND, a client's KILL, the
+/// connection's own COORDINATOR).
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) stream: Stream,
+    write_lock: Mutex<()>,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: Stream) -> Self {
+        Conn { stream, write_lock: Mutex::new(()) }
+    }
+
+    /// Writes one whole line, or fails (and then the connection is done
+    /// for: half a line may have gone out).
+    pub(crate) fn send(&self, m: &Message) -> io::Result<()> {
+        let _guard = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = (&self.stream).write_all(m.encode().as_bytes());
+        if r.is_err() {
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+        r
+    }
+}
+
+/// A client waiting for a checkpoint, and for which moment.
+pub(crate) struct Waiter {
+    pub(crate) tx: Sender<Message>,
+    /// True: answer as soon as the checkpoint has begun; false: once it
+    /// is committed (or failed).
+    pub(crate) started_only: bool,
+}
+
 pub(crate) struct State {
     pub(crate) computation_id: u64,
     pub(crate) interval_s: u32,
@@ -57,7 +103,11 @@ pub(crate) struct State {
     pub(crate) timer_base: Instant,
     pub(crate) agents: Vec<Agent>,
     /// Every open connection, so that shutdown can close them.
-    pub(crate) conns: HashMap<u64, Arc<UnixStream>>,
+    pub(crate) conns: HashMap<u64, Arc<Conn>>,
+    /// Connections whose first line has come: agents and clients. The
+    /// others are still authenticating, or were made by `stasis restart`
+    /// for a process it is still restoring.
+    pub(crate) identified: HashSet<u64>,
     pub(crate) next_conn: u64,
     /// The largest generation any agent said it belongs to.
     pub(crate) reported_generation: u64,
@@ -73,7 +123,11 @@ pub(crate) struct State {
     pub(crate) busy: bool,
     pub(crate) round: Option<Round>,
     /// Clients waiting for the next checkpoint to start and end.
-    pub(crate) waiters: Vec<Sender<Message>>,
+    pub(crate) waiters: Vec<Waiter>,
+    /// An agent has said HELLO at some point (for exit-on-last).
+    pub(crate) had_agent: bool,
+    /// A client asked the coordinator to quit.
+    pub(crate) quit: bool,
     pub(crate) shutdown: bool,
 }
 
@@ -84,7 +138,7 @@ pub(crate) struct Agent {
     pub(crate) name: String,
     pub(crate) restored: bool,
     pub(crate) generation: u64,
-    pub(crate) stream: Arc<UnixStream>,
+    pub(crate) link: Arc<Conn>,
     /// The extra fields of its last WRITTEN (bytes=, pause_us=, ...).
     pub(crate) stats: Vec<(String, String)>,
 }
@@ -99,7 +153,8 @@ pub(crate) struct Participant {
     pub(crate) conn: u64,
     pub(crate) pid: i32,
     pub(crate) name: String,
-    pub(crate) progress: Progress,
+    pub(crate) link: Arc<Conn>,
+    pub(crate) stage: Stage,
 }
 
 impl Participant {
@@ -108,10 +163,25 @@ impl Participant {
     }
 }
 
-pub(crate) enum Progress {
-    Waiting,
-    Written { image: String, stats: Vec<(String, String)> },
+/// Where a participant stands in the checkpoint, in protocol order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// SUSPEND sent, no answer yet.
+    Asked,
+    Suspended,
+    Snapshotted,
+    Written {
+        image: String,
+        stats: Vec<(String, String)>,
+    },
     Failed(String),
+}
+
+impl Stage {
+    /// Written or failed: nothing more will come for this generation.
+    pub(crate) fn settled(&self) -> bool {
+        matches!(self, Stage::Written { .. } | Stage::Failed(_))
+    }
 }
 
 impl State {
@@ -122,6 +192,7 @@ impl State {
             timer_base: Instant::now(),
             agents: Vec::new(),
             conns: HashMap::new(),
+            identified: HashSet::new(),
             next_conn: 0,
             reported_generation: 0,
             last_attempt: 0,
@@ -131,22 +202,32 @@ impl State {
             busy: false,
             round: None,
             waiters: Vec::new(),
+            had_agent: false,
+            quit: false,
             shutdown: false,
         }
     }
 
     /// Records what connection `conn` answered for `generation`, if that is
-    /// the checkpoint in progress and it still waits for that connection;
-    /// anything else is a late answer to an abandoned checkpoint.
-    pub(crate) fn record(&mut self, conn: u64, generation: Option<u64>, progress: Progress) {
+    /// the checkpoint in progress and the answer is the next step for that
+    /// connection; anything else is a late answer to an abandoned
+    /// checkpoint, or out of order, and ignored. A failure counts at any
+    /// step before the image is written.
+    pub(crate) fn record(&mut self, conn: u64, generation: Option<u64>, stage: Stage) {
         let Some(round) = &mut self.round else { return };
         if generation.is_some_and(|g| g != round.generation) {
             return;
         }
-        if let Some(p) =
-            round.participants.iter_mut().find(|p| p.conn == conn && matches!(p.progress, Progress::Waiting))
-        {
-            p.progress = progress;
+        let Some(p) = round.participants.iter_mut().find(|p| p.conn == conn) else { return };
+        let next = match (&p.stage, &stage) {
+            (Stage::Asked, Stage::Suspended) => true,
+            (Stage::Suspended, Stage::Snapshotted) => true,
+            (Stage::Snapshotted, Stage::Written { .. }) => true,
+            (current, Stage::Failed(_)) => !current.settled(),
+            _ => false,
+        };
+        if next {
+            p.stage = stage;
         }
     }
 
@@ -154,11 +235,17 @@ impl State {
     /// for it fails.
     pub(crate) fn remove_agent(&mut self, conn: u64, why: &str) {
         self.agents.retain(|a| a.conn != conn);
-        self.record(conn, None, Progress::Failed(why.to_string()));
+        self.record(conn, None, Stage::Failed(why.to_string()));
+    }
+
+    /// Agents whose process is still there (whose connection the peer has
+    /// not closed, even if we have not read the end of it yet).
+    pub(crate) fn live_agents(&self) -> usize {
+        self.agents.iter().filter(|a| !a.link.stream.peer_gone()).count()
     }
 
     /// The answer to `COMMAND what=status`.
-    pub(crate) fn status(&self, ckpt_dir: &std::path::Path) -> Message {
+    pub(crate) fn status(&self, shared: &Shared) -> Message {
         let mut m = Message::new(proto::OK)
             .with("processes", self.agents.len())
             .with("state", if self.busy { "checkpointing" } else { "running" })
@@ -166,7 +253,13 @@ impl State {
             .with("generation", self.last_generation)
             .with("last_checkpoint", self.last_checkpoint_unix)
             .with("computation", format!("{:016x}", self.computation_id))
-            .with("ckptdir", ckpt_dir.display());
+            .with("ckptdir", shared.ckpt_dir.display());
+        if let Addr::Unix(p) = &shared.unix_addr {
+            m = m.with("socket", p.display());
+        }
+        if let Some(port) = shared.tcp_port {
+            m = m.with("port", port);
+        }
         if let Some(e) = &self.last_error {
             m = m.with("last_error", e);
         }

@@ -1,30 +1,47 @@
 //! The coordinator against fake agents: threads that speak the protocol
-//! over the Unix socket and write dummy image files.
+//! over the Unix socket (or TCP) and write dummy image files.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use stasis_coord::{CoordConfig, CoordHandle, Coordinator};
+use stasis_coord::client::{self, Addr, ClientError};
+use stasis_coord::secret::Secret;
+use stasis_coord::stream::Stream;
+use stasis_coord::{CoordConfig, CoordHandle, Coordinator, End};
 use stasis_image::CheckpointDir;
 use stasis_proto::Message;
 
 /// What a fake agent does when asked to checkpoint.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Behaviour {
+    /// Suspends, snapshots, writes a dummy image.
     Write,
-    Fail,
+    /// Answers SUSPEND with FAILED.
+    FailSuspend,
+    /// Suspends, then answers SNAPSHOT with FAILED.
+    FailSnapshot,
+    /// Goes all the way, then answers FAILED instead of WRITTEN.
+    FailWrite,
+    /// Closes its connection on SUSPEND.
     Disconnect,
+    /// Never answers SUSPEND.
     Ignore,
 }
+
+/// Events of every fake agent of a test, in the order they happened:
+/// "PID got VERB" or "PID sent VERB".
+type Log = Arc<Mutex<Vec<String>>>;
 
 struct Test {
     _tmp: tempfile::TempDir,
     sock: PathBuf,
     ck: PathBuf,
+    log: Log,
 }
 
 impl Test {
@@ -32,7 +49,7 @@ impl Test {
         let tmp = tempfile::tempdir().unwrap();
         let sock = tmp.path().join("run/coord.sock");
         let ck = tmp.path().join("ck");
-        Test { _tmp: tmp, sock, ck }
+        Test { _tmp: tmp, sock, ck, log: Log::default() }
     }
 
     fn config(&self) -> CoordConfig {
@@ -47,6 +64,11 @@ impl Test {
         let mut cfg = self.config();
         tweak(&mut cfg);
         Coordinator::bind(cfg).unwrap().spawn().unwrap()
+    }
+
+    fn agent(&self, pid: i32, name: &str, behaviour: Behaviour) -> FakeAgent {
+        let stream = UnixStream::connect(&self.sock).unwrap();
+        FakeAgent::on_stream(Stream::Unix(stream), pid, name, behaviour, &[], &self.log)
     }
 
     fn command(&self, fields: &[(&str, &str)]) -> Message {
@@ -78,15 +100,32 @@ impl Test {
         v.sort();
         v
     }
+
+    fn events(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the events after the `after`-th hold `e`.
+    fn wait_event(&self, after: usize, e: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.events().iter().skip(after).any(|x| x == e) {
+            assert!(Instant::now() < deadline, "no {e:?} in {:?}", self.events());
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
-fn command(sock: &Path, fields: &[(&str, &str)]) -> Message {
-    let mut s = UnixStream::connect(sock).unwrap();
+fn request(fields: &[(&str, &str)]) -> Message {
     let mut m = Message::new("COMMAND");
     for (k, v) in fields {
         m = m.with(k, v);
     }
-    s.write_all(m.encode().as_bytes()).unwrap();
+    m
+}
+
+fn command(sock: &Path, fields: &[(&str, &str)]) -> Message {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.write_all(request(fields).encode().as_bytes()).unwrap();
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).unwrap();
     Message::decode(&line).unwrap()
@@ -97,20 +136,19 @@ fn command(sock: &Path, fields: &[(&str, &str)]) -> Message {
 struct FakeAgent {
     thread: Option<thread::JoinHandle<()>>,
     kills: mpsc::Receiver<i32>,
-    stream: UnixStream,
+    coordinator: mpsc::Receiver<String>,
+    stream: Arc<Stream>,
 }
 
 impl FakeAgent {
-    fn connect(sock: &Path, pid: i32, name: &str, behaviour: Behaviour) -> FakeAgent {
-        Self::with_hello(sock, pid, name, behaviour, &[])
-    }
-
-    fn with_hello(sock: &Path, pid: i32, name: &str, behaviour: Behaviour, extra: &[(&str, &str)]) -> FakeAgent {
-        let stream = UnixStream::connect(sock).unwrap();
-        Self::on_stream(stream, pid, name, behaviour, extra)
-    }
-
-    fn on_stream(stream: UnixStream, pid: i32, name: &str, behaviour: Behaviour, extra: &[(&str, &str)]) -> FakeAgent {
+    fn on_stream(
+        stream: Stream,
+        pid: i32,
+        name: &str,
+        behaviour: Behaviour,
+        extra: &[(&str, &str)],
+        log: &Log,
+    ) -> FakeAgent {
         let mut hello = Message::new("HELLO")
             .with("pid", pid)
             .with("name", name)
@@ -123,10 +161,13 @@ impl FakeAgent {
         }
         (&stream).write_all(hello.encode().as_bytes()).unwrap();
         let (tx, kills) = mpsc::channel();
+        let (addr_tx, coordinator) = mpsc::channel();
         let name = name.to_string();
-        let mine = stream.try_clone().unwrap();
-        let thread = thread::spawn(move || agent_loop(mine, pid, &name, behaviour, &tx));
-        FakeAgent { thread: Some(thread), kills, stream }
+        let stream = Arc::new(stream);
+        let mine = stream.clone();
+        let log = log.clone();
+        let thread = thread::spawn(move || agent_loop(&mine, pid, &name, behaviour, &tx, &addr_tx, &log));
+        FakeAgent { thread: Some(thread), kills, coordinator, stream }
     }
 }
 
@@ -139,45 +180,76 @@ impl Drop for FakeAgent {
     }
 }
 
-fn agent_loop(stream: UnixStream, pid: i32, name: &str, behaviour: Behaviour, kills: &mpsc::Sender<i32>) {
-    let mut reader = BufReader::new(&stream);
+fn agent_loop(
+    stream: &Stream,
+    pid: i32,
+    name: &str,
+    behaviour: Behaviour,
+    kills: &mpsc::Sender<i32>,
+    coordinator: &mpsc::Sender<String>,
+    log: &Log,
+) {
+    let mut reader = BufReader::new(stream);
     let mut line = String::new();
+    let mut dir = PathBuf::new();
+    let note = |what: String| log.lock().unwrap().push(what);
+    let answer = |m: Message| {
+        note(format!("{pid} sent {}", m.verb));
+        let _ = (&*stream).write_all(m.encode().as_bytes());
+    };
     loop {
         line.clear();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
         let m = Message::decode(&line).unwrap();
+        note(format!("{pid} got {}", m.verb));
+        let generation: u64 = m.get_parsed("generation").unwrap_or(0);
+        let failed = |why: &str| Message::new("FAILED").with("generation", generation).with("reason", why);
         match m.verb.as_str() {
-            "CHECKPOINT" => {
-                let generation: u64 = m.get_parsed("generation").unwrap();
-                let dir = PathBuf::from(m.get("dir").unwrap());
+            "COORDINATOR" => {
+                let _ = coordinator.send(m.get("addr").unwrap().to_string());
+            }
+            "SUSPEND" => {
+                dir = PathBuf::from(m.get("dir").unwrap());
                 assert!(dir.is_absolute(), "{dir:?}");
                 assert!(m.get("interval").is_some() && m.get("computation").is_some());
-                let reply = match behaviour {
-                    Behaviour::Write => {
-                        let image = format!("{name}-{pid}.img");
-                        // The directory is gone if another agent made the
-                        // checkpoint fail first.
-                        match std::fs::write(dir.join(&image), b"not really an image\n") {
-                            Ok(()) => Message::new("WRITTEN")
-                                .with("generation", generation)
-                                .with("image", image)
-                                .with("bytes", 20)
-                                .with("pause_us", 7),
-                            Err(e) => Message::new("FAILED").with("generation", generation).with("reason", e),
-                        }
-                    }
-                    Behaviour::Fail => {
-                        Message::new("FAILED").with("generation", generation).with("reason", "disk on fire")
-                    }
+                match behaviour {
+                    Behaviour::FailSuspend => answer(failed("threads would not stop")),
                     Behaviour::Disconnect => {
                         let _ = stream.shutdown(std::net::Shutdown::Both);
                         return;
                     }
-                    Behaviour::Ignore => continue,
-                };
-                (&stream).write_all(reply.encode().as_bytes()).unwrap();
+                    Behaviour::Ignore => {}
+                    _ => answer(Message::new("SUSPENDED").with("generation", generation)),
+                }
+            }
+            "SNAPSHOT" => match behaviour {
+                Behaviour::FailSnapshot => answer(failed("snapshot went wrong")),
+                _ => answer(Message::new("SNAPSHOTTED").with("generation", generation).with("pause_us", 5)),
+            },
+            "RESUME" => {
+                // Only after SNAPSHOTTED does RESUME mean "write".
+                let snapshotted = log.lock().unwrap().iter().rev().find(|e| e.starts_with(&format!("{pid} sent ")))
+                    == Some(&format!("{pid} sent SNAPSHOTTED"));
+                if !snapshotted {
+                    continue;
+                }
+                if behaviour == Behaviour::FailWrite {
+                    answer(failed("disk on fire"));
+                    continue;
+                }
+                let image = format!("{name}-{pid}.img");
+                // The directory is gone if another agent made the
+                // checkpoint fail first.
+                answer(match std::fs::write(dir.join(&image), b"not really an image\n") {
+                    Ok(()) => Message::new("WRITTEN")
+                        .with("generation", generation)
+                        .with("image", image)
+                        .with("bytes", 20)
+                        .with("pause_us", 7),
+                    Err(e) => failed(&e.to_string()),
+                });
             }
             "KILL" => {
                 let _ = kills.send(pid);
@@ -201,12 +273,17 @@ fn checkpoint(t: &Test) -> Message {
     t.command(&[("what", "checkpoint")])
 }
 
+/// The position of the first event equal to `e`.
+fn at(events: &[String], e: &str) -> usize {
+    events.iter().position(|x| x == e).unwrap_or_else(|| panic!("no {e:?} in {events:?}"))
+}
+
 #[test]
 fn two_agents_commit_a_generation_that_lists_both() {
     let t = Test::new();
     let _coord = t.start();
-    let _a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
-    let _b = FakeAgent::connect(&t.sock, 102, "beta", Behaviour::Write);
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    let _b = t.agent(102, "beta", Behaviour::Write);
     t.wait_processes(2);
     let reply = checkpoint(&t);
     ok(&reply);
@@ -234,39 +311,90 @@ fn two_agents_commit_a_generation_that_lists_both() {
     assert_eq!(ok(&checkpoint(&t)).get("generation"), Some("2"));
     assert_eq!(ok(&checkpoint(&t)).get("generation"), Some("3"));
     assert_eq!(t.latest(), Some(3));
-    assert!(!t.entries().iter().any(|e| e.contains("000001")), "{:?}", t.entries());
+    assert!(!t.entries().iter().any(|e| e == "gen-000001"), "{:?}", t.entries());
 }
 
 #[test]
-fn a_failed_agent_aborts_and_the_previous_generation_stays() {
+fn the_barriers_hold_every_process_at_one_instant() {
     let t = Test::new();
     let _coord = t.start();
-    let _a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    let _b = t.agent(102, "beta", Behaviour::Write);
+    let _c = t.agent(103, "gamma", Behaviour::Write);
+    t.wait_processes(3);
+    ok(&checkpoint(&t));
+    let ev = t.events();
+    for p in [101, 102, 103] {
+        for q in [101, 102, 103] {
+            // Nobody snapshots before everybody is suspended, and nobody
+            // resumes before everybody holds a snapshot.
+            assert!(at(&ev, &format!("{p} sent SUSPENDED")) < at(&ev, &format!("{q} got SNAPSHOT")), "{ev:?}");
+            assert!(at(&ev, &format!("{p} sent SNAPSHOTTED")) < at(&ev, &format!("{q} got RESUME")), "{ev:?}");
+        }
+    }
+}
+
+#[test]
+fn agents_learn_where_to_come_back() {
+    let t = Test::new();
+    let _coord = t.start();
+    let a = t.agent(101, "alpha", Behaviour::Write);
+    let addr = a.coordinator.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(Addr::parse(&addr), Some(Addr::Unix(t.sock.clone())), "{addr}");
+}
+
+#[test]
+fn a_failure_before_the_snapshot_resumes_everyone_and_writes_nothing() {
+    let t = Test::new();
+    let _coord = t.start();
+    let _a = t.agent(101, "alpha", Behaviour::Write);
     t.wait_processes(1);
     ok(&checkpoint(&t));
     let before = t.entries();
 
-    let _b = FakeAgent::connect(&t.sock, 102, "beta", Behaviour::Fail);
+    let _b = t.agent(102, "beta", Behaviour::FailSuspend);
     t.wait_processes(2);
     let why = err(&checkpoint(&t));
-    assert!(why.contains("102") && why.contains("beta") && why.contains("disk on fire"), "{why}");
+    assert!(why.contains("102") && why.contains("beta") && why.contains("threads would not stop"), "{why}");
     assert_eq!(t.latest(), Some(1));
     assert_eq!(t.entries(), before, "the aborted generation left something");
+    // Alpha was suspended for generation 2 and told to resume, never to snapshot.
+    let first_done = at(&t.events(), "101 sent WRITTEN");
+    t.wait_event(first_done, "101 got RESUME");
+    let ev = t.events();
+    assert_eq!(ev[first_done..].iter().filter(|e| *e == "101 got SNAPSHOT").count(), 0, "{ev:?}");
 
     let st = t.command(&[("what", "status")]);
     assert_eq!(st.get("generation"), Some("1"));
-    assert!(st.get("last_error").is_some_and(|e| e.contains("disk on fire")), "{st:?}");
+    assert!(st.get("last_error").is_some_and(|e| e.contains("threads would not stop")), "{st:?}");
     assert_eq!(st.get("state"), Some("running"));
+}
+
+#[test]
+fn a_failure_after_the_snapshot_or_at_the_write_aborts() {
+    for behaviour in [Behaviour::FailSnapshot, Behaviour::FailWrite] {
+        let t = Test::new();
+        let _coord = t.start();
+        let _a = t.agent(101, "alpha", Behaviour::Write);
+        let _b = t.agent(102, "beta", behaviour);
+        t.wait_processes(2);
+        let why = err(&checkpoint(&t));
+        assert!(why.contains("102") && why.contains("beta"), "{behaviour:?}: {why}");
+        assert_eq!(t.latest(), None, "{behaviour:?}");
+        assert!(t.entries().is_empty(), "{behaviour:?}: {:?}", t.entries());
+        // Alpha resumed all the same.
+        t.wait_event(0, "101 got RESUME");
+    }
 }
 
 #[test]
 fn a_disconnecting_agent_aborts() {
     let t = Test::new();
     let _coord = t.start();
-    let _a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
+    let _a = t.agent(101, "alpha", Behaviour::Write);
     t.wait_processes(1);
     ok(&checkpoint(&t));
-    let _b = FakeAgent::connect(&t.sock, 102, "beta", Behaviour::Disconnect);
+    let _b = t.agent(102, "beta", Behaviour::Disconnect);
     t.wait_processes(2);
     let why = err(&checkpoint(&t));
     assert!(why.contains("102") && why.contains("disconnected"), "{why}");
@@ -281,8 +409,8 @@ fn a_disconnecting_agent_aborts() {
 fn a_silent_agent_times_out() {
     let t = Test::new();
     let _coord = t.start_with(|c| c.checkpoint_timeout = Duration::from_millis(300));
-    let _a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
-    let _b = FakeAgent::connect(&t.sock, 102, "beta", Behaviour::Ignore);
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    let _b = t.agent(102, "beta", Behaviour::Ignore);
     t.wait_processes(2);
     let why = err(&checkpoint(&t));
     assert!(why.contains("timed out") && why.contains("102") && !why.contains("101"), "{why}");
@@ -295,13 +423,30 @@ fn no_process_no_checkpoint() {
     let t = Test::new();
     let _coord = t.start();
     assert_eq!(err(&checkpoint(&t)), "no process connected");
+    assert_eq!(err(&t.command(&[("what", "checkpoint"), ("wait", "started")])), "no process connected");
+}
+
+#[test]
+fn a_checkpoint_can_be_asked_for_without_waiting_for_it() {
+    let t = Test::new();
+    let _coord = t.start();
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    t.wait_processes(1);
+    let reply = t.command(&[("what", "checkpoint"), ("wait", "started")]);
+    assert_eq!(ok(&reply).get("started"), Some("1"));
+    assert_eq!(reply.get("generation"), Some("1"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.latest() != Some(1) {
+        assert!(Instant::now() < deadline, "the started checkpoint never committed");
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
 fn the_interval_timer_checkpoints() {
     let t = Test::new();
     let _coord = t.start_with(|c| c.interval_s = 1);
-    let _a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
+    let _a = t.agent(101, "alpha", Behaviour::Write);
     let deadline = Instant::now() + Duration::from_secs(10);
     while t.latest().unwrap_or(0) < 2 {
         assert!(Instant::now() < deadline, "no interval checkpoint");
@@ -313,8 +458,8 @@ fn the_interval_timer_checkpoints() {
 fn interval_and_status_commands() {
     let t = Test::new();
     let _coord = t.start();
-    let _a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
-    let _b = FakeAgent::connect(&t.sock, 102, "beta", Behaviour::Write);
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    let _b = t.agent(102, "beta", Behaviour::Write);
     t.wait_processes(2);
     let st = ok(&t.command(&[("what", "status")])).clone();
     assert_eq!(st.get("state"), Some("running"));
@@ -322,6 +467,8 @@ fn interval_and_status_commands() {
     assert_eq!(st.get("generation"), Some("0"));
     assert_eq!(st.get("last_checkpoint"), Some("0"));
     assert_eq!(st.get("computation").map(str::len), Some(16));
+    assert_eq!(st.get("socket").map(PathBuf::from), Some(t.sock.clone()));
+    assert_eq!(st.get("port"), None);
     let mut names = [st.get("proc.0.name").unwrap(), st.get("proc.1.name").unwrap()];
     names.sort();
     assert_eq!(names, ["alpha", "beta"]);
@@ -346,8 +493,8 @@ fn interval_and_status_commands() {
 fn kill_reaches_every_agent() {
     let t = Test::new();
     let _coord = t.start();
-    let a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
-    let b = FakeAgent::connect(&t.sock, 102, "beta", Behaviour::Write);
+    let a = t.agent(101, "alpha", Behaviour::Write);
+    let b = t.agent(102, "beta", Behaviour::Write);
     t.wait_processes(2);
     assert_eq!(ok(&t.command(&[("what", "kill")])).get("processes"), Some("2"));
     let timeout = Duration::from_secs(5);
@@ -356,10 +503,44 @@ fn kill_reaches_every_agent() {
 }
 
 #[test]
+fn quit_kills_and_ends_the_coordinator() {
+    let t = Test::new();
+    let coord = t.start();
+    let a = t.agent(101, "alpha", Behaviour::Write);
+    t.wait_processes(1);
+    // Not while a process is there, when only asked to quit if idle.
+    let r = t.command(&[("what", "quit"), ("if_idle", "1")]);
+    assert_eq!((ok(&r).get("quit"), r.get("processes")), (Some("0"), Some("1")));
+    let r = t.command(&[("what", "quit")]);
+    assert_eq!((ok(&r).get("quit"), r.get("processes")), (Some("1"), Some("1")));
+    assert_eq!(a.kills.recv_timeout(Duration::from_secs(5)), Ok(101));
+    assert_eq!(coord.wait_end(false, None), End::Quit);
+}
+
+#[test]
+fn exit_on_last_waits_for_the_last_process() {
+    let t = Test::new();
+    let coord = t.start();
+    let a = t.agent(101, "alpha", Behaviour::Write);
+    let b = t.agent(102, "beta", Behaviour::Write);
+    t.wait_processes(2);
+    drop(a);
+    t.wait_processes(1);
+    drop(b);
+    assert_eq!(coord.wait_end(true, None), End::LastGone);
+    // A coordinator that nobody ever joined ends when told to give up.
+    let other = Test::new();
+    let idle = other.start();
+    assert_eq!(idle.wait_end(true, Some(Duration::from_millis(100))), End::Unused);
+    let r = other.command(&[("what", "quit"), ("if_idle", "1")]);
+    assert_eq!(ok(&r).get("quit"), Some("1"));
+}
+
+#[test]
 fn requests_during_a_checkpoint_wait_for_the_next_one() {
     let t = Test::new();
     let _coord = t.start();
-    let _a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
+    let _a = t.agent(101, "alpha", Behaviour::Write);
     t.wait_processes(1);
     let clients: Vec<_> = (0..6)
         .map(|_| {
@@ -384,11 +565,12 @@ fn a_restored_agent_brings_its_computation_and_generation() {
     coord.adopt_agent(ours);
     let coord = coord.spawn().unwrap();
     let _a = FakeAgent::on_stream(
-        theirs,
+        Stream::Unix(theirs),
         4242,
         "restored",
         Behaviour::Write,
         &[("restored", "1"), ("computation", "00000000deadbeef"), ("generation", "7")],
+        &t.log,
     );
     t.wait_processes(1);
     assert_eq!(coord.computation_id(), 0xdead_beef);
@@ -396,6 +578,23 @@ fn a_restored_agent_brings_its_computation_and_generation() {
     assert_eq!(st.get("computation"), Some("00000000deadbeef"));
     assert_eq!(st.get("proc.0.restored"), Some("1"));
     assert_eq!(ok(&checkpoint(&t)).get("generation"), Some("8"));
+}
+
+#[test]
+fn an_agent_that_comes_back_brings_its_computation_to_a_new_coordinator() {
+    let t = Test::new();
+    let _coord = t.start();
+    let _a = FakeAgent::on_stream(
+        Stream::Unix(UnixStream::connect(&t.sock).unwrap()),
+        4242,
+        "back",
+        Behaviour::Write,
+        &[("computation", "00000000cafe0001"), ("generation", "3")],
+        &t.log,
+    );
+    t.wait_processes(1);
+    assert_eq!(t.command(&[("what", "status")]).get("computation"), Some("00000000cafe0001"));
+    assert_eq!(ok(&checkpoint(&t)).get("generation"), Some("4"));
 }
 
 #[test]
@@ -428,15 +627,26 @@ fn bad_lines_get_an_error_and_the_coordinator_carries_on() {
     assert!(err(&Message::decode(&line).unwrap()).contains("longer than"), "{line:?}");
 
     // An agent that says something odd is dropped; the others stay.
-    let _a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Write);
+    let _a = t.agent(101, "alpha", Behaviour::Write);
     t.wait_processes(1);
     let odd = UnixStream::connect(&t.sock).unwrap();
     (&odd).write_all(b"HELLO pid=5 name=odd\nCOMMAND what=status\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(&odd).read_line(&mut line).unwrap();
+    let mut reader = BufReader::new(&odd);
+    let line = next_line(&mut reader, "ERROR");
     assert!(line.starts_with("ERROR"), "{line:?}");
     t.wait_processes(1);
     ok(&checkpoint(&t));
+}
+
+/// Reads lines until one starts with `verb`.
+fn next_line(reader: &mut impl BufRead, verb: &str) -> String {
+    loop {
+        let mut line = String::new();
+        assert_ne!(reader.read_line(&mut line).unwrap(), 0, "the connection ended before {verb}");
+        if line.starts_with(verb) {
+            return line;
+        }
+    }
 }
 
 #[test]
@@ -448,17 +658,15 @@ fn a_late_answer_to_an_abandoned_checkpoint_is_ignored() {
     t.wait_processes(1);
     assert!(err(&checkpoint(&t)).contains("timed out"));
     let mut reader = BufReader::new(&raw);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let first = Message::decode(&line).unwrap();
+    let first = Message::decode(&next_line(&mut reader, "SUSPEND")).unwrap();
+    let abort = Message::decode(&next_line(&mut reader, "RESUME")).unwrap();
+    assert_eq!(abort.get("generation"), first.get("generation"));
     // Answer the first request late, while a second one is running.
     let sock = t.sock.clone();
     let second = thread::spawn(move || command(&sock, &[("what", "checkpoint")]));
-    line.clear();
-    reader.read_line(&mut line).unwrap();
-    let next = Message::decode(&line).unwrap();
+    let next = Message::decode(&next_line(&mut reader, "SUSPEND")).unwrap();
     assert_ne!(next.get("generation"), first.get("generation"));
-    let late = Message::new("WRITTEN").with("generation", first.get("generation").unwrap()).with("image", "x.img");
+    let late = Message::new("SUSPENDED").with("generation", first.get("generation").unwrap());
     (&raw).write_all(late.encode().as_bytes()).unwrap();
     assert!(err(&second.join().unwrap()).contains("timed out"));
     assert_eq!(t.latest(), None);
@@ -473,11 +681,14 @@ fn an_image_that_is_not_there_aborts() {
     t.wait_processes(1);
     let sock = t.sock.clone();
     let client = thread::spawn(move || command(&sock, &[("what", "checkpoint")]));
-    let mut line = String::new();
-    BufReader::new(&raw).read_line(&mut line).unwrap();
-    let m = Message::decode(&line).unwrap();
-    let answer =
-        Message::new("WRITTEN").with("generation", m.get("generation").unwrap()).with("image", "../escape.img");
+    let mut reader = BufReader::new(&raw);
+    let m = Message::decode(&next_line(&mut reader, "SUSPEND")).unwrap();
+    let g = m.get("generation").unwrap().to_string();
+    (&raw).write_all(Message::new("SUSPENDED").with("generation", &g).encode().as_bytes()).unwrap();
+    next_line(&mut reader, "SNAPSHOT");
+    (&raw).write_all(Message::new("SNAPSHOTTED").with("generation", &g).encode().as_bytes()).unwrap();
+    next_line(&mut reader, "RESUME");
+    let answer = Message::new("WRITTEN").with("generation", &g).with("image", "../escape.img");
     (&raw).write_all(answer.encode().as_bytes()).unwrap();
     let why = err(&client.join().unwrap());
     assert!(why.contains("not a plain file name"), "{why}");
@@ -503,7 +714,7 @@ fn a_second_coordinator_is_refused_and_shutdown_removes_the_socket() {
 fn shutdown_answers_a_waiting_client_and_releases_agents() {
     let t = Test::new();
     let coord = t.start();
-    let a = FakeAgent::connect(&t.sock, 101, "alpha", Behaviour::Ignore);
+    let a = t.agent(101, "alpha", Behaviour::Ignore);
     t.wait_processes(1);
     let sock = t.sock.clone();
     let client = thread::spawn(move || command(&sock, &[("what", "checkpoint")]));
@@ -518,4 +729,70 @@ fn shutdown_answers_a_waiting_client_and_releases_agents() {
     drop(a);
     assert_eq!(t.latest(), None);
     assert!(t.entries().is_empty(), "{:?}", t.entries());
+}
+
+// ---------------------------------------------------------------------------
+// TCP
+
+fn secret(byte: u8) -> Secret {
+    Secret { bytes: vec![byte; 32], origin: "test".into() }
+}
+
+/// A coordinator that also listens on TCP (loopback, a free port).
+fn start_tcp(t: &Test) -> (CoordHandle, u16) {
+    let mut coord = Coordinator::bind(t.config()).unwrap();
+    coord.listen_tcp(TcpListener::bind("127.0.0.1:0").unwrap(), secret(7)).unwrap();
+    let port = coord.tcp_port().unwrap();
+    (coord.spawn().unwrap(), port)
+}
+
+#[test]
+fn tcp_peers_must_prove_the_secret() {
+    let t = Test::new();
+    let (_coord, port) = start_tcp(&t);
+    let addr = Addr::Tcp { host: "127.0.0.1".into(), port };
+
+    let s = client::connect(&addr, Some(&secret(7))).unwrap();
+    let st = client::ask(&s, &request(&[("what", "status")])).unwrap();
+    assert_eq!(ok(&st).get("port"), Some(port.to_string().as_str()));
+
+    match client::connect(&addr, Some(&secret(8))) {
+        Err(ClientError::Refused(why)) => assert!(why.contains("wrong secret"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(client::connect(&addr, None), Err(ClientError::NoSecret)));
+
+    // A client that ignores the challenge gets a clear refusal, and the
+    // computation is untouched.
+    let raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    (&raw).write_all(request(&[("what", "kill")]).encode().as_bytes()).unwrap();
+    let mut reader = BufReader::new(&raw);
+    assert!(next_line(&mut reader, "CHALLENGE").contains("nonce="));
+    let refusal = Message::decode(&next_line(&mut reader, "ERROR")).unwrap();
+    assert!(err(&refusal).contains("authentication required"), "{refusal:?}");
+    let mut rest = String::new();
+    assert_eq!(reader.read_line(&mut rest).unwrap(), 0, "not closed: {rest:?}");
+}
+
+#[test]
+fn an_agent_over_tcp_checkpoints_and_learns_its_tcp_address() {
+    let t = Test::new();
+    let (_coord, port) = start_tcp(&t);
+    let addr = Addr::Tcp { host: "127.0.0.1".into(), port };
+    let stream = client::connect(&addr, Some(&secret(7))).unwrap();
+    let a = FakeAgent::on_stream(stream, 555, "remote", Behaviour::Write, &[], &t.log);
+    let back = a.coordinator.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(back, format!("tcp:127.0.0.1:{port}"));
+    t.wait_processes(1);
+    assert_eq!(ok(&checkpoint(&t)).get("generation"), Some("1"));
+}
+
+#[test]
+fn nothing_listening_is_told_apart() {
+    let t = Test::new();
+    assert!(matches!(client::connect(&Addr::Unix(t.sock.clone()), None), Err(ClientError::NotListening(_))));
+    // A port nobody listens on (bound, then closed).
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = Addr::Tcp { host: "127.0.0.1".into(), port };
+    assert!(matches!(client::connect(&addr, None), Err(ClientError::NotListening(_))));
 }
