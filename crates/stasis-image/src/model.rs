@@ -83,7 +83,7 @@ pub struct Region {
     /// VM_GROWSDOWN: a stack that the kernel extends on faults below it.
     pub growsdown: bool,
     pub kind: RegionKind,
-    /// The name column of /proc/self/maps ("[heap]", a path, or empty).
+    /// The name column of /proc/self/maps (`"[heap]"`, a path, or empty).
     pub name: String,
 }
 
