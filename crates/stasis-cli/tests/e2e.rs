@@ -100,6 +100,11 @@ fn threads_mutexes_and_tids_survive_checkpoint_kill_restart() {
 }
 
 #[test]
+fn two_hundred_threads_survive_checkpoint_kill_restart() {
+    checkpoint_kill_restart("crowd", &Program::c("crowd", &[]));
+}
+
+#[test]
 fn signals_and_timers_survive_checkpoint_kill_restart() {
     checkpoint_kill_restart("signals", &Program::c("signals", &[]));
 }

@@ -100,7 +100,7 @@ fn write_then_read_back() {
     expected.chunks = m.chunks.clone();
     assert_eq!(m, &expected);
     assert!(render(m).contains("tid 4242"));
-    assert!(render_header(r.header()).contains("image format 1"));
+    assert!(render_header(r.header()).contains(&format!("image format {VERSION}")));
     assert!(ImageWriter::create(&path).is_err(), "never overwrites an image");
     assert_eq!(parse_image(&std::fs::read(&path).unwrap()).unwrap().1, r.into_meta());
 }
@@ -145,7 +145,7 @@ fn damage_gives_named_errors() {
 
     let mut v = good.to_vec();
     v[8] = 99;
-    check(&v, "image format version 99 is not supported (this stasis reads version 1)");
+    check(&v, "image format version 99 is not supported (this stasis reads version 2)");
     for i in [16, 24, 40, 50, 60] {
         let mut v = good.to_vec();
         v[i] ^= 4;
