@@ -255,7 +255,8 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
             .with("generation", generation)
             .with("dir", pending.path.display())
             .with("interval", st.interval_s)
-            .with("computation", format!("{:016x}", st.computation_id));
+            .with("computation", format!("{:016x}", st.computation_id))
+            .with("compression", if shared.compress { "lz4" } else { "none" });
         let participants: Vec<Participant> = st
             .agents
             .iter()

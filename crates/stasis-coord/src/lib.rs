@@ -41,7 +41,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stasis_image::CheckpointDir;
 use stasis_proto::Message;
@@ -76,6 +76,9 @@ pub struct CoordConfig {
     /// The computation's id; `None` draws a random one. A restored agent
     /// that reports an id overrides it.
     pub computation_id: Option<u64>,
+    /// Ask agents to compress their images (LZ4, where it pays): DMTCP's
+    /// `--gzip`.
+    pub compress: bool,
 }
 
 impl CoordConfig {
@@ -88,6 +91,7 @@ impl CoordConfig {
             keep: DEFAULT_KEEP,
             checkpoint_timeout: DEFAULT_CHECKPOINT_TIMEOUT,
             computation_id: None,
+            compress: false,
         }
     }
 }
@@ -168,7 +172,6 @@ impl Coordinator {
             socket,
             acceptors: Vec::new(),
             driver: None,
-            started: Instant::now(),
         };
         let driver_shared = shared.clone();
         handle.driver = Some(
@@ -225,8 +228,42 @@ pub enum End {
     Quit,
     /// The last process of the computation is gone.
     LastGone,
-    /// No process ever came within the time allowed.
-    Unused,
+    /// No process was connected for the time allowed.
+    Idle,
+    /// A checkpoint was committed, and the processes were told to die.
+    AfterCheckpoint,
+    /// [`Control::stop`] was called.
+    Stopped,
+}
+
+/// When a coordinator's life should end, besides a client's quit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndWhen {
+    /// When the last process of the computation is gone.
+    pub last_gone: bool,
+    /// After the first checkpoint committed (killing the computation).
+    pub after_checkpoint: bool,
+    /// When no process has been connected for this long.
+    pub idle: Option<Duration>,
+}
+
+/// A handle on a running coordinator that any thread may keep: it carries
+/// out commands as a client would, and can end [`CoordHandle::wait_end`].
+#[derive(Clone)]
+pub struct Control(Arc<Shared>);
+
+impl Control {
+    /// Carries out a client's command (`COMMAND what=...`) as if it came
+    /// over a connection, and returns the answer. For the console.
+    pub fn command(&self, request: &Message) -> Message {
+        conn::command(&self.0, request)
+    }
+
+    /// Makes [`CoordHandle::wait_end`] return [`End::Stopped`].
+    pub fn stop(&self) {
+        self.0.lock().stop = true;
+        self.0.changed.notify_all();
+    }
 }
 
 /// A running coordinator. Dropping it stops it, like [`CoordHandle::shutdown`].
@@ -237,7 +274,6 @@ pub struct CoordHandle {
     tcp: Option<Arc<TcpListener>>,
     acceptors: Vec<JoinHandle<()>>,
     driver: Option<JoinHandle<()>>,
-    started: Instant,
 }
 
 impl CoordHandle {
@@ -258,34 +294,47 @@ impl CoordHandle {
     }
 
     /// Carries out a client's command (`COMMAND what=...`) as if it came
-    /// over a connection, and returns the answer. For the console.
+    /// over a connection, and returns the answer.
     pub fn command(&self, request: &Message) -> Message {
         conn::command(&self.shared, request)
     }
 
-    /// Waits until a client asks the coordinator to quit, or, with
-    /// `exit_on_last`, until the computation's last process is gone, or,
-    /// with `unused_limit`, until that long has passed without any process.
-    pub fn wait_end(&self, exit_on_last: bool, unused_limit: Option<Duration>) -> End {
+    pub fn control(&self) -> Control {
+        Control(self.shared.clone())
+    }
+
+    /// Waits until a client asks the coordinator to quit, [`Control::stop`]
+    /// is called, or what `when` says happens. Connections still being
+    /// set up (authenticating, or made by `stasis restart` for a process
+    /// it is restoring) count as processes.
+    pub fn wait_end(&self, when: EndWhen) -> End {
         let mut st = self.shared.lock();
         loop {
             if st.quit {
                 return End::Quit;
             }
+            if st.stop {
+                return End::Stopped;
+            }
+            if when.after_checkpoint && st.last_checkpoint_unix != 0 && !st.busy {
+                drop(st);
+                self.command(&Message::new(stasis_proto::COMMAND).with("what", "kill"));
+                return End::AfterCheckpoint;
+            }
             let pending = st.conns.keys().any(|c| !st.identified.contains(c));
-            if exit_on_last && st.had_agent && st.agents.is_empty() && !pending && !st.busy {
+            let none = st.agents.is_empty() && !pending && !st.busy;
+            if when.last_gone && st.had_agent && none {
                 return End::LastGone;
             }
-            if let Some(limit) = unused_limit
-                && !st.had_agent
-                && !pending
-                && self.started.elapsed() >= limit
+            if let Some(limit) = when.idle
+                && none
+                && st.empty_since.is_some_and(|t| t.elapsed() >= limit)
             {
-                return End::Unused;
+                return End::Idle;
             }
             // Connections end without a word to the condition variable
             // when their thread has not noticed yet: look again now and then.
-            st = self.shared.wait_timeout(st, Duration::from_millis(500));
+            st = self.shared.wait_timeout(st, Duration::from_millis(200));
         }
     }
 

@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     pub(crate) changed: Condvar,
     pub(crate) checkpoint_timeout: Duration,
     pub(crate) keep: usize,
+    /// Agents compress their images.
+    pub(crate) compress: bool,
     pub(crate) ckpt_dir: PathBuf,
     /// Where agents on this node reach us (told to them after HELLO).
     pub(crate) unix_addr: Addr,
@@ -38,6 +40,7 @@ impl Shared {
             changed: Condvar::new(),
             checkpoint_timeout: cfg.checkpoint_timeout,
             keep: cfg.keep,
+            compress: cfg.compress,
             ckpt_dir,
             unix_addr,
             secret: None,
@@ -128,6 +131,10 @@ pub(crate) struct State {
     pub(crate) had_agent: bool,
     /// A client asked the coordinator to quit.
     pub(crate) quit: bool,
+    /// The coordinator's owner asked it to end (a signal).
+    pub(crate) stop: bool,
+    /// Since when no agent has been connected (None: one is).
+    pub(crate) empty_since: Option<Instant>,
     pub(crate) shutdown: bool,
 }
 
@@ -204,6 +211,8 @@ impl State {
             waiters: Vec::new(),
             had_agent: false,
             quit: false,
+            stop: false,
+            empty_since: Some(Instant::now()),
             shutdown: false,
         }
     }
@@ -235,6 +244,9 @@ impl State {
     /// for it fails.
     pub(crate) fn remove_agent(&mut self, conn: u64, why: &str) {
         self.agents.retain(|a| a.conn != conn);
+        if self.agents.is_empty() && self.empty_since.is_none() {
+            self.empty_since = Some(Instant::now());
+        }
         self.record(conn, None, Stage::Failed(why.to_string()));
     }
 
