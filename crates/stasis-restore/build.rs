@@ -25,36 +25,47 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out.join("restorer-target");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["rustc", "--release", "--quiet", "--offline", "--manifest-path"])
-        .arg(restorer.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .args([
-            "--",
-            "-C",
-            "relocation-model=pie",
-            "-C",
-            "link-arg=-nostartfiles",
-            "-C",
-            "link-arg=-nostdlib",
-            "-C",
-            "link-arg=-static-pie",
-            "-C",
-            "link-arg=-Wl,--entry=restorer_main",
-            "-C",
-            "link-arg=-Wl,-z,max-page-size=4096",
-        ])
-        // The outer build's flags and wrappers (clippy, coverage) are not
-        // meant for freestanding code.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .status()
-        .expect("run cargo to build the restorer");
+    // Offline first: the outer build has already fetched everything the
+    // restorer uses (its lock file pins the same versions). Online if not.
+    let build = |offline: bool| {
+        let mut cmd = Command::new(&cargo);
+        cmd.args(["rustc", "--release", "--quiet", "--manifest-path"]);
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.arg(restorer.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .args([
+                "--",
+                "-C",
+                "relocation-model=pie",
+                "-C",
+                "link-arg=-nostartfiles",
+                "-C",
+                "link-arg=-nostdlib",
+                "-C",
+                "link-arg=-static-pie",
+                "-C",
+                "link-arg=-Wl,--entry=restorer_main",
+                "-C",
+                "link-arg=-Wl,-z,max-page-size=4096",
+            ])
+            // The outer build's flags and wrappers (clippy, coverage) are not
+            // meant for freestanding code.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTC_WRAPPER")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .status()
+            .expect("run cargo to build the restorer")
+    };
+    let status = match build(true) {
+        s if s.success() => s,
+        _ => build(false),
+    };
     assert!(status.success(), "building crates/stasis-restorer failed");
 
     let elf_path = target_dir.join("release/stasis-restorer");
