@@ -85,6 +85,18 @@ fn comm(name: &str) -> [u8; 16] {
     out
 }
 
+/// The time to a periodic timer's next expiry, as it must be re-armed.
+///
+/// The kernel re-arms a periodic ITIMER_REAL (and a periodic POSIX timer)
+/// only when the signal of its last expiry is dequeued. A checkpoint stops
+/// the program with every signal blocked, so a timer that has just fired
+/// reads as disarmed (value 0, interval set) while its signal waits,
+/// pending. That signal is queued again at restart; the timer must be
+/// armed too, or it would never fire again: one interval from now.
+fn rearm(value: u64, interval: u64) -> u64 {
+    if value == 0 { interval } else { value }
+}
+
 fn us(v: u64) -> (i64, i64) {
     ((v / 1_000_000) as i64, (v % 1_000_000) as i64)
 }
@@ -247,7 +259,7 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
         .iter()
         .map(|t| {
             let (is, ins) = ns(t.interval_ns);
-            let (vs, vns) = ns(t.value_ns);
+            let (vs, vns) = ns(rearm(t.value_ns, t.interval_ns));
             TimerPlan {
                 id: t.id,
                 clock: t.clock,
@@ -277,7 +289,7 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
     let mut itimers = [Itimerval::default(); 3];
     for (i, t) in meta.itimers.iter().enumerate().take(3) {
         let (is, ius) = us(t.interval_us);
-        let (vs, vus) = us(t.value_us);
+        let (vs, vus) = us(rearm(t.value_us, t.interval_us));
         itimers[i] = Itimerval { interval_sec: is, interval_usec: ius, value_sec: vs, value_usec: vus };
     }
 
@@ -384,5 +396,18 @@ fn forget_rseq() {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_periodic_timer_caught_between_expiry_and_signal_is_rearmed() {
+        assert_eq!(rearm(0, 10_000), 10_000); // fired, signal pending
+        assert_eq!(rearm(2_500, 10_000), 2_500); // running
+        assert_eq!(rearm(0, 0), 0); // disarmed stays disarmed
+        assert_eq!(rearm(7, 0), 7); // one-shot
     }
 }
