@@ -93,10 +93,11 @@ pub(crate) fn after_commit(ckpt_dir: &Path, generation: &Generation, manifest: &
         Ok(entries) => {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if is_dmtcp_name(&name) && !names.contains(&name) {
-                    if let Err(err) = fs::remove_file(e.path()) {
-                        problems.push(format!("cannot remove the outdated {name}: {err}"));
-                    }
+                if is_dmtcp_name(&name)
+                    && !names.contains(&name)
+                    && let Err(err) = fs::remove_file(e.path())
+                {
+                    problems.push(format!("cannot remove the outdated {name}: {err}"));
                 }
             }
         }
