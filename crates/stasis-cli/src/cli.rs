@@ -1,19 +1,23 @@
 //! The `stasis` command line, parsed into the plain option structs that
 //! the commands take. Parsing stays here, apart from the doing, so that
-//! DMTCP's command names and flags can be parsed into the same structs.
+//! DMTCP's command names and flags (dmtcp.rs) parse into the same structs.
 //!
-//! `launch`, `restart` and `command` take `--help` but not `-h`: DMTCP's
-//! commands use `-h` for the coordinator's host.
+//! `launch`, `restart`, `command` and `coordinator` take `--help` but not
+//! `-h`: as in DMTCP, `-h` names the coordinator's host.
 
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
+use stasis_coord::client::Addr;
 
 use crate::commands::command::{Action, CommandOpts};
+use crate::commands::coordinator::CoordinatorOpts;
 use crate::commands::inspect::InspectOpts;
 use crate::commands::launch::LaunchOpts;
 use crate::commands::restart::RestartOpts;
+use crate::commands::start::Mode;
 use crate::coord_socket::CoordOpts;
 
 /// What to do, with its options.
@@ -22,7 +26,27 @@ pub enum Verb {
     Launch(LaunchOpts),
     Restart(RestartOpts),
     Command(CommandOpts),
+    Coordinator(CoordinatorOpts),
     Inspect(InspectOpts),
+}
+
+/// A parsed command line: the verb, and notes about options that are
+/// accepted but do nothing (printed unless the verb is quiet).
+#[derive(Debug)]
+pub struct Parsed {
+    pub verb: Verb,
+    pub notes: Vec<String>,
+}
+
+impl Parsed {
+    pub fn quiet(&self) -> bool {
+        match &self.verb {
+            Verb::Launch(o) => o.quiet,
+            Verb::Restart(o) => o.quiet,
+            Verb::Coordinator(o) => o.quiet,
+            Verb::Command(_) | Verb::Inspect(_) => false,
+        }
+    }
 }
 
 /// Why the command line is not a command.
@@ -32,6 +56,78 @@ pub enum NotRun {
     Asked(String),
     /// A usage error, in one line.
     Usage(String),
+}
+
+/// The environment, as the parsers see it (a function, so tests can give one).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process's environment; empty values count as unset.
+pub fn real_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The first of `names` set in the environment, with its name.
+pub fn first_env(env: Env, names: &[&'static str]) -> Option<(&'static str, String)> {
+    names.iter().find_map(|&n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (n, v.trim().to_string())))
+}
+
+/// A number from the environment, or a usage error naming the variable.
+pub fn env_number<T: std::str::FromStr>(env: Env, names: &[&'static str], what: &str) -> Result<Option<T>, NotRun> {
+    match first_env(env, names) {
+        None => Ok(None),
+        Some((name, v)) => v.parse().map(Some).map_err(|_| NotRun::Usage(format!("{name}={v} is not {what}"))),
+    }
+}
+
+/// The environment variables each personality reads for one setting.
+pub struct EnvNames {
+    pub host: &'static [&'static str],
+    pub port: &'static [&'static str],
+    pub tmpdir: &'static [&'static str],
+}
+
+pub const STASIS_ENV: EnvNames =
+    EnvNames { host: &["STASIS_COORD_HOST"], port: &["STASIS_COORD_PORT"], tmpdir: &["STASIS_TMPDIR"] };
+
+/// Merges the coordinator flags with the environment (coord_socket.rs
+/// has the rule). `exact_from_env`: whether the address a launched program
+/// was given (`STASIS_COORD_ADDR`) counts; not for a coordinator.
+pub fn coord_opts(
+    socket: Option<PathBuf>,
+    host: Option<String>,
+    port: Option<u16>,
+    tmpdir: Option<PathBuf>,
+    env: Env,
+    names: &EnvNames,
+    exact_from_env: bool,
+) -> Result<CoordOpts, NotRun> {
+    let mut addr = socket.map(Addr::Unix);
+    if addr.is_none() && host.is_none() && port.is_none() && exact_from_env {
+        if let Some(a) = env("STASIS_COORD_ADDR").filter(|v| !v.is_empty()) {
+            addr =
+                Some(Addr::parse(&a).ok_or_else(|| {
+                    NotRun::Usage(format!("STASIS_COORD_ADDR={a} is not unix:PATH or tcp:HOST:PORT"))
+                })?);
+        } else if let Some(s) = env("STASIS_COORD_SOCKET").filter(|v| !v.is_empty()) {
+            addr = Some(Addr::Unix(s.into()));
+        }
+    }
+    let host = host.or_else(|| first_env(env, names.host).map(|(_, v)| v));
+    let port = match port {
+        Some(p) => Some(p),
+        None => env_number(env, names.port, "a port number")?,
+    };
+    let tmpdir = tmpdir.or_else(|| first_env(env, names.tmpdir).map(|(_, v)| v.into()));
+    Ok(CoordOpts { addr, host, port, tmpdir })
+}
+
+/// A signal number for the agent's checkpoint signal.
+pub fn ckpt_signal(s: &str) -> Result<i32, String> {
+    let n: i32 = s.trim().parse().map_err(|_| format!("{s:?} is not a signal number"))?;
+    if !(1..=64).contains(&n) || n == libc::SIGKILL || n == libc::SIGSTOP {
+        return Err(format!("{n} cannot be the checkpoint signal (1 to 64, not SIGKILL or SIGSTOP)"));
+    }
+    Ok(n)
 }
 
 #[derive(Parser, Debug)]
@@ -51,12 +147,15 @@ enum VerbArgs {
     /// Run a program under stasis, checkpointable
     #[command(disable_help_flag = true, override_usage = "stasis launch [OPTIONS] [--] PROGRAM [ARGS]...")]
     Launch(LaunchArgs),
-    /// Bring a checkpointed program back
+    /// Bring a checkpointed computation back
     #[command(disable_help_flag = true)]
     Restart(RestartArgs),
-    /// Ask a running computation's coordinator to checkpoint, report, change the interval or kill
+    /// Ask a running computation's coordinator to checkpoint, report, change the interval, kill or quit
     #[command(disable_help_flag = true)]
     Command(CommandArgs),
+    /// Run a coordinator: every process of a computation connects to it
+    #[command(disable_help_flag = true)]
+    Coordinator(CoordinatorArgs),
     /// Show what an image holds
     Inspect(InspectArgs),
 }
@@ -64,17 +163,50 @@ enum VerbArgs {
 /// How to reach the coordinator.
 #[derive(Args, Debug)]
 struct CoordArgs {
-    /// The coordinator's port; names its socket (default 7779, or STASIS_COORD_PORT)
+    /// The coordinator's host (default: this one, or STASIS_COORD_HOST)
+    #[arg(short = 'h', long = "coord-host", value_name = "HOST")]
+    host: Option<String>,
+    /// The coordinator's port (default 7779, or STASIS_COORD_PORT; 0: a free one, for a new coordinator)
     #[arg(short = 'p', long = "coord-port", value_name = "PORT")]
     port: Option<u16>,
-    /// The coordinator's socket (default: STASIS_COORD_SOCKET, else from the port)
+    /// The coordinator's Unix socket, instead of the one its port names
     #[arg(long = "coord-socket", value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Where the per-user directory of coordinator sockets goes (default /tmp, or STASIS_TMPDIR)
+    #[arg(long = "tmpdir", value_name = "DIR")]
+    tmpdir: Option<PathBuf>,
 }
 
-impl From<CoordArgs> for CoordOpts {
-    fn from(a: CoordArgs) -> Self {
-        CoordOpts { socket: a.socket, port: a.port }
+impl CoordArgs {
+    fn opts(self, env: Env) -> Result<CoordOpts, NotRun> {
+        coord_opts(self.socket, self.host, self.port, self.tmpdir, env, &STASIS_ENV, true)
+    }
+}
+
+/// Whether to join a running coordinator or start one.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("mode").multiple(false)))]
+struct ModeArgs {
+    /// Join the coordinator that runs there; fail if none does
+    #[arg(short = 'j', long = "join-coordinator", group = "mode")]
+    join: bool,
+    /// Start a coordinator; fail if one runs there already
+    #[arg(long = "new-coordinator", group = "mode")]
+    new: bool,
+    /// Join the coordinator that runs there, or start one in the background (the default)
+    #[arg(long = "any-coordinator", group = "mode")]
+    any: bool,
+}
+
+impl ModeArgs {
+    fn mode(&self) -> Mode {
+        if self.join {
+            Mode::Join
+        } else if self.new {
+            Mode::New
+        } else {
+            Mode::Any
+        }
     }
 }
 
@@ -91,6 +223,20 @@ struct LaunchArgs {
     keep: u32,
     #[command(flatten)]
     coord: CoordArgs,
+    #[command(flatten)]
+    mode: ModeArgs,
+    /// Write the coordinator's TCP port to FILE
+    #[arg(long = "port-file", value_name = "FILE")]
+    port_file: Option<PathBuf>,
+    /// Where a coordinator started in the background writes its messages (default: stderr)
+    #[arg(long = "coord-logfile", value_name = "FILE")]
+    coord_logfile: Option<PathBuf>,
+    /// The signal the agent stops threads with (default: 62, a real-time signal)
+    #[arg(long = "ckpt-signal", value_name = "SIGNUM", value_parser = ckpt_signal)]
+    ckpt_signal: Option<i32>,
+    /// Print no notes, only errors
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
@@ -112,12 +258,26 @@ struct RestartArgs {
     keep: u32,
     #[command(flatten)]
     coord: CoordArgs,
+    #[command(flatten)]
+    mode: ModeArgs,
+    /// Write the coordinator's TCP port to FILE
+    #[arg(long = "port-file", value_name = "FILE")]
+    port_file: Option<PathBuf>,
+    /// Where a coordinator started in the background writes its messages (default: stderr)
+    #[arg(long = "coord-logfile", value_name = "FILE")]
+    coord_logfile: Option<PathBuf>,
+    /// Images named without a directory are in DIR; with no image, restart DIR
+    #[arg(long = "restartdir", value_name = "DIR")]
+    restart_dir: Option<PathBuf>,
+    /// Print no notes, only errors
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
-    /// A checkpoint directory (its newest committed generation), a generation directory, or an image
+    /// Checkpoint directories (their newest committed generation), generation directories, or images
     #[arg(value_name = "DIR|IMAGE")]
-    target: PathBuf,
+    targets: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -125,24 +285,88 @@ struct RestartArgs {
 struct CommandArgs {
     #[command(flatten)]
     coord: CoordArgs,
+    /// The computation's checkpoint directory, where its secret is (for a coordinator reached over TCP)
+    #[arg(long = "ckptdir", value_name = "DIR")]
+    ckpt_dir: Option<PathBuf>,
     /// Checkpoint now; wait until the generation is committed
     #[arg(short = 'c', long, group = "action")]
     checkpoint: bool,
     /// Checkpoint now and wait until the generation is committed
     #[arg(long, group = "action")]
     bcheckpoint: bool,
+    /// Checkpoint now, wait until the generation is committed, then kill the computation
+    #[arg(long, group = "action")]
+    kcheckpoint: bool,
     /// Report the computation's state
     #[arg(short = 's', long, group = "action")]
     status: bool,
+    /// List the computation's processes
+    #[arg(short = 'l', long, group = "action")]
+    list: bool,
     /// Checkpoint every SECONDS from now on (0: only on request)
     #[arg(short = 'i', long, value_name = "SECONDS", group = "action")]
     interval: Option<u32>,
     /// Kill every process of the computation
     #[arg(short = 'k', long, group = "action")]
     kill: bool,
+    /// Kill every process of the computation and end its coordinator
+    #[arg(short = 'q', long, group = "action")]
+    quit: bool,
     /// Print the answer as one JSON object
     #[arg(long)]
     json: bool,
+    /// Print help
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+}
+
+#[derive(Args, Debug)]
+struct CoordinatorArgs {
+    /// The TCP port to listen on (default 7779, or STASIS_COORD_PORT; 0: any free one)
+    #[arg(short = 'p', long = "coord-port", visible_alias = "port", value_name = "PORT")]
+    port: Option<u16>,
+    /// Listen on this Unix socket (then on TCP only if -p is given)
+    #[arg(long = "coord-socket", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Where the per-user directory of coordinator sockets goes (default /tmp, or STASIS_TMPDIR)
+    #[arg(long = "tmpdir", value_name = "DIR")]
+    tmpdir: Option<PathBuf>,
+    /// The address TCP listens on (default: every interface; the secret guards it)
+    #[arg(long = "listen", value_name = "ADDRESS")]
+    listen: Option<IpAddr>,
+    /// Where generations, the secret and the restart script go (default: the current directory)
+    #[arg(long = "ckptdir", value_name = "DIR")]
+    ckpt_dir: Option<PathBuf>,
+    /// Checkpoint every SECONDS (0: only on request)
+    #[arg(short = 'i', long = "interval", value_name = "SECONDS")]
+    interval: Option<u32>,
+    /// How many committed generations to keep
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    keep: u32,
+    /// Exit when the last process of the computation is gone
+    #[arg(long = "exit-on-last")]
+    exit_on_last: bool,
+    /// Kill the computation and exit after the first checkpoint
+    #[arg(long = "exit-after-ckpt")]
+    exit_after_ckpt: bool,
+    /// Exit after SECONDS without any process
+    #[arg(long = "timeout", value_name = "SECONDS")]
+    timeout: Option<u32>,
+    /// Run in the background, without a console
+    #[arg(long)]
+    daemon: bool,
+    /// Write the TCP port to FILE once listening
+    #[arg(long = "port-file", value_name = "FILE")]
+    port_file: Option<PathBuf>,
+    /// Write messages to FILE instead of stderr
+    #[arg(long = "coord-logfile", value_name = "FILE")]
+    coord_logfile: Option<PathBuf>,
+    /// Print no notes, only errors
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+    /// Once listening, write "OK port=... socket=..." to this descriptor and close it (for launch)
+    #[arg(long = "ready-fd", value_name = "FD", hide = true)]
+    ready_fd: Option<i32>,
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
@@ -161,45 +385,96 @@ struct InspectArgs {
     image: PathBuf,
 }
 
+/// The current directory, where the secret of a computation checkpointed
+/// here would be.
+pub fn cwd() -> Option<PathBuf> {
+    std::env::current_dir().ok()
+}
+
 /// Parses `stasis VERB ...`.
-pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Verb, NotRun> {
-    let cli = Cli::try_parse_from(args).map_err(not_run)?;
-    Ok(match cli.verb {
+pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parsed, NotRun> {
+    let cli = Cli::try_parse_from(args).map_err(|e| not_run(e, "stasis"))?;
+    let verb = match cli.verb {
         VerbArgs::Launch(a) => Verb::Launch(LaunchOpts {
-            coord: a.coord.into(),
+            mode: a.mode.mode(),
+            coord: a.coord.opts(env)?,
             interval_s: a.interval,
             ckpt_dir: a.ckpt_dir,
             keep: a.keep as usize,
+            port_file: a.port_file,
+            coord_logfile: a.coord_logfile,
+            ckpt_signal: a.ckpt_signal,
+            quiet: a.quiet,
             program: a.program,
         }),
-        VerbArgs::Restart(a) => Verb::Restart(RestartOpts {
-            coord: a.coord.into(),
-            interval_s: a.interval,
-            ckpt_dir: a.ckpt_dir,
-            keep: a.keep as usize,
-            target: a.target,
-        }),
+        VerbArgs::Restart(a) => {
+            if a.targets.is_empty() && a.restart_dir.is_none() {
+                return Err(NotRun::Usage(
+                    "restart needs a checkpoint directory or images (see stasis restart --help)".into(),
+                ));
+            }
+            Verb::Restart(RestartOpts {
+                mode: a.mode.mode(),
+                coord: a.coord.opts(env)?,
+                interval_s: a.interval,
+                ckpt_dir: a.ckpt_dir,
+                keep: a.keep as usize,
+                port_file: a.port_file,
+                coord_logfile: a.coord_logfile,
+                restart_dir: a.restart_dir,
+                quiet: a.quiet,
+                targets: a.targets,
+            })
+        }
         VerbArgs::Command(a) => {
             let action = if a.checkpoint {
                 Action::Checkpoint
             } else if a.bcheckpoint {
                 Action::BlockingCheckpoint
+            } else if a.kcheckpoint {
+                Action::CheckpointThenKill
             } else if a.status {
                 Action::Status
+            } else if a.list {
+                Action::List
             } else if a.kill {
                 Action::Kill
+            } else if a.quit {
+                Action::Quit
             } else if let Some(s) = a.interval {
                 Action::Interval(s)
             } else {
                 unreachable!("clap requires one action")
             };
-            Verb::Command(CommandOpts { coord: a.coord.into(), action, json: a.json })
+            let secret_dirs = a.ckpt_dir.into_iter().chain(cwd()).collect();
+            Verb::Command(CommandOpts { coord: a.coord.opts(env)?, action, json: a.json, secret_dirs, dmtcp: false })
+        }
+        VerbArgs::Coordinator(a) => {
+            let coord = coord_opts(a.socket, None, a.port, a.tmpdir, env, &STASIS_ENV, false)?;
+            Verb::Coordinator(CoordinatorOpts {
+                coord,
+                listen: a.listen,
+                ckpt_dir: a.ckpt_dir,
+                interval_s: a.interval.unwrap_or(0),
+                keep: a.keep as usize,
+                exit_on_last: a.exit_on_last,
+                exit_after_ckpt: a.exit_after_ckpt,
+                idle_timeout: a.timeout,
+                daemon: a.daemon,
+                port_file: a.port_file,
+                coord_logfile: a.coord_logfile,
+                quiet: a.quiet,
+                ready_fd: a.ready_fd,
+            })
         }
         VerbArgs::Inspect(a) => Verb::Inspect(InspectOpts { image: a.image, verify: a.verify || !a.no_verify }),
-    })
+    };
+    Ok(Parsed { verb, notes: Vec::new() })
 }
 
-fn not_run(e: clap::Error) -> NotRun {
+/// A clap error as [`NotRun`]: help and version for stdout, else the
+/// first paragraph of the message, on one line, with where to look.
+pub fn not_run(e: clap::Error, name: &str) -> NotRun {
     use clap::error::ErrorKind;
     let text = e.render().to_string();
     match e.kind() {
@@ -210,7 +485,7 @@ fn not_run(e: clap::Error) -> NotRun {
                 text.lines().map(str::trim).skip_while(|l| l.is_empty()).take_while(|l| !l.is_empty()).collect();
             let first = first.join(" ");
             let first = first.strip_prefix("error: ").unwrap_or(&first);
-            NotRun::Usage(format!("{first} (see stasis --help)"))
+            NotRun::Usage(format!("{first} (see {name} --help)"))
         }
     }
 }
@@ -219,8 +494,14 @@ fn not_run(e: clap::Error) -> NotRun {
 mod tests {
     use super::*;
 
+    fn parse_env(args: &[&str], vars: &[(&str, &str)]) -> Result<Verb, NotRun> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        parse(std::iter::once("stasis").chain(args.iter().copied()).map(OsString::from), &env).map(|p| p.verb)
+    }
+
     fn parse_str(args: &[&str]) -> Result<Verb, NotRun> {
-        parse(std::iter::once("stasis").chain(args.iter().copied()).map(OsString::from))
+        parse_env(args, &[])
     }
 
     #[test]
@@ -231,25 +512,69 @@ mod tests {
         };
         assert_eq!(o.interval_s, Some(60));
         assert_eq!(o.ckpt_dir, Some(PathBuf::from("ck")));
-        assert_eq!(o.keep, 2);
+        assert_eq!((o.keep, o.mode, o.quiet), (2, Mode::Any, false));
         assert_eq!(o.program, ["./prog", "-i", "--help"]);
         let Ok(Verb::Launch(o)) = parse_str(&["launch", "--keep", "5", "-p", "9000", "--", "-weird", "x"]) else {
             panic!()
         };
         assert_eq!((o.keep, o.coord.port), (5, Some(9000)));
         assert_eq!(o.program, ["-weird", "x"]);
+        let Ok(Verb::Launch(o)) =
+            parse_str(&["launch", "-j", "-h", "node3", "--ckpt-signal", "12", "-q", "--port-file", "pf", "prog"])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (o.mode, o.coord.host.as_deref(), o.ckpt_signal, o.quiet),
+            (Mode::Join, Some("node3"), Some(12), true)
+        );
+        assert_eq!(o.port_file, Some(PathBuf::from("pf")));
+        let Ok(Verb::Launch(o)) = parse_str(&["launch", "--new-coordinator", "prog"]) else { panic!() };
+        assert_eq!(o.mode, Mode::New);
+    }
+
+    #[test]
+    fn the_environment_names_the_coordinator_after_the_flags() {
+        let coord = |args: &[&str], vars: &[(&str, &str)]| match parse_env(args, vars) {
+            Ok(Verb::Command(o)) => o.coord,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        let c = coord(&["command", "-s"], &[("STASIS_COORD_ADDR", "tcp:n1:7000"), ("STASIS_COORD_PORT", "9")]);
+        assert_eq!(c.addr, Some(Addr::Tcp { host: "n1".into(), port: 7000 }));
+        let c = coord(&["command", "-s", "-p", "8"], &[("STASIS_COORD_ADDR", "tcp:n1:7000")]);
+        assert_eq!((c.addr, c.port), (None, Some(8)));
+        let c = coord(&["command", "-s"], &[("STASIS_COORD_SOCKET", "/s.sock"), ("STASIS_TMPDIR", "/t")]);
+        assert_eq!((c.addr, c.tmpdir), (Some(Addr::Unix("/s.sock".into())), Some(PathBuf::from("/t"))));
+        let c = coord(&["command", "-s"], &[("STASIS_COORD_HOST", "n2"), ("STASIS_COORD_PORT", "7001")]);
+        assert_eq!((c.host.as_deref(), c.port), (Some("n2"), Some(7001)));
+        // DMTCP's variables are for the DMTCP names only.
+        assert_eq!(coord(&["command", "-s"], &[("DMTCP_COORD_PORT", "7001")]).port, None);
+        for (k, v) in [("STASIS_COORD_PORT", "lots"), ("STASIS_COORD_ADDR", "/x.sock")] {
+            match parse_env(&["command", "-s"], &[(k, v)]) {
+                Err(NotRun::Usage(m)) => assert!(m.contains(k) && m.contains(v), "{m}"),
+                other => panic!("{k}={v}: {other:?}"),
+            }
+        }
+        // A coordinator does not listen where a launched program was told to connect.
+        let Ok(Verb::Coordinator(o)) = parse_env(&["coordinator"], &[("STASIS_COORD_ADDR", "unix:/x.sock")]) else {
+            panic!()
+        };
+        assert_eq!(o.coord.addr, None);
     }
 
     #[test]
     fn usage_errors_are_one_line() {
         for args in [
             &["launch"][..],
-            &["launch", "-h", "host", "prog"],
+            &["launch", "-h", "host"],
             &["launch", "--keep", "0", "prog"],
+            &["launch", "-j", "--new-coordinator", "prog"],
+            &["launch", "--ckpt-signal", "9", "prog"],
             &["command"],
             &["command", "-c", "-s"],
             &["command", "-i", "soon"],
             &["restart"],
+            &["coordinator", "-p", "port"],
             &["nonsense"],
         ] {
             match parse_str(args) {
@@ -261,7 +586,7 @@ mod tests {
 
     #[test]
     fn help_is_long_only_for_the_dmtcp_like_verbs() {
-        for verb in ["launch", "restart", "command"] {
+        for verb in ["launch", "restart", "command", "coordinator"] {
             assert!(matches!(parse_str(&[verb, "--help"]), Err(NotRun::Asked(_))), "{verb}");
         }
         assert!(matches!(parse_str(&["inspect", "-h"]), Err(NotRun::Asked(_))));
@@ -276,9 +601,38 @@ mod tests {
         };
         assert_eq!(action(&["command", "-c"]), (Action::Checkpoint, false));
         assert_eq!(action(&["command", "--bcheckpoint", "--json"]), (Action::BlockingCheckpoint, true));
+        assert_eq!(action(&["command", "--kcheckpoint"]), (Action::CheckpointThenKill, false));
         assert_eq!(action(&["command", "-s"]), (Action::Status, false));
+        assert_eq!(action(&["command", "-l"]), (Action::List, false));
         assert_eq!(action(&["command", "--interval", "30"]), (Action::Interval(30), false));
         assert_eq!(action(&["command", "-k", "--coord-socket", "/s"]), (Action::Kill, false));
+        assert_eq!(action(&["command", "-q"]), (Action::Quit, false));
+        let Ok(Verb::Command(o)) = parse_str(&["command", "-s", "--ckptdir", "/ck"]) else { panic!() };
+        assert_eq!(o.secret_dirs.first(), Some(&PathBuf::from("/ck")));
+    }
+
+    #[test]
+    fn coordinator_options() {
+        let Ok(Verb::Coordinator(o)) = parse_str(&[
+            "coordinator",
+            "-p",
+            "0",
+            "--port-file",
+            "pf",
+            "--ckptdir",
+            "ck",
+            "-i",
+            "30",
+            "--exit-on-last",
+            "--daemon",
+            "--listen",
+            "127.0.0.1",
+        ]) else {
+            panic!()
+        };
+        assert_eq!((o.coord.port, o.interval_s, o.exit_on_last, o.daemon), (Some(0), 30, true, true));
+        assert_eq!((o.port_file, o.ckpt_dir), (Some(PathBuf::from("pf")), Some(PathBuf::from("ck"))));
+        assert_eq!(o.listen, Some("127.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -294,10 +648,14 @@ mod tests {
     }
 
     #[test]
-    fn restart_target() {
+    fn restart_targets() {
         let Ok(Verb::Restart(o)) = parse_str(&["restart", "--coord-socket", "/s.sock", "ck"]) else { panic!() };
-        assert_eq!(o.target, PathBuf::from("ck"));
-        assert_eq!(o.coord.socket, Some(PathBuf::from("/s.sock")));
+        assert_eq!(o.targets, [PathBuf::from("ck")]);
+        assert_eq!(o.coord.addr, Some(Addr::Unix("/s.sock".into())));
         assert_eq!(o.interval_s, None);
+        let Ok(Verb::Restart(o)) = parse_str(&["restart", "-j", "a.dmtcp", "b.dmtcp"]) else { panic!() };
+        assert_eq!((o.targets.len(), o.mode), (2, Mode::Join));
+        let Ok(Verb::Restart(o)) = parse_str(&["restart", "--restartdir", "/ck"]) else { panic!() };
+        assert_eq!((o.targets.len(), o.restart_dir), (0, Some(PathBuf::from("/ck"))));
     }
 }

@@ -53,8 +53,8 @@ impl Blocked {
         }
     }
 
-    /// Starts the thread that sends the blocked signals on to `pid`.
-    pub fn forward_to(self, pid: i32) -> io::Result<()> {
+    /// Starts the thread that sends the blocked signals on to `pids`.
+    pub fn forward_to(self, pids: Vec<i32>) -> io::Result<()> {
         let set = self.set;
         std::thread::Builder::new().name("stasis-signals".into()).spawn(move || {
             loop {
@@ -63,20 +63,22 @@ impl Blocked {
                 // SAFETY: waits for one of the signals of `set`, which
                 // this and every thread keep blocked.
                 let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
-                if sig <= 0 || !should_forward(&info, pid) {
+                if sig <= 0 || !should_forward(&info, &pids) {
                     continue;
                 }
-                // SAFETY: kill only takes numbers.
-                unsafe { libc::kill(pid, sig) };
+                for &pid in &pids {
+                    // SAFETY: kill only takes numbers.
+                    unsafe { libc::kill(pid, sig) };
+                }
             }
         })?;
         Ok(())
     }
 }
 
-/// Everything sent by a process, except by the program itself; not what
-/// the kernel sent (the terminal's ^C, which the program got too).
-fn should_forward(info: &libc::siginfo_t, pid: i32) -> bool {
+/// Everything sent by a process, except by the programs themselves; not
+/// what the kernel sent (the terminal's ^C, which the program got too).
+fn should_forward(info: &libc::siginfo_t, pids: &[i32]) -> bool {
     if info.si_code == libc::SI_KERNEL {
         return false;
     }
@@ -86,5 +88,5 @@ fn should_forward(info: &libc::siginfo_t, pid: i32) -> bool {
     // SAFETY: si_code <= 0: sent by kill, sigqueue or tgkill, for which the
     // kernel fills si_pid.
     let sender = unsafe { info.si_pid() };
-    sender != pid
+    !pids.contains(&sender)
 }

@@ -113,9 +113,9 @@ fn launch_refuses_cleanly() {
     assert_eq!(o.status.code(), Some(127), "{o:?}");
     assert!(stderr(&o).starts_with("stasis: cannot run "), "{o:?}");
 
-    // A coordinator already there.
+    // A coordinator already there: --new-coordinator refuses to join it.
     let _other = Coordinator::bind(CoordConfig::new(sock.clone(), t.path().join("ck"))).unwrap().spawn().unwrap();
-    let o = run(stasis().arg("launch").arg("--coord-socket").arg(&sock).arg("true"));
+    let o = run(stasis().arg("launch").arg("--new-coordinator").arg("--coord-socket").arg(&sock).arg("true"));
     refused(&o, "already listening");
 
     // A socket directory others may write to.
@@ -239,8 +239,10 @@ impl Drop for Computation {
     }
 }
 
-/// Answers CHECKPOINT by writing a file; returns the verbs it received.
+/// Goes through the checkpoint's phases and writes a one-byte file as its
+/// image; returns the verbs it received.
 fn fake_agent(s: UnixStream) -> Vec<String> {
+    let mut dir: Option<PathBuf> = None;
     let hello = Message::new("HELLO")
         .with("pid", 4242)
         .with("name", "fake")
@@ -252,13 +254,21 @@ fn fake_agent(s: UnixStream) -> Vec<String> {
     for line in BufReader::new(&s).lines() {
         let Ok(line) = line else { break };
         let m = Message::decode(&line).unwrap();
-        if m.verb == "CHECKPOINT" {
-            let dir = Path::new(m.get("dir").unwrap());
-            std::fs::write(dir.join("fake.img"), b"x").unwrap();
-            let reply = Message::new("WRITTEN")
-                .with("generation", m.get("generation").unwrap())
-                .with("image", "fake.img")
-                .with("bytes", 1);
+        let generation = m.get("generation").unwrap_or("0").to_string();
+        let reply = match m.verb.as_str() {
+            "SUSPEND" => {
+                dir = Some(PathBuf::from(m.get("dir").unwrap()));
+                Some(Message::new("SUSPENDED").with("generation", &generation))
+            }
+            "SNAPSHOT" => Some(Message::new("SNAPSHOTTED").with("generation", &generation).with("pause_us", 5)),
+            // After SNAPSHOTTED, RESUME means "write the image".
+            "RESUME" if dir.is_some() => {
+                std::fs::write(dir.take().unwrap().join("fake.img"), b"x").unwrap();
+                Some(Message::new("WRITTEN").with("generation", &generation).with("image", "fake.img").with("bytes", 1))
+            }
+            _ => None,
+        };
+        if let Some(reply) = reply {
             (&s).write_all(reply.encode().as_bytes()).unwrap();
         }
         seen.push(m.verb);
@@ -303,7 +313,8 @@ fn command_checkpoint_status_interval_kill() {
     let mut c = c;
     drop(c.coord.take());
     let seen = c.agent.take().unwrap().join().unwrap();
-    assert_eq!(seen, ["CHECKPOINT", "CHECKPOINT", "KILL"]);
+    assert_eq!(seen.iter().filter(|v| *v == "SUSPEND").count(), 2, "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("KILL"), "{seen:?}");
 }
 
 #[test]

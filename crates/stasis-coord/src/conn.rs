@@ -186,6 +186,7 @@ fn greet(st: &mut State, conn: u64, link: &Arc<Conn>, hello: &Message) -> Result
     }
     st.reported_generation = st.reported_generation.max(generation);
     st.had_agent = true;
+    st.empty_since = None;
     let name = hello.get("name").unwrap_or("").to_string();
     match st.agents.iter_mut().find(|a| a.conn == conn) {
         // A second HELLO on one connection updates what we know.
@@ -328,9 +329,8 @@ pub(crate) fn command(shared: &Shared, msg: &Message) -> Message {
             {
                 let mut st = shared.lock();
                 if if_idle {
-                    let pending = st.conns.keys().filter(|c| !st.identified.contains(c)).count();
                     let live = st.live_agents();
-                    if live + pending > 0 {
+                    if live + st.pending_conns() > 0 {
                         return Message::new(proto::OK).with("quit", 0).with("processes", live);
                     }
                 }

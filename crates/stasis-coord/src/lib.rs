@@ -321,8 +321,7 @@ impl CoordHandle {
                 self.command(&Message::new(stasis_proto::COMMAND).with("what", "kill"));
                 return End::AfterCheckpoint;
             }
-            let pending = st.conns.keys().any(|c| !st.identified.contains(c));
-            let none = st.agents.is_empty() && !pending && !st.busy;
+            let none = st.agents.is_empty() && st.pending_conns() == 0 && !st.busy;
             if when.last_gone && st.had_agent && none {
                 return End::LastGone;
             }

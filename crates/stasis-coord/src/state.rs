@@ -256,6 +256,12 @@ impl State {
         self.agents.iter().filter(|a| !a.link.stream.peer_gone()).count()
     }
 
+    /// Connections whose first line has not come and whose peer is still
+    /// there: processes being restored, or peers authenticating.
+    pub(crate) fn pending_conns(&self) -> usize {
+        self.conns.iter().filter(|(c, link)| !self.identified.contains(c) && !link.stream.peer_gone()).count()
+    }
+
     /// The answer to `COMMAND what=status`.
     pub(crate) fn status(&self, shared: &Shared) -> Message {
         let mut m = Message::new(proto::OK)

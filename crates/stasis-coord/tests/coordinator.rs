@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use stasis_coord::client::{self, Addr, ClientError};
 use stasis_coord::secret::Secret;
 use stasis_coord::stream::Stream;
-use stasis_coord::{CoordConfig, CoordHandle, Coordinator, End};
+use stasis_coord::{CoordConfig, CoordHandle, Coordinator, End, EndWhen};
 use stasis_image::CheckpointDir;
 use stasis_proto::Message;
 
@@ -514,7 +514,21 @@ fn quit_kills_and_ends_the_coordinator() {
     let r = t.command(&[("what", "quit")]);
     assert_eq!((ok(&r).get("quit"), r.get("processes")), (Some("1"), Some("1")));
     assert_eq!(a.kills.recv_timeout(Duration::from_secs(5)), Ok(101));
-    assert_eq!(coord.wait_end(false, None), End::Quit);
+    assert_eq!(coord.wait_end(EndWhen::default()), End::Quit);
+}
+
+#[test]
+fn exit_after_checkpoint_kills_once_a_generation_is_committed() {
+    let t = Test::new();
+    let coord = t.start();
+    let a = t.agent(101, "alpha", Behaviour::Write);
+    t.wait_processes(1);
+    let sock = t.sock.clone();
+    let client = thread::spawn(move || command(&sock, &[("what", "checkpoint")]));
+    let when = EndWhen { after_checkpoint: true, ..Default::default() };
+    assert_eq!(coord.wait_end(when), End::AfterCheckpoint);
+    ok(&client.join().unwrap());
+    assert_eq!(a.kills.recv_timeout(Duration::from_secs(5)), Ok(101));
 }
 
 #[test]
@@ -527,11 +541,15 @@ fn exit_on_last_waits_for_the_last_process() {
     drop(a);
     t.wait_processes(1);
     drop(b);
-    assert_eq!(coord.wait_end(true, None), End::LastGone);
+    assert_eq!(coord.wait_end(EndWhen { last_gone: true, ..Default::default() }), End::LastGone);
     // A coordinator that nobody ever joined ends when told to give up.
     let other = Test::new();
     let idle = other.start();
-    assert_eq!(idle.wait_end(true, Some(Duration::from_millis(100))), End::Unused);
+    let when = EndWhen { last_gone: true, idle: Some(Duration::from_millis(100)), ..Default::default() };
+    assert_eq!(idle.wait_end(when), End::Idle);
+    let control = idle.control();
+    thread::spawn(move || control.stop());
+    assert_eq!(idle.wait_end(EndWhen::default()), End::Stopped);
     let r = other.command(&[("what", "quit"), ("if_idle", "1")]);
     assert_eq!(ok(&r).get("quit"), Some("1"));
 }

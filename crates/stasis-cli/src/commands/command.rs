@@ -1,41 +1,55 @@
-//! `stasis command`: one request to a running coordinator, its answer
-//! printed for people or as JSON.
+//! `stasis command` (and `dmtcp_command`): requests to a running
+//! coordinator, the answers printed for people or as JSON.
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
+use stasis_coord::client;
 use stasis_proto::{self as proto, Message};
 
 use crate::coord_socket::{self, CoordOpts};
 use crate::exit::Exit;
 use crate::output::print;
+use crate::reach;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// For now as blocking as the next one; the wait will become optional.
+    /// Checkpoint and wait until the generation is committed.
     Checkpoint,
+    /// Same, under the name DMTCP gives it (`--bcheckpoint`).
     BlockingCheckpoint,
+    /// Start a checkpoint and return once it has begun (`dmtcp_command -c`).
+    StartCheckpoint,
+    /// Checkpoint, wait for the commit, then kill (`--kcheckpoint`).
+    CheckpointThenKill,
     Status,
+    /// The processes only.
+    List,
     Interval(u32),
     Kill,
+    /// Kill the computation and end the coordinator.
+    Quit,
 }
 
 impl Action {
-    fn what(self) -> &'static str {
+    pub(crate) fn what(self) -> &'static str {
         match self {
-            Action::Checkpoint | Action::BlockingCheckpoint => "checkpoint",
-            Action::Status => "status",
+            Action::Checkpoint | Action::BlockingCheckpoint | Action::StartCheckpoint | Action::CheckpointThenKill => {
+                "checkpoint"
+            }
+            Action::Status | Action::List => "status",
             Action::Interval(_) => "interval",
             Action::Kill => "kill",
+            Action::Quit => "quit",
         }
     }
 
-    fn request(self) -> Message {
+    pub(crate) fn request(self) -> Message {
         let m = Message::new(proto::COMMAND).with("what", self.what());
         match self {
             Action::Interval(s) => m.with("seconds", s),
+            Action::StartCheckpoint => m.with("wait", "started"),
             _ => m,
         }
     }
@@ -46,48 +60,57 @@ pub struct CommandOpts {
     pub coord: CoordOpts,
     pub action: Action,
     pub json: bool,
+    /// Where to look for the computation's secret when the coordinator is
+    /// reached over TCP (after STASIS_COORD_SECRET).
+    pub secret_dirs: Vec<PathBuf>,
+    /// Called as dmtcp_command: the status also says NUM_PEERS=..., as
+    /// scripts written for DMTCP look for.
+    pub dmtcp: bool,
 }
 
 pub fn run(opts: CommandOpts) -> Result<Exit> {
-    let socket = coord_socket::resolve(&opts.coord)?;
-    let stream = match UnixStream::connect(&socket) {
-        Ok(s) => s,
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
-            bail!("no coordinator at {} (is the computation running?)", socket.display())
-        }
-        Err(e) => {
-            return Err(e).context(format!("cannot reach the coordinator at {}", socket.display()));
-        }
+    let target = coord_socket::resolve(&opts.coord)?;
+    let reached = reach::reach(&target, &opts.secret_dirs)?.map_err(|why| anyhow!(why))?;
+    let actions: &[Action] = match opts.action {
+        Action::CheckpointThenKill => &[Action::Checkpoint, Action::Kill],
+        _ => std::slice::from_ref(&opts.action),
     };
-    let reply = ask(&stream, &opts.action.request())
-        .with_context(|| format!("talking to the coordinator at {}", socket.display()))?;
-    let ok = reply.verb == proto::OK;
-    if opts.json {
-        print(&format!("{}\n", to_json(&reply)))?;
-    } else if ok {
-        print(&human(opts.action, &reply, unix_now()))?;
-    } else {
-        let reason = reply.get("reason").unwrap_or("no reason given");
-        eprintln!("stasis: {} failed: {reason}", opts.action.what());
+    for &action in actions {
+        let reply = client::ask(&reached.stream, &action.request())
+            .with_context(|| format!("talking to the coordinator at {}", reached.addr))?;
+        let ok = reply.verb == proto::OK;
+        if opts.json {
+            print(&format!("{}\n", to_json(&reply)))?;
+        } else if ok {
+            let mut text = human(action, &reply, unix_now());
+            if opts.dmtcp && action == Action::Status {
+                text = format!("{}{text}", dmtcp_keys(&reply));
+            }
+            print(&text)?;
+        } else {
+            let reason = reply.get("reason").unwrap_or("no reason given");
+            eprintln!("stasis: {} failed: {reason}", action.what());
+        }
+        if !ok {
+            return Ok(Exit::Code(1));
+        }
     }
-    Ok(Exit::Code(if ok { 0 } else { 1 }))
-}
-
-fn ask(mut stream: &UnixStream, request: &Message) -> Result<Message> {
-    stream.write_all(request.encode().as_bytes())?;
-    let mut line = String::new();
-    if BufReader::new(stream).read_line(&mut line)? == 0 {
-        bail!("the coordinator closed the connection without answering");
-    }
-    let reply = Message::decode(&line)?;
-    if reply.verb != proto::OK && reply.verb != proto::ERROR {
-        bail!("unexpected answer {}", reply.verb);
-    }
-    Ok(reply)
+    Ok(Exit::Code(0))
 }
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The lines of DMTCP's status that scripts look for.
+fn dmtcp_keys(reply: &Message) -> String {
+    let get = |k: &str| reply.get(k).unwrap_or("0");
+    format!(
+        "NUM_PEERS={}\nRUNNING={}\nCKPT_INTERVAL={}\n",
+        get("processes"),
+        if get("state") == "running" && get("processes") != "0" { "yes" } else { "no" },
+        get("interval")
+    )
 }
 
 /// Fields of one process in a status answer: `proc.<i>.<key>`.
@@ -106,11 +129,44 @@ fn processes(reply: &Message) -> Vec<Vec<(&str, &str)>> {
     out
 }
 
+/// One process of a status answer, for people.
+fn process_line(p: &[(&str, &str)]) -> String {
+    let field = |k: &str| p.iter().find(|(key, _)| *key == k).map_or("?", |(_, v)| *v);
+    let mut l = format!("  pid {} {}", field("pid"), field("name"));
+    if field("restored") == "1" {
+        l.push_str(" (restored)");
+    }
+    for (k, v) in p {
+        if !matches!(*k, "pid" | "name" | "restored") {
+            l.push_str(&format!(" {k}={v}"));
+        }
+    }
+    l.push('\n');
+    l
+}
+
 /// The answer for people.
-fn human(action: Action, reply: &Message, now: u64) -> String {
+pub(crate) fn human(action: Action, reply: &Message, now: u64) -> String {
     let get = |k: &str| reply.get(k).unwrap_or("?");
     match action {
-        Action::Checkpoint | Action::BlockingCheckpoint => format!(
+        Action::StartCheckpoint => format!(
+            "checkpoint started: generation {} ({} process{})\n",
+            get("generation"),
+            get("processes"),
+            if get("processes") == "1" { "" } else { "es" }
+        ),
+        Action::Quit => match get("quit") {
+            "1" => format!("the coordinator quits; kill sent to {} process(es)\n", get("processes")),
+            _ => format!("the coordinator stays: {} process(es) still connected\n", get("processes")),
+        },
+        Action::List => {
+            let procs = processes(reply);
+            if procs.is_empty() {
+                return "no process connected\n".to_string();
+            }
+            procs.iter().map(|p| process_line(p)).collect()
+        }
+        Action::Checkpoint | Action::BlockingCheckpoint | Action::CheckpointThenKill => format!(
             "checkpoint committed: generation {} in {} ({} process{})\n",
             get("generation"),
             get("dir"),
@@ -129,6 +185,12 @@ fn human(action: Action, reply: &Message, now: u64) -> String {
             line(&mut s, "processes:", get("processes"));
             line(&mut s, "computation:", get("computation"));
             line(&mut s, "checkpoint dir:", get("ckptdir"));
+            if let Some(port) = reply.get("port") {
+                line(&mut s, "port:", port);
+            }
+            if let Some(socket) = reply.get("socket") {
+                line(&mut s, "socket:", socket);
+            }
             let interval = match get("interval") {
                 "0" => "none".to_string(),
                 i => format!("{i} s"),
@@ -144,18 +206,7 @@ fn human(action: Action, reply: &Message, now: u64) -> String {
                 line(&mut s, "last error:", e);
             }
             for p in processes(reply) {
-                let field = |k: &str| p.iter().find(|(key, _)| *key == k).map_or("?", |(_, v)| *v);
-                let mut l = format!("  pid {} {}", field("pid"), field("name"));
-                if field("restored") == "1" {
-                    l.push_str(" (restored)");
-                }
-                for (k, v) in &p {
-                    if !matches!(*k, "pid" | "name" | "restored") {
-                        l.push_str(&format!(" {k}={v}"));
-                    }
-                }
-                s.push_str(&l);
-                s.push('\n');
+                s.push_str(&process_line(&p));
             }
             s
         }
@@ -163,7 +214,8 @@ fn human(action: Action, reply: &Message, now: u64) -> String {
 }
 
 /// Fields whose values are text even when they look like numbers.
-const TEXT_FIELDS: [&str; 8] = ["reason", "dir", "ckptdir", "state", "computation", "name", "image", "last_error"];
+const TEXT_FIELDS: [&str; 9] =
+    ["reason", "dir", "ckptdir", "state", "computation", "name", "image", "last_error", "socket"];
 
 /// The answer as one JSON object: `ok`, the fields, and for a status the
 /// processes as an array of objects.

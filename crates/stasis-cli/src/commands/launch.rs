@@ -1,17 +1,20 @@
-//! `stasis launch`: run a program with the agent preloaded and a
-//! coordinator in this process; stay its parent, pass signals on, and exit
-//! as it does.
+//! `stasis launch` (and `dmtcp_launch`): run a program with the agent
+//! preloaded, joined to the computation's coordinator (found, or started
+//! in the background); stay its parent, pass signals on, and exit as it
+//! does, so that a batch script's step ends when the program does.
 
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use stasis_coord::CoordConfig;
+use stasis_coord::client::Addr;
+use stasis_coord::secret::SECRET_ENV;
 
-use super::{WithCode, bind_coordinator, supervise};
+use super::start::{self, Background, Found, Mode};
+use super::{WithCode, note, supervise};
 use crate::coord_socket::{self, CoordOpts};
 use crate::exit::Exit;
 use crate::{agent_lib, signals};
@@ -19,33 +22,90 @@ use crate::{agent_lib, signals};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchOpts {
     pub coord: CoordOpts,
-    /// Seconds between checkpoints; None: none.
+    pub mode: Mode,
+    /// Seconds between checkpoints; None: none (or, joining, unchanged).
     pub interval_s: Option<u32>,
     /// None: the current directory.
     pub ckpt_dir: Option<PathBuf>,
     pub keep: usize,
+    /// Where to write the coordinator's TCP port.
+    pub port_file: Option<PathBuf>,
+    /// Where a coordinator started in the background logs.
+    pub coord_logfile: Option<PathBuf>,
+    /// The agent's checkpoint signal; None: its default.
+    pub ckpt_signal: Option<i32>,
+    pub quiet: bool,
     /// The program and its arguments (at least the program).
     pub program: Vec<OsString>,
 }
 
-pub fn run(opts: LaunchOpts) -> Result<Exit> {
-    let agent = agent_lib::find()?;
-    let socket = coord_socket::resolve(&opts.coord)?;
-    let ckpt_dir = match opts.ckpt_dir {
-        Some(d) => d,
+/// The checkpoint directory asked for (or the current one), absolute.
+pub(crate) fn ckpt_dir_or_cwd(dir: Option<&Path>) -> Result<PathBuf> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
         None => std::env::current_dir().context("cannot tell the current directory")?,
     };
-    let mut cfg = CoordConfig::new(socket, ckpt_dir);
-    cfg.interval_s = opts.interval_s.unwrap_or(0);
-    cfg.keep = opts.keep;
-    let coord = bind_coordinator(cfg)?;
+    std::path::absolute(&dir).with_context(|| format!("cannot make {} absolute", dir.display()))
+}
+
+/// Writes the coordinator's TCP port to `file` (DMTCP's --port-file).
+pub(crate) fn write_port_file(file: &Path, found: &Found, quiet: bool) -> Result<()> {
+    match found.port {
+        Some(port) => std::fs::write(file, format!("{port}\n"))
+            .with_context(|| format!("cannot write the port file {}", file.display())),
+        None => {
+            note(quiet, &format!("the coordinator listens on no TCP port; {} is not written", file.display()));
+            Ok(())
+        }
+    }
+}
+
+pub fn run(opts: LaunchOpts) -> Result<Exit> {
+    let agent = agent_lib::find()?;
+    let target = coord_socket::resolve(&opts.coord)?;
+    let ckpt_dir = ckpt_dir_or_cwd(opts.ckpt_dir.as_deref())?;
+    let bg = Background {
+        ckpt_dir: &ckpt_dir,
+        interval_s: opts.interval_s.unwrap_or(0),
+        keep: opts.keep,
+        logfile: opts.coord_logfile.as_deref(),
+        quiet: opts.quiet,
+    };
+    let found = start::find_or_start(&target, opts.mode, &bg, std::slice::from_ref(&ckpt_dir))?;
+    if found.started.is_none() {
+        if let Some(i) = opts.interval_s {
+            found.set_interval(i)?;
+        }
+        if opts.ckpt_dir.is_some()
+            && let Some(n) = found.ckpt_dir_note(&ckpt_dir)
+        {
+            note(opts.quiet, &n);
+        }
+    }
+    if let Some(f) = &opts.port_file {
+        write_port_file(f, &found, opts.quiet)?;
+    }
 
     let signals = signals::block().context("cannot block signals")?;
     let (program, args) = opts.program.split_first().context("no program to launch")?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env("LD_PRELOAD", preload(&agent, std::env::var_os("LD_PRELOAD")))
-        .env("STASIS_COORD_SOCKET", coord.socket_path());
+        .env("STASIS_COORD_ADDR", found.addr.to_string());
+    match &found.addr {
+        Addr::Unix(path) => {
+            cmd.env("STASIS_COORD_SOCKET", path);
+        }
+        Addr::Tcp { .. } => {
+            cmd.env_remove("STASIS_COORD_SOCKET");
+            if let Some(s) = &found.secret {
+                cmd.env(SECRET_ENV, s.hex());
+            }
+        }
+    }
+    if let Some(sig) = opts.ckpt_signal {
+        cmd.env("STASIS_CKPT_SIGNAL", sig.to_string());
+    }
     let restore_mask = signals.restorer();
     // SAFETY: the closure only calls sigprocmask, which is async-signal-safe.
     unsafe { cmd.pre_exec(restore_mask) };
@@ -55,11 +115,14 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
         WithCode(code, format!("cannot run {}: {e}", program.to_string_lossy()))
     })?;
     let pid = i32::try_from(child.id()).context("child pid out of range")?;
-    supervise(coord, signals, pid, move || child.wait())
+    let exit = supervise(signals, vec![pid], move || child.wait());
+    // The coordinator started here goes unless others still use it.
+    drop(found);
+    exit
 }
 
 /// LD_PRELOAD with the agent first, before whatever the caller preloads.
-fn preload(agent: &std::path::Path, existing: Option<OsString>) -> OsString {
+fn preload(agent: &Path, existing: Option<OsString>) -> OsString {
     let mut v = agent.as_os_str().to_owned();
     if let Some(e) = existing.filter(|e| !e.is_empty()) {
         v.push(":");
@@ -71,7 +134,6 @@ fn preload(agent: &std::path::Path, existing: Option<OsString>) -> OsString {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn preload_goes_first() {

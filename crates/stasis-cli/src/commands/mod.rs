@@ -2,15 +2,16 @@
 //! and returns how stasis should exit.
 
 pub mod command;
+pub mod coordinator;
 pub mod inspect;
 pub mod launch;
 pub mod restart;
+pub mod start;
 
 use std::io;
 use std::process::ExitStatus;
 
 use anyhow::{Context, Result};
-use stasis_coord::{CoordConfig, Coordinator};
 
 use crate::exit::Exit;
 use crate::signals::Blocked;
@@ -27,42 +28,20 @@ impl std::fmt::Display for WithCode {
 
 impl std::error::Error for WithCode {}
 
-/// Binds the computation's coordinator (no thread yet).
-fn bind_coordinator(cfg: CoordConfig) -> Result<Coordinator> {
-    let socket = cfg.socket_path.clone();
-    Coordinator::bind(cfg).map_err(|e| {
-        let hint = if e.kind() == io::ErrorKind::AddrInUse {
-            " (another computation uses it: choose another with -p PORT or --coord-socket PATH)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("{e}{hint}").context(format!("cannot start the coordinator at {}", socket.display()))
-    })
+/// A note for people (an option that does nothing here, a coordinator
+/// that checkpoints elsewhere): one line on stderr, unless quiet.
+pub fn note(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("stasis: note: {msg}");
+    }
 }
 
-/// Once the program runs: start the coordinator's threads and the signal
-/// forwarding, wait for the program, stop the coordinator, and leave as the
-/// program did. Only now may threads start (restart clones after the
-/// coordinator is bound, and must be single-threaded then).
-fn supervise(
-    coord: Coordinator,
-    signals: Blocked,
-    pid: i32,
-    wait: impl FnOnce() -> io::Result<ExitStatus>,
-) -> Result<Exit> {
-    let handle = match coord.spawn() {
-        Ok(h) => Some(h),
-        Err(e) => {
-            eprintln!("stasis: cannot start the coordinator: {e}; the program runs without checkpoints");
-            None
-        }
-    };
-    if let Err(e) = signals.forward_to(pid) {
+/// Once the program runs: forward signals to `pids`, wait for the
+/// program, and leave as it did.
+fn supervise(signals: Blocked, pids: Vec<i32>, wait: impl FnOnce() -> io::Result<ExitStatus>) -> Result<Exit> {
+    if let Err(e) = signals.forward_to(pids) {
         eprintln!("stasis: cannot forward signals to the program: {e}");
     }
     let status = wait().context("lost track of the program")?;
-    if let Some(h) = handle {
-        h.shutdown();
-    }
     Ok(Exit::Like(status))
 }

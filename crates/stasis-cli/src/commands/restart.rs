@@ -1,14 +1,27 @@
-//! `stasis restart`: bring a checkpointed process back under a new
-//! coordinator in this process, and exit as it does.
+//! `stasis restart` (and `dmtcp_restart`): bring the processes of a
+//! checkpoint back, joined to a coordinator (found, or started in the
+//! background like launch does), and exit when all of them have.
+//!
+//! What may be restarted: a checkpoint directory (its newest committed
+//! generation), a generation directory, or image files, such as the
+//! `ckpt_*.dmtcp` names at the top of a checkpoint directory. Images given
+//! one by one must all be of the same checkpoint: restart refuses images
+//! of different generations or computations rather than guess. Later
+//! checkpoints go to the directory the checkpoint came from (the one that
+//! holds the generation, or the `.dmtcp` files), and the interval is the
+//! one the checkpoint was taken with, unless told otherwise.
 
-use std::os::unix::net::UnixStream;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 
 use anyhow::{Context, Result, anyhow, bail};
-use stasis_coord::CoordConfig;
-use stasis_image::{ImageReader, Manifest};
+use stasis_coord::client;
+use stasis_image::{ImageReader, MANIFEST, Manifest};
 
-use super::{bind_coordinator, supervise};
+use super::start::{self, Background, Mode};
+use super::{note, supervise};
+use crate::commands::launch::write_port_file;
 use crate::coord_socket::{self, CoordOpts};
 use crate::exit::Exit;
 use crate::signals;
@@ -16,66 +29,156 @@ use crate::signals;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartOpts {
     pub coord: CoordOpts,
+    pub mode: Mode,
     /// None: the interval the checkpoint was taken with.
     pub interval_s: Option<u32>,
-    /// None: the checkpoint directory the image belongs to.
+    /// None: the checkpoint directory the images belong to.
     pub ckpt_dir: Option<PathBuf>,
     pub keep: usize,
-    /// A checkpoint directory, a generation directory, or an image.
-    pub target: PathBuf,
+    pub port_file: Option<PathBuf>,
+    pub coord_logfile: Option<PathBuf>,
+    /// Where relative image names are; with no target, what to restart.
+    pub restart_dir: Option<PathBuf>,
+    pub quiet: bool,
+    /// Checkpoint directories, generation directories, or images.
+    pub targets: Vec<PathBuf>,
+}
+
+/// The image files that `targets` name.
+fn images_of(targets: &[PathBuf], restart_dir: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let targets: Vec<PathBuf> = match restart_dir {
+        None => targets.to_vec(),
+        Some(d) if targets.is_empty() => vec![d.to_path_buf()],
+        Some(d) => targets.iter().map(|t| if t.is_absolute() { t.clone() } else { d.join(t) }).collect(),
+    };
+    let mut images = Vec::new();
+    for t in &targets {
+        let found = stasis_image::resolve_restart_target(t)?;
+        if found.is_empty() {
+            bail!("{}: the checkpoint lists no image", t.display());
+        }
+        images.extend(found);
+    }
+    Ok(images)
+}
+
+/// Where an image came from: its checkpoint directory, and the interval
+/// its checkpoint was taken with.
+fn origin(image: &Path, generation: u64, image_interval: u32) -> Result<(PathBuf, u32)> {
+    let image = image.canonicalize().with_context(|| format!("cannot resolve {}", image.display()))?;
+    let parent = image.parent().context("an image without a directory")?.to_path_buf();
+    if parent.join(MANIFEST).is_file() {
+        // Inside a generation directory.
+        let manifest = Manifest::read_from(&parent)?;
+        let dir = parent.parent().map_or_else(|| parent.clone(), Path::to_path_buf);
+        return Ok((dir, manifest.interval_s));
+    }
+    // A ckpt_*.dmtcp at the top of the checkpoint directory, or a lone image.
+    let gen_dir = parent.join(format!("gen-{generation:06}"));
+    let interval = Manifest::read_from(&gen_dir).map_or(image_interval, |m| m.interval_s);
+    Ok((parent, interval))
 }
 
 pub fn run(opts: RestartOpts) -> Result<Exit> {
-    let images = stasis_image::resolve_restart_target(&opts.target)?;
-    let image = match images.as_slice() {
-        [one] => one.clone(),
-        [] => bail!("{}: the checkpoint lists no image", opts.target.display()),
-        several => bail!(
-            "restarting several processes is not supported yet ({} images in {})",
-            several.len(),
-            opts.target.display()
-        ),
-    };
-    let reader = ImageReader::open(&image)?;
-    let meta = reader.meta();
-    let origin = Origin::of(&image);
+    let paths = images_of(&opts.targets, opts.restart_dir.as_deref())?;
+    let mut readers = Vec::with_capacity(paths.len());
+    for p in &paths {
+        readers.push(ImageReader::open(p).map_err(|e| anyhow!(e))?);
+    }
+    let first = readers[0].meta();
+    for (p, r) in paths.iter().zip(&readers).skip(1) {
+        let m = r.meta();
+        if m.computation_id != first.computation_id {
+            bail!(
+                "{} and {} are images of different computations ({:016x} and {:016x}): restart one computation at a time",
+                paths[0].display(),
+                p.display(),
+                first.computation_id,
+                m.computation_id
+            );
+        }
+        if m.generation != first.generation {
+            bail!(
+                "{} is of checkpoint {} but {} of checkpoint {}: give the images of one checkpoint (or the \
+                 checkpoint directory, for its newest)",
+                paths[0].display(),
+                first.generation,
+                p.display(),
+                m.generation
+            );
+        }
+    }
+    let metas: Vec<_> = readers.iter().map(ImageReader::meta).collect();
+    stasis_restore::check_restorable_together(&metas).map_err(|e| anyhow!(e))?;
 
-    let ckpt_dir = match (opts.ckpt_dir, &origin) {
-        (Some(d), _) => d,
-        (None, Some(o)) => o.ckpt_dir.clone(),
-        (None, None) => std::env::current_dir().context("cannot tell the current directory")?,
+    let (origin_dir, interval) = origin(&paths[0], first.generation, first.agent.interval_s)?;
+    let ckpt_dir = match &opts.ckpt_dir {
+        Some(d) => super::launch::ckpt_dir_or_cwd(Some(d))?,
+        None => origin_dir.clone(),
     };
-    let mut cfg = CoordConfig::new(coord_socket::resolve(&opts.coord)?, ckpt_dir);
-    cfg.interval_s = opts.interval_s.or(origin.as_ref().map(|o| o.manifest.interval_s)).unwrap_or(0);
-    cfg.keep = opts.keep;
-    cfg.computation_id =
-        [origin.as_ref().map_or(0, |o| o.manifest.computation_id), meta.computation_id].into_iter().find(|&id| id != 0);
-    let mut coord = bind_coordinator(cfg)?;
-    let (ours, theirs) = UnixStream::pair().context("cannot create the agent's connection")?;
-    coord.adopt_agent(ours);
+    let target = coord_socket::resolve(&opts.coord)?;
+    let bg = Background {
+        ckpt_dir: &ckpt_dir,
+        interval_s: opts.interval_s.unwrap_or(interval),
+        keep: opts.keep,
+        logfile: opts.coord_logfile.as_deref(),
+        quiet: opts.quiet,
+    };
+    let found = start::find_or_start(&target, opts.mode, &bg, &[ckpt_dir.clone(), origin_dir])?;
+    if found.started.is_none() {
+        if let Some(i) = opts.interval_s {
+            found.set_interval(i)?;
+        }
+        if let Some(n) = found.ckpt_dir_note(&ckpt_dir) {
+            note(opts.quiet, &n);
+        }
+    }
+    if let Some(f) = &opts.port_file {
+        write_port_file(f, &found, opts.quiet)?;
+    }
+    // One connection per process, made here: each restored agent finds
+    // its own at the descriptor it had, and greets the coordinator on it.
+    let mut conns = Vec::with_capacity(paths.len());
+    for _ in &paths {
+        let stream = client::connect(&found.addr, found.secret.as_ref())
+            .with_context(|| format!("cannot reach the coordinator at {}", found.addr))?;
+        conns.push(OwnedFd::from(stream));
+    }
 
     // No thread may exist yet: spawn_restored clones and runs Rust code in
     // the children. The signal mask is inherited, and undone, by them.
     let signals = signals::block().context("cannot block signals")?;
-    let spawned = stasis_restore::spawn_restored(&image, &reader, theirs.into())
-        .map_err(|e| anyhow!("cannot restart {}: {e}", image.display()))?;
-    drop(reader);
-    let pid = spawned.pid();
-    supervise(coord, signals, pid, move || spawned.wait())
-}
-
-/// The committed generation an image belongs to, if it lies in one.
-struct Origin {
-    manifest: Manifest,
-    /// The directory that holds the generation.
-    ckpt_dir: PathBuf,
-}
-
-impl Origin {
-    fn of(image: &Path) -> Option<Origin> {
-        let generation = image.parent()?;
-        let manifest = Manifest::read_from(generation).ok()?;
-        let generation = generation.canonicalize().ok()?;
-        Some(Origin { manifest, ckpt_dir: generation.parent()?.to_path_buf() })
+    let mut spawned = Vec::with_capacity(paths.len());
+    for ((path, reader), conn) in paths.iter().zip(&readers).zip(conns) {
+        match stasis_restore::spawn_restored(path, reader, conn) {
+            Ok(s) => spawned.push(s),
+            Err(e) => {
+                for s in spawned {
+                    // SAFETY: kill takes plain integers; the pid is our child's.
+                    unsafe { libc::kill(s.pid(), libc::SIGKILL) };
+                    let _ = s.wait();
+                }
+                return Err(anyhow!("cannot restart {}: {e}", path.display()));
+            }
+        }
     }
+    drop(readers);
+    let pids = spawned.iter().map(stasis_restore::Spawned::pid).collect();
+    let exit = supervise(signals, pids, move || wait_all(spawned));
+    drop(found);
+    exit
+}
+
+/// Waits for every restored process; the status of the first (in the order
+/// of the images) that did not succeed, else success.
+fn wait_all(spawned: Vec<stasis_restore::Spawned>) -> std::io::Result<ExitStatus> {
+    let mut result: Option<std::io::Result<ExitStatus>> = None;
+    for s in spawned {
+        let status = s.wait();
+        let failed = !matches!(&status, Ok(st) if st.success());
+        if result.is_none() || (failed && result.as_ref().is_some_and(|r| matches!(r, Ok(st) if st.success()))) {
+            result = Some(status);
+        }
+    }
+    result.unwrap_or_else(|| Err(std::io::Error::other("no process was restarted")))
 }

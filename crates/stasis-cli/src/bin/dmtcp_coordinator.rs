@@ -1,0 +1,5 @@
+//! `dmtcp_coordinator`: stasis with DMTCP's command line (docs/dmtcp-compatibility.md).
+
+fn main() {
+    stasis_cli::main_as(Some(stasis_cli::DmtcpName::Coordinator))
+}

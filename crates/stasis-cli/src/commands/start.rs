@@ -1,0 +1,309 @@
+//! Finding the computation's coordinator, or starting one in the
+//! background, for `launch` and `restart`.
+//!
+//! A coordinator started here is `stasis coordinator --exit-on-last`, run
+//! from this very binary in a session of its own (so the terminal's ^C
+//! and the batch system's signals to the job step reach the program, not
+//! it). It says on a pipe when it listens, or why it cannot. When the
+//! program ends, launch asks it to quit unless other processes (joined
+//! from elsewhere) still use it, and waits for it to be gone, so that the
+//! next launch on the same port starts afresh.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use stasis_coord::client::{self, Addr};
+use stasis_coord::secret::Secret;
+use stasis_proto::{self as proto, Message};
+
+use crate::coord_socket::Target;
+use crate::reach::{self, Reached};
+
+/// Join a running coordinator, start one, or either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Join the one that answers, else start one (DMTCP's default).
+    Any,
+    /// `--join-coordinator`: one must answer.
+    Join,
+    /// `--new-coordinator`: none may answer.
+    New,
+}
+
+/// How a coordinator started here is set up.
+pub struct Background<'a> {
+    pub ckpt_dir: &'a Path,
+    pub interval_s: u32,
+    pub keep: usize,
+    pub logfile: Option<&'a Path>,
+    pub quiet: bool,
+}
+
+/// How long a new coordinator may take to say it listens.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a coordinator told to quit may take to be gone.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A coordinator started here that no process ever joins (its launcher
+/// was killed before the program started) gives up after this long.
+const UNUSED_LIMIT_S: u32 = 600;
+
+/// The computation's coordinator.
+pub struct Found {
+    /// Where its agents (and restart's connections) reach it.
+    pub addr: Addr,
+    /// The secret, where it is reached over TCP.
+    pub secret: Option<Secret>,
+    /// Its TCP port, if it listens on one.
+    pub port: Option<u16>,
+    /// Its checkpoint directory (joined ones only).
+    pub ckpt_dir: Option<PathBuf>,
+    /// Set when it was started here.
+    pub started: Option<Started>,
+}
+
+impl Found {
+    /// Sends a command; an ERROR answer is an error.
+    pub fn ask(&self, request: &Message) -> Result<Message> {
+        let stream = client::connect(&self.addr, self.secret.as_ref())
+            .with_context(|| format!("cannot reach the coordinator at {}", self.addr))?;
+        let reply =
+            client::ask(&stream, request).with_context(|| format!("talking to the coordinator at {}", self.addr))?;
+        if reply.verb != proto::OK {
+            bail!("the coordinator at {} says: {}", self.addr, reply.get("reason").unwrap_or("no reason given"));
+        }
+        Ok(reply)
+    }
+
+    /// Changes the interval of a coordinator that was joined.
+    pub fn set_interval(&self, seconds: u32) -> Result<()> {
+        self.ask(&Message::new(proto::COMMAND).with("what", "interval").with("seconds", seconds)).map(drop)
+    }
+
+    /// A note for a joined coordinator that checkpoints elsewhere than asked.
+    pub fn ckpt_dir_note(&self, asked: &Path) -> Option<String> {
+        let theirs = self.ckpt_dir.as_ref()?;
+        let asked = asked.canonicalize().unwrap_or_else(|_| asked.to_path_buf());
+        (theirs != &asked).then(|| {
+            format!(
+                "the coordinator at {} writes checkpoints to {}, not to {}",
+                self.addr,
+                theirs.display(),
+                asked.display()
+            )
+        })
+    }
+}
+
+/// Finds the coordinator of `target`, or starts one, as `mode` says.
+/// `secret_dirs`: where the secret may be, for a coordinator over TCP.
+pub fn find_or_start(target: &Target, mode: Mode, bg: &Background, secret_dirs: &[PathBuf]) -> Result<Found> {
+    let nobody = if mode == Mode::New && target.socket.is_none() && target.tcp.is_none() {
+        String::new() // port 0: nothing to look for
+    } else {
+        match reach::reach(target, secret_dirs)? {
+            Ok(reached) if mode == Mode::New => bail!(
+                "a coordinator is already listening at {} (--new-coordinator starts a fresh one: choose another \
+                 port with -p, or join this one)",
+                reached.addr
+            ),
+            Ok(reached) => return joined(reached),
+            Err(why) => why,
+        }
+    };
+    if mode == Mode::Join {
+        bail!("{nobody}; --join-coordinator needs a running coordinator (start one with stasis coordinator)");
+    }
+    if !target.local {
+        let (host, _) = target.tcp.clone().unwrap_or_default();
+        bail!(
+            "{nobody}; a coordinator cannot be started on {host} from here: run stasis coordinator \
+             (or dmtcp_coordinator) there first"
+        );
+    }
+    start(target, bg)
+}
+
+fn joined(reached: Reached) -> Result<Found> {
+    let status = client::ask(&reached.stream, &Message::new(proto::COMMAND).with("what", "status"))
+        .with_context(|| format!("talking to the coordinator at {}", reached.addr))?;
+    Ok(Found {
+        addr: reached.addr,
+        secret: reached.secret,
+        port: status.get_parsed("port"),
+        ckpt_dir: status.get("ckptdir").map(PathBuf::from),
+        started: None,
+    })
+}
+
+fn pipe() -> io::Result<(File, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and ours alone.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Reads the coordinator's first line, waiting at most `timeout`.
+fn read_ready(mut pipe: File, timeout: Duration) -> io::Result<Option<String>> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the coordinator did not say it listens in time"));
+        }
+        let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one descriptor we own.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        match pipe.read(&mut chunk) {
+            Ok(0) => return Ok(None),
+            Ok(k) => {
+                buf.extend_from_slice(&chunk[..k]);
+                if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                    return Ok(Some(String::from_utf8_lossy(&buf[..end]).into_owned()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Starts `stasis coordinator` in the background for `target`.
+fn start(target: &Target, bg: &Background) -> Result<Found> {
+    let exe = std::env::current_exe().context("cannot tell where the stasis binary is")?;
+    let (ready_r, ready_w) = pipe().context("cannot create a pipe for the coordinator")?;
+    let mut cmd = Command::new(&exe);
+    // Called "stasis", whichever binary this is (dmtcp_launch...).
+    cmd.arg0("stasis")
+        .arg("coordinator")
+        .arg("--exit-on-last")
+        .args(["--timeout", &UNUSED_LIMIT_S.to_string()])
+        .args(["--ready-fd", "3"])
+        .arg("--ckptdir")
+        .arg(bg.ckpt_dir)
+        .args(["--interval", &bg.interval_s.to_string()])
+        .args(["--keep", &bg.keep.to_string()]);
+    if let Some(s) = &target.socket {
+        cmd.arg("--coord-socket").arg(s);
+    }
+    if let Some(p) = target.port {
+        cmd.args(["--coord-port", &p.to_string()]);
+    }
+    if let Some(t) = &target.tmpdir {
+        cmd.arg("--tmpdir").arg(t);
+    }
+    if bg.quiet {
+        cmd.arg("--quiet");
+    }
+    let stderr = match bg.logfile {
+        Some(f) => Stdio::from(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .with_context(|| format!("cannot open the coordinator's log file {}", f.display()))?,
+        ),
+        None => Stdio::inherit(),
+    };
+    // Its own agent, if this process has one preloaded, must stay asleep.
+    cmd.env_remove("STASIS_COORD_ADDR").env_remove("STASIS_COORD_SOCKET");
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+    let fd = ready_w.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls on plain integers.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The pipe's write end becomes descriptor 3, open across exec.
+            let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+            if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("cannot start a coordinator ({})", exe.display()))?;
+    drop(ready_w);
+    let line = match read_ready(ready_r, READY_TIMEOUT) {
+        Ok(line) => line,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e).context("cannot start a coordinator");
+        }
+    };
+    let reply = line.as_deref().and_then(|l| Message::decode(l).ok());
+    match reply {
+        Some(m) if m.verb == proto::OK => {
+            let socket = PathBuf::from(m.get("socket").unwrap_or_default());
+            let port = m.get_parsed("port");
+            let started = Started { child: Some(child), socket: socket.clone() };
+            Ok(Found { addr: Addr::Unix(socket), secret: None, port, ckpt_dir: None, started: Some(started) })
+        }
+        Some(m) => {
+            let _ = child.wait();
+            bail!("cannot start a coordinator: {}", m.get("reason").unwrap_or("no reason given"))
+        }
+        None => {
+            let status = child.wait().map_or_else(|e| e.to_string(), |s| s.to_string());
+            bail!("cannot start a coordinator: it ended at once ({status})")
+        }
+    }
+}
+
+/// A coordinator started here. Dropping it asks it to quit unless other
+/// processes use it, and waits (a bounded time) for it to be gone.
+pub struct Started {
+    child: Option<Child>,
+    socket: PathBuf,
+}
+
+impl Started {
+    fn finish(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let quit = client::connect(&Addr::Unix(self.socket.clone()), None).ok().and_then(|s| {
+            let request = Message::new(proto::COMMAND).with("what", "quit").with("if_idle", 1);
+            client::ask(&s, &request).ok()
+        });
+        let quitting = match quit {
+            Some(reply) => reply.get("quit") == Some("1"),
+            // Gone already, or it never answers: nothing more to ask.
+            None => true,
+        };
+        if !quitting {
+            return; // it exits when the last of the others is gone
+        }
+        let deadline = Instant::now() + QUIT_TIMEOUT;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -1,0 +1,803 @@
+//! The DMTCP command names: `dmtcp_launch`, `dmtcp_restart`,
+//! `dmtcp_command` and `dmtcp_coordinator`, with DMTCP's options and
+//! environment variables, parsed into the same option structs as the
+//! `stasis` verbs (cli.rs). docs/dmtcp-compatibility.md has the table of
+//! what each option does here.
+//!
+//! Nothing is silent: an option Stasis cannot honour is refused with a
+//! message that says why, one that makes no difference here is accepted
+//! with a note (unless quiet), and an option nobody knows is a usage error.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, ArgGroup, Parser};
+
+use crate::cli::{self, EnvNames, NotRun, Parsed, Verb, cwd, env_number, first_env};
+use crate::commands::command::{Action, CommandOpts};
+use crate::commands::coordinator::CoordinatorOpts;
+use crate::commands::launch::LaunchOpts;
+use crate::commands::restart::RestartOpts;
+use crate::commands::start::Mode;
+
+/// Which DMTCP command stasis was called as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    Launch,
+    Restart,
+    Command,
+    Coordinator,
+}
+
+impl Name {
+    /// The name the binary was called by (its file name), if a DMTCP one.
+    pub fn from_program(argv0: &std::ffi::OsStr) -> Option<Name> {
+        let base = std::path::Path::new(argv0).file_name()?.to_str()?;
+        match base {
+            "dmtcp_launch" => Some(Name::Launch),
+            "dmtcp_restart" => Some(Name::Restart),
+            "dmtcp_command" => Some(Name::Command),
+            "dmtcp_coordinator" => Some(Name::Coordinator),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Name::Launch => "dmtcp_launch",
+            Name::Restart => "dmtcp_restart",
+            Name::Command => "dmtcp_command",
+            Name::Coordinator => "dmtcp_coordinator",
+        }
+    }
+}
+
+/// DMTCP's variables first, then stasis's.
+pub const DMTCP_ENV: EnvNames = EnvNames {
+    host: &["DMTCP_COORD_HOST", "DMTCP_HOST", "STASIS_COORD_HOST"],
+    port: &["DMTCP_COORD_PORT", "DMTCP_PORT", "STASIS_COORD_PORT"],
+    tmpdir: &["DMTCP_TMPDIR", "STASIS_TMPDIR"],
+};
+const INTERVAL_ENV: &[&str] = &["DMTCP_CHECKPOINT_INTERVAL"];
+const CKPT_DIR_ENV: &[&str] = &["DMTCP_CHECKPOINT_DIR"];
+const RESTART_DIR_ENV: &[&str] = &["DMTCP_RESTART_DIR"];
+const SIGNAL_ENV: &[&str] = &["DMTCP_SIGCKPT"];
+const GZIP_ENV: &[&str] = &["DMTCP_GZIP"];
+const QUIET_ENV: &[&str] = &["DMTCP_QUIET"];
+
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (stasis)");
+
+/// Refusals: the options DMTCP has that Stasis cannot honour.
+fn refuse(option: &str, why: &str) -> NotRun {
+    NotRun::Usage(format!("{option} is not supported: {why}"))
+}
+
+const NO_COORDINATOR: &str =
+    "every stasis computation has a coordinator (dmtcp_launch starts one in the background when none runs)";
+const OPEN_FILES: &str = "stasis saves open files by path and offset (and the contents only of deleted files); \
+     it does not copy files' contents into the checkpoint";
+const OVERWRITE: &str = "it goes with --checkpoint-open-files, which stasis does not support";
+const MODIFY_ENV: &str = "stasis restores the environment the program had";
+const MPI: &str = "stasis does not checkpoint MPI programs yet";
+const INFINIBAND: &str = "stasis cannot checkpoint InfiniBand connections";
+const PLUGINS: &str = "stasis has no DMTCP plugins";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dmtcp_launch",
+    version = VERSION,
+    about = "Run a program checkpointable (Stasis, answering to DMTCP's command line)",
+    override_usage = "dmtcp_launch [OPTIONS] PROGRAM [ARGS]...",
+    disable_help_flag = true,
+    color = clap::ColorChoice::Never,
+    group(ArgGroup::new("mode").multiple(false))
+)]
+struct LaunchArgs {
+    /// The coordinator's host (DMTCP_COORD_HOST)
+    #[arg(short = 'h', long = "coord-host", value_name = "HOST")]
+    host: Option<String>,
+    /// The coordinator's port (DMTCP_COORD_PORT; default 7779; 0: a free one)
+    #[arg(short = 'p', long = "coord-port", value_name = "PORT")]
+    port: Option<u16>,
+    /// Write the coordinator's port to FILE
+    #[arg(long = "port-file", value_name = "FILE")]
+    port_file: Option<PathBuf>,
+    /// Join a running coordinator; fail if none answers
+    #[arg(short = 'j', long = "join-coordinator", alias = "join", group = "mode")]
+    join: bool,
+    /// Start a new coordinator; fail if one answers already
+    #[arg(long = "new-coordinator", alias = "new", group = "mode")]
+    new: bool,
+    /// Join a running coordinator, or start one in the background (the default)
+    #[arg(long = "any-coordinator", group = "mode")]
+    any: bool,
+    /// Not supported: stasis always has a coordinator
+    #[arg(long = "no-coordinator", group = "mode")]
+    no_coordinator: bool,
+    /// Checkpoint every SECONDS (DMTCP_CHECKPOINT_INTERVAL; 0: only on request)
+    #[arg(short = 'i', long = "interval", value_name = "SECONDS")]
+    interval: Option<u32>,
+    /// Where a coordinator started in the background writes its messages
+    #[arg(long = "coord-logfile", value_name = "FILE")]
+    coord_logfile: Option<PathBuf>,
+    /// Ignored: stasis images are not gzip-compressed
+    #[arg(long)]
+    gzip: bool,
+    /// Images are not gzip-compressed (as with stasis always)
+    #[arg(long = "no-gzip")]
+    no_gzip: bool,
+    /// Where checkpoints go (DMTCP_CHECKPOINT_DIR; default: the current directory)
+    #[arg(long = "ckptdir", value_name = "DIR")]
+    ckpt_dir: Option<PathBuf>,
+    /// Where the coordinator's socket directory goes (DMTCP_TMPDIR; default /tmp)
+    #[arg(long = "tmpdir", value_name = "DIR")]
+    tmpdir: Option<PathBuf>,
+    /// The signal that stops the program's threads (DMTCP_SIGCKPT; default 62)
+    #[arg(long = "ckpt-signal", value_name = "SIGNUM", value_parser = cli::ckpt_signal)]
+    ckpt_signal: Option<i32>,
+    /// Not supported
+    #[arg(long = "checkpoint-open-files", alias = "ckpt-open-files")]
+    checkpoint_open_files: bool,
+    /// Not supported
+    #[arg(long = "allow-file-overwrite")]
+    allow_file_overwrite: bool,
+    /// Not supported
+    #[arg(long = "modify-env")]
+    modify_env: bool,
+    /// Not supported yet
+    #[arg(long)]
+    mpi: bool,
+    /// Not supported
+    #[arg(long = "ib", alias = "infiniband")]
+    infiniband: bool,
+    /// Not supported: stasis has no plugins
+    #[arg(long = "with-plugin", value_name = "PLUGINS")]
+    with_plugin: Option<String>,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-all-plugins")]
+    disable_all_plugins: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-alloc-plugin")]
+    disable_alloc_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-dl-plugin")]
+    disable_dl_plugin: bool,
+    /// Ignored: stasis finds its agent next to its own binary
+    #[arg(long = "prefix", value_name = "PATH")]
+    prefix: Option<PathBuf>,
+    /// How many committed generations to keep (stasis)
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    keep: u32,
+    /// The coordinator's Unix socket, instead of the one its port names (stasis)
+    #[arg(long = "coord-socket", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print no notes (DMTCP_QUIET)
+    #[arg(short = 'q', long = "quiet", action = ArgAction::Count)]
+    quiet: u8,
+    /// Print help
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+    /// The program to run, and its arguments
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
+    program: Vec<OsString>,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dmtcp_restart",
+    version = VERSION,
+    about = "Restart a checkpointed computation (Stasis, answering to DMTCP's command line)",
+    override_usage = "dmtcp_restart [OPTIONS] [ckpt_*.dmtcp ... | DIR]",
+    disable_help_flag = true,
+    color = clap::ColorChoice::Never,
+    group(ArgGroup::new("mode").multiple(false))
+)]
+struct RestartArgs {
+    /// The coordinator's host (DMTCP_COORD_HOST)
+    #[arg(short = 'h', long = "coord-host", value_name = "HOST")]
+    host: Option<String>,
+    /// The coordinator's port (DMTCP_COORD_PORT; default 7779; 0: a free one)
+    #[arg(short = 'p', long = "coord-port", value_name = "PORT")]
+    port: Option<u16>,
+    /// Write the coordinator's port to FILE
+    #[arg(long = "port-file", value_name = "FILE")]
+    port_file: Option<PathBuf>,
+    /// Join a running coordinator; fail if none answers
+    #[arg(short = 'j', long = "join-coordinator", alias = "join", group = "mode")]
+    join: bool,
+    /// Start a new coordinator; fail if one answers already
+    #[arg(long = "new-coordinator", alias = "new", group = "mode")]
+    new: bool,
+    /// Join a running coordinator, or start one in the background (the default)
+    #[arg(long = "any-coordinator", group = "mode")]
+    any: bool,
+    /// Checkpoint every SECONDS (DMTCP_CHECKPOINT_INTERVAL; default: the interval the checkpoint had)
+    #[arg(short = 'i', long = "interval", value_name = "SECONDS")]
+    interval: Option<u32>,
+    /// Images named without a directory are in DIR; with no image, restart DIR (DMTCP_RESTART_DIR)
+    #[arg(long = "restartdir", value_name = "DIR")]
+    restart_dir: Option<PathBuf>,
+    /// Where later checkpoints go (DMTCP_CHECKPOINT_DIR; default: where the images are)
+    #[arg(long = "ckptdir", value_name = "DIR")]
+    ckpt_dir: Option<PathBuf>,
+    /// Where the coordinator's socket directory goes (DMTCP_TMPDIR; default /tmp)
+    #[arg(long = "tmpdir", value_name = "DIR")]
+    tmpdir: Option<PathBuf>,
+    /// Where a coordinator started in the background writes its messages
+    #[arg(long = "coord-logfile", value_name = "FILE")]
+    coord_logfile: Option<PathBuf>,
+    /// Ignored: stasis always checks images, mapped files and the kernel
+    #[arg(long = "no-strict-checking")]
+    no_strict_checking: bool,
+    /// Ignored
+    #[arg(long = "debug-restart-pause", value_name = "N")]
+    debug_restart_pause: Option<u32>,
+    /// Not supported
+    #[arg(long = "modify-env")]
+    modify_env: bool,
+    /// Not supported yet
+    #[arg(long)]
+    mpi: bool,
+    /// How many committed generations to keep (stasis)
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    keep: u32,
+    /// The coordinator's Unix socket, instead of the one its port names (stasis)
+    #[arg(long = "coord-socket", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print no notes (DMTCP_QUIET)
+    #[arg(short = 'q', long = "quiet", action = ArgAction::Count)]
+    quiet: u8,
+    /// Print help
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+    /// Images (ckpt_*.dmtcp), or a checkpoint directory
+    #[arg(value_name = "IMAGE|DIR")]
+    targets: Vec<PathBuf>,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dmtcp_command",
+    version = VERSION,
+    about = "Send a command to a computation's coordinator (Stasis, answering to DMTCP's command line)",
+    override_usage = "dmtcp_command [OPTIONS] COMMAND",
+    after_help = "The command may also be written without dashes, as DMTCP allows: s, l, c, bc, kc, k, q, i N.",
+    disable_help_flag = true,
+    color = clap::ColorChoice::Never,
+    group(ArgGroup::new("action").required(true).multiple(false))
+)]
+struct CommandArgs {
+    /// The coordinator's host (DMTCP_COORD_HOST)
+    #[arg(short = 'h', long = "coord-host", value_name = "HOST")]
+    host: Option<String>,
+    /// The coordinator's port (DMTCP_COORD_PORT; default 7779)
+    #[arg(short = 'p', long = "coord-port", value_name = "PORT")]
+    port: Option<u16>,
+    /// The computation's checkpoint directory, where its secret is (DMTCP_CHECKPOINT_DIR; stasis)
+    #[arg(long = "ckptdir", value_name = "DIR")]
+    ckpt_dir: Option<PathBuf>,
+    /// The coordinator's Unix socket, instead of the one its port names (stasis)
+    #[arg(long = "coord-socket", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Where the coordinator's socket directory is (DMTCP_TMPDIR; default /tmp)
+    #[arg(long = "tmpdir", value_name = "DIR")]
+    tmpdir: Option<PathBuf>,
+    /// Report the computation's state
+    #[arg(short = 's', long, group = "action")]
+    status: bool,
+    /// List the computation's processes
+    #[arg(short = 'l', long, group = "action")]
+    list: bool,
+    /// Start a checkpoint and return once it has begun
+    #[arg(short = 'c', long, group = "action")]
+    checkpoint: bool,
+    /// Checkpoint and return once the checkpoint is committed (also -bc)
+    #[arg(long, group = "action")]
+    bcheckpoint: bool,
+    /// Checkpoint, wait for the commit, then kill the computation (also -kc)
+    #[arg(long, group = "action")]
+    kcheckpoint: bool,
+    /// Checkpoint every SECONDS from now on (0: only on request)
+    #[arg(short = 'i', long, value_name = "SECONDS", group = "action")]
+    interval: Option<u32>,
+    /// Kill every process of the computation
+    #[arg(short = 'k', long, group = "action")]
+    kill: bool,
+    /// Kill every process of the computation and end the coordinator
+    #[arg(short = 'q', long, group = "action")]
+    quit: bool,
+    /// Print the answer as one JSON object (stasis)
+    #[arg(long)]
+    json: bool,
+    /// Print help
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dmtcp_coordinator",
+    version = VERSION,
+    about = "Run a computation's coordinator (Stasis, answering to DMTCP's command line)",
+    disable_help_flag = true,
+    color = clap::ColorChoice::Never
+)]
+struct CoordinatorArgs {
+    /// The TCP port to listen on (DMTCP_COORD_PORT; default 7779; 0: any free one)
+    #[arg(short = 'p', long = "coord-port", visible_alias = "port", value_name = "PORT")]
+    port: Option<u16>,
+    /// Write the TCP port to FILE once listening
+    #[arg(long = "port-file", value_name = "FILE")]
+    port_file: Option<PathBuf>,
+    /// Where generations, the secret and dmtcp_restart_script.sh go (DMTCP_CHECKPOINT_DIR)
+    #[arg(long = "ckptdir", value_name = "DIR")]
+    ckpt_dir: Option<PathBuf>,
+    /// Where the coordinator's socket directory goes (DMTCP_TMPDIR; default /tmp)
+    #[arg(long = "tmpdir", value_name = "DIR")]
+    tmpdir: Option<PathBuf>,
+    /// Exit when the last process of the computation is gone
+    #[arg(long = "exit-on-last")]
+    exit_on_last: bool,
+    /// Kill the computation and exit after the first checkpoint
+    #[arg(long = "exit-after-ckpt")]
+    exit_after_ckpt: bool,
+    /// Run in the background, without a console
+    #[arg(long)]
+    daemon: bool,
+    /// Write messages to FILE instead of stderr
+    #[arg(long = "coord-logfile", value_name = "FILE")]
+    coord_logfile: Option<PathBuf>,
+    /// Checkpoint every SECONDS (DMTCP_CHECKPOINT_INTERVAL; 0: only on request)
+    #[arg(short = 'i', long = "interval", value_name = "SECONDS")]
+    interval: Option<u32>,
+    /// Exit after SECONDS without any process
+    #[arg(long = "timeout", value_name = "SECONDS")]
+    timeout: Option<u32>,
+    /// The address TCP listens on (default: every interface; stasis)
+    #[arg(long = "listen", value_name = "ADDRESS")]
+    listen: Option<IpAddr>,
+    /// How many committed generations to keep (stasis)
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    keep: u32,
+    /// Listen on this Unix socket (then on TCP only if -p is given; stasis)
+    #[arg(long = "coord-socket", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print no notes (DMTCP_QUIET)
+    #[arg(short = 'q', long = "quiet", action = ArgAction::Count)]
+    quiet: u8,
+    /// Print help
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn env_quiet(env: cli::Env) -> bool {
+    first_env(env, QUIET_ENV).is_some_and(|(_, v)| v != "0")
+}
+
+fn env_path(env: cli::Env, names: &[&'static str]) -> Option<PathBuf> {
+    first_env(env, names).map(|(_, v)| v.into())
+}
+
+/// DMTCP_GZIP=1 asks for what stasis does not do.
+fn gzip_note(flag: bool, no_flag: bool, env: cli::Env, notes: &mut Vec<String>) {
+    let by_env = first_env(env, GZIP_ENV).is_some_and(|(_, v)| v != "0");
+    if flag || (by_env && !no_flag) {
+        let what = if flag { "--gzip" } else { "DMTCP_GZIP=1" };
+        notes.push(format!("{what} is ignored: stasis images are not gzip-compressed"));
+    }
+}
+
+fn mode(join: bool, new: bool) -> Mode {
+    if join {
+        Mode::Join
+    } else if new {
+        Mode::New
+    } else {
+        Mode::Any
+    }
+}
+
+/// Parses the command line of `name`.
+pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env) -> Result<Parsed, NotRun> {
+    let err = |e| cli::not_run(e, name.as_str());
+    let mut notes = Vec::new();
+    let verb = match name {
+        Name::Launch => {
+            let a = LaunchArgs::try_parse_from(args).map_err(err)?;
+            for (set, option, why) in [
+                (a.no_coordinator, "--no-coordinator", NO_COORDINATOR),
+                (a.checkpoint_open_files, "--checkpoint-open-files", OPEN_FILES),
+                (a.allow_file_overwrite, "--allow-file-overwrite", OVERWRITE),
+                (a.modify_env, "--modify-env", MODIFY_ENV),
+                (a.mpi, "--mpi", MPI),
+                (a.infiniband, "--ib", INFINIBAND),
+                (a.with_plugin.is_some(), "--with-plugin", PLUGINS),
+            ] {
+                if set {
+                    return Err(refuse(option, why));
+                }
+            }
+            gzip_note(a.gzip, a.no_gzip, env, &mut notes);
+            for (set, option) in [
+                (a.disable_all_plugins, "--disable-all-plugins"),
+                (a.disable_alloc_plugin, "--disable-alloc-plugin"),
+                (a.disable_dl_plugin, "--disable-dl-plugin"),
+            ] {
+                if set {
+                    notes.push(format!("{option} is ignored: {PLUGINS}"));
+                }
+            }
+            if a.prefix.is_some() {
+                notes.push("--prefix is ignored: stasis finds its agent next to its own binary".into());
+            }
+            let ckpt_signal = match a.ckpt_signal {
+                Some(s) => Some(s),
+                None => match first_env(env, SIGNAL_ENV) {
+                    None => None,
+                    Some((n, v)) => Some(cli::ckpt_signal(&v).map_err(|e| NotRun::Usage(format!("{n}: {e}")))?),
+                },
+            };
+            Verb::Launch(LaunchOpts {
+                mode: mode(a.join, a.new),
+                coord: cli::coord_opts(a.socket, a.host, a.port, a.tmpdir, env, &DMTCP_ENV, true)?,
+                interval_s: match a.interval {
+                    Some(i) => Some(i),
+                    None => env_number(env, INTERVAL_ENV, "a number of seconds")?,
+                },
+                ckpt_dir: a.ckpt_dir.or_else(|| env_path(env, CKPT_DIR_ENV)),
+                keep: a.keep as usize,
+                port_file: a.port_file,
+                coord_logfile: a.coord_logfile,
+                ckpt_signal,
+                quiet: a.quiet > 0 || env_quiet(env),
+                program: a.program,
+            })
+        }
+        Name::Restart => {
+            let a = RestartArgs::try_parse_from(args).map_err(err)?;
+            for (set, option, why) in [(a.modify_env, "--modify-env", MODIFY_ENV), (a.mpi, "--mpi", MPI)] {
+                if set {
+                    return Err(refuse(option, why));
+                }
+            }
+            if a.no_strict_checking {
+                notes.push("--no-strict-checking is ignored: stasis always checks what a restart needs".into());
+            }
+            if a.debug_restart_pause.is_some() {
+                notes.push("--debug-restart-pause is ignored".into());
+            }
+            let restart_dir = a.restart_dir.or_else(|| env_path(env, RESTART_DIR_ENV));
+            if a.targets.is_empty() && restart_dir.is_none() {
+                return Err(NotRun::Usage(
+                    "dmtcp_restart needs images (ckpt_*.dmtcp) or a checkpoint directory (see dmtcp_restart --help)"
+                        .into(),
+                ));
+            }
+            Verb::Restart(RestartOpts {
+                mode: mode(a.join, a.new),
+                coord: cli::coord_opts(a.socket, a.host, a.port, a.tmpdir, env, &DMTCP_ENV, true)?,
+                interval_s: match a.interval {
+                    Some(i) => Some(i),
+                    None => env_number(env, INTERVAL_ENV, "a number of seconds")?,
+                },
+                ckpt_dir: a.ckpt_dir.or_else(|| env_path(env, CKPT_DIR_ENV)),
+                keep: a.keep as usize,
+                port_file: a.port_file,
+                coord_logfile: a.coord_logfile,
+                restart_dir,
+                quiet: a.quiet > 0 || env_quiet(env),
+                targets: a.targets,
+            })
+        }
+        Name::Command => {
+            let a = CommandArgs::try_parse_from(command_words(args)).map_err(err)?;
+            let action = if a.checkpoint {
+                Action::StartCheckpoint
+            } else if a.bcheckpoint {
+                Action::BlockingCheckpoint
+            } else if a.kcheckpoint {
+                Action::CheckpointThenKill
+            } else if a.status {
+                Action::Status
+            } else if a.list {
+                Action::List
+            } else if a.kill {
+                Action::Kill
+            } else if a.quit {
+                Action::Quit
+            } else if let Some(s) = a.interval {
+                Action::Interval(s)
+            } else {
+                unreachable!("clap requires one action")
+            };
+            let secret_dirs = a.ckpt_dir.into_iter().chain(env_path(env, CKPT_DIR_ENV)).chain(cwd()).collect();
+            Verb::Command(CommandOpts {
+                coord: cli::coord_opts(a.socket, a.host, a.port, a.tmpdir, env, &DMTCP_ENV, true)?,
+                action,
+                json: a.json,
+                secret_dirs,
+                dmtcp: true,
+            })
+        }
+        Name::Coordinator => {
+            let a = CoordinatorArgs::try_parse_from(args).map_err(err)?;
+            Verb::Coordinator(CoordinatorOpts {
+                coord: cli::coord_opts(a.socket, None, a.port, a.tmpdir, env, &DMTCP_ENV, false)?,
+                listen: a.listen,
+                ckpt_dir: a.ckpt_dir.or_else(|| env_path(env, CKPT_DIR_ENV)),
+                interval_s: match a.interval {
+                    Some(i) => i,
+                    None => env_number(env, INTERVAL_ENV, "a number of seconds")?.unwrap_or(0),
+                },
+                keep: a.keep as usize,
+                exit_on_last: a.exit_on_last,
+                exit_after_ckpt: a.exit_after_ckpt,
+                idle_timeout: a.timeout,
+                daemon: a.daemon,
+                port_file: a.port_file,
+                coord_logfile: a.coord_logfile,
+                quiet: a.quiet > 0 || env_quiet(env),
+                ready_fd: None,
+            })
+        }
+    };
+    Ok(Parsed { verb, notes })
+}
+
+/// dmtcp_command's commands as DMTCP also takes them: `-bc`, `-kc`, and
+/// bare words (`s`, `c`, `i 60`...), rewritten into long options.
+fn command_words(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    const TAKES_VALUE: [&str; 10] = [
+        "-h",
+        "--coord-host",
+        "-p",
+        "--coord-port",
+        "--ckptdir",
+        "--coord-socket",
+        "--tmpdir",
+        "-i",
+        "--interval",
+        "i",
+    ];
+    let mut out = Vec::new();
+    let mut value_next = false;
+    for (n, a) in args.into_iter().enumerate() {
+        if n == 0 || value_next {
+            value_next = false;
+            out.push(a);
+            continue;
+        }
+        let word = a.to_str().unwrap_or("");
+        value_next = TAKES_VALUE.contains(&word);
+        let long = match word {
+            "s" => "--status",
+            "l" => "--list",
+            "c" => "--checkpoint",
+            "bc" | "-bc" => "--bcheckpoint",
+            "kc" | "-kc" => "--kcheckpoint",
+            "k" => "--kill",
+            "q" => "--quit",
+            "i" => "--interval",
+            _ => {
+                out.push(a);
+                continue;
+            }
+        };
+        out.push(long.into());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stasis_coord::client::Addr;
+
+    fn parse_env(name: Name, args: &[&str], vars: &[(&str, &str)]) -> Result<Parsed, NotRun> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = move |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let argv = std::iter::once(name.as_str()).chain(args.iter().copied()).map(OsString::from);
+        parse(name, argv, &env)
+    }
+
+    fn launch(args: &[&str], vars: &[(&str, &str)]) -> (LaunchOpts, Vec<String>) {
+        match parse_env(Name::Launch, args, vars) {
+            Ok(Parsed { verb: Verb::Launch(o), notes }) => (o, notes),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn restart(args: &[&str], vars: &[(&str, &str)]) -> (RestartOpts, Vec<String>) {
+        match parse_env(Name::Restart, args, vars) {
+            Ok(Parsed { verb: Verb::Restart(o), notes }) => (o, notes),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn command(args: &[&str], vars: &[(&str, &str)]) -> CommandOpts {
+        match parse_env(Name::Command, args, vars) {
+            Ok(Parsed { verb: Verb::Command(o), .. }) => o,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn coordinator(args: &[&str], vars: &[(&str, &str)]) -> CoordinatorOpts {
+        match parse_env(Name::Coordinator, args, vars) {
+            Ok(Parsed { verb: Verb::Coordinator(o), .. }) => o,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    /// A usage error, one line, that contains every one of `want`.
+    #[track_caller]
+    fn refused(name: Name, args: &[&str], want: &[&str]) {
+        match parse_env(name, args, &[]) {
+            Err(NotRun::Usage(m)) => {
+                assert!(!m.contains('\n'), "{m}");
+                for w in want {
+                    assert!(m.contains(w), "{args:?}: {w:?} not in {m:?}");
+                }
+            }
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_by_the_file_name_called() {
+        assert_eq!(Name::from_program("dmtcp_launch".as_ref()), Some(Name::Launch));
+        assert_eq!(Name::from_program("/opt/bin/dmtcp_restart".as_ref()), Some(Name::Restart));
+        assert_eq!(Name::from_program("./dmtcp_command".as_ref()), Some(Name::Command));
+        assert_eq!(Name::from_program("dmtcp_coordinator".as_ref()), Some(Name::Coordinator));
+        assert_eq!(Name::from_program("stasis".as_ref()), None);
+        assert_eq!(Name::from_program("dmtcp_launch.sh".as_ref()), None);
+    }
+
+    #[test]
+    fn launch_as_the_howto_writes_it() {
+        let (o, notes) = launch(&["-i", "60", "--ckptdir", "/scratch/ck/", "./your_program", "-x"], &[]);
+        assert_eq!((o.interval_s, o.mode, o.keep), (Some(60), Mode::Any, 2));
+        assert_eq!(o.ckpt_dir, Some(PathBuf::from("/scratch/ck/")));
+        assert_eq!(o.program, ["./your_program", "-x"]);
+        assert!(notes.is_empty(), "{notes:?}");
+        let (o, _) = launch(&["--join-coordinator", "./p"], &[]);
+        assert_eq!(o.mode, Mode::Join);
+        let (o, _) = launch(&["-j", "-h", "node4", "-p", "7780", "--port-file", "pf", "./p"], &[]);
+        assert_eq!((o.mode, o.coord.host.as_deref(), o.coord.port), (Mode::Join, Some("node4"), Some(7780)));
+        assert_eq!(o.port_file, Some(PathBuf::from("pf")));
+        let (o, _) = launch(&["--new-coordinator", "--coord-port", "0", "./p"], &[]);
+        assert_eq!((o.mode, o.coord.port), (Mode::New, Some(0)));
+        let (o, _) = launch(&["--tmpdir", "/t", "--ckpt-signal", "12", "-q", "--no-gzip", "./p"], &[]);
+        assert_eq!((o.coord.tmpdir, o.ckpt_signal, o.quiet), (Some(PathBuf::from("/t")), Some(12), true));
+        let (o, _) = launch(&["--coord-host", "n", "--interval", "5", "--coord-logfile", "log", "./p"], &[]);
+        assert_eq!((o.coord.host.as_deref(), o.interval_s), (Some("n"), Some(5)));
+        assert_eq!(o.coord_logfile, Some(PathBuf::from("log")));
+    }
+
+    #[test]
+    fn launch_reads_dmtcp_variables() {
+        let vars = [
+            ("DMTCP_COORD_HOST", "node9"),
+            ("DMTCP_COORD_PORT", "7001"),
+            ("DMTCP_CHECKPOINT_INTERVAL", "30"),
+            ("DMTCP_CHECKPOINT_DIR", "/ck"),
+            ("DMTCP_TMPDIR", "/t"),
+            ("DMTCP_SIGCKPT", "10"),
+            ("DMTCP_QUIET", "1"),
+        ];
+        let (o, _) = launch(&["./p"], &vars);
+        assert_eq!((o.coord.host.as_deref(), o.coord.port), (Some("node9"), Some(7001)));
+        assert_eq!((o.interval_s, o.ckpt_dir), (Some(30), Some(PathBuf::from("/ck"))));
+        assert_eq!((o.coord.tmpdir, o.ckpt_signal, o.quiet), (Some(PathBuf::from("/t")), Some(10), true));
+        // Flags beat variables; DMTCP's variables beat stasis's.
+        let (o, _) = launch(&["-i", "5", "-p", "8", "./p"], &vars);
+        assert_eq!((o.interval_s, o.coord.port), (Some(5), Some(8)));
+        let (o, _) = launch(&["./p"], &[("DMTCP_PORT", "7002"), ("STASIS_COORD_PORT", "7003")]);
+        assert_eq!(o.coord.port, Some(7002));
+        // The address a launched program was given beats host and port variables.
+        let (o, _) = launch(&["./p"], &[("STASIS_COORD_ADDR", "unix:/s.sock"), ("DMTCP_COORD_PORT", "7001")]);
+        assert_eq!(o.coord.addr, Some(Addr::Unix("/s.sock".into())));
+        for (k, v) in [("DMTCP_CHECKPOINT_INTERVAL", "often"), ("DMTCP_COORD_PORT", "x"), ("DMTCP_SIGCKPT", "9")] {
+            match parse_env(Name::Launch, &["./p"], &[(k, v)]) {
+                Err(NotRun::Usage(m)) => assert!(m.contains(k), "{m}"),
+                other => panic!("{k}={v}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn launch_refuses_what_it_cannot_do_and_notes_what_it_ignores() {
+        refused(Name::Launch, &["--no-coordinator", "./p"], &["--no-coordinator", "not supported"]);
+        refused(Name::Launch, &["--checkpoint-open-files", "./p"], &["--checkpoint-open-files", "not supported"]);
+        refused(Name::Launch, &["--ckpt-open-files", "./p"], &["--checkpoint-open-files"]);
+        refused(Name::Launch, &["--allow-file-overwrite", "./p"], &["--allow-file-overwrite"]);
+        refused(Name::Launch, &["--modify-env", "./p"], &["--modify-env"]);
+        refused(Name::Launch, &["--mpi", "./p"], &["--mpi"]);
+        refused(Name::Launch, &["--ib", "./p"], &["--ib"]);
+        refused(Name::Launch, &["--with-plugin", "x.so", "./p"], &["--with-plugin", "plugins"]);
+        refused(Name::Launch, &["-j", "--new-coordinator", "./p"], &["dmtcp_launch --help"]);
+        refused(Name::Launch, &["--frobnicate", "./p"], &["--frobnicate", "dmtcp_launch --help"]);
+        refused(Name::Launch, &[], &["dmtcp_launch --help"]);
+        let (_, notes) = launch(&["--gzip", "./p"], &[]);
+        assert!(notes.iter().any(|n| n.contains("--gzip is ignored")), "{notes:?}");
+        let (_, notes) = launch(&["./p"], &[("DMTCP_GZIP", "1")]);
+        assert!(notes.iter().any(|n| n.contains("DMTCP_GZIP=1 is ignored")), "{notes:?}");
+        let (_, notes) = launch(&["./p"], &[("DMTCP_GZIP", "0")]);
+        assert!(notes.is_empty(), "{notes:?}");
+        let (_, notes) = launch(&["--disable-dl-plugin", "--prefix", "/x", "./p"], &[]);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(matches!(parse_env(Name::Launch, &["--help"], &[]), Err(NotRun::Asked(t)) if t.contains("--ckptdir")));
+        assert!(matches!(parse_env(Name::Launch, &["--version"], &[]), Err(NotRun::Asked(t)) if t.contains("stasis")));
+    }
+
+    #[test]
+    fn restart_as_the_howto_writes_it() {
+        let (o, notes) = restart(&["/ck/ckpt_a_1.dmtcp", "/ck/ckpt_b_2.dmtcp"], &[]);
+        assert_eq!(o.targets.len(), 2);
+        assert_eq!((o.mode, o.interval_s, o.ckpt_dir), (Mode::Any, None, None));
+        assert!(notes.is_empty());
+        let (o, _) = restart(&["--join-coordinator", "ckpt_a.dmtcp"], &[]);
+        assert_eq!(o.mode, Mode::Join);
+        let (o, _) = restart(&["-h", "n1", "-p", "7781", "-i", "20", "--restartdir", "/ck", "--new"], &[]);
+        assert_eq!((o.coord.host.as_deref(), o.coord.port, o.interval_s), (Some("n1"), Some(7781), Some(20)));
+        assert_eq!((o.restart_dir, o.mode), (Some(PathBuf::from("/ck")), Mode::New));
+        let (o, _) = restart(&[], &[("DMTCP_RESTART_DIR", "/r"), ("DMTCP_CHECKPOINT_DIR", "/c")]);
+        assert_eq!((o.restart_dir, o.ckpt_dir), (Some(PathBuf::from("/r")), Some(PathBuf::from("/c"))));
+        let (_, notes) = restart(&["--no-strict-checking", "x.dmtcp"], &[]);
+        assert!(notes[0].contains("--no-strict-checking is ignored"), "{notes:?}");
+        refused(Name::Restart, &[], &["needs images"]);
+        refused(Name::Restart, &["--modify-env", "x.dmtcp"], &["--modify-env", "not supported"]);
+        refused(Name::Restart, &["--mpi", "x.dmtcp"], &["--mpi"]);
+        refused(Name::Restart, &["--gzip", "x.dmtcp"], &["--gzip", "dmtcp_restart --help"]);
+    }
+
+    #[test]
+    fn command_takes_dmtcp_spellings() {
+        let action = |args: &[&str]| command(args, &[]).action;
+        assert_eq!(action(&["-s"]), Action::Status);
+        assert_eq!(action(&["--status"]), Action::Status);
+        assert_eq!(action(&["s"]), Action::Status);
+        assert_eq!(action(&["-l"]), Action::List);
+        assert_eq!(action(&["-c"]), Action::StartCheckpoint);
+        assert_eq!(action(&["c"]), Action::StartCheckpoint);
+        assert_eq!(action(&["-bc"]), Action::BlockingCheckpoint);
+        assert_eq!(action(&["--bcheckpoint"]), Action::BlockingCheckpoint);
+        assert_eq!(action(&["-kc"]), Action::CheckpointThenKill);
+        assert_eq!(action(&["-i", "60"]), Action::Interval(60));
+        assert_eq!(action(&["i", "60"]), Action::Interval(60));
+        assert_eq!(action(&["--interval", "0"]), Action::Interval(0));
+        assert_eq!(action(&["-k"]), Action::Kill);
+        assert_eq!(action(&["-q"]), Action::Quit);
+        assert_eq!(action(&["--quit"]), Action::Quit);
+        // A host named like a command is still a host.
+        let o = command(&["-h", "c", "-p", "7000", "s"], &[]);
+        assert_eq!((o.coord.host.as_deref(), o.coord.port, o.action), (Some("c"), Some(7000), Action::Status));
+        assert!(o.dmtcp);
+        let o = command(&["-s"], &[("DMTCP_COORD_HOST", "n2"), ("DMTCP_CHECKPOINT_DIR", "/ck")]);
+        assert_eq!(o.coord.host.as_deref(), Some("n2"));
+        assert_eq!(o.secret_dirs.first(), Some(&PathBuf::from("/ck")));
+        refused(Name::Command, &[], &["dmtcp_command --help"]);
+        refused(Name::Command, &["-s", "-k"], &["dmtcp_command --help"]);
+        refused(Name::Command, &["x"], &["dmtcp_command --help"]);
+    }
+
+    #[test]
+    fn coordinator_options() {
+        let o = coordinator(
+            &["--coord-port", "0", "--port-file", "pf", "--exit-on-last", "--daemon", "--coord-logfile", "log"],
+            &[],
+        );
+        assert_eq!((o.coord.port, o.exit_on_last, o.daemon), (Some(0), true, true));
+        assert_eq!((o.port_file, o.coord_logfile), (Some(PathBuf::from("pf")), Some(PathBuf::from("log"))));
+        let o = coordinator(&["-p", "7790", "-i", "30", "--ckptdir", "ck", "--exit-after-ckpt", "--timeout", "9"], &[]);
+        assert_eq!((o.coord.port, o.interval_s, o.exit_after_ckpt, o.idle_timeout), (Some(7790), 30, true, Some(9)));
+        let o = coordinator(&["--port", "7791", "-q"], &[]);
+        assert_eq!((o.coord.port, o.quiet), (Some(7791), true));
+        let o = coordinator(
+            &[],
+            &[("DMTCP_COORD_PORT", "7100"), ("DMTCP_CHECKPOINT_INTERVAL", "15"), ("DMTCP_CHECKPOINT_DIR", "/c")],
+        );
+        assert_eq!((o.coord.port, o.interval_s, o.ckpt_dir), (Some(7100), 15, Some(PathBuf::from("/c"))));
+        refused(Name::Coordinator, &["--bogus"], &["dmtcp_coordinator --help"]);
+    }
+}
