@@ -28,20 +28,23 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
         w.set_compression(stasis_image::Compression::Lz4);
     }
     let Snapshot { meta, plans, deleted_files, .. } = snap;
+    // One buffer for the whole image: a program with hundreds of regions
+    // (a stack per thread) must not cost hundreds of fresh 4 MiB buffers.
+    let mut bounce = vec![0u8; MAX_CHUNK as usize];
 
     let first_pass = |i: usize| meta.regions[i].shared || meta.regions[i].kind == RegionKind::Vdso;
     for (i, plan) in plans.iter().enumerate() {
         if first_pass(i) {
-            write_region(&mut w, &mem, i as u32, meta.regions[i].start, plan)?;
+            write_region(&mut w, &mem, &mut bounce, i as u32, meta.regions[i].start, plan)?;
         }
     }
     for &fd_index in &deleted_files {
         let fd = meta.fds[fd_index].fd;
         let mut f = reopen_fd(fd).map_err(|e| format!("reopen deleted file on fd {fd}: {e}"))?;
-        let mut buf = vec![0u8; MAX_CHUNK as usize];
+        let buf = &mut bounce[..];
         let mut offset = 0u64;
         loop {
-            let n = f.read(&mut buf).map_err(|e| format!("read deleted file on fd {fd}: {e}"))?;
+            let n = f.read(buf).map_err(|e| format!("read deleted file on fd {fd}: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -52,7 +55,7 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     shared_done();
     for (i, plan) in plans.iter().enumerate() {
         if !first_pass(i) {
-            write_region(&mut w, &mem, i as u32, meta.regions[i].start, plan)?;
+            write_region(&mut w, &mem, &mut bounce, i as u32, meta.regions[i].start, plan)?;
         }
     }
     w.finish(meta).map_err(err)
@@ -71,14 +74,20 @@ fn is_zero(page: &[u8]) -> bool {
 }
 
 /// Writes the wanted pages of one region as chunks of runs of pages.
-fn write_region(w: &mut ImageWriter, mem: &File, region: u32, start: u64, plan: &RegionPlan) -> Result<(), String> {
+fn write_region(
+    w: &mut ImageWriter,
+    mem: &File,
+    bounce: &mut [u8],
+    region: u32,
+    start: u64,
+    plan: &RegionPlan,
+) -> Result<(), String> {
     let pages = match &plan.pages {
         Pages::None => return Ok(()),
         Pages::Prefix(len) => len / PAGE,
         Pages::Bitmap(bits) => bits.len() as u64 * 64,
     };
-    let max_run = MAX_CHUNK / PAGE;
-    let mut bounce = vec![0u8; MAX_CHUNK as usize];
+    let max_run = bounce.len() as u64 / PAGE;
     let emit = |w: &mut ImageWriter, first: u64, data: &[u8]| -> Result<(), String> {
         // Runs of pages, split where all-zero pages may be left out.
         let n = data.len() / PAGE as usize;
