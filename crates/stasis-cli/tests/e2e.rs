@@ -9,6 +9,13 @@
 
 mod support;
 
+// The coordinator and the DMTCP command line (in this binary, so that
+// .ci/run runs them as an unprivileged user too).
+#[path = "e2e/console.rs"]
+mod console;
+#[path = "e2e/dmtcp.rs"]
+mod dmtcp;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
@@ -101,7 +108,7 @@ fn threads_mutexes_and_tids_survive_checkpoint_kill_restart() {
 
 #[test]
 fn two_hundred_threads_survive_checkpoint_kill_restart() {
-    checkpoint_kill_restart("crowd", &Program::c("crowd", &[]));
+    checkpoint_kill_restart("crowd", &Program::c("crowd", &["80"]));
 }
 
 #[test]

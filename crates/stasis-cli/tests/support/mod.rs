@@ -110,6 +110,19 @@ fn locate_stasis() -> PathBuf {
     bin
 }
 
+/// One of the DMTCP-named binaries (`dmtcp_launch`, ...), next to stasis.
+pub fn dmtcp_bin(name: &str) -> PathBuf {
+    let bin = stasis().with_file_name(name);
+    assert!(bin.is_file(), "build the workspace first: cargo build --workspace (no {} next to stasis)", name);
+    bin
+}
+
+/// The directory of the stasis binaries, for a PATH that finds the DMTCP
+/// names as a batch script calls them.
+pub fn bin_dir() -> &'static Path {
+    stasis().parent().expect("the stasis binary has a directory")
+}
+
 /// Builds the agent into the target directory that holds `bin`.
 fn build_agent(bin: &Path) {
     let profile_dir = bin.parent().expect("the stasis binary has a directory");
