@@ -121,10 +121,10 @@ struct LaunchArgs {
     /// Where a coordinator started in the background writes its messages
     #[arg(long = "coord-logfile", value_name = "FILE")]
     coord_logfile: Option<PathBuf>,
-    /// Ignored: stasis images are not gzip-compressed
+    /// Compress images (the default; DMTCP_GZIP=0 turns it off): stasis compresses with LZ4, not gzip
     #[arg(long)]
     gzip: bool,
-    /// Images are not gzip-compressed (as with stasis always)
+    /// Do not compress images
     #[arg(long = "no-gzip")]
     no_gzip: bool,
     /// Where checkpoints go (DMTCP_CHECKPOINT_DIR; default: the current directory)
@@ -379,13 +379,14 @@ fn env_path(env: cli::Env, names: &[&'static str]) -> Option<PathBuf> {
     first_env(env, names).map(|(_, v)| v.into())
 }
 
-/// DMTCP_GZIP=1 asks for what stasis does not do.
-fn gzip_note(flag: bool, no_flag: bool, env: cli::Env, notes: &mut Vec<String>) {
-    let by_env = first_env(env, GZIP_ENV).is_some_and(|(_, v)| v != "0");
-    if flag || (by_env && !no_flag) {
-        let what = if flag { "--gzip" } else { "DMTCP_GZIP=1" };
-        notes.push(format!("{what} is ignored: stasis images are not gzip-compressed"));
+/// Whether images are compressed: as DMTCP, yes unless --no-gzip or
+/// DMTCP_GZIP=0 says otherwise (a flag wins over the variable). Stasis
+/// compresses with LZ4, which keeps up with a disk where gzip would not.
+fn compress(flag: bool, no_flag: bool, env: cli::Env) -> bool {
+    if flag || no_flag {
+        return flag;
     }
+    first_env(env, GZIP_ENV).is_none_or(|(_, v)| v != "0")
 }
 
 fn mode(join: bool, new: bool) -> Mode {
@@ -418,7 +419,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                     return Err(refuse(option, why));
                 }
             }
-            gzip_note(a.gzip, a.no_gzip, env, &mut notes);
+            let compress = compress(a.gzip, a.no_gzip, env);
             for (set, option) in [
                 (a.disable_all_plugins, "--disable-all-plugins"),
                 (a.disable_alloc_plugin, "--disable-alloc-plugin"),
@@ -447,6 +448,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 },
                 ckpt_dir: a.ckpt_dir.or_else(|| env_path(env, CKPT_DIR_ENV)),
                 keep: a.keep as usize,
+                compress,
                 port_file: a.port_file,
                 coord_logfile: a.coord_logfile,
                 ckpt_signal,
@@ -483,6 +485,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 },
                 ckpt_dir: a.ckpt_dir.or_else(|| env_path(env, CKPT_DIR_ENV)),
                 keep: a.keep as usize,
+                compress: compress(false, false, env),
                 port_file: a.port_file,
                 coord_logfile: a.coord_logfile,
                 restart_dir,
@@ -531,6 +534,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                     None => env_number(env, INTERVAL_ENV, "a number of seconds")?.unwrap_or(0),
                 },
                 keep: a.keep as usize,
+                compress: compress(false, false, env),
                 exit_on_last: a.exit_on_last,
                 exit_after_ckpt: a.exit_after_ckpt,
                 idle_timeout: a.timeout,
@@ -718,12 +722,21 @@ mod tests {
         refused(Name::Launch, &["-j", "--new-coordinator", "./p"], &["dmtcp_launch --help"]);
         refused(Name::Launch, &["--frobnicate", "./p"], &["--frobnicate", "dmtcp_launch --help"]);
         refused(Name::Launch, &[], &["dmtcp_launch --help"]);
-        let (_, notes) = launch(&["--gzip", "./p"], &[]);
-        assert!(notes.iter().any(|n| n.contains("--gzip is ignored")), "{notes:?}");
-        let (_, notes) = launch(&["./p"], &[("DMTCP_GZIP", "1")]);
-        assert!(notes.iter().any(|n| n.contains("DMTCP_GZIP=1 is ignored")), "{notes:?}");
-        let (_, notes) = launch(&["./p"], &[("DMTCP_GZIP", "0")]);
-        assert!(notes.is_empty(), "{notes:?}");
+        // Compressed by default, as with DMTCP; a flag wins over DMTCP_GZIP.
+        for (args, vars, want) in [
+            (&["./p"][..], &[][..], true),
+            (&["--gzip", "./p"], &[], true),
+            (&["--no-gzip", "./p"], &[], false),
+            (&["./p"], &[("DMTCP_GZIP", "0")], false),
+            (&["./p"], &[("DMTCP_GZIP", "1")], true),
+            (&["--gzip", "./p"], &[("DMTCP_GZIP", "0")], true),
+        ] {
+            let (o, notes) = launch(args, vars);
+            assert_eq!(o.compress, want, "{args:?} {vars:?}");
+            assert!(notes.is_empty(), "{notes:?}");
+        }
+        assert!(!restart(&["x.dmtcp"], &[("DMTCP_GZIP", "0")]).0.compress);
+        assert!(coordinator(&[], &[]).compress);
         let (_, notes) = launch(&["--disable-dl-plugin", "--prefix", "/x", "./p"], &[]);
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(matches!(parse_env(Name::Launch, &["--help"], &[]), Err(NotRun::Asked(t)) if t.contains("--ckptdir")));

@@ -35,6 +35,8 @@ pub struct CoordinatorOpts {
     pub ckpt_dir: Option<PathBuf>,
     pub interval_s: u32,
     pub keep: usize,
+    /// Compress images with LZ4 (a coordinator started here, or this one).
+    pub compress: bool,
     pub exit_on_last: bool,
     pub exit_after_ckpt: bool,
     /// Seconds without any process after which it exits.
@@ -94,6 +96,7 @@ fn bind(opts: &CoordinatorOpts) -> Result<Bound> {
     let mut cfg = CoordConfig::new(socket.clone(), ckpt_dir);
     cfg.interval_s = opts.interval_s;
     cfg.keep = opts.keep;
+    cfg.compress = opts.compress;
     let mut coord = Coordinator::bind(cfg).map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::AddrInUse { " (choose another port with -p PORT)" } else { "" };
         anyhow!("{e}{hint}").context(format!("cannot start the coordinator at {}", socket.display()))

@@ -28,6 +28,8 @@ pub struct LaunchOpts {
     /// None: the current directory.
     pub ckpt_dir: Option<PathBuf>,
     pub keep: usize,
+    /// Compress images with LZ4 (a coordinator started here, or this one).
+    pub compress: bool,
     /// Where to write the coordinator's TCP port.
     pub port_file: Option<PathBuf>,
     /// Where a coordinator started in the background logs.
@@ -68,6 +70,7 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
         ckpt_dir: &ckpt_dir,
         interval_s: opts.interval_s.unwrap_or(0),
         keep: opts.keep,
+        compress: opts.compress,
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };

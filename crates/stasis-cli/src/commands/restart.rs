@@ -35,6 +35,8 @@ pub struct RestartOpts {
     /// None: the checkpoint directory the images belong to.
     pub ckpt_dir: Option<PathBuf>,
     pub keep: usize,
+    /// Compress images with LZ4 (a coordinator started here, or this one).
+    pub compress: bool,
     pub port_file: Option<PathBuf>,
     pub coord_logfile: Option<PathBuf>,
     /// Where relative image names are; with no target, what to restart.
@@ -121,6 +123,7 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         ckpt_dir: &ckpt_dir,
         interval_s: opts.interval_s.unwrap_or(interval),
         keep: opts.keep,
+        compress: opts.compress,
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };

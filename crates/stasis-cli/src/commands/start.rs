@@ -41,6 +41,7 @@ pub struct Background<'a> {
     pub ckpt_dir: &'a Path,
     pub interval_s: u32,
     pub keep: usize,
+    pub compress: bool,
     pub logfile: Option<&'a Path>,
     pub quiet: bool,
 }
@@ -214,6 +215,9 @@ fn start(target: &Target, bg: &Background) -> Result<Found> {
     }
     if bg.quiet {
         cmd.arg("--quiet");
+    }
+    if bg.compress {
+        cmd.arg("--compress");
     }
     let stderr = match bg.logfile {
         Some(f) => Stdio::from(
