@@ -8,8 +8,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::Ordering;
 
 use stasis_image::{
-    AgentInfo, Fd, FdKind, FileId, ITimer, MmLayout, PosixTimer, ProcessMeta, Region, RegionKind, Rlimit, SigAction,
-    Thread,
+    AgentInfo, EpollTarget, Fd, FdKind, FileId, ITimer, MmLayout, PosixTimer, ProcessMeta, Region, RegionKind, Rlimit,
+    SigAction, Thread,
 };
 use stasis_plan::{UC_FPSTATE_OFFSET, UCONTEXT_LEN};
 
@@ -415,6 +415,8 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
         }
         let kind = if fd == agent_fd {
             FdKind::Agent
+        } else if let Some(kind) = link.strip_prefix("anon_inode:") {
+            anon_inode(kind, flags, &info_text).unwrap_or(FdKind::Unsupported)
         } else {
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => {
@@ -434,6 +436,30 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
         out.push(Fd { fd, cloexec, kind });
     }
     Ok(out)
+}
+
+/// The kernel objects without a path that a process can have on its own;
+/// None for the ones Stasis cannot save (its fdinfo says too little).
+fn anon_inode(kind: &str, flags: u32, info: &str) -> Option<FdKind> {
+    Some(match kind {
+        "[eventfd]" => {
+            let e = stasis_procfs::parse_eventfd(info)?;
+            FdKind::EventFd { count: e.count, semaphore: e.semaphore, flags }
+        }
+        "[signalfd]" => FdKind::SignalFd { mask: stasis_procfs::parse_signalfd(info)?, flags },
+        "[timerfd]" => {
+            let t = stasis_procfs::parse_timerfd(info)?;
+            FdKind::TimerFd { clock: t.clock, flags, value_ns: t.value_ns, interval_ns: t.interval_ns, ticks: t.ticks }
+        }
+        "[eventpoll]" => {
+            let targets = stasis_procfs::parse_epoll_targets(info)?
+                .into_iter()
+                .map(|t| EpollTarget { fd: t.fd, events: t.events, data: t.data })
+                .collect();
+            FdKind::Epoll { flags, targets }
+        }
+        _ => return None,
+    })
 }
 
 /// The file behind `fd`, for reading a deleted file's contents.

@@ -112,6 +112,11 @@ fn two_hundred_threads_survive_checkpoint_kill_restart() {
 }
 
 #[test]
+fn eventfd_signalfd_timerfd_and_epoll_survive_checkpoint_kill_restart() {
+    checkpoint_kill_restart("kobjects", &Program::c("kobjects", &[]));
+}
+
+#[test]
 fn signals_and_timers_survive_checkpoint_kill_restart() {
     checkpoint_kill_restart("signals", &Program::c("signals", &[]));
 }

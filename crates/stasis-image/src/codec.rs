@@ -204,6 +204,34 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
             }
             FdKind::Agent => e.u8(4),
             FdKind::Unsupported => e.u8(5),
+            FdKind::EventFd { count, semaphore, flags } => {
+                e.u8(6);
+                e.u64(*count);
+                e.bool(*semaphore);
+                e.u32(*flags);
+            }
+            FdKind::SignalFd { mask, flags } => {
+                e.u8(7);
+                e.u64(*mask);
+                e.u32(*flags);
+            }
+            FdKind::TimerFd { clock, flags, value_ns, interval_ns, ticks } => {
+                e.u8(8);
+                e.i32(*clock);
+                e.u32(*flags);
+                e.u64(*value_ns);
+                e.u64(*interval_ns);
+                e.u64(*ticks);
+            }
+            FdKind::Epoll { flags, targets } => {
+                e.u8(9);
+                e.u32(*flags);
+                e.vec(targets, |e, t| {
+                    e.i32(t.fd);
+                    e.u32(t.events);
+                    e.u64(t.data);
+                });
+            }
         }
     });
     e.vec(&meta.sigactions, |e, a| {
@@ -326,6 +354,19 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
             3 => FdKind::Inherited { what: d.str()? },
             4 => FdKind::Agent,
             5 => FdKind::Unsupported,
+            6 => FdKind::EventFd { count: d.u64()?, semaphore: d.bool()?, flags: d.u32()? },
+            7 => FdKind::SignalFd { mask: d.u64()?, flags: d.u32()? },
+            8 => FdKind::TimerFd {
+                clock: d.i32()?,
+                flags: d.u32()?,
+                value_ns: d.u64()?,
+                interval_ns: d.u64()?,
+                ticks: d.u64()?,
+            },
+            9 => FdKind::Epoll {
+                flags: d.u32()?,
+                targets: d.vec(16, |d| Ok(EpollTarget { fd: d.i32()?, events: d.u32()?, data: d.u64()? }))?,
+            },
             t => return Err(corrupt(format!("unknown descriptor kind {t}"))),
         };
         Ok(Fd { fd, cloexec, kind })
@@ -620,7 +661,7 @@ mod tests {
         // counts, shared_pending and the agent's 16 bytes.
         let fd_tag = good.len() - 41;
         let mut v = good.clone();
-        v[fd_tag] = 9;
-        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 9"));
+        v[fd_tag] = 10;
+        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 10"));
     }
 }

@@ -172,9 +172,47 @@ pub enum FdKind {
     },
     /// The agent's own connection to its coordinator, reconnected at restart.
     Agent,
+    /// An eventfd: its counter, and whether it counts as a semaphore.
+    /// `flags` are the open flags (O_NONBLOCK matters).
+    EventFd {
+        count: u64,
+        semaphore: bool,
+        flags: u32,
+    },
+    /// A signalfd: the signals it takes (bit N-1 for signal N).
+    SignalFd {
+        mask: u64,
+        flags: u32,
+    },
+    /// A timerfd: re-armed at restart with the time that was left
+    /// (`value_ns`, 0 for disarmed) and its period; `ticks` are the
+    /// expirations the program had not read yet.
+    TimerFd {
+        clock: i32,
+        flags: u32,
+        value_ns: u64,
+        interval_ns: u64,
+        ticks: u64,
+    },
+    /// An epoll instance and what it watches, by descriptor number; it is
+    /// rebuilt after every other descriptor is in place.
+    Epoll {
+        flags: u32,
+        targets: Vec<EpollTarget>,
+    },
     /// Not restorable: left closed at restart, with `what` in the log.
     #[default]
     Unsupported,
+}
+
+/// One descriptor an epoll instance watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EpollTarget {
+    pub fd: i32,
+    /// The event mask, flags (EPOLLET, EPOLLONESHOT...) included.
+    pub events: u32,
+    /// The program's `epoll_data`, returned with every event.
+    pub data: u64,
 }
 
 /// sigaction() as the kernel stores it.

@@ -191,6 +191,17 @@ pub fn render(m: &ProcessMeta) -> String {
             FdKind::Inherited { what } => format!("inherited from restart ({})", clean(what)),
             FdKind::Agent => "the agent's coordinator connection".into(),
             FdKind::Unsupported => "not restorable (left closed)".into(),
+            FdKind::EventFd { count, semaphore, flags } => {
+                format!("eventfd count {count}{} flags {flags:#o}", if *semaphore { " (semaphore)" } else { "" })
+            }
+            FdKind::SignalFd { mask, flags } => format!("signalfd mask {mask:#x} flags {flags:#o}"),
+            FdKind::TimerFd { clock, flags, value_ns, interval_ns, ticks } => format!(
+                "timerfd clock {clock} flags {flags:#o} next in {value_ns} ns, every {interval_ns} ns, {ticks} unread"
+            ),
+            FdKind::Epoll { flags, targets } => {
+                let watched: Vec<String> = targets.iter().map(|t| format!("{}:{:#x}", t.fd, t.events)).collect();
+                format!("epoll flags {flags:#o} watching [{}]", watched.join(" "))
+            }
         };
         let _ = writeln!(o, "  {:>4}{} {what}", f.fd, if f.cloexec { " cloexec" } else { "        " });
     }

@@ -110,6 +110,79 @@ pub fn parse_fdinfo(text: &str) -> Option<FdInfo> {
     (have_pos && have_flags).then_some(info)
 }
 
+/// The value after `key:` on a line of an fdinfo text, trimmed.
+fn fdinfo_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+}
+
+/// An eventfd's state, from its fdinfo (`eventfd-count` is hexadecimal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventFdInfo {
+    pub count: u64,
+    pub semaphore: bool,
+}
+
+pub fn parse_eventfd(text: &str) -> Option<EventFdInfo> {
+    let count = u64::from_str_radix(fdinfo_field(text, "eventfd-count")?, 16).ok()?;
+    // Older kernels do not show it; semaphore mode is then unknown, and rare.
+    let semaphore = fdinfo_field(text, "eventfd-semaphore").is_some_and(|v| v == "1");
+    Some(EventFdInfo { count, semaphore })
+}
+
+/// A signalfd's signal mask (`sigmask`, hexadecimal, bit N-1 for signal N).
+pub fn parse_signalfd(text: &str) -> Option<u64> {
+    u64::from_str_radix(fdinfo_field(text, "sigmask")?, 16).ok()
+}
+
+/// A timerfd's state. `value_ns` is the time left until the next expiry
+/// (0: disarmed), whatever the clock and flags it was set with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerFdInfo {
+    pub clock: i32,
+    /// Expirations not read yet.
+    pub ticks: u64,
+    pub settime_flags: u32,
+    pub value_ns: u64,
+    pub interval_ns: u64,
+}
+
+/// `(SECONDS, NANOSECONDS)` as nanoseconds.
+fn timespec_ns(v: &str) -> Option<u64> {
+    let (s, ns) = v.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+    s.trim().parse::<u64>().ok()?.checked_mul(1_000_000_000)?.checked_add(ns.trim().parse().ok()?)
+}
+
+pub fn parse_timerfd(text: &str) -> Option<TimerFdInfo> {
+    Some(TimerFdInfo {
+        clock: fdinfo_field(text, "clockid")?.parse().ok()?,
+        ticks: fdinfo_field(text, "ticks")?.parse().ok()?,
+        settime_flags: u32::from_str_radix(fdinfo_field(text, "settime flags")?, 8).ok()?,
+        value_ns: timespec_ns(fdinfo_field(text, "it_value")?)?,
+        interval_ns: timespec_ns(fdinfo_field(text, "it_interval")?)?,
+    })
+}
+
+/// One descriptor an epoll instance watches: `tfd: N events: HEX data: HEX ...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollTarget {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+pub fn parse_epoll_targets(text: &str) -> Option<Vec<EpollTarget>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("tfd:")) {
+        let mut words = line.split_whitespace();
+        let mut value = |key: &str| words.find(|w| *w == key).and_then(|_| words.next());
+        let fd = value("tfd:")?.parse().ok()?;
+        let events = u32::from_str_radix(value("events:")?, 16).ok()?;
+        let data = u64::from_str_radix(value("data:")?, 16).ok()?;
+        out.push(EpollTarget { fd, events, data });
+    }
+    Some(out)
+}
+
 /// The memory-layout fields of /proc/PID/stat (see proc(5)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatMm {
@@ -220,6 +293,35 @@ pub fn parse_timers(text: &str) -> Option<Vec<TimerEntry>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn anon_inode_fdinfo() {
+        let head = "pos:\t0\nflags:\t04002\nmnt_id:\t17\nino:\t17\n";
+        let e = format!("{head}eventfd-count:                1f\neventfd-id: 1\neventfd-semaphore: 1\n");
+        assert_eq!(parse_eventfd(&e), Some(EventFdInfo { count: 31, semaphore: true }));
+        assert_eq!(parse_eventfd(head), None);
+        assert_eq!(parse_signalfd(&format!("{head}sigmask:\t0000000000004200\n")), Some(0x4200));
+        let t = format!(
+            "{head}clockid: 1\nticks: 3\nsettime flags: 01\nit_value: (1, 999557920)\nit_interval: (0, 50000000)\n"
+        );
+        let want =
+            TimerFdInfo { clock: 1, ticks: 3, settime_flags: 1, value_ns: 1_999_557_920, interval_ns: 50_000_000 };
+        assert_eq!(parse_timerfd(&t), Some(want));
+        assert_eq!(parse_timerfd(&t.replace("(0, 50000000)", "(0 50000000)")), None);
+        let ep = format!(
+            "{head}tfd:        4 events:       1d data: 1122334400000004  pos:0 ino:11 sdev:10\n\
+             tfd:        3 events: 80000019 data: 1122334455667788  pos:0 ino:11 sdev:10\n"
+        );
+        assert_eq!(
+            parse_epoll_targets(&ep),
+            Some(vec![
+                EpollTarget { fd: 4, events: 0x1d, data: 0x1122_3344_0000_0004 },
+                EpollTarget { fd: 3, events: 0x8000_0019, data: 0x1122_3344_5566_7788 },
+            ])
+        );
+        assert_eq!(parse_epoll_targets(head), Some(vec![]));
+        assert_eq!(parse_epoll_targets("tfd: x events: 1 data: 2\n"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -10,6 +10,8 @@ use std::os::unix::fs::FileExt;
 
 use stasis_image::{ChunkKind, FdKind, ImageReader, ProcessMeta};
 
+use crate::kobj;
+
 /// Restart's own descriptors in the restored process, all >= `base`.
 pub struct Helpers {
     pub base: i32,
@@ -134,10 +136,36 @@ pub fn restore(
                 warn(format!("fd {} could not be saved; it is closed", f.fd));
                 continue;
             }
+            FdKind::EventFd { count, semaphore, flags } => {
+                kobj::eventfd(*count, *semaphore, *flags).map_err(|e| format!("fd {}: eventfd: {e}", f.fd))?
+            }
+            FdKind::SignalFd { mask, flags } => {
+                kobj::signalfd(*mask, *flags).map_err(|e| format!("fd {}: signalfd: {e}", f.fd))?
+            }
+            FdKind::TimerFd { clock, flags, value_ns, interval_ns, ticks } => {
+                kobj::timerfd(*clock, *flags, *value_ns, *interval_ns, *ticks, &mut |w| {
+                    warn(format!("fd {} (timerfd): {w}", f.fd))
+                })
+                .map_err(|e| format!("fd {}: timerfd: {e}", f.fd))?
+            }
+            // Rebuilt below, once what it watches is in place.
+            FdKind::Epoll { .. } => continue,
         };
         if tmp != f.fd {
             dup2(tmp, f.fd)?;
             close(tmp);
+        }
+        let fdflag = if f.cloexec { libc::FD_CLOEXEC } else { 0 };
+        // SAFETY: F_SETFD on a descriptor we just placed.
+        unsafe { libc::fcntl(f.fd, libc::F_SETFD, fdflag) };
+    }
+    for f in &meta.fds {
+        let FdKind::Epoll { flags, targets } = &f.kind else { continue };
+        let ep = kobj::epoll(*flags, targets, &mut |w| warn(format!("fd {} (epoll): {w}", f.fd)))
+            .map_err(|e| format!("fd {}: epoll: {e}", f.fd))?;
+        if ep != f.fd {
+            dup2(ep, f.fd)?;
+            close(ep);
         }
         let fdflag = if f.cloexec { libc::FD_CLOEXEC } else { 0 };
         // SAFETY: F_SETFD on a descriptor we just placed.

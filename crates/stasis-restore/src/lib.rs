@@ -11,6 +11,7 @@
 //! single-threaded: its children run Rust code after a raw clone.
 
 mod fds;
+mod kobj;
 mod layout;
 mod ns;
 mod plan;
