@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub plans: Vec<RegionPlan>,
     /// fds (index into meta.fds) whose file contents must be saved.
     pub deleted_files: Vec<usize>,
+    /// The first read end (index into meta.fds) of each pipe whose bytes in
+    /// flight must be saved.
+    pub pipes: Vec<usize>,
     /// The allocator's epoch before memory was listed.
     pub epoch: usize,
 }
@@ -68,6 +71,14 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
         .filter(|(_, f)| matches!(f.kind, FdKind::File { deleted: true, .. }))
         .map(|(i, _)| i)
         .collect();
+    let mut pipes: Vec<usize> = Vec::new();
+    for (i, f) in fds.iter().enumerate() {
+        if let FdKind::Pipe { id, write: false, .. } = f.kind
+            && !pipes.iter().any(|&p| matches!(fds[p].kind, FdKind::Pipe { id: other, .. } if other == id))
+        {
+            pipes.push(i);
+        }
+    }
     let mut meta = ProcessMeta {
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -109,7 +120,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
     let epoch = crate::ALLOC.epoch();
     let (regions, plans) = memory()?;
     meta.regions = regions;
-    Ok(Snapshot { meta, plans, deleted_files, epoch })
+    Ok(Snapshot { meta, plans, deleted_files, pipes, epoch })
 }
 
 /// Takes the memory list again (see `snapshot`).
@@ -400,9 +411,12 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
     let mut nums = sys::numeric_entries(c"/proc/self/fd").map_err(|e| format!("read /proc/self/fd: errno {e}"))?;
     nums.sort_unstable();
     let mut out = Vec::new();
+    // (index in out, inode, write end, flags) of every pipe descriptor.
+    let mut pipe_ends: Vec<(usize, u64, bool, u32)> = Vec::new();
     for fd in nums {
         let Ok(link) = fs::read_link(format!("/proc/self/fd/{fd}")) else { continue }; // closed meanwhile
         let link = link.to_string_lossy().into_owned();
+        let is_pipe = link.starts_with("pipe:[");
         let Ok(info_text) = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else { continue };
         let info = stasis_procfs::parse_fdinfo(&info_text).ok_or_else(|| format!("cannot parse fdinfo of fd {fd}"))?;
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
@@ -433,7 +447,21 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
                 _ => FdKind::Inherited { what: link },
             }
         };
+        if st.st_mode & libc::S_IFMT == libc::S_IFIFO && is_pipe {
+            let write = flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
+            pipe_ends.push((out.len(), st.st_ino, write, flags));
+        }
         out.push(Fd { fd, cloexec, kind });
+    }
+    // A pipe whose two ends are both here is saved whole; one whose other
+    // end is elsewhere stays as classified above (restored closed, or
+    // inherited at 0-2).
+    for &(i, ino, write, flags) in &pipe_ends {
+        let both = pipe_ends.iter().any(|&(_, other, w, _)| other == ino && w != write);
+        if both {
+            let size = sys::pipe_size(out[i].fd).unwrap_or(0) as u32;
+            out[i].kind = FdKind::Pipe { id: ino, write, flags, size };
+        }
     }
     Ok(out)
 }

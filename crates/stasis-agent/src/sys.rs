@@ -274,3 +274,62 @@ pub fn numeric_entries(path: &std::ffi::CStr) -> Result<Vec<i32>, i32> {
     let _ = unsafe { syscall6(libc::SYS_close, [fd as usize, 0, 0, 0, 0, 0]) };
     result.map(|()| out)
 }
+
+fn close(fd: i32) {
+    let _ = syscall_nomem(libc::SYS_close, [fd as usize, 0, 0, 0, 0, 0]);
+}
+
+/// A pipe's capacity in bytes (F_GETPIPE_SZ).
+pub fn pipe_size(fd: i32) -> SysResult {
+    syscall_nomem(libc::SYS_fcntl, [fd as usize, libc::F_GETPIPE_SZ as usize, 0, 0, 0, 0])
+}
+
+/// The bytes waiting in the pipe that `read_end` reads from, left where
+/// they are: tee(2) copies them into a private pipe as large, which is then
+/// read. Fails rather than return part of them.
+pub fn pipe_peek(read_end: i32) -> Result<Vec<u8>, String> {
+    let mut waiting: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `waiting`.
+    unsafe {
+        syscall6(libc::SYS_ioctl, [read_end as usize, libc::FIONREAD as usize, &raw mut waiting as usize, 0, 0, 0])
+    }
+    .map_err(|e| format!("FIONREAD: errno {e}"))?;
+    let waiting = waiting.max(0) as usize;
+    if waiting == 0 {
+        return Ok(Vec::new());
+    }
+    let mut ends = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into `ends`.
+    unsafe {
+        syscall6(
+            libc::SYS_pipe2,
+            [ends.as_mut_ptr() as usize, (libc::O_CLOEXEC | libc::O_NONBLOCK) as usize, 0, 0, 0, 0],
+        )
+    }
+    .map_err(|e| format!("pipe2: errno {e}"))?;
+    let [r, w] = ends;
+    let size = pipe_size(read_end).unwrap_or(waiting);
+    let _ = syscall_nomem(libc::SYS_fcntl, [w as usize, libc::F_SETPIPE_SZ as usize, size.max(waiting), 0, 0, 0]);
+    let copied =
+        syscall_nomem(libc::SYS_tee, [read_end as usize, w as usize, waiting, libc::SPLICE_F_NONBLOCK as usize, 0, 0]);
+    close(w);
+    let mut out = vec![0u8; waiting];
+    let mut got = 0;
+    while let Ok(copied) = copied
+        && got < copied
+    {
+        // SAFETY: read writes at most out.len() - got bytes at out[got..].
+        match unsafe {
+            syscall6(libc::SYS_read, [r as usize, out[got..].as_mut_ptr() as usize, out.len() - got, 0, 0, 0])
+        } {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    close(r);
+    match copied {
+        Ok(_) if got == waiting => Ok(out),
+        Ok(_) => Err(format!("copied {got} of the {waiting} bytes in flight")),
+        Err(e) => Err(format!("tee: errno {e}")),
+    }
+}

@@ -112,7 +112,7 @@ fn two_hundred_threads_survive_checkpoint_kill_restart() {
 }
 
 #[test]
-fn eventfd_signalfd_timerfd_and_epoll_survive_checkpoint_kill_restart() {
+fn eventfd_signalfd_timerfd_epoll_and_own_pipe_survive_checkpoint_kill_restart() {
     checkpoint_kill_restart("kobjects", &Program::c("kobjects", &[]));
 }
 

@@ -232,6 +232,13 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                     e.u64(t.data);
                 });
             }
+            FdKind::Pipe { id, write, flags, size } => {
+                e.u8(10);
+                e.u64(*id);
+                e.bool(*write);
+                e.u32(*flags);
+                e.u32(*size);
+            }
         }
     });
     e.vec(&meta.sigactions, |e, a| {
@@ -367,6 +374,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 flags: d.u32()?,
                 targets: d.vec(16, |d| Ok(EpollTarget { fd: d.i32()?, events: d.u32()?, data: d.u64()? }))?,
             },
+            10 => FdKind::Pipe { id: d.u64()?, write: d.bool()?, flags: d.u32()?, size: d.u32()? },
             t => return Err(corrupt(format!("unknown descriptor kind {t}"))),
         };
         Ok(Fd { fd, cloexec, kind })
@@ -661,7 +669,7 @@ mod tests {
         // counts, shared_pending and the agent's 16 bytes.
         let fd_tag = good.len() - 41;
         let mut v = good.clone();
-        v[fd_tag] = 10;
-        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 10"));
+        v[fd_tag] = 11;
+        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 11"));
     }
 }

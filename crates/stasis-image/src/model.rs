@@ -200,6 +200,16 @@ pub enum FdKind {
         flags: u32,
         targets: Vec<EpollTarget>,
     },
+    /// One end of a pipe whose two ends this process both holds. `id` (the
+    /// pipe's inode) is shared by every descriptor of one pipe; `size` is
+    /// its capacity. The bytes in flight are `FileContents` chunks of the
+    /// pipe's first read end in `fds`.
+    Pipe {
+        id: u64,
+        write: bool,
+        flags: u32,
+        size: u32,
+    },
     /// Not restorable: left closed at restart, with `what` in the log.
     #[default]
     Unsupported,
@@ -262,7 +272,8 @@ pub struct AgentInfo {
 pub enum ChunkKind {
     /// Bytes of `regions[region]` starting `offset` bytes into it.
     Memory { region: u32, offset: u64 },
-    /// Bytes of the file behind `fds[fd_index]` starting at `offset`.
+    /// Bytes of the file behind `fds[fd_index]` starting at `offset` (for a
+    /// pipe: the bytes in flight, in order).
     FileContents { fd_index: u32, offset: u64 },
 }
 

@@ -202,6 +202,9 @@ pub fn render(m: &ProcessMeta) -> String {
                 let watched: Vec<String> = targets.iter().map(|t| format!("{}:{:#x}", t.fd, t.events)).collect();
                 format!("epoll flags {flags:#o} watching [{}]", watched.join(" "))
             }
+            FdKind::Pipe { id, write, flags, size } => {
+                format!("pipe {id} {} end flags {flags:#o} capacity {size}", if *write { "write" } else { "read" })
+            }
         };
         let _ = writeln!(o, "  {:>4}{} {what}", f.fd, if f.cloexec { " cloexec" } else { "        " });
     }

@@ -222,42 +222,45 @@ fn arb_region_kind() -> impl Strategy<Value = RegionKind> {
 }
 
 fn arb_fd() -> impl Strategy<Value = Fd> {
-    let kind = prop_oneof![
-        (arb_string(), any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>())
-            .prop_map(|(path, flags, offset, size, deleted)| FdKind::File { path, flags, offset, size, deleted }),
-        (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Directory { path, flags }),
-        (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Device { path, flags }),
-        arb_string().prop_map(|what| FdKind::Inherited { what }),
-        Just(FdKind::Agent),
-        Just(FdKind::Unsupported),
-        (any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(count, semaphore, flags)| FdKind::EventFd {
-            count,
-            semaphore,
-            flags
-        }),
-        (any::<u64>(), any::<u32>()).prop_map(|(mask, flags)| FdKind::SignalFd { mask, flags }),
-        (any::<i32>(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(clock, flags, value_ns, interval_ns, ticks)| FdKind::TimerFd {
-                clock,
-                flags,
-                value_ns,
-                interval_ns,
-                ticks
-            }
-        ),
-        (
-            any::<u32>(),
-            proptest::collection::vec(
-                (any::<i32>(), any::<u32>(), any::<u64>()).prop_map(|(fd, events, data)| EpollTarget {
-                    fd,
-                    events,
-                    data
-                }),
-                0..4
+    let kind =
+        prop_oneof![
+            (arb_string(), any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>())
+                .prop_map(|(path, flags, offset, size, deleted)| FdKind::File { path, flags, offset, size, deleted }),
+            (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Directory { path, flags }),
+            (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Device { path, flags }),
+            arb_string().prop_map(|what| FdKind::Inherited { what }),
+            Just(FdKind::Agent),
+            Just(FdKind::Unsupported),
+            (any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(count, semaphore, flags)| FdKind::EventFd {
+                count,
+                semaphore,
+                flags
+            }),
+            (any::<u64>(), any::<u32>()).prop_map(|(mask, flags)| FdKind::SignalFd { mask, flags }),
+            (any::<i32>(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(clock, flags, value_ns, interval_ns, ticks)| FdKind::TimerFd {
+                    clock,
+                    flags,
+                    value_ns,
+                    interval_ns,
+                    ticks
+                }
+            ),
+            (
+                any::<u32>(),
+                proptest::collection::vec(
+                    (any::<i32>(), any::<u32>(), any::<u64>()).prop_map(|(fd, events, data)| EpollTarget {
+                        fd,
+                        events,
+                        data
+                    }),
+                    0..4
+                )
             )
-        )
-            .prop_map(|(flags, targets)| FdKind::Epoll { flags, targets }),
-    ];
+                .prop_map(|(flags, targets)| FdKind::Epoll { flags, targets }),
+            (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>())
+                .prop_map(|(id, write, flags, size)| FdKind::Pipe { id, write, flags, size }),
+        ];
     (any::<i32>(), any::<bool>(), kind).prop_map(|(fd, cloexec, kind)| Fd { fd, cloexec, kind })
 }
 

@@ -105,6 +105,8 @@ pub fn restore(
     keep.extend([agent, image_fd, log]);
     crate::ns::close_all_but(&keep);
 
+    // Each pipe's two ends, made once, above the program's numbers.
+    let mut pipes: HashMap<u64, (i32, i32)> = HashMap::new();
     for f in &meta.fds {
         let tmp = match &f.kind {
             FdKind::File { path, flags, offset, size, deleted } => {
@@ -150,6 +152,24 @@ pub fn restore(
             }
             // Rebuilt below, once what it watches is in place.
             FdKind::Epoll { .. } => continue,
+            FdKind::Pipe { id, write, flags, size } => {
+                if !pipes.contains_key(id) {
+                    let contents = meta.fds.iter().find_map(|g| match g.kind {
+                        FdKind::Pipe { id: other, .. } if other == *id => saved_contents.get(&g.fd),
+                        _ => None,
+                    });
+                    let ends = kobj::pipe(*size, contents.map_or(&[][..], |v| v.as_slice()), base, &mut |w| {
+                        warn(format!("fd {} (pipe): {w}", f.fd))
+                    })
+                    .map_err(|e| format!("fd {}: pipe: {e}", f.fd))?;
+                    pipes.insert(*id, ends);
+                }
+                let (r, w) = pipes[id];
+                let fd = dup_at_least(if *write { w } else { r }, 0)?;
+                // SAFETY: F_SETFL on our own descriptor; O_NONBLOCK is the flag that matters.
+                unsafe { libc::fcntl(fd, libc::F_SETFL, (*flags as i32) & libc::O_NONBLOCK) };
+                fd
+            }
         };
         if tmp != f.fd {
             dup2(tmp, f.fd)?;
@@ -158,6 +178,10 @@ pub fn restore(
         let fdflag = if f.cloexec { libc::FD_CLOEXEC } else { 0 };
         // SAFETY: F_SETFD on a descriptor we just placed.
         unsafe { libc::fcntl(f.fd, libc::F_SETFD, fdflag) };
+    }
+    for (r, w) in pipes.into_values() {
+        close(r);
+        close(w);
     }
     for f in &meta.fds {
         let FdKind::Epoll { flags, targets } = &f.kind else { continue };

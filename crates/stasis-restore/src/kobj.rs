@@ -124,6 +124,57 @@ pub fn epoll(flags: u32, targets: &[EpollTarget], warn: &mut dyn FnMut(String)) 
     Ok(ep)
 }
 
+/// A pipe of `size` bytes (0: the default) holding `contents`, its two
+/// ends (read, write) at `min` or above. Fails rather than lose bytes.
+pub fn pipe(size: u32, contents: &[(u64, Vec<u8>)], min: i32, warn: &mut dyn FnMut(String)) -> io::Result<(i32, i32)> {
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `ends`.
+    check(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    let moved = ends.map(|fd| {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we just made.
+        let to = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+        close(fd);
+        to
+    });
+    let [r, w] = moved;
+    let fail = |e: io::Error| {
+        for fd in moved.into_iter().filter(|&fd| fd >= 0) {
+            close(fd);
+        }
+        Err(e)
+    };
+    if r < 0 || w < 0 {
+        return fail(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETPIPE_SZ takes a plain integer.
+    if size > 0 && unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, size as libc::c_int) } < 0 {
+        warn(format!("capacity {size} not granted ({})", io::Error::last_os_error()));
+    }
+    let mut parts: Vec<&(u64, Vec<u8>)> = contents.iter().collect();
+    parts.sort_by_key(|(offset, _)| *offset);
+    for (_, bytes) in parts {
+        let mut done = 0;
+        while done < bytes.len() {
+            // SAFETY: writes from a live buffer to our pipe.
+            let n = unsafe { libc::write(w, bytes[done..].as_ptr().cast(), bytes.len() - done) };
+            if n <= 0 {
+                return fail(io::Error::other(format!(
+                    "the {} bytes in flight do not fit in it ({})",
+                    contents.iter().map(|(_, b)| b.len()).sum::<usize>(),
+                    io::Error::last_os_error()
+                )));
+            }
+            done += n as usize;
+        }
+    }
+    // Blocking again; the caller sets each end's own flags.
+    for fd in [r, w] {
+        // SAFETY: F_SETFL on our own descriptor.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, 0) };
+    }
+    Ok((r, w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +236,22 @@ mod tests {
         assert_eq!(unsafe { libc::timerfd_gettime(fd, &mut cur) }, 0);
         assert_eq!((cur.it_value.tv_sec, cur.it_value.tv_nsec), (0, 0));
         close(fd);
+    }
+
+    #[test]
+    fn a_pipe_comes_back_with_its_bytes_in_order() {
+        let contents = vec![(3, b"def".to_vec()), (0, b"abc".to_vec())];
+        let (r, w) = pipe(65536, &contents, 50, &mut |w| panic!("{w}")).unwrap();
+        assert!(r >= 50 && w >= 50);
+        let mut buf = [0u8; 16];
+        // SAFETY: reads into a live buffer.
+        let n = unsafe { libc::read(r, buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(&buf[..n as usize], b"abcdef");
+        close(r);
+        close(w);
+        // More than a pipe can hold is an error, not a loss.
+        let big = vec![(0, vec![7u8; 8 << 20])];
+        assert!(pipe(0, &big, 0, &mut |_| {}).is_err());
     }
 
     #[test]
