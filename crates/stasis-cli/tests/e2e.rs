@@ -116,6 +116,59 @@ fn eventfd_signalfd_timerfd_epoll_and_own_pipe_survive_checkpoint_kill_restart()
     checkpoint_kill_restart("kobjects", &Program::c("kobjects", &[]));
 }
 
+/// A connection to a server outside the computation cannot be saved: after
+/// the restart the program sees end of file (not a vanished descriptor),
+/// carries on without it, and the restart's log names the descriptor.
+#[test]
+fn a_connection_outside_the_computation_comes_back_disconnected() {
+    let sb = Sandbox::new("remote");
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| sb.fail(format!("bind: {e}")));
+    let port = server.local_addr().unwrap().port().to_string();
+    std::thread::spawn(move || {
+        for conn in server.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = conn;
+                let _ = std::io::copy(&mut c.try_clone().unwrap(), &mut c);
+            });
+        }
+    });
+    let prog = Program::c("remote", &["40", "-1", &port]);
+    let ck = sb.join("ck");
+    let sock = sb.socket();
+    let mut app = launch(&sb, &prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
+    app.wait_lines(&sb, 3);
+    let window = checkpoint(&sb, &sock, &mut app);
+    carry_on(&sb, &mut app, window, 2);
+    app.kill();
+    let before = app.lines();
+    sb.check(before.iter().all(|l| l.ends_with(" echo ok")), || {
+        format!("the launched run lost its server: {before:?}")
+    });
+
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}", re.label));
+    let after = re.lines();
+    let first = after.first().cloned().unwrap_or_default();
+    let step: usize = first.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    // Its next send meets EPIPE, or its read end of file: either is an
+    // error a program handles, as when a server goes away.
+    let handled = ["EOF", "Broken pipe", "Connection reset by peer"].iter().any(|why| first.ends_with(why));
+    sb.check(first.contains(" connection lost: ") && handled && (window.lo..=window.hi + 1).contains(&step), || {
+        format!(
+            "the restarted run should first lose its connection at step {}..={}: {after:?}",
+            window.lo,
+            window.hi + 1
+        )
+    });
+    sb.check(after[1..after.len() - 1].iter().all(|l| l.ends_with(" offline")), || format!("{after:?}"));
+    sb.check(after.last().is_some_and(|l| l.starts_with("final ")), || format!("no final line: {after:?}"));
+    let log = re.stderr_text();
+    sb.check(log.contains("was connected outside the computation; it comes back disconnected"), || {
+        format!("the restart's log does not say which descriptor was disconnected:\n{log}")
+    });
+}
+
 #[test]
 fn signals_and_timers_survive_checkpoint_kill_restart() {
     checkpoint_kill_restart("signals", &Program::c("signals", &[]));

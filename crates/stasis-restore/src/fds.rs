@@ -128,6 +128,18 @@ pub fn restore(
             FdKind::Directory { path, flags } | FdKind::Device { path, flags } => open(path, *flags as i32)?,
             FdKind::Inherited { what } => match stdio.get(f.fd as usize) {
                 Some(&fd) if fd >= 0 => dup_at_least(fd, 0)?,
+                // A pipe or socket to outside the computation cannot be
+                // saved: its stand-in is a connection whose peer is gone,
+                // so the program sees end of file or EPIPE, as when a
+                // peer dies, rather than a descriptor that vanished.
+                _ if what.starts_with("socket:") || what.starts_with("pipe:") => {
+                    warn(format!(
+                        "fd {} ({what}) was connected outside the computation; it comes back disconnected \
+                         (reads see end of file, writes fail with EPIPE)",
+                        f.fd
+                    ));
+                    kobj::disconnected().map_err(|e| format!("fd {}: {e}", f.fd))?
+                }
                 _ => {
                     warn(format!("fd {} ({what}) pointed outside the computation; it is closed", f.fd));
                     continue;

@@ -175,6 +175,16 @@ pub fn pipe(size: u32, contents: &[(u64, Vec<u8>)], min: i32, warn: &mut dyn FnM
     Ok((r, w))
 }
 
+/// A stream socket whose peer is closed: reading it gives end of file,
+/// writing it EPIPE (and SIGPIPE, as for any broken connection).
+pub fn disconnected() -> io::Result<i32> {
+    let mut pair = [0; 2];
+    // SAFETY: socketpair writes two descriptors into `pair`.
+    check(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) })?;
+    close(pair[1]);
+    Ok(pair[0])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +262,18 @@ mod tests {
         // More than a pipe can hold is an error, not a loss.
         let big = vec![(0, vec![7u8; 8 << 20])];
         assert!(pipe(0, &big, 0, &mut |_| {}).is_err());
+    }
+
+    #[test]
+    fn a_disconnected_stand_in_reads_eof_and_refuses_writes() {
+        let fd = disconnected().unwrap();
+        let mut b = [0u8; 4];
+        // SAFETY: reads into a live buffer.
+        assert_eq!(unsafe { libc::read(fd, b.as_mut_ptr().cast(), 4) }, 0);
+        // SAFETY: MSG_NOSIGNAL: EPIPE without SIGPIPE for this test.
+        let n = unsafe { libc::send(fd, b.as_ptr().cast(), 4, libc::MSG_NOSIGNAL) };
+        assert_eq!((n, io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EPIPE)));
+        close(fd);
     }
 
     #[test]
