@@ -165,8 +165,10 @@ pub enum FdKind {
         path: String,
         flags: u32,
     },
-    /// Pointed outside the computation (terminal, pipe, socket): restart hands
-    /// it the descriptor of the same number that `stasis restart` itself has.
+    /// Pointed outside the computation (terminal, pipe, socket). At 0-2,
+    /// restart hands it the descriptor of the same number that `stasis
+    /// restart` itself has; above, a pipe or socket becomes a connection
+    /// whose peer is gone (end of file, EPIPE) and anything else is closed.
     Inherited {
         what: String,
     },
