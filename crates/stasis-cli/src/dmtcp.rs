@@ -573,21 +573,25 @@ fn command_words(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
             continue;
         }
         let word = a.to_str().unwrap_or("");
-        value_next = TAKES_VALUE.contains(&word);
-        let long = match word {
-            "s" => "--status",
-            "l" => "--list",
-            "c" => "--checkpoint",
-            "bc" | "-bc" => "--bcheckpoint",
-            "kc" | "-kc" => "--kcheckpoint",
-            "k" => "--kill",
-            "q" => "--quit",
-            "i" => "--interval",
+        // DMTCP reads a command with any number of leading dashes.
+        let long = match word.trim_start_matches('-') {
+            "s" | "status" => "--status",
+            "l" | "list" => "--list",
+            "c" | "checkpoint" => "--checkpoint",
+            "bc" | "bcheckpoint" => "--bcheckpoint",
+            "kc" | "kcheckpoint" => "--kcheckpoint",
+            "k" | "kill" => "--kill",
+            "q" | "quit" => "--quit",
+            "i" | "interval" => "--interval",
+            "host" => "--coord-host",
+            "port" => "--coord-port",
             _ => {
+                value_next = TAKES_VALUE.contains(&word);
                 out.push(a);
                 continue;
             }
         };
+        value_next = TAKES_VALUE.contains(&long);
         out.push(long.into());
     }
     out
@@ -782,6 +786,16 @@ mod tests {
         assert_eq!(action(&["-k"]), Action::Kill);
         assert_eq!(action(&["-q"]), Action::Quit);
         assert_eq!(action(&["--quit"]), Action::Quit);
+        // Any number of leading dashes, as DMTCP reads them.
+        assert_eq!(action(&["-bcheckpoint"]), Action::BlockingCheckpoint);
+        assert_eq!(action(&["--bc"]), Action::BlockingCheckpoint);
+        assert_eq!(action(&["-status"]), Action::Status);
+        assert_eq!(action(&["-interval", "5"]), Action::Interval(5));
+        let o = command(&["--host", "n3", "--port", "7001", "-kcheckpoint"], &[]);
+        assert_eq!(
+            (o.coord.host.as_deref(), o.coord.port, o.action),
+            (Some("n3"), Some(7001), Action::CheckpointThenKill)
+        );
         // A host named like a command is still a host.
         let o = command(&["-h", "c", "-p", "7000", "s"], &[]);
         assert_eq!((o.coord.host.as_deref(), o.coord.port, o.action), (Some("c"), Some(7000), Action::Status));

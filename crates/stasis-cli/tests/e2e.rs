@@ -116,6 +116,22 @@ fn eventfd_signalfd_timerfd_epoll_and_own_pipe_survive_checkpoint_kill_restart()
     checkpoint_kill_restart("kobjects", &Program::c("kobjects", &[]));
 }
 
+/// A launched shell that works a moment and then execs the program (as
+/// wrapper scripts and version-manager shims do): the coordinator started
+/// in the background must not take the moment between the two agents'
+/// connections for the end of the computation.
+#[test]
+fn a_program_reached_through_exec_is_checkpointed() {
+    let single = Program::c("single", &["60", "80"]);
+    let mut argv: Vec<std::ffi::OsString> =
+        ["/bin/sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; exec \"$0\" \"$@\""]
+            .iter()
+            .map(Into::into)
+            .collect();
+    argv.extend(single.argv.iter().cloned());
+    checkpoint_kill_restart("exec", &Program { name: "sh-exec-single".into(), argv });
+}
+
 /// A connection to a server outside the computation cannot be saved: after
 /// the restart the program sees end of file (not a vanished descriptor),
 /// carries on without it, and the restart's log names the descriptor.

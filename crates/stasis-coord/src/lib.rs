@@ -236,10 +236,15 @@ pub enum End {
     Stopped,
 }
 
+/// How long `EndWhen::last_gone` waits for a process to come back: more
+/// than an agent's retry interval (2 s), for a program that calls exec.
+pub const LAST_GONE_GRACE: Duration = Duration::from_secs(5);
+
 /// When a coordinator's life should end, besides a client's quit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EndWhen {
-    /// When the last process of the computation is gone.
+    /// When the last process of the computation is gone (and none came
+    /// back within [`LAST_GONE_GRACE`]).
     pub last_gone: bool,
     /// After the first checkpoint committed (killing the computation).
     pub after_checkpoint: bool,
@@ -322,7 +327,11 @@ impl CoordHandle {
                 return End::AfterCheckpoint;
             }
             let none = st.agents.is_empty() && st.pending_conns() == 0 && !st.busy;
-            if when.last_gone && st.had_agent && none {
+            // A process that calls exec drops its connection for a moment
+            // (the new program's agent connects again at once): the last
+            // process is gone only when none has come back for a while.
+            if when.last_gone && st.had_agent && none && st.empty_since.is_some_and(|t| t.elapsed() >= LAST_GONE_GRACE)
+            {
                 return End::LastGone;
             }
             if let Some(limit) = when.idle
