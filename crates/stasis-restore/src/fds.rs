@@ -196,8 +196,9 @@ pub fn restore(
         close(w);
     }
     for f in &meta.fds {
-        let FdKind::Epoll { flags, targets } = &f.kind else { continue };
-        let ep = kobj::epoll(*flags, targets, &mut |w| warn(format!("fd {} (epoll): {w}", f.fd)))
+        // Its open flags are always O_RDWR: nothing to carry over.
+        let FdKind::Epoll { targets, .. } = &f.kind else { continue };
+        let ep = kobj::epoll(targets, &mut |w| warn(format!("fd {} (epoll): {w}", f.fd)))
             .map_err(|e| format!("fd {}: epoll: {e}", f.fd))?;
         if ep != f.fd {
             dup2(ep, f.fd)?;

@@ -109,11 +109,10 @@ pub fn timerfd(
 /// An epoll instance watching `targets` again, which must already be at
 /// their numbers. A target that cannot be watched (a descriptor restored
 /// closed) is left out, with a warning.
-pub fn epoll(flags: u32, targets: &[EpollTarget], warn: &mut dyn FnMut(String)) -> io::Result<i32> {
+pub fn epoll(targets: &[EpollTarget], warn: &mut dyn FnMut(String)) -> io::Result<i32> {
     // SAFETY: epoll_create1 takes a plain integer (close-on-exec is set by
     // the caller, like every descriptor's).
     let ep = check(unsafe { libc::epoll_create1(0) })?;
-    let _ = flags; // O_RDWR, nothing to carry over
     for t in targets {
         let mut ev = libc::epoll_event { events: t.events, u64: t.data };
         // SAFETY: `ev` is valid for the call; both descriptors are ours.
@@ -284,7 +283,7 @@ mod tests {
             EpollTarget { fd: efd, events: libc::EPOLLIN as u32, data: 77 },
             EpollTarget { fd: 100_000, events: libc::EPOLLIN as u32, data: 1 },
         ];
-        let ep = epoll(2, &targets, &mut |w| warnings.push(w)).unwrap();
+        let ep = epoll(&targets, &mut |w| warnings.push(w)).unwrap();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: room for one event.
