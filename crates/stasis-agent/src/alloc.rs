@@ -94,14 +94,29 @@ impl AgentAlloc {
         (base != 0 && sys::getpid() != self.arena_owner.load(Ordering::Acquire)).then_some(base)
     }
 
-    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+    fn acquire(&self) {
         while self.lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             std::hint::spin_loop();
         }
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        self.acquire();
         // SAFETY: the lock is held, so this is the only reference.
         let r = f(unsafe { &mut *self.state.get() });
         self.lock.store(false, Ordering::Release);
         r
+    }
+
+    /// Held across fork() (atfork prepare), so that the child never
+    /// inherits it taken by a thread that does not exist there.
+    pub fn lock_for_fork(&self) {
+        self.acquire();
+    }
+
+    /// Releases it after fork(), in the parent and in the child.
+    pub fn unlock_after_fork(&self) {
+        self.lock.store(false, Ordering::Release);
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::signals::{self, CT_SLOT, NEXT_SLOT, RESTORE_INFO, RESUME, STOP_REQUESTED, STOPPED};
-use crate::{collect, sys, writer};
+use crate::{collect, sys, tree, writer};
 
 /// State only the checkpoint thread touches (in its own signal handler
 /// included), so it needs no lock.
@@ -137,14 +137,22 @@ impl Pending {
 
     /// Waits for the writer and reports the image.
     pub fn finish(self) -> Result<Outcome, String> {
-        collect_child(self.0)
+        let r = collect_child(self.0);
+        writer_gone();
+        r
     }
 
     /// Stops the writer (the generation was abandoned).
     pub fn cancel(self) {
         let _ = sys::kill(self.0.child, libc::SIGKILL);
         let _ = sys::wait_snapshot(self.0.child);
+        writer_gone();
     }
+}
+
+fn writer_gone() {
+    tree::WRITER_PIPE_FD.store(-1, Ordering::Release);
+    tree::WRITER_PID.store(0, Ordering::Release);
 }
 
 /// Phase 2, with every thread stopped: snapshot the process and start the
@@ -245,6 +253,8 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
         }
         Ok(child) => {
             drop(wr);
+            tree::WRITER_PID.store(child as i32, Ordering::Release);
+            tree::WRITER_PIPE_FD.store(std::os::fd::AsRawFd::as_raw_fd(&rd), Ordering::Release);
             let mut rd = rd;
             // Hold the program until the child has copied whatever the
             // program could change under it (shared memory and the like).

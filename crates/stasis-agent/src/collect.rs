@@ -39,8 +39,8 @@ pub struct Snapshot {
     pub plans: Vec<RegionPlan>,
     /// fds (index into meta.fds) whose file contents must be saved.
     pub deleted_files: Vec<usize>,
-    /// The first read end (index into meta.fds) of each pipe whose bytes in
-    /// flight must be saved.
+    /// The first descriptor (index into meta.fds) of each pipe, whose bytes
+    /// in flight must be saved.
     pub pipes: Vec<usize>,
     /// The allocator's epoch before memory was listed.
     pub epoch: usize,
@@ -73,7 +73,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
         .collect();
     let mut pipes: Vec<usize> = Vec::new();
     for (i, f) in fds.iter().enumerate() {
-        if let FdKind::Pipe { id, write: false, .. } = f.kind
+        if let FdKind::Pipe { id, .. } = f.kind
             && !pipes.iter().any(|&p| matches!(fds[p].kind, FdKind::Pipe { id: other, .. } if other == id))
         {
             pipes.push(i);
@@ -86,6 +86,9 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
             .unwrap_or(0),
         pid,
         ppid: stat.ppid,
+        pgid: stat.pgrp,
+        sid: stat.session,
+        zombies: crate::tree::children().1,
         name: read_string("/proc/self/comm")?.trim_end().to_string(),
         exe: fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
         cmdline: read_string("/proc/self/cmdline")
@@ -411,8 +414,6 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
     let mut nums = sys::numeric_entries(c"/proc/self/fd").map_err(|e| format!("read /proc/self/fd: errno {e}"))?;
     nums.sort_unstable();
     let mut out = Vec::new();
-    // (index in out, inode, write end, flags) of every pipe descriptor.
-    let mut pipe_ends: Vec<(usize, u64, bool, u32)> = Vec::new();
     for fd in nums {
         let Ok(link) = fs::read_link(format!("/proc/self/fd/{fd}")) else { continue }; // closed meanwhile
         let link = link.to_string_lossy().into_owned();
@@ -447,21 +448,15 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
                 _ => FdKind::Inherited { what: link },
             }
         };
-        if st.st_mode & libc::S_IFMT == libc::S_IFIFO && is_pipe {
+        // Every pipe is saved by its inode: restart finds out which pipes
+        // have both ends in the computation, and which lead outside it.
+        let kind = if st.st_mode & libc::S_IFMT == libc::S_IFIFO && is_pipe && fd != agent_fd {
             let write = flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
-            pipe_ends.push((out.len(), st.st_ino, write, flags));
-        }
+            FdKind::Pipe { id: st.st_ino, write, flags, size: sys::pipe_size(fd).unwrap_or(0) as u32 }
+        } else {
+            kind
+        };
         out.push(Fd { fd, cloexec, kind });
-    }
-    // A pipe whose two ends are both here is saved whole; one whose other
-    // end is elsewhere stays as classified above (restored closed, or
-    // inherited at 0-2).
-    for &(i, ino, write, flags) in &pipe_ends {
-        let both = pipe_ends.iter().any(|&(_, other, w, _)| other == ino && w != write);
-        if both {
-            let size = sys::pipe_size(out[i].fd).unwrap_or(0) as u32;
-            out[i].kind = FdKind::Pipe { id: ino, write, flags, size };
-        }
     }
     Ok(out)
 }

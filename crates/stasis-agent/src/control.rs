@@ -12,13 +12,13 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::Duration;
 
 use stasis_proto::{self as proto, Message, auth};
 
 use crate::ckpt::{self, Outcome, Request, Snapshotted};
-use crate::{signals, sys};
+use crate::{signals, sys, tree};
 
 /// How long the program may stay stopped waiting for the coordinator's
 /// next step before the agent resumes it on its own.
@@ -52,12 +52,35 @@ fn addr_from_env() -> Option<Addr> {
 
 /// What the agent remembers about its computation, across reconnections
 /// and restarts (it lives on the checkpoint thread's stack, which is saved).
+#[derive(Clone)]
 struct Session {
     addr: Option<Addr>,
     secret: Option<Vec<u8>>,
     generation: u64,
     computation: u64,
     interval_s: u32,
+}
+
+/// The last published copy of the session, for a child of fork() to start
+/// from (it has no checkpoint thread, hence no stack holding a Session).
+/// Read only in the child, from its own copy of memory, so the parent may
+/// free an old copy as soon as it publishes a new one.
+static INHERITED: AtomicPtr<Session> = AtomicPtr::new(std::ptr::null_mut());
+
+fn publish(s: &Session) {
+    let new = Box::into_raw(Box::new(s.clone()));
+    let old = INHERITED.swap(new, Ordering::AcqRel);
+    if !old.is_null() {
+        // SAFETY: `old` came from Box::into_raw above and nobody in this
+        // process reads it any more (see INHERITED).
+        drop(unsafe { Box::from_raw(old) });
+    }
+}
+
+fn inherited() -> Option<Session> {
+    let p = INHERITED.load(Ordering::Acquire);
+    // SAFETY: non-null pointers in INHERITED are live boxes (see publish).
+    (!p.is_null()).then(|| unsafe { (*p).clone() })
 }
 
 /// Blocks every signal in the calling thread except the checkpoint signal,
@@ -157,13 +180,15 @@ pub fn run() {
     let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     block_program_signals(sig);
     signals::CT_TID.store(sys::gettid(), Ordering::Release);
-    let mut s = Session {
+    // A child of fork() carries on with what its parent knew.
+    let mut s = inherited().unwrap_or_else(|| Session {
         addr: addr_from_env(),
         secret: std::env::var("STASIS_COORD_SECRET").ok().and_then(|h| auth::from_hex(&h)),
         generation: 0,
         computation: 0,
         interval_s: 0,
-    };
+    });
+    publish(&s);
     let mut conn: Option<File> = None;
     let mut restored = false;
     let mut complained = false;
@@ -188,18 +213,26 @@ pub fn run() {
                 }
             }
         };
+        tree::CONN_FD.store(c.as_raw_fd(), Ordering::Release);
         if (&c).write_all(hello(&s, restored).encode().as_bytes()).is_err() {
+            tree::CONN_FD.store(-1, Ordering::Release);
             std::thread::sleep(RETRY);
             continue;
         }
         restored = false;
-        match serve(&c, &mut s) {
+        let end = serve(&c, &mut s);
+        publish(&s);
+        match end {
             // The descriptor now holds restart's connection: greet it.
             End::Restored => {
                 restored = true;
                 conn = Some(c);
             }
-            End::Closed => std::thread::sleep(RETRY),
+            End::Closed => {
+                tree::CONN_FD.store(-1, Ordering::Release);
+                drop(c);
+                std::thread::sleep(RETRY);
+            }
         }
     }
 }
@@ -275,34 +308,43 @@ fn serve(conn: &File, s: &mut Session) -> End {
     let mut reader = BufReader::new(conn);
     let mut timed_out = false;
     while let Some(msg) = next(&mut reader, &mut timed_out) {
+        let end = obey(conn, &mut reader, s, msg);
+        publish(s);
+        if let Some(end) = end {
+            return end;
+        }
+    }
+    End::Closed
+}
+
+/// Carries out one message; `Some` when the connection is done with.
+fn obey(conn: &File, reader: &mut BufReader<&File>, s: &mut Session, msg: Message) -> Option<End> {
+    {
         match msg.verb.as_str() {
             proto::CHECKPOINT => {
                 let Some(req) = request(&msg, s, conn) else {
                     send(conn, failed(s.generation + 1, "no dir"));
-                    continue;
+                    return None;
                 };
                 let g = req.generation;
                 let result = ckpt::checkpoint(req);
                 if let Ok(Outcome::Restored { generation }) = result {
                     s.generation = generation;
-                    return End::Restored;
+                    return Some(End::Restored);
                 }
                 if result.is_ok() {
                     s.generation = g;
                 }
                 if !send(conn, written(g, result)) {
-                    return End::Closed;
+                    return Some(End::Closed);
                 }
             }
             proto::SUSPEND => {
                 let Some(req) = request(&msg, s, conn) else {
                     send(conn, failed(s.generation + 1, "no dir"));
-                    continue;
+                    return None;
                 };
-                match phased(conn, &mut reader, s, req) {
-                    Some(end) => return end,
-                    None => continue,
-                }
+                return phased(conn, reader, s, req);
             }
             proto::COORDINATOR => {
                 if let Some(a) = msg.get("addr").and_then(parse_addr) {
@@ -315,7 +357,14 @@ fn serve(conn: &File, s: &mut Session) -> End {
             _ => {} // RESUME with nothing suspended, or a verb from a newer coordinator
         }
     }
-    End::Closed
+    None
+}
+
+/// SUSPENDED, with the children the coordinator must also see stopped.
+fn suspended(generation: u64) -> Message {
+    let (live, _) = tree::children();
+    let list: Vec<String> = live.iter().map(i32::to_string).collect();
+    Message::new(proto::SUSPENDED).with("generation", generation).with("children", list.join(","))
 }
 
 /// A checkpoint in three steps, each waiting for the coordinator, so that
@@ -327,13 +376,21 @@ fn phased(conn: &File, reader: &mut BufReader<&File>, s: &mut Session, req: Requ
     if let Err(e) = ckpt::suspend() {
         return (!send(conn, failed(g, &e))).then_some(End::Closed);
     }
-    if !send(conn, Message::new(proto::SUSPENDED).with("generation", g)) {
+    if !send(conn, suspended(g)) {
         ckpt::resume();
         return Some(End::Closed);
     }
     set_read_timeout(conn, Some(STOPPED_LIMIT));
     let mut timed_out = false;
-    let step = next(reader, &mut timed_out);
+    let mut step = next(reader, &mut timed_out);
+    // Until every child has joined, the coordinator may ask again: a child
+    // that exited before it connected is a zombie by now, and drops out.
+    while let Some(m) = step.as_ref().filter(|m| m.verb == proto::CHILDREN) {
+        if m.get_parsed::<u64>("generation").is_some_and(|mg| mg != g) || !send(conn, suspended(g)) {
+            break;
+        }
+        step = next(reader, &mut timed_out);
+    }
     set_read_timeout(conn, None);
     match step {
         Some(m) if m.verb == proto::SNAPSHOT => {}

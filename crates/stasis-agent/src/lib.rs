@@ -15,6 +15,7 @@ mod collect;
 mod control;
 mod signals;
 mod sys;
+mod tree;
 mod writer;
 
 #[global_allocator]
@@ -36,6 +37,14 @@ extern "C" fn init() {
         sys::write_stderr(b"stasis agent: cannot install the checkpoint signal handler\n");
         return;
     }
+    if !tree::install_fork_handlers() {
+        sys::write_stderr(b"stasis agent: cannot register fork handlers; forked children will not be checkpointed\n");
+    }
+    start_checkpoint_thread();
+}
+
+/// Starts the checkpoint thread: at load time, and in a child of fork().
+pub(crate) fn start_checkpoint_thread() {
     let spawned = std::thread::Builder::new().name("stasis-ckpt".into()).spawn(move || {
         // A bug in the agent must not take the program down with it.
         let _ = std::panic::catch_unwind(control::run);

@@ -68,6 +68,15 @@ pub static CT_TID: AtomicI32 = AtomicI32::new(0);
 /// The signal number in use (set once at start-up).
 pub static CKPT_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
+/// In a child of fork(): nothing of the parent's checkpoint goes on here
+/// (pending signals are not inherited, but the flags are).
+pub fn reset_after_fork() {
+    STOP_REQUESTED.store(false, Ordering::Release);
+    NEXT_SLOT.store(0, Ordering::Release);
+    STOPPED.store(0, Ordering::Release);
+    CT_TID.store(0, Ordering::Release);
+}
+
 /// The block the restorer pokes; layout in `stasis_plan::restore_info`.
 #[repr(C)]
 pub struct RestoreInfo {

@@ -275,8 +275,16 @@ pub fn numeric_entries(path: &std::ffi::CStr) -> Result<Vec<i32>, i32> {
     result.map(|()| out)
 }
 
-fn close(fd: i32) {
+pub fn close(fd: i32) {
     let _ = syscall_nomem(libc::SYS_close, [fd as usize, 0, 0, 0, 0, 0]);
+}
+
+/// Blocks (SIG_BLOCK) or unblocks (SIG_UNBLOCK) one signal in the calling
+/// thread, without libc (whose wrapper we replace).
+pub fn sigmask_one(how: i32, sig: i32) {
+    let set: u64 = 1 << (sig - 1);
+    // SAFETY: rt_sigprocmask reads one 8-byte kernel sigset.
+    let _ = unsafe { syscall6(libc::SYS_rt_sigprocmask, [how as usize, &set as *const u64 as usize, 0, 8, 0, 0]) };
 }
 
 /// A pipe's capacity in bytes (F_GETPIPE_SZ).

@@ -3,7 +3,8 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use stasis_image::{ChunkKind, ImageWriter, RegionKind};
@@ -52,16 +53,35 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
             offset += n as u64;
         }
     }
-    // Bytes in flight in the program's own pipes: the program could read
-    // them as soon as it runs again.
+    // Bytes in flight in the program's pipes: the program could read them
+    // as soon as it runs again. A write end is peeked through a read end
+    // opened for the purpose.
     for &fd_index in &pipes {
         let fd = meta.fds[fd_index].fd;
-        let bytes = crate::sys::pipe_peek(fd).map_err(|e| format!("save the bytes in the pipe on fd {fd}: {e}"))?;
+        let reader = match meta.fds[fd_index].kind {
+            stasis_image::FdKind::Pipe { write: true, .. } => Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(format!("/proc/self/fd/{fd}"))
+                    .map_err(|e| format!("open a read end of the pipe on fd {fd}: {e}"))?,
+            ),
+            _ => None,
+        };
+        let peek_fd = reader.as_ref().map_or(fd, |r| r.as_raw_fd());
+        let bytes =
+            crate::sys::pipe_peek(peek_fd).map_err(|e| format!("save the bytes in the pipe on fd {fd}: {e}"))?;
+        drop(reader);
         let mut offset = 0u64;
         for piece in bytes.chunks(MAX_CHUNK as usize) {
             w.append_chunk(ChunkKind::FileContents { fd_index: fd_index as u32, offset }, piece).map_err(err)?;
             offset += piece.len() as u64;
         }
+    }
+    // The program's descriptors are of no more use here, and a pipe's write
+    // end held by this copy would keep its reader from seeing end of file.
+    for f in &meta.fds {
+        crate::sys::close(f.fd);
     }
     shared_done();
     for (i, plan) in plans.iter().enumerate() {

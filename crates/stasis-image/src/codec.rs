@@ -116,6 +116,12 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
     e.u64(meta.created_unix);
     e.i32(meta.pid);
     e.i32(meta.ppid);
+    e.i32(meta.pgid);
+    e.i32(meta.sid);
+    e.vec(&meta.zombies, |e, z| {
+        e.i32(z.pid);
+        e.i32(z.status);
+    });
     e.str(&meta.name);
     e.str(&meta.exe);
     e.vec(&meta.cmdline, |e, s| e.str(s));
@@ -298,6 +304,9 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
         created_unix: d.u64()?,
         pid: d.i32()?,
         ppid: d.i32()?,
+        pgid: d.i32()?,
+        sid: d.i32()?,
+        zombies: d.vec(8, |d| Ok(Zombie { pid: d.i32()?, status: d.i32()? }))?,
         name: d.str()?,
         exe: d.str()?,
         cmdline: d.vec(4, |d| d.str())?,
@@ -612,17 +621,18 @@ mod tests {
         v.push(0);
         assert_eq!(what(decode_meta(&v).unwrap_err()), "1 unexpected bytes after the metadata");
 
-        // name is the first string: u32 length at 32, one byte at 36.
+        // name is the first string, after three u64s, four i32s and the
+        // empty zombie list: u32 length at 44, one byte at 48.
         let mut v = good.clone();
-        v[36] = 0xff;
+        v[48] = 0xff;
         assert!(what(decode_meta(&v).unwrap_err()).contains("UTF-8"));
         let mut v = good.clone();
-        v[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+        v[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(what(decode_meta(&v).unwrap_err()).contains("ends early"));
 
         // exe is empty, then cmdline's count: a huge count must not allocate.
         let mut v = good.clone();
-        v[41..45].copy_from_slice(&u32::MAX.to_le_bytes());
+        v[53..57].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(what(decode_meta(&v).unwrap_err()).contains("does not fit"));
     }
 

@@ -37,7 +37,7 @@ pub use store::{CheckpointDir, Generation, PendingGeneration, resolve_restart_ta
 /// First eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"STASISIM";
 /// Format version written by this build; readers refuse any other.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Alignment of the payload and of memory chunks.
 pub const PAGE_SIZE: u64 = 4096;
 /// Upper bound on the encoded metadata, so a hostile file cannot make a

@@ -17,6 +17,13 @@ pub struct ProcessMeta {
     pub pid: i32,
     /// Parent pid as the process saw it.
     pub ppid: i32,
+    /// Process group and session (getpgrp, getsid), restored when their
+    /// leaders are part of the computation.
+    pub pgid: i32,
+    pub sid: i32,
+    /// Children that had exited but were not yet waited for: restart makes
+    /// them again as zombies with the same pid and wait status.
+    pub zombies: Vec<Zombie>,
     /// Short program name (`comm`).
     pub name: String,
     /// Path of the executable at checkpoint time.
@@ -39,6 +46,14 @@ pub struct ProcessMeta {
     pub agent: AgentInfo,
     /// Where each piece of saved data lies in the payload.
     pub chunks: Vec<Chunk>,
+}
+
+/// A child that has exited and not been reaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Zombie {
+    pub pid: i32,
+    /// Its status as wait(2) reports it (exit code << 8, or the signal).
+    pub status: i32,
 }
 
 /// One resource limit (getrlimit).
@@ -202,10 +217,13 @@ pub enum FdKind {
         flags: u32,
         targets: Vec<EpollTarget>,
     },
-    /// One end of a pipe whose two ends this process both holds. `id` (the
-    /// pipe's inode) is shared by every descriptor of one pipe; `size` is
-    /// its capacity. The bytes in flight are `FileContents` chunks of the
-    /// pipe's first read end in `fds`.
+    /// One end of a pipe. `id` (the pipe's inode) is shared by every
+    /// descriptor of one pipe, in every process of the computation; `size`
+    /// is its capacity. The bytes in flight are `FileContents` chunks of the
+    /// pipe's first descriptor in `fds` (every process holding the pipe
+    /// saves them; all copies are of one instant). A pipe with only one end
+    /// in the computation leads outside it: at 0-2 restart hands it its own
+    /// descriptor, above it comes back disconnected.
     Pipe {
         id: u64,
         write: bool,

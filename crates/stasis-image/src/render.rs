@@ -85,6 +85,11 @@ fn prot(p: u8, shared: bool) -> String {
 pub fn render(m: &ProcessMeta) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "process {} {} (parent {})", m.pid, clean(&m.name), m.ppid);
+    let _ = writeln!(o, "  group        process group {}, session {}", m.pgid, m.sid);
+    if !m.zombies.is_empty() {
+        let z: Vec<String> = m.zombies.iter().map(|z| format!("{} (wait status {:#x})", z.pid, z.status)).collect();
+        let _ = writeln!(o, "  zombies      {}", z.join(", "));
+    }
     let _ = writeln!(o, "  generation   {}", m.generation);
     let _ = writeln!(o, "  computation  {:016x}", m.computation_id);
     let _ = writeln!(o, "  created      {} ({})", utc(m.created_unix), m.created_unix);

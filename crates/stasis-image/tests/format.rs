@@ -145,7 +145,7 @@ fn damage_gives_named_errors() {
 
     let mut v = good.to_vec();
     v[8] = 99;
-    check(&v, "image format version 99 is not supported (this stasis reads version 2)");
+    check(&v, "image format version 99 is not supported (this stasis reads version 3)");
     for i in [16, 24, 40, 50, 60] {
         let mut v = good.to_vec();
         v[i] ^= 4;
@@ -368,6 +368,7 @@ prop_compose! {
         auxv in prop::collection::vec(any::<u64>(), 0..8),
         numbers in any::<[u64; 6]>(),
         ids in any::<(i32, i32, u32, i32, u32)>(),
+        zombies in proptest::collection::vec(any::<(i32, i32)>(), 0..3),
         strings in (arb_string(), arb_string(), arb_string()),
     ) -> ProcessMeta {
         let chunks = raw_chunks.into_iter().filter_map(|raw| make_chunk(raw, &regions, fds.len())).collect();
@@ -377,6 +378,9 @@ prop_compose! {
             created_unix: numbers[2],
             pid: ids.0,
             ppid: ids.1,
+            pgid: ids.3,
+            sid: ids.0,
+            zombies: zombies.into_iter().map(|(pid, status)| Zombie { pid, status }).collect(),
             name: strings.0,
             exe: strings.1,
             cmdline,

@@ -183,10 +183,17 @@ pub fn parse_epoll_targets(text: &str) -> Option<Vec<EpollTarget>> {
     Some(out)
 }
 
-/// The memory-layout fields of /proc/PID/stat (see proc(5)).
+/// The fields of /proc/PID/stat that Stasis uses (see proc(5)): the
+/// process's place in the tree and its memory layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatMm {
+    /// R, S, D, Z (zombie), X (dead), T, t, ...
+    pub state: char,
     pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    /// Field 52: the wait status of a zombie (0 while it runs).
+    pub exit_code: i32,
     pub start_code: u64,
     pub end_code: u64,
     pub start_stack: u64,
@@ -206,7 +213,11 @@ pub fn parse_stat(text: &str) -> Option<StatMm> {
     let f: Vec<&str> = after.split_whitespace().collect();
     let num = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
     Some(StatMm {
+        state: f.first()?.chars().next()?,
         ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+        exit_code: f.get(52 - 3).and_then(|v| v.parse().ok()).unwrap_or(0),
         start_code: num(26)?,
         end_code: num(27)?,
         start_stack: num(28)?,
@@ -218,6 +229,11 @@ pub fn parse_stat(text: &str) -> Option<StatMm> {
         env_start: num(50)?,
         env_end: num(51)?,
     })
+}
+
+/// The pids in /proc/PID/task/TID/children: space-separated, in no order.
+pub fn parse_children(text: &str) -> Vec<i32> {
+    text.split_whitespace().filter_map(|p| p.parse().ok()).filter(|&p| p > 0).collect()
 }
 
 /// A hexadecimal field of /proc/PID/status ("SigPnd", "ShdPnd", ...).
@@ -369,7 +385,17 @@ VmFlags: rd wr mr mw me gd ac
         assert_eq!(m.start_code, 26);
         assert_eq!(m.start_stack, 28);
         assert_eq!(m.env_end, 51);
+        assert_eq!((m.state, m.pgrp, m.session, m.exit_code), ('S', 5, 6, 52));
         assert!(parse_stat("1 (x) S").is_none());
+        // A kernel older than 3.5 stops before the exit code.
+        let short = s.rsplit_once(' ').unwrap().0;
+        assert_eq!(parse_stat(short).unwrap().exit_code, 0);
+    }
+
+    #[test]
+    fn children() {
+        assert_eq!(parse_children("12 7 300 "), vec![12, 7, 300]);
+        assert!(parse_children("").is_empty());
     }
 
     #[test]

@@ -78,12 +78,124 @@ fn close(fd: i32) {
     unsafe { libc::close(fd) };
 }
 
+/// The pipes of the computation whose two ends are both in it, made once
+/// by restart (with their capacity and their bytes in flight) and inherited
+/// by every process, which takes the ends it held and closes the rest.
+pub struct SharedPipes {
+    /// Pipe id (its inode at checkpoint time) to (read end, write end).
+    ends: HashMap<u64, (i32, i32)>,
+}
+
+impl SharedPipes {
+    /// Makes every pipe of which some image holds a read end and some image
+    /// a write end, at descriptors >= `min_fd`.
+    pub fn create(images: &[&ImageReader], min_fd: i32) -> Result<SharedPipes, String> {
+        // (read end seen, write end seen, capacity) per pipe, in order of appearance.
+        let mut seen: Vec<(u64, bool, bool, u32)> = Vec::new();
+        for image in images {
+            for f in &image.meta().fds {
+                let FdKind::Pipe { id, write, size, .. } = f.kind else { continue };
+                match seen.iter_mut().find(|p| p.0 == id) {
+                    Some(p) => {
+                        p.1 |= !write;
+                        p.2 |= write;
+                        p.3 = p.3.max(size);
+                    }
+                    None => seen.push((id, !write, write, size)),
+                }
+            }
+        }
+        let mut pipes = SharedPipes { ends: HashMap::new() };
+        for (id, read, write, size) in seen {
+            if !(read && write) {
+                continue; // the other end is outside the computation
+            }
+            let contents = pipe_contents(images, id)?;
+            let made = kobj::pipe(size, &contents, min_fd, &mut |w| {
+                // Nothing is lost quietly: the restart log says so.
+                eprintln!("stasis: restart: pipe {id}: {w}");
+            });
+            match made {
+                Ok(ends) => {
+                    pipes.ends.insert(id, ends);
+                }
+                Err(e) => {
+                    pipes.close();
+                    return Err(format!("make a pipe again: {e}"));
+                }
+            }
+        }
+        Ok(pipes)
+    }
+
+    fn get(&self, id: u64) -> Option<(i32, i32)> {
+        self.ends.get(&id).copied()
+    }
+
+    fn fds(&self) -> Vec<i32> {
+        self.ends.values().flat_map(|&(r, w)| [r, w]).collect()
+    }
+
+    /// Closes this process's copies.
+    pub fn close(&self) {
+        for fd in self.fds() {
+            close(fd);
+        }
+    }
+}
+
+/// The bytes in flight of pipe `id`, from the first image that saved them
+/// (all copies are of one instant).
+fn pipe_contents(images: &[&ImageReader], id: u64) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    for image in images {
+        let meta = image.meta();
+        let mut out = Vec::new();
+        for c in &meta.chunks {
+            if let ChunkKind::FileContents { fd_index, offset } = c.kind
+                && matches!(meta.fds[fd_index as usize].kind, FdKind::Pipe { id: other, .. } if other == id)
+            {
+                out.push((offset, image.chunk_data(c).map_err(|e| e.to_string())?));
+            }
+        }
+        if !out.is_empty() {
+            return Ok(out);
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// What a descriptor that led outside the computation becomes: at 0-2 the
+/// restart command's own, a pipe or socket a connection whose peer is
+/// gone (None: it stays closed).
+fn outside(fd: i32, what: &str, stdio: &[i32], warn: &mut dyn FnMut(String)) -> Result<Option<i32>, String> {
+    match stdio.get(fd as usize) {
+        Some(&from) if from >= 0 => Ok(Some(dup_at_least(from, 0)?)),
+        // A pipe or socket to outside the computation cannot be saved: its
+        // stand-in is a connection whose peer is gone, so the program sees
+        // end of file or EPIPE, as when a peer dies, rather than a
+        // descriptor that vanished.
+        _ if what.starts_with("socket:") || what.starts_with("pipe:") => {
+            warn(format!(
+                "fd {fd} ({what}) was connected outside the computation; it comes back disconnected \
+                 (reads see end of file, writes fail with EPIPE)"
+            ));
+            Ok(Some(kobj::disconnected().map_err(|e| format!("fd {fd}: {e}"))?))
+        }
+        _ => {
+            warn(format!("fd {fd} ({what}) pointed outside the computation; it is closed"));
+            Ok(None)
+        }
+    }
+}
+
 /// Puts every saved descriptor at its number. `agent_conn` becomes the
-/// agent's descriptor; `warn` collects what could not be restored.
+/// agent's descriptor; pipes between processes come from `pipes`; `warn`
+/// collects what could not be restored.
 pub fn restore(
     meta: &ProcessMeta,
     image: &ImageReader,
     agent_conn: i32,
+    pipes: &SharedPipes,
     warn: &mut dyn FnMut(String),
 ) -> Result<Helpers, String> {
     // Contents of deleted files, read while the image's descriptor is open.
@@ -95,7 +207,8 @@ pub fn restore(
         }
     }
     let base = meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
-    let base = base.max(16);
+    let shared = pipes.fds();
+    let base = base.max(16).max(shared.iter().max().map_or(0, |m| m + 1));
     // Our own descriptors go above the program's first.
     let stdio: Vec<i32> = (0..3).map(|fd| dup_at_least(fd, base).unwrap_or(-1)).collect();
     let agent = dup_at_least(agent_conn, base)?;
@@ -103,10 +216,9 @@ pub fn restore(
     let log = dup_at_least(2, base)?;
     let mut keep: Vec<i32> = stdio.clone();
     keep.extend([agent, image_fd, log]);
+    keep.extend(&shared);
     crate::ns::close_all_but(&keep);
 
-    // Each pipe's two ends, made once, above the program's numbers.
-    let mut pipes: HashMap<u64, (i32, i32)> = HashMap::new();
     for f in &meta.fds {
         let tmp = match &f.kind {
             FdKind::File { path, flags, offset, size, deleted } => {
@@ -126,24 +238,9 @@ pub fn restore(
                 fd
             }
             FdKind::Directory { path, flags } | FdKind::Device { path, flags } => open(path, *flags as i32)?,
-            FdKind::Inherited { what } => match stdio.get(f.fd as usize) {
-                Some(&fd) if fd >= 0 => dup_at_least(fd, 0)?,
-                // A pipe or socket to outside the computation cannot be
-                // saved: its stand-in is a connection whose peer is gone,
-                // so the program sees end of file or EPIPE, as when a
-                // peer dies, rather than a descriptor that vanished.
-                _ if what.starts_with("socket:") || what.starts_with("pipe:") => {
-                    warn(format!(
-                        "fd {} ({what}) was connected outside the computation; it comes back disconnected \
-                         (reads see end of file, writes fail with EPIPE)",
-                        f.fd
-                    ));
-                    kobj::disconnected().map_err(|e| format!("fd {}: {e}", f.fd))?
-                }
-                _ => {
-                    warn(format!("fd {} ({what}) pointed outside the computation; it is closed", f.fd));
-                    continue;
-                }
+            FdKind::Inherited { what } => match outside(f.fd, what, &stdio, warn)? {
+                Some(fd) => fd,
+                None => continue,
             },
             FdKind::Agent => dup_at_least(agent, 0)?,
             FdKind::Unsupported => {
@@ -164,24 +261,18 @@ pub fn restore(
             }
             // Rebuilt below, once what it watches is in place.
             FdKind::Epoll { .. } => continue,
-            FdKind::Pipe { id, write, flags, size } => {
-                if !pipes.contains_key(id) {
-                    let contents = meta.fds.iter().find_map(|g| match g.kind {
-                        FdKind::Pipe { id: other, .. } if other == *id => saved_contents.get(&g.fd),
-                        _ => None,
-                    });
-                    let ends = kobj::pipe(*size, contents.map_or(&[][..], |v| v.as_slice()), base, &mut |w| {
-                        warn(format!("fd {} (pipe): {w}", f.fd))
-                    })
-                    .map_err(|e| format!("fd {}: pipe: {e}", f.fd))?;
-                    pipes.insert(*id, ends);
+            FdKind::Pipe { id, write, flags, .. } => match pipes.get(*id) {
+                Some((r, w)) => {
+                    let fd = dup_at_least(if *write { w } else { r }, 0)?;
+                    // SAFETY: F_SETFL on our own descriptor; O_NONBLOCK is the flag that matters.
+                    unsafe { libc::fcntl(fd, libc::F_SETFL, (*flags as i32) & libc::O_NONBLOCK) };
+                    fd
                 }
-                let (r, w) = pipes[id];
-                let fd = dup_at_least(if *write { w } else { r }, 0)?;
-                // SAFETY: F_SETFL on our own descriptor; O_NONBLOCK is the flag that matters.
-                unsafe { libc::fcntl(fd, libc::F_SETFL, (*flags as i32) & libc::O_NONBLOCK) };
-                fd
-            }
+                None => match outside(f.fd, &format!("pipe:[{id}]"), &stdio, warn)? {
+                    Some(fd) => fd,
+                    None => continue,
+                },
+            },
         };
         if tmp != f.fd {
             dup2(tmp, f.fd)?;
@@ -191,10 +282,7 @@ pub fn restore(
         // SAFETY: F_SETFD on a descriptor we just placed.
         unsafe { libc::fcntl(f.fd, libc::F_SETFD, fdflag) };
     }
-    for (r, w) in pipes.into_values() {
-        close(r);
-        close(w);
-    }
+    pipes.close();
     for f in &meta.fds {
         // Its open flags are always O_RDWR: nothing to carry over.
         let FdKind::Epoll { targets, .. } = &f.kind else { continue };

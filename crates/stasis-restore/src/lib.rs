@@ -1,13 +1,15 @@
 //! Restart: turns an image back into a running process.
 //!
 //! Everything that can be decided or checked is done first, in this
-//! process, while nothing has started: the image's checksums, the files
-//! its mappings need, the vdso. Then [`spawn_restored`] clones a namespace
-//! init (see `ns`), which clones the process to restore with its old pid;
-//! that process reopens descriptors (`fds`), computes the restore plan and
-//! jumps into the restorer blob (`plan`), which rebuilds memory and threads.
+//! process, while nothing has started: the images' checksums, the files
+//! their mappings need, the vdso. Then [`spawn_computation`] makes the
+//! pipes the processes share and clones a namespace init (see `ns`), which
+//! clones the roots of the process tree with their old pids; each process
+//! makes its own children (`tree`), and once all exist, reopens its
+//! descriptors (`fds`), computes its restore plan and jumps into the
+//! restorer blob (`plan`), which rebuilds memory and threads.
 //!
-//! Call [`spawn_restored`] while the calling process is still
+//! Call [`spawn_computation`] while the calling process is still
 //! single-threaded: its children run Rust code after a raw clone.
 
 mod fds;
@@ -15,6 +17,7 @@ mod kobj;
 mod layout;
 mod ns;
 mod plan;
+mod tree;
 mod vdso;
 
 use std::fs::File;
@@ -116,35 +119,53 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
     image.verify_payload().map_err(|e| RestoreError(e.to_string()))
 }
 
-/// Checks that the processes of these images can be restored side by
-/// side: each is restored on its own (its own namespaces), which is right
-/// for programs launched separately, and wrong for a parent and its child,
-/// whose relation (and any pipe between them) would be lost.
-pub fn check_restorable_together(metas: &[&stasis_image::ProcessMeta]) -> Result<(), RestoreError> {
-    for m in metas {
-        if let Some(parent) = metas.iter().find(|p| p.pid == m.ppid && p.pid != m.pid) {
-            return Err(RestoreError(format!(
-                "process {} ({}) is a child of process {} ({}): restoring process trees is not supported yet",
-                m.pid, m.name, parent.pid, parent.name
-            )));
-        }
-    }
-    let mut pids: Vec<i32> = metas.iter().map(|m| m.pid).collect();
-    pids.sort_unstable();
-    if let Some(w) = pids.windows(2).find(|w| w[0] == w[1]) {
-        return Err(RestoreError(format!("two images are of the same process {}", w[0])));
-    }
-    Ok(())
+/// Checks that the images can be restored together as one computation:
+/// one image per process, each pid once.
+pub fn check_computation(metas: &[&stasis_image::ProcessMeta]) -> Result<(), RestoreError> {
+    tree::check(metas).map_err(RestoreError)
 }
 
-/// Restores the process in `image` (already opened and checked), handing
-/// `agent_conn` to its agent as its coordinator connection.
-pub fn spawn_restored(image_path: &Path, image: &ImageReader, agent_conn: OwnedFd) -> Result<Spawned, RestoreError> {
-    let _ = image_path;
-    precheck(image)?;
-    let meta = image.meta();
-    let (init_pid, status) = ns::spawn(meta.pid, || become_restored(image, agent_conn.as_raw_fd()))?;
+/// Restores the computation in `images` (already opened), all of it in one
+/// new pid namespace, handing `agent_conns[i]` to the agent of image `i`
+/// as its coordinator connection.
+pub fn spawn_computation(images: &[&ImageReader], agent_conns: Vec<OwnedFd>) -> Result<Spawned, RestoreError> {
+    for image in images {
+        precheck(image).map_err(|e| RestoreError(format!("process {}: {e}", image.meta().pid)))?;
+    }
+    let metas: Vec<&stasis_image::ProcessMeta> = images.iter().map(|i| i.meta()).collect();
+    tree::check(&metas).map_err(RestoreError)?;
+    let shape = tree::Shape::of(&metas);
+    if shape.roots.is_empty() {
+        return Err(RestoreError("no process of the checkpoint has its parent outside it".into()));
+    }
+    // Pipes between processes are made here, above every descriptor
+    // number any process uses, and inherited by all of them.
+    let min_fd = metas.iter().flat_map(|m| m.fds.iter().map(|f| f.fd + 1)).max().unwrap_or(0).max(16);
+    let pipes = fds::SharedPipes::create(images, min_fd).map_err(RestoreError)?;
+    let barrier = tree::Barrier::new(images.len()).map_err(RestoreError)?;
+    let conns: Vec<i32> = agent_conns.iter().map(AsRawFd::as_raw_fd).collect();
+    let ctx = Ctx { images, shape: &shape, pipes: &pipes, barrier: &barrier, conns: &conns };
+    let root_pids: Vec<i32> = shape.roots.iter().map(|&i| shape.pids[i]).collect();
+    // The first root's outside (its launcher, group and session) comes
+    // back as stand-ins, for it and for the roots launched beside it.
+    let first = metas[shape.roots[0]];
+    let stand_ins = ns::stand_ins(first.ppid, first.pgid, first.sid, &shape.pids);
+    let below: Vec<bool> = shape.roots.iter().map(|&i| metas[i].ppid == first.ppid).collect();
+    let roots = ns::Roots { pids: &root_pids, below_stand_ins: &below, stand_ins: &stand_ins };
+    let spawned = ns::spawn(roots, |i| member(&ctx, shape.roots[i]));
+    pipes.close();
+    drop(agent_conns);
+    let (init_pid, status) = spawned?;
     Ok(Spawned { init_pid, status })
+}
+
+/// What every process of the restore shares (inherited across its clones).
+struct Ctx<'a> {
+    images: &'a [&'a ImageReader],
+    shape: &'a tree::Shape,
+    pipes: &'a fds::SharedPipes,
+    barrier: &'a tree::Barrier,
+    conns: &'a [i32],
 }
 
 /// Where the process being restored reports: the restart command's stderr
@@ -157,24 +178,56 @@ fn log(msg: &str) {
     unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
 }
 
-/// Runs in the process that becomes the restored one.
-fn become_restored(image: &ImageReader, agent_conn: i32) -> ! {
-    let result = prepare_and_jump(image, agent_conn);
-    log(&format!("stasis: restore failed: {}\n", result.err().unwrap_or_default()));
+/// Runs in the process that becomes the restored process of image `i`.
+fn member(ctx: &Ctx<'_>, i: usize) -> ! {
+    let result = become_restored(ctx, i);
+    ctx.barrier.fail();
+    log(&format!("stasis: restore of process {} failed: {}\n", ctx.shape.pids[i], result.err().unwrap_or_default()));
     // SAFETY: leaving without running the caller's atexit handlers.
     unsafe { libc::_exit(125) }
 }
 
-fn prepare_and_jump(image: &ImageReader, agent_conn: i32) -> Result<(), String> {
+/// Makes this process's children (and zombies), waits for the whole tree,
+/// then turns into the saved process. Returns only on failure.
+fn become_restored(ctx: &Ctx<'_>, i: usize) -> Result<(), String> {
+    let image = ctx.images[i];
     let meta = image.meta();
     // SAFETY: getpid cannot fail.
     let pid = unsafe { libc::getpid() };
     if pid != meta.pid {
         return Err(format!("got pid {pid} instead of {}", meta.pid));
     }
-    fds::write_back_shared(meta, image)?;
+    tree::lead(meta)?;
+    for &c in &ctx.shape.children[i] {
+        if ns::clone_with_pid(ctx.shape.pids[c])? == 0 {
+            member(ctx, c);
+        }
+    }
+    for z in &meta.zombies {
+        let child = ns::clone_with_pid(z.pid)?;
+        if child == 0 {
+            tree::exit_as(z.status);
+        }
+        tree::wait_exited(child)?;
+    }
+    ctx.barrier.arrive(tree::MADE)?;
     let mut warnings = Vec::new();
-    let helpers = fds::restore(meta, image, agent_conn, &mut |w| warnings.push(w))?;
+    tree::join_group(meta, &ctx.shape.pids, &mut |w| warnings.push(w));
+    ctx.barrier.arrive(tree::GROUPED)?;
+    tree::forget_sigchld(meta);
+    prepare_and_jump(image, ctx.conns[i], ctx.pipes, warnings, &|| ctx.barrier.arrive(tree::READY))
+}
+
+fn prepare_and_jump(
+    image: &ImageReader,
+    agent_conn: i32,
+    pipes: &fds::SharedPipes,
+    mut warnings: Vec<String>,
+    ready: &dyn Fn() -> Result<(), String>,
+) -> Result<(), String> {
+    let meta = image.meta();
+    fds::write_back_shared(meta, image)?;
+    let helpers = fds::restore(meta, image, agent_conn, pipes, &mut |w| warnings.push(w))?;
     LOG_FD.store(helpers.log, std::sync::atomic::Ordering::Relaxed);
     for w in warnings {
         log(&format!("stasis: restart: {w}\n"));
@@ -192,24 +245,5 @@ fn prepare_and_jump(image: &ImageReader, agent_conn: i32) -> Result<(), String> 
             libc::setrlimit(l.resource as _, &want);
         }
     }
-    plan::build_and_jump(meta, helpers)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use stasis_image::ProcessMeta;
-
-    fn meta(pid: i32, ppid: i32) -> ProcessMeta {
-        ProcessMeta { pid, ppid, name: format!("p{pid}"), ..Default::default() }
-    }
-
-    #[test]
-    fn unrelated_processes_restore_together_but_trees_do_not() {
-        let (a, b, c) = (meta(10, 1), meta(20, 1), meta(30, 10));
-        assert!(check_restorable_together(&[&a, &b]).is_ok());
-        let e = check_restorable_together(&[&a, &c]).unwrap_err().to_string();
-        assert!(e.contains("child of process 10"), "{e}");
-        assert!(check_restorable_together(&[&a, &a]).is_err());
-    }
+    plan::build_and_jump(meta, helpers, ready)
 }

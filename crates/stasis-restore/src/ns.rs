@@ -2,9 +2,11 @@
 //!
 //! Restart clones an init process into a new user + pid + mount namespace
 //! (allowed to unprivileged users): it maps our uid and gid to themselves,
-//! mounts a /proc that shows the new pid namespace, and creates the process
-//! to restore with clone3(set_tid) so it gets back its old pid. Init then
-//! forwards signals to it and reports how it ended.
+//! mounts a /proc that shows the new pid namespace, and creates each root
+//! of the computation's process tree with clone3(set_tid) so it gets back
+//! its old pid (the roots create their children the same way, see
+//! `tree`). Init then forwards signals to the roots, reaps orphans, and
+//! reports how the roots ended.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -27,7 +29,10 @@ const FORWARDED: [i32; 8] = [
     libc::SIGALRM,
 ];
 
-static TARGET: AtomicI32 = AtomicI32::new(0);
+/// The restored processes whose parent is outside the computation (init's
+/// children), to which init forwards signals; 0 past the last.
+static ROOTS: [AtomicI32; MAX_ROOTS] = [const { AtomicI32::new(0) }; MAX_ROOTS];
+const MAX_ROOTS: usize = 64;
 
 extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // A signal from the terminal (^C, ^\, hangup) already reaches the
@@ -37,8 +42,11 @@ extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     if info.is_null() || unsafe { (*info).si_code } == libc::SI_KERNEL {
         return;
     }
-    let pid = TARGET.load(Ordering::Relaxed);
-    if pid > 0 {
+    for root in &ROOTS {
+        let pid = root.load(Ordering::Relaxed);
+        if pid <= 0 {
+            break;
+        }
         // SAFETY: kill is async-signal-safe.
         unsafe { libc::kill(pid, sig) };
     }
@@ -54,15 +62,77 @@ fn pipe() -> Result<(File, File), RestoreError> {
     Ok(unsafe { (File::from(OwnedFd::from_raw_fd(fds[0])), File::from(OwnedFd::from_raw_fd(fds[1]))) })
 }
 
-/// Clones init into new namespaces; init clones the process with pid
-/// `pid`, which runs `restore` (never returns). Returns init's pid and
-/// the pipe on which init reports the outcome.
+/// A stand-in for a process outside the computation that the restored
+/// processes still name: the session leader, the process group leader and
+/// the parent they had (`stasis launch`). Made with the same pids, they
+/// give the program back the very getsid/getpgrp/getppid it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandIn {
+    Session(i32),
+    Group(i32),
+    Parent(i32),
+}
+
+impl StandIn {
+    fn pid(self) -> i32 {
+        match self {
+            StandIn::Session(p) | StandIn::Group(p) | StandIn::Parent(p) => p,
+        }
+    }
+}
+
+/// The stand-ins for the outside of a root with this parent, group and
+/// session, outermost first; `inside` are the computation's pids. Empty
+/// when the parent is not a process of its own (an orphan's parent is
+/// init, and init is ours).
+pub fn stand_ins(ppid: i32, pgid: i32, sid: i32, inside: &[i32]) -> Vec<StandIn> {
+    let outside = |p: i32| p > 1 && !inside.contains(&p);
+    if !outside(ppid) {
+        return Vec::new();
+    }
+    let mut chain = Vec::new();
+    if outside(sid) {
+        chain.push(StandIn::Session(sid));
+    }
+    if outside(pgid) && pgid != sid {
+        chain.push(StandIn::Group(pgid));
+    }
+    if ppid != sid && ppid != pgid {
+        chain.push(StandIn::Parent(ppid));
+    }
+    if chain.last().map(|s| s.pid()) != Some(ppid) {
+        // The parent leads a group or session only the chain's order can
+        // give it (it would need to be both): keep the parent right.
+        return vec![StandIn::Parent(ppid)];
+    }
+    chain
+}
+
+/// The processes init makes: the roots of the tree (by pid), and which of
+/// them hang below the stand-ins rather than below init.
+pub struct Roots<'a> {
+    pub pids: &'a [i32],
+    pub below_stand_ins: &'a [bool],
+    pub stand_ins: &'a [StandIn],
+}
+
+/// Clones init into new namespaces; init makes the stand-ins and clones one
+/// process per root, with its pid, which runs `restore(i)` (never
+/// returns). Returns init's pid and the pipe on which the outcome is
+/// reported: the status of the first root that did not succeed, else
+/// success, once every root has ended.
 ///
 /// Must be called while the caller is single-threaded: the children run
 /// Rust code after a raw clone.
-pub fn spawn(pid: i32, restore: impl FnOnce()) -> Result<(i32, File), RestoreError> {
-    if pid <= 1 {
+pub fn spawn(roots: Roots<'_>, restore: impl Fn(usize)) -> Result<(i32, File), RestoreError> {
+    if let Some(pid) = roots.pids.iter().find(|&&p| p <= 1) {
         return Err(RestoreError(format!("cannot restore a process whose pid was {pid}")));
+    }
+    if roots.pids.len() > MAX_ROOTS {
+        return Err(RestoreError(format!(
+            "{} unrelated processes; at most {MAX_ROOTS} can be restored",
+            roots.pids.len()
+        )));
     }
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -80,21 +150,16 @@ pub fn spawn(pid: i32, restore: impl FnOnce()) -> Result<(i32, File), RestoreErr
     }
     if r == 0 {
         drop(rd);
-        init(wr, uid, gid, pid, restore);
+        init(wr, uid, gid, &roots, &restore);
     }
     drop(wr);
     Ok((r as i32, rd))
 }
 
-fn report(out: &mut File, msg: &str) {
-    let _ = out.write_all(msg.as_bytes());
-}
-
-fn init(mut status: File, uid: u32, gid: u32, pid: i32, restore: impl FnOnce()) -> ! {
-    if let Err(e) = enter(uid, gid) {
-        report(&mut status, &format!("error {e}\n"));
-        std::process::exit(125);
-    }
+/// A fork-like clone3 whose child gets pid `pid` in this pid namespace
+/// (which needs CAP_SYS_ADMIN there: ours, as its creator's children).
+/// Returns 0 in the child and the child's pid in the parent.
+pub fn clone_with_pid(pid: i32) -> Result<i32, String> {
     let mut set_tid: i64 = pid as i64;
     let mut args = [0u64; 11];
     args[4] = libc::SIGCHLD as u64; // exit_signal
@@ -104,16 +169,87 @@ fn init(mut status: File, uid: u32, gid: u32, pid: i32, restore: impl FnOnce()) 
     // at one pid_t-sized value that lives across the call.
     let child = unsafe { libc::syscall(libc::SYS_clone3, args.as_ptr(), std::mem::size_of_val(&args)) };
     if child < 0 {
-        let e = std::io::Error::last_os_error();
-        report(&mut status, &format!("error cannot create a process with pid {pid}: {e}\n"));
-        std::process::exit(125);
+        return Err(format!("cannot create a process with pid {pid}: {}", std::io::Error::last_os_error()));
     }
-    if child == 0 {
-        drop(status);
-        restore();
-        std::process::exit(125);
+    Ok(child as i32)
+}
+
+fn report(out: &mut File, msg: &str) {
+    let _ = out.write_all(msg.as_bytes());
+}
+
+fn fail(status: &mut File, msg: &str) -> ! {
+    report(status, &format!("error {msg}\n"));
+    // SAFETY: kill(-1) from inside the pid namespace reaches only its own
+    // processes: the ones just made.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    std::process::exit(125);
+}
+
+/// Waits for `pids` (children of the caller) and returns the status of the
+/// first that did not succeed, else 0. Other children are reaped on the way.
+fn wait_for(pids: &[i32], status: &mut File) -> i32 {
+    let mut statuses: Vec<Option<i32>> = vec![None; pids.len()];
+    while statuses.iter().any(Option::is_none) {
+        let mut st = 0;
+        // SAFETY: waitpid writes one int.
+        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            fail(status, "lost track of the restored processes");
+        }
+        if let Some(i) = pids.iter().position(|&c| c == r) {
+            statuses[i] = Some(st);
+        }
     }
-    TARGET.store(child as i32, Ordering::Relaxed);
+    statuses.iter().flatten().copied().find(|&st| st != 0).unwrap_or(0)
+}
+
+fn report_end(status: &mut File, st: i32) {
+    if libc::WIFSIGNALED(st) {
+        report(status, &format!("signal {}\n", libc::WTERMSIG(st)));
+    } else {
+        report(status, &format!("exit {}\n", libc::WEXITSTATUS(st)));
+    }
+}
+
+/// Clones the roots `which` with their pids; returns their pids here.
+fn clone_roots(status: &mut File, roots: &Roots<'_>, which: &[usize], restore: &impl Fn(usize)) -> Vec<i32> {
+    let mut made = Vec::with_capacity(which.len());
+    for &i in which {
+        match clone_with_pid(roots.pids[i]) {
+            Ok(0) => {
+                restore(i);
+                std::process::exit(125);
+            }
+            Ok(child) => made.push(child),
+            Err(e) => fail(status, &e),
+        }
+    }
+    made
+}
+
+fn init(mut status: File, uid: u32, gid: u32, roots: &Roots<'_>, restore: &impl Fn(usize)) -> ! {
+    if let Err(e) = enter(uid, gid) {
+        fail(&mut status, &e);
+    }
+    for (slot, &pid) in ROOTS.iter().zip(roots.pids) {
+        slot.store(pid, Ordering::Relaxed);
+    }
+    let (below, direct): (Vec<usize>, Vec<usize>) =
+        (0..roots.pids.len()).partition(|&i| roots.below_stand_ins[i] && !roots.stand_ins.is_empty());
+    let head = match roots.stand_ins.first() {
+        Some(first) if !below.is_empty() => match clone_with_pid(first.pid()) {
+            Ok(0) => stand_in(status, roots, 0, &below, restore),
+            Ok(pid) => Some(pid),
+            Err(e) => fail(&mut status, &e),
+        },
+        _ => None,
+    };
+    let direct = if head.is_none() { (0..roots.pids.len()).collect() } else { direct };
+    let children = clone_roots(&mut status, roots, &direct, restore);
     // SAFETY: installing a handler that only calls kill, and unblocking
     // the signals the caller may have blocked before cloning us.
     unsafe {
@@ -128,26 +264,51 @@ fn init(mut status: File, uid: u32, gid: u32, pid: i32, restore: impl FnOnce()) 
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
     close_all_but(&[0, 1, 2, status.as_raw_fd()]);
-    loop {
-        let mut st = 0;
-        // SAFETY: waitpid writes one int.
-        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
-        if r < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            report(&mut status, "error lost track of the restored process\n");
-            std::process::exit(125);
+    // Orphans of the computation are reparented here and reaped too.
+    match head {
+        // The innermost stand-in reports for the roots below it.
+        Some(head) => {
+            wait_for(&[head], &mut status);
         }
-        if r as i64 == child {
-            if libc::WIFSIGNALED(st) {
-                report(&mut status, &format!("signal {}\n", libc::WTERMSIG(st)));
-            } else {
-                report(&mut status, &format!("exit {}\n", libc::WEXITSTATUS(st)));
-            }
-            std::process::exit(0);
+        None => {
+            let st = wait_for(&children, &mut status);
+            report_end(&mut status, st);
         }
     }
+    std::process::exit(0);
+}
+
+/// Stand-in `k` of the chain: takes on its session or group, makes the
+/// next one (or, innermost, the roots `below`) and waits for it.
+fn stand_in(mut status: File, roots: &Roots<'_>, k: usize, below: &[usize], restore: &impl Fn(usize)) -> ! {
+    let me = roots.stand_ins[k];
+    // SAFETY: setsid/setpgid on ourselves, a fresh child that leads nothing.
+    let made = unsafe {
+        match me {
+            StandIn::Session(_) => libc::setsid() >= 0,
+            StandIn::Group(_) => libc::setpgid(0, 0) == 0,
+            StandIn::Parent(_) => true,
+        }
+    };
+    if !made {
+        fail(&mut status, &format!("stand-in {me:?}: {}", std::io::Error::last_os_error()));
+    }
+    if let Some(next) = roots.stand_ins.get(k + 1) {
+        match clone_with_pid(next.pid()) {
+            Ok(0) => stand_in(status, roots, k + 1, below, restore),
+            Ok(pid) => {
+                close_all_but(&[0, 1, 2, status.as_raw_fd()]);
+                wait_for(&[pid], &mut status);
+                std::process::exit(0);
+            }
+            Err(e) => fail(&mut status, &e),
+        }
+    }
+    let children = clone_roots(&mut status, roots, below, restore);
+    close_all_but(&[0, 1, 2, status.as_raw_fd()]);
+    let st = wait_for(&children, &mut status);
+    report_end(&mut status, st);
+    std::process::exit(0);
 }
 
 /// Makes this process at home in its new namespaces.

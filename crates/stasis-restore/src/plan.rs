@@ -127,7 +127,13 @@ fn place_area(meta: &ProcessMeta, current_vdso: &[VdsoArea], size: u64) -> Resul
 }
 
 /// Builds the plan and runs the restorer. Only returns on error.
-pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), String> {
+/// `ready` is the last word: it returns once every process of the
+/// computation is as far, or fails, and then nothing has been changed yet.
+pub fn build_and_jump(
+    meta: &ProcessMeta,
+    mut helpers: Helpers,
+    ready: &dyn Fn() -> Result<(), String>,
+) -> Result<(), String> {
     let current_vdso = vdso::current()?;
     let threads = &meta.threads;
     let frames: u64 = threads.iter().map(|t| layout::frame_len(t) + 64).sum();
@@ -354,6 +360,7 @@ pub fn build_and_jump(meta: &ProcessMeta, mut helpers: Helpers) -> Result<(), St
     // SAFETY: plan_addr is page-aligned inside our area, with room for a Plan.
     unsafe { std::ptr::write(plan_addr as *mut Plan, plan) };
 
+    ready()?;
     forget_rseq();
     // SAFETY: block every signal; the saved masks come back with each frame.
     unsafe {

@@ -13,7 +13,6 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 
 use anyhow::{Context, Result, anyhow, bail};
 use stasis_coord::client;
@@ -111,7 +110,7 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         }
     }
     let metas: Vec<_> = readers.iter().map(ImageReader::meta).collect();
-    stasis_restore::check_restorable_together(&metas).map_err(|e| anyhow!(e))?;
+    stasis_restore::check_computation(&metas).map_err(|e| anyhow!(e))?;
 
     let (origin_dir, interval) = origin(&paths[0], first.generation, first.agent.interval_s)?;
     let ckpt_dir = match &opts.ckpt_dir {
@@ -151,37 +150,21 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     // No thread may exist yet: spawn_restored clones and runs Rust code in
     // the children. The signal mask is inherited, and undone, by them.
     let signals = signals::block().context("cannot block signals")?;
-    let mut spawned = Vec::with_capacity(paths.len());
-    for ((path, reader), conn) in paths.iter().zip(&readers).zip(conns) {
-        match stasis_restore::spawn_restored(path, reader, conn) {
-            Ok(s) => spawned.push(s),
-            Err(e) => {
-                for s in spawned {
-                    // SAFETY: kill takes plain integers; the pid is our child's.
-                    unsafe { libc::kill(s.pid(), libc::SIGKILL) };
-                    let _ = s.wait();
-                }
-                return Err(anyhow!("cannot restart {}: {e}", path.display()));
-            }
-        }
-    }
+    let images: Vec<&ImageReader> = readers.iter().collect();
+    let spawned = stasis_restore::spawn_computation(&images, conns)
+        .map_err(|e| anyhow!("cannot restart {}: {e}", restart_label(&paths)))?;
+    drop(images);
     drop(readers);
-    let pids = spawned.iter().map(stasis_restore::Spawned::pid).collect();
-    let exit = supervise(signals, pids, move || wait_all(spawned));
+    let pids = vec![spawned.pid()];
+    let exit = supervise(signals, pids, move || spawned.wait());
     drop(found);
     exit
 }
 
-/// Waits for every restored process; the status of the first (in the order
-/// of the images) that did not succeed, else success.
-fn wait_all(spawned: Vec<stasis_restore::Spawned>) -> std::io::Result<ExitStatus> {
-    let mut result: Option<std::io::Result<ExitStatus>> = None;
-    for s in spawned {
-        let status = s.wait();
-        let failed = !matches!(&status, Ok(st) if st.success());
-        if result.is_none() || (failed && result.as_ref().is_some_and(|r| matches!(r, Ok(st) if st.success()))) {
-            result = Some(status);
-        }
+/// The checkpoint named in messages: its one image, or its directory.
+fn restart_label(paths: &[PathBuf]) -> String {
+    match paths {
+        [one] => one.display().to_string(),
+        _ => paths[0].parent().map_or_else(|| paths[0].display().to_string(), |d| d.display().to_string()),
     }
-    result.unwrap_or_else(|| Err(std::io::Error::other("no process was restarted")))
 }

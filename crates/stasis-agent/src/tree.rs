@@ -1,0 +1,92 @@
+//! The process tree: children made by fork() join the computation, and a
+//! checkpoint learns which children it must wait for.
+//!
+//! A child of fork() inherits the agent's memory but not its checkpoint
+//! thread. The atfork child handler starts a new one, which connects to the
+//! coordinator with its own HELLO; the parent's connection, inherited too,
+//! is closed there so that the coordinator still sees the parent leave. A
+//! child that execs starts afresh from the agent's constructor (the
+//! preload is in its environment).
+//!
+//! While a thread forks it blocks the checkpoint signal and holds the
+//! agent's allocator lock (the child must not inherit it locked): stopping
+//! that thread in between would leave the checkpoint thread waiting for a
+//! lock a stopped thread holds. The signal is taken as soon as fork returns.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use stasis_image::Zombie;
+
+use crate::{signals, sys};
+
+/// The checkpoint thread's connection (-1: none), and the pipe from an image
+/// writer still running: a forked child closes both.
+pub static CONN_FD: AtomicI32 = AtomicI32::new(-1);
+pub static WRITER_PIPE_FD: AtomicI32 = AtomicI32::new(-1);
+/// The image writer in flight (0: none): a child of ours, but not the
+/// program's, and not part of the computation.
+pub static WRITER_PID: AtomicI32 = AtomicI32::new(0);
+
+fn mask_ckpt_signal(how: i32) {
+    let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
+    if sig > 0 {
+        sys::sigmask_one(how, sig);
+    }
+}
+
+extern "C" fn prepare() {
+    mask_ckpt_signal(libc::SIG_BLOCK);
+    crate::ALLOC.lock_for_fork();
+}
+
+extern "C" fn parent() {
+    crate::ALLOC.unlock_after_fork();
+    mask_ckpt_signal(libc::SIG_UNBLOCK);
+}
+
+extern "C" fn child() {
+    crate::ALLOC.unlock_after_fork();
+    for fd in [&CONN_FD, &WRITER_PIPE_FD] {
+        let fd = fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            sys::close(fd);
+        }
+    }
+    WRITER_PID.store(0, Ordering::Release);
+    signals::reset_after_fork();
+    mask_ckpt_signal(libc::SIG_UNBLOCK);
+    crate::start_checkpoint_thread();
+}
+
+/// Registers the fork handlers (once, from the constructor).
+pub fn install_fork_handlers() -> bool {
+    // SAFETY: the three handlers are plain functions that live as long as
+    // the agent (which is never unloaded).
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) == 0 }
+}
+
+/// The live children and the zombies of this process, from every thread's
+/// /proc/self/task/TID/children; the image writer is left out.
+pub fn children() -> (Vec<i32>, Vec<Zombie>) {
+    let writer = WRITER_PID.load(Ordering::Acquire);
+    let mut live = Vec::new();
+    let mut zombies = Vec::new();
+    for tid in sys::numeric_entries(c"/proc/self/task").unwrap_or_default() {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")) else { continue };
+        for pid in stasis_procfs::parse_children(&text) {
+            if pid == writer || live.contains(&pid) || zombies.iter().any(|z: &Zombie| z.pid == pid) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+            match stat.as_deref().and_then(stasis_procfs::parse_stat) {
+                Some(s) if s.state == 'Z' => zombies.push(Zombie { pid, status: s.exit_code }),
+                Some(s) if s.state == 'X' => {}
+                Some(_) => live.push(pid),
+                None => {} // reaped meanwhile
+            }
+        }
+    }
+    live.sort_unstable();
+    zombies.sort_unstable_by_key(|z| z.pid);
+    (live, zombies)
+}
