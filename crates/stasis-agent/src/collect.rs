@@ -355,7 +355,13 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
                     };
                     (RegionKind::File { path: path.to_string(), offset: e.offset, id }, plan)
                 }
-                _ if e.shared => (RegionKind::Anonymous, RegionPlan { pages: Pages::Prefix(len), skip_zero: true }),
+                // Shared memory that no file brings back (shared anonymous,
+                // deleted /dev/shm files, memfd, SysV): saved whole, and
+                // named, so restart shares it between the processes again.
+                _ if e.shared => (
+                    RegionKind::SharedMemory { dev: e.dev, inode: e.inode, offset: e.offset },
+                    RegionPlan { pages: Pages::Prefix(len), skip_zero: true },
+                ),
                 Some(_) => {
                     // A deleted file: nothing to map at restart, so keep
                     // everything that is in memory now.

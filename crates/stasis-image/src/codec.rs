@@ -167,6 +167,12 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
             }
             RegionKind::Vdso => e.u8(2),
             RegionKind::Vvar => e.u8(3),
+            RegionKind::SharedMemory { dev, inode, offset } => {
+                e.u8(4);
+                e.u64(*dev);
+                e.u64(*inode);
+                e.u64(*offset);
+            }
         }
         e.str(&r.name);
     });
@@ -340,6 +346,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
             },
             2 => RegionKind::Vdso,
             3 => RegionKind::Vvar,
+            4 => RegionKind::SharedMemory { dev: d.u64()?, inode: d.u64()?, offset: d.u64()? },
             t => return Err(corrupt(format!("unknown region kind {t}"))),
         };
         Ok(Region { start, end, prot, shared, growsdown, kind, name: d.str()? })
@@ -448,7 +455,7 @@ pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
             return Err(corrupt(format!("{range} has unknown protection bits {:#x}", r.prot)));
         }
         // Restart maps the file at this offset, and mmap wants it aligned.
-        if let RegionKind::File { offset, .. } = r.kind
+        if let RegionKind::File { offset, .. } | RegionKind::SharedMemory { offset, .. } = r.kind
             && offset % page != 0
         {
             return Err(corrupt(format!("{range} maps its file at unaligned offset {offset:#x}")));
@@ -668,7 +675,7 @@ mod tests {
         // Find the region's fields: start, end, prot, shared, growsdown, kind.
         let at = good.windows(16).position(|w| w[..8] == 0x1000u64.to_le_bytes()).unwrap();
         let cases =
-            [(at + 17, 2, "invalid boolean 2"), (at + 18, 7, "invalid boolean 7"), (at + 19, 4, "region kind 4")];
+            [(at + 17, 2, "invalid boolean 2"), (at + 18, 7, "invalid boolean 7"), (at + 19, 5, "region kind 5")];
         for (pos, val, want) in cases {
             let mut v = good.clone();
             v[pos] = val;

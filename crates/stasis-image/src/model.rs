@@ -117,6 +117,17 @@ pub enum RegionKind {
     /// The vdso or one of the vvar areas: recreated by the kernel, moved into place.
     Vdso,
     Vvar,
+    /// Shared memory with no file to come back from: MAP_SHARED|MAP_ANONYMOUS
+    /// (inherited across fork), a deleted /dev/shm file, a memfd, SysV
+    /// shared memory. `dev` and `inode` name the object, shared by every
+    /// process that maps it; `offset` is where in it the region starts.
+    /// Restart makes one object per name, filled from the images, and maps
+    /// it in each of those processes.
+    SharedMemory {
+        dev: u64,
+        inode: u64,
+        offset: u64,
+    },
 }
 
 /// Enough of a file's identity to tell whether it changed since the checkpoint.

@@ -132,6 +132,7 @@ pub fn render(m: &ProcessMeta) -> String {
             RegionKind::File { .. } => "file",
             RegionKind::Vdso => "vdso",
             RegionKind::Vvar => "vvar",
+            RegionKind::SharedMemory { .. } => "shm",
         };
         let mut name = clean(&r.name);
         if let RegionKind::File { path, offset, .. } = &r.kind {
@@ -141,6 +142,14 @@ pub fn render(m: &ProcessMeta) -> String {
             if *offset != 0 {
                 name = format!("{name} @ {offset:#x}");
             }
+        }
+        if let RegionKind::SharedMemory { dev, inode, offset } = &r.kind {
+            name = format!(
+                "{name} [object {:x}:{:x}:{inode}{}]",
+                dev >> 32,
+                dev & 0xffff_ffff,
+                if *offset != 0 { format!(" @ {offset:#x}") } else { String::new() }
+            );
         }
         if r.growsdown {
             name.push_str(" (grows down)");

@@ -211,6 +211,11 @@ fn arb_region_kind() -> impl Strategy<Value = RegionKind> {
         Just(RegionKind::Anonymous),
         Just(RegionKind::Vdso),
         Just(RegionKind::Vvar),
+        (any::<u64>(), any::<u64>(), 0u64..64).prop_map(|(dev, inode, page)| RegionKind::SharedMemory {
+            dev,
+            inode,
+            offset: page * 4096
+        }),
         (arb_string(), 0u64..1 << 30, any::<u64>(), any::<i128>(), any::<u64>()).prop_map(
             |(path, page, size, mtime_ns, inode)| RegionKind::File {
                 path,

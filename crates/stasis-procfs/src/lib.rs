@@ -15,6 +15,8 @@ pub struct MapEntry {
     pub exec: bool,
     pub shared: bool,
     pub offset: u64,
+    /// The backing object's device (major << 32 | minor) and inode.
+    pub dev: u64,
     pub inode: u64,
     /// The path or pseudo-name ("[heap]", "[stack]", "[vdso]"), possibly
     /// ending in " (deleted)"; empty for anonymous memory.
@@ -51,7 +53,7 @@ pub fn parse_map_line(line: &str) -> Option<MapEntry> {
     let range = next();
     let perms = next().as_bytes();
     let offset = next();
-    let _dev = next();
+    let dev = next();
     let inode = next();
     let name = rest.trim_start().to_string();
     let (start, end) = range.split_once('-')?;
@@ -66,6 +68,10 @@ pub fn parse_map_line(line: &str) -> Option<MapEntry> {
         exec: perms[2] == b'x',
         shared: perms[3] == b's',
         offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: {
+            let (major, minor) = dev.split_once(':')?;
+            u64::from_str_radix(major, 16).ok()? << 32 | u64::from_str_radix(minor, 16).ok()?
+        },
         inode: inode.parse().ok()?,
         name,
         vm_flags: Vec::new(),

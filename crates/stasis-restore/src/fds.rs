@@ -20,6 +20,8 @@ pub struct Helpers {
     next_hint: i32,
     /// Descriptors of mapped files by (path, opened for writing).
     maps: HashMap<(String, bool), i32>,
+    /// Descriptors of shared memory objects by (dev, inode).
+    shm: HashMap<(u64, u64), i32>,
 }
 
 impl Helpers {
@@ -37,6 +39,11 @@ impl Helpers {
         let fd = self.keep(open(path, flags | libc::O_CLOEXEC)?)?;
         self.maps.insert((path.to_string(), write), fd);
         Ok(fd)
+    }
+
+    /// The descriptor to map shared memory object (dev, inode) from.
+    pub fn shm_fd(&self, dev: u64, inode: u64) -> Result<i32, String> {
+        self.shm.get(&(dev, inode)).copied().ok_or_else(|| format!("no shared memory object {dev:x}:{inode}"))
     }
 
     /// Moves `fd` to the helper range and returns its new number.
@@ -196,6 +203,7 @@ pub fn restore(
     image: &ImageReader,
     agent_conn: i32,
     pipes: &SharedPipes,
+    shm: &crate::shm::SharedMemory,
     warn: &mut dyn FnMut(String),
 ) -> Result<Helpers, String> {
     // Contents of deleted files, read while the image's descriptor is open.
@@ -207,7 +215,8 @@ pub fn restore(
         }
     }
     let base = meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
-    let shared = pipes.fds();
+    let mut shared = pipes.fds();
+    shared.extend(shm.fds());
     let base = base.max(16).max(shared.iter().max().map_or(0, |m| m + 1));
     // Our own descriptors go above the program's first.
     let stdio: Vec<i32> = (0..3).map(|fd| dup_at_least(fd, base).unwrap_or(-1)).collect();
@@ -283,6 +292,21 @@ pub fn restore(
         unsafe { libc::fcntl(f.fd, libc::F_SETFD, fdflag) };
     }
     pipes.close();
+    // The shared memory this process maps, in the helper range (the
+    // restorer maps it, then closes the range).
+    let mut next_hint = image_fd.max(log) + 1;
+    let mut shm_fds = HashMap::new();
+    for r in &meta.regions {
+        if let stasis_image::RegionKind::SharedMemory { dev, inode, .. } = r.kind
+            && !shm_fds.contains_key(&(dev, inode))
+        {
+            let from = shm.get(dev, inode).ok_or("a shared memory object was not made")?;
+            let fd = dup_at_least(from, next_hint)?;
+            next_hint = fd + 1;
+            shm_fds.insert((dev, inode), fd);
+        }
+    }
+    shm.close();
     for f in &meta.fds {
         // Its open flags are always O_RDWR: nothing to carry over.
         let FdKind::Epoll { targets, .. } = &f.kind else { continue };
@@ -301,8 +325,7 @@ pub fn restore(
             close(fd);
         }
     }
-    let next_hint = image_fd.max(log) + 1;
-    Ok(Helpers { base, image: image_fd, log, next_hint, maps: HashMap::new() })
+    Ok(Helpers { base, image: image_fd, log, next_hint, maps: HashMap::new(), shm: shm_fds })
 }
 
 /// A file opened for writing that grew after the checkpoint is cut back,

@@ -17,6 +17,7 @@ mod kobj;
 mod layout;
 mod ns;
 mod plan;
+mod shm;
 mod tree;
 mod vdso;
 
@@ -142,9 +143,13 @@ pub fn spawn_computation(images: &[&ImageReader], agent_conns: Vec<OwnedFd>) -> 
     // number any process uses, and inherited by all of them.
     let min_fd = metas.iter().flat_map(|m| m.fds.iter().map(|f| f.fd + 1)).max().unwrap_or(0).max(16);
     let pipes = fds::SharedPipes::create(images, min_fd).map_err(RestoreError)?;
+    let shm = shm::SharedMemory::create(images, min_fd).map_err(|e| {
+        pipes.close();
+        RestoreError(e)
+    })?;
     let barrier = tree::Barrier::new(images.len()).map_err(RestoreError)?;
     let conns: Vec<i32> = agent_conns.iter().map(AsRawFd::as_raw_fd).collect();
-    let ctx = Ctx { images, shape: &shape, pipes: &pipes, barrier: &barrier, conns: &conns };
+    let ctx = Ctx { images, shape: &shape, pipes: &pipes, shm: &shm, barrier: &barrier, conns: &conns };
     let root_pids: Vec<i32> = shape.roots.iter().map(|&i| shape.pids[i]).collect();
     // The first root's outside (its launcher, group and session) comes
     // back as stand-ins, for it and for the roots launched beside it.
@@ -154,6 +159,7 @@ pub fn spawn_computation(images: &[&ImageReader], agent_conns: Vec<OwnedFd>) -> 
     let roots = ns::Roots { pids: &root_pids, below_stand_ins: &below, stand_ins: &stand_ins };
     let spawned = ns::spawn(roots, |i| member(&ctx, shape.roots[i]));
     pipes.close();
+    shm.close();
     drop(agent_conns);
     let (init_pid, status) = spawned?;
     Ok(Spawned { init_pid, status })
@@ -164,6 +170,7 @@ struct Ctx<'a> {
     images: &'a [&'a ImageReader],
     shape: &'a tree::Shape,
     pipes: &'a fds::SharedPipes,
+    shm: &'a shm::SharedMemory,
     barrier: &'a tree::Barrier,
     conns: &'a [i32],
 }
@@ -215,19 +222,19 @@ fn become_restored(ctx: &Ctx<'_>, i: usize) -> Result<(), String> {
     tree::join_group(meta, &ctx.shape.pids, &mut |w| warnings.push(w));
     ctx.barrier.arrive(tree::GROUPED)?;
     tree::forget_sigchld(meta);
-    prepare_and_jump(image, ctx.conns[i], ctx.pipes, warnings, &|| ctx.barrier.arrive(tree::READY))
+    prepare_and_jump(image, ctx.conns[i], ctx, warnings, &|| ctx.barrier.arrive(tree::READY))
 }
 
 fn prepare_and_jump(
     image: &ImageReader,
     agent_conn: i32,
-    pipes: &fds::SharedPipes,
+    ctx: &Ctx<'_>,
     mut warnings: Vec<String>,
     ready: &dyn Fn() -> Result<(), String>,
 ) -> Result<(), String> {
     let meta = image.meta();
     fds::write_back_shared(meta, image)?;
-    let helpers = fds::restore(meta, image, agent_conn, pipes, &mut |w| warnings.push(w))?;
+    let helpers = fds::restore(meta, image, agent_conn, ctx.pipes, ctx.shm, &mut |w| warnings.push(w))?;
     LOG_FD.store(helpers.log, std::sync::atomic::Ordering::Relaxed);
     for w in warnings {
         log(&format!("stasis: restart: {w}\n"));

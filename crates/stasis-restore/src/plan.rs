@@ -185,6 +185,11 @@ pub fn build_and_jump(
                 continue;
             }
             RegionKind::Anonymous => (-1, 0),
+            // Filled by restart before any process started.
+            RegionKind::SharedMemory { dev, inode, offset } => {
+                region_reads[i] = false;
+                (helpers.shm_fd(*dev, *inode)?, *offset)
+            }
             RegionKind::File { path, offset, .. } => {
                 let write = r.shared && r.prot & stasis_image::PROT_WRITE != 0;
                 if r.shared {
