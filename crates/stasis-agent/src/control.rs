@@ -347,8 +347,12 @@ fn obey(conn: &File, reader: &mut BufReader<&File>, s: &mut Session, msg: Messag
                 return phased(conn, reader, s, req);
             }
             proto::COORDINATOR => {
-                if let Some(a) = msg.get("addr").and_then(parse_addr) {
+                if let Some(text) = msg.get("addr")
+                    && let Some(a) = parse_addr(text)
+                {
                     s.addr = Some(a);
+                    // What the programs this process execs must use too.
+                    crate::exec::set_address(text);
                 }
             }
             proto::KILL => {

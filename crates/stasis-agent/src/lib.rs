@@ -13,6 +13,7 @@ mod alloc;
 mod ckpt;
 mod collect;
 mod control;
+mod exec;
 mod signals;
 mod sys;
 mod tree;
@@ -32,6 +33,7 @@ extern "C" fn init() {
     }
     let sig = std::env::var("STASIS_CKPT_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
     signals::resolve_real_functions();
+    exec::resolve_real_functions();
     collect::init_rseq_lookup();
     if signals::install(sig, ckpt::in_handler).is_err() {
         sys::write_stderr(b"stasis agent: cannot install the checkpoint signal handler\n");

@@ -214,13 +214,21 @@ fn serve_agent(shared: &Shared, conn: u64, link: &Arc<Conn>, reader: &mut Reader
     let _ = link.stream.set_write_timeout(Some(AGENT_WRITE_TIMEOUT));
     let mut msg = hello.clone();
     let why_gone = loop {
+        // A newcomer's SUSPEND, and the hold on its connection that keeps
+        // the driver's next line to it (CHILDREN, RESUME) behind it.
+        let mut suspend = None;
         let outcome = {
             let mut st = shared.lock();
             let outcome = match msg.verb.as_str() {
-                proto::HELLO => greet(&mut st, conn, link, &msg),
+                proto::HELLO => greet(&mut st, conn, link, &msg).inspect(|&first| {
+                    if first && let Some(m) = st.join_round(conn) {
+                        suspend = Some((m, link.writer()));
+                    }
+                }),
                 proto::SUSPENDED => {
                     let g = msg.get_parsed("generation");
-                    st.record(conn, g, Stage::Suspended);
+                    let children = msg.get("children").map(proto::parse_pid_list).unwrap_or_default();
+                    st.suspended(conn, g, children);
                     Ok(false)
                 }
                 proto::SNAPSHOTTED => {
@@ -242,7 +250,13 @@ fn serve_agent(shared: &Shared, conn: u64, link: &Arc<Conn>, reader: &mut Reader
         match outcome {
             Ok(true) => {
                 let addr = reach(shared, link);
-                if link.send(&Message::new(proto::COORDINATOR).with("addr", addr)).is_err() {
+                let coordinator = Message::new(proto::COORDINATOR).with("addr", addr);
+                let sent = match &suspend {
+                    Some((m, writer)) => writer.send(&coordinator).and_then(|()| writer.send(m)),
+                    None => link.send(&coordinator),
+                };
+                drop(suspend);
+                if sent.is_err() {
                     break "cannot be reached".to_string();
                 }
             }

@@ -13,6 +13,13 @@
 //! resumes (RESUME) while its image is written, and the generation commits
 //! when every image is (WRITTEN). A failure before the snapshots sends
 //! RESUME to everyone and nothing is written.
+//!
+//! A computation is a tree of processes that may fork at any moment, and
+//! each child's agent connects on its own a moment later. So until the
+//! snapshots, a newcomer joins the round (conn.rs), each SUSPENDED names
+//! the process's children, and the suspend barrier also waits for every
+//! child named to be suspended: otherwise the checkpoint would miss a
+//! process that existed at its instant.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stasis_image::{CheckpointDir, Manifest, ManifestProcess, PendingGeneration};
 use stasis_proto::{self as proto, Message};
 
-use crate::state::{Participant, Round, Shared, Stage, Waiter, error};
+use crate::state::{Conn, Participant, Phase, Round, Shared, Stage, Waiter, error};
 use crate::{publish, warn};
 
 const NO_PROCESS: &str = "no process connected";
@@ -34,6 +41,10 @@ const PHASE_LIMIT: Duration = Duration::from_secs(40);
 /// After a failure, how long to wait for images still being written
 /// before their pending directory is removed.
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+/// How often a parent whose named child has not connected is asked to
+/// list its children again: the child may have died before its agent
+/// could connect, and only the parent can tell.
+const CHILDREN_EVERY: Duration = Duration::from_millis(500);
 
 pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
     loop {
@@ -145,18 +156,24 @@ fn abort(dir: &CheckpointDir, pending: PendingGeneration, reason: String) -> Str
     reason
 }
 
-/// Sends `m` to every participant; one that cannot be reached has failed.
-fn broadcast(shared: &Shared, m: &Message) {
+/// Moves the round to `phase` and sends `m` to every participant.
+fn broadcast(shared: &Shared, phase: Phase, m: &Message) {
     let links: Vec<_> = {
-        let st = shared.lock();
-        let Some(round) = &st.round else { return };
+        let mut st = shared.lock();
+        let Some(round) = &mut st.round else { return };
+        round.phase = phase;
         round.participants.iter().map(|p| (p.conn, p.link.clone())).collect()
     };
+    send_all(shared, links, m);
+}
+
+/// Sends `m` on each link; one that cannot be reached is lost (State::lost).
+fn send_all(shared: &Shared, links: Vec<(u64, Arc<Conn>)>, m: &Message) {
     // Written without the lock: a stuck agent must not stall the others.
     for (conn, link) in links {
         if let Err(e) = link.send(m) {
             let mut st = shared.lock();
-            st.record(conn, None, Stage::Failed(format!("cannot be reached: {e}")));
+            st.lost(conn, &format!("cannot be reached: {e}"));
             shared.changed.notify_all();
         }
     }
@@ -172,8 +189,16 @@ fn rank(s: &Stage) -> u8 {
     }
 }
 
+/// Why the round failed, if a participant did.
+fn failure(round: &Round) -> Option<String> {
+    round.participants.iter().find_map(|p| match &p.stage {
+        Stage::Failed(why) => Some(format!("{} failed: {why}", p.describe())),
+        _ => None,
+    })
+}
+
 /// Waits until every participant has reached `target`, one has failed, or
-/// `deadline` (at most `limit` from the start of the wait) has passed.
+/// `deadline` has passed.
 fn wait_for(shared: &Shared, target: Stage, deadline: Instant, what: &str) -> Result<(), String> {
     let started = Instant::now();
     let mut st = shared.lock();
@@ -183,11 +208,8 @@ fn wait_for(shared: &Shared, target: Stage, deadline: Instant, what: &str) -> Re
             return Err(SHUTTING_DOWN.into());
         }
         let round = st.round.as_ref().expect("the round lives until gather ends");
-        if let Some((p, why)) = round.participants.iter().find_map(|p| match &p.stage {
-            Stage::Failed(why) => Some((p, why)),
-            _ => None,
-        }) {
-            return Err(format!("{} failed: {why}", p.describe()));
+        if let Some(why) = failure(round) {
+            return Err(why);
         }
         if round.participants.iter().all(|p| rank(&p.stage) >= rank(&target)) {
             return Ok(());
@@ -205,6 +227,87 @@ fn wait_for(shared: &Shared, target: Stage, deadline: Instant, what: &str) -> Re
         }
         st = shared.wait_timeout(st, deadline - now);
     }
+}
+
+/// The suspend barrier: waits until every participant is suspended and
+/// every child they name is a participant (so suspended too), one has
+/// failed, or `deadline` has passed. Meanwhile newcomers join the round,
+/// and parents whose children are missing are asked for their list again.
+/// Before it returns, under the same lock, the round leaves its suspending
+/// phase, so that no process joins once the outcome is known.
+fn suspend_barrier(shared: &Shared, deadline: Instant) -> Result<(), String> {
+    let started = Instant::now();
+    // When to ask the parents of missing children for their list again;
+    // none while none is missing. Not at once: a child just forked usually
+    // connects a moment later.
+    let mut next_ask: Option<Instant> = None;
+    let mut st = shared.lock();
+    let outcome = loop {
+        if st.shutdown {
+            break Err(SHUTTING_DOWN.to_string());
+        }
+        let round = st.round.as_ref().expect("the round lives until gather ends");
+        if let Some(why) = failure(round) {
+            break Err(why);
+        }
+        let missing = round.missing_children();
+        if missing.is_empty() && round.participants.iter().all(|p| p.stage == Stage::Suspended) {
+            // Every process left before suspending: there is nothing to save.
+            if round.participants.is_empty() {
+                break Err(NO_PROCESS.to_string());
+            }
+            break Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break Err(suspend_timeout(round, &missing, now - started));
+        }
+        if missing.is_empty() {
+            next_ask = None;
+        } else if next_ask.is_none() {
+            next_ask = Some(now + CHILDREN_EVERY);
+        } else if next_ask.is_some_and(|t| now >= t) {
+            let mut parents: Vec<(u64, Arc<Conn>)> = Vec::new();
+            for (_, p) in &missing {
+                if !parents.iter().any(|(c, _)| *c == p.conn) {
+                    parents.push((p.conn, p.link.clone()));
+                }
+            }
+            let ask = Message::new(proto::CHILDREN).with("generation", round.generation);
+            drop(st);
+            send_all(shared, parents, &ask);
+            next_ask = Some(now + CHILDREN_EVERY);
+            st = shared.lock();
+            continue;
+        }
+        let wake = next_ask.map_or(deadline, |t| t.min(deadline));
+        st = shared.wait_timeout(st, wake - now);
+    };
+    if let Some(round) = &mut st.round {
+        round.phase = if outcome.is_ok() { Phase::Snapshotting } else { Phase::Abandoned };
+    }
+    outcome
+}
+
+/// Why the suspend barrier timed out: participants that did not suspend,
+/// and children named that never connected.
+fn suspend_timeout(round: &Round, missing: &[(i32, &Participant)], waited: Duration) -> String {
+    let late: Vec<String> =
+        round.participants.iter().filter(|p| p.stage != Stage::Suspended).map(Participant::describe).collect();
+    let absent: Vec<String> =
+        missing.iter().map(|(child, parent)| format!("process {child} (a child of {})", parent.describe())).collect();
+    let waited = waited.as_secs_f64();
+    let late = (!late.is_empty()).then(|| format!("{} to suspend", late.join(", ")));
+    // The usual reason a child never joins: no agent was loaded into it.
+    let absent = (!absent.is_empty()).then(|| {
+        format!("{} to join the checkpoint: a static program, or one run without the agent?", absent.join(", "))
+    });
+    let what = match (late, absent) {
+        (Some(l), Some(a)) => format!("{l} and for {a}"),
+        (Some(w), None) | (None, Some(w)) => w,
+        (None, None) => "the processes to suspend".to_string(),
+    };
+    format!("timed out after {waited:.0} s waiting for {what}")
 }
 
 /// After a failure past SNAPSHOT: waits (a bounded time) until no image is
@@ -243,7 +346,7 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
     let generation = pending.number;
     let deadline = Instant::now() + shared.checkpoint_timeout;
     let phase_deadline = || deadline.min(Instant::now() + PHASE_LIMIT);
-    let (suspend, computation_id, interval_s, count) = {
+    let (suspend, links, computation_id, interval_s, count) = {
         let mut st = shared.lock();
         if st.shutdown {
             return Err(SHUTTING_DOWN.into());
@@ -257,41 +360,33 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
             .with("interval", st.interval_s)
             .with("computation", format!("{:016x}", st.computation_id))
             .with("compression", if shared.compress { "lz4" } else { "none" });
-        let participants: Vec<Participant> = st
-            .agents
-            .iter()
-            .map(|a| Participant {
-                conn: a.conn,
-                pid: a.pid,
-                name: a.name.clone(),
-                link: a.link.clone(),
-                stage: Stage::Asked,
-            })
-            .collect();
+        let participants: Vec<Participant> = st.agents.iter().map(Participant::new).collect();
         let count = participants.len();
-        st.round = Some(Round { generation, participants });
-        (suspend, st.computation_id, st.interval_s, count)
+        // The agents connected now get SUSPEND below; from this moment on
+        // (same lock) those that connect join the round by themselves.
+        let links = participants.iter().map(|p| (p.conn, p.link.clone())).collect();
+        st.round = Some(Round { generation, participants, suspend: suspend.clone(), phase: Phase::Suspending });
+        (suspend, links, st.computation_id, st.interval_s, count)
     };
     let resume = Message::new(proto::RESUME).with("generation", generation);
 
-    // 1. Suspend every process. Agents that connect from now on take part
-    // in the next checkpoint, not this one.
-    broadcast(shared, &suspend);
+    // 1. Suspend every process, and every process forked meanwhile.
+    send_all(shared, links, &suspend);
     announce_start(waiters, generation, count);
-    if let Err(why) = wait_for(shared, Stage::Suspended, phase_deadline(), "suspend") {
-        broadcast(shared, &resume);
+    if let Err(why) = suspend_barrier(shared, phase_deadline()) {
+        broadcast(shared, Phase::Abandoned, &resume);
         return Err(why);
     }
     // 2. Every process is stopped. (Issue 4 drains the bytes in flight
     // between them here.) Snapshot them all.
-    broadcast(shared, &Message::new(proto::SNAPSHOT).with("generation", generation));
+    broadcast(shared, Phase::Snapshotting, &Message::new(proto::SNAPSHOT).with("generation", generation));
     if let Err(why) = wait_for(shared, Stage::Snapshotted, phase_deadline(), "snapshot") {
-        broadcast(shared, &resume);
+        broadcast(shared, Phase::Abandoned, &resume);
         settle(shared, deadline.min(Instant::now() + SETTLE_LIMIT));
         return Err(why);
     }
     // 3. Every snapshot is taken: resume, and wait for the images.
-    broadcast(shared, &resume);
+    broadcast(shared, Phase::Writing, &resume);
     if let Err(why) = wait_for(shared, Stage::Written { image: String::new(), stats: Vec::new() }, deadline, "write") {
         settle(shared, deadline.min(Instant::now() + SETTLE_LIMIT));
         return Err(why);

@@ -81,10 +81,30 @@ impl Conn {
     /// Writes one whole line, or fails (and then the connection is done
     /// for: half a line may have gone out).
     pub(crate) fn send(&self, m: &Message) -> io::Result<()> {
-        let _guard = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let r = (&self.stream).write_all(m.encode().as_bytes());
+        self.writer().send(m)
+    }
+
+    /// Holds the connection for lines sent one after the other, none of
+    /// another thread's in between. Taken under the state lock, it fixes
+    /// the order of what is decided there (a newcomer's SUSPEND before
+    /// any RESUME the driver may send it next) without writing under it.
+    pub(crate) fn writer(&self) -> Writer<'_> {
+        Writer { conn: self, _guard: self.write_lock.lock().unwrap_or_else(PoisonError::into_inner) }
+    }
+}
+
+/// The right to write to a connection (see [`Conn::writer`]).
+pub(crate) struct Writer<'a> {
+    conn: &'a Conn,
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl Writer<'_> {
+    /// As [`Conn::send`].
+    pub(crate) fn send(&self, m: &Message) -> io::Result<()> {
+        let r = (&self.conn.stream).write_all(m.encode().as_bytes());
         if r.is_err() {
-            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            let _ = self.conn.stream.shutdown(std::net::Shutdown::Both);
         }
         r
     }
@@ -154,6 +174,44 @@ pub(crate) struct Agent {
 pub(crate) struct Round {
     pub(crate) generation: u64,
     pub(crate) participants: Vec<Participant>,
+    /// The round's SUSPEND, for the agents that join it late.
+    pub(crate) suspend: Message,
+    pub(crate) phase: Phase,
+}
+
+/// How far the driver has taken a round. Changed under the state lock in
+/// the same moment as the driver picks whom to send the phase's message,
+/// so that an agent joins the round exactly when it can still be
+/// suspended with the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// From the SUSPEND broadcast to the suspend barrier: a process forked
+    /// meanwhile must be in the checkpoint, so newcomers join.
+    Suspending,
+    /// SNAPSHOT sent: newcomers wait for the next checkpoint.
+    Snapshotting,
+    /// RESUME sent after the snapshots: images are being written.
+    Writing,
+    /// Given up: RESUME goes (or went) to every participant.
+    Abandoned,
+}
+
+impl Round {
+    /// The pids that participants' children lists name but that no
+    /// participant has, each with the participant that names it.
+    pub(crate) fn missing_children(&self) -> Vec<(i32, &Participant)> {
+        let present: HashSet<i32> = self.participants.iter().map(|p| p.pid).collect();
+        let mut seen = HashSet::new();
+        let mut missing = Vec::new();
+        for p in &self.participants {
+            for &child in &p.children {
+                if !present.contains(&child) && seen.insert(child) {
+                    missing.push((child, p));
+                }
+            }
+        }
+        missing
+    }
 }
 
 pub(crate) struct Participant {
@@ -162,9 +220,22 @@ pub(crate) struct Participant {
     pub(crate) name: String,
     pub(crate) link: Arc<Conn>,
     pub(crate) stage: Stage,
+    /// Its live children, as its last SUSPENDED listed them.
+    pub(crate) children: Vec<i32>,
 }
 
 impl Participant {
+    pub(crate) fn new(a: &Agent) -> Self {
+        Participant {
+            conn: a.conn,
+            pid: a.pid,
+            name: a.name.clone(),
+            link: a.link.clone(),
+            stage: Stage::Asked,
+            children: Vec::new(),
+        }
+    }
+
     pub(crate) fn describe(&self) -> String {
         format!("process {} ({})", self.pid, self.name)
     }
@@ -240,14 +311,57 @@ impl State {
         }
     }
 
-    /// Forgets an agent whose connection ended; a checkpoint that waited
-    /// for it fails.
+    /// A SUSPENDED from connection `conn`, naming the process's children.
+    /// A repeat (the answer to CHILDREN) only replaces the list.
+    pub(crate) fn suspended(&mut self, conn: u64, generation: Option<u64>, children: Vec<i32>) {
+        let Some(round) = &mut self.round else { return };
+        if generation.is_some_and(|g| g != round.generation) {
+            return;
+        }
+        let Some(p) = round.participants.iter_mut().find(|p| p.conn == conn) else { return };
+        if matches!(p.stage, Stage::Asked | Stage::Suspended) {
+            p.stage = Stage::Suspended;
+            p.children = children;
+        }
+    }
+
+    /// Adds the agent on `conn`, which has just said its first HELLO, to the
+    /// checkpoint in progress if that is still suspending its processes
+    /// (it may be a child forked since), and returns the SUSPEND to send it.
+    pub(crate) fn join_round(&mut self, conn: u64) -> Option<Message> {
+        let round = self.round.as_mut().filter(|r| r.phase == Phase::Suspending)?;
+        let agent = self.agents.iter().find(|a| a.conn == conn)?;
+        if round.participants.iter().any(|p| p.conn == conn) {
+            return None;
+        }
+        round.participants.push(Participant::new(agent));
+        Some(round.suspend.clone())
+    }
+
+    /// The connection of a participant ended (or cannot be written to).
+    /// Before SNAPSHOT was sent, its process left the round: it exited
+    /// (a process whose last thread was already exiting when it was
+    /// stopped ends even after SUSPENDED), or exec'd (the new program
+    /// connects again, and may join as a newcomer). A parent that named it
+    /// as a child names it no more once asked again. Later, its process is
+    /// stopped somewhere in the checkpoint, and the checkpoint fails.
+    pub(crate) fn lost(&mut self, conn: u64, why: &str) {
+        if let Some(round) = &mut self.round {
+            let suspending = round.phase == Phase::Suspending;
+            round.participants.retain(|p| {
+                p.conn != conn || !(p.stage == Stage::Asked || (suspending && p.stage == Stage::Suspended))
+            });
+        }
+        self.record(conn, None, Stage::Failed(why.to_string()));
+    }
+
+    /// Forgets an agent whose connection ended (see [`State::lost`]).
     pub(crate) fn remove_agent(&mut self, conn: u64, why: &str) {
         self.agents.retain(|a| a.conn != conn);
         if self.agents.is_empty() && self.empty_since.is_none() {
             self.empty_since = Some(Instant::now());
         }
-        self.record(conn, None, Stage::Failed(why.to_string()));
+        self.lost(conn, why);
     }
 
     /// Agents whose process is still there (whose connection the peer has

@@ -29,8 +29,18 @@ enum Behaviour {
     FailWrite,
     /// Closes its connection on SUSPEND.
     Disconnect,
+    /// Suspends, then closes its connection on SNAPSHOT.
+    DisconnectOnSnapshot,
     /// Never answers SUSPEND.
     Ignore,
+}
+
+/// The children a fake agent names in its SUSPENDED: `first` in its answer
+/// to SUSPEND, `relisted` in its answers to CHILDREN.
+#[derive(Clone, Default, Debug)]
+struct Children {
+    first: Vec<i32>,
+    relisted: Vec<i32>,
 }
 
 /// Events of every fake agent of a test, in the order they happened:
@@ -67,8 +77,13 @@ impl Test {
     }
 
     fn agent(&self, pid: i32, name: &str, behaviour: Behaviour) -> FakeAgent {
+        self.parent(pid, name, behaviour, Children::default())
+    }
+
+    /// An agent whose process has children.
+    fn parent(&self, pid: i32, name: &str, behaviour: Behaviour, children: Children) -> FakeAgent {
         let stream = UnixStream::connect(&self.sock).unwrap();
-        FakeAgent::on_stream(Stream::Unix(stream), pid, name, behaviour, &[], &self.log)
+        FakeAgent::on_stream_with(Stream::Unix(stream), pid, name, behaviour, children, &[], &self.log)
     }
 
     fn command(&self, fields: &[(&str, &str)]) -> Message {
@@ -149,6 +164,18 @@ impl FakeAgent {
         extra: &[(&str, &str)],
         log: &Log,
     ) -> FakeAgent {
+        FakeAgent::on_stream_with(stream, pid, name, behaviour, Children::default(), extra, log)
+    }
+
+    fn on_stream_with(
+        stream: Stream,
+        pid: i32,
+        name: &str,
+        behaviour: Behaviour,
+        children: Children,
+        extra: &[(&str, &str)],
+        log: &Log,
+    ) -> FakeAgent {
         let mut hello = Message::new("HELLO")
             .with("pid", pid)
             .with("name", name)
@@ -166,7 +193,7 @@ impl FakeAgent {
         let stream = Arc::new(stream);
         let mine = stream.clone();
         let log = log.clone();
-        let thread = thread::spawn(move || agent_loop(&mine, pid, &name, behaviour, &tx, &addr_tx, &log));
+        let thread = thread::spawn(move || agent_loop(&mine, pid, &name, (behaviour, &children), &tx, &addr_tx, &log));
         FakeAgent { thread: Some(thread), kills, coordinator, stream }
     }
 }
@@ -184,7 +211,7 @@ fn agent_loop(
     stream: &Stream,
     pid: i32,
     name: &str,
-    behaviour: Behaviour,
+    (behaviour, children): (Behaviour, &Children),
     kills: &mpsc::Sender<i32>,
     coordinator: &mpsc::Sender<String>,
     log: &Log,
@@ -221,11 +248,17 @@ fn agent_loop(
                         return;
                     }
                     Behaviour::Ignore => {}
-                    _ => answer(Message::new("SUSPENDED").with("generation", generation)),
+                    _ => answer(suspended(generation, &children.first)),
                 }
             }
+            // Asked only while suspended, after naming children.
+            "CHILDREN" => answer(suspended(generation, &children.relisted)),
             "SNAPSHOT" => match behaviour {
                 Behaviour::FailSnapshot => answer(failed("snapshot went wrong")),
+                Behaviour::DisconnectOnSnapshot => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
                 _ => answer(Message::new("SNAPSHOTTED").with("generation", generation).with("pause_us", 5)),
             },
             "RESUME" => {
@@ -257,6 +290,13 @@ fn agent_loop(
             other => panic!("fake agent got {other}"),
         }
     }
+}
+
+/// A SUSPENDED naming `children` (no field when there are none, as an
+/// older agent would send it).
+fn suspended(generation: u64, children: &[i32]) -> Message {
+    let m = Message::new("SUSPENDED").with("generation", generation);
+    if children.is_empty() { m } else { m.with("children", stasis_proto::format_pid_list(children)) }
 }
 
 fn ok(m: &Message) -> &Message {
@@ -388,13 +428,13 @@ fn a_failure_after_the_snapshot_or_at_the_write_aborts() {
 }
 
 #[test]
-fn a_disconnecting_agent_aborts() {
+fn an_agent_that_disconnects_once_suspended_aborts() {
     let t = Test::new();
     let _coord = t.start();
     let _a = t.agent(101, "alpha", Behaviour::Write);
     t.wait_processes(1);
     ok(&checkpoint(&t));
-    let _b = t.agent(102, "beta", Behaviour::Disconnect);
+    let _b = t.agent(102, "beta", Behaviour::DisconnectOnSnapshot);
     t.wait_processes(2);
     let why = err(&checkpoint(&t));
     assert!(why.contains("102") && why.contains("disconnected"), "{why}");
@@ -403,6 +443,128 @@ fn a_disconnecting_agent_aborts() {
     t.wait_processes(1);
     let reply = checkpoint(&t);
     assert_eq!(ok(&reply).get("generation"), Some("3"));
+}
+
+#[test]
+fn an_agent_that_disconnects_before_suspending_leaves_the_round() {
+    // Its process exited, or exec'd: the others are checkpointed without it.
+    let t = Test::new();
+    let _coord = t.start();
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    let _b = t.agent(102, "beta", Behaviour::Disconnect);
+    t.wait_processes(2);
+    let reply = checkpoint(&t);
+    assert_eq!(ok(&reply).get("processes"), Some("1"));
+    assert_eq!(images(&t), ["alpha-101.img"]);
+    let st = t.command(&[("what", "status")]);
+    assert_eq!(st.get("last_error"), None, "{st:?}");
+}
+
+/// The image files of the newest generation, sorted.
+fn images(t: &Test) -> Vec<String> {
+    let mut images: Vec<String> = stasis_image::resolve_restart_target(&t.ck)
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    images.sort();
+    images
+}
+
+fn count(events: &[String], e: &str) -> usize {
+    events.iter().filter(|x| *x == e).count()
+}
+
+#[test]
+fn a_child_that_connects_during_the_suspend_joins_the_checkpoint() {
+    let t = Test::new();
+    let _coord = t.start();
+    let both = Children { first: vec![202], relisted: vec![202] };
+    let _parent = t.parent(201, "bash", Behaviour::Write, both);
+    t.wait_processes(1);
+    let sock = t.sock.clone();
+    let client = thread::spawn(move || command(&sock, &[("what", "checkpoint")]));
+    // The parent is stopped and names its child, whose agent connects only now.
+    t.wait_event(0, "201 sent SUSPENDED");
+    let _child = t.agent(202, "sleep", Behaviour::Write);
+    let reply = client.join().unwrap();
+    assert_eq!(ok(&reply).get("processes"), Some("2"));
+    assert_eq!(images(&t), ["bash-201.img", "sleep-202.img"]);
+    let ev = t.events();
+    assert_eq!(count(&ev, "202 got SUSPEND"), 1, "{ev:?}");
+    // Both were stopped before either snapshotted.
+    for p in [201, 202] {
+        for q in [201, 202] {
+            assert!(at(&ev, &format!("{p} sent SUSPENDED")) < at(&ev, &format!("{q} got SNAPSHOT")), "{ev:?}");
+        }
+    }
+}
+
+#[test]
+fn a_child_that_died_before_connecting_is_dropped_when_its_parent_relists() {
+    let t = Test::new();
+    let _coord = t.start();
+    let gone = Children { first: vec![202], relisted: vec![] };
+    let _parent = t.parent(201, "bash", Behaviour::Write, gone);
+    t.wait_processes(1);
+    let reply = checkpoint(&t);
+    assert_eq!(ok(&reply).get("processes"), Some("1"));
+    assert_eq!(images(&t), ["bash-201.img"]);
+    let ev = t.events();
+    assert!(at(&ev, "201 got CHILDREN") < at(&ev, "201 got SNAPSHOT"), "{ev:?}");
+}
+
+#[test]
+fn a_child_that_never_connects_fails_the_checkpoint_by_name() {
+    let t = Test::new();
+    let _coord = t.start_with(|c| c.checkpoint_timeout = Duration::from_millis(1200));
+    let _other = t.agent(101, "alpha", Behaviour::Write);
+    let stuck = Children { first: vec![202], relisted: vec![202] };
+    let _parent = t.parent(201, "bash", Behaviour::Write, stuck);
+    t.wait_processes(2);
+    let why = err(&checkpoint(&t));
+    assert!(why.contains("timed out") && why.contains("process 202") && why.contains("201 (bash)"), "{why}");
+    assert!(!why.contains("101"), "{why}");
+    assert_eq!(t.latest(), None);
+    assert!(t.entries().is_empty(), "{:?}", t.entries());
+    // Everyone was resumed, nobody snapshotted.
+    t.wait_event(0, "201 got RESUME");
+    t.wait_event(0, "101 got RESUME");
+    assert_eq!(count(&t.events(), "201 got SNAPSHOT"), 0, "{:?}", t.events());
+}
+
+#[test]
+fn a_newcomer_after_the_snapshot_waits_for_the_next_checkpoint() {
+    let t = Test::new();
+    let _coord = t.start();
+    let raw = UnixStream::connect(&t.sock).unwrap();
+    (&raw).write_all(b"HELLO pid=300 name=slow\n").unwrap();
+    t.wait_processes(1);
+    let sock = t.sock.clone();
+    let client = thread::spawn(move || command(&sock, &[("what", "checkpoint")]));
+    let mut reader = BufReader::new(&raw);
+    let m = Message::decode(&next_line(&mut reader, "SUSPEND")).unwrap();
+    let g = m.get("generation").unwrap().to_string();
+    let dir = PathBuf::from(m.get("dir").unwrap());
+    (&raw).write_all(Message::new("SUSPENDED").with("generation", &g).encode().as_bytes()).unwrap();
+    next_line(&mut reader, "SNAPSHOT");
+    // Connected (its HELLO counted) once the snapshots began: not in this round.
+    let _late = t.agent(301, "late", Behaviour::Write);
+    t.wait_processes(2);
+    (&raw).write_all(Message::new("SNAPSHOTTED").with("generation", &g).encode().as_bytes()).unwrap();
+    next_line(&mut reader, "RESUME");
+    std::fs::write(dir.join("slow.img"), b"x").unwrap();
+    let answer = Message::new("WRITTEN").with("generation", &g).with("image", "slow.img");
+    (&raw).write_all(answer.encode().as_bytes()).unwrap();
+    let reply = client.join().unwrap();
+    assert_eq!(ok(&reply).get("processes"), Some("1"));
+    assert_eq!(count(&t.events(), "301 got SUSPEND"), 0, "{:?}", t.events());
+    // It takes part in the next one (alone: the raw agent leaves first).
+    drop(reader);
+    drop(raw);
+    t.wait_processes(1);
+    assert_eq!(ok(&checkpoint(&t)).get("processes"), Some("1"));
+    assert_eq!(images(&t), ["late-301.img"]);
 }
 
 #[test]

@@ -30,7 +30,17 @@ pub const ERROR: &str = "ERROR";
 /// Coordinator → agent: stop your threads for `generation` (checkpoint
 /// phase 1); the agent answers `SUSPENDED`.
 pub const SUSPEND: &str = "SUSPEND";
+/// Agent → coordinator: every thread of the program is stopped for
+/// `generation`. `children=` lists the pids of the process's live children
+/// ([`format_pid_list`]), so that the coordinator waits for their agents
+/// too: a checkpoint holds the whole process tree or nothing. Sent again,
+/// still stopped, to answer `CHILDREN`.
 pub const SUSPENDED: &str = "SUSPENDED";
+/// Coordinator → agent, while the agent is suspended for `generation`:
+/// list your live children again (not zombies, not the exited) and answer
+/// `SUSPENDED` with the new list. Sent when a child the agent named has not
+/// connected: it may have died before its agent could.
+pub const CHILDREN: &str = "CHILDREN";
 /// Coordinator → agent: every process is stopped; take the snapshot
 /// (phase 2). The agent answers `SNAPSHOTTED` once its writer holds
 /// everything the program could still change; the program stays stopped.
@@ -119,6 +129,18 @@ impl Message {
     }
 }
 
+/// Reads a list of pids (`children=12,15`): comma-separated, possibly
+/// empty. An entry that is not a positive pid is left out rather than
+/// spoiling the whole list.
+pub fn parse_pid_list(value: &str) -> Vec<i32> {
+    value.split(',').filter_map(|p| p.trim().parse::<i32>().ok()).filter(|&p| p > 0).collect()
+}
+
+/// Writes a list of pids as [`parse_pid_list`] reads it.
+pub fn format_pid_list(pids: &[i32]) -> String {
+    pids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+}
+
 fn escape_into(s: &str, out: &mut String) {
     for c in s.chars() {
         if c == '%' || c == ' ' || c == '=' || c.is_control() {
@@ -165,6 +187,20 @@ mod tests {
         let back = Message::decode(&line).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.get_parsed::<u64>("generation"), Some(7));
+    }
+
+    #[test]
+    fn pid_lists() {
+        assert_eq!(parse_pid_list(""), Vec::<i32>::new());
+        assert_eq!(parse_pid_list("12"), [12]);
+        assert_eq!(parse_pid_list("12,15"), [12, 15]);
+        // Bad entries are dropped, the good ones kept.
+        assert_eq!(parse_pid_list("12,,x,-3,0,15,"), [12, 15]);
+        assert_eq!(format_pid_list(&[]), "");
+        assert_eq!(format_pid_list(&[12, 15]), "12,15");
+        let m = Message::new(SUSPENDED).with("generation", 3).with("children", format_pid_list(&[7, 9]));
+        let back = Message::decode(&m.encode()).unwrap();
+        assert_eq!(back.get("children").map(parse_pid_list), Some(vec![7, 9]));
     }
 
     #[test]

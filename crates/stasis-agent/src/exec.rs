@@ -1,0 +1,231 @@
+//! Programs the computation execs find the coordinator where it is now.
+//!
+//! A program started by exec reads the coordinator's address from
+//! `STASIS_COORD_ADDR` in its environment. After a restart (or when a new
+//! coordinator took over) that address may have changed, but the
+//! environments the program passes on still hold the old one: `environ`
+//! is updated by the checkpoint thread, and the environment arrays a
+//! program builds itself (a shell's exported variables) are mended on the
+//! way through execve, execvpe, posix_spawn and posix_spawnp.
+
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+const VAR: &[u8] = b"STASIS_COORD_ADDR=";
+
+/// "STASIS_COORD_ADDR=<current address>", once the coordinator told us one.
+static CURRENT: AtomicPtr<c_char> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Records the current address, and puts it into `environ` too.
+pub fn set_address(addr: &str) {
+    let Ok(entry) = CString::new([VAR, addr.as_bytes()].concat()) else { return };
+    let old = CURRENT.load(Ordering::Acquire);
+    // SAFETY: a non-null CURRENT is a CString leaked below, never freed.
+    if !old.is_null() && unsafe { CStr::from_ptr(old) } == entry.as_c_str() {
+        return;
+    }
+    let differs = std::env::var("STASIS_COORD_ADDR").ok().as_deref() != Some(addr);
+    // Leaked: a concurrent exec may still be reading the old one.
+    CURRENT.store(entry.into_raw(), Ordering::Release);
+    if differs {
+        // SAFETY: called from the checkpoint thread while the program runs
+        // (never while its threads are stopped, which may hold libc's
+        // locks); glibc's setenv locks against other setenv calls.
+        unsafe { std::env::set_var("STASIS_COORD_ADDR", addr) };
+    }
+}
+
+/// `envp` with its STASIS_COORD_ADDR entry replaced by the current one, or
+/// None when it needs no change.
+///
+/// # Safety
+/// `envp` is null or a null-terminated array of C strings.
+unsafe fn mended(envp: *const *const c_char) -> Option<Vec<*const c_char>> {
+    let current = CURRENT.load(Ordering::Acquire);
+    if current.is_null() || envp.is_null() {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut changed = false;
+    let mut i = 0;
+    loop {
+        // SAFETY: within the null-terminated array (caller's promise).
+        let e = unsafe { *envp.add(i) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: every entry is a C string (caller's promise).
+        let bytes = unsafe { CStr::from_ptr(e) }.to_bytes();
+        // SAFETY: CURRENT holds a C string.
+        if bytes.starts_with(VAR) && bytes != unsafe { CStr::from_ptr(current) }.to_bytes() {
+            out.push(current as *const c_char);
+            changed = true;
+        } else {
+            out.push(e);
+        }
+        i += 1;
+    }
+    out.push(std::ptr::null());
+    changed.then_some(out)
+}
+
+static REAL_EXECVE: AtomicUsize = AtomicUsize::new(0);
+static REAL_EXECVPE: AtomicUsize = AtomicUsize::new(0);
+static REAL_POSIX_SPAWN: AtomicUsize = AtomicUsize::new(0);
+static REAL_POSIX_SPAWNP: AtomicUsize = AtomicUsize::new(0);
+
+/// Resolves the wrapped functions at start-up (dlsym takes the loader's
+/// lock, which must not be taken later from inside a vfork child).
+pub fn resolve_real_functions() {
+    for (cache, name) in [
+        (&REAL_EXECVE, c"execve"),
+        (&REAL_EXECVPE, c"execvpe"),
+        (&REAL_POSIX_SPAWN, c"posix_spawn"),
+        (&REAL_POSIX_SPAWNP, c"posix_spawnp"),
+    ] {
+        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+        cache.store(unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize, Ordering::Release);
+    }
+}
+
+fn real(cache: &AtomicUsize) -> usize {
+    cache.load(Ordering::Acquire)
+}
+
+type ExecFn = unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+type SpawnFn = unsafe extern "C" fn(
+    *mut libc::pid_t,
+    *const c_char,
+    *const libc::posix_spawn_file_actions_t,
+    *const libc::posix_spawnattr_t,
+    *const *const c_char,
+    *const *const c_char,
+) -> c_int;
+
+/// Calls an exec-like function with `envp` mended.
+///
+/// # Safety
+/// `f` is libc's function of this signature; the arguments are the caller's.
+unsafe fn exec_with(
+    f: usize,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    if f == 0 {
+        // SAFETY: __errno_location is this thread's errno.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        return -1;
+    }
+    // SAFETY: dlsym found libc's function of this signature.
+    let f: ExecFn = unsafe { std::mem::transmute::<usize, ExecFn>(f) };
+    // SAFETY: envp is the caller's environment array.
+    match unsafe { mended(envp) } {
+        // SAFETY: forwarded, with an array that lives across the call.
+        Some(env) => unsafe { f(path, argv, env.as_ptr()) },
+        // SAFETY: forwarded unchanged.
+        None => unsafe { f(path, argv, envp) },
+    }
+}
+
+/// # Safety
+/// Same contract as libc's execve.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: the caller's arguments, forwarded.
+    unsafe { exec_with(real(&REAL_EXECVE), path, argv, envp) }
+}
+
+/// # Safety
+/// Same contract as libc's execvpe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: the caller's arguments, forwarded.
+    unsafe { exec_with(real(&REAL_EXECVPE), file, argv, envp) }
+}
+
+/// Calls a posix_spawn-like function with `envp` mended.
+///
+/// # Safety
+/// `f` is libc's function of this signature; the arguments are the caller's.
+unsafe fn spawn_with(
+    f: usize,
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    if f == 0 {
+        return libc::ENOSYS;
+    }
+    // SAFETY: dlsym found libc's function of this signature.
+    let f: SpawnFn = unsafe { std::mem::transmute::<usize, SpawnFn>(f) };
+    // SAFETY: envp is the caller's environment array.
+    match unsafe { mended(envp) } {
+        // SAFETY: forwarded, with an array that lives across the call.
+        Some(env) => unsafe { f(pid, path, actions, attr, argv, env.as_ptr()) },
+        // SAFETY: forwarded unchanged.
+        None => unsafe { f(pid, path, actions, attr, argv, envp) },
+    }
+}
+
+/// # Safety
+/// Same contract as libc's posix_spawn.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: the caller's arguments, forwarded.
+    unsafe { spawn_with(real(&REAL_POSIX_SPAWN), pid, path, actions, attr, argv, envp) }
+}
+
+/// # Safety
+/// Same contract as libc's posix_spawnp.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut libc::pid_t,
+    file: *const c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: the caller's arguments, forwarded.
+    unsafe { spawn_with(real(&REAL_POSIX_SPAWNP), pid, file, actions, attr, argv, envp) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_address_entry_changes() {
+        let entries = [c"A=1", c"STASIS_COORD_ADDR=unix:/old", c"B=2"];
+        let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: a null-terminated array of C strings.
+        assert!(unsafe { mended(envp.as_ptr()) }.is_none(), "nothing known yet");
+        CURRENT.store(CString::new("STASIS_COORD_ADDR=unix:/new").unwrap().into_raw(), Ordering::Release);
+        // SAFETY: as above.
+        let out = unsafe { mended(envp.as_ptr()) }.unwrap();
+        // SAFETY: the entries are C strings.
+        let text: Vec<&CStr> = out[..3].iter().map(|&p| unsafe { CStr::from_ptr(p) }).collect();
+        assert_eq!(text, [c"A=1", c"STASIS_COORD_ADDR=unix:/new", c"B=2"]);
+        assert!(out[3].is_null());
+    }
+}
