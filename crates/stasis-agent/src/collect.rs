@@ -42,6 +42,9 @@ pub struct Snapshot {
     /// The first descriptor (index into meta.fds) of each pipe, whose bytes
     /// in flight must be saved.
     pub pipes: Vec<usize>,
+    /// The first descriptor (index into meta.fds) of each connected stream
+    /// socket, whose bytes waiting to be read must be saved.
+    pub sockets: Vec<usize>,
     /// The allocator's epoch before memory was listed.
     pub epoch: usize,
 }
@@ -78,6 +81,27 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
         {
             pipes.push(i);
         }
+    }
+    let mut sockets: Vec<usize> = Vec::new();
+    for (i, f) in fds.iter().enumerate() {
+        let FdKind::Socket { id, domain, kind, listening: false, ref peer, .. } = f.kind else { continue };
+        if kind != libc::SOCK_STREAM || (peer.is_empty() && domain != libc::AF_UNIX) {
+            continue;
+        }
+        if sockets.iter().any(|&s| matches!(fds[s].kind, FdKind::Socket { id: other, .. } if other == id)) {
+            continue;
+        }
+        if domain != libc::AF_UNIX {
+            let stuck = crate::sockets::unsent(f.fd);
+            if stuck > 0 {
+                return Err(format!(
+                    "fd {}: {stuck} bytes sent on this TCP connection have not reached its peer yet (its \
+                     receive buffer is full); they could not be saved",
+                    f.fd
+                ));
+            }
+        }
+        sockets.push(i);
     }
     let mut meta = ProcessMeta {
         created_unix: std::time::SystemTime::now()
@@ -123,7 +147,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
     let epoch = crate::ALLOC.epoch();
     let (regions, plans) = memory()?;
     meta.regions = regions;
-    Ok(Snapshot { meta, plans, deleted_files, pipes, epoch })
+    Ok(Snapshot { meta, plans, deleted_files, pipes, sockets, epoch })
 }
 
 /// Takes the memory list again (see `snapshot`).
@@ -420,6 +444,8 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
     let mut nums = sys::numeric_entries(c"/proc/self/fd").map_err(|e| format!("read /proc/self/fd: errno {e}"))?;
     nums.sort_unstable();
     let mut out = Vec::new();
+    // Read once, when the first socket shows up.
+    let mut unix_peers: Option<Vec<(u64, u64)>> = None;
     for fd in nums {
         let Ok(link) = fs::read_link(format!("/proc/self/fd/{fd}")) else { continue }; // closed meanwhile
         let link = link.to_string_lossy().into_owned();
@@ -447,6 +473,16 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
                     FdKind::File { path, flags, offset: info.pos, size: st.st_size as u64, deleted }
                 }
                 libc::S_IFDIR => FdKind::Directory { path: link, flags },
+                libc::S_IFSOCK => {
+                    if unix_peers.is_none() {
+                        unix_peers = Some(crate::sockets::unix_peers()?);
+                    }
+                    let peers = unix_peers.as_deref().unwrap_or_default();
+                    match crate::sockets::describe(fd, st.st_ino, flags, peers) {
+                        Some(kind) => kind,
+                        None => FdKind::Inherited { what: link },
+                    }
+                }
                 _ if fd <= 2 => FdKind::Inherited { what: link },
                 libc::S_IFCHR if link.starts_with('/') && !link.starts_with("/dev/pts") => {
                     FdKind::Device { path: link, flags }

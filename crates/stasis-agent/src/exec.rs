@@ -106,12 +106,7 @@ type SpawnFn = unsafe extern "C" fn(
 ///
 /// # Safety
 /// `f` is libc's function of this signature; the arguments are the caller's.
-unsafe fn exec_with(
-    f: usize,
-    path: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
+unsafe fn exec_with(f: usize, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
     if f == 0 {
         // SAFETY: __errno_location is this thread's errno.
         unsafe { *libc::__errno_location() = libc::ENOSYS };
@@ -131,11 +126,7 @@ unsafe fn exec_with(
 /// # Safety
 /// Same contract as libc's execve.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn execve(
-    path: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
+pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
     // SAFETY: the caller's arguments, forwarded.
     unsafe { exec_with(real(&REAL_EXECVE), path, argv, envp) }
 }
@@ -143,11 +134,7 @@ pub unsafe extern "C" fn execve(
 /// # Safety
 /// Same contract as libc's execvpe.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn execvpe(
-    file: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
+pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
     // SAFETY: the caller's arguments, forwarded.
     unsafe { exec_with(real(&REAL_EXECVPE), file, argv, envp) }
 }

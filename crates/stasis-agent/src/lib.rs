@@ -15,6 +15,7 @@ mod collect;
 mod control;
 mod exec;
 mod signals;
+mod sockets;
 mod sys;
 mod tree;
 mod writer;

@@ -28,7 +28,7 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     if compress {
         w.set_compression(stasis_image::Compression::Lz4);
     }
-    let Snapshot { meta, plans, deleted_files, pipes, .. } = snap;
+    let Snapshot { meta, plans, deleted_files, pipes, sockets, .. } = snap;
     // One buffer for the whole image: a program with hundreds of regions
     // (a stack per thread) must not cost hundreds of fresh 4 MiB buffers.
     let mut bounce = vec![0u8; MAX_CHUNK as usize];
@@ -72,6 +72,17 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
         let bytes =
             crate::sys::pipe_peek(peek_fd).map_err(|e| format!("save the bytes in the pipe on fd {fd}: {e}"))?;
         drop(reader);
+        let mut offset = 0u64;
+        for piece in bytes.chunks(MAX_CHUNK as usize) {
+            w.append_chunk(ChunkKind::FileContents { fd_index: fd_index as u32, offset }, piece).map_err(err)?;
+            offset += piece.len() as u64;
+        }
+    }
+    // Bytes waiting on stream sockets, as for pipes.
+    for &fd_index in &sockets {
+        let fd = meta.fds[fd_index].fd;
+        let bytes =
+            crate::sockets::peek(fd).map_err(|e| format!("save the bytes waiting on the socket on fd {fd}: {e}"))?;
         let mut offset = 0u64;
         for piece in bytes.chunks(MAX_CHUNK as usize) {
             w.append_chunk(ChunkKind::FileContents { fd_index: fd_index as u32, offset }, piece).map_err(err)?;

@@ -15,6 +15,9 @@ mod support;
 mod console;
 #[path = "e2e/dmtcp.rs"]
 mod dmtcp;
+// Process trees: fork, exec, process groups, sessions, zombies, pipes.
+#[path = "e2e/tree.rs"]
+mod tree;
 
 use std::fs;
 use std::path::{Path, PathBuf};

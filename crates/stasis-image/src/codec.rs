@@ -251,6 +251,18 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                 e.u32(*flags);
                 e.u32(*size);
             }
+            FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id } => {
+                e.u8(11);
+                e.u64(*id);
+                e.i32(*domain);
+                e.i32(*kind);
+                e.i32(*protocol);
+                e.u32(*flags);
+                e.bool(*listening);
+                e.bytes(local);
+                e.bytes(peer);
+                e.u64(*peer_id);
+            }
         }
     });
     e.vec(&meta.sigactions, |e, a| {
@@ -391,6 +403,17 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 targets: d.vec(16, |d| Ok(EpollTarget { fd: d.i32()?, events: d.u32()?, data: d.u64()? }))?,
             },
             10 => FdKind::Pipe { id: d.u64()?, write: d.bool()?, flags: d.u32()?, size: d.u32()? },
+            11 => FdKind::Socket {
+                id: d.u64()?,
+                domain: d.i32()?,
+                kind: d.i32()?,
+                protocol: d.i32()?,
+                flags: d.u32()?,
+                listening: d.bool()?,
+                local: d.bytes()?,
+                peer: d.bytes()?,
+                peer_id: d.u64()?,
+            },
             t => return Err(corrupt(format!("unknown descriptor kind {t}"))),
         };
         Ok(Fd { fd, cloexec, kind })
@@ -686,7 +709,7 @@ mod tests {
         // counts, shared_pending and the agent's 16 bytes.
         let fd_tag = good.len() - 41;
         let mut v = good.clone();
-        v[fd_tag] = 11;
-        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 11"));
+        v[fd_tag] = 12;
+        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 12"));
     }
 }

@@ -241,6 +241,26 @@ pub enum FdKind {
         flags: u32,
         size: u32,
     },
+    /// A socket. `id` (its inode) is shared by every descriptor of it in
+    /// every process; `local` and `peer` are its addresses as getsockname
+    /// and getpeername give them (raw `struct sockaddr` bytes, empty when
+    /// it has none); `peer_id` is a Unix socket's peer, by inode (0: none).
+    /// Restart pairs the connected sockets whose two ends are in the
+    /// computation (Unix: by `peer_id`; TCP: by their addresses) and makes
+    /// them again, listening sockets too; the others lead outside it. The
+    /// bytes waiting to be read are `FileContents` chunks of its first
+    /// descriptor in `fds`.
+    Socket {
+        id: u64,
+        domain: i32,
+        kind: i32,
+        protocol: i32,
+        flags: u32,
+        listening: bool,
+        local: Vec<u8>,
+        peer: Vec<u8>,
+        peer_id: u64,
+    },
     /// Not restorable: left closed at restart, with `what` in the log.
     #[default]
     Unsupported,

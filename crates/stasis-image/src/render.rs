@@ -81,6 +81,46 @@ fn prot(p: u8, shared: bool) -> String {
         .collect()
 }
 
+fn family_name(domain: i32) -> String {
+    match domain {
+        1 => "unix".into(),
+        2 => "ipv4".into(),
+        10 => "ipv6".into(),
+        d => format!("family {d}"),
+    }
+}
+
+fn kind_name(kind: i32) -> String {
+    match kind {
+        1 => "stream".into(),
+        2 => "datagram".into(),
+        5 => "seqpacket".into(),
+        k => format!("type {k}"),
+    }
+}
+
+/// A raw `struct sockaddr` for people: a path, @abstract, ip:port.
+fn sockaddr(b: &[u8]) -> String {
+    let family = b.get(..2).map_or(0, |f| u16::from_ne_bytes([f[0], f[1]]));
+    let port = |at: usize| b.get(at..at + 2).map_or(0, |p| u16::from_be_bytes([p[0], p[1]]));
+    match family {
+        1 => match b.get(2..) {
+            None | Some([]) => "(unnamed)".into(),
+            Some([0, rest @ ..]) => format!("@{}", clean(&String::from_utf8_lossy(rest))),
+            Some(path) => {
+                let path = path.split(|&c| c == 0).next().unwrap_or_default();
+                clean(&String::from_utf8_lossy(path))
+            }
+        },
+        2 if b.len() >= 8 => format!("{}.{}.{}.{}:{}", b[4], b[5], b[6], b[7], port(2)),
+        10 if b.len() >= 24 => {
+            let ip: [u8; 16] = b[8..24].try_into().unwrap_or_default();
+            format!("[{}]:{}", std::net::Ipv6Addr::from(ip), port(2))
+        }
+        f => format!("(address family {f}, {} bytes)", b.len()),
+    }
+}
+
 /// What `stasis inspect` prints.
 pub fn render(m: &ProcessMeta) -> String {
     let mut o = String::new();
@@ -218,6 +258,22 @@ pub fn render(m: &ProcessMeta) -> String {
             }
             FdKind::Pipe { id, write, flags, size } => {
                 format!("pipe {id} {} end flags {flags:#o} capacity {size}", if *write { "write" } else { "read" })
+            }
+            FdKind::Socket { id, domain, kind, flags, listening, local, peer, peer_id, .. } => {
+                let mut s = format!("socket {id} {} {}", family_name(*domain), kind_name(*kind));
+                if *listening {
+                    s.push_str(" listening");
+                }
+                if !local.is_empty() {
+                    s.push_str(&format!(" at {}", sockaddr(local)));
+                }
+                if !peer.is_empty() {
+                    s.push_str(&format!(" to {}", sockaddr(peer)));
+                }
+                if *peer_id != 0 {
+                    s.push_str(&format!(" (peer socket {peer_id})"));
+                }
+                format!("{s} flags {flags:#o}")
             }
         };
         let _ = writeln!(o, "  {:>4}{} {what}", f.fd, if f.cloexec { " cloexec" } else { "        " });

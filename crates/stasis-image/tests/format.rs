@@ -265,6 +265,15 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
                 .prop_map(|(flags, targets)| FdKind::Epoll { flags, targets }),
             (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>())
                 .prop_map(|(id, write, flags, size)| FdKind::Pipe { id, write, flags, size }),
+            (
+                (any::<u64>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<u32>(), any::<bool>()),
+                proptest::collection::vec(any::<u8>(), 0..40),
+                proptest::collection::vec(any::<u8>(), 0..40),
+                any::<u64>()
+            )
+                .prop_map(|((id, domain, kind, protocol, flags, listening), local, peer, peer_id)| {
+                    FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id }
+                }),
         ];
     (any::<i32>(), any::<bool>(), kind).prop_map(|(fd, cloexec, kind)| Fd { fd, cloexec, kind })
 }

@@ -242,6 +242,71 @@ pub fn parse_children(text: &str) -> Vec<i32> {
     text.split_whitespace().filter_map(|p| p.parse().ok()).filter(|&p| p > 0).collect()
 }
 
+/// What one read of a NETLINK_SOCK_DIAG dump of Unix sockets held.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UnixDiag {
+    /// (socket inode, peer inode) for every socket that has a peer.
+    pub peers: Vec<(u64, u64)>,
+    /// The dump's NLMSG_DONE was seen.
+    pub done: bool,
+    /// The kernel answered with an error (its errno).
+    pub error: Option<i32>,
+}
+
+/// Parses netlink messages answering a SOCK_DIAG_BY_FAMILY dump of AF_UNIX
+/// sockets asked with UDIAG_SHOW_PEER (see sock_diag(7)): each message is
+/// an nlmsghdr, a struct unix_diag_msg and attributes, UNIX_DIAG_PEER
+/// among them. Malformed input ends the parse (what was read stays).
+pub fn parse_unix_diag(buf: &[u8]) -> UnixDiag {
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const UNIX_DIAG_PEER: u16 = 2;
+    let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|v| u16::from_ne_bytes([v[0], v[1]]));
+    let u32_at = |b: &[u8], at: usize| b.get(at..at + 4).map(|v| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+    let mut out = UnixDiag::default();
+    let mut at = 0;
+    while let (Some(len), Some(kind)) = (u32_at(buf, at), u16_at(buf, at + 4)) {
+        let len = len as usize;
+        if len < 16 || at + len > buf.len() {
+            break;
+        }
+        let msg = &buf[at + 16..at + len];
+        match kind {
+            NLMSG_DONE => {
+                out.done = true;
+                break;
+            }
+            NLMSG_ERROR => {
+                out.error = Some(u32_at(msg, 0).map_or(0, |e| -(e as i32)));
+                out.done = true;
+                break;
+            }
+            _ => {
+                // struct unix_diag_msg: family, type, state, pad (u8 each),
+                // ino u32, cookie u32[2]; then the attributes.
+                if let Some(ino) = u32_at(msg, 4) {
+                    let mut a = 16;
+                    while let (Some(alen), Some(akind)) = (u16_at(msg, a), u16_at(msg, a + 2)) {
+                        let alen = alen as usize;
+                        if alen < 4 || a + alen > msg.len() {
+                            break;
+                        }
+                        if akind == UNIX_DIAG_PEER
+                            && let Some(peer) = u32_at(msg, a + 4)
+                            && peer != 0
+                        {
+                            out.peers.push((u64::from(ino), u64::from(peer)));
+                        }
+                        a += alen.next_multiple_of(4);
+                    }
+                }
+            }
+        }
+        at += len.next_multiple_of(4);
+    }
+    out
+}
+
 /// A hexadecimal field of /proc/PID/status ("SigPnd", "ShdPnd", ...).
 pub fn status_hex(text: &str, key: &str) -> Option<u64> {
     status_field(text, key).and_then(|v| u64::from_str_radix(v, 16).ok())
@@ -396,6 +461,42 @@ VmFlags: rd wr mr mw me gd ac
         // A kernel older than 3.5 stops before the exit code.
         let short = s.rsplit_once(' ').unwrap().0;
         assert_eq!(parse_stat(short).unwrap().exit_code, 0);
+    }
+
+    #[test]
+    fn unix_diag() {
+        let mut buf = Vec::new();
+        let mut msg = |kind: u16, body: &[u8]| {
+            buf.extend(((16 + body.len()) as u32).to_ne_bytes());
+            buf.extend(kind.to_ne_bytes());
+            buf.extend([0u8; 10]);
+            buf.extend(body);
+            while buf.len() % 4 != 0 {
+                buf.push(0);
+            }
+        };
+        let sock = |ino: u32, peer: Option<u32>| {
+            let mut b = vec![1u8, 1, 1, 0];
+            b.extend(ino.to_ne_bytes());
+            b.extend([0u8; 8]);
+            b.extend([8u8, 0, 0, 0]); // UNIX_DIAG_NAME-like attribute of another kind
+            b[16..20].copy_from_slice(&[4, 0, 0, 0]);
+            if let Some(p) = peer {
+                b.extend(8u16.to_ne_bytes());
+                b.extend(2u16.to_ne_bytes());
+                b.extend(p.to_ne_bytes());
+            }
+            b
+        };
+        msg(20, &sock(100, Some(101)));
+        msg(20, &sock(102, None));
+        msg(3, &[0, 0, 0, 0]);
+        let d = parse_unix_diag(&buf);
+        assert_eq!(d.peers, vec![(100, 101)]);
+        assert!(d.done);
+        assert_eq!(d.error, None);
+        let d = parse_unix_diag(&buf[..20]);
+        assert!(!d.done && d.peers.is_empty());
     }
 
     #[test]

@@ -204,6 +204,7 @@ pub fn restore(
     agent_conn: i32,
     pipes: &SharedPipes,
     shm: &crate::shm::SharedMemory,
+    sockets: &crate::sockets::SharedSockets,
     warn: &mut dyn FnMut(String),
 ) -> Result<Helpers, String> {
     // Contents of deleted files, read while the image's descriptor is open.
@@ -217,6 +218,7 @@ pub fn restore(
     let base = meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
     let mut shared = pipes.fds();
     shared.extend(shm.fds());
+    shared.extend(sockets.fds());
     let base = base.max(16).max(shared.iter().max().map_or(0, |m| m + 1));
     // Our own descriptors go above the program's first.
     let stdio: Vec<i32> = (0..3).map(|fd| dup_at_least(fd, base).unwrap_or(-1)).collect();
@@ -282,6 +284,18 @@ pub fn restore(
                     None => continue,
                 },
             },
+            FdKind::Socket { id, flags, .. } => match sockets.get(*id) {
+                Some(s) => {
+                    let fd = dup_at_least(s, 0)?;
+                    // SAFETY: F_SETFL on our own descriptor; O_NONBLOCK is the flag that matters.
+                    unsafe { libc::fcntl(fd, libc::F_SETFL, (*flags as i32) & libc::O_NONBLOCK) };
+                    fd
+                }
+                None => match outside(f.fd, &format!("socket:[{id}]"), &stdio, warn)? {
+                    Some(fd) => fd,
+                    None => continue,
+                },
+            },
         };
         if tmp != f.fd {
             dup2(tmp, f.fd)?;
@@ -292,6 +306,7 @@ pub fn restore(
         unsafe { libc::fcntl(f.fd, libc::F_SETFD, fdflag) };
     }
     pipes.close();
+    sockets.close();
     // The shared memory this process maps, in the helper range (the
     // restorer maps it, then closes the range).
     let mut next_hint = image_fd.max(log) + 1;

@@ -18,6 +18,7 @@ mod layout;
 mod ns;
 mod plan;
 mod shm;
+mod sockets;
 mod tree;
 mod vdso;
 
@@ -147,9 +148,16 @@ pub fn spawn_computation(images: &[&ImageReader], agent_conns: Vec<OwnedFd>) -> 
         pipes.close();
         RestoreError(e)
     })?;
+    let socks =
+        sockets::SharedSockets::create(images, min_fd, &mut |w| eprintln!("stasis: restart: {w}")).map_err(|e| {
+            pipes.close();
+            shm.close();
+            RestoreError(e)
+        })?;
     let barrier = tree::Barrier::new(images.len()).map_err(RestoreError)?;
     let conns: Vec<i32> = agent_conns.iter().map(AsRawFd::as_raw_fd).collect();
-    let ctx = Ctx { images, shape: &shape, pipes: &pipes, shm: &shm, barrier: &barrier, conns: &conns };
+    let ctx =
+        Ctx { images, shape: &shape, pipes: &pipes, shm: &shm, sockets: &socks, barrier: &barrier, conns: &conns };
     let root_pids: Vec<i32> = shape.roots.iter().map(|&i| shape.pids[i]).collect();
     // The first root's outside (its launcher, group and session) comes
     // back as stand-ins, for it and for the roots launched beside it.
@@ -160,6 +168,7 @@ pub fn spawn_computation(images: &[&ImageReader], agent_conns: Vec<OwnedFd>) -> 
     let spawned = ns::spawn(roots, |i| member(&ctx, shape.roots[i]));
     pipes.close();
     shm.close();
+    socks.close();
     drop(agent_conns);
     let (init_pid, status) = spawned?;
     Ok(Spawned { init_pid, status })
@@ -171,6 +180,7 @@ struct Ctx<'a> {
     shape: &'a tree::Shape,
     pipes: &'a fds::SharedPipes,
     shm: &'a shm::SharedMemory,
+    sockets: &'a sockets::SharedSockets,
     barrier: &'a tree::Barrier,
     conns: &'a [i32],
 }
@@ -234,7 +244,7 @@ fn prepare_and_jump(
 ) -> Result<(), String> {
     let meta = image.meta();
     fds::write_back_shared(meta, image)?;
-    let helpers = fds::restore(meta, image, agent_conn, ctx.pipes, ctx.shm, &mut |w| warnings.push(w))?;
+    let helpers = fds::restore(meta, image, agent_conn, ctx.pipes, ctx.shm, ctx.sockets, &mut |w| warnings.push(w))?;
     LOG_FD.store(helpers.log, std::sync::atomic::Ordering::Relaxed);
     for w in warnings {
         log(&format!("stasis: restart: {w}\n"));

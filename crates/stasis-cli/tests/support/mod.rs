@@ -11,6 +11,10 @@
 //! line, working directory or environment). No wait is unbounded: a wait that
 //! runs out fails the test with the sandbox's [report](Sandbox::fail), which
 //! holds the stdout and stderr of every program and stasis command it ran.
+//! A test that kills a computation on purpose, process tree and all, uses
+//! [`Proc::kill_computation`]: it also finds the processes that left the
+//! tree or their group (setsid, an orphan reparented) by their working
+//! directory, and fails the test unless none of them survives.
 //!
 //! # How output is compared
 //!
@@ -77,6 +81,9 @@ pub const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 const AGENT: &str = "libstasis_agent.so";
 const PYTHON: &str = "/usr/bin/python3";
+const BASH: &str = "/bin/bash";
+/// How long the processes of a killed computation may take to be gone.
+const GONE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // Binaries and programs
@@ -281,6 +288,14 @@ impl Program {
     pub fn python(script: &str, args: &[&str]) -> Program {
         assert!(Path::new(PYTHON).is_file(), "{PYTHON} is missing: install python3 (apt-get install python3)");
         let mut argv = vec![OsString::from(PYTHON), programs_dir().join(script).into_os_string()];
+        argv.extend(args.iter().map(OsString::from));
+        Program { name: script.to_string(), argv }
+    }
+
+    /// A bash script of tests/programs, run by /bin/bash.
+    pub fn bash(script: &str, args: &[&str]) -> Program {
+        assert!(Path::new(BASH).is_file(), "{BASH} is missing: install bash");
+        let mut argv = vec![OsString::from(BASH), programs_dir().join(script).into_os_string()];
         argv.extend(args.iter().map(OsString::from));
         Program { name: script.to_string(), argv }
     }
@@ -548,6 +563,60 @@ fn kill_tree(root: i32) {
     }
 }
 
+/// Start time of a process (field 22 of /proc/PID/stat, clock ticks since
+/// boot): with the pid, it tells a process from a later one given its pid.
+fn start_time(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the name: 3 state, 4 ppid, ... 22 starttime.
+    text[text.rfind(')')? + 1..].split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that started at `started` and is not
+/// a zombie.
+fn still_running(pid: i32, started: Option<u64>) -> bool {
+    start_time(pid) == started && !matches!(stat(pid), None | Some(('Z' | 'X', _)))
+}
+
+/// Live processes (not zombies), other than this one, whose working
+/// directory is `dir` or lies inside it: the processes of a computation
+/// whose program runs there, wherever they are in the process tree (an
+/// orphan adopted by init, a process restored in a pid namespace).
+pub fn processes_in(dir: &Path) -> Vec<i32> {
+    let mut inside = dir.as_os_str().as_bytes().to_vec();
+    inside.push(b'/');
+    let me = std::process::id() as i32;
+    proc_pids()
+        .into_iter()
+        .filter(|&pid| pid != me && !matches!(stat(pid), None | Some(('Z' | 'X', _))))
+        .filter(|&pid| {
+            fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|c| c == dir || c.as_os_str().as_bytes().starts_with(&inside))
+        })
+        .collect()
+}
+
+/// One line about a process, for failure messages: pid, state, parent,
+/// process group, session, pid in its own namespace, and command line.
+pub fn describe_process(pid: i32) -> String {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> =
+        text.rfind(')').map(|i| text[i + 1..].split_whitespace().take(4).collect()).unwrap_or_default();
+    let nspid = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("NSpid:")).map(|l| l[6..].trim().to_string()))
+        .unwrap_or_default();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    format!(
+        "pid {pid} state {} ppid {} pgrp {} sid {} nspid [{nspid}] cmd {}",
+        fields.first().unwrap_or(&"?"),
+        fields.get(1).unwrap_or(&"?"),
+        fields.get(2).unwrap_or(&"?"),
+        fields.get(3).unwrap_or(&"?"),
+        cmdline.trim()
+    )
+}
+
 fn set_nonblocking(f: &File) {
     let fd = f.as_raw_fd();
     // SAFETY: fcntl on a descriptor we own, with integer arguments only.
@@ -733,6 +802,86 @@ impl Proc {
         while !self.drain() && Instant::now() < deadline {
             sleep(POLL);
         }
+    }
+
+    /// SIGKILLs a whole computation: this process (a launcher or a
+    /// restart), every descendant of it, and every live process whose
+    /// working directory is `cwd` or inside it (the program's directory:
+    /// that finds a process of the tree however it got reparented or
+    /// regrouped, setsid and setpgid included). First everything found is
+    /// stopped (SIGSTOP), again and again until a scan finds nothing new, so
+    /// that nothing forks behind the kill; then everything is SIGKILLed and
+    /// this process reaped. Fails the test unless every one of them is gone
+    /// (or a zombie) within a few seconds and nothing runs in `cwd` any
+    /// more.
+    pub fn kill_computation(&mut self, sb: &Sandbox, cwd: &Path) {
+        let root = self.pid();
+        let root_alive = self.status.is_none();
+        let mut members: Vec<(i32, Option<u64>)> = Vec::new();
+        let mut known = HashSet::new();
+        let freeze_deadline = Instant::now() + GONE_TIMEOUT;
+        loop {
+            let mut found = if root_alive {
+                let mut v = vec![root];
+                v.extend(descendants(root));
+                v
+            } else {
+                Vec::new()
+            };
+            found.extend(processes_in(cwd));
+            let fresh: Vec<i32> = found.into_iter().filter(|&p| known.insert(p)).collect();
+            if fresh.is_empty() || Instant::now() > freeze_deadline {
+                break;
+            }
+            for &p in &fresh {
+                let started = start_time(p);
+                signal(p, libc::SIGSTOP);
+                members.push((p, started));
+            }
+            // Wait (briefly) until they are stopped, so that the next scan
+            // sees any child they forked before stopping.
+            let stop_deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < stop_deadline
+                && fresh.iter().any(|&p| matches!(stat(p), Some((s, _)) if !matches!(s, 'T' | 't' | 'Z' | 'X')))
+            {
+                sleep(Duration::from_millis(2));
+            }
+        }
+        for &(p, started) in members.iter().rev() {
+            if start_time(p) == started {
+                signal(p, libc::SIGKILL);
+            }
+        }
+        if root_alive {
+            signal_group(root, libc::SIGKILL);
+            kill_tree(root);
+            self.status = self.child.wait().ok();
+        }
+        self.drain();
+
+        let deadline = Instant::now() + GONE_TIMEOUT;
+        loop {
+            let mut left: Vec<i32> = members.iter().filter(|&&(p, t)| still_running(p, t)).map(|&(p, _)| p).collect();
+            for p in processes_in(cwd) {
+                if !left.contains(&p) {
+                    left.push(p);
+                }
+            }
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let list: Vec<String> = left.iter().map(|&p| describe_process(p)).collect();
+                sb.fail(format!(
+                    "{}: {} process(es) of the computation survived SIGKILL for {GONE_TIMEOUT:?}:\n{}",
+                    self.label,
+                    left.len(),
+                    list.join("\n")
+                ));
+            }
+            sleep(POLL);
+        }
+        sb.note(&format!("{}: killed the computation ({} processes)", self.label, members.len()));
     }
 
     /// SIGKILLs the process, its descendants and its group, and reaps it.

@@ -1,0 +1,151 @@
+//! Sockets, as the checkpoint sees them: what kind, which addresses, which
+//! peer, and the bytes waiting to be read. Restart pairs them up across the
+//! computation's processes.
+
+use std::ffi::c_void;
+
+use stasis_image::FdKind;
+
+fn sockopt(fd: i32, level: i32, name: i32) -> Option<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let r = unsafe { libc::getsockopt(fd, level, name, &mut v as *mut libc::c_int as *mut c_void, &mut len) };
+    (r == 0).then_some(v)
+}
+
+/// getsockname or getpeername, as raw bytes (empty when there is none).
+fn address(fd: i32, peer: bool) -> Vec<u8> {
+    // SAFETY: a zeroed sockaddr_storage is valid; the call fills `len` bytes.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = &mut sa as *mut libc::sockaddr_storage as *mut libc::sockaddr;
+    // SAFETY: both calls write at most `len` bytes at `p`.
+    let r = unsafe { if peer { libc::getpeername(fd, p, &mut len) } else { libc::getsockname(fd, p, &mut len) } };
+    if r != 0 {
+        return Vec::new();
+    }
+    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: the kernel wrote `len` bytes of `sa`.
+    let bytes = unsafe { std::slice::from_raw_parts(&sa as *const _ as *const u8, len) };
+    // An unnamed Unix socket is just its family.
+    if bytes.len() <= 2 && sa.ss_family == libc::AF_UNIX as u16 { Vec::new() } else { bytes.to_vec() }
+}
+
+/// Describes socket `fd` (inode `id`); `unix_peers` maps Unix socket
+/// inodes to their peers'.
+pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Option<FdKind> {
+    let domain = sockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let kind = sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
+    let protocol = sockopt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+    if !matches!(domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6) {
+        return None; // netlink, packet...: not restorable
+    }
+    let listening = sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
+    let peer_id =
+        if domain == libc::AF_UNIX { unix_peers.iter().find(|(s, _)| *s == id).map_or(0, |(_, p)| *p) } else { 0 };
+    Some(FdKind::Socket {
+        id,
+        domain,
+        kind,
+        protocol,
+        flags,
+        listening,
+        local: address(fd, false),
+        peer: address(fd, true),
+        peer_id,
+    })
+}
+
+/// The peer of every Unix socket of this network namespace, by inode, from
+/// a NETLINK_SOCK_DIAG dump (allowed to any user).
+pub fn unix_peers() -> Result<Vec<(u64, u64)>, String> {
+    // SAFETY: plain socket creation.
+    let nl = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    if nl < 0 {
+        return Err(format!("netlink socket: {}", std::io::Error::last_os_error()));
+    }
+    let result = dump(nl);
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(nl) };
+    result
+}
+
+fn dump(nl: i32) -> Result<Vec<(u64, u64)>, String> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_PEER: u32 = 4;
+    // struct nlmsghdr, then struct unix_diag_req.
+    let mut req = Vec::with_capacity(40);
+    req.extend(40u32.to_ne_bytes());
+    req.extend(SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend(((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend(1u32.to_ne_bytes()); // seq
+    req.extend(0u32.to_ne_bytes()); // pid
+    req.extend([libc::AF_UNIX as u8, 0, 0, 0]); // family, protocol, pad
+    req.extend(u32::MAX.to_ne_bytes()); // every state
+    req.extend(0u32.to_ne_bytes()); // any inode
+    req.extend(UDIAG_SHOW_PEER.to_ne_bytes());
+    req.extend([0u8; 8]); // cookie
+    // SAFETY: send reads `req.len()` bytes of `req`.
+    if unsafe { libc::send(nl, req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(format!("netlink send: {}", std::io::Error::last_os_error()));
+    }
+    let mut peers = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: recv writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::recv(nl, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(format!("netlink recv: {e}"));
+        }
+        if n == 0 {
+            return Err("netlink: the dump ended early".into());
+        }
+        let part = stasis_procfs::parse_unix_diag(&buf[..n as usize]);
+        peers.extend(part.peers);
+        if let Some(e) = part.error {
+            return Err(format!("sock_diag: errno {e}"));
+        }
+        if part.done {
+            return Ok(peers);
+        }
+    }
+}
+
+/// The bytes waiting to be read on a stream socket, left where they are.
+pub fn peek(fd: i32) -> Result<Vec<u8>, String> {
+    let mut waiting: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut waiting) } != 0 {
+        return Err(format!("FIONREAD: {}", std::io::Error::last_os_error()));
+    }
+    let waiting = waiting.max(0) as usize;
+    if waiting == 0 {
+        return Ok(Vec::new());
+    }
+    let mut buf = vec![0u8; waiting];
+    // SAFETY: recv writes at most `waiting` bytes into buf.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), waiting, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(format!("peek: {}", std::io::Error::last_os_error()));
+    }
+    if n as usize != waiting {
+        return Err(format!("peeked {n} of the {waiting} bytes waiting"));
+    }
+    Ok(buf)
+}
+
+/// Bytes a TCP socket sent that its peer has not taken in yet (no room
+/// there): they cannot be read back, so a checkpoint must not go on.
+pub fn unsent(fd: i32) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) } != 0 {
+        return 0;
+    }
+    n.max(0) as usize
+}

@@ -1,0 +1,406 @@
+//! Sockets of the computation, made again by restart before the processes
+//! (like pipes, see `fds::SharedPipes`) and inherited by all of them:
+//!
+//! - a connected pair whose two ends are both in the computation: a Unix
+//!   pair (matched by the kernel's peer inode) comes back as a socketpair,
+//!   a TCP connection (matched by its addresses) as a new loopback
+//!   connection between the same addresses; each end gets back the bytes
+//!   it had not read, sent by the other end;
+//! - a listening socket: bound to its address again and listening;
+//! - a socket bound but not connected (UDP, Unix datagram): bound again.
+//!
+//! A connected socket whose peer is outside the computation is not made
+//! here: `fds` gives it a disconnected stand-in.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+use stasis_image::{ChunkKind, FdKind, ImageReader};
+
+/// One socket of the computation, as first seen in the images.
+struct Seen<'a> {
+    id: u64,
+    domain: i32,
+    kind: i32,
+    protocol: i32,
+    listening: bool,
+    local: &'a [u8],
+    peer: &'a [u8],
+    peer_id: u64,
+    /// The working directory of a process that holds it (relative Unix
+    /// socket paths are relative to it).
+    cwd: &'a str,
+}
+
+pub struct SharedSockets {
+    fds: HashMap<u64, i32>,
+}
+
+fn err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing a descriptor this code made.
+    unsafe { libc::close(fd) };
+}
+
+fn new_socket(domain: i32, kind: i32, protocol: i32) -> Result<i32, String> {
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 { Err(err("socket")) } else { Ok(fd) }
+}
+
+fn reuse_addr(fd: i32) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const libc::c_int as *const c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+}
+
+fn bind(fd: i32, addr: &[u8]) -> Result<(), String> {
+    // SAFETY: bind reads `addr.len()` bytes of a sockaddr.
+    if unsafe { libc::bind(fd, addr.as_ptr() as *const libc::sockaddr, addr.len() as u32) } != 0 {
+        return Err(err("bind"));
+    }
+    Ok(())
+}
+
+fn connect(fd: i32, addr: &[u8]) -> Result<(), String> {
+    loop {
+        // SAFETY: connect reads `addr.len()` bytes of a sockaddr.
+        if unsafe { libc::connect(fd, addr.as_ptr() as *const libc::sockaddr, addr.len() as u32) } == 0 {
+            return Ok(());
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Err(err("connect"));
+        }
+    }
+}
+
+/// The path of a Unix socket address that names a file (None: unnamed or
+/// abstract).
+fn unix_path(addr: &[u8]) -> Option<&[u8]> {
+    let path = addr.get(2..)?;
+    if path.first().is_none_or(|&c| c == 0) {
+        return None;
+    }
+    Some(path.split(|&c| c == 0).next().unwrap_or(path))
+}
+
+/// Binds a Unix socket where it was, from `cwd` for a relative path, after
+/// removing the socket file its dead predecessor left.
+fn bind_unix(fd: i32, addr: &[u8], cwd: &str) -> Result<(), String> {
+    let here = std::env::current_dir().ok();
+    let moved = unix_path(addr).is_some_and(|p| p.first() != Some(&b'/')) && std::env::set_current_dir(cwd).is_ok();
+    if let Some(path) = unix_path(addr) {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::FileTypeExt;
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let r = bind(fd, addr);
+    if moved && let Some(here) = here {
+        let _ = std::env::set_current_dir(here);
+    }
+    r
+}
+
+/// Same address family and port, and either the same address or `listener`
+/// bound to every address.
+fn serves(listener: &[u8], addr: &[u8]) -> bool {
+    if listener.len() != addr.len() || listener.len() < 4 || listener[..4] != addr[..4] {
+        return false;
+    }
+    let (l, a) = match u16::from_ne_bytes([addr[0], addr[1]]) as i32 {
+        libc::AF_INET if addr.len() >= 8 => (&listener[4..8], &addr[4..8]),
+        libc::AF_INET6 if addr.len() >= 24 => (&listener[8..24], &addr[8..24]),
+        _ => return listener == addr,
+    };
+    l == a || l.iter().all(|&b| b == 0)
+}
+
+/// `addr` with port 0: any free port on the same address.
+fn any_port(addr: &[u8]) -> Vec<u8> {
+    let mut a = addr.to_vec();
+    if a.len() >= 4 {
+        a[2] = 0;
+        a[3] = 0;
+    }
+    a
+}
+
+impl SharedSockets {
+    /// Makes every socket of the images that restart can make, at
+    /// descriptors >= `min_fd`. `warn` tells what comes back other than it was.
+    pub fn create(images: &[&ImageReader], min_fd: i32, warn: &mut dyn FnMut(String)) -> Result<SharedSockets, String> {
+        let mut made = SharedSockets { fds: HashMap::new() };
+        let result = made.make_all(images, min_fd, warn);
+        if result.is_err() {
+            made.close();
+        }
+        result.map(|()| made)
+    }
+
+    fn keep(&mut self, id: u64, fd: i32, min_fd: i32) -> Result<(), String> {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we made.
+        let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min_fd) };
+        close(fd);
+        if moved < 0 {
+            return Err(err("move a socket"));
+        }
+        self.fds.insert(id, moved);
+        Ok(())
+    }
+
+    fn make_all(&mut self, images: &[&ImageReader], min_fd: i32, warn: &mut dyn FnMut(String)) -> Result<(), String> {
+        let mut seen: Vec<Seen<'_>> = Vec::new();
+        for image in images {
+            let meta = image.meta();
+            for f in &meta.fds {
+                if let FdKind::Socket { id, domain, kind, protocol, listening, local, peer, peer_id, .. } = &f.kind
+                    && !seen.iter().any(|s| s.id == *id)
+                {
+                    seen.push(Seen {
+                        id: *id,
+                        domain: *domain,
+                        kind: *kind,
+                        protocol: *protocol,
+                        listening: *listening,
+                        local,
+                        peer,
+                        peer_id: *peer_id,
+                        cwd: &meta.cwd,
+                    });
+                }
+            }
+        }
+        // Listeners first: TCP connections are made again through them.
+        let mut listeners: Vec<(usize, i32)> = Vec::new();
+        for (i, s) in seen.iter().enumerate().filter(|(_, s)| s.listening) {
+            let fd = new_socket(s.domain, s.kind, s.protocol)?;
+            reuse_addr(fd);
+            let bound = if s.domain == libc::AF_UNIX { bind_unix(fd, s.local, s.cwd) } else { bind(fd, s.local) };
+            // SAFETY: listen on our socket.
+            let r =
+                bound.and_then(|()| if unsafe { libc::listen(fd, 128) } == 0 { Ok(()) } else { Err(err("listen")) });
+            if let Err(e) = r {
+                close(fd);
+                return Err(format!("listening socket {}: {e}", s.id));
+            }
+            listeners.push((i, fd));
+        }
+        let mut paired = vec![false; seen.len()];
+        for i in 0..seen.len() {
+            let s = &seen[i];
+            if s.listening || paired[i] {
+                continue;
+            }
+            let peer = if s.domain == libc::AF_UNIX {
+                seen.iter().position(|t| s.peer_id != 0 && t.id == s.peer_id)
+            } else if s.kind == libc::SOCK_STREAM && !s.peer.is_empty() {
+                seen.iter().position(|t| !t.listening && t.local == s.peer && t.peer == s.local)
+            } else {
+                None
+            };
+            match peer {
+                Some(j) if j != i && !paired[j] => {
+                    let (a, b) = if s.domain == libc::AF_UNIX {
+                        unix_pair(s)?
+                    } else {
+                        // The server's end is the one a listener's address serves.
+                        let via = |x: &Seen<'_>| {
+                            listeners.iter().find(|(l, _)| serves(seen[*l].local, x.local)).map(|(_, fd)| *fd)
+                        };
+                        match via(s) {
+                            Some(l) => {
+                                let (client, server) = tcp_pair(&seen[j], s, Some(l), warn)?;
+                                (server, client)
+                            }
+                            None => tcp_pair(s, &seen[j], via(&seen[j]), warn)?,
+                        }
+                    };
+                    fill(a, &contents(images, seen[j].id)?, s.id, warn);
+                    fill(b, &contents(images, s.id)?, seen[j].id, warn);
+                    self.keep(s.id, a, min_fd)?;
+                    self.keep(seen[j].id, b, min_fd)?;
+                    paired[i] = true;
+                    paired[j] = true;
+                }
+                // Connected, but to outside the computation.
+                _ if !s.peer.is_empty() || s.peer_id != 0 => {}
+                _ => {
+                    let fd = new_socket(s.domain, s.kind, s.protocol)?;
+                    if !s.local.is_empty() {
+                        reuse_addr(fd);
+                        let r =
+                            if s.domain == libc::AF_UNIX { bind_unix(fd, s.local, s.cwd) } else { bind(fd, s.local) };
+                        if let Err(e) = r {
+                            warn(format!("socket {} comes back unbound ({e})", s.id));
+                        }
+                    }
+                    self.keep(s.id, fd, min_fd)?;
+                }
+            }
+        }
+        for (i, fd) in listeners {
+            self.keep(seen[i].id, fd, min_fd)?;
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, id: u64) -> Option<i32> {
+        self.fds.get(&id).copied()
+    }
+
+    pub fn fds(&self) -> Vec<i32> {
+        self.fds.values().copied().collect()
+    }
+
+    /// Closes this process's copies.
+    pub fn close(&self) {
+        for &fd in self.fds.values() {
+            close(fd);
+        }
+    }
+}
+
+fn unix_pair(s: &Seen<'_>) -> Result<(i32, i32), String> {
+    let mut pair = [0; 2];
+    // SAFETY: socketpair writes two descriptors into `pair`.
+    if unsafe { libc::socketpair(libc::AF_UNIX, s.kind | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } != 0 {
+        return Err(err("socketpair"));
+    }
+    Ok((pair[0], pair[1]))
+}
+
+/// A new loopback connection from `client`'s address to `server`'s,
+/// accepted through `via` (the computation's own listener) or a listener
+/// of the moment. Returns (client end, server end).
+fn tcp_pair(
+    client: &Seen<'_>,
+    server: &Seen<'_>,
+    via: Option<i32>,
+    warn: &mut dyn FnMut(String),
+) -> Result<(i32, i32), String> {
+    let temporary = match via {
+        Some(_) => None,
+        None => {
+            let l = new_socket(server.domain, server.kind, server.protocol)?;
+            reuse_addr(l);
+            // SAFETY: listen on our socket.
+            let r = bind(l, server.local)
+                .and_then(|()| if unsafe { libc::listen(l, 1) } == 0 { Ok(()) } else { Err(err("listen")) });
+            if let Err(e) = r {
+                close(l);
+                return Err(format!("connection {}: cannot take its server's address again: {e}", server.id));
+            }
+            Some(l)
+        }
+    };
+    let listener = via.or(temporary).unwrap_or(-1);
+    let result = (|| {
+        let c = new_socket(client.domain, client.kind, client.protocol)?;
+        reuse_addr(c);
+        if let Err(e) = bind(c, client.local) {
+            warn(format!("connection {}: its old address is taken ({e}); it gets another port", client.id));
+            let _ = bind(c, &any_port(client.local));
+        }
+        if let Err(e) = connect(c, server.local) {
+            close(c);
+            return Err(format!("connection {}: {e}", client.id));
+        }
+        // SAFETY: accept on our listener, addresses not wanted.
+        let s = unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        if s < 0 {
+            close(c);
+            return Err(err("accept"));
+        }
+        Ok((c, s))
+    })();
+    if let Some(l) = temporary {
+        close(l);
+    }
+    result
+}
+
+/// The bytes socket `id` had not read, from the first image that saved them.
+fn contents(images: &[&ImageReader], id: u64) -> Result<Vec<u8>, String> {
+    for image in images {
+        let meta = image.meta();
+        let mut parts = Vec::new();
+        for c in &meta.chunks {
+            if let ChunkKind::FileContents { fd_index, offset } = c.kind
+                && matches!(meta.fds[fd_index as usize].kind, FdKind::Socket { id: other, .. } if other == id)
+            {
+                parts.push((offset, image.chunk_data(c).map_err(|e| e.to_string())?));
+            }
+        }
+        if !parts.is_empty() {
+            parts.sort_by_key(|(o, _)| *o);
+            return Ok(parts.into_iter().flat_map(|(_, d)| d).collect());
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Sends `bytes` from `from`, for its peer (socket `to`) to read.
+fn fill(from: i32, bytes: &[u8], to: u64, warn: &mut dyn FnMut(String)) {
+    let mut done = 0;
+    while done < bytes.len() {
+        // SAFETY: send reads from a live buffer.
+        let n = unsafe {
+            libc::send(from, bytes[done..].as_ptr().cast(), bytes.len() - done, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if n <= 0 {
+            warn(format!(
+                "socket {to}: {} of its {} unread bytes could not be put back",
+                bytes.len() - done,
+                bytes.len()
+            ));
+            return;
+        }
+        done += n as usize;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inet(ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut a = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        a.extend(port.to_be_bytes());
+        a.extend(ip);
+        a.extend([0u8; 8]);
+        a
+    }
+
+    #[test]
+    fn a_listener_on_any_address_serves_loopback() {
+        assert!(serves(&inet([0, 0, 0, 0], 80), &inet([127, 0, 0, 1], 80)));
+        assert!(serves(&inet([127, 0, 0, 1], 80), &inet([127, 0, 0, 1], 80)));
+        assert!(!serves(&inet([127, 0, 0, 1], 81), &inet([127, 0, 0, 1], 80)));
+        assert!(!serves(&inet([127, 0, 0, 2], 80), &inet([127, 0, 0, 1], 80)));
+        assert_eq!(any_port(&inet([127, 0, 0, 1], 80)), inet([127, 0, 0, 1], 0));
+    }
+
+    #[test]
+    fn unix_paths() {
+        let mut named = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        named.extend(b"srv.sock\0");
+        assert_eq!(unix_path(&named), Some(&b"srv.sock"[..]));
+        let mut abs = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        abs.extend(b"\0hidden");
+        assert_eq!(unix_path(&abs), None);
+    }
+}
