@@ -167,7 +167,7 @@ fn authenticate(conn: &File, secret: Option<&[u8]>) -> Result<(), String> {
 }
 
 fn hello(s: &Session, restored: bool) -> Message {
-    let name = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    let name = tree::without_fork(|| std::fs::read_to_string("/proc/self/comm").unwrap_or_default());
     Message::new(proto::HELLO)
         .with("pid", sys::getpid())
         .with("name", name.trim_end())
@@ -197,7 +197,7 @@ pub fn run() {
             Some(c) => c,
             None => {
                 let Some(addr) = s.addr.clone() else { return };
-                match connect(&addr, s.secret.as_deref()) {
+                match tree::without_fork(|| connect(&addr, s.secret.as_deref())) {
                     Ok(c) => {
                         complained = false;
                         c

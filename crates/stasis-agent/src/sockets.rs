@@ -4,7 +4,7 @@
 
 use std::ffi::c_void;
 
-use stasis_image::FdKind;
+use stasis_image::{FdKind, SockOpt};
 
 fn sockopt(fd: i32, level: i32, name: i32) -> Option<i32> {
     let mut v: libc::c_int = 0;
@@ -44,6 +44,18 @@ pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Opti
     let listening = sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
     let peer_id =
         if domain == libc::AF_UNIX { unix_peers.iter().find(|(s, _)| *s == id).map_or(0, |(_, p)| *p) } else { 0 };
+    // The options a program commonly sets; their values as they are.
+    let mut wanted = vec![(libc::SOL_SOCKET, libc::SO_REUSEADDR), (libc::SOL_SOCKET, libc::SO_KEEPALIVE)];
+    if domain != libc::AF_UNIX && kind == libc::SOCK_STREAM {
+        wanted.push((libc::IPPROTO_TCP, libc::TCP_NODELAY));
+    }
+    if domain != libc::AF_UNIX && kind == libc::SOCK_DGRAM {
+        wanted.push((libc::SOL_SOCKET, libc::SO_BROADCAST));
+    }
+    let options = wanted
+        .into_iter()
+        .filter_map(|(level, name)| Some(SockOpt { level, name, value: sockopt(fd, level, name)? }))
+        .collect();
     Some(FdKind::Socket {
         id,
         domain,
@@ -54,6 +66,7 @@ pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Opti
         local: address(fd, false),
         peer: address(fd, true),
         peer_id,
+        options,
     })
 }
 

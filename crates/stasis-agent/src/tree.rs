@@ -13,7 +13,7 @@
 //! that thread in between would leave the checkpoint thread waiting for a
 //! lock a stopped thread holds. The signal is taken as soon as fork returns.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use stasis_image::Zombie;
 
@@ -27,6 +27,30 @@ pub static WRITER_PIPE_FD: AtomicI32 = AtomicI32::new(-1);
 /// program's, and not part of the computation.
 pub static WRITER_PID: AtomicI32 = AtomicI32::new(0);
 
+/// Keeps fork() out of the moments when the checkpoint thread holds a
+/// descriptor of its own while the program runs (connecting, reading its
+/// name), so that no child inherits one: bit 0 is set by a fork being
+/// prepared, the rest counts the checkpoint thread's sections.
+static FD_GUARD: AtomicU32 = AtomicU32::new(0);
+/// How long a fork waits for such a section: a TCP connect to a coordinator
+/// that does not answer may take seconds, and the program must not wait
+/// that long (its child may then inherit that one socket).
+const FORK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs `f` (checkpoint thread only) with no fork starting meanwhile.
+pub fn without_fork<R>(f: impl FnOnce() -> R) -> R {
+    loop {
+        let v = FD_GUARD.load(Ordering::Acquire);
+        if v & 1 == 0 && FD_GUARD.compare_exchange(v, v + 2, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    let r = f();
+    FD_GUARD.fetch_sub(2, Ordering::AcqRel);
+    r
+}
+
 fn mask_ckpt_signal(how: i32) {
     let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     if sig > 0 {
@@ -36,16 +60,28 @@ fn mask_ckpt_signal(how: i32) {
 
 extern "C" fn prepare() {
     mask_ckpt_signal(libc::SIG_BLOCK);
+    let started = std::time::Instant::now();
+    // Forks of several threads take turns; a long section of the
+    // checkpoint thread is waited for only so long.
+    while FD_GUARD.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        if started.elapsed() > FORK_WAIT && FD_GUARD.fetch_or(1, Ordering::AcqRel) & 1 == 0 {
+            break;
+        }
+        std::thread::yield_now();
+    }
     crate::ALLOC.lock_for_fork();
 }
 
 extern "C" fn parent() {
     crate::ALLOC.unlock_after_fork();
+    FD_GUARD.fetch_and(!1, Ordering::AcqRel);
     mask_ckpt_signal(libc::SIG_UNBLOCK);
 }
 
 extern "C" fn child() {
     crate::ALLOC.unlock_after_fork();
+    // No checkpoint thread here holds anything.
+    FD_GUARD.store(0, Ordering::Release);
     for fd in [&CONN_FD, &WRITER_PIPE_FD] {
         let fd = fd.swap(-1, Ordering::AcqRel);
         if fd >= 0 {

@@ -251,7 +251,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                 e.u32(*flags);
                 e.u32(*size);
             }
-            FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id } => {
+            FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id, options } => {
                 e.u8(11);
                 e.u64(*id);
                 e.i32(*domain);
@@ -262,6 +262,11 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                 e.bytes(local);
                 e.bytes(peer);
                 e.u64(*peer_id);
+                e.vec(options, |e, o| {
+                    e.i32(o.level);
+                    e.i32(o.name);
+                    e.i32(o.value);
+                });
             }
         }
     });
@@ -413,6 +418,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 local: d.bytes()?,
                 peer: d.bytes()?,
                 peer_id: d.u64()?,
+                options: d.vec(12, |d| Ok(SockOpt { level: d.i32()?, name: d.i32()?, value: d.i32()? }))?,
             },
             t => return Err(corrupt(format!("unknown descriptor kind {t}"))),
         };

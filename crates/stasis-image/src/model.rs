@@ -260,10 +260,21 @@ pub enum FdKind {
         local: Vec<u8>,
         peer: Vec<u8>,
         peer_id: u64,
+        /// The options restart sets again (SO_REUSEADDR, SO_KEEPALIVE,
+        /// TCP_NODELAY...), as getsockopt gave them.
+        options: Vec<SockOpt>,
     },
     /// Not restorable: left closed at restart, with `what` in the log.
     #[default]
     Unsupported,
+}
+
+/// One integer socket option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SockOpt {
+    pub level: i32,
+    pub name: i32,
+    pub value: i32,
 }
 
 /// One descriptor an epoll instance watches.

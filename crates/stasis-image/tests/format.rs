@@ -269,11 +269,17 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
                 (any::<u64>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<u32>(), any::<bool>()),
                 proptest::collection::vec(any::<u8>(), 0..40),
                 proptest::collection::vec(any::<u8>(), 0..40),
-                any::<u64>()
+                any::<u64>(),
+                proptest::collection::vec(
+                    any::<(i32, i32, i32)>().prop_map(|(level, name, value)| SockOpt { level, name, value }),
+                    0..3
+                )
             )
-                .prop_map(|((id, domain, kind, protocol, flags, listening), local, peer, peer_id)| {
-                    FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id }
-                }),
+                .prop_map(
+                    |((id, domain, kind, protocol, flags, listening), local, peer, peer_id, options)| {
+                        FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id, options }
+                    }
+                ),
         ];
     (any::<i32>(), any::<bool>(), kind).prop_map(|(fd, cloexec, kind)| Fd { fd, cloexec, kind })
 }

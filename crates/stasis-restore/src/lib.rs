@@ -111,7 +111,10 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
         }
     }
     for f in &meta.fds {
+        // /proc paths are of the restored processes' own /proc, inside
+        // their pid namespace: opened there.
         if let FdKind::File { path, deleted: false, .. } = &f.kind
+            && !path.starts_with("/proc/")
             && !Path::new(path).exists()
         {
             return err(format!("{path} (open as fd {}) no longer exists", f.fd));

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 
-use stasis_image::{ChunkKind, FdKind, ImageReader};
+use stasis_image::{ChunkKind, FdKind, ImageReader, SockOpt};
 
 /// One socket of the computation, as first seen in the images.
 struct Seen<'a> {
@@ -27,6 +27,7 @@ struct Seen<'a> {
     local: &'a [u8],
     peer: &'a [u8],
     peer_id: u64,
+    options: &'a [SockOpt],
     /// The working directory of a process that holds it (relative Unix
     /// socket paths are relative to it).
     cwd: &'a str,
@@ -115,6 +116,38 @@ fn bind_unix(fd: i32, addr: &[u8], cwd: &str) -> Result<(), String> {
     r
 }
 
+/// Connects to a Unix socket address, from `cwd` for a relative path.
+fn connect_unix(fd: i32, addr: &[u8], cwd: &str) -> Result<(), String> {
+    let here = std::env::current_dir().ok();
+    let moved = unix_path(addr).is_some_and(|p| p.first() != Some(&b'/')) && std::env::set_current_dir(cwd).is_ok();
+    let r = connect(fd, addr);
+    if moved && let Some(here) = here {
+        let _ = std::env::set_current_dir(here);
+    }
+    r
+}
+
+/// Binds `fd` to `addr` the way its family wants.
+fn bind_as(s: &Seen<'_>, fd: i32, addr: &[u8]) -> Result<(), String> {
+    if s.domain == libc::AF_UNIX { bind_unix(fd, addr, s.cwd) } else { bind(fd, addr) }
+}
+
+/// Sets the saved options again (a failure leaves the default).
+fn set_options(fd: i32, options: &[SockOpt]) {
+    for o in options {
+        // SAFETY: setsockopt reads one int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                o.level,
+                o.name,
+                &o.value as *const i32 as *const c_void,
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+    }
+}
+
 /// Same address family and port, and either the same address or `listener`
 /// bound to every address.
 fn serves(listener: &[u8], addr: &[u8]) -> bool {
@@ -167,7 +200,8 @@ impl SharedSockets {
         for image in images {
             let meta = image.meta();
             for f in &meta.fds {
-                if let FdKind::Socket { id, domain, kind, protocol, listening, local, peer, peer_id, .. } = &f.kind
+                if let FdKind::Socket { id, domain, kind, protocol, listening, local, peer, peer_id, options, .. } =
+                    &f.kind
                     && !seen.iter().any(|s| s.id == *id)
                 {
                     seen.push(Seen {
@@ -179,6 +213,7 @@ impl SharedSockets {
                         local,
                         peer,
                         peer_id: *peer_id,
+                        options,
                         cwd: &meta.cwd,
                     });
                 }
@@ -189,7 +224,8 @@ impl SharedSockets {
         for (i, s) in seen.iter().enumerate().filter(|(_, s)| s.listening) {
             let fd = new_socket(s.domain, s.kind, s.protocol)?;
             reuse_addr(fd);
-            let bound = if s.domain == libc::AF_UNIX { bind_unix(fd, s.local, s.cwd) } else { bind(fd, s.local) };
+            let bound = bind_as(s, fd, s.local);
+            set_options(fd, s.options);
             // SAFETY: listen on our socket.
             let r =
                 bound.and_then(|()| if unsafe { libc::listen(fd, 128) } == 0 { Ok(()) } else { Err(err("listen")) });
@@ -214,21 +250,33 @@ impl SharedSockets {
             };
             match peer {
                 Some(j) if j != i && !paired[j] => {
-                    let (a, b) = if s.domain == libc::AF_UNIX {
-                        unix_pair(s)?
-                    } else {
-                        // The server's end is the one a listener's address serves.
-                        let via = |x: &Seen<'_>| {
-                            listeners.iter().find(|(l, _)| serves(seen[*l].local, x.local)).map(|(_, fd)| *fd)
+                    let t = &seen[j];
+                    // The server's end is the one a listener's address
+                    // serves (or, for Unix, one with a name); an unnamed
+                    // Unix pair is a socketpair.
+                    let via = |x: &Seen<'_>| {
+                        let by = |l: &Seen<'_>| {
+                            if x.domain == libc::AF_UNIX { l.local == x.local } else { serves(l.local, x.local) }
                         };
-                        match via(s) {
-                            Some(l) => {
-                                let (client, server) = tcp_pair(&seen[j], s, Some(l), warn)?;
-                                (server, client)
-                            }
-                            None => tcp_pair(s, &seen[j], via(&seen[j]), warn)?,
-                        }
+                        listeners.iter().find(|(l, _)| by(&seen[*l])).map(|(_, fd)| *fd)
                     };
+                    let named = |x: &Seen<'_>| x.domain == libc::AF_UNIX && unix_path(x.local).is_some();
+                    let (a, b) = if let Some(l) = via(s) {
+                        let (client, server) = stream_pair(t, s, Some(l), warn)?;
+                        (server, client)
+                    } else if let Some(l) = via(t) {
+                        stream_pair(s, t, Some(l), warn)?
+                    } else if s.domain != libc::AF_UNIX || named(t) {
+                        stream_pair(s, t, None, warn)?
+                    } else if named(s) {
+                        let (client, server) = stream_pair(t, s, None, warn)?;
+                        (server, client)
+                    } else {
+                        unix_pair(s)?
+                    };
+                    set_options(a, s.options);
+                    set_options(b, t.options);
+
                     fill(a, &contents(images, seen[j].id)?, s.id, warn);
                     fill(b, &contents(images, s.id)?, seen[j].id, warn);
                     self.keep(s.id, a, min_fd)?;
@@ -242,12 +290,11 @@ impl SharedSockets {
                     let fd = new_socket(s.domain, s.kind, s.protocol)?;
                     if !s.local.is_empty() {
                         reuse_addr(fd);
-                        let r =
-                            if s.domain == libc::AF_UNIX { bind_unix(fd, s.local, s.cwd) } else { bind(fd, s.local) };
-                        if let Err(e) = r {
+                        if let Err(e) = bind_as(s, fd, s.local) {
                             warn(format!("socket {} comes back unbound ({e})", s.id));
                         }
                     }
+                    set_options(fd, s.options);
                     self.keep(s.id, fd, min_fd)?;
                 }
             }
@@ -283,10 +330,10 @@ fn unix_pair(s: &Seen<'_>) -> Result<(i32, i32), String> {
     Ok((pair[0], pair[1]))
 }
 
-/// A new loopback connection from `client`'s address to `server`'s,
-/// accepted through `via` (the computation's own listener) or a listener
-/// of the moment. Returns (client end, server end).
-fn tcp_pair(
+/// A new connection from `client`'s address to `server`'s, accepted
+/// through `via` (the computation's own listener) or a listener of the
+/// moment at the server's address. Returns (client end, server end).
+fn stream_pair(
     client: &Seen<'_>,
     server: &Seen<'_>,
     via: Option<i32>,
@@ -298,7 +345,7 @@ fn tcp_pair(
             let l = new_socket(server.domain, server.kind, server.protocol)?;
             reuse_addr(l);
             // SAFETY: listen on our socket.
-            let r = bind(l, server.local)
+            let r = bind_as(server, l, server.local)
                 .and_then(|()| if unsafe { libc::listen(l, 1) } == 0 { Ok(()) } else { Err(err("listen")) });
             if let Err(e) = r {
                 close(l);
@@ -310,12 +357,21 @@ fn tcp_pair(
     let listener = via.or(temporary).unwrap_or(-1);
     let result = (|| {
         let c = new_socket(client.domain, client.kind, client.protocol)?;
-        reuse_addr(c);
-        if let Err(e) = bind(c, client.local) {
-            warn(format!("connection {}: its old address is taken ({e}); it gets another port", client.id));
-            let _ = bind(c, &any_port(client.local));
+        if !client.local.is_empty() && (client.domain != libc::AF_UNIX || unix_path(client.local).is_some()) {
+            reuse_addr(c);
+            if let Err(e) = bind_as(client, c, client.local) {
+                warn(format!("connection {}: its old address is taken ({e}); it gets another", client.id));
+                if client.domain != libc::AF_UNIX {
+                    let _ = bind(c, &any_port(client.local));
+                }
+            }
         }
-        if let Err(e) = connect(c, server.local) {
+        let connected = if server.domain == libc::AF_UNIX {
+            connect_unix(c, server.local, server.cwd)
+        } else {
+            connect(c, server.local)
+        };
+        if let Err(e) = connected {
             close(c);
             return Err(format!("connection {}: {e}", client.id));
         }
@@ -329,6 +385,18 @@ fn tcp_pair(
     })();
     if let Some(l) = temporary {
         close(l);
+        // A listener of the moment leaves no socket file behind.
+        if server.domain == libc::AF_UNIX
+            && let Some(path) = unix_path(server.local)
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let here = std::env::current_dir().ok();
+            let relative = path.first() != Some(&b'/') && std::env::set_current_dir(server.cwd).is_ok();
+            let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(path));
+            if relative && let Some(here) = here {
+                let _ = std::env::set_current_dir(here);
+            }
+        }
     }
     result
 }
