@@ -483,6 +483,12 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
                         None => FdKind::Inherited { what: link },
                     }
                 }
+                libc::S_IFCHR
+                    if link != "/dev/tty"
+                        && let Some(kind) = terminal(fd, flags) =>
+                {
+                    kind
+                }
                 _ if fd <= 2 => FdKind::Inherited { what: link },
                 libc::S_IFCHR if link.starts_with('/') && !link.starts_with("/dev/pts") => {
                     FdKind::Device { path: link, flags }
@@ -501,6 +507,27 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
         out.push(Fd { fd, cloexec, kind });
     }
     Ok(out)
+}
+
+/// A terminal's settings and, if it is our controlling terminal, its
+/// foreground process group; None if `fd` is no terminal.
+fn terminal(fd: i32, flags: u32) -> Option<FdKind> {
+    // SAFETY: a zeroed termios is valid; tcgetattr fills it (and fails on
+    // anything that is not a terminal).
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` is a valid termios to write.
+    if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
+        return None;
+    }
+    // SAFETY: termios is plain data; its bytes are read as they are.
+    let termios = unsafe {
+        std::slice::from_raw_parts(&t as *const libc::termios as *const u8, std::mem::size_of::<libc::termios>())
+    }
+    .to_vec();
+    // SAFETY: plain queries on our own descriptor.
+    let (sid, my_sid, foreground) = unsafe { (libc::tcgetsid(fd), libc::getsid(0), libc::tcgetpgrp(fd)) };
+    let controlling = sid > 0 && sid == my_sid;
+    Some(FdKind::Terminal { flags, termios, controlling, foreground: if controlling { foreground } else { 0 } })
 }
 
 /// The kernel objects without a path that a process can have on its own;

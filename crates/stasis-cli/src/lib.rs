@@ -15,6 +15,7 @@ mod coord_socket;
 mod dmtcp;
 mod exit;
 mod output;
+mod pty;
 mod reach;
 mod signals;
 

@@ -268,6 +268,13 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                     e.i32(o.value);
                 });
             }
+            FdKind::Terminal { flags, termios, controlling, foreground } => {
+                e.u8(12);
+                e.u32(*flags);
+                e.bytes(termios);
+                e.bool(*controlling);
+                e.i32(*foreground);
+            }
         }
     });
     e.vec(&meta.sigactions, |e, a| {
@@ -420,6 +427,9 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 peer_id: d.u64()?,
                 options: d.vec(12, |d| Ok(SockOpt { level: d.i32()?, name: d.i32()?, value: d.i32()? }))?,
             },
+            12 => {
+                FdKind::Terminal { flags: d.u32()?, termios: d.bytes()?, controlling: d.bool()?, foreground: d.i32()? }
+            }
             t => return Err(corrupt(format!("unknown descriptor kind {t}"))),
         };
         Ok(Fd { fd, cloexec, kind })
@@ -715,7 +725,7 @@ mod tests {
         // counts, shared_pending and the agent's 16 bytes.
         let fd_tag = good.len() - 41;
         let mut v = good.clone();
-        v[fd_tag] = 12;
-        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 12"));
+        v[fd_tag] = 13;
+        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 13"));
     }
 }

@@ -264,6 +264,17 @@ pub enum FdKind {
         /// TCP_NODELAY...), as getsockopt gave them.
         options: Vec<SockOpt>,
     },
+    /// A terminal (a pseudo-terminal slave, a console). Restart gives it a
+    /// terminal of its own making, relayed to the terminal `stasis restart`
+    /// runs in, with these `termios` settings (glibc's `struct termios`
+    /// bytes) and, where it was the process's controlling terminal
+    /// (`controlling`), its foreground process group.
+    Terminal {
+        flags: u32,
+        termios: Vec<u8>,
+        controlling: bool,
+        foreground: i32,
+    },
     /// Not restorable: left closed at restart, with `what` in the log.
     #[default]
     Unsupported,

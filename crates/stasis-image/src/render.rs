@@ -259,6 +259,11 @@ pub fn render(m: &ProcessMeta) -> String {
             FdKind::Pipe { id, write, flags, size } => {
                 format!("pipe {id} {} end flags {flags:#o} capacity {size}", if *write { "write" } else { "read" })
             }
+            FdKind::Terminal { flags, controlling, foreground, .. } => {
+                let ctty =
+                    if *controlling { format!(" (controlling, foreground group {foreground})") } else { String::new() };
+                format!("terminal{ctty} flags {flags:#o}")
+            }
             FdKind::Socket { id, domain, kind, flags, listening, local, peer, peer_id, .. } => {
                 let mut s = format!("socket {id} {} {}", family_name(*domain), kind_name(*kind));
                 if *listening {

@@ -227,60 +227,64 @@ fn arb_region_kind() -> impl Strategy<Value = RegionKind> {
 }
 
 fn arb_fd() -> impl Strategy<Value = Fd> {
-    let kind =
-        prop_oneof![
-            (arb_string(), any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>())
-                .prop_map(|(path, flags, offset, size, deleted)| FdKind::File { path, flags, offset, size, deleted }),
-            (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Directory { path, flags }),
-            (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Device { path, flags }),
-            arb_string().prop_map(|what| FdKind::Inherited { what }),
-            Just(FdKind::Agent),
-            Just(FdKind::Unsupported),
-            (any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(count, semaphore, flags)| FdKind::EventFd {
-                count,
-                semaphore,
-                flags
+    let kind = prop_oneof![
+        (arb_string(), any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>())
+            .prop_map(|(path, flags, offset, size, deleted)| FdKind::File { path, flags, offset, size, deleted }),
+        (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Directory { path, flags }),
+        (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Device { path, flags }),
+        arb_string().prop_map(|what| FdKind::Inherited { what }),
+        Just(FdKind::Agent),
+        Just(FdKind::Unsupported),
+        (any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(count, semaphore, flags)| FdKind::EventFd {
+            count,
+            semaphore,
+            flags
+        }),
+        (any::<u64>(), any::<u32>()).prop_map(|(mask, flags)| FdKind::SignalFd { mask, flags }),
+        (any::<i32>(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(clock, flags, value_ns, interval_ns, ticks)| FdKind::TimerFd {
+                clock,
+                flags,
+                value_ns,
+                interval_ns,
+                ticks
+            }
+        ),
+        (
+            any::<u32>(),
+            proptest::collection::vec(
+                (any::<i32>(), any::<u32>(), any::<u64>()).prop_map(|(fd, events, data)| EpollTarget {
+                    fd,
+                    events,
+                    data
+                }),
+                0..4
+            )
+        )
+            .prop_map(|(flags, targets)| FdKind::Epoll { flags, targets }),
+        (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>()).prop_map(|(id, write, flags, size)| FdKind::Pipe {
+            id,
+            write,
+            flags,
+            size
+        }),
+        (
+            (any::<u64>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<u32>(), any::<bool>()),
+            proptest::collection::vec(any::<u8>(), 0..40),
+            proptest::collection::vec(any::<u8>(), 0..40),
+            any::<u64>(),
+            proptest::collection::vec(
+                any::<(i32, i32, i32)>().prop_map(|(level, name, value)| SockOpt { level, name, value }),
+                0..3
+            )
+        )
+            .prop_map(|((id, domain, kind, protocol, flags, listening), local, peer, peer_id, options)| {
+                FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id, options }
             }),
-            (any::<u64>(), any::<u32>()).prop_map(|(mask, flags)| FdKind::SignalFd { mask, flags }),
-            (any::<i32>(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(clock, flags, value_ns, interval_ns, ticks)| FdKind::TimerFd {
-                    clock,
-                    flags,
-                    value_ns,
-                    interval_ns,
-                    ticks
-                }
-            ),
-            (
-                any::<u32>(),
-                proptest::collection::vec(
-                    (any::<i32>(), any::<u32>(), any::<u64>()).prop_map(|(fd, events, data)| EpollTarget {
-                        fd,
-                        events,
-                        data
-                    }),
-                    0..4
-                )
-            )
-                .prop_map(|(flags, targets)| FdKind::Epoll { flags, targets }),
-            (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>())
-                .prop_map(|(id, write, flags, size)| FdKind::Pipe { id, write, flags, size }),
-            (
-                (any::<u64>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<u32>(), any::<bool>()),
-                proptest::collection::vec(any::<u8>(), 0..40),
-                proptest::collection::vec(any::<u8>(), 0..40),
-                any::<u64>(),
-                proptest::collection::vec(
-                    any::<(i32, i32, i32)>().prop_map(|(level, name, value)| SockOpt { level, name, value }),
-                    0..3
-                )
-            )
-                .prop_map(
-                    |((id, domain, kind, protocol, flags, listening), local, peer, peer_id, options)| {
-                        FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id, options }
-                    }
-                ),
-        ];
+        (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..60), any::<bool>(), any::<i32>()).prop_map(
+            |(flags, termios, controlling, foreground)| FdKind::Terminal { flags, termios, controlling, foreground }
+        ),
+    ];
     (any::<i32>(), any::<bool>(), kind).prop_map(|(fd, cloexec, kind)| Fd { fd, cloexec, kind })
 }
 

@@ -205,6 +205,7 @@ pub fn restore(
     pipes: &SharedPipes,
     shm: &crate::shm::SharedMemory,
     sockets: &crate::sockets::SharedSockets,
+    terminal: Option<i32>,
     warn: &mut dyn FnMut(String),
 ) -> Result<Helpers, String> {
     // Contents of deleted files, read while the image's descriptor is open.
@@ -219,6 +220,7 @@ pub fn restore(
     let mut shared = pipes.fds();
     shared.extend(shm.fds());
     shared.extend(sockets.fds());
+    shared.extend(terminal);
     let base = base.max(16).max(shared.iter().max().map_or(0, |m| m + 1));
     // Our own descriptors go above the program's first.
     let stdio: Vec<i32> = (0..3).map(|fd| dup_at_least(fd, base).unwrap_or(-1)).collect();
@@ -284,6 +286,19 @@ pub fn restore(
                     None => continue,
                 },
             },
+            FdKind::Terminal { flags, termios, .. } => match terminal {
+                Some(t) => {
+                    let fd = dup_at_least(t, 0)?;
+                    set_termios(fd, termios);
+                    // SAFETY: F_SETFL on our own descriptor; O_NONBLOCK is the flag that matters.
+                    unsafe { libc::fcntl(fd, libc::F_SETFL, (*flags as i32) & libc::O_NONBLOCK) };
+                    fd
+                }
+                None => match outside(f.fd, "terminal", &stdio, warn)? {
+                    Some(fd) => fd,
+                    None => continue,
+                },
+            },
             FdKind::Socket { id, flags, .. } => match sockets.get(*id) {
                 Some(s) => {
                     let fd = dup_at_least(s, 0)?;
@@ -307,6 +322,9 @@ pub fn restore(
     }
     pipes.close();
     sockets.close();
+    if let Some(t) = terminal {
+        close(t);
+    }
     // The shared memory this process maps, in the helper range (the
     // restorer maps it, then closes the range).
     let mut next_hint = image_fd.max(log) + 1;
@@ -341,6 +359,20 @@ pub fn restore(
         }
     }
     Ok(Helpers { base, image: image_fd, log, next_hint, maps: HashMap::new(), shm: shm_fds })
+}
+
+/// Puts saved terminal settings back (glibc's termios, as tcgetattr gave it).
+fn set_termios(fd: i32, saved: &[u8]) {
+    if saved.len() != std::mem::size_of::<libc::termios>() {
+        return;
+    }
+    // SAFETY: a zeroed termios is valid; it is then overwritten with bytes
+    // of the same size that tcgetattr produced.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: copying exactly size_of::<termios>() bytes into `t`.
+    unsafe { std::ptr::copy_nonoverlapping(saved.as_ptr(), &mut t as *mut libc::termios as *mut u8, saved.len()) };
+    // SAFETY: tcsetattr reads `t`.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
 }
 
 /// A file opened for writing that grew after the checkpoint is cut back,

@@ -133,7 +133,15 @@ pub fn check_computation(metas: &[&stasis_image::ProcessMeta]) -> Result<(), Res
 /// Restores the computation in `images` (already opened), all of it in one
 /// new pid namespace, handing `agent_conns[i]` to the agent of image `i`
 /// as its coordinator connection.
-pub fn spawn_computation(images: &[&ImageReader], agent_conns: Vec<OwnedFd>) -> Result<Spawned, RestoreError> {
+///
+/// `terminal`, when given, is the terminal (a pseudo-terminal's slave) that
+/// the processes' terminal descriptors become: the controlling terminal of
+/// their session, with the foreground process group they had.
+pub fn spawn_computation(
+    images: &[&ImageReader],
+    agent_conns: Vec<OwnedFd>,
+    terminal: Option<&OwnedFd>,
+) -> Result<Spawned, RestoreError> {
     for image in images {
         precheck(image).map_err(|e| RestoreError(format!("process {}: {e}", image.meta().pid)))?;
     }
@@ -159,15 +167,24 @@ pub fn spawn_computation(images: &[&ImageReader], agent_conns: Vec<OwnedFd>) -> 
         })?;
     let barrier = tree::Barrier::new(images.len()).map_err(RestoreError)?;
     let conns: Vec<i32> = agent_conns.iter().map(AsRawFd::as_raw_fd).collect();
-    let ctx =
-        Ctx { images, shape: &shape, pipes: &pipes, shm: &shm, sockets: &socks, barrier: &barrier, conns: &conns };
+    let terminal = terminal.map(AsRawFd::as_raw_fd);
+    let ctx = Ctx {
+        images,
+        shape: &shape,
+        pipes: &pipes,
+        shm: &shm,
+        sockets: &socks,
+        terminal,
+        barrier: &barrier,
+        conns: &conns,
+    };
     let root_pids: Vec<i32> = shape.roots.iter().map(|&i| shape.pids[i]).collect();
     // The first root's outside (its launcher, group and session) comes
     // back as stand-ins, for it and for the roots launched beside it.
     let first = metas[shape.roots[0]];
     let stand_ins = ns::stand_ins(first.ppid, first.pgid, first.sid, &shape.pids);
     let below: Vec<bool> = shape.roots.iter().map(|&i| metas[i].ppid == first.ppid).collect();
-    let roots = ns::Roots { pids: &root_pids, below_stand_ins: &below, stand_ins: &stand_ins };
+    let roots = ns::Roots { pids: &root_pids, below_stand_ins: &below, stand_ins: &stand_ins, terminal };
     let spawned = ns::spawn(roots, |i| member(&ctx, shape.roots[i]));
     pipes.close();
     shm.close();
@@ -184,6 +201,7 @@ struct Ctx<'a> {
     pipes: &'a fds::SharedPipes,
     shm: &'a shm::SharedMemory,
     sockets: &'a sockets::SharedSockets,
+    terminal: Option<i32>,
     barrier: &'a tree::Barrier,
     conns: &'a [i32],
 }
@@ -217,7 +235,7 @@ fn become_restored(ctx: &Ctx<'_>, i: usize) -> Result<(), String> {
     if pid != meta.pid {
         return Err(format!("got pid {pid} instead of {}", meta.pid));
     }
-    tree::lead(meta)?;
+    tree::lead(meta, ctx.terminal)?;
     for &c in &ctx.shape.children[i] {
         if ns::clone_with_pid(ctx.shape.pids[c])? == 0 {
             member(ctx, c);
@@ -234,6 +252,9 @@ fn become_restored(ctx: &Ctx<'_>, i: usize) -> Result<(), String> {
     let mut warnings = Vec::new();
     tree::join_group(meta, &ctx.shape.pids, &mut |w| warnings.push(w));
     ctx.barrier.arrive(tree::GROUPED)?;
+    if let Some(t) = ctx.terminal {
+        tree::take_foreground(meta, t);
+    }
     tree::forget_sigchld(meta);
     prepare_and_jump(image, ctx.conns[i], ctx, warnings, &|| ctx.barrier.arrive(tree::READY))
 }
@@ -247,7 +268,9 @@ fn prepare_and_jump(
 ) -> Result<(), String> {
     let meta = image.meta();
     fds::write_back_shared(meta, image)?;
-    let helpers = fds::restore(meta, image, agent_conn, ctx.pipes, ctx.shm, ctx.sockets, &mut |w| warnings.push(w))?;
+    let helpers = fds::restore(meta, image, agent_conn, ctx.pipes, ctx.shm, ctx.sockets, ctx.terminal, &mut |w| {
+        warnings.push(w)
+    })?;
     LOG_FD.store(helpers.log, std::sync::atomic::Ordering::Relaxed);
     for w in warnings {
         log(&format!("stasis: restart: {w}\n"));

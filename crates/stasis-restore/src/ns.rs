@@ -114,6 +114,8 @@ pub struct Roots<'a> {
     pub pids: &'a [i32],
     pub below_stand_ins: &'a [bool],
     pub stand_ins: &'a [StandIn],
+    /// The terminal the stand-in session leader takes as its controlling one.
+    pub terminal: Option<i32>,
 }
 
 /// Clones init into new namespaces; init makes the stand-ins and clones one
@@ -292,6 +294,11 @@ fn stand_in(mut status: File, roots: &Roots<'_>, k: usize, below: &[usize], rest
     };
     if !made {
         fail(&mut status, &format!("stand-in {me:?}: {}", std::io::Error::last_os_error()));
+    }
+    if let (StandIn::Session(_), Some(t)) = (me, roots.terminal) {
+        // SAFETY: TIOCSCTTY on a terminal that is nobody's controlling one
+        // yet, from a session leader without one.
+        unsafe { libc::ioctl(t, libc::TIOCSCTTY, 0) };
     }
     if let Some(next) = roots.stand_ins.get(k + 1) {
         match clone_with_pid(next.pid()) {

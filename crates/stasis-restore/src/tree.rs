@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use stasis_image::ProcessMeta;
+use stasis_image::{FdKind, ProcessMeta};
 
 /// How long a process waits at a barrier for the others.
 const BARRIER_LIMIT: Duration = Duration::from_secs(60);
@@ -157,11 +157,17 @@ fn futex_wake_all(word: &AtomicU32) {
 
 /// Session and group setup a leader does for itself before making its
 /// children (who inherit them).
-pub fn lead(meta: &ProcessMeta) -> Result<(), String> {
+/// A session leader that had a controlling terminal gets `terminal` as it.
+pub fn lead(meta: &ProcessMeta, terminal: Option<i32>) -> Result<(), String> {
     if meta.sid == meta.pid {
         // SAFETY: setsid takes no arguments.
         if unsafe { libc::setsid() } < 0 {
             return Err(format!("setsid: {}", std::io::Error::last_os_error()));
+        }
+        let had_one = meta.fds.iter().any(|f| matches!(f.kind, FdKind::Terminal { controlling: true, .. }));
+        if let Some(t) = terminal.filter(|_| had_one) {
+            // SAFETY: TIOCSCTTY on a terminal nobody has as controlling one.
+            unsafe { libc::ioctl(t, libc::TIOCSCTTY, 0) };
         }
     } else if meta.pgid == meta.pid {
         // SAFETY: setpgid on ourselves.
@@ -170,6 +176,27 @@ pub fn lead(meta: &ProcessMeta) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Gives the terminal back to the foreground process group it had, from a
+/// process for which it was the controlling terminal.
+pub fn take_foreground(meta: &ProcessMeta, terminal: i32) {
+    let fg = meta.fds.iter().find_map(|f| match f.kind {
+        FdKind::Terminal { controlling: true, foreground, .. } if foreground > 0 => Some(foreground),
+        _ => None,
+    });
+    let Some(fg) = fg else { return };
+    // SAFETY: SIGTTOU is blocked around tcsetpgrp, so that a process of a
+    // background group is not stopped for asking; the mask is put back.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTTOU);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        libc::tcsetpgrp(terminal, fg);
+        libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
 }
 
 /// Once every process exists: join the process group led by another
@@ -238,14 +265,16 @@ pub fn wait_exited(pid: i32) -> Result<(), String> {
     }
 }
 
-/// Takes back the SIGCHLD that making zombies sent us, unless one was
-/// pending at the checkpoint (that one the restorer raises again).
+/// Takes back the SIGCHLD that making zombies sent us, if it stayed
+/// pending (it does where SIGCHLD is blocked; with the default disposition
+/// the kernel drops it), unless one was pending at the checkpoint: that
+/// one the restorer raises again.
 pub fn forget_sigchld(meta: &ProcessMeta) {
     if meta.zombies.is_empty() || meta.shared_pending & (1 << (libc::SIGCHLD - 1)) != 0 {
         return;
     }
-    // SAFETY: SIGCHLD is blocked here (restart blocks every signal before
-    // cloning); sigtimedwait with a zero timeout only dequeues it.
+    // SAFETY: sigtimedwait with a zero timeout only dequeues a pending
+    // SIGCHLD; it never waits.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);

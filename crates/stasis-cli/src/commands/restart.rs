@@ -16,13 +16,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use stasis_coord::client;
-use stasis_image::{ImageReader, MANIFEST, Manifest};
+use stasis_image::{FdKind, ImageReader, MANIFEST, Manifest};
 
 use super::start::{self, Background, Mode};
 use super::{note, supervise};
 use crate::commands::launch::write_port_file;
 use crate::coord_socket::{self, CoordOpts};
 use crate::exit::Exit;
+use crate::pty::Pty;
 use crate::signals;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,12 +152,19 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     // the children. The signal mask is inherited, and undone, by them.
     let signals = signals::block().context("cannot block signals")?;
     let images: Vec<&ImageReader> = readers.iter().collect();
-    let spawned = stasis_restore::spawn_computation(&images, conns)
+    // A program that ran in a terminal comes back in one of our own.
+    let in_terminal = images.iter().any(|i| i.meta().fds.iter().any(|f| matches!(f.kind, FdKind::Terminal { .. })));
+    let pty = if in_terminal { Some(Pty::open().context("cannot make a terminal for the program")?) } else { None };
+    let spawned = stasis_restore::spawn_computation(&images, conns, pty.as_ref().map(|p| &p.slave))
         .map_err(|e| anyhow!("cannot restart {}: {e}", restart_label(&paths)))?;
     drop(images);
     drop(readers);
+    let relay = pty.map(Pty::relay).transpose().context("cannot relay the program's terminal")?;
     let pids = vec![spawned.pid()];
     let exit = supervise(signals, pids, move || spawned.wait());
+    if let Some(relay) = relay {
+        relay.finish();
+    }
     drop(found);
     exit
 }
