@@ -171,6 +171,17 @@ fn pipe_contents(images: &[&ImageReader], id: u64) -> Result<Vec<(u64, Vec<u8>)>
     Ok(Vec::new())
 }
 
+/// What restart made for the whole computation, inherited by every process:
+/// each takes what it held and closes the rest.
+#[derive(Clone, Copy)]
+pub struct Shared<'a> {
+    pub pipes: &'a SharedPipes,
+    pub shm: &'a crate::shm::SharedMemory,
+    pub sockets: &'a crate::sockets::SharedSockets,
+    /// The terminal that terminal descriptors become.
+    pub terminal: Option<i32>,
+}
+
 /// What a descriptor that led outside the computation becomes: at 0-2 the
 /// restart command's own, a pipe or socket a connection whose peer is
 /// gone (None: it stays closed).
@@ -202,12 +213,10 @@ pub fn restore(
     meta: &ProcessMeta,
     image: &ImageReader,
     agent_conn: i32,
-    pipes: &SharedPipes,
-    shm: &crate::shm::SharedMemory,
-    sockets: &crate::sockets::SharedSockets,
-    terminal: Option<i32>,
+    shared: &Shared<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<Helpers, String> {
+    let Shared { pipes, shm, sockets, terminal } = *shared;
     // Contents of deleted files, read while the image's descriptor is open.
     let mut saved_contents: HashMap<i32, Vec<(u64, Vec<u8>)>> = HashMap::new();
     for c in &meta.chunks {
@@ -217,11 +226,11 @@ pub fn restore(
         }
     }
     let base = meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
-    let mut shared = pipes.fds();
-    shared.extend(shm.fds());
-    shared.extend(sockets.fds());
-    shared.extend(terminal);
-    let base = base.max(16).max(shared.iter().max().map_or(0, |m| m + 1));
+    let mut inherited = pipes.fds();
+    inherited.extend(shm.fds());
+    inherited.extend(sockets.fds());
+    inherited.extend(terminal);
+    let base = base.max(16).max(inherited.iter().max().map_or(0, |m| m + 1));
     // Our own descriptors go above the program's first.
     let stdio: Vec<i32> = (0..3).map(|fd| dup_at_least(fd, base).unwrap_or(-1)).collect();
     let agent = dup_at_least(agent_conn, base)?;
@@ -229,7 +238,7 @@ pub fn restore(
     let log = dup_at_least(2, base)?;
     let mut keep: Vec<i32> = stdio.clone();
     keep.extend([agent, image_fd, log]);
-    keep.extend(&shared);
+    keep.extend(&inherited);
     crate::ns::close_all_but(&keep);
 
     for f in &meta.fds {

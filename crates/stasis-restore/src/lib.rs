@@ -171,10 +171,7 @@ pub fn spawn_computation(
     let ctx = Ctx {
         images,
         shape: &shape,
-        pipes: &pipes,
-        shm: &shm,
-        sockets: &socks,
-        terminal,
+        shared: fds::Shared { pipes: &pipes, shm: &shm, sockets: &socks, terminal },
         barrier: &barrier,
         conns: &conns,
     };
@@ -198,10 +195,7 @@ pub fn spawn_computation(
 struct Ctx<'a> {
     images: &'a [&'a ImageReader],
     shape: &'a tree::Shape,
-    pipes: &'a fds::SharedPipes,
-    shm: &'a shm::SharedMemory,
-    sockets: &'a sockets::SharedSockets,
-    terminal: Option<i32>,
+    shared: fds::Shared<'a>,
     barrier: &'a tree::Barrier,
     conns: &'a [i32],
 }
@@ -235,7 +229,7 @@ fn become_restored(ctx: &Ctx<'_>, i: usize) -> Result<(), String> {
     if pid != meta.pid {
         return Err(format!("got pid {pid} instead of {}", meta.pid));
     }
-    tree::lead(meta, ctx.terminal)?;
+    tree::lead(meta, ctx.shared.terminal)?;
     for &c in &ctx.shape.children[i] {
         if ns::clone_with_pid(ctx.shape.pids[c])? == 0 {
             member(ctx, c);
@@ -252,7 +246,7 @@ fn become_restored(ctx: &Ctx<'_>, i: usize) -> Result<(), String> {
     let mut warnings = Vec::new();
     tree::join_group(meta, &ctx.shape.pids, &mut |w| warnings.push(w));
     ctx.barrier.arrive(tree::GROUPED)?;
-    if let Some(t) = ctx.terminal {
+    if let Some(t) = ctx.shared.terminal {
         tree::take_foreground(meta, t);
     }
     tree::forget_sigchld(meta);
@@ -268,9 +262,7 @@ fn prepare_and_jump(
 ) -> Result<(), String> {
     let meta = image.meta();
     fds::write_back_shared(meta, image)?;
-    let helpers = fds::restore(meta, image, agent_conn, ctx.pipes, ctx.shm, ctx.sockets, ctx.terminal, &mut |w| {
-        warnings.push(w)
-    })?;
+    let helpers = fds::restore(meta, image, agent_conn, &ctx.shared, &mut |w| warnings.push(w))?;
     LOG_FD.store(helpers.log, std::sync::atomic::Ordering::Relaxed);
     for w in warnings {
         log(&format!("stasis: restart: {w}\n"));
