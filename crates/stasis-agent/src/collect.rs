@@ -460,6 +460,7 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
         if unsafe { libc::fstat(fd, &mut st) } != 0 {
             continue;
         }
+        let fifo = st.st_mode & libc::S_IFMT == libc::S_IFIFO && !is_pipe && link.starts_with('/');
         let kind = if fd == agent_fd {
             FdKind::Agent
         } else if let Some(kind) = link.strip_prefix("anon_inode:") {
@@ -497,10 +498,19 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
             }
         };
         // Every pipe is saved by its inode: restart finds out which pipes
-        // have both ends in the computation, and which lead outside it.
-        let kind = if st.st_mode & libc::S_IFMT == libc::S_IFIFO && is_pipe && fd != agent_fd {
+        // have both ends in the computation, and which lead outside it. A
+        // named pipe (its link is its path) is opened again by its path.
+        let kind = if st.st_mode & libc::S_IFMT == libc::S_IFIFO && (is_pipe || fifo) && fd != agent_fd {
             let write = flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
-            FdKind::Pipe { id: st.st_ino, write, flags, size: sys::pipe_size(fd).unwrap_or(0) as u32 }
+            let size = sys::pipe_size(fd).unwrap_or(0) as u32;
+            let path = if fifo {
+                fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            FdKind::Pipe { id: st.st_ino, write, flags, size, fifo: path }
         } else {
             kind
         };

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -111,6 +111,57 @@ fn set_read_timeout(conn: &File, limit: Option<Duration>) {
     }
 }
 
+/// The agent's connection sits at a high descriptor number, out of the way
+/// of the numbers programs choose themselves (a shell's `exec 3>file`
+/// closes whatever fd 3 was and reuses the number).
+const HIGH_FD: i32 = 900;
+
+fn out_of_the_way(conn: File) -> File {
+    // SAFETY: a zeroed rlimit is valid; getrlimit fills it.
+    let mut l: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `l` is a valid rlimit to write.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0 { l.rlim_cur } else { 1024 };
+    let min = (HIGH_FD as u64).min(limit.saturating_sub(64)).max(3) as i32;
+    // SAFETY: F_DUPFD_CLOEXEC on our own descriptor.
+    let high = unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if high < 0 {
+        return conn;
+    }
+    // SAFETY: `high` was just made and is owned here; the low one is dropped.
+    unsafe { File::from_raw_fd(high) }
+}
+
+/// The inode of the connection's socket: a program may close our
+/// descriptor and reuse its number, and the agent must then neither read
+/// from it, nor write to it, nor close it.
+static CONN_INO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn inode_of(conn: &File) -> u64 {
+    // SAFETY: a zeroed stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid stat buffer.
+    if unsafe { libc::fstat(conn.as_raw_fd(), &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return 0;
+    }
+    st.st_ino
+}
+
+/// Whether the connection's descriptor is still our socket.
+fn ours(conn: &File) -> bool {
+    let ino = inode_of(conn);
+    ino != 0 && ino == CONN_INO.load(Ordering::Acquire)
+}
+
+/// Lets go of a connection: closes it if it is still ours, else leaves the
+/// descriptor, which is the program's now.
+fn let_go(conn: File) {
+    if ours(&conn) {
+        drop(conn);
+    } else {
+        let _ = conn.into_raw_fd();
+    }
+}
+
 fn connect(addr: &Addr, secret: Option<&[u8]>) -> Result<File, String> {
     match addr {
         Addr::Unix(path) => UnixStream::connect(path)
@@ -197,7 +248,7 @@ pub fn run() {
             Some(c) => c,
             None => {
                 let Some(addr) = s.addr.clone() else { return };
-                match tree::without_fork(|| connect(&addr, s.secret.as_deref())) {
+                match tree::without_fork(|| connect(&addr, s.secret.as_deref()).map(out_of_the_way)) {
                     Ok(c) => {
                         complained = false;
                         c
@@ -214,6 +265,7 @@ pub fn run() {
             }
         };
         tree::CONN_FD.store(c.as_raw_fd(), Ordering::Release);
+        CONN_INO.store(inode_of(&c), Ordering::Release);
         if (&c).write_all(hello(&s, restored).encode().as_bytes()).is_err() {
             tree::CONN_FD.store(-1, Ordering::Release);
             std::thread::sleep(RETRY);
@@ -230,7 +282,7 @@ pub fn run() {
             }
             End::Closed => {
                 tree::CONN_FD.store(-1, Ordering::Release);
-                drop(c);
+                let_go(c);
                 std::thread::sleep(RETRY);
             }
         }
@@ -243,7 +295,7 @@ enum End {
 }
 
 fn send(conn: &File, m: Message) -> bool {
-    (&*conn).write_all(m.encode().as_bytes()).is_ok()
+    ours(conn) && (&*conn).write_all(m.encode().as_bytes()).is_ok()
 }
 
 fn failed(generation: u64, reason: &str) -> Message {
@@ -256,6 +308,9 @@ fn next(reader: &mut BufReader<&File>, timed_out: &mut bool) -> Option<Message> 
     let mut line = String::new();
     loop {
         line.clear();
+        if reader.buffer().is_empty() && !ours(reader.get_ref()) {
+            return None;
+        }
         match reader.read_line(&mut line) {
             Ok(0) => return None,
             Ok(_) => match Message::decode(&line) {

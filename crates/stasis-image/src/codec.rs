@@ -244,12 +244,13 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                     e.u64(t.data);
                 });
             }
-            FdKind::Pipe { id, write, flags, size } => {
+            FdKind::Pipe { id, write, flags, size, fifo } => {
                 e.u8(10);
                 e.u64(*id);
                 e.bool(*write);
                 e.u32(*flags);
                 e.u32(*size);
+                e.str(fifo);
             }
             FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id, options } => {
                 e.u8(11);
@@ -414,7 +415,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 flags: d.u32()?,
                 targets: d.vec(16, |d| Ok(EpollTarget { fd: d.i32()?, events: d.u32()?, data: d.u64()? }))?,
             },
-            10 => FdKind::Pipe { id: d.u64()?, write: d.bool()?, flags: d.u32()?, size: d.u32()? },
+            10 => FdKind::Pipe { id: d.u64()?, write: d.bool()?, flags: d.u32()?, size: d.u32()?, fifo: d.str()? },
             11 => FdKind::Socket {
                 id: d.u64()?,
                 domain: d.i32()?,

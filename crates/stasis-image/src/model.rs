@@ -230,7 +230,8 @@ pub enum FdKind {
     },
     /// One end of a pipe. `id` (the pipe's inode) is shared by every
     /// descriptor of one pipe, in every process of the computation; `size`
-    /// is its capacity. The bytes in flight are `FileContents` chunks of the
+    /// is its capacity; `fifo` is the path of a named pipe (empty for a
+    /// pipe(2)), which restart opens again whoever holds its other end. The bytes in flight are `FileContents` chunks of the
     /// pipe's first descriptor in `fds` (every process holding the pipe
     /// saves them; all copies are of one instant). A pipe with only one end
     /// in the computation leads outside it: at 0-2 restart hands it its own
@@ -240,6 +241,7 @@ pub enum FdKind {
         write: bool,
         flags: u32,
         size: u32,
+        fifo: String,
     },
     /// A socket. `id` (its inode) is shared by every descriptor of it in
     /// every process; `local` and `peer` are its addresses as getsockname

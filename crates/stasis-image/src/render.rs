@@ -256,8 +256,9 @@ pub fn render(m: &ProcessMeta) -> String {
                 let watched: Vec<String> = targets.iter().map(|t| format!("{}:{:#x}", t.fd, t.events)).collect();
                 format!("epoll flags {flags:#o} watching [{}]", watched.join(" "))
             }
-            FdKind::Pipe { id, write, flags, size } => {
-                format!("pipe {id} {} end flags {flags:#o} capacity {size}", if *write { "write" } else { "read" })
+            FdKind::Pipe { id, write, flags, size, fifo } => {
+                let what = if fifo.is_empty() { format!("pipe {id}") } else { format!("fifo {}", clean(fifo)) };
+                format!("{what} {} end flags {flags:#o} capacity {size}", if *write { "write" } else { "read" })
             }
             FdKind::Terminal { flags, controlling, foreground, .. } => {
                 let ctty =

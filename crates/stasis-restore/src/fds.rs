@@ -91,37 +91,49 @@ fn close(fd: i32) {
 pub struct SharedPipes {
     /// Pipe id (its inode at checkpoint time) to (read end, write end).
     ends: HashMap<u64, (i32, i32)>,
+    /// The named pipes among them: one descriptor open for both, from
+    /// which each process opens the end it had.
+    fifos: Vec<u64>,
 }
 
 impl SharedPipes {
     /// Makes every pipe of which some image holds a read end and some image
     /// a write end, at descriptors >= `min_fd`.
     pub fn create(images: &[&ImageReader], min_fd: i32) -> Result<SharedPipes, String> {
-        // (read end seen, write end seen, capacity) per pipe, in order of appearance.
-        let mut seen: Vec<(u64, bool, bool, u32)> = Vec::new();
+        // (read end seen, write end seen, capacity, fifo path) per pipe, in
+        // order of appearance.
+        let mut seen: Vec<(u64, bool, bool, u32, &str)> = Vec::new();
         for image in images {
             for f in &image.meta().fds {
-                let FdKind::Pipe { id, write, size, .. } = f.kind else { continue };
+                let FdKind::Pipe { id, write, size, ref fifo, .. } = f.kind else { continue };
                 match seen.iter_mut().find(|p| p.0 == id) {
                     Some(p) => {
                         p.1 |= !write;
                         p.2 |= write;
                         p.3 = p.3.max(size);
                     }
-                    None => seen.push((id, !write, write, size)),
+                    None => seen.push((id, !write, write, size, fifo)),
                 }
             }
         }
-        let mut pipes = SharedPipes { ends: HashMap::new() };
-        for (id, read, write, size) in seen {
-            if !(read && write) {
+        let mut pipes = SharedPipes { ends: HashMap::new(), fifos: Vec::new() };
+        for (id, read, write, size, fifo) in seen {
+            // A named pipe is opened again by its path, whoever holds its
+            // other end; a pipe(2) only when both ends are ours.
+            if fifo.is_empty() && !(read && write) {
                 continue; // the other end is outside the computation
             }
             let contents = pipe_contents(images, id)?;
-            let made = kobj::pipe(size, &contents, min_fd, &mut |w| {
+            let mut warn = |w: String| {
                 // Nothing is lost quietly: the restart log says so.
                 eprintln!("stasis: restart: pipe {id}: {w}");
-            });
+            };
+            let made = if fifo.is_empty() {
+                kobj::pipe(size, &contents, min_fd, &mut warn)
+            } else {
+                pipes.fifos.push(id);
+                kobj::fifo(fifo, size, &contents, min_fd, &mut warn).map(|fd| (fd, fd))
+            };
             match made {
                 Ok(ends) => {
                     pipes.ends.insert(id, ends);
@@ -140,12 +152,21 @@ impl SharedPipes {
     }
 
     fn fds(&self) -> Vec<i32> {
-        self.ends.values().flat_map(|&(r, w)| [r, w]).collect()
+        let mut fds: Vec<i32> = self.ends.values().flat_map(|&(r, w)| [r, w]).collect();
+        fds.dedup();
+        fds
+    }
+
+    fn is_fifo(&self, id: u64) -> bool {
+        self.fifos.contains(&id)
     }
 
     /// Closes this process's copies.
     pub fn close(&self) {
-        for fd in self.fds() {
+        let mut fds = self.fds();
+        fds.sort_unstable();
+        fds.dedup();
+        for fd in fds {
             close(fd);
         }
     }
@@ -284,6 +305,12 @@ pub fn restore(
             // Rebuilt below, once what it watches is in place.
             FdKind::Epoll { .. } => continue,
             FdKind::Pipe { id, write, flags, .. } => match pipes.get(*id) {
+                // A named pipe's own end: opened again through the
+                // descriptor open for both (no wait for a peer).
+                Some((both, _)) if pipes.is_fifo(*id) => {
+                    let mode = (*flags as i32) & (libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND);
+                    open(&format!("/proc/self/fd/{both}"), mode)?
+                }
                 Some((r, w)) => {
                     let fd = dup_at_least(if *write { w } else { r }, 0)?;
                     // SAFETY: F_SETFL on our own descriptor; O_NONBLOCK is the flag that matters.

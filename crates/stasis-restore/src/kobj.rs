@@ -176,6 +176,44 @@ pub fn pipe(size: u32, contents: &[(u64, Vec<u8>)], min: i32, warn: &mut dyn FnM
 
 /// A stream socket whose peer is closed: reading it gives end of file,
 /// writing it EPIPE (and SIGPIPE, as for any broken connection).
+/// The named pipe at `path`, opened for reading and writing (which waits for
+/// no peer), at a descriptor >= `min`, with `contents` in flight.
+pub fn fifo(
+    path: &str,
+    size: u32,
+    contents: &[(u64, Vec<u8>)],
+    min: i32,
+    warn: &mut dyn FnMut(String),
+) -> io::Result<i32> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::other(format!("{path:?}: a NUL byte")))?;
+    // SAFETY: open with a NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("open the named pipe {path}: {e}")));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on the descriptor just opened.
+    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    close(fd);
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETPIPE_SZ takes a plain integer.
+    if size > 0 && unsafe { libc::fcntl(moved, libc::F_SETPIPE_SZ, size as libc::c_int) } < 0 {
+        warn(format!("capacity {size} not granted ({})", io::Error::last_os_error()));
+    }
+    let mut parts: Vec<&(u64, Vec<u8>)> = contents.iter().collect();
+    parts.sort_by_key(|(offset, _)| *offset);
+    for (_, bytes) in parts {
+        // SAFETY: writes from a live buffer to our pipe.
+        let n = unsafe { libc::write(moved, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 || n as usize != bytes.len() {
+            warn(format!("{} bytes in flight could not be put back", bytes.len()));
+        }
+    }
+    Ok(moved)
+}
+
 pub fn disconnected() -> io::Result<i32> {
     let mut pair = [0; 2];
     // SAFETY: socketpair writes two descriptors into `pair`.
