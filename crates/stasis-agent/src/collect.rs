@@ -464,7 +464,7 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
         let kind = if fd == agent_fd {
             FdKind::Agent
         } else if let Some(kind) = link.strip_prefix("anon_inode:") {
-            anon_inode(kind, flags, &info_text).unwrap_or(FdKind::Unsupported)
+            anon_inode(fd, kind, flags, &info_text).unwrap_or(FdKind::Unsupported)
         } else {
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => {
@@ -542,8 +542,22 @@ fn terminal(fd: i32, flags: u32) -> Option<FdKind> {
 
 /// The kernel objects without a path that a process can have on its own;
 /// None for the ones Stasis cannot save (its fdinfo says too little).
-fn anon_inode(kind: &str, flags: u32, info: &str) -> Option<FdKind> {
+fn anon_inode(fd: i32, kind: &str, flags: u32, info: &str) -> Option<FdKind> {
     Some(match kind {
+        "inotify" => {
+            let watches = stasis_procfs::parse_inotify(info)?
+                .into_iter()
+                .map(|w| stasis_image::InotifyWatch {
+                    wd: w.wd,
+                    mask: w.mask,
+                    path: crate::inotify::path_of(fd, w.wd).unwrap_or_default(),
+                })
+                .collect();
+            let mut unread: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int.
+            unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) };
+            FdKind::Inotify { flags, watches, unread: unread.max(0) as u32 }
+        }
         "[eventfd]" => {
             let e = stasis_procfs::parse_eventfd(info)?;
             FdKind::EventFd { count: e.count, semaphore: e.semaphore, flags }

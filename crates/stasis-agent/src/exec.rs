@@ -24,15 +24,26 @@ pub fn set_address(addr: &str) {
     if !old.is_null() && unsafe { CStr::from_ptr(old) } == entry.as_c_str() {
         return;
     }
-    let differs = std::env::var("STASIS_COORD_ADDR").ok().as_deref() != Some(addr);
     // Leaked: a concurrent exec may still be reading the old one.
+    let value = entry.as_bytes()[VAR.len()..].to_vec();
     CURRENT.store(entry.into_raw(), Ordering::Release);
-    if differs {
-        // SAFETY: called from the checkpoint thread while the program runs
-        // (never while its threads are stopped, which may hold libc's
-        // locks); glibc's setenv locks against other setenv calls.
-        unsafe { std::env::set_var("STASIS_COORD_ADDR", addr) };
-    }
+    let Ok(value) = CString::new(value) else { return };
+    // No fork may start while libc's environment lock is held here (the
+    // child would inherit it taken); and not Rust's std::env, whose own
+    // lock a child forked while it is held would keep forever.
+    crate::tree::without_fork(|| {
+        // SAFETY: getenv returns a C string or null; called from the
+        // checkpoint thread while the program runs (never while its threads
+        // are stopped, which may hold libc's locks).
+        let now = unsafe { libc::getenv(c"STASIS_COORD_ADDR".as_ptr()) };
+        // SAFETY: a non-null getenv result is a C string.
+        let differs = now.is_null() || unsafe { CStr::from_ptr(now) } != value.as_c_str();
+        if differs {
+            // SAFETY: NUL-terminated name and value; glibc's setenv locks
+            // against other setenv calls of the program.
+            unsafe { libc::setenv(c"STASIS_COORD_ADDR".as_ptr(), value.as_ptr(), 1) };
+        }
+    });
 }
 
 /// `envp` with its STASIS_COORD_ADDR entry replaced by the current one, or
@@ -114,8 +125,8 @@ unsafe fn exec_with(f: usize, path: *const c_char, argv: *const *const c_char, e
     }
     // SAFETY: dlsym found libc's function of this signature.
     let f: ExecFn = unsafe { std::mem::transmute::<usize, ExecFn>(f) };
-    // SAFETY: envp is the caller's environment array.
-    match unsafe { mended(envp) } {
+    // SAFETY: envp is the caller's environment array (the closure's unsafe).
+    match crate::signals::unstoppable(|| unsafe { mended(envp) }) {
         // SAFETY: forwarded, with an array that lives across the call.
         Some(env) => unsafe { f(path, argv, env.as_ptr()) },
         // SAFETY: forwarded unchanged.
@@ -157,8 +168,8 @@ unsafe fn spawn_with(
     }
     // SAFETY: dlsym found libc's function of this signature.
     let f: SpawnFn = unsafe { std::mem::transmute::<usize, SpawnFn>(f) };
-    // SAFETY: envp is the caller's environment array.
-    match unsafe { mended(envp) } {
+    // SAFETY: envp is the caller's environment array (the closure's unsafe).
+    match crate::signals::unstoppable(|| unsafe { mended(envp) }) {
         // SAFETY: forwarded, with an array that lives across the call.
         Some(env) => unsafe { f(pid, path, actions, attr, argv, env.as_ptr()) },
         // SAFETY: forwarded unchanged.

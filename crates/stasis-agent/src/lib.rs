@@ -14,6 +14,7 @@ mod ckpt;
 mod collect;
 mod control;
 mod exec;
+mod inotify;
 mod signals;
 mod sockets;
 mod sys;
@@ -35,11 +36,14 @@ extern "C" fn init() {
     let sig = std::env::var("STASIS_CKPT_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
     signals::resolve_real_functions();
     exec::resolve_real_functions();
+    inotify::resolve_real_functions();
     collect::init_rseq_lookup();
     if signals::install(sig, ckpt::in_handler).is_err() {
         sys::write_stderr(b"stasis agent: cannot install the checkpoint signal handler\n");
         return;
     }
+    // Whoever started us may have left it blocked (a wrapper that execs).
+    sys::sigmask_one(libc::SIG_UNBLOCK, sig);
     if !tree::install_fork_handlers() {
         sys::write_stderr(b"stasis agent: cannot register fork handlers; forked children will not be checkpointed\n");
     }

@@ -68,6 +68,22 @@ pub static CT_TID: AtomicI32 = AtomicI32::new(0);
 /// The signal number in use (set once at start-up).
 pub static CKPT_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
+/// Runs agent code that allocates on a program thread (a wrapper), with the
+/// checkpoint signal blocked: stopped in the middle, the thread could hold
+/// the agent allocator's lock, which the checkpoint thread needs. A
+/// checkpoint signal that comes meanwhile is taken right after.
+pub fn unstoppable<R>(f: impl FnOnce() -> R) -> R {
+    let sig = CKPT_SIGNAL.load(Ordering::Acquire);
+    if sig > 0 {
+        sys::sigmask_one(libc::SIG_BLOCK, sig);
+    }
+    let r = f();
+    if sig > 0 {
+        sys::sigmask_one(libc::SIG_UNBLOCK, sig);
+    }
+    r
+}
+
 /// In a child of fork(): nothing of the parent's checkpoint goes on here
 /// (pending signals are not inherited, but the flags are).
 pub fn reset_after_fork() {

@@ -269,6 +269,16 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                     e.i32(o.value);
                 });
             }
+            FdKind::Inotify { flags, watches, unread } => {
+                e.u8(13);
+                e.u32(*flags);
+                e.vec(watches, |e, w| {
+                    e.i32(w.wd);
+                    e.u32(w.mask);
+                    e.str(&w.path);
+                });
+                e.u32(*unread);
+            }
             FdKind::Terminal { flags, termios, controlling, foreground } => {
                 e.u8(12);
                 e.u32(*flags);
@@ -427,6 +437,11 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 peer: d.bytes()?,
                 peer_id: d.u64()?,
                 options: d.vec(12, |d| Ok(SockOpt { level: d.i32()?, name: d.i32()?, value: d.i32()? }))?,
+            },
+            13 => FdKind::Inotify {
+                flags: d.u32()?,
+                watches: d.vec(12, |d| Ok(InotifyWatch { wd: d.i32()?, mask: d.u32()?, path: d.str()? }))?,
+                unread: d.u32()?,
             },
             12 => {
                 FdKind::Terminal { flags: d.u32()?, termios: d.bytes()?, controlling: d.bool()?, foreground: d.i32()? }
@@ -726,7 +741,7 @@ mod tests {
         // counts, shared_pending and the agent's 16 bytes.
         let fd_tag = good.len() - 41;
         let mut v = good.clone();
-        v[fd_tag] = 13;
-        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 13"));
+        v[fd_tag] = 14;
+        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 14"));
     }
 }

@@ -277,9 +277,27 @@ pub enum FdKind {
         controlling: bool,
         foreground: i32,
     },
+    /// An inotify instance and its watches, in the order of their watch
+    /// descriptors (restart makes them again with the same numbers). A
+    /// watch's `path` is the one the program gave inotify_add_watch (made
+    /// absolute), as the agent's wrapper recorded it; empty if unknown.
+    /// Events not read yet are not saved: `unread` counts their bytes.
+    Inotify {
+        flags: u32,
+        watches: Vec<InotifyWatch>,
+        unread: u32,
+    },
     /// Not restorable: left closed at restart, with `what` in the log.
     #[default]
     Unsupported,
+}
+
+/// One watch of an inotify instance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub mask: u32,
+    pub path: String,
 }
 
 /// One integer socket option.

@@ -260,6 +260,11 @@ pub fn render(m: &ProcessMeta) -> String {
                 let what = if fifo.is_empty() { format!("pipe {id}") } else { format!("fifo {}", clean(fifo)) };
                 format!("{what} {} end flags {flags:#o} capacity {size}", if *write { "write" } else { "read" })
             }
+            FdKind::Inotify { flags, watches, unread } => {
+                let w: Vec<String> =
+                    watches.iter().map(|w| format!("{}:{}:{:#x}", w.wd, clean(&w.path), w.mask)).collect();
+                format!("inotify flags {flags:#o} watching [{}], {unread} bytes of events unread", w.join(" "))
+            }
             FdKind::Terminal { flags, controlling, foreground, .. } => {
                 let ctty =
                     if *controlling { format!(" (controlling, foreground group {foreground})") } else { String::new() };

@@ -277,6 +277,15 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
             .prop_map(|((id, domain, kind, protocol, flags, listening), local, peer, peer_id, options)| {
                 FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id, options }
             }),
+        (
+            any::<u32>(),
+            proptest::collection::vec(
+                (any::<i32>(), any::<u32>(), arb_string()).prop_map(|(wd, mask, path)| InotifyWatch { wd, mask, path }),
+                0..3
+            ),
+            any::<u32>()
+        )
+            .prop_map(|(flags, watches, unread)| FdKind::Inotify { flags, watches, unread }),
         (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..60), any::<bool>(), any::<i32>()).prop_map(
             |(flags, termios, controlling, foreground)| FdKind::Terminal { flags, termios, controlling, foreground }
         ),

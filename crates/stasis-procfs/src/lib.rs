@@ -189,6 +189,32 @@ pub fn parse_epoll_targets(text: &str) -> Option<Vec<EpollTarget>> {
     Some(out)
 }
 
+/// One watch of an inotify instance, from its fdinfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub inode: u64,
+    /// The watched file's device, as the kernel prints it (`sdev:`).
+    pub sdev: u64,
+    pub mask: u32,
+}
+
+/// The `inotify wd:N ino:X sdev:Y mask:Z ...` lines of an inotify fdinfo.
+pub fn parse_inotify(text: &str) -> Option<Vec<InotifyWatch>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("inotify ")) {
+        let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key));
+        out.push(InotifyWatch {
+            wd: field("wd:")?.parse().ok()?,
+            inode: u64::from_str_radix(field("ino:")?, 16).ok()?,
+            sdev: u64::from_str_radix(field("sdev:")?, 16).ok()?,
+            mask: u32::from_str_radix(field("mask:")?, 16).ok()?,
+        });
+    }
+    out.sort_by_key(|w| w.wd);
+    Some(out)
+}
+
 /// The fields of /proc/PID/stat that Stasis uses (see proc(5)): the
 /// process's place in the tree and its memory layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -497,6 +523,18 @@ VmFlags: rd wr mr mw me gd ac
         assert_eq!(d.error, None);
         let d = parse_unix_diag(&buf[..20]);
         assert!(!d.done && d.peers.is_empty());
+    }
+
+    #[test]
+    fn inotify() {
+        let text = "pos:\t0\nflags:\t00\nmnt_id:\t17\nino:\t1038\n\
+            inotify wd:2 ino:13 sdev:fe00000 mask:2 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:13\n\
+            inotify wd:1 ino:3c4a7 sdev:fe00000 mask:300 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:a7\n";
+        let w = parse_inotify(text).unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0], InotifyWatch { wd: 1, inode: 0x3c4a7, sdev: 0xfe00000, mask: 0x300 });
+        assert_eq!(w[1].wd, 2);
+        assert!(parse_inotify("inotify wd:x ino:1 sdev:0 mask:0").is_none());
     }
 
     #[test]

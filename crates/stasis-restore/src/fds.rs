@@ -304,6 +304,10 @@ pub fn restore(
             }
             // Rebuilt below, once what it watches is in place.
             FdKind::Epoll { .. } => continue,
+            FdKind::Inotify { flags, watches, unread } => {
+                kobj::inotify(*flags, watches, *unread, &mut |w| warn(format!("fd {} (inotify): {w}", f.fd)))
+                    .map_err(|e| format!("fd {}: inotify: {e}", f.fd))?
+            }
             FdKind::Pipe { id, write, flags, .. } => match pipes.get(*id) {
                 // A named pipe's own end: opened again through the
                 // descriptor open for both (no wait for a peer).

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use stasis_image::EpollTarget;
+use stasis_image::{EpollTarget, InotifyWatch};
 
 /// `_IOW('T', 0, u64)`: sets a timerfd's count of unread expirations
 /// (kernels built with CONFIG_CHECKPOINT_RESTORE, as distributions' are).
@@ -176,6 +176,81 @@ pub fn pipe(size: u32, contents: &[(u64, Vec<u8>)], min: i32, warn: &mut dyn FnM
 
 /// A stream socket whose peer is closed: reading it gives end of file,
 /// writing it EPIPE (and SIGPIPE, as for any broken connection).
+/// An inotify instance with `watches` again, each with its old watch
+/// descriptor: the kernel numbers watches 1, 2, 3... and never reuses a
+/// number, so a number that was removed is taken by a watch of a file of
+/// our own, removed again at once. Events not read at the checkpoint are
+/// gone (`unread` bytes: the log says so).
+pub fn inotify(flags: u32, watches: &[InotifyWatch], unread: u32, warn: &mut dyn FnMut(String)) -> io::Result<i32> {
+    // SAFETY: inotify_init1 takes plain flags.
+    let fd = check(unsafe { libc::inotify_init1((flags as i32) & (libc::O_NONBLOCK | libc::O_CLOEXEC)) })?;
+    if unread > 0 {
+        warn(format!("{unread} bytes of events not read at the checkpoint are lost"));
+    }
+    let mut fillers: Option<std::path::PathBuf> = None;
+    let mut next = 1;
+    let result = (|| {
+        for w in watches {
+            if w.path.is_empty() {
+                warn(format!("watch {} was added before the agent knew its path; it is gone", w.wd));
+                continue;
+            }
+            while next < w.wd {
+                // A filler takes the number, then gives it up.
+                let dir = match &fillers {
+                    Some(d) => d.clone(),
+                    None => {
+                        let d = std::env::temp_dir().join(format!("stasis-inotify-{}", std::process::id()));
+                        std::fs::create_dir_all(&d)?;
+                        fillers = Some(d.clone());
+                        d
+                    }
+                };
+                let file = dir.join(next.to_string());
+                std::fs::write(&file, b"")?;
+                let wd = add_watch(fd, &file.to_string_lossy(), libc::IN_ATTRIB)?;
+                // SAFETY: removing the watch just added.
+                unsafe { libc::inotify_rm_watch(fd, wd) };
+                next = wd + 1;
+            }
+            let wd = add_watch(fd, &w.path, w.mask)
+                .or_else(|_| add_watch(fd, &w.path, w.mask & libc::IN_ALL_EVENTS))
+                .map_err(|e| io::Error::new(e.kind(), format!("watch {} on {}: {e}", w.wd, w.path)))?;
+            if wd != w.wd {
+                warn(format!("watch on {} comes back as {wd}, not {}", w.path, w.wd));
+            }
+            next = wd + 1;
+        }
+        Ok(())
+    })();
+    if let Some(d) = fillers {
+        let _ = std::fs::remove_dir_all(d);
+        // The fillers' IN_IGNORED events are ours, not the program's.
+        let mut buf = [0u8; 4096];
+        // SAFETY: F_GETFL/F_SETFL and non-blocking reads into a live buffer,
+        // on the instance just made; its flags are put back.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+            libc::fcntl(fd, libc::F_SETFL, flags);
+        }
+    }
+    match result {
+        Ok(()) => Ok(fd),
+        Err(e) => {
+            close(fd);
+            Err(e)
+        }
+    }
+}
+
+fn add_watch(fd: i32, path: &str, mask: u32) -> io::Result<i32> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::other(format!("{path:?}: a NUL byte")))?;
+    // SAFETY: inotify_add_watch with a NUL-terminated path.
+    check(unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) })
+}
+
 /// The named pipe at `path`, opened for reading and writing (which waits for
 /// no peer), at a descriptor >= `min`, with `contents` in flight.
 pub fn fifo(
