@@ -236,13 +236,19 @@ impl SharedSockets {
             listeners.push((i, fd));
         }
         let mut paired = vec![false; seen.len()];
+        // Datagram sockets to connect once every socket is bound.
+        let mut later: Vec<usize> = Vec::new();
         for i in 0..seen.len() {
             let s = &seen[i];
             if s.listening || paired[i] {
                 continue;
             }
-            let peer = if s.domain == libc::AF_UNIX {
-                seen.iter().position(|t| s.peer_id != 0 && t.id == s.peer_id)
+            let dgram = s.kind == libc::SOCK_DGRAM;
+            let unnamed = |x: &Seen<'_>| unix_path(x.local).is_none() && x.local.get(2).is_none_or(|&c| c != 0);
+            let peer = if s.domain == libc::AF_UNIX && (!dgram || unnamed(s)) {
+                // A datagram pair of unnamed sockets is a socketpair; named
+                // datagram sockets are bound, then connected, below.
+                seen.iter().position(|t| s.peer_id != 0 && t.id == s.peer_id && (!dgram || unnamed(t)))
             } else if s.kind == libc::SOCK_STREAM && !s.peer.is_empty() {
                 seen.iter().position(|t| !t.listening && t.local == s.peer && t.peer == s.local)
             } else {
@@ -284,8 +290,8 @@ impl SharedSockets {
                     paired[i] = true;
                     paired[j] = true;
                 }
-                // Connected, but to outside the computation.
-                _ if !s.peer.is_empty() || s.peer_id != 0 => {}
+                // A stream connected to outside the computation.
+                _ if !dgram && (!s.peer.is_empty() || s.peer_id != 0) => {}
                 _ => {
                     let fd = new_socket(s.domain, s.kind, s.protocol)?;
                     if !s.local.is_empty() {
@@ -296,7 +302,18 @@ impl SharedSockets {
                     }
                     set_options(fd, s.options);
                     self.keep(s.id, fd, min_fd)?;
+                    if dgram && !s.peer.is_empty() {
+                        later.push(i);
+                    }
                 }
+            }
+        }
+        for i in later {
+            let s = &seen[i];
+            let fd = self.fds[&s.id];
+            let r = if s.domain == libc::AF_UNIX { connect_unix(fd, s.peer, s.cwd) } else { connect(fd, s.peer) };
+            if let Err(e) = r {
+                warn(format!("socket {} comes back not connected to its peer ({e})", s.id));
             }
         }
         for (i, fd) in listeners {
