@@ -13,6 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::signals::{self, CT_SLOT, NEXT_SLOT, RESTORE_INFO, RESUME, STOP_REQUESTED, STOPPED};
+use stasis_proto::{self as proto, Message};
+
 use crate::{collect, sys, tree, writer};
 
 /// State only the checkpoint thread touches (in its own signal handler
@@ -36,6 +38,9 @@ pub struct Request {
     pub dir: PathBuf,
     pub agent_fd: i32,
     pub interval_s: u32,
+    /// The image writer tells the coordinator WRITTEN (or FAILED) itself
+    /// (the phased protocol), rather than this thread.
+    pub writer_reports: bool,
 }
 
 struct InFlight {
@@ -116,7 +121,29 @@ pub fn suspend() -> Result<(), String> {
     let me = sys::gettid();
     let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     STARTED.with(|s| *s = Some(Instant::now()));
-    stop_others(pid, me, sig).inspect_err(|_| resume_others())
+    stop_others(pid, me, sig).inspect_err(|_| resume_others())?;
+    if !main_thread_stopped(pid) {
+        // The main thread vanished while the others stopped: the process is
+        // exiting (exit_group kills this thread too, in a moment). Saying
+        // SUSPENDED now would leave the checkpoint waiting for a process
+        // that is gone; not answering lets it leave the round.
+        let deadline = Instant::now() + EXIT_GRACE;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        resume_others();
+        return Err("the main thread has exited; cannot checkpoint".into());
+    }
+    Ok(())
+}
+
+/// How long a process whose main thread vanished gets to end.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether the thread-group leader is among the threads stopped.
+fn main_thread_stopped(pid: i32) -> bool {
+    let n = NEXT_SLOT.load(Ordering::Acquire).min(signals::MAX_THREADS);
+    signals::SLOTS[..n].iter().any(|s| s.tid.load(Ordering::Acquire) == pid)
 }
 
 /// What phase 2 produced.
@@ -135,8 +162,9 @@ impl Pending {
         self.0.pause
     }
 
-    /// Waits for the writer and reports the image.
-    pub fn finish(self) -> Result<Outcome, String> {
+    /// Waits for the writer and reports the image; `true` when the writer
+    /// told the coordinator itself.
+    pub fn finish(self) -> (Result<Outcome, String>, bool) {
         let r = collect_child(self.0);
         writer_gone();
         r
@@ -163,6 +191,7 @@ pub fn snapshot(req: Request) -> Result<Snapshotted, String> {
     let me = sys::gettid();
     let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     RESTORE_INFO.restored.store(0, Ordering::Release);
+    let agent_fd = req.agent_fd;
     REQUEST.with(|r| *r = Some(req));
     IN_FLIGHT.with(|f| *f = None);
     // The snapshot is taken inside our own handler, so that this thread,
@@ -172,7 +201,7 @@ pub fn snapshot(req: Request) -> Result<Snapshotted, String> {
     if RESTORE_INFO.restored.load(Ordering::Acquire) != 0 {
         // The writer's arena was never part of the image.
         crate::ALLOC.drop_child_arena(false);
-        finish_restore();
+        finish_restore(agent_fd);
         return Ok(Snapshotted::Restored { generation: RESTORE_INFO.generation.load(Ordering::Acquire) });
     }
     let flight = IN_FLIGHT.with(|f| f.take()).unwrap_or_else(|| Err("checkpoint handler did not run".into()))?;
@@ -193,7 +222,7 @@ pub fn checkpoint(req: Request) -> Result<Outcome, String> {
         Ok(Snapshotted::Restored { generation }) => Ok(Outcome::Restored { generation }),
         Ok(Snapshotted::Writing(p)) => {
             resume();
-            p.finish()
+            p.finish().0
         }
         Err(e) => {
             resume();
@@ -234,6 +263,16 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(format!("pipe: {}", std::io::Error::last_os_error()));
     }
+    // The read end stays open while the program runs on: out of the way of
+    // the descriptor numbers it chooses (the program is stopped now).
+    for fd in &mut fds {
+        // SAFETY: F_DUPFD_CLOEXEC of our new descriptor, then closing it.
+        let high = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 900) };
+        if high >= 0 {
+            sys::close(*fd);
+            *fd = high;
+        }
+    }
     // SAFETY: both descriptors were just created and are owned here.
     let (rd, wr) = unsafe { (File::from(OwnedFd::from_raw_fd(fds[0])), File::from(OwnedFd::from_raw_fd(fds[1]))) };
     if !crate::ALLOC.prepare_child_arena() {
@@ -247,7 +286,16 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
         Err(e) => Err(format!("fork for the image writer: errno {e}")),
         Ok(0) => {
             drop(rd);
-            let job = WriterJob { snap, path, pipe: wr, compress: req.compress };
+            let job = WriterJob {
+                snap,
+                path,
+                pipe: wr,
+                compress: req.compress,
+                generation: req.generation,
+                image: image.clone(),
+                agent_fd: req.agent_fd,
+                report: req.writer_reports,
+            };
             // A new stack: the writer must not scribble on the stack it saves.
             sys::run_on_new_stack(WRITER_STACK, writer_main, &job as *const WriterJob as usize)
         }
@@ -273,45 +321,77 @@ struct WriterJob {
     path: PathBuf,
     pipe: File,
     compress: bool,
+    /// For telling the coordinator ourselves, should the process end while
+    /// its image is being written (see `writer_main`).
+    generation: u64,
+    image: String,
+    agent_fd: i32,
+    report: bool,
 }
 
 /// The image writer's whole life, in the forked child.
 extern "C" fn writer_main(job: usize) -> ! {
     // SAFETY: `job` is the WriterJob on the old stack, which stays mapped
     // (and untouched) in this process; we take it by value, reading only.
-    let WriterJob { snap, path, pipe, compress } = unsafe { std::ptr::read(job as *const WriterJob) };
+    let WriterJob { snap, path, pipe, compress, generation, image, agent_fd, report } =
+        unsafe { std::ptr::read(job as *const WriterJob) };
     collect::forget_rseq();
     let mut pipe = pipe;
+    let mut pause = Duration::ZERO;
     let result = writer::write_image(snap, &path, compress, &mut || {
+        // The program resumes from now on: as the parent measures it.
+        pause = STARTED.with(|s| s.map(|t| t.elapsed())).unwrap_or_default();
         let _ = pipe.write_all(b"S");
     });
-    let line = match result {
+    let line = match &result {
         Ok(bytes) => format!("SOK {bytes}\n"),
         Err(e) => {
             let _ = std::fs::remove_file(&path);
             format!("SERR {}\n", e.replace('\n', " "))
         }
     };
+    // The writer tells the coordinator itself: the process may end as soon
+    // as it resumes (a short-lived program exits at once), and the writer,
+    // which still holds the process's connection, lives on until this is
+    // said. The image is of the checkpoint's instant all the same.
+    if report {
+        let m = match &result {
+            Ok(bytes) => Message::new(proto::WRITTEN)
+                .with("generation", generation)
+                .with("image", &image)
+                .with("bytes", bytes)
+                .with("pause_us", pause.as_micros()),
+            Err(e) => Message::new(proto::FAILED).with("generation", generation).with("reason", e),
+        };
+        let text = m.encode();
+        // SAFETY: write reads the message's bytes from a live buffer.
+        let _ =
+            unsafe { sys::syscall6(libc::SYS_write, [agent_fd as usize, text.as_ptr() as usize, text.len(), 0, 0, 0]) };
+    }
+    // SIGPIPE is blocked here: a parent gone is an error, not a death.
     let _ = pipe.write_all(line.as_bytes());
     sys::exit_group(0)
 }
 
-fn collect_child(mut flight: InFlight) -> Result<Outcome, String> {
+/// The writer's result, and whether it reached the writer's end (then the
+/// writer, if it was to, told the coordinator).
+fn collect_child(mut flight: InFlight) -> (Result<Outcome, String>, bool) {
     let mut out = String::new();
     let _ = flight.pipe.read_to_string(&mut out);
-    let status = sys::wait_snapshot(flight.child).map_err(|e| format!("wait for image writer: errno {e}"))?;
+    let status = match sys::wait_snapshot(flight.child) {
+        Ok(st) => st,
+        Err(e) => return (Err(format!("wait for image writer: errno {e}")), false),
+    };
     let out = out.trim_start_matches('S');
     if let Some(bytes) = out.strip_prefix("OK ") {
-        return Ok(Outcome::Written {
-            image: flight.image,
-            bytes: bytes.trim().parse().unwrap_or(0),
-            pause: flight.pause,
-        });
+        let written =
+            Outcome::Written { image: flight.image, bytes: bytes.trim().parse().unwrap_or(0), pause: flight.pause };
+        return (Ok(written), true);
     }
     if let Some(e) = out.strip_prefix("ERR ") {
-        return Err(e.trim().to_string());
+        return (Err(e.trim().to_string()), true);
     }
-    Err(format!("image writer died (wait status {status:#x})"))
+    (Err(format!("image writer died (wait status {status:#x})")), false)
 }
 
 fn sanitize(name: &str) -> String {
@@ -320,7 +400,7 @@ fn sanitize(name: &str) -> String {
 
 /// In a restored process: wait until every thread has left the restorer's
 /// memory (each says so from its first signal), then unmap it.
-fn finish_restore() {
+fn finish_restore(agent_fd: i32) {
     loop {
         let left = RESTORE_INFO.checkout.load(Ordering::Acquire);
         if left == 0 {
@@ -333,7 +413,10 @@ fn finish_restore() {
     if start != 0 && len != 0 {
         sys::munmap(start as *mut u8, len as usize);
     }
+    // Before the program runs again: where the coordinator is now.
+    crate::control::restored(agent_fd);
     RESTORE_INFO.phase.store(0, Ordering::Release);
+    sys::futex_wake(&RESTORE_INFO.phase);
     RESTORE_INFO.restored.store(0, Ordering::Release);
     STOP_REQUESTED.store(false, Ordering::Release);
 }

@@ -8,9 +8,8 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::net::ToSocketAddrs;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::Duration;
@@ -127,8 +126,15 @@ fn out_of_the_way(conn: File) -> File {
     if high < 0 {
         return conn;
     }
-    // SAFETY: `high` was just made and is owned here; the low one is dropped.
+    discard(conn);
+    // SAFETY: `high` was just made and is owned here.
     unsafe { File::from_raw_fd(high) }
+}
+
+/// Closes one of our descriptors with a plain close(2), whose EBADF (the
+/// program closed it under us) is no error here, unlike a File's drop.
+fn discard(f: File) {
+    sys::close(f.into_raw_fd());
 }
 
 /// The inode of the connection's socket: a program may close our
@@ -156,30 +162,203 @@ fn ours(conn: &File) -> bool {
 /// descriptor, which is the program's now.
 fn let_go(conn: File) {
     if ours(&conn) {
-        drop(conn);
+        discard(conn);
     } else {
         let _ = conn.into_raw_fd();
     }
 }
 
+/// The address of the coordinator at the other end of `fd`.
+fn peer_addr(fd: i32) -> Option<Addr> {
+    // SAFETY: a zeroed sockaddr_storage is valid; getpeername fills at most `len` bytes.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: as above.
+    if unsafe { libc::getpeername(fd, &mut sa as *mut _ as *mut libc::sockaddr, &mut len) } != 0 {
+        return None;
+    }
+    match sa.ss_family as i32 {
+        libc::AF_UNIX => {
+            // SAFETY: the kernel filled a sockaddr_un.
+            let un = unsafe { &*(&sa as *const _ as *const libc::sockaddr_un) };
+            let path: Vec<u8> = un.sun_path.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+            use std::os::unix::ffi::OsStringExt;
+            (!path.is_empty()).then(|| Addr::Unix(std::ffi::OsString::from_vec(path).into()))
+        }
+        libc::AF_INET => {
+            // SAFETY: the kernel filled a sockaddr_in.
+            let sin = unsafe { &*(&sa as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(Addr::Tcp(format!("{ip}:{}", u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel filled a sockaddr_in6.
+            let sin = unsafe { &*(&sa as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin.sin6_addr.s6_addr);
+            Some(Addr::Tcp(format!("[{ip}]:{}", u16::from_be(sin.sin6_port))))
+        }
+        _ => None,
+    }
+}
+
+fn addr_text(a: &Addr) -> String {
+    match a {
+        Addr::Unix(p) => format!("unix:{}", p.display()),
+        Addr::Tcp(hp) => format!("tcp:{hp}"),
+    }
+}
+
+/// In a restored process, before its program runs again: the coordinator
+/// restart connected `agent_fd` to is the one to use from now on, for
+/// this process and for any it forks or execs at once.
+pub fn restored(agent_fd: i32) {
+    let Some(addr) = peer_addr(agent_fd) else { return };
+    crate::exec::set_current(&addr_text(&addr));
+    if let Some(mut s) = inherited() {
+        s.addr = Some(addr);
+        publish(&s);
+    }
+}
+
+/// A socket of `family` at a high descriptor (see `HIGH_FD`).
+fn high_socket(family: i32) -> Result<File, String> {
+    // SAFETY: plain socket creation.
+    let low = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if low < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `low` was just made and is owned here.
+    Ok(out_of_the_way(unsafe { File::from_raw_fd(low) }))
+}
+
+/// connect(2) of our socket to a raw `struct sockaddr`.
+fn connect_raw(sock: &File, sa: &[u8]) -> Result<(), String> {
+    loop {
+        // SAFETY: connect reads `sa.len()` bytes of a sockaddr.
+        let r = unsafe { libc::connect(sock.as_raw_fd(), sa.as_ptr() as *const libc::sockaddr, sa.len() as u32) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e.to_string());
+        }
+    }
+}
+
+/// `struct sockaddr_un` for `path`.
+fn unix_sockaddr(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = path.as_os_str().as_bytes();
+    if p.len() >= 108 {
+        return Err(format!("{}: path too long for a socket", path.display()));
+    }
+    let mut sa = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    sa.extend(p);
+    sa.push(0);
+    Ok(sa)
+}
+
+/// `struct sockaddr_in` or `sockaddr_in6` for `a`.
+fn inet_sockaddr(a: std::net::SocketAddr) -> Vec<u8> {
+    match a {
+        std::net::SocketAddr::V4(v4) => {
+            let mut sa = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+            sa.extend(v4.port().to_be_bytes());
+            sa.extend(v4.ip().octets());
+            sa.extend([0u8; 8]);
+            sa
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let mut sa = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+            sa.extend(v6.port().to_be_bytes());
+            sa.extend(v6.flowinfo().to_be_bytes());
+            sa.extend(v6.ip().octets());
+            sa.extend(v6.scope_id().to_ne_bytes());
+            sa
+        }
+    }
+}
+
+/// Connects to the coordinator. The socket is made straight at a high
+/// descriptor (the program may be closing and reusing low numbers right
+/// now, as a shell in a child it just forked does), and raw descriptors
+/// are used throughout: a socket the program closed under us must be an
+/// error, not a double close.
 fn connect(addr: &Addr, secret: Option<&[u8]>) -> Result<File, String> {
     match addr {
-        Addr::Unix(path) => UnixStream::connect(path)
-            .map(|s| File::from(OwnedFd::from(s)))
-            .map_err(|e| format!("{}: {e}", path.display())),
+        Addr::Unix(path) => {
+            let sa = unix_sockaddr(path)?;
+            let sock = high_socket(libc::AF_UNIX)?;
+            match connect_raw(&sock, &sa) {
+                Ok(()) => Ok(sock),
+                Err(e) => {
+                    discard(sock);
+                    Err(format!("{}: {e}", path.display()))
+                }
+            }
+        }
         Addr::Tcp(hp) => {
             let sa = hp
                 .to_socket_addrs()
                 .map_err(|e| format!("{hp}: {e}"))?
                 .next()
                 .ok_or_else(|| format!("{hp}: no address"))?;
-            let s = TcpStream::connect_timeout(&sa, Duration::from_secs(10)).map_err(|e| format!("{hp}: {e}"))?;
-            let _ = s.set_nodelay(true);
-            let conn = File::from(OwnedFd::from(s));
-            authenticate(&conn, secret).map_err(|e| format!("{hp}: {e}"))?;
-            Ok(conn)
+            let family = if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+            let sock = high_socket(family)?;
+            match connect_tcp(&sock, &inet_sockaddr(sa), secret) {
+                Ok(()) => Ok(sock),
+                Err(e) => {
+                    discard(sock);
+                    Err(format!("{hp}: {e}"))
+                }
+            }
         }
     }
+}
+
+/// Connects a TCP socket (bounded: 10 s) and proves the secret.
+fn connect_tcp(sock: &File, sa: &[u8], secret: Option<&[u8]>) -> Result<(), String> {
+    let limit = libc::timeval { tv_sec: 10, tv_usec: 0 };
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads a timeval, then an int.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &limit as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+    }
+    connect_raw(sock, sa)?;
+    authenticate(sock, secret)
+}
+
+/// A child of fork() reaches the coordinator its parent was connected to,
+/// through the socket its fork handler made (see `tree::child`).
+fn connect_as_child(s: &mut Session) -> Option<File> {
+    let (sock, sa) = tree::take_fork_peer()?;
+    let result = if sa.get(..2) == Some(&(libc::AF_UNIX as u16).to_ne_bytes()[..]) {
+        connect_raw(&sock, &sa)
+    } else {
+        connect_tcp(&sock, &sa, s.secret.as_deref())
+    };
+    if result.is_err() {
+        discard(sock);
+        return None;
+    }
+    if let Some(a) = peer_addr(sock.as_raw_fd()) {
+        s.addr = Some(a);
+    }
+    Some(sock)
 }
 
 /// Answers the coordinator's challenge on a new TCP connection.
@@ -217,11 +396,24 @@ fn authenticate(conn: &File, secret: Option<&[u8]>) -> Result<(), String> {
     }
 }
 
+/// The program's name (its comm), read once in the constructor: reading
+/// /proc/self/comm later would open a descriptor while the program runs.
+static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Remembers the program's name; from the constructor, on its main thread.
+pub fn remember_name() {
+    let mut buf = [0u8; 17];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes and a NUL into `buf`.
+    unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) };
+    let len = buf.iter().position(|&c| c == 0).unwrap_or(16);
+    let _ = NAME.set(String::from_utf8_lossy(&buf[..len]).into_owned());
+}
+
 fn hello(s: &Session, restored: bool) -> Message {
-    let name = tree::without_fork(|| std::fs::read_to_string("/proc/self/comm").unwrap_or_default());
+    let name = NAME.get().map_or("", String::as_str);
     Message::new(proto::HELLO)
         .with("pid", sys::getpid())
-        .with("name", name.trim_end())
+        .with("name", name)
         .with("restored", restored as u8)
         .with("computation", format!("{:x}", s.computation))
         .with("generation", s.generation)
@@ -240,7 +432,7 @@ pub fn run() {
         interval_s: 0,
     });
     publish(&s);
-    let mut conn: Option<File> = None;
+    let mut conn: Option<File> = connect_as_child(&mut s);
     let mut restored = false;
     let mut complained = false;
     loop {
@@ -248,7 +440,7 @@ pub fn run() {
             Some(c) => c,
             None => {
                 let Some(addr) = s.addr.clone() else { return };
-                match tree::without_fork(|| connect(&addr, s.secret.as_deref()).map(out_of_the_way)) {
+                match tree::without_fork(|| connect(&addr, s.secret.as_deref())) {
                     Ok(c) => {
                         complained = false;
                         c
@@ -266,13 +458,20 @@ pub fn run() {
         };
         tree::CONN_FD.store(c.as_raw_fd(), Ordering::Release);
         CONN_INO.store(inode_of(&c), Ordering::Release);
-        if (&c).write_all(hello(&s, restored).encode().as_bytes()).is_err() {
+        if !send(&c, hello(&s, restored)) {
             tree::CONN_FD.store(-1, Ordering::Release);
+            let_go(c);
             std::thread::sleep(RETRY);
             continue;
         }
         restored = false;
         let end = serve(&c, &mut s);
+        if matches!(end, End::Restored) {
+            // The connection restart gave us is to the coordinator of now.
+            if let Some(a) = peer_addr(c.as_raw_fd()) {
+                s.addr = Some(a);
+            }
+        }
         publish(&s);
         match end {
             // The descriptor now holds restart's connection: greet it.
@@ -341,6 +540,8 @@ fn request(msg: &Message, s: &mut Session, conn: &File) -> Option<Request> {
         dir: PathBuf::from(dir),
         agent_fd: conn.as_raw_fd(),
         interval_s: s.interval_s,
+        // In the phased protocol (SUSPEND) the image writer says WRITTEN.
+        writer_reports: msg.verb == proto::SUSPEND,
     })
 }
 
@@ -490,9 +691,15 @@ fn phased(conn: &File, reader: &mut BufReader<&File>, s: &mut Session, req: Requ
     ckpt::resume();
     match step {
         Some(m) if m.verb == proto::RESUME => {
-            let result = pending.finish();
+            let (result, reported) = pending.finish();
             if result.is_ok() {
                 s.generation = g;
+            }
+            if reported {
+                if let Err(e) = &result {
+                    log(&format!("checkpoint {g} failed: {e}"));
+                }
+                return None;
             }
             (!send(conn, written(g, result))).then_some(End::Closed)
         }

@@ -6,7 +6,9 @@
 //! environments the program passes on still hold the old one: `environ`
 //! is updated by the checkpoint thread, and the environment arrays a
 //! program builds itself (a shell's exported variables) are mended on the
-//! way through execve, execvpe, posix_spawn and posix_spawnp.
+//! way through execve, execv, execvp, execvpe, posix_spawn and
+//! posix_spawnp. A restored process learns the new address before its
+//! program runs again (`control::restored`).
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
@@ -16,18 +18,23 @@ const VAR: &[u8] = b"STASIS_COORD_ADDR=";
 /// "STASIS_COORD_ADDR=<current address>", once the coordinator told us one.
 static CURRENT: AtomicPtr<c_char> = AtomicPtr::new(std::ptr::null_mut());
 
+/// Records the current address for the exec wrappers only: callable while
+/// the program's threads are held (it allocates from the agent alone). The
+/// old entry is leaked: a concurrent exec may still be reading it.
+pub fn set_current(addr: &str) {
+    if let Ok(entry) = CString::new([VAR, addr.as_bytes()].concat()) {
+        CURRENT.store(entry.into_raw(), Ordering::Release);
+    }
+}
+
 /// Records the current address, and puts it into `environ` too.
 pub fn set_address(addr: &str) {
-    let Ok(entry) = CString::new([VAR, addr.as_bytes()].concat()) else { return };
-    let old = CURRENT.load(Ordering::Acquire);
-    // SAFETY: a non-null CURRENT is a CString leaked below, never freed.
-    if !old.is_null() && unsafe { CStr::from_ptr(old) } == entry.as_c_str() {
-        return;
+    let Ok(value) = CString::new(addr) else { return };
+    let current = CURRENT.load(Ordering::Acquire);
+    // SAFETY: a non-null CURRENT is a CString leaked by set_current, never freed.
+    if current.is_null() || unsafe { CStr::from_ptr(current) }.to_bytes().get(VAR.len()..) != Some(addr.as_bytes()) {
+        set_current(addr);
     }
-    // Leaked: a concurrent exec may still be reading the old one.
-    let value = entry.as_bytes()[VAR.len()..].to_vec();
-    CURRENT.store(entry.into_raw(), Ordering::Release);
-    let Ok(value) = CString::new(value) else { return };
     // No fork may start while libc's environment lock is held here (the
     // child would inherit it taken); and not Rust's std::env, whose own
     // lock a child forked while it is held would keep forever.
@@ -140,6 +147,33 @@ unsafe fn exec_with(f: usize, path: *const c_char, argv: *const *const c_char, e
 pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
     // SAFETY: the caller's arguments, forwarded.
     unsafe { exec_with(real(&REAL_EXECVE), path, argv, envp) }
+}
+
+unsafe extern "C" {
+    /// libc's environment; setenv may replace the array at any time.
+    static mut environ: *const *const c_char;
+}
+
+/// The environment as it is now.
+fn current_environ() -> *const *const c_char {
+    // SAFETY: reading libc's pointer once, by value, without a reference.
+    unsafe { std::ptr::read_volatile(&raw const environ) }
+}
+
+/// # Safety
+/// Same contract as libc's execv (execve with `environ`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: the caller's arguments, forwarded with the process's environment.
+    unsafe { exec_with(real(&REAL_EXECVE), path, argv, current_environ()) }
+}
+
+/// # Safety
+/// Same contract as libc's execvp (execvpe with `environ`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: the caller's arguments, forwarded with the process's environment.
+    unsafe { exec_with(real(&REAL_EXECVPE), file, argv, current_environ()) }
 }
 
 /// # Safety

@@ -34,6 +34,7 @@ extern "C" fn init() {
         return; // not under stasis: stay out of the way
     }
     let sig = std::env::var("STASIS_CKPT_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
+    control::remember_name();
     signals::resolve_real_functions();
     exec::resolve_real_functions();
     inotify::resolve_real_functions();

@@ -130,6 +130,18 @@ extern "C" fn on_signal(_sig: c_int, _info: *mut libc::siginfo_t, uc: *mut c_voi
         if RESTORE_INFO.checkout.fetch_sub(1, Ordering::AcqRel) == 1 {
             sys::futex_wake(&RESTORE_INFO.checkout);
         }
+        // The program's threads wait until the checkpoint thread has told
+        // the agent where the coordinator is now (a child forked at once
+        // must not inherit the old address); bounded, so that a broken
+        // checkpoint thread never holds the program.
+        if sys::gettid() != CT_TID.load(Ordering::Relaxed) {
+            for _ in 0..100 {
+                if RESTORE_INFO.phase.load(Ordering::Acquire) != stasis_plan::restore_info::PHASE_RESTORING {
+                    break;
+                }
+                sys::futex_wait(&RESTORE_INFO.phase, stasis_plan::restore_info::PHASE_RESTORING, 100);
+            }
+        }
     } else if sys::gettid() == CT_TID.load(Ordering::Relaxed) {
         let f = SELF_HANDLER.load(Ordering::Acquire);
         if f != 0 {

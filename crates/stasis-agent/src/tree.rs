@@ -82,16 +82,67 @@ extern "C" fn child() {
     crate::ALLOC.unlock_after_fork();
     // No checkpoint thread here holds anything.
     FD_GUARD.store(0, Ordering::Release);
-    for fd in [&CONN_FD, &WRITER_PIPE_FD] {
-        let fd = fd.swap(-1, Ordering::AcqRel);
-        if fd >= 0 {
-            sys::close(fd);
-        }
+    // The parent's connection says where its coordinator is; the child's
+    // own socket is made now, before the program runs on (it may close and
+    // reuse low descriptor numbers at once, as a shell does).
+    let conn = CONN_FD.swap(-1, Ordering::AcqRel);
+    if conn >= 0 {
+        prepare_fork_peer(conn);
+        sys::close(conn);
+    }
+    let pipe = WRITER_PIPE_FD.swap(-1, Ordering::AcqRel);
+    if pipe >= 0 {
+        sys::close(pipe);
     }
     WRITER_PID.store(0, Ordering::Release);
     signals::reset_after_fork();
     mask_ckpt_signal(libc::SIG_UNBLOCK);
     crate::start_checkpoint_thread();
+}
+
+/// A fork child's way to the coordinator: a socket made by its fork
+/// handler, at a high descriptor, and the parent's peer address. Written
+/// only in the child handler, before the checkpoint thread exists; read by
+/// that thread (thread creation orders the two).
+struct ForkPeer(std::cell::UnsafeCell<Option<(i32, [u8; 128], usize)>>);
+// SAFETY: see the type's comment: one writer, then one reader, ordered.
+unsafe impl Sync for ForkPeer {}
+static FORK_PEER: ForkPeer = ForkPeer(std::cell::UnsafeCell::new(None));
+
+fn prepare_fork_peer(conn: i32) {
+    let mut sa = [0u8; 128];
+    let mut len: libc::socklen_t = sa.len() as libc::socklen_t;
+    // SAFETY: getpeername writes at most `len` bytes into `sa`.
+    if unsafe { libc::getpeername(conn, sa.as_mut_ptr() as *mut libc::sockaddr, &mut len) } != 0 || len < 2 {
+        return;
+    }
+    let family = i32::from(u16::from_ne_bytes([sa[0], sa[1]]));
+    // SAFETY: plain socket creation, then F_DUPFD_CLOEXEC of it to a high
+    // number and closing the low one: all before the program runs again.
+    let high = unsafe {
+        let low = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if low < 0 {
+            return;
+        }
+        let high = libc::fcntl(low, libc::F_DUPFD_CLOEXEC, 900);
+        libc::close(low);
+        high
+    };
+    if high < 0 {
+        return;
+    }
+    // SAFETY: only this handler writes FORK_PEER, before any reader exists.
+    unsafe { *FORK_PEER.0.get() = Some((high, sa, (len as usize).min(sa.len()))) };
+}
+
+/// The socket and the parent's coordinator address a fork child starts with.
+pub fn take_fork_peer() -> Option<(std::fs::File, Vec<u8>)> {
+    // SAFETY: the checkpoint thread reads what the fork handler wrote
+    // before creating it; nobody writes it again.
+    let (fd, sa, len) = unsafe { (*FORK_PEER.0.get()).take() }?;
+    use std::os::fd::FromRawFd;
+    // SAFETY: the handler made `fd` for this use alone.
+    Some((unsafe { std::fs::File::from_raw_fd(fd) }, sa[..len].to_vec()))
 }
 
 /// Registers the fork handlers (once, from the constructor).

@@ -91,7 +91,8 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     }
     // The program's descriptors are of no more use here, and a pipe's write
     // end held by this copy would keep its reader from seeing end of file.
-    for f in &meta.fds {
+    // The coordinator connection stays: see `ckpt::writer_main`.
+    for f in meta.fds.iter().filter(|f| f.kind != stasis_image::FdKind::Agent) {
         crate::sys::close(f.fd);
     }
     shared_done();

@@ -3,7 +3,7 @@
 //!
 //! How runs are compared, how processes are cleaned up and which environment
 //! variables matter: see the documentation of the `support` module. These
-//! tests need `cc`, `/usr/bin/python3`, `unshare` (util-linux) and, for every
+//! tests need `cc`, `make`, `/usr/bin/python3`, `unshare` (util-linux) and, for every
 //! test that restarts, unprivileged user namespaces; without them they fail
 //! with a message that says so, they do not skip.
 
@@ -18,6 +18,19 @@ mod dmtcp;
 // Process trees: fork, exec, process groups, sessions, zombies, pipes.
 #[path = "e2e/tree.rs"]
 mod tree;
+// Between processes: shared memory, Unix and TCP sockets.
+#[path = "e2e/ipc.rs"]
+mod ipc;
+// Everyday process trees: a Python multiprocessing pool, make -j2.
+#[path = "e2e/apps.rs"]
+mod apps;
+// Interactive programs in a terminal: bash driven through tmux.
+#[path = "e2e/terminal.rs"]
+mod terminal;
+// inotify watches, named pipes and UDP (kernel objects made again from
+// what the agent recorded).
+#[path = "e2e/kernel.rs"]
+mod kernel;
 
 use std::fs;
 use std::path::{Path, PathBuf};

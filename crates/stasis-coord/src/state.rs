@@ -303,6 +303,10 @@ impl State {
             (Stage::Asked, Stage::Suspended) => true,
             (Stage::Suspended, Stage::Snapshotted) => true,
             (Stage::Snapshotted, Stage::Written { .. }) => true,
+            // The image writer says WRITTEN on the process's connection,
+            // which may overtake the checkpoint thread's SNAPSHOTTED: the
+            // snapshot was taken before anything was written.
+            (Stage::Suspended, Stage::Written { .. }) => true,
             (current, Stage::Failed(_)) => !current.settled(),
             _ => false,
         };

@@ -11,7 +11,7 @@
 //! and not only the launcher, and the test makes sure none survives
 //! ([`Proc::kill_computation`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::carry_on;
@@ -37,7 +37,7 @@ fn expect_images(sb: &Sandbox, ck: &Path, live: usize) {
 
 /// The live processes running in `dir` but the stasis binaries (a launcher,
 /// a coordinator): the program's.
-fn program_processes(dir: &Path) -> Vec<i32> {
+pub(crate) fn program_processes(dir: &Path) -> Vec<i32> {
     let stasis = std::fs::canonicalize(stasis()).unwrap_or_else(|_| stasis().to_path_buf());
     processes_in(dir)
         .into_iter()
@@ -45,17 +45,73 @@ fn program_processes(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// What the processes of a restored computation write on stderr: the
+/// launch's stderr file (which restored processes reopen by its path) and
+/// each restart's, from where each stood when the first restart began.
+#[derive(Default)]
+pub(crate) struct AfterRestart {
+    files: Vec<(PathBuf, usize)>,
+}
+
+impl AfterRestart {
+    /// Watches `path` from its present end on (once).
+    pub(crate) fn watch(&mut self, path: &Path) {
+        if !self.files.iter().any(|(p, _)| p == path) {
+            let len = std::fs::metadata(path).map_or(0, |m| m.len() as usize);
+            self.files.push((path.to_path_buf(), len));
+        }
+    }
+
+    /// Fails unless every process of the restored computation, those it
+    /// started after the restart included, reached the coordinator it was
+    /// restarted with: an agent that cannot reach its coordinator says so on
+    /// stderr (and stays out of every later checkpoint).
+    pub(crate) fn expect_coordinator_reached(&self, sb: &Sandbox) {
+        let mut complaints = Vec::new();
+        for (path, from) in &self.files {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            let text = String::from_utf8_lossy(bytes.get(*from..).unwrap_or_default()).into_owned();
+            for line in text.lines().filter(|l| l.contains("cannot reach the coordinator")) {
+                complaints.push(format!("{}: {line}", path.file_name().unwrap_or_default().to_string_lossy()));
+            }
+        }
+        sb.check(complaints.is_empty(), || {
+            format!(
+                "after a restart, process(es) of the computation could not reach its coordinator (an \
+                 address from before the restart?), so they are outside it:\n{}",
+                complaints.join("\n")
+            )
+        });
+    }
+}
+
 /// Launches `prog` in `run/`, then `cycles` times: checkpoints it once it
 /// has printed a few lines, lets it print a few more, kills the whole
 /// computation (making sure nothing of it survives) and restarts it from the
 /// checkpoint directory. Checks the history of all runs against an
-/// uninterrupted reference run, and that nothing of the tree is left once
-/// the last run ended.
+/// uninterrupted reference run, that every process of a restored tree
+/// reached the coordinator it was restarted with ([`AfterRestart`]), and
+/// that nothing of the tree is left once the last run ended.
 ///
 /// `live`: how many processes the program runs from its first line to well
 /// past the checkpoints (the images expected, the processes the harness must
 /// find and kill).
-fn tree_checkpoint_kill_restart(test: &str, prog: &Program, live: usize, cycles: usize) {
+pub(crate) fn tree_checkpoint_kill_restart(test: &str, prog: &Program, live: usize, cycles: usize) {
+    tree_checkpoint_kill_restart_with(test, prog, &|_| live, cycles);
+}
+
+/// Like [`tree_checkpoint_kill_restart`], for a program whose number of
+/// processes changes in the course of its run: `live(last)` is how many it
+/// runs at least at a moment when the last line it printed is `last` (None
+/// before its first line), counting those that will still run a few steps
+/// later (a checkpoint lies in the step after the last line printed when the
+/// command returned, and the kill a step or so after the last line seen).
+pub(crate) fn tree_checkpoint_kill_restart_with(
+    test: &str,
+    prog: &Program,
+    live: &dyn Fn(Option<&str>) -> usize,
+    cycles: usize,
+) {
     let sb = Sandbox::new(test);
     let reference = start_reference(&sb, prog, &sb.mkdir("ref"));
     let run_dir = sb.mkdir("run");
@@ -63,13 +119,15 @@ fn tree_checkpoint_kill_restart(test: &str, prog: &Program, live: usize, cycles:
     let mut sock = sb.socket();
     let mut app = launch(&sb, prog, &sock, &ck, &run_dir, Out::Pipe);
     let mut pieces = Vec::new();
+    let mut logs = AfterRestart::default();
     for _ in 0..cycles {
         app.wait_lines(&sb, 3);
         let window = checkpoint(&sb, &sock, &mut app);
-        expect_images(&sb, &ck, live);
+        expect_images(&sb, &ck, live(app.lines().last().map(String::as_str)));
         carry_on(&sb, &mut app, window, 3);
         let running = app.poll_exit().is_none();
         let found = program_processes(&run_dir);
+        let live = live(app.lines().last().map(String::as_str));
         app.kill_computation(&sb, &run_dir);
         // The harness itself must see the tree it kills (else "nothing
         // survived" would prove nothing).
@@ -84,14 +142,17 @@ fn tree_checkpoint_kill_restart(test: &str, prog: &Program, live: usize, cycles:
             )
         });
         pieces.push(Piece::new(&app.label, app.lines(), vec![window]));
+        logs.watch(&app.stderr_path);
         sock = sb.socket();
         app = restart(&sb, &sock, &ck, Out::Pipe);
+        logs.watch(&app.stderr_path);
     }
     let status = app.wait_exit(&sb, RUN_TIMEOUT);
     sb.check(status.success(), || format!("{} exited with {status}", app.label));
     pieces.push(Piece::new(&app.label, app.lines(), vec![]));
     let reference = finish_reference(&sb, reference);
     verify_history(&sb, &reference, &pieces);
+    logs.expect_coordinator_reached(&sb);
 
     // The restored tree ended with its program: nothing stays behind.
     let deadline = Instant::now() + Duration::from_secs(10);
