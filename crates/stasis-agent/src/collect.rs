@@ -42,8 +42,8 @@ pub struct Snapshot {
     /// The first descriptor (index into meta.fds) of each pipe, whose bytes
     /// in flight must be saved.
     pub pipes: Vec<usize>,
-    /// The first descriptor (index into meta.fds) of each connected stream
-    /// socket, whose bytes waiting to be read must be saved.
+    /// The first descriptor (index into meta.fds) of each socket whose
+    /// bytes (or messages) waiting to be read must be saved.
     pub sockets: Vec<usize>,
     /// The allocator's epoch before memory was listed.
     pub epoch: usize,
@@ -85,7 +85,11 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
     let mut sockets: Vec<usize> = Vec::new();
     for (i, f) in fds.iter().enumerate() {
         let FdKind::Socket { id, domain, kind, listening: false, ref peer, .. } = f.kind else { continue };
-        if kind != libc::SOCK_STREAM || (peer.is_empty() && domain != libc::AF_UNIX) {
+        // Connected streams, and Unix datagram and seqpacket sockets (UDP
+        // queues are not saved: a datagram's sender cannot be made again).
+        let stream = kind == libc::SOCK_STREAM && (domain == libc::AF_UNIX || !peer.is_empty());
+        let messages = domain == libc::AF_UNIX && matches!(kind, libc::SOCK_DGRAM | libc::SOCK_SEQPACKET);
+        if !stream && !messages {
             continue;
         }
         if sockets.iter().any(|&s| matches!(fds[s].kind, FdKind::Socket { id: other, .. } if other == id)) {

@@ -152,6 +152,50 @@ pub fn peek(fd: i32) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
+/// The messages waiting on a datagram or seqpacket socket, left where they
+/// are: with a peek offset (SO_PEEK_OFF) each peek moves to the next one.
+/// The socket is the program's: its peek offset is put back after (the
+/// program is stopped meanwhile).
+pub fn peek_messages(fd: i32) -> Result<Vec<Vec<u8>>, String> {
+    const MAX_MESSAGES: usize = 4096;
+    let old = sockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+    let set = |v: libc::c_int| {
+        // SAFETY: setsockopt reads one int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEEK_OFF,
+                &v as *const libc::c_int as *const c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        }
+    };
+    if set(0) != 0 {
+        return Err(format!("SO_PEEK_OFF: {}", std::io::Error::last_os_error()));
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut result = Ok(());
+    while out.len() < MAX_MESSAGES {
+        // SAFETY: recv writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EAGAIN) {
+                result = Err(format!("peek: {e}"));
+            }
+            break;
+        }
+        if n == 0 {
+            break; // an empty message (or the end): nothing more to tell apart
+        }
+        out.push(buf[..n as usize].to_vec());
+    }
+    set(old);
+    result.map(|()| out)
+}
+
 /// Bytes a TCP socket sent that its peer has not taken in yet (no room
 /// there): they cannot be read back, so a checkpoint must not go on.
 pub fn unsent(fd: i32) -> usize {

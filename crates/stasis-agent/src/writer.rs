@@ -78,13 +78,22 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
             offset += piece.len() as u64;
         }
     }
-    // Bytes waiting on stream sockets, as for pipes.
+    // Bytes waiting on stream sockets, as for pipes; on datagram and
+    // seqpacket sockets, the messages, one chunk each.
     for &fd_index in &sockets {
         let fd = meta.fds[fd_index].fd;
-        let bytes =
-            crate::sockets::peek(fd).map_err(|e| format!("save the bytes waiting on the socket on fd {fd}: {e}"))?;
+        let is_stream =
+            matches!(meta.fds[fd_index].kind, stasis_image::FdKind::Socket { kind, .. } if kind == libc::SOCK_STREAM);
+        let pieces: Vec<Vec<u8>> = if is_stream {
+            let bytes = crate::sockets::peek(fd)
+                .map_err(|e| format!("save the bytes waiting on the socket on fd {fd}: {e}"))?;
+            bytes.chunks(MAX_CHUNK as usize).map(<[u8]>::to_vec).collect()
+        } else {
+            crate::sockets::peek_messages(fd)
+                .map_err(|e| format!("save the messages waiting on the socket on fd {fd}: {e}"))?
+        };
         let mut offset = 0u64;
-        for piece in bytes.chunks(MAX_CHUNK as usize) {
+        for piece in &pieces {
             w.append_chunk(ChunkKind::FileContents { fd_index: fd_index as u32, offset }, piece).map_err(err)?;
             offset += piece.len() as u64;
         }

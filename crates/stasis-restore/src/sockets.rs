@@ -283,8 +283,17 @@ impl SharedSockets {
                     set_options(a, s.options);
                     set_options(b, t.options);
 
-                    fill(a, &contents(images, seen[j].id)?, s.id, warn);
-                    fill(b, &contents(images, s.id)?, seen[j].id, warn);
+                    if s.kind == libc::SOCK_STREAM {
+                        fill(a, &contents(images, seen[j].id)?.concat(), s.id, warn);
+                        fill(b, &contents(images, s.id)?.concat(), seen[j].id, warn);
+                    } else {
+                        for m in contents(images, seen[j].id)? {
+                            send_message(a, None, &m, seen[j].id, warn);
+                        }
+                        for m in contents(images, s.id)? {
+                            send_message(b, None, &m, s.id, warn);
+                        }
+                    }
                     self.keep(s.id, a, min_fd)?;
                     self.keep(seen[j].id, b, min_fd)?;
                     paired[i] = true;
@@ -315,6 +324,25 @@ impl SharedSockets {
             if let Err(e) = r {
                 warn(format!("socket {} comes back not connected to its peer ({e})", s.id));
             }
+        }
+        // The messages a bound Unix datagram socket had not read come back
+        // from a socket of the moment (their senders cannot be made again).
+        for s in seen.iter().filter(|s| s.domain == libc::AF_UNIX && s.kind == libc::SOCK_DGRAM) {
+            let msgs = contents(images, s.id)?;
+            if msgs.is_empty() || !self.fds.contains_key(&s.id) || s.local.len() <= 2 {
+                continue;
+            }
+            let sender = new_socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)?;
+            let here = std::env::current_dir().ok();
+            let relative = unix_path(s.local).is_some_and(|p| p.first() != Some(&b'/'));
+            let moved = relative && std::env::set_current_dir(s.cwd).is_ok();
+            for m in &msgs {
+                send_message(sender, Some(s.local), m, s.id, warn);
+            }
+            if moved && let Some(here) = here {
+                let _ = std::env::set_current_dir(here);
+            }
+            close(sender);
         }
         for (i, fd) in listeners {
             self.keep(seen[i].id, fd, min_fd)?;
@@ -418,8 +446,9 @@ fn stream_pair(
     result
 }
 
-/// The bytes socket `id` had not read, from the first image that saved them.
-fn contents(images: &[&ImageReader], id: u64) -> Result<Vec<u8>, String> {
+/// What socket `id` had not read, from the first image that saved it: its
+/// chunks in order (for a datagram or seqpacket socket, one message each).
+fn contents(images: &[&ImageReader], id: u64) -> Result<Vec<Vec<u8>>, String> {
     for image in images {
         let meta = image.meta();
         let mut parts = Vec::new();
@@ -432,10 +461,22 @@ fn contents(images: &[&ImageReader], id: u64) -> Result<Vec<u8>, String> {
         }
         if !parts.is_empty() {
             parts.sort_by_key(|(o, _)| *o);
-            return Ok(parts.into_iter().flat_map(|(_, d)| d).collect());
+            return Ok(parts.into_iter().map(|(_, d)| d).collect());
         }
     }
     Ok(Vec::new())
+}
+
+/// Sends one message from `from` (to `dest`, or its peer), for socket `to`.
+fn send_message(from: i32, dest: Option<&[u8]>, msg: &[u8], to: u64, warn: &mut dyn FnMut(String)) {
+    let (addr, len) = dest.map_or((std::ptr::null(), 0), |d| (d.as_ptr() as *const libc::sockaddr, d.len() as u32));
+    // SAFETY: sendto reads the message and, when given, the address.
+    let n = unsafe {
+        libc::sendto(from, msg.as_ptr().cast(), msg.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL, addr, len)
+    };
+    if n < 0 || n as usize != msg.len() {
+        warn(format!("socket {to}: a message of {} bytes it had not read could not be put back", msg.len()));
+    }
 }
 
 /// Sends `bytes` from `from`, for its peer (socket `to`) to read.
