@@ -1,6 +1,8 @@
 //! Kernel objects restart makes again from what the agent recorded: inotify
-//! watches with their numbers (tests/programs/inotify.c), and named pipes
-//! and UDP sockets between two processes (tests/programs/fifo.c).
+//! watches with their numbers (tests/programs/inotify.c), named pipes and
+//! UDP sockets between two processes (tests/programs/fifo.c), and Unix
+//! datagram and seqpacket sockets with messages in flight
+//! (tests/programs/dgram.py).
 
 use crate::support::*;
 use crate::tree::tree_checkpoint_kill_restart;
@@ -18,4 +20,9 @@ fn inotify_watches_keep_their_numbers_across_checkpoint_kill_restart() {
 #[test]
 fn named_pipes_and_udp_between_processes_survive_checkpoint_kill_restart() {
     tree_checkpoint_kill_restart("fifo", &Program::c("fifo", &[]), 2, 1);
+}
+
+#[test]
+fn unix_datagram_and_seqpacket_messages_in_flight_survive_checkpoint_kill_restart() {
+    tree_checkpoint_kill_restart("dgram.py", &Program::python("dgram.py", &[]), 2, 1);
 }
