@@ -119,6 +119,11 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
         {
             return err(format!("{path} (open as fd {}) no longer exists", f.fd));
         }
+        if let FdKind::Inotify { watches, .. } = &f.kind
+            && let Some(w) = watches.iter().find(|w| !w.path.is_empty() && !Path::new(&w.path).exists())
+        {
+            return err(format!("{} (watched by inotify on fd {}) no longer exists", w.path, f.fd));
+        }
     }
     vdso::check_compatible(meta, image).map_err(RestoreError)?;
     image.verify_payload().map_err(|e| RestoreError(e.to_string()))
