@@ -45,6 +45,10 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 /// list its children again: the child may have died before its agent
 /// could connect, and only the parent can tell.
 const CHILDREN_EVERY: Duration = Duration::from_millis(500);
+/// How long every process may stay stopped for children that have not
+/// joined (a static program, one run without the agent, never will): far
+/// less than the whole phase, since the program pays it at every attempt.
+const CHILDREN_LIMIT: Duration = Duration::from_secs(10);
 
 pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
     loop {
@@ -241,6 +245,8 @@ fn suspend_barrier(shared: &Shared, deadline: Instant) -> Result<(), String> {
     // none while none is missing. Not at once: a child just forked usually
     // connects a moment later.
     let mut next_ask: Option<Instant> = None;
+    // Since when only missing children are waited for.
+    let mut only_children_since: Option<Instant> = None;
     let mut st = shared.lock();
     let outcome = loop {
         if st.shutdown {
@@ -262,6 +268,14 @@ fn suspend_barrier(shared: &Shared, deadline: Instant) -> Result<(), String> {
         if now >= deadline {
             break Err(suspend_timeout(round, &missing, now - started));
         }
+        if !missing.is_empty() && round.participants.iter().all(|p| p.stage == Stage::Suspended) {
+            let since = *only_children_since.get_or_insert(now);
+            if now - since >= CHILDREN_LIMIT {
+                break Err(suspend_timeout(round, &missing, now - started));
+            }
+        } else {
+            only_children_since = None;
+        }
         if missing.is_empty() {
             next_ask = None;
         } else if next_ask.is_none() {
@@ -281,6 +295,7 @@ fn suspend_barrier(shared: &Shared, deadline: Instant) -> Result<(), String> {
             continue;
         }
         let wake = next_ask.map_or(deadline, |t| t.min(deadline));
+        let wake = only_children_since.map_or(wake, |t| wake.min(t + CHILDREN_LIMIT));
         st = shared.wait_timeout(st, wake - now);
     };
     if let Some(round) = &mut st.round {
