@@ -42,11 +42,28 @@ fn parse_addr(s: &str) -> Option<Addr> {
     s.strip_prefix("tcp:").filter(|hp| hp.contains(':')).map(|hp| Addr::Tcp(hp.to_string()))
 }
 
-fn addr_from_env() -> Option<Addr> {
-    if let Some(a) = std::env::var("STASIS_COORD_ADDR").ok().and_then(|s| parse_addr(&s)) {
-        return Some(a);
-    }
-    std::env::var_os("STASIS_COORD_SOCKET").map(|p| Addr::Unix(p.into()))
+/// What the environment said at start-up (see `remember_environment`).
+struct Environment {
+    addr: Option<Addr>,
+    secret: Option<Vec<u8>>,
+}
+
+static ENVIRONMENT: std::sync::OnceLock<Environment> = std::sync::OnceLock::new();
+
+/// Reads the coordinator's address and secret from the environment, once,
+/// in the constructor (before the program's main, and before it can change
+/// or shadow its environment).
+pub fn remember_environment() {
+    let addr = crate::exec::env_var("STASIS_COORD_ADDR")
+        .and_then(|s| parse_addr(&s))
+        .or_else(|| crate::exec::env_var("STASIS_COORD_SOCKET").map(|p| Addr::Unix(p.into())));
+    let secret = crate::exec::env_var("STASIS_COORD_SECRET").and_then(|h| auth::from_hex(&h));
+    let _ = ENVIRONMENT.set(Environment { addr, secret });
+}
+
+/// Whether this process was started under stasis.
+pub fn under_stasis() -> bool {
+    ENVIRONMENT.get().is_some_and(|e| e.addr.is_some())
 }
 
 /// What the agent remembers about its computation, across reconnections
@@ -424,9 +441,10 @@ pub fn run() {
     block_program_signals(sig);
     signals::CT_TID.store(sys::gettid(), Ordering::Release);
     // A child of fork() carries on with what its parent knew.
+    let env = ENVIRONMENT.get();
     let mut s = inherited().unwrap_or_else(|| Session {
-        addr: addr_from_env(),
-        secret: std::env::var("STASIS_COORD_SECRET").ok().and_then(|h| auth::from_hex(&h)),
+        addr: env.and_then(|e| e.addr.clone()),
+        secret: env.and_then(|e| e.secret.clone()),
         generation: 0,
         computation: 0,
         interval_s: 0,
@@ -439,7 +457,10 @@ pub fn run() {
         let c = match conn.take() {
             Some(c) => c,
             None => {
-                let Some(addr) = s.addr.clone() else { return };
+                let Some(addr) = s.addr.clone() else {
+                    log("no coordinator address (STASIS_COORD_ADDR); this process is not checkpointed");
+                    return;
+                };
                 match tree::without_fork(|| connect(&addr, s.secret.as_deref())) {
                     Ok(c) => {
                         complained = false;

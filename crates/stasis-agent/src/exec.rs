@@ -27,30 +27,56 @@ pub fn set_current(addr: &str) {
     }
 }
 
-/// Records the current address, and puts it into `environ` too.
+/// Records the current address, and puts it into `environ` too, through
+/// libc's own setenv (found past the program, which may define its own
+/// on tables of its own, as a shell does), for the programs libc starts
+/// from `environ` itself (system, popen). Only while the program runs:
+/// setenv takes libc's lock and mallocs.
 pub fn set_address(addr: &str) {
-    let Ok(value) = CString::new(addr) else { return };
-    let current = CURRENT.load(Ordering::Acquire);
-    // SAFETY: a non-null CURRENT is a CString leaked by set_current, never freed.
-    if current.is_null() || unsafe { CStr::from_ptr(current) }.to_bytes().get(VAR.len()..) != Some(addr.as_bytes()) {
-        set_current(addr);
+    set_current(addr);
+    if env_var("STASIS_COORD_ADDR").as_deref() == Some(addr) {
+        return;
     }
-    // No fork may start while libc's environment lock is held here (the
-    // child would inherit it taken); and not Rust's std::env, whose own
-    // lock a child forked while it is held would keep forever.
+    let f = REAL_SETENV.load(Ordering::Acquire);
+    let Ok(value) = CString::new(addr) else { return };
+    if f == 0 {
+        return;
+    }
+    // SAFETY: dlsym found libc's setenv, of this signature.
+    let setenv: SetenvFn = unsafe { std::mem::transmute::<usize, SetenvFn>(f) };
+    // No fork may start while libc's environment lock is held (the child
+    // would inherit it taken).
     crate::tree::without_fork(|| {
-        // SAFETY: getenv returns a C string or null; called from the
-        // checkpoint thread while the program runs (never while its threads
-        // are stopped, which may hold libc's locks).
-        let now = unsafe { libc::getenv(c"STASIS_COORD_ADDR".as_ptr()) };
-        // SAFETY: a non-null getenv result is a C string.
-        let differs = now.is_null() || unsafe { CStr::from_ptr(now) } != value.as_c_str();
-        if differs {
-            // SAFETY: NUL-terminated name and value; glibc's setenv locks
-            // against other setenv calls of the program.
-            unsafe { libc::setenv(c"STASIS_COORD_ADDR".as_ptr(), value.as_ptr(), 1) };
-        }
+        // SAFETY: NUL-terminated name and value.
+        unsafe { setenv(c"STASIS_COORD_ADDR".as_ptr(), value.as_ptr(), 1) };
     });
+}
+
+type SetenvFn = unsafe extern "C" fn(*const c_char, *const c_char, c_int) -> c_int;
+static REAL_SETENV: AtomicUsize = AtomicUsize::new(0);
+
+/// The value of environment variable `name` as the process started with it,
+/// read from `environ` itself: the program's getenv may be its own (a
+/// shell's answers from tables it is still building while it starts).
+pub fn env_var(name: &str) -> Option<String> {
+    let env = current_environ();
+    if env.is_null() {
+        return None;
+    }
+    let mut i = 0;
+    loop {
+        // SAFETY: `environ` is a null-terminated array of C strings.
+        let e = unsafe { *env.add(i) };
+        if e.is_null() {
+            return None;
+        }
+        // SAFETY: every entry is a C string.
+        let bytes = unsafe { CStr::from_ptr(e) }.to_bytes();
+        if let Some(value) = bytes.strip_prefix(name.as_bytes()).and_then(|r| r.strip_prefix(b"=")) {
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+        i += 1;
+    }
 }
 
 /// `envp` with its STASIS_COORD_ADDR entry replaced by the current one, or
@@ -100,6 +126,7 @@ pub fn resolve_real_functions() {
         (&REAL_EXECVPE, c"execvpe"),
         (&REAL_POSIX_SPAWN, c"posix_spawn"),
         (&REAL_POSIX_SPAWNP, c"posix_spawnp"),
+        (&REAL_SETENV, c"setenv"),
     ] {
         // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
         cache.store(unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize, Ordering::Release);

@@ -30,10 +30,12 @@ pub(crate) static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc::new();
 const DEFAULT_SIGNAL: i32 = 62;
 
 extern "C" fn init() {
-    if std::env::var_os("STASIS_COORD_ADDR").is_none() && std::env::var_os("STASIS_COORD_SOCKET").is_none() {
+    // Read here, before the program's main: see `exec::env_var`.
+    control::remember_environment();
+    if !control::under_stasis() {
         return; // not under stasis: stay out of the way
     }
-    let sig = std::env::var("STASIS_CKPT_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
+    let sig = exec::env_var("STASIS_CKPT_SIGNAL").and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
     control::remember_name();
     signals::resolve_real_functions();
     exec::resolve_real_functions();
