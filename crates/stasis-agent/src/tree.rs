@@ -28,9 +28,10 @@ pub static WRITER_PIPE_FD: AtomicI32 = AtomicI32::new(-1);
 pub static WRITER_PID: AtomicI32 = AtomicI32::new(0);
 
 /// Keeps fork() out of the moments when the checkpoint thread holds a
-/// descriptor of its own while the program runs (connecting, reading its
-/// name), so that no child inherits one: bit 0 is set by a fork being
-/// prepared, the rest counts the checkpoint thread's sections.
+/// descriptor or a libc lock of its own while the program runs (connecting,
+/// setting the environment), so that no child inherits one: bit 0 is set
+/// by a fork being prepared, the rest counts the checkpoint thread's
+/// sections.
 static FD_GUARD: AtomicU32 = AtomicU32::new(0);
 /// How long a fork waits for such a section: a TCP connect to a coordinator
 /// that does not answer may take seconds, and the program must not wait
