@@ -157,6 +157,55 @@ pub fn peek(fd: i32) -> Result<Vec<u8>, String> {
 /// The socket is the program's: its peek offset is put back after (the
 /// program is stopped meanwhile).
 pub fn peek_messages(fd: i32) -> Result<Vec<Vec<u8>>, String> {
+    // The peek offset belongs to the socket, which other processes of the
+    // computation may hold too, their writers peeking it at this very
+    // moment: one at a time, through a lock file named by the socket.
+    let _lock = PeekLock::take(fd);
+    peek_messages_locked(fd)
+}
+
+/// An exclusive flock on /dev/shm/.stasis-peek-UID-INODE (or in /tmp),
+/// removed when dropped.
+struct PeekLock {
+    file: Option<std::fs::File>,
+    path: std::path::PathBuf,
+}
+
+impl PeekLock {
+    fn take(fd: i32) -> PeekLock {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|m| m.ino()).unwrap_or(0);
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+        let path = std::path::PathBuf::from(format!("{dir}/.stasis-peek-{uid}-{ino}"));
+        // The holder removes the file before it lets go: a waiter that then
+        // gets the lock of a removed file tries again.
+        for _ in 0..100 {
+            let open = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path);
+            let Ok(f) = open else { break };
+            // SAFETY: flock on our own descriptor; waits for the other writers.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            let same = std::fs::metadata(&path).ok().map(|m| m.ino()) == f.metadata().ok().map(|m| m.ino());
+            if same {
+                return PeekLock { file: Some(f), path };
+            }
+        }
+        PeekLock { file: None, path }
+    }
+}
+
+impl Drop for PeekLock {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take() {
+            let _ = std::fs::remove_file(&self.path);
+            drop(f);
+        }
+    }
+}
+
+fn peek_messages_locked(fd: i32) -> Result<Vec<Vec<u8>>, String> {
     const MAX_MESSAGES: usize = 4096;
     let old = sockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
     let set = |v: libc::c_int| {

@@ -23,7 +23,7 @@ mod tree;
 mod vdso;
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -57,21 +57,27 @@ impl Spawned {
     }
 
     /// Waits for the restored program and returns its exit status.
-    pub fn wait(mut self) -> io::Result<ExitStatus> {
+    /// Background processes the program left may run on after it (in
+    /// their namespace, under its init), as they would have without stasis.
+    pub fn wait(self) -> io::Result<ExitStatus> {
+        // One line, written when the roots have ended.
+        let mut report = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&self.status), &mut report);
         let mut st = 0;
-        loop {
-            // SAFETY: waitpid writes one int.
-            let r = unsafe { libc::waitpid(self.init_pid, &mut st, 0) };
-            if r >= 0 {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(e);
+        if report.is_empty() {
+            // No report: init ended without one; its status says how.
+            loop {
+                // SAFETY: waitpid writes one int.
+                let r = unsafe { libc::waitpid(self.init_pid, &mut st, 0) };
+                if r >= 0 {
+                    break;
+                }
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(e);
+                }
             }
         }
-        let mut report = String::new();
-        let _ = self.status.read_to_string(&mut report);
         let report = report.trim();
         if let Some(code) = report.strip_prefix("exit ").and_then(|c| c.parse::<i32>().ok()) {
             return Ok(ExitStatus::from_raw(code << 8));

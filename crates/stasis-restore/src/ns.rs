@@ -277,6 +277,20 @@ fn init(mut status: File, uid: u32, gid: u32, roots: &Roots<'_>, restore: &impl 
             report_end(&mut status, st);
         }
     }
+    // Restart returns with the roots' status. Processes the program left
+    // running in the background go on, as they did under launch (and
+    // under dmtcp_restart): this namespace lives until the last of them
+    // ends, with nothing of restart's held open here.
+    drop(status);
+    close_all_but(&[]);
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes one int.
+        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break; // ECHILD: nobody left
+        }
+    }
     std::process::exit(0);
 }
 
