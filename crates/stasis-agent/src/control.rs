@@ -54,7 +54,11 @@ static ENVIRONMENT: std::sync::OnceLock<Environment> = std::sync::OnceLock::new(
 /// in the constructor (before the program's main, and before it can change
 /// or shadow its environment).
 pub fn remember_environment() {
-    let addr = crate::exec::env_var("STASIS_COORD_ADDR")
+    let text = crate::exec::env_var("STASIS_COORD_ADDR");
+    if let Some(t) = &text {
+        crate::exec::remember_address(t);
+    }
+    let addr = text
         .and_then(|s| parse_addr(&s))
         .or_else(|| crate::exec::env_var("STASIS_COORD_SOCKET").map(|p| Addr::Unix(p.into())));
     let secret = crate::exec::env_var("STASIS_COORD_SECRET").and_then(|h| auth::from_hex(&h));

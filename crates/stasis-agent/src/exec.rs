@@ -32,9 +32,16 @@ pub fn set_current(addr: &str) {
 /// on tables of its own, as a shell does), for the programs libc starts
 /// from `environ` itself (system, popen). Only while the program runs:
 /// setenv takes libc's lock and mallocs.
+///
+/// `environ` itself is never read here: the program may be changing it
+/// this very moment (setenv frees the array it replaces), and only libc's
+/// lock orders the two. What it holds is known instead: the value read in
+/// the constructor, then what was set here.
 pub fn set_address(addr: &str) {
     set_current(addr);
-    if env_var("STASIS_COORD_ADDR").as_deref() == Some(addr) {
+    let in_environ = IN_ENVIRON.load(Ordering::Acquire);
+    // SAFETY: a non-null IN_ENVIRON is a CString leaked below or by `remember`.
+    if !in_environ.is_null() && unsafe { CStr::from_ptr(in_environ) }.to_bytes() == addr.as_bytes() {
         return;
     }
     let f = REAL_SETENV.load(Ordering::Acquire);
@@ -50,6 +57,17 @@ pub fn set_address(addr: &str) {
         // SAFETY: NUL-terminated name and value.
         unsafe { setenv(c"STASIS_COORD_ADDR".as_ptr(), value.as_ptr(), 1) };
     });
+    IN_ENVIRON.store(value.into_raw(), Ordering::Release);
+}
+
+/// The address `environ` holds (as far as the agent knows), or null.
+static IN_ENVIRON: AtomicPtr<c_char> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Records the address the process started with (from the constructor).
+pub fn remember_address(addr: &str) {
+    if let Ok(c) = CString::new(addr) {
+        IN_ENVIRON.store(c.into_raw(), Ordering::Release);
+    }
 }
 
 type SetenvFn = unsafe extern "C" fn(*const c_char, *const c_char, c_int) -> c_int;
@@ -58,6 +76,7 @@ static REAL_SETENV: AtomicUsize = AtomicUsize::new(0);
 /// The value of environment variable `name` as the process started with it,
 /// read from `environ` itself: the program's getenv may be its own (a
 /// shell's answers from tables it is still building while it starts).
+/// Only from the constructor: later the program may be changing `environ`.
 pub fn env_var(name: &str) -> Option<String> {
     let env = current_environ();
     if env.is_null() {

@@ -39,6 +39,12 @@ const UNITS: usize = 9;
 /// that calls them all and prints a line per unit and a final one, and a
 /// Makefile whose object rule sleeps before compiling, so that the build
 /// takes a few seconds with two jobs.
+///
+/// The compiler runs with `-pipe`: its passes talk through pipes (which
+/// the checkpoint holds, bytes in flight included) rather than through
+/// temporary files, which are not part of a checkpoint (as in DMTCP): the
+/// killed run, going on a moment after the checkpoint, may remove one that
+/// the restarted compiler still counts on.
 fn write_project(dir: &Path) {
     for i in 1..=UNITS {
         let src = format!(
@@ -61,7 +67,7 @@ fn write_project(dir: &Path) {
     fs::write(dir.join("main.c"), main).unwrap();
     let objects: Vec<String> = (1..=UNITS).map(|i| format!("u{i}.o")).chain(["main.o".into()]).collect();
     let makefile = format!(
-        "OBJS = {}\n\nprog: $(OBJS)\n\tcc -o $@ $(OBJS)\n\n%.o: %.c\n\tsleep 0.3\n\tcc -O1 -c -o $@ $<\n",
+        "OBJS = {}\n\nprog: $(OBJS)\n\tcc -o $@ $(OBJS)\n\n%.o: %.c\n\tsleep 0.3\n\tcc -O1 -pipe -c -o $@ $<\n",
         objects.join(" ")
     );
     fs::write(dir.join("Makefile"), makefile).unwrap();
