@@ -514,7 +514,13 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
             } else {
                 String::new()
             };
-            FdKind::Pipe { id: st.st_ino, write, flags, size, fifo: path }
+            // With no writer left a read end polls POLLHUP; with no reader
+            // left a write end polls POLLERR.
+            let mut p = libc::pollfd { fd, events: if write { libc::POLLOUT } else { libc::POLLIN }, revents: 0 };
+            // SAFETY: poll of one pollfd, not waiting.
+            unsafe { libc::poll(&mut p, 1, 0) };
+            let peer_gone = p.revents & if write { libc::POLLERR } else { libc::POLLHUP } != 0;
+            FdKind::Pipe { id: st.st_ino, write, flags, size, fifo: path, peer_gone }
         } else {
             kind
         };

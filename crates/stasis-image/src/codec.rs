@@ -244,13 +244,14 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                     e.u64(t.data);
                 });
             }
-            FdKind::Pipe { id, write, flags, size, fifo } => {
+            FdKind::Pipe { id, write, flags, size, fifo, peer_gone } => {
                 e.u8(10);
                 e.u64(*id);
                 e.bool(*write);
                 e.u32(*flags);
                 e.u32(*size);
                 e.str(fifo);
+                e.bool(*peer_gone);
             }
             FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id, options } => {
                 e.u8(11);
@@ -425,7 +426,14 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 flags: d.u32()?,
                 targets: d.vec(16, |d| Ok(EpollTarget { fd: d.i32()?, events: d.u32()?, data: d.u64()? }))?,
             },
-            10 => FdKind::Pipe { id: d.u64()?, write: d.bool()?, flags: d.u32()?, size: d.u32()?, fifo: d.str()? },
+            10 => FdKind::Pipe {
+                id: d.u64()?,
+                write: d.bool()?,
+                flags: d.u32()?,
+                size: d.u32()?,
+                fifo: d.str()?,
+                peer_gone: d.bool()?,
+            },
             11 => FdKind::Socket {
                 id: d.u64()?,
                 domain: d.i32()?,

@@ -231,7 +231,10 @@ pub enum FdKind {
     /// One end of a pipe. `id` (the pipe's inode) is shared by every
     /// descriptor of one pipe, in every process of the computation; `size`
     /// is its capacity; `fifo` is the path of a named pipe (empty for a
-    /// pipe(2)), which restart opens again whoever holds its other end. The bytes in flight are `FileContents` chunks of the
+    /// pipe(2)), which restart opens again whoever holds its other end;
+    /// `peer_gone` says that no process at all held the other end any more
+    /// (a reader whose writers have all exited still has bytes to read,
+    /// then end of file). The bytes in flight are `FileContents` chunks of the
     /// pipe's first descriptor in `fds` (every process holding the pipe
     /// saves them; all copies are of one instant). A pipe with only one end
     /// in the computation leads outside it: at 0-2 restart hands it its own
@@ -242,6 +245,7 @@ pub enum FdKind {
         flags: u32,
         size: u32,
         fifo: String,
+        peer_gone: bool,
     },
     /// A socket. `id` (its inode) is shared by every descriptor of it in
     /// every process; `local` and `peer` are its addresses as getsockname

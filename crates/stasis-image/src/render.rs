@@ -256,9 +256,10 @@ pub fn render(m: &ProcessMeta) -> String {
                 let watched: Vec<String> = targets.iter().map(|t| format!("{}:{:#x}", t.fd, t.events)).collect();
                 format!("epoll flags {flags:#o} watching [{}]", watched.join(" "))
             }
-            FdKind::Pipe { id, write, flags, size, fifo } => {
+            FdKind::Pipe { id, write, flags, size, fifo, peer_gone } => {
                 let what = if fifo.is_empty() { format!("pipe {id}") } else { format!("fifo {}", clean(fifo)) };
-                format!("{what} {} end flags {flags:#o} capacity {size}", if *write { "write" } else { "read" })
+                let gone = if *peer_gone { ", other end closed" } else { "" };
+                format!("{what} {} end flags {flags:#o} capacity {size}{gone}", if *write { "write" } else { "read" })
             }
             FdKind::Inotify { flags, watches, unread } => {
                 let w: Vec<String> =

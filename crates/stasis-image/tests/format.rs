@@ -262,8 +262,9 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
             )
         )
             .prop_map(|(flags, targets)| FdKind::Epoll { flags, targets }),
-        (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), arb_string())
-            .prop_map(|(id, write, flags, size, fifo)| FdKind::Pipe { id, write, flags, size, fifo }),
+        (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), arb_string(), any::<bool>()).prop_map(
+            |(id, write, flags, size, fifo, peer_gone)| FdKind::Pipe { id, write, flags, size, fifo, peer_gone }
+        ),
         (
             (any::<u64>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<u32>(), any::<bool>()),
             proptest::collection::vec(any::<u8>(), 0..40),

@@ -102,25 +102,29 @@ impl SharedPipes {
     pub fn create(images: &[&ImageReader], min_fd: i32) -> Result<SharedPipes, String> {
         // (read end seen, write end seen, capacity, fifo path) per pipe, in
         // order of appearance.
-        let mut seen: Vec<(u64, bool, bool, u32, &str)> = Vec::new();
+        // (id, read end seen, write end seen, capacity, fifo path, the
+        // other end was closed by everyone) per pipe, in order of appearance.
+        let mut seen: Vec<(u64, bool, bool, u32, &str, bool)> = Vec::new();
         for image in images {
             for f in &image.meta().fds {
-                let FdKind::Pipe { id, write, size, ref fifo, .. } = f.kind else { continue };
+                let FdKind::Pipe { id, write, size, ref fifo, peer_gone, .. } = f.kind else { continue };
                 match seen.iter_mut().find(|p| p.0 == id) {
                     Some(p) => {
                         p.1 |= !write;
                         p.2 |= write;
                         p.3 = p.3.max(size);
+                        p.5 &= peer_gone;
                     }
-                    None => seen.push((id, !write, write, size, fifo)),
+                    None => seen.push((id, !write, write, size, fifo, peer_gone)),
                 }
             }
         }
         let mut pipes = SharedPipes { ends: HashMap::new(), fifos: Vec::new() };
-        for (id, read, write, size, fifo) in seen {
+        for (id, read, write, size, fifo, peer_gone) in seen {
             // A named pipe is opened again by its path, whoever holds its
-            // other end; a pipe(2) only when both ends are ours.
-            if fifo.is_empty() && !(read && write) {
+            // other end; a pipe(2) when both ends are ours, or when the other
+            // end is nobody's (a reader still has bytes, then end of file).
+            if fifo.is_empty() && !(read && write) && !peer_gone {
                 continue; // the other end is outside the computation
             }
             let contents = pipe_contents(images, id)?;
@@ -135,6 +139,17 @@ impl SharedPipes {
                 kobj::fifo(fifo, size, &contents, min_fd, &mut warn).map(|fd| (fd, fd))
             };
             match made {
+                Ok((r, w)) if fifo.is_empty() && !(read && write) => {
+                    // The end nobody holds any more is closed again.
+                    let ends = if read {
+                        close(w);
+                        (r, -1)
+                    } else {
+                        close(r);
+                        (-1, w)
+                    };
+                    pipes.ends.insert(id, ends);
+                }
                 Ok(ends) => {
                     pipes.ends.insert(id, ends);
                 }
@@ -152,7 +167,7 @@ impl SharedPipes {
     }
 
     fn fds(&self) -> Vec<i32> {
-        let mut fds: Vec<i32> = self.ends.values().flat_map(|&(r, w)| [r, w]).collect();
+        let mut fds: Vec<i32> = self.ends.values().flat_map(|&(r, w)| [r, w]).filter(|&fd| fd >= 0).collect();
         fds.dedup();
         fds
     }
