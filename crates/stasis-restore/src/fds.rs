@@ -190,17 +190,26 @@ impl SharedPipes {
 /// The bytes in flight of pipe `id`, from the first image that saved them
 /// (all copies are of one instant).
 fn pipe_contents(images: &[&ImageReader], id: u64) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    saved_contents(images, |k| matches!(k, FdKind::Pipe { id: other, .. } if *other == id))
+}
+
+/// The file-contents chunks (offset, bytes), in order, that the first image
+/// holding any saved for a descriptor whose kind `is_it` picks. An object
+/// several processes share is saved by each, all of one instant: any copy
+/// will do.
+pub fn saved_contents(images: &[&ImageReader], is_it: impl Fn(&FdKind) -> bool) -> Result<Vec<(u64, Vec<u8>)>, String> {
     for image in images {
         let meta = image.meta();
         let mut out = Vec::new();
         for c in &meta.chunks {
             if let ChunkKind::FileContents { fd_index, offset } = c.kind
-                && matches!(meta.fds[fd_index as usize].kind, FdKind::Pipe { id: other, .. } if other == id)
+                && is_it(&meta.fds[fd_index as usize].kind)
             {
                 out.push((offset, image.chunk_data(c).map_err(|e| e.to_string())?));
             }
         }
         if !out.is_empty() {
+            out.sort_by_key(|(o, _)| *o);
             return Ok(out);
         }
     }

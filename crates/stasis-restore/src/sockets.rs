@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 
-use stasis_image::{ChunkKind, FdKind, ImageReader, SockOpt};
+use stasis_image::{FdKind, ImageReader, SockOpt};
 
 /// One socket of the computation, as first seen in the images.
 struct Seen<'a> {
@@ -96,11 +96,27 @@ fn unix_path(addr: &[u8]) -> Option<&[u8]> {
     Some(path.split(|&c| c == 0).next().unwrap_or(path))
 }
 
+/// Runs `f` from `cwd` when `addr` names a relative path (relative socket
+/// paths are the program's, relative to its working directory), then goes
+/// back to where restart was.
+fn from_dir<R>(addr: &[u8], cwd: &str, f: impl FnOnce() -> R) -> R {
+    let relative = unix_path(addr).is_some_and(|p| p.first() != Some(&b'/'));
+    let here = std::env::current_dir().ok();
+    let moved = relative && std::env::set_current_dir(cwd).is_ok();
+    let r = f();
+    if moved && let Some(here) = here {
+        let _ = std::env::set_current_dir(here);
+    }
+    r
+}
+
 /// Binds a Unix socket where it was, from `cwd` for a relative path, after
 /// removing the socket file its dead predecessor left.
 fn bind_unix(fd: i32, addr: &[u8], cwd: &str) -> Result<(), String> {
-    let here = std::env::current_dir().ok();
-    let moved = unix_path(addr).is_some_and(|p| p.first() != Some(&b'/')) && std::env::set_current_dir(cwd).is_ok();
+    from_dir(addr, cwd, || bind_unix_here(fd, addr))
+}
+
+fn bind_unix_here(fd: i32, addr: &[u8]) -> Result<(), String> {
     if let Some(path) = unix_path(addr) {
         use std::os::unix::ffi::OsStrExt;
         use std::os::unix::fs::FileTypeExt;
@@ -109,22 +125,12 @@ fn bind_unix(fd: i32, addr: &[u8], cwd: &str) -> Result<(), String> {
             let _ = std::fs::remove_file(path);
         }
     }
-    let r = bind(fd, addr);
-    if moved && let Some(here) = here {
-        let _ = std::env::set_current_dir(here);
-    }
-    r
+    bind(fd, addr)
 }
 
 /// Connects to a Unix socket address, from `cwd` for a relative path.
 fn connect_unix(fd: i32, addr: &[u8], cwd: &str) -> Result<(), String> {
-    let here = std::env::current_dir().ok();
-    let moved = unix_path(addr).is_some_and(|p| p.first() != Some(&b'/')) && std::env::set_current_dir(cwd).is_ok();
-    let r = connect(fd, addr);
-    if moved && let Some(here) = here {
-        let _ = std::env::set_current_dir(here);
-    }
-    r
+    from_dir(addr, cwd, || connect(fd, addr))
 }
 
 /// Binds `fd` to `addr` the way its family wants.
@@ -333,15 +339,11 @@ impl SharedSockets {
                 continue;
             }
             let sender = new_socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)?;
-            let here = std::env::current_dir().ok();
-            let relative = unix_path(s.local).is_some_and(|p| p.first() != Some(&b'/'));
-            let moved = relative && std::env::set_current_dir(s.cwd).is_ok();
-            for m in &msgs {
-                send_message(sender, Some(s.local), m, s.id, warn);
-            }
-            if moved && let Some(here) = here {
-                let _ = std::env::set_current_dir(here);
-            }
+            from_dir(s.local, s.cwd, || {
+                for m in &msgs {
+                    send_message(sender, Some(s.local), m, s.id, warn);
+                }
+            });
             close(sender);
         }
         for (i, fd) in listeners {
@@ -435,12 +437,7 @@ fn stream_pair(
             && let Some(path) = unix_path(server.local)
         {
             use std::os::unix::ffi::OsStrExt;
-            let here = std::env::current_dir().ok();
-            let relative = path.first() != Some(&b'/') && std::env::set_current_dir(server.cwd).is_ok();
-            let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(path));
-            if relative && let Some(here) = here {
-                let _ = std::env::set_current_dir(here);
-            }
+            from_dir(server.local, server.cwd, || std::fs::remove_file(std::ffi::OsStr::from_bytes(path)).ok());
         }
     }
     result
@@ -449,22 +446,8 @@ fn stream_pair(
 /// What socket `id` had not read, from the first image that saved it: its
 /// chunks in order (for a datagram or seqpacket socket, one message each).
 fn contents(images: &[&ImageReader], id: u64) -> Result<Vec<Vec<u8>>, String> {
-    for image in images {
-        let meta = image.meta();
-        let mut parts = Vec::new();
-        for c in &meta.chunks {
-            if let ChunkKind::FileContents { fd_index, offset } = c.kind
-                && matches!(meta.fds[fd_index as usize].kind, FdKind::Socket { id: other, .. } if other == id)
-            {
-                parts.push((offset, image.chunk_data(c).map_err(|e| e.to_string())?));
-            }
-        }
-        if !parts.is_empty() {
-            parts.sort_by_key(|(o, _)| *o);
-            return Ok(parts.into_iter().map(|(_, d)| d).collect());
-        }
-    }
-    Ok(Vec::new())
+    let parts = crate::fds::saved_contents(images, |k| matches!(k, FdKind::Socket { id: other, .. } if *other == id))?;
+    Ok(parts.into_iter().map(|(_, d)| d).collect())
 }
 
 /// Sends one message from `from` (to `dest`, or its peer), for socket `to`.
