@@ -266,9 +266,7 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
     // The read end stays open while the program runs on: out of the way of
     // the descriptor numbers it chooses (the program is stopped now).
     for fd in &mut fds {
-        // SAFETY: F_DUPFD_CLOEXEC of our new descriptor, then closing it.
-        let high = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 900) };
-        if high >= 0 {
+        if let Some(high) = sys::dup_high(*fd) {
             sys::close(*fd);
             *fd = high;
         }

@@ -131,22 +131,9 @@ fn set_read_timeout(conn: &File, limit: Option<Duration>) {
     }
 }
 
-/// The agent's connection sits at a high descriptor number, out of the way
-/// of the numbers programs choose themselves (a shell's `exec 3>file`
-/// closes whatever fd 3 was and reuses the number).
-const HIGH_FD: i32 = 900;
-
+/// The agent's connection sits at a high descriptor number (`sys::dup_high`).
 fn out_of_the_way(conn: File) -> File {
-    // SAFETY: a zeroed rlimit is valid; getrlimit fills it.
-    let mut l: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `l` is a valid rlimit to write.
-    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0 { l.rlim_cur } else { 1024 };
-    let min = (HIGH_FD as u64).min(limit.saturating_sub(64)).max(3) as i32;
-    // SAFETY: F_DUPFD_CLOEXEC on our own descriptor.
-    let high = unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
-    if high < 0 {
-        return conn;
-    }
+    let Some(high) = sys::dup_high(conn.as_raw_fd()) else { return conn };
     discard(conn);
     // SAFETY: `high` was just made and is owned here.
     unsafe { File::from_raw_fd(high) }
@@ -241,7 +228,7 @@ pub fn restored(agent_fd: i32) {
     }
 }
 
-/// A socket of `family` at a high descriptor (see `HIGH_FD`).
+/// A socket of `family` at a high descriptor (see `sys::dup_high`).
 fn high_socket(family: i32) -> Result<File, String> {
     // SAFETY: plain socket creation.
     let low = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };

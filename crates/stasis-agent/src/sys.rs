@@ -279,6 +279,23 @@ pub fn close(fd: i32) {
     let _ = syscall_nomem(libc::SYS_close, [fd as usize, 0, 0, 0, 0, 0]);
 }
 
+/// Where the agent keeps the descriptors it holds while the program runs:
+/// high, out of the way of the numbers programs choose themselves (a
+/// shell's `exec 3>file` closes whatever fd 3 was and reuses the number).
+const HIGH_FD: u64 = 900;
+
+/// A copy of `fd` at a high number (below the soft RLIMIT_NOFILE, with
+/// room to spare), close-on-exec; `fd` itself is left to the caller. None
+/// when there is no such number.
+pub fn dup_high(fd: i32) -> Option<i32> {
+    // SAFETY: a zeroed rlimit is valid; getrlimit fills it.
+    let mut l: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `l` is a valid rlimit to write.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0 { l.rlim_cur } else { 1024 };
+    let min = HIGH_FD.min(limit.saturating_sub(64)).max(3) as usize;
+    syscall_nomem(libc::SYS_fcntl, [fd as usize, libc::F_DUPFD_CLOEXEC as usize, min, 0, 0, 0]).ok().map(|n| n as i32)
+}
+
 /// Blocks (SIG_BLOCK) or unblocks (SIG_UNBLOCK) one signal in the calling
 /// thread, without libc (whose wrapper we replace).
 pub fn sigmask_one(how: i32, sig: i32) {

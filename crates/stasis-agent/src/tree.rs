@@ -118,20 +118,15 @@ fn prepare_fork_peer(conn: i32) {
         return;
     }
     let family = i32::from(u16::from_ne_bytes([sa[0], sa[1]]));
-    // SAFETY: plain socket creation, then F_DUPFD_CLOEXEC of it to a high
-    // number and closing the low one: all before the program runs again.
-    let high = unsafe {
-        let low = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if low < 0 {
-            return;
-        }
-        let high = libc::fcntl(low, libc::F_DUPFD_CLOEXEC, 900);
-        libc::close(low);
-        high
-    };
-    if high < 0 {
+    // SAFETY: plain socket creation; moved to a high number, the low one
+    // closed: all before the program runs again.
+    let low = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if low < 0 {
         return;
     }
+    let high = sys::dup_high(low);
+    sys::close(low);
+    let Some(high) = high else { return };
     // SAFETY: only this handler writes FORK_PEER, before any reader exists.
     unsafe { *FORK_PEER.0.get() = Some((high, sa, (len as usize).min(sa.len()))) };
 }

@@ -149,22 +149,11 @@ pub fn pipe(size: u32, contents: &[(u64, Vec<u8>)], min: i32, warn: &mut dyn FnM
     if size > 0 && unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, size as libc::c_int) } < 0 {
         warn(format!("capacity {size} not granted ({})", io::Error::last_os_error()));
     }
-    let mut parts: Vec<&(u64, Vec<u8>)> = contents.iter().collect();
-    parts.sort_by_key(|(offset, _)| *offset);
-    for (_, bytes) in parts {
-        let mut done = 0;
-        while done < bytes.len() {
-            // SAFETY: writes from a live buffer to our pipe.
-            let n = unsafe { libc::write(w, bytes[done..].as_ptr().cast(), bytes.len() - done) };
-            if n <= 0 {
-                return fail(io::Error::other(format!(
-                    "the {} bytes in flight do not fit in it ({})",
-                    contents.iter().map(|(_, b)| b.len()).sum::<usize>(),
-                    io::Error::last_os_error()
-                )));
-            }
-            done += n as usize;
-        }
+    if let Err(e) = put_in_flight(w, contents) {
+        return fail(io::Error::other(format!(
+            "the {} bytes in flight do not fit in it ({e})",
+            contents.iter().map(|(_, b)| b.len()).sum::<usize>()
+        )));
     }
     // Blocking again; the caller sets each end's own flags.
     for fd in [r, w] {
@@ -277,16 +266,30 @@ pub fn fifo(
     if size > 0 && unsafe { libc::fcntl(moved, libc::F_SETPIPE_SZ, size as libc::c_int) } < 0 {
         warn(format!("capacity {size} not granted ({})", io::Error::last_os_error()));
     }
+    if let Err(e) = put_in_flight(moved, contents) {
+        let total: usize = contents.iter().map(|(_, b)| b.len()).sum();
+        warn(format!("{total} bytes in flight could not be put back ({e})"));
+    }
+    Ok(moved)
+}
+
+/// Writes the saved bytes in flight, in the order of their offsets, into a
+/// pipe's write end (non-blocking: a pipe too small is an error).
+fn put_in_flight(w: i32, contents: &[(u64, Vec<u8>)]) -> io::Result<()> {
     let mut parts: Vec<&(u64, Vec<u8>)> = contents.iter().collect();
     parts.sort_by_key(|(offset, _)| *offset);
     for (_, bytes) in parts {
-        // SAFETY: writes from a live buffer to our pipe.
-        let n = unsafe { libc::write(moved, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 || n as usize != bytes.len() {
-            warn(format!("{} bytes in flight could not be put back", bytes.len()));
+        let mut done = 0;
+        while done < bytes.len() {
+            // SAFETY: writes from a live buffer to our pipe.
+            let n = unsafe { libc::write(w, bytes[done..].as_ptr().cast(), bytes.len() - done) };
+            if n <= 0 {
+                return Err(io::Error::last_os_error());
+            }
+            done += n as usize;
         }
     }
-    Ok(moved)
+    Ok(())
 }
 
 pub fn disconnected() -> io::Result<i32> {
