@@ -31,6 +31,10 @@ mod terminal;
 // what the agent recorded).
 #[path = "e2e/kernel.rs"]
 mod kernel;
+// Another user on the node against a computation: refused directories,
+// impostor coordinators, floods, the default port (run as root, two users).
+#[path = "e2e/security.rs"]
+mod security;
 
 use std::fs;
 use std::path::{Path, PathBuf};
