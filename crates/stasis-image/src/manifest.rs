@@ -2,24 +2,70 @@
 //! presence (with a valid checksum) is what makes a generation committed.
 //!
 //! ```text
-//! stasis-manifest 1
+//! stasis-manifest 2
 //! generation 3
 //! computation 9f2c...
 //! created 1795512610
 //! interval 60
-//! process 4242 ckpt_a_4242.img a
+//! process 4242 ckpt_a_4242.img a 1052672 5d41...
 //! checksum 0123456789abcdef
 //! ```
+//!
+//! Each process line carries its image's size and digest (the SHA-256 of
+//! the image's header and metadata, which list every chunk with its
+//! checksum), so the manifest vouches for the whole image.
 
 use std::io::{Read, Write};
 use std::path::Path;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::dirfd::Dir;
 use crate::{Error, Result};
 
 pub const MANIFEST: &str = "MANIFEST";
-const FIRST_LINE: &str = "stasis-manifest 1";
+const FIRST_LINE: &str = "stasis-manifest 2";
+const OLD_FIRST_LINE: &str = "stasis-manifest 1";
+
+/// The SHA-256 of an image's 64-byte header followed by its metadata.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The digest of `header` (the 64 bytes at offset 0) and `meta`.
+    pub fn of(header: &[u8], meta: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(header);
+        h.update(meta);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&h.finalize());
+        Digest(out)
+    }
+
+    pub fn parse(hex: &str) -> Option<Digest> {
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Digest(out))
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
 
 /// The record that commits a generation: it is written last.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -37,10 +83,14 @@ pub struct ManifestProcess {
     pub name: String,
     /// Image file name, relative to the generation directory.
     pub image: String,
+    /// The image's length in bytes.
+    pub size: u64,
+    /// The image's header and metadata digest.
+    pub digest: Digest,
 }
 
 /// Image names and program names must fit on one line as single words.
-fn word(s: &str) -> String {
+pub fn word(s: &str) -> String {
     s.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect()
 }
 
@@ -59,7 +109,7 @@ impl Manifest {
             self.generation, self.computation_id, self.created_unix, self.interval_s
         );
         for p in &self.processes {
-            s.push_str(&format!("process {} {} {}\n", p.pid, word(&p.image), word(&p.name)));
+            s.push_str(&format!("process {} {} {} {} {}\n", p.pid, word(&p.image), word(&p.name), p.size, p.digest));
         }
         let sum = xxh3_64(s.as_bytes());
         s.push_str(&format!("checksum {sum:016x}\n"));
@@ -84,7 +134,11 @@ impl Manifest {
             return Err("checksum mismatch".into());
         }
         let mut lines = body.lines();
-        if lines.next() != Some(FIRST_LINE) {
+        let first = lines.next();
+        if first == Some(OLD_FIRST_LINE) {
+            return Err("made by an older stasis; it lists no image digests".into());
+        }
+        if first != Some(FIRST_LINE) {
             return Err(format!("not a stasis manifest (the first line is not {FIRST_LINE:?})"));
         }
         let mut m = Manifest::default();
@@ -101,12 +155,26 @@ impl Manifest {
                 "created" => 2,
                 "interval" => 3,
                 "process" => {
-                    want(4)?;
+                    want(6)?;
                     let pid = words[1].parse().map_err(|_| format!("bad pid in {line:?}"))?;
                     if !valid_image_name(words[2]) {
                         return Err(format!("bad image name in {line:?}"));
                     }
-                    m.processes.push(ManifestProcess { pid, image: words[2].into(), name: words[3].into() });
+                    let size = num(words[4])?;
+                    let digest = Digest::parse(words[5]).ok_or_else(|| format!("bad digest in {line:?}"))?;
+                    if m.processes.iter().any(|p| p.pid == pid) {
+                        return Err(format!("pid {pid} listed twice"));
+                    }
+                    if m.processes.iter().any(|p| p.image == words[2]) {
+                        return Err(format!("image {} listed twice", words[2]));
+                    }
+                    m.processes.push(ManifestProcess {
+                        pid,
+                        image: words[2].into(),
+                        name: words[3].into(),
+                        size,
+                        digest,
+                    });
                     continue;
                 }
                 _ => return Err(format!("unknown line {line:?}")),
@@ -131,21 +199,29 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Writes MANIFEST in `dir` atomically (temporary file, fsync, rename).
-    pub fn write_to(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join("MANIFEST.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+    /// Writes MANIFEST (mode 0600) in the open directory `dir` of a
+    /// generation not yet committed, created afresh, fsynced: the rename
+    /// of the directory is what commits it.
+    pub fn write_in(&self, dir: &Dir) -> std::io::Result<()> {
+        let mut f = dir.create_file(MANIFEST, 0o600)?;
         f.write_all(self.encode().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(MANIFEST))
+        f.sync_all()
     }
 
-    /// Reads and checks `dir/MANIFEST`.
+    /// Reads and checks `dir/MANIFEST` (not through a link).
     pub fn read_from(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST);
+        let d = Dir::open(dir).map_err(|source| Error::Io { path: dir.into(), op: "open", source })?;
+        let f = d.open_file(MANIFEST).map_err(|source| Error::Io { path: path.clone(), op: "read", source })?;
+        Manifest::read_file(f, &path)
+    }
+
+    /// Reads and checks a MANIFEST already open.
+    pub fn read_file(f: std::fs::File, path: &Path) -> Result<Manifest> {
+        let path = path.to_path_buf();
         let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .and_then(|f| f.take(MAX_MANIFEST_LEN + 1).read_to_end(&mut bytes))
+        f.take(MAX_MANIFEST_LEN + 1)
+            .read_to_end(&mut bytes)
             .map_err(|source| Error::Io { path: path.clone(), op: "read", source })?;
         let bad = |what: String| Error::BadManifest { path: path.clone(), what };
         if bytes.len() as u64 > MAX_MANIFEST_LEN {

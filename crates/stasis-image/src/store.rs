@@ -3,19 +3,26 @@
 //!
 //! A generation becomes visible only by the rename of its complete,
 //! fsynced directory, so a checkpoint that dies half-way leaves the
-//! previous generation as it was.
+//! previous generation as it was. Everything here is done through the
+//! checkpoint directory's descriptor, opened once its owner, its mode and
+//! the directories above it were checked (trust.rs): no name inside it is
+//! followed through a link, and nothing is created where something is.
 
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::manifest::MANIFEST;
-use crate::{Error, Manifest, Result};
+use crate::dirfd::Dir;
+use crate::manifest::{MANIFEST, word};
+use crate::trust::untrusted;
+use crate::{Digest, Error, ImageReader, Manifest, ManifestProcess, ProcessMeta, Result};
 
 /// A checkpoint directory holding generations.
 #[derive(Debug)]
 pub struct CheckpointDir {
+    /// Canonical.
     pub path: PathBuf,
+    dir: Dir,
 }
 
 /// A committed generation.
@@ -30,10 +37,40 @@ pub struct Generation {
 pub struct PendingGeneration {
     pub number: u64,
     pub path: PathBuf,
+    dir: Dir,
+}
+
+/// Which generation of a checkpoint directory restart takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Choice {
+    /// The newest; refused if it is damaged.
+    #[default]
+    Newest,
+    /// Exactly this one.
+    Exactly(u64),
+    /// The newest intact one, saying so if that is not the newest.
+    Fallback,
+}
+
+/// What restart may restore, every check made: the images, open.
+#[derive(Debug)]
+pub struct Restartable {
+    pub images: Vec<ImageReader>,
+    /// The MANIFEST that vouches for the images (none for a lone image).
+    pub manifest: Option<Manifest>,
+    pub generation_dir: Option<PathBuf>,
+    /// The checkpoint directory the generation belongs to.
+    pub ckpt_dir: Option<PathBuf>,
+    /// Said to the user: a generation other than the newest was taken.
+    pub note: Option<String>,
 }
 
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::Io { path: path.into(), op, source }
+}
+
+fn refused(path: &Path, msg: String) -> Error {
+    Error::Refused { path: path.into(), msg }
 }
 
 fn committed_name(n: u64) -> String {
@@ -60,8 +97,85 @@ fn parse_name(name: &str) -> Option<(u64, bool)> {
     (canonical == name).then_some((n, partial))
 }
 
-fn fsync_dir(path: &Path) -> Result<()> {
-    fs::File::open(path).and_then(|d| d.sync_all()).map_err(io(path, "fsync"))
+/// What is wrong with a generation: `rel` names the file in it (none:
+/// the directory itself), `text` is the rest of the sentence.
+#[derive(Debug)]
+struct Damage {
+    rel: Option<String>,
+    text: String,
+}
+
+impl Damage {
+    fn dir(text: String) -> Damage {
+        Damage { rel: None, text }
+    }
+    fn file(rel: &str, text: String) -> Damage {
+        Damage { rel: Some(rel.into()), text }
+    }
+    /// The whole line, for a generation asked for by name.
+    fn full(&self, gen_path: &Path) -> String {
+        match &self.rel {
+            Some(r) => format!("{}{}", gen_path.join(r).display(), self.text),
+            None => format!("{}{}", gen_path.display(), self.text),
+        }
+    }
+    /// In brackets after "gen-N is damaged".
+    fn short(&self) -> String {
+        match &self.rel {
+            Some(r) => format!("{r}{}", self.text),
+            None => self.text.trim_start_matches([':', ' ']).to_string(),
+        }
+    }
+}
+
+/// `e` without the path its message starts with.
+fn after_path(e: &Error, path: &Path) -> String {
+    let text = e.to_string();
+    match text.strip_prefix(&*path.display().to_string()) {
+        Some(rest) => rest.to_string(),
+        None => format!(": {text}"),
+    }
+}
+
+fn open_error(e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound { " is missing".into() } else { format!(": {e}") }
+}
+
+/// Whether the image `meta` (of `size` bytes, with `digest`) is the one
+/// `p` of manifest `m` lists. The error is the rest of a sentence that
+/// starts with the image's path.
+pub fn check_image(
+    m: &Manifest,
+    p: &ManifestProcess,
+    meta: &ProcessMeta,
+    size: u64,
+    digest: Digest,
+) -> std::result::Result<(), String> {
+    if meta.computation_id != m.computation_id {
+        return Err(format!(
+            " is of computation {:016x}, but the manifest's is {:016x}: another computation's image?",
+            meta.computation_id, m.computation_id
+        ));
+    }
+    if meta.generation != m.generation {
+        return Err(format!(
+            " is of generation {}, but the manifest's is {}: an image of another checkpoint?",
+            meta.generation, m.generation
+        ));
+    }
+    if meta.pid != p.pid {
+        return Err(format!(" is of pid {}, but the manifest lists pid {} for it", meta.pid, p.pid));
+    }
+    if word(&meta.name) != p.name {
+        return Err(format!(" is of program {:?}, but the manifest lists {:?} for it", meta.name, p.name));
+    }
+    if size != p.size {
+        return Err(format!(" has {size} bytes, but the manifest lists {}: cut short, or grown?", p.size));
+    }
+    if digest != p.digest {
+        return Err(" is not the image the manifest lists (its digest differs): another checkpoint's image?".into());
+    }
+    Ok(())
 }
 
 impl Generation {
@@ -78,51 +192,175 @@ impl Generation {
 impl CheckpointDir {
     /// Opens `path`, creating it (mode 0700) with its parents if missing.
     pub fn open_or_create(path: &Path) -> Result<Self> {
-        if !path.is_dir() {
+        if fs::symlink_metadata(path).is_err() {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io(path, "create directory"))?;
         }
         Self::open(path)
     }
 
-    /// Opens an existing checkpoint directory.
+    /// Opens an existing checkpoint directory, refused unless it and the
+    /// directories above it are safe from other users (trust.rs).
     pub fn open(path: &Path) -> Result<Self> {
-        let path = fs::canonicalize(path).map_err(io(path, "open"))?;
-        if !path.is_dir() {
-            return Err(Error::Io {
-                op: "open",
-                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
-                path,
-            });
-        }
-        Ok(CheckpointDir { path })
+        let (path, dir) = crate::trust::open_checkpoint_dir(path)?;
+        Ok(CheckpointDir { path, dir })
     }
 
-    fn entries(&self) -> Result<Vec<(u64, bool, PathBuf)>> {
+    /// The open directory.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    fn entries(&self) -> Result<Vec<(u64, bool, String)>> {
         let mut out = Vec::new();
-        for e in fs::read_dir(&self.path).map_err(io(&self.path, "read directory"))? {
-            let e = e.map_err(io(&self.path, "read directory"))?;
-            if let Some((n, partial)) = e.file_name().to_str().and_then(parse_name) {
-                out.push((n, partial, e.path()));
+        for name in self.dir.names().map_err(io(&self.path, "read directory"))? {
+            if let Some((n, partial)) = crate::dirfd::utf8(&name).and_then(parse_name) {
+                out.push((n, partial, crate::dirfd::utf8(&name).unwrap_or_default().to_string()));
             }
         }
         out.sort();
         Ok(out)
     }
 
-    /// Committed generations, oldest first. A directory without a valid
-    /// MANIFEST is not committed.
-    pub fn generations(&self) -> Result<Vec<Generation>> {
-        Ok(self
-            .entries()?
-            .into_iter()
-            .filter(|(_, partial, path)| !partial && Manifest::read_from(path).is_ok())
-            .map(|(number, _, path)| Generation { number, path })
-            .collect())
+    /// Numbers of the `gen-N` entries, newest first, intact or not.
+    fn committed_numbers(&self) -> Result<Vec<u64>> {
+        Ok(self.entries()?.into_iter().rev().filter(|(_, partial, _)| !partial).map(|(n, ..)| n).collect())
     }
 
-    /// The newest committed generation.
+    /// Generation `number`'s directory and MANIFEST: ours, nobody else's
+    /// to write, not links, and the MANIFEST valid and of that number.
+    fn inspect(&self, number: u64) -> std::result::Result<(Dir, Manifest), Damage> {
+        let name = committed_name(number);
+        let gen_path = self.path.join(&name);
+        let gdir = self.dir.open_dir(&name).map_err(|e| {
+            Damage::dir(match e.raw_os_error() {
+                Some(libc::ENOTDIR) => " is not a directory".into(),
+                _ if e.kind() == std::io::ErrorKind::InvalidInput => " is a symbolic link".into(),
+                _ => format!(": {e}"),
+            })
+        })?;
+        let md = gdir.metadata().map_err(|e| Damage::dir(format!(": {e}")))?;
+        if let Some(why) = untrusted(&gen_path, md.uid(), md.mode()) {
+            return Err(Damage::dir(why));
+        }
+        let f = gdir.open_file(MANIFEST).map_err(|e| Damage::file(MANIFEST, open_error(e)))?;
+        let md = f.metadata().map_err(|e| Damage::file(MANIFEST, format!(": {e}")))?;
+        let path = gen_path.join(MANIFEST);
+        if let Some(why) = untrusted(&path, md.uid(), md.mode()) {
+            return Err(Damage::file(MANIFEST, why));
+        }
+        let m = Manifest::read_file(f, &path).map_err(|e| {
+            Damage::file(
+                MANIFEST,
+                match e {
+                    Error::BadManifest { what, .. } => format!(": {what}"),
+                    e => after_path(&e, &path),
+                },
+            )
+        })?;
+        if m.generation != number {
+            return Err(Damage::file(
+                MANIFEST,
+                format!(" says generation {}: the directory was renamed or swapped", m.generation),
+            ));
+        }
+        Ok((gdir, m))
+    }
+
+    /// [`inspect`](Self::inspect), then every image the MANIFEST lists:
+    /// there, ours, and the very image it lists.
+    fn verify(&self, number: u64) -> std::result::Result<(Manifest, Vec<ImageReader>), Damage> {
+        let (gdir, m) = self.inspect(number)?;
+        if m.processes.is_empty() {
+            return Err(Damage::file(MANIFEST, " lists no process".into()));
+        }
+        let mut images = Vec::with_capacity(m.processes.len());
+        for p in &m.processes {
+            let path = gdir.path().join(&p.image);
+            let f = gdir.open_file(&p.image).map_err(|e| Damage::file(&p.image, open_error(e)))?;
+            let md = f.metadata().map_err(|e| Damage::file(&p.image, format!(": {e}")))?;
+            if let Some(why) = untrusted(&path, md.uid(), md.mode()) {
+                return Err(Damage::file(&p.image, why));
+            }
+            let r = ImageReader::from_file(f, &path).map_err(|e| Damage::file(&p.image, after_path(&e, &path)))?;
+            check_image(&m, p, r.meta(), r.len(), r.digest()).map_err(|why| Damage::file(&p.image, why))?;
+            images.push(r);
+        }
+        Ok((m, images))
+    }
+
+    /// Committed generations whose MANIFEST is intact (and ours), oldest
+    /// first. Damaged ones are left out: see [`restartable`](Self::restartable)
+    /// for what restart says of them.
+    pub fn generations(&self) -> Result<Vec<Generation>> {
+        let mut out: Vec<Generation> = self
+            .committed_numbers()?
+            .into_iter()
+            .filter(|&n| self.inspect(n).is_ok())
+            .map(|number| Generation { number, path: self.path.join(committed_name(number)) })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest committed generation with an intact MANIFEST.
     pub fn latest(&self) -> Result<Generation> {
         self.generations()?.pop().ok_or_else(|| Error::NoCheckpoint { dir: self.path.clone() })
+    }
+
+    /// What restart restores of this directory: the newest generation
+    /// (refused, naming the damage and the newest intact one, if it is
+    /// damaged), exactly one, or the newest intact one.
+    pub fn restartable(&self, choice: Choice) -> Result<Restartable> {
+        let numbers = self.committed_numbers()?;
+        let Some(&newest) = numbers.first() else { return Err(Error::NoCheckpoint { dir: self.path.clone() }) };
+        let gen_path = |n: u64| self.path.join(committed_name(n));
+        let done = |n: u64, (m, images): (Manifest, Vec<ImageReader>), note| Restartable {
+            images,
+            manifest: Some(m),
+            generation_dir: Some(gen_path(n)),
+            ckpt_dir: Some(self.path.clone()),
+            note,
+        };
+        if let Choice::Exactly(n) = choice {
+            if !numbers.contains(&n) {
+                let have: Vec<String> = numbers.iter().rev().map(|&n| committed_name(n)).collect();
+                return Err(refused(
+                    &self.path,
+                    format!("{} has no generation {n} (it has {})", self.path.display(), have.join(", ")),
+                ));
+            }
+            return self.verify(n).map(|v| done(n, v, None)).map_err(|d| refused(&gen_path(n), d.full(&gen_path(n))));
+        }
+        let damage = match self.verify(newest) {
+            Ok(v) => return Ok(done(newest, v, None)),
+            Err(d) => d,
+        };
+        let intact = numbers[1..].iter().find_map(|&n| self.verify(n).ok().map(|v| (n, v)));
+        let newest_path = gen_path(newest);
+        match (choice, intact) {
+            (Choice::Fallback, Some((n, v))) => {
+                let note = format!(
+                    "{} is damaged ({}); restarting {}, the newest intact checkpoint",
+                    newest_path.display(),
+                    damage.short(),
+                    committed_name(n)
+                );
+                Ok(done(n, v, Some(note)))
+            }
+            (_, Some((n, _))) => Err(refused(
+                &newest_path,
+                format!(
+                    "{} is damaged ({}); the newest intact checkpoint is {}: restart with --generation {n} or --fallback",
+                    newest_path.display(),
+                    damage.short(),
+                    committed_name(n)
+                ),
+            )),
+            (_, None) => Err(refused(
+                &newest_path,
+                format!("{} is damaged ({}), and no older checkpoint is intact", newest_path.display(), damage.short()),
+            )),
+        }
     }
 
     /// One more than any generation number seen, committed or not.
@@ -132,79 +370,282 @@ impl CheckpointDir {
 
     /// Starts writing generation `number` in a hidden partial directory.
     pub fn begin(&self, number: u64) -> Result<PendingGeneration> {
-        let committed = self.path.join(committed_name(number));
-        if committed.exists() {
+        let committed = committed_name(number);
+        if self.dir.stat(&committed).is_ok() {
             let source = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "generation exists already");
-            return Err(Error::Io { path: committed, op: "begin generation", source });
+            return Err(Error::Io { path: self.path.join(committed), op: "begin generation", source });
         }
-        let path = self.path.join(partial_name(number));
+        let name = partial_name(number);
+        let path = self.path.join(&name);
         // Left by a checkpoint that died: nothing in it can be trusted.
-        match fs::symlink_metadata(&path) {
-            Ok(md) if md.is_dir() => fs::remove_dir_all(&path),
-            Ok(_) => fs::remove_file(&path),
+        match self.dir.stat(&name) {
+            Ok(_) => self.dir.remove_tree(&name),
             Err(_) => Ok(()),
         }
         .map_err(io(&path, "remove stale partial generation"))?;
-        fs::DirBuilder::new().mode(0o700).create(&path).map_err(io(&path, "create directory"))?;
-        Ok(PendingGeneration { number, path })
+        self.dir.mkdir(&name, 0o700).map_err(io(&path, "create directory"))?;
+        let dir = self.dir.open_dir(&name).map_err(io(&path, "open"))?;
+        Ok(PendingGeneration { number, path, dir })
     }
 
     /// Makes a pending generation the committed one: every file fsynced,
-    /// the manifest written, the directory renamed, the rename fsynced.
+    /// the manifest written, the directory renamed (never over another),
+    /// the rename fsynced.
     pub fn commit(&self, pending: PendingGeneration, manifest: &Manifest) -> Result<Generation> {
-        for e in fs::read_dir(&pending.path).map_err(io(&pending.path, "read directory"))? {
-            let e = e.map_err(io(&pending.path, "read directory"))?;
-            // Only what a writer leaves: opening a FIFO would block.
-            let kind = e.file_type().map_err(io(&e.path(), "stat"))?;
-            if kind.is_file() || kind.is_dir() {
-                let p = e.path();
-                fs::File::open(&p).and_then(|f| f.sync_all()).map_err(io(&p, "fsync"))?;
+        let pdir = &pending.dir;
+        for name in pdir.names().map_err(io(&pending.path, "read directory"))? {
+            let Some(name) = crate::dirfd::utf8(&name) else { continue };
+            let p = pending.path.join(name);
+            // Only what a writer leaves; a link is not followed.
+            let st = pdir.stat(name).map_err(io(&p, "stat"))?;
+            if st.is_file() {
+                pdir.open_file(name).and_then(|f| f.sync_all()).map_err(io(&p, "fsync"))?;
+            } else if st.is_dir() {
+                pdir.open_dir(name).and_then(|d| d.sync()).map_err(io(&p, "fsync"))?;
             }
         }
-        manifest.write_to(&pending.path).map_err(io(&pending.path, "write manifest"))?;
-        fsync_dir(&pending.path)?;
-        let path = self.path.join(committed_name(pending.number));
-        fs::rename(&pending.path, &path).map_err(io(&path, "commit generation"))?;
-        fsync_dir(&self.path)?;
+        manifest.write_in(pdir).map_err(io(&pending.path, "write manifest"))?;
+        pdir.sync().map_err(io(&pending.path, "fsync"))?;
+        let name = committed_name(pending.number);
+        let path = self.path.join(&name);
+        self.dir.rename_new(&partial_name(pending.number), &name).map_err(io(&path, "commit generation"))?;
+        self.dir.sync().map_err(io(&self.path, "fsync"))?;
         Ok(Generation { number: pending.number, path })
     }
 
     /// Drops a pending generation; the committed ones are untouched.
     pub fn abort(&self, pending: PendingGeneration) -> Result<()> {
-        fs::remove_dir_all(&pending.path).map_err(io(&pending.path, "remove partial generation"))
+        self.dir.remove_tree(&partial_name(pending.number)).map_err(io(&pending.path, "remove partial generation"))
     }
 
-    /// Keeps the newest `keep` committed generations (at least one) and
-    /// removes older ones, and partial directories older than the newest.
+    /// Keeps the newest `keep` intact generations (at least one) and
+    /// removes older intact ones, and partial directories older than the
+    /// newest. A damaged `gen-N` is never removed: it is evidence.
     pub fn prune(&self, keep: usize) -> Result<()> {
         let committed = self.generations()?;
         let Some(newest) = committed.last().map(|g| g.number) else { return Ok(()) };
         let cut = committed.len().saturating_sub(keep.max(1));
         for g in &committed[..cut] {
-            fs::remove_dir_all(&g.path).map_err(io(&g.path, "remove old generation"))?;
+            let name = committed_name(g.number);
+            self.dir.remove_tree(&name).map_err(io(&g.path, "remove old generation"))?;
         }
-        for (n, partial, path) in self.entries()? {
-            if partial && n < newest {
-                fs::remove_dir_all(&path).map_err(io(&path, "remove stale partial generation"))?;
+        let me = crate::dirfd::euid();
+        for (n, partial, name) in self.entries()? {
+            // Only partial directories of ours: what a checkpoint of ours left.
+            if partial && n < newest && self.dir.stat(&name).is_ok_and(|s| s.uid == me) {
+                self.dir.remove_tree(&name).map_err(io(&self.path.join(&name), "remove stale partial generation"))?;
             }
         }
         Ok(())
     }
 }
 
-/// What `stasis restart PATH` restores: an image file itself, the images
-/// of a generation directory, or those of a checkpoint directory's newest
-/// committed generation.
-pub fn resolve_restart_target(path: &Path) -> Result<Vec<PathBuf>> {
-    let md = fs::metadata(path).map_err(io(path, "open"))?;
-    if md.is_file() {
-        return Ok(vec![path.to_path_buf()]);
+/// The image `path` (its last component not a link), checked: ours,
+/// nobody else's to write, a valid image.
+fn open_given_image(path: &Path) -> Result<(ImageReader, PathBuf, Dir)> {
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        refused(path, format!("{}: not the name of an image file", path.display()))
+    })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = fs::canonicalize(parent).map_err(io(parent, "open"))?;
+    let pdir = Dir::open(&parent).map_err(io(&parent, "open"))?;
+    let f = pdir.open_file(name).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput && e.to_string().contains("symbolic link") {
+            refused(path, format!("{} is a symbolic link: give the image itself", path.display()))
+        } else {
+            Error::Io { path: path.into(), op: "open", source: e }
+        }
+    })?;
+    let md = f.metadata().map_err(io(path, "stat"))?;
+    if let Some(why) = untrusted(path, md.uid(), md.mode()) {
+        return Err(refused(path, format!("{}{why}", path.display())));
     }
-    if path.join(MANIFEST).is_file() {
-        let number = path.file_name().and_then(|n| n.to_str()).and_then(parse_name).map_or(0, |(n, _)| n);
-        return Generation { number, path: path.to_path_buf() }.image_paths();
+    Ok((ImageReader::from_file(f, path)?, parent, pdir))
+}
+
+/// Image files given one by one (the `ckpt_*.dmtcp` links at the top of a
+/// checkpoint directory, or images in a generation directory): each must
+/// be listed by digest in the MANIFEST of its generation next to or above
+/// it, and all of that generation's must be given. An image with no
+/// checkpoint directory around it stands alone.
+fn restartable_images(targets: &[PathBuf]) -> Result<Restartable> {
+    // (reader, as given, generation: (checkpoint directory, number))
+    let mut given: Vec<(ImageReader, &Path, Option<(PathBuf, u64)>)> = Vec::new();
+    for t in targets {
+        let (r, parent, pdir) = open_given_image(t)?;
+        let g = r.meta().generation;
+        let around = if pdir.stat(MANIFEST).is_ok() {
+            let number = parent.file_name().and_then(|n| n.to_str()).and_then(parse_name);
+            let Some((n, false)) = number else {
+                return Err(refused(
+                    t,
+                    format!(
+                        "{} lies next to a MANIFEST, but {} is not named like a generation (gen-NNNNNN)",
+                        t.display(),
+                        parent.display()
+                    ),
+                ));
+            };
+            if n != g {
+                return Err(refused(
+                    t,
+                    format!("{} is of generation {g} but lies in {}: an image of another checkpoint?", t.display(), parent.display()),
+                ));
+            }
+            Some((parent.parent().unwrap_or(&parent).to_path_buf(), n))
+        } else if pdir.stat(&committed_name(g)).is_ok() {
+            Some((parent.clone(), g))
+        } else {
+            let holds_generations = pdir
+                .names()
+                .map_err(io(&parent, "read directory"))?
+                .iter()
+                .any(|n| crate::dirfd::utf8(n).and_then(parse_name).is_some());
+            if holds_generations {
+                return Err(refused(
+                    t,
+                    format!(
+                        "{} is of generation {g}, but {} holds no {}: restart the checkpoint directory",
+                        t.display(),
+                        parent.display(),
+                        committed_name(g)
+                    ),
+                ));
+            }
+            None
+        };
+        given.push((r, t, around));
     }
-    CheckpointDir::open(path)?.latest()?.image_paths()
+    let first = given[0].2.clone();
+    for (_, t, around) in &given[1..] {
+        if *around != first {
+            let describe = |a: &Option<(PathBuf, u64)>| match a {
+                Some((ck, n)) => ck.join(committed_name(*n)).display().to_string(),
+                None => "no checkpoint directory".into(),
+            };
+            return Err(refused(
+                t,
+                format!(
+                    "{} belongs to {} but {} to {}: give the images of one checkpoint (or the checkpoint directory, for its newest)",
+                    given[0].1.display(),
+                    describe(&first),
+                    t.display(),
+                    describe(around)
+                ),
+            ));
+        }
+    }
+    let Some((ck_path, number)) = first else {
+        return Ok(Restartable {
+            images: given.into_iter().map(|g| g.0).collect(),
+            manifest: None,
+            generation_dir: None,
+            ckpt_dir: None,
+            note: None,
+        });
+    };
+    let ck = CheckpointDir::open(&ck_path)?;
+    let gen_path = ck.path.join(committed_name(number));
+    let (m, _) = ck.verify(number).map_err(|d| refused(&gen_path, d.full(&gen_path)))?;
+    let mut matched: Vec<Option<&Path>> = vec![None; m.processes.len()];
+    for (r, t, _) in &given {
+        let Some(i) = m.processes.iter().position(|p| p.digest == r.digest() && p.size == r.len()) else {
+            return Err(refused(
+                t,
+                format!(
+                    "{} is not an image {} lists (no image there has its digest): another checkpoint's image?",
+                    t.display(),
+                    gen_path.join(MANIFEST).display()
+                ),
+            ));
+        };
+        if let Some(other) = matched[i] {
+            return Err(refused(t, format!("{} and {} are the same image", other.display(), t.display())));
+        }
+        matched[i] = Some(t);
+    }
+    let missing: Vec<String> = m
+        .processes
+        .iter()
+        .zip(&matched)
+        .filter(|(_, g)| g.is_none())
+        .map(|(p, _)| format!("{} (pid {})", p.image, p.pid))
+        .collect();
+    if !missing.is_empty() {
+        return Err(refused(
+            &gen_path,
+            format!(
+                "{} holds {} processes, but the images given leave out {}: give them all, or the checkpoint directory",
+                gen_path.display(),
+                m.processes.len(),
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(Restartable {
+        images: given.into_iter().map(|g| g.0).collect(),
+        manifest: Some(m),
+        generation_dir: Some(gen_path),
+        ckpt_dir: Some(ck.path),
+        note: None,
+    })
+}
+
+/// What `stasis restart TARGETS` restores, every check made: image files
+/// (see `restartable_images`), a generation directory, or a checkpoint
+/// directory (the generation `choice` says).
+pub fn resolve_restart(targets: &[PathBuf], choice: Choice) -> Result<Restartable> {
+    let Some(first) = targets.first() else {
+        return Err(refused(Path::new("."), "nothing to restart".into()));
+    };
+    let mut dirs = 0;
+    for t in targets {
+        if fs::metadata(t).map_err(io(t, "open"))?.is_dir() {
+            dirs += 1;
+        }
+    }
+    if dirs == 0 {
+        if choice != Choice::Newest {
+            return Err(refused(
+                first,
+                format!(
+                    "--generation and --fallback choose a generation of a checkpoint directory, and {} is an image: give the directory",
+                    first.display()
+                ),
+            ));
+        }
+        return restartable_images(targets);
+    }
+    if targets.len() > 1 {
+        return Err(refused(
+            first,
+            "give one checkpoint directory, one generation directory, or image files, not several directories".into(),
+        ));
+    }
+    if fs::symlink_metadata(first.join(MANIFEST)).is_ok() {
+        let path = fs::canonicalize(first).map_err(io(first, "open"))?;
+        let number = path.file_name().and_then(|n| n.to_str()).and_then(parse_name);
+        let Some((number, false)) = number else {
+            return Err(refused(
+                &path,
+                format!(
+                    "{} holds a MANIFEST but is not named like a generation (gen-NNNNNN): restart its checkpoint directory",
+                    path.display()
+                ),
+            ));
+        };
+        if let Choice::Exactly(n) = choice
+            && n != number
+        {
+            return Err(refused(&path, format!("--generation {n} asks for another generation than {}", path.display())));
+        }
+        let ck = CheckpointDir::open(path.parent().unwrap_or(&path))?;
+        return ck.restartable(Choice::Exactly(number));
+    }
+    CheckpointDir::open(first)?.restartable(choice)
 }
 
 #[cfg(test)]
