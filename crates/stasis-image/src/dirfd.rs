@@ -81,7 +81,14 @@ impl Dir {
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
             .open(path)
-            .map_err(nofollow_error)?;
+            .map_err(|e| {
+                // O_DIRECTORY wins over O_NOFOLLOW: a link reads as ENOTDIR.
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                    nofollow_error(io::Error::from_raw_os_error(libc::ELOOP))
+                } else {
+                    nofollow_error(e)
+                }
+            })?;
         Ok(Dir { file, path: path.to_path_buf() })
     }
 
@@ -114,7 +121,14 @@ impl Dir {
 
     /// A subdirectory, not through a link.
     pub fn open_dir(&self, name: &str) -> io::Result<Dir> {
-        let file = self.openat(name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let file = self.openat(name, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| {
+            // O_DIRECTORY wins over O_NOFOLLOW: a link reads as ENOTDIR.
+            if self.stat(name).is_ok_and(|s| s.is_symlink()) {
+                nofollow_error(io::Error::from_raw_os_error(libc::ELOOP))
+            } else {
+                e
+            }
+        })?;
         Ok(Dir { file, path: self.path.join(name) })
     }
 
@@ -260,7 +274,8 @@ mod tests {
         std::os::unix::fs::symlink(&victim, t.path().join("link")).unwrap();
         assert_eq!(d.create_file("link", 0o600).unwrap_err().kind(), ErrorKind::AlreadyExists);
         assert!(d.open_file("link").unwrap_err().to_string().contains("symbolic link"));
-        assert!(d.open_dir("link").is_err());
+        assert!(d.open_dir("link").unwrap_err().to_string().contains("symbolic link"));
+        assert!(Dir::open(&t.path().join("link")).unwrap_err().to_string().contains("symbolic link"));
         assert!(d.stat("link").unwrap().is_symlink());
         d.unlink("link").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");

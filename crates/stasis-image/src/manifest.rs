@@ -243,8 +243,14 @@ mod tests {
             created_unix: 1_795_512_610,
             interval_s: 60,
             processes: vec![
-                ManifestProcess { pid: 42, name: "my prog".into(), image: "ckpt_a_42.img".into() },
-                ManifestProcess { pid: -1, name: String::new(), image: "b.img".into() },
+                ManifestProcess {
+                    pid: 42,
+                    name: "my prog".into(),
+                    image: "ckpt_a_42.img".into(),
+                    size: 1 << 20,
+                    digest: Digest([0xab; 32]),
+                },
+                ManifestProcess { pid: -1, name: String::new(), image: "b.img".into(), ..Default::default() },
             ],
         }
     }
@@ -258,7 +264,8 @@ mod tests {
     fn round_trip() {
         let m = sample();
         let text = m.encode();
-        assert!(text.starts_with("stasis-manifest 1\ngeneration 7\ncomputation 00000000deadbeef\n"), "{text}");
+        assert!(text.starts_with("stasis-manifest 2\ngeneration 7\ncomputation 00000000deadbeef\n"), "{text}");
+        assert!(text.contains(&format!("\nprocess 42 ckpt_a_42.img my_prog 1048576 {}\n", "ab".repeat(32))), "{text}");
         let back = Manifest::decode(&text).unwrap();
         // Names become single words; everything else is kept.
         assert_eq!(back.processes[0].name, "my_prog");
@@ -282,26 +289,33 @@ mod tests {
 
     #[test]
     fn signed_nonsense_is_refused() {
+        let d = "0".repeat(64);
         let cases = [
-            ("stasis-manifest 2\n", "first line"),
-            ("stasis-manifest 1\ngeneration 1\ncomputation 1\ncreated 1\n", "no interval line"),
-            ("stasis-manifest 1\ngeneration 1\ngeneration 2\n", "repeated"),
-            ("stasis-manifest 1\ngeneration 1 2\n", "expected 2 words"),
-            ("stasis-manifest 1\ngeneration x\n", "bad number"),
-            ("stasis-manifest 1\ninterval 99999999999\n", "interval too large"),
-            ("stasis-manifest 1\nprocess 1 ../x y\n", "bad image name"),
-            ("stasis-manifest 1\nprocess 1 .. y\n", "bad image name"),
-            ("stasis-manifest 1\nprocess 1 a.img\n", "expected 4 words"),
-            ("stasis-manifest 1\nprocess x a.img y\n", "bad pid"),
-            ("stasis-manifest 1\n\n", "unknown line"),
-            ("stasis-manifest 1\nowner me\n", "unknown line"),
+            ("stasis-manifest 3\n".to_string(), "first line"),
+            ("stasis-manifest 1\ngeneration 1\n".into(), "made by an older stasis; it lists no image digests"),
+            ("stasis-manifest 2\ngeneration 1\ncomputation 1\ncreated 1\n".into(), "no interval line"),
+            ("stasis-manifest 2\ngeneration 1\ngeneration 2\n".into(), "repeated"),
+            ("stasis-manifest 2\ngeneration 1 2\n".into(), "expected 2 words"),
+            ("stasis-manifest 2\ngeneration x\n".into(), "bad number"),
+            ("stasis-manifest 2\ninterval 99999999999\n".into(), "interval too large"),
+            (format!("stasis-manifest 2\nprocess 1 ../x y 1 {d}\n"), "bad image name"),
+            (format!("stasis-manifest 2\nprocess 1 .. y 1 {d}\n"), "bad image name"),
+            ("stasis-manifest 2\nprocess 1 a.img y\n".into(), "expected 6 words"),
+            (format!("stasis-manifest 2\nprocess x a.img y 1 {d}\n"), "bad pid"),
+            (format!("stasis-manifest 2\nprocess 1 a.img y z {d}\n"), "bad number"),
+            ("stasis-manifest 2\nprocess 1 a.img y 1 abc\n".into(), "bad digest"),
+            (format!("stasis-manifest 2\nprocess 1 a.img y 1 {}\n", "A".repeat(64)), "bad digest"),
+            (format!("stasis-manifest 2\nprocess 1 a.img y 1 {d}\nprocess 1 b.img y 1 {d}\n"), "pid 1 listed twice"),
+            (format!("stasis-manifest 2\nprocess 1 a.img y 1 {d}\nprocess 2 a.img y 1 {d}\n"), "image a.img listed twice"),
+            ("stasis-manifest 2\n\n".into(), "unknown line"),
+            ("stasis-manifest 2\nowner me\n".into(), "unknown line"),
         ];
         for (body, want) in cases {
-            let e = Manifest::decode(&signed(body)).unwrap_err();
+            let e = Manifest::decode(&signed(&body)).unwrap_err();
             assert!(e.contains(want), "{body:?}: {e:?} should mention {want:?}");
         }
         assert!(Manifest::decode("checksum 0000000000000000\n").is_err());
-        assert!(Manifest::decode("stasis-manifest 1\nchecksum zz\n").is_err());
+        assert!(Manifest::decode("stasis-manifest 2\nchecksum zz\n").is_err());
     }
 
     #[test]
@@ -310,9 +324,17 @@ mod tests {
         let e = Manifest::read_from(t.path()).unwrap_err();
         assert!(matches!(e, Error::Io { .. }), "{e}");
         let m = sample();
-        m.write_to(t.path()).unwrap();
-        assert!(!t.path().join("MANIFEST.tmp").exists());
+        let d = Dir::open(t.path()).unwrap();
+        m.write_in(&d).unwrap();
         assert_eq!(Manifest::read_from(t.path()).unwrap().generation, 7);
+        // Never written over what is there, nor read through a link.
+        assert!(m.write_in(&d).is_err());
+        std::fs::rename(t.path().join(MANIFEST), t.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("real"), t.path().join(MANIFEST)).unwrap();
+        let e = Manifest::read_from(t.path()).unwrap_err().to_string();
+        assert!(e.ends_with("MANIFEST: read: it is a symbolic link"), "{e}");
+        std::fs::remove_file(t.path().join(MANIFEST)).unwrap();
+        std::fs::rename(t.path().join("real"), t.path().join(MANIFEST)).unwrap();
         std::fs::write(t.path().join(MANIFEST), b"\xff\xfe").unwrap();
         let e = Manifest::read_from(t.path()).unwrap_err().to_string();
         assert!(e.ends_with("MANIFEST: invalid manifest: not UTF-8 text"), "{e}");

@@ -653,25 +653,40 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::ManifestProcess;
+    use crate::{Fd, FdKind, ImageWriter, Thread, UCONTEXT_LEN};
 
-    fn manifest(n: u64) -> Manifest {
-        Manifest {
-            generation: n,
-            processes: vec![
-                ManifestProcess { pid: 1, name: "p".into(), image: "a.img".into() },
-                ManifestProcess { pid: 2, name: "q".into(), image: "b.img".into() },
-            ],
+    const COMPUTATION: u64 = 0x77;
+
+    /// Writes a real image of process `pid` ("prog{pid}") of generation `g`
+    /// in `dir`, and returns its manifest line.
+    fn image(dir: &Path, pid: i32, g: u64) -> ManifestProcess {
+        let name = format!("p{pid}.img");
+        let path = dir.join(&name);
+        let w = ImageWriter::create(&path).unwrap();
+        let meta = ProcessMeta {
+            pid,
+            generation: g,
+            computation_id: COMPUTATION,
+            name: format!("prog{pid}"),
+            threads: vec![Thread { tid: pid, ucontext: vec![0; UCONTEXT_LEN], ..Default::default() }],
+            fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent }],
             ..Default::default()
-        }
+        };
+        w.finish(meta).unwrap();
+        let r = ImageReader::open(&path).unwrap();
+        ManifestProcess { pid, name: format!("prog{pid}"), image: name, size: r.len(), digest: r.digest() }
+    }
+
+    fn commit_pids(dir: &CheckpointDir, pids: &[i32]) -> Generation {
+        let n = dir.next_number();
+        let p = dir.begin(n).unwrap();
+        let processes = pids.iter().map(|&pid| image(&p.path, pid, n)).collect();
+        let m = Manifest { generation: n, computation_id: COMPUTATION, interval_s: 5, processes, ..Default::default() };
+        dir.commit(p, &m).unwrap()
     }
 
     fn commit(dir: &CheckpointDir) -> Generation {
-        let n = dir.next_number();
-        let p = dir.begin(n).unwrap();
-        fs::write(p.path.join("a.img"), b"x").unwrap();
-        fs::write(p.path.join("b.img"), b"y").unwrap();
-        dir.commit(p, &manifest(n)).unwrap()
+        commit_pids(dir, &[1, 2])
     }
 
     fn numbers(dir: &CheckpointDir) -> Vec<u64> {
@@ -680,6 +695,23 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn refusal(targets: &[&Path], choice: Choice) -> String {
+        let targets: Vec<PathBuf> = targets.iter().map(|p| p.to_path_buf()).collect();
+        resolve_restart(&targets, choice).unwrap_err().to_string()
+    }
+
+    fn restarted(targets: &[&Path], choice: Choice) -> Restartable {
+        let targets: Vec<PathBuf> = targets.iter().map(|p| p.to_path_buf()).collect();
+        resolve_restart(&targets, choice).unwrap()
+    }
+
+    /// Rewrites a generation's MANIFEST, checksum and all.
+    fn rewrite_manifest(g: &Path, f: impl FnOnce(&mut Manifest)) {
+        let mut m = Manifest::read_from(g).unwrap();
+        f(&mut m);
+        fs::write(g.join(MANIFEST), m.encode()).unwrap();
     }
 
     #[test]
@@ -707,14 +739,21 @@ mod tests {
         let latest = dir.latest().unwrap();
         assert_eq!(latest.number, 4);
         assert_eq!(latest.path, dir.path.join("gen-000004"));
-        assert_eq!(latest.manifest().unwrap(), manifest(4));
-        assert_eq!(latest.image_paths().unwrap(), [latest.path.join("a.img"), latest.path.join("b.img")]);
+        assert_eq!(latest.manifest().unwrap().generation, 4);
+        assert_eq!(mode(&latest.path.join(MANIFEST)), 0o600);
+        assert_eq!(latest.image_paths().unwrap(), [latest.path.join("p1.img"), latest.path.join("p2.img")]);
         dir.prune(2).unwrap();
         assert_eq!(numbers(&dir), [3, 4]);
         dir.prune(0).unwrap(); // never the newest
         assert_eq!(numbers(&dir), [4]);
         // Reopening finds the same state.
         assert_eq!(CheckpointDir::open(&t.path().join("a/b")).unwrap().latest().unwrap(), latest);
+        let r = restarted(&[&dir.path], Choice::Newest);
+        assert_eq!(r.images.len(), 2);
+        assert_eq!(r.generation_dir.as_deref(), Some(latest.path.as_path()));
+        assert_eq!(r.ckpt_dir.as_deref(), Some(dir.path.as_path()));
+        assert_eq!(r.manifest.unwrap().interval_s, 5);
+        assert!(r.note.is_none());
     }
 
     #[test]
@@ -727,20 +766,261 @@ mod tests {
         fs::write(pending.path.join("a.img"), b"half").unwrap();
         fs::create_dir(t.path().join("gen-000003")).unwrap(); // no manifest
         fs::create_dir(t.path().join("gen-000004")).unwrap();
-        fs::write(t.path().join("gen-000004").join(MANIFEST), "stasis-manifest 1\n").unwrap(); // bad manifest
+        fs::write(t.path().join("gen-000004").join(MANIFEST), "stasis-manifest 2\n").unwrap(); // bad manifest
         fs::write(t.path().join("gen-000005"), b"a file").unwrap();
         assert_eq!(dir.generations().unwrap(), std::slice::from_ref(&good));
         assert_eq!(dir.latest().unwrap(), good);
         assert_eq!(dir.next_number(), 6);
-        assert_eq!(resolve_restart_target(t.path()).unwrap()[0], good.path.join("a.img"));
+        // Restart says the newest is damaged, and which one it would take.
+        let e = refusal(&[t.path()], Choice::Newest);
+        let ck = dir.path.display();
+        assert_eq!(
+            e,
+            format!(
+                "{ck}/gen-000005 is damaged (is not a directory); the newest intact checkpoint is gen-000001: restart with --generation 1 or --fallback"
+            )
+        );
+        let r = restarted(&[t.path()], Choice::Fallback);
+        assert_eq!(r.generation_dir.as_deref(), Some(good.path.as_path()));
+        assert_eq!(
+            r.note.unwrap(),
+            format!("{ck}/gen-000005 is damaged (is not a directory); restarting gen-000001, the newest intact checkpoint")
+        );
+        assert_eq!(restarted(&[t.path()], Choice::Exactly(1)).images.len(), 2);
+        let e = refusal(&[t.path()], Choice::Exactly(4));
+        assert_eq!(e, format!("{ck}/gen-000004/MANIFEST: the last line is not the checksum (cut short?)"));
+        let e = refusal(&[t.path()], Choice::Exactly(3));
+        assert_eq!(e, format!("{ck}/gen-000004/MANIFEST: the last line is not the checksum (cut short?)").replace("000004/MANIFEST: the last line is not the checksum (cut short?)", "000003/MANIFEST is missing"));
+        let e = refusal(&[t.path()], Choice::Exactly(9));
+        assert_eq!(e, format!("{ck} has no generation 9 (it has gen-000001, gen-000003, gen-000004, gen-000005)"));
         // Beginning again over a stale partial directory starts afresh.
         let again = dir.begin(2).unwrap();
         assert!(!again.path.join("a.img").exists());
         dir.abort(again).unwrap();
         assert!(!t.path().join(".gen-000002.partial").exists());
         assert_eq!(dir.latest().unwrap(), good);
-        // A number that is committed already is refused.
+        // A number that is committed already is refused, damaged or not.
         assert!(dir.begin(1).unwrap_err().to_string().contains("exists already"));
+        assert!(dir.begin(3).unwrap_err().to_string().contains("exists already"));
+        // The coordinator carries on past the damage, and prunes around it.
+        assert_eq!(commit(&dir).number, 6);
+        commit(&dir);
+        dir.prune(1).unwrap();
+        assert_eq!(numbers(&dir), [7]);
+        for evidence in ["gen-000003", "gen-000004", "gen-000005"] {
+            assert!(t.path().join(evidence).exists(), "{evidence} was removed");
+        }
+        assert_eq!(restarted(&[t.path()], Choice::Newest).generation_dir.unwrap(), dir.path.join("gen-000007"));
+    }
+
+    #[test]
+    fn a_commit_never_replaces_a_generation() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open_or_create(t.path()).unwrap();
+        let p = dir.begin(1).unwrap();
+        // Appears meanwhile (empty: rename(2) would replace it).
+        fs::create_dir(t.path().join("gen-000001")).unwrap();
+        let e = dir.commit(p, &Manifest { generation: 1, ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("commit generation"), "{e}");
+        assert!(t.path().join("gen-000001").read_dir().unwrap().next().is_none());
+    }
+
+    #[test]
+    fn inconsistent_generations_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open_or_create(t.path()).unwrap();
+        let g1 = commit(&dir);
+        let g2 = commit(&dir);
+        let ck = dir.path.display().to_string();
+        let damaged = |what: &str| {
+            format!(
+                "{ck}/gen-000002 is damaged ({what}); the newest intact checkpoint is gen-000001: restart with --generation 1 or --fallback"
+            )
+        };
+        let check = |want: String| {
+            assert_eq!(refusal(&[t.path()], Choice::Newest), want);
+        };
+
+        // Swapped: gen-2's MANIFEST says 1.
+        let saved = fs::read(g2.path.join(MANIFEST)).unwrap();
+        rewrite_manifest(&g2.path, |m| m.generation = 1);
+        check(damaged("MANIFEST says generation 1: the directory was renamed or swapped"));
+        assert_eq!(
+            refusal(&[&g2.path], Choice::Newest),
+            format!("{ck}/gen-000002/MANIFEST says generation 1: the directory was renamed or swapped")
+        );
+        fs::write(g2.path.join(MANIFEST), &saved).unwrap();
+
+        // Another checkpoint's image in its place.
+        let saved_img = fs::read(g2.path.join("p1.img")).unwrap();
+        fs::copy(g1.path.join("p1.img"), g2.path.join("p1.img")).unwrap();
+        check(damaged("p1.img is of generation 1, but the manifest's is 2: an image of another checkpoint?"));
+        fs::write(g2.path.join("p1.img"), &saved_img).unwrap();
+        restarted(&[t.path()], Choice::Newest);
+
+        // Edited fields, checksum recomputed.
+        type Edit = fn(&mut Manifest);
+        let cases: [(Edit, &str); 6] = [
+            (|m| m.computation_id = 5, "p1.img is of computation 0000000000000077, but the manifest's is 0000000000000005: another computation's image?"),
+            (|m| m.processes[0].pid = 9, "p1.img is of pid 1, but the manifest lists pid 9 for it"),
+            (|m| m.processes[0].name = "evil".into(), "p1.img is of program \"prog1\", but the manifest lists \"evil\" for it"),
+            (|m| m.processes[0].size += 1, "p1.img has"),
+            (|m| m.processes[0].digest.0[0] ^= 1, "p1.img is not the image the manifest lists (its digest differs): another checkpoint's image?"),
+            (|m| m.processes[1].image = "MANIFEST".into(), "MANIFEST: not a stasis image"),
+        ];
+        for (edit, want) in cases {
+            rewrite_manifest(&g2.path, edit);
+            let e = refusal(&[t.path()], Choice::Newest);
+            assert!(e.starts_with(&format!("{ck}/gen-000002 is damaged ({want}")), "{e}\nshould say {want}");
+            fs::write(g2.path.join(MANIFEST), &saved).unwrap();
+        }
+        // An image missing, then a MANIFEST of an older stasis.
+        fs::remove_file(g2.path.join("p2.img")).unwrap();
+        check(damaged("p2.img is missing"));
+        fs::write(g2.path.join(MANIFEST), "stasis-manifest 1\n").unwrap();
+        let body = "stasis-manifest 1\n";
+        fs::write(
+            g2.path.join(MANIFEST),
+            format!("{body}checksum {:016x}\n", xxhash_rust::xxh3::xxh3_64(body.as_bytes())),
+        )
+        .unwrap();
+        check(damaged("MANIFEST: made by an older stasis; it lists no image digests"));
+        // Nothing intact at all.
+        fs::write(g1.path.join(MANIFEST), "x").unwrap();
+        assert_eq!(
+            refusal(&[t.path()], Choice::Fallback),
+            format!(
+                "{ck}/gen-000002 is damaged (MANIFEST: made by an older stasis; it lists no image digests), and no older checkpoint is intact"
+            )
+        );
+    }
+
+    #[test]
+    fn images_given_one_by_one() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open_or_create(t.path()).unwrap();
+        let g1 = commit(&dir);
+        let g2 = commit(&dir);
+        let ck = dir.path.clone();
+        // The ckpt_*.dmtcp links at the top.
+        let (a, b) = (ck.join("ckpt_a.dmtcp"), ck.join("ckpt_b.dmtcp"));
+        fs::hard_link(g2.path.join("p1.img"), &a).unwrap();
+        fs::hard_link(g2.path.join("p2.img"), &b).unwrap();
+        let r = restarted(&[&a, &b], Choice::Newest);
+        assert_eq!(r.images.len(), 2);
+        assert_eq!(r.generation_dir.as_deref(), Some(g2.path.as_path()));
+        // Images inside the generation directory.
+        restarted(&[&g2.path.join("p2.img"), &g2.path.join("p1.img")], Choice::Newest);
+        // One left out.
+        let e = refusal(&[&a], Choice::Newest);
+        assert_eq!(
+            e,
+            format!(
+                "{} holds 2 processes, but the images given leave out p2.img (pid 2): give them all, or the checkpoint directory",
+                g2.path.display()
+            )
+        );
+        // The same twice.
+        let e = refusal(&[&a, &g2.path.join("p1.img")], Choice::Newest);
+        assert!(e.ends_with("are the same image"), "{e}");
+        // An older generation's image at the top, next to the newest's.
+        fs::remove_file(&b).unwrap();
+        fs::hard_link(g1.path.join("p2.img"), &b).unwrap();
+        let e = refusal(&[&a, &b], Choice::Newest);
+        assert!(e.contains("belongs to") && e.contains("gen-000002 but") && e.contains("gen-000001"), "{e}");
+        // An image of the right process and generation, not the one listed
+        // (another computation's, say, renamed to fit).
+        let other = tempfile::tempdir().unwrap();
+        image(other.path(), 2, 2);
+        fs::write(other.path().join("p2.img"), {
+            let mut v = fs::read(other.path().join("p2.img")).unwrap();
+            v.extend_from_slice(&[0; 8]); // another length, so another header and digest
+            v
+        })
+        .unwrap();
+        fs::remove_file(&b).unwrap();
+        fs::copy(other.path().join("p2.img"), &b).unwrap();
+        let e = refusal(&[&a, &b], Choice::Newest);
+        assert_eq!(
+            e,
+            format!(
+                "{} is not an image {}/MANIFEST lists (no image there has its digest): another checkpoint's image?",
+                b.display(),
+                g2.path.display()
+            )
+        );
+        // An image placed in the wrong generation directory.
+        fs::copy(g1.path.join("p1.img"), g2.path.join("old.img")).unwrap();
+        let e = refusal(&[&g2.path.join("old.img")], Choice::Newest);
+        assert_eq!(
+            e,
+            format!(
+                "{} is of generation 1 but lies in {}: an image of another checkpoint?",
+                g2.path.join("old.img").display(),
+                g2.path.display()
+            )
+        );
+        fs::remove_file(g2.path.join("old.img")).unwrap();
+        // A generation that is gone.
+        fs::remove_file(&b).unwrap();
+        fs::hard_link(g1.path.join("p2.img"), &b).unwrap();
+        dir.prune(1).unwrap();
+        let e = refusal(&[&b], Choice::Newest);
+        assert_eq!(
+            e,
+            format!(
+                "{} is of generation 1, but {} holds no gen-000001: restart the checkpoint directory",
+                b.display(),
+                ck.display()
+            )
+        );
+        // Not with --generation or --fallback.
+        assert!(refusal(&[&a], Choice::Fallback).contains("give the directory"));
+        // A lone image of ours stands alone; a link to it does not.
+        let lone = tempfile::tempdir().unwrap();
+        image(lone.path(), 7, 3);
+        let r = restarted(&[&lone.path().join("p7.img")], Choice::Newest);
+        assert!(r.manifest.is_none() && r.ckpt_dir.is_none());
+        std::os::unix::fs::symlink(lone.path().join("p7.img"), lone.path().join("l.img")).unwrap();
+        assert!(refusal(&[&lone.path().join("l.img")], Choice::Newest).ends_with("is a symbolic link: give the image itself"));
+        fs::set_permissions(lone.path().join("p7.img"), fs::Permissions::from_mode(0o666)).unwrap();
+        let e = refusal(&[&lone.path().join("p7.img")], Choice::Newest);
+        assert!(e.contains("is writable by other users (mode 666)"), "{e}");
+    }
+
+    #[test]
+    fn foreign_files_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open_or_create(t.path()).unwrap();
+        commit(&dir);
+        let g2 = commit(&dir);
+        let ck = dir.path.display().to_string();
+        fs::set_permissions(g2.path.join("p1.img"), fs::Permissions::from_mode(0o646)).unwrap();
+        let e = refusal(&[t.path()], Choice::Newest);
+        assert!(e.starts_with(&format!("{ck}/gen-000002 is damaged (p1.img is writable by other users (mode 646)")), "{e}");
+        fs::set_permissions(g2.path.join("p1.img"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(&g2.path, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = refusal(&[t.path()], Choice::Newest);
+        assert!(e.starts_with(&format!("{ck}/gen-000002 is damaged (is writable by other users (mode 777)")), "{e}");
+        fs::set_permissions(&g2.path, fs::Permissions::from_mode(0o700)).unwrap();
+        // A MANIFEST that is a link.
+        let m = g2.path.join(MANIFEST);
+        fs::rename(&m, t.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), &m).unwrap();
+        let e = refusal(&[t.path()], Choice::Newest);
+        assert!(e.starts_with(&format!("{ck}/gen-000002 is damaged (MANIFEST: it is a symbolic link)")), "{e}");
+        fs::remove_file(&m).unwrap();
+        fs::rename(t.path().join("elsewhere"), &m).unwrap();
+        restarted(&[t.path()], Choice::Newest);
+        if crate::euid() == 0 {
+            std::os::unix::fs::chown(g2.path.join("p2.img"), Some(65534), None).unwrap();
+            let e = refusal(&[t.path()], Choice::Newest);
+            assert!(e.contains("(p2.img belongs to uid 65534, not to you (uid 0): another user's file?)"), "{e}");
+        }
+        // A checkpoint directory others can write is refused outright.
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(refusal(&[t.path()], Choice::Newest).starts_with("refusing the checkpoint directory"));
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o700)).unwrap();
     }
 
     #[test]
@@ -765,39 +1045,20 @@ mod tests {
     #[test]
     fn open_errors() {
         let t = tempfile::tempdir().unwrap();
-        let missing = t.path().join("missing");
-        let e = CheckpointDir::open(&missing).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("{}: open:", missing.display())), "{e}");
-        assert!(!missing.exists());
-        let file = t.path().join("file");
-        fs::write(&file, b"").unwrap();
-        assert!(CheckpointDir::open(&file).unwrap_err().to_string().contains("not a directory"));
-        assert!(CheckpointDir::open_or_create(&file).is_err());
-        // An existing directory keeps its mode.
-        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o750)).unwrap();
-        CheckpointDir::open_or_create(t.path()).unwrap();
-        assert_eq!(mode(t.path()), 0o750);
-    }
-
-    #[test]
-    fn resolve_targets() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = CheckpointDir::open_or_create(t.path()).unwrap();
+        let e = CheckpointDir::open(&t.path().join("none")).unwrap_err().to_string();
+        assert!(e.contains("none: open:"), "{e}");
+        let f = t.path().join("file");
+        fs::write(&f, b"").unwrap();
+        assert!(CheckpointDir::open(&f).unwrap_err().to_string().ends_with("it is not a directory"));
+        assert!(matches!(resolve_restart(&[t.path().to_path_buf()], Choice::Newest), Err(Error::NoCheckpoint { .. })));
+        let e = refusal(&[t.path(), t.path()], Choice::Newest);
+        assert!(e.contains("not several directories"), "{e}");
+        // A generation directory under another name.
+        let dir = CheckpointDir::open(t.path()).unwrap();
         let g = commit(&dir);
-        let images = vec![g.path.join("a.img"), g.path.join("b.img")];
-        assert_eq!(resolve_restart_target(&g.path).unwrap(), images);
-        assert_eq!(resolve_restart_target(&t.path().join("gen-000001")).unwrap()[1], g.path.join("b.img"));
-        assert_eq!(resolve_restart_target(&images[0]).unwrap(), images[..1]);
-        let missing = t.path().join("missing");
-        let e = resolve_restart_target(&missing).unwrap_err().to_string();
-        assert!(e.contains("missing") && e.contains("No such file"), "{e}");
-        let empty = tempfile::tempdir().unwrap();
-        let e = resolve_restart_target(empty.path()).unwrap_err().to_string();
-        assert_eq!(e, format!("{}: no committed checkpoint found", empty.path().canonicalize().unwrap().display()));
-        // A generation directory whose manifest is damaged says so.
-        fs::write(g.path.join(MANIFEST), "garbage\n").unwrap();
-        let e = resolve_restart_target(&g.path).unwrap_err().to_string();
-        assert!(e.contains("invalid manifest"), "{e}");
-        assert!(matches!(resolve_restart_target(t.path()), Err(Error::NoCheckpoint { .. })));
+        let moved = t.path().join("copy");
+        fs::rename(&g.path, &moved).unwrap();
+        let e = refusal(&[&moved], Choice::Newest);
+        assert!(e.ends_with("holds a MANIFEST but is not named like a generation (gen-NNNNNN): restart its checkpoint directory"), "{e}");
     }
 }
