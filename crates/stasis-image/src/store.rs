@@ -178,6 +178,13 @@ pub fn check_image(
     Ok(())
 }
 
+impl PendingGeneration {
+    /// The open directory being written.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+}
+
 impl Generation {
     pub fn manifest(&self) -> Result<Manifest> {
         Manifest::read_from(&self.path)
