@@ -157,8 +157,11 @@ impl Manifest {
                 "process" => {
                     want(6)?;
                     let pid = words[1].parse().map_err(|_| format!("bad pid in {line:?}"))?;
-                    if !valid_image_name(words[2]) {
+                    if !valid_image_name(words[2]) || word(words[2]) != words[2] {
                         return Err(format!("bad image name in {line:?}"));
+                    }
+                    if word(words[3]) != words[3] {
+                        return Err(format!("bad program name in {line:?}"));
                     }
                     let size = num(words[4])?;
                     let digest = Digest::parse(words[5]).ok_or_else(|| format!("bad digest in {line:?}"))?;
@@ -304,6 +307,8 @@ mod tests {
             (format!("stasis-manifest 2\nprocess x a.img y 1 {d}\n"), "bad pid"),
             (format!("stasis-manifest 2\nprocess 1 a.img y z {d}\n"), "bad number"),
             ("stasis-manifest 2\nprocess 1 a.img y 1 abc\n".into(), "bad digest"),
+            (format!("stasis-manifest 2\nprocess 1 a.img y\tz 1 {d}\n"), "bad program name"),
+            (format!("stasis-manifest 2\nprocess 1 a\u{1}.img y 1 {d}\n"), "bad image name"),
             (format!("stasis-manifest 2\nprocess 1 a.img y 1 {}\n", "A".repeat(64)), "bad digest"),
             (format!("stasis-manifest 2\nprocess 1 a.img y 1 {d}\nprocess 1 b.img y 1 {d}\n"), "pid 1 listed twice"),
             (format!("stasis-manifest 2\nprocess 1 a.img y 1 {d}\nprocess 2 a.img y 1 {d}\n"), "image a.img listed twice"),
