@@ -65,7 +65,8 @@ pub fn file_in(ckpt_dir: &Path) -> PathBuf {
 pub fn read(ckpt_dir: &Path) -> io::Result<Option<Secret>> {
     let path = file_in(ckpt_dir);
     let refuse = |why: String| Err(io::Error::new(ErrorKind::PermissionDenied, format!("{}: {why}", path.display())));
-    let dir = Dir::open(ckpt_dir).map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", ckpt_dir.display())))?;
+    let dir = Dir::open(ckpt_dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", ckpt_dir.display())))?;
     let mut f = match dir.open_file(SECRET_FILE) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -98,7 +99,8 @@ pub fn load_or_create(ckpt_dir: &Path) -> io::Result<Secret> {
     let mut bytes = vec![0u8; SECRET_LEN];
     crate::random::fill(&mut bytes)?;
     let text = format!("{}\n", auth::to_hex(&bytes));
-    let dir = Dir::open(ckpt_dir).map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", ckpt_dir.display())))?;
+    let dir = Dir::open(ckpt_dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", ckpt_dir.display())))?;
     match dir.create_file(SECRET_FILE, 0o600) {
         Ok(mut f) => {
             f.write_all(text.as_bytes())

@@ -77,11 +77,8 @@ impl Dir {
     /// Opens the directory `path` names; its last component must not be
     /// a symbolic link.
     pub fn open(path: &Path) -> io::Result<Dir> {
-        let file = File::options()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| {
+        let file =
+            File::options().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path).map_err(|e| {
                 // O_DIRECTORY wins over O_NOFOLLOW: a link reads as ENOTDIR.
                 if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
                     nofollow_error(io::Error::from_raw_os_error(libc::ELOOP))
@@ -170,9 +167,7 @@ impl Dir {
     pub fn rename_new(&self, from: &str, to: &str) -> io::Result<()> {
         let (f, t) = (component(from)?, component(to)?);
         // SAFETY: both names are NUL-terminated strings that outlive the call.
-        let r = unsafe {
-            libc::renameat2(self.fd(), f.as_ptr(), self.fd(), t.as_ptr(), libc::RENAME_NOREPLACE)
-        };
+        let r = unsafe { libc::renameat2(self.fd(), f.as_ptr(), self.fd(), t.as_ptr(), libc::RENAME_NOREPLACE) };
         match check(r) {
             // A file system without RENAME_NOREPLACE: check, then rename.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {

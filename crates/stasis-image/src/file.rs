@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use crate::{
-    Chunk, ChunkKind, Compression, Digest, Error, MAGIC, MAX_CHUNK_LEN, MAX_META_LEN, PAGE_SIZE, ProcessMeta, Result, VERSION,
+    Chunk, ChunkKind, Compression, Digest, Error, MAGIC, MAX_CHUNK_LEN, MAX_META_LEN, PAGE_SIZE, ProcessMeta, Result,
+    VERSION,
 };
 
 const HEADER_LEN: usize = 64;

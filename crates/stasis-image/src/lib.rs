@@ -32,8 +32,8 @@ mod store;
 mod trust;
 
 pub use codec::{decode_meta, encode_meta};
-pub use error::{Error, Result};
 pub use dirfd::{Dir, Stat, euid};
+pub use error::{Error, Result};
 pub use file::{Header, ImageReader, ImageWriter, parse_image, parse_image_digest};
 pub use manifest::{Digest, MANIFEST, Manifest, ManifestProcess, word};
 pub use model::*;

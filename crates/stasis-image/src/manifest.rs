@@ -223,9 +223,11 @@ impl Manifest {
     pub fn read_file(f: std::fs::File, path: &Path) -> Result<Manifest> {
         let path = path.to_path_buf();
         let mut bytes = Vec::new();
-        f.take(MAX_MANIFEST_LEN + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|source| Error::Io { path: path.clone(), op: "read", source })?;
+        f.take(MAX_MANIFEST_LEN + 1).read_to_end(&mut bytes).map_err(|source| Error::Io {
+            path: path.clone(),
+            op: "read",
+            source,
+        })?;
         let bad = |what: String| Error::BadManifest { path: path.clone(), what };
         if bytes.len() as u64 > MAX_MANIFEST_LEN {
             return Err(bad(format!("larger than {MAX_MANIFEST_LEN} bytes")));
@@ -311,7 +313,10 @@ mod tests {
             (format!("stasis-manifest 2\nprocess 1 a\u{1}.img y 1 {d}\n"), "bad image name"),
             (format!("stasis-manifest 2\nprocess 1 a.img y 1 {}\n", "A".repeat(64)), "bad digest"),
             (format!("stasis-manifest 2\nprocess 1 a.img y 1 {d}\nprocess 1 b.img y 1 {d}\n"), "pid 1 listed twice"),
-            (format!("stasis-manifest 2\nprocess 1 a.img y 1 {d}\nprocess 2 a.img y 1 {d}\n"), "image a.img listed twice"),
+            (
+                format!("stasis-manifest 2\nprocess 1 a.img y 1 {d}\nprocess 2 a.img y 1 {d}\n"),
+                "image a.img listed twice",
+            ),
             ("stasis-manifest 2\n\n".into(), "unknown line"),
             ("stasis-manifest 2\nowner me\n".into(), "unknown line"),
         ];

@@ -450,9 +450,10 @@ impl CheckpointDir {
 /// The image `path` (its last component not a link), checked: ours,
 /// nobody else's to write, a valid image.
 fn open_given_image(path: &Path) -> Result<(ImageReader, PathBuf, Dir)> {
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-        refused(path, format!("{}: not the name of an image file", path.display()))
-    })?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| refused(path, format!("{}: not the name of an image file", path.display())))?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -479,8 +480,9 @@ fn open_given_image(path: &Path) -> Result<(ImageReader, PathBuf, Dir)> {
 /// it, and all of that generation's must be given. An image with no
 /// checkpoint directory around it stands alone.
 fn restartable_images(targets: &[PathBuf]) -> Result<Restartable> {
-    // (reader, as given, generation: (checkpoint directory, number))
-    let mut given: Vec<(ImageReader, &Path, Option<(PathBuf, u64)>)> = Vec::new();
+    // (reader, as given, its generation: checkpoint directory and number)
+    type Around = Option<(PathBuf, u64)>;
+    let mut given: Vec<(ImageReader, &Path, Around)> = Vec::new();
     for t in targets {
         let (r, parent, pdir) = open_given_image(t)?;
         let g = r.meta().generation;
@@ -499,7 +501,11 @@ fn restartable_images(targets: &[PathBuf]) -> Result<Restartable> {
             if n != g {
                 return Err(refused(
                     t,
-                    format!("{} is of generation {g} but lies in {}: an image of another checkpoint?", t.display(), parent.display()),
+                    format!(
+                        "{} is of generation {g} but lies in {}: an image of another checkpoint?",
+                        t.display(),
+                        parent.display()
+                    ),
                 ));
             }
             Some((parent.parent().unwrap_or(&parent).to_path_buf(), n))
@@ -529,7 +535,7 @@ fn restartable_images(targets: &[PathBuf]) -> Result<Restartable> {
     let first = given[0].2.clone();
     for (_, t, around) in &given[1..] {
         if *around != first {
-            let describe = |a: &Option<(PathBuf, u64)>| match a {
+            let describe = |a: &Around| match a {
                 Some((ck, n)) => ck.join(committed_name(*n)).display().to_string(),
                 None => "no checkpoint directory".into(),
             };
@@ -647,7 +653,10 @@ pub fn resolve_restart(targets: &[PathBuf], choice: Choice) -> Result<Restartabl
         if let Choice::Exactly(n) = choice
             && n != number
         {
-            return Err(refused(&path, format!("--generation {n} asks for another generation than {}", path.display())));
+            return Err(refused(
+                &path,
+                format!("--generation {n} asks for another generation than {}", path.display()),
+            ));
         }
         let ck = CheckpointDir::open(path.parent().unwrap_or(&path))?;
         return ck.restartable(Choice::Exactly(number));
@@ -791,13 +800,21 @@ mod tests {
         assert_eq!(r.generation_dir.as_deref(), Some(good.path.as_path()));
         assert_eq!(
             r.note.unwrap(),
-            format!("{ck}/gen-000005 is damaged (is not a directory); restarting gen-000001, the newest intact checkpoint")
+            format!(
+                "{ck}/gen-000005 is damaged (is not a directory); restarting gen-000001, the newest intact checkpoint"
+            )
         );
         assert_eq!(restarted(&[t.path()], Choice::Exactly(1)).images.len(), 2);
         let e = refusal(&[t.path()], Choice::Exactly(4));
         assert_eq!(e, format!("{ck}/gen-000004/MANIFEST: the last line is not the checksum (cut short?)"));
         let e = refusal(&[t.path()], Choice::Exactly(3));
-        assert_eq!(e, format!("{ck}/gen-000004/MANIFEST: the last line is not the checksum (cut short?)").replace("000004/MANIFEST: the last line is not the checksum (cut short?)", "000003/MANIFEST is missing"));
+        assert_eq!(
+            e,
+            format!("{ck}/gen-000004/MANIFEST: the last line is not the checksum (cut short?)").replace(
+                "000004/MANIFEST: the last line is not the checksum (cut short?)",
+                "000003/MANIFEST is missing"
+            )
+        );
         let e = refusal(&[t.path()], Choice::Exactly(9));
         assert_eq!(e, format!("{ck} has no generation 9 (it has gen-000001, gen-000003, gen-000004, gen-000005)"));
         // Beginning again over a stale partial directory starts afresh.
@@ -868,11 +885,20 @@ mod tests {
         // Edited fields, checksum recomputed.
         type Edit = fn(&mut Manifest);
         let cases: [(Edit, &str); 6] = [
-            (|m| m.computation_id = 5, "p1.img is of computation 0000000000000077, but the manifest's is 0000000000000005: another computation's image?"),
+            (
+                |m| m.computation_id = 5,
+                "p1.img is of computation 0000000000000077, but the manifest's is 0000000000000005: another computation's image?",
+            ),
             (|m| m.processes[0].pid = 9, "p1.img is of pid 1, but the manifest lists pid 9 for it"),
-            (|m| m.processes[0].name = "evil".into(), "p1.img is of program \"prog1\", but the manifest lists \"evil\" for it"),
+            (
+                |m| m.processes[0].name = "evil".into(),
+                "p1.img is of program \"prog1\", but the manifest lists \"evil\" for it",
+            ),
             (|m| m.processes[0].size += 1, "p1.img has"),
-            (|m| m.processes[0].digest.0[0] ^= 1, "p1.img is not the image the manifest lists (its digest differs): another checkpoint's image?"),
+            (
+                |m| m.processes[0].digest.0[0] ^= 1,
+                "p1.img is not the image the manifest lists (its digest differs): another checkpoint's image?",
+            ),
             (|m| m.processes[1].image = "MANIFEST".into(), "MANIFEST: not a stasis image"),
         ];
         for (edit, want) in cases {
@@ -989,7 +1015,10 @@ mod tests {
         let r = restarted(&[&lone.path().join("p7.img")], Choice::Newest);
         assert!(r.manifest.is_none() && r.ckpt_dir.is_none());
         std::os::unix::fs::symlink(lone.path().join("p7.img"), lone.path().join("l.img")).unwrap();
-        assert!(refusal(&[&lone.path().join("l.img")], Choice::Newest).ends_with("is a symbolic link: give the image itself"));
+        assert!(
+            refusal(&[&lone.path().join("l.img")], Choice::Newest)
+                .ends_with("is a symbolic link: give the image itself")
+        );
         fs::set_permissions(lone.path().join("p7.img"), fs::Permissions::from_mode(0o666)).unwrap();
         let e = refusal(&[&lone.path().join("p7.img")], Choice::Newest);
         assert!(e.contains("is writable by other users (mode 666)"), "{e}");
@@ -1004,7 +1033,10 @@ mod tests {
         let ck = dir.path.display().to_string();
         fs::set_permissions(g2.path.join("p1.img"), fs::Permissions::from_mode(0o646)).unwrap();
         let e = refusal(&[t.path()], Choice::Newest);
-        assert!(e.starts_with(&format!("{ck}/gen-000002 is damaged (p1.img is writable by other users (mode 646)")), "{e}");
+        assert!(
+            e.starts_with(&format!("{ck}/gen-000002 is damaged (p1.img is writable by other users (mode 646)")),
+            "{e}"
+        );
         fs::set_permissions(g2.path.join("p1.img"), fs::Permissions::from_mode(0o600)).unwrap();
         fs::set_permissions(&g2.path, fs::Permissions::from_mode(0o777)).unwrap();
         let e = refusal(&[t.path()], Choice::Newest);
@@ -1066,6 +1098,11 @@ mod tests {
         let moved = t.path().join("copy");
         fs::rename(&g.path, &moved).unwrap();
         let e = refusal(&[&moved], Choice::Newest);
-        assert!(e.ends_with("holds a MANIFEST but is not named like a generation (gen-NNNNNN): restart its checkpoint directory"), "{e}");
+        assert!(
+            e.ends_with(
+                "holds a MANIFEST but is not named like a generation (gen-NNNNNN): restart its checkpoint directory"
+            ),
+            "{e}"
+        );
     }
 }

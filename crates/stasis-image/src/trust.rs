@@ -14,21 +14,28 @@ const STICKY: u32 = 0o1000;
 const OTHERS_WRITE: u32 = 0o022;
 
 fn refuse(dir: &Path, why: String) -> Error {
-    Error::Refused { path: dir.to_path_buf(), msg: format!("refusing the checkpoint directory {}: {why}", dir.display()) }
+    Error::Refused {
+        path: dir.to_path_buf(),
+        msg: format!("refusing the checkpoint directory {}: {why}", dir.display()),
+    }
 }
 
 /// Checks the checkpoint directory `path` and every directory above it,
 /// and opens it (`O_DIRECTORY|O_NOFOLLOW`): what is checked is what is
 /// opened. Returns the canonical path and the open directory.
 pub fn open_checkpoint_dir(path: &Path) -> Result<(PathBuf, Dir)> {
-    let canonical = std::fs::canonicalize(path).map_err(|source| Error::Io { path: path.into(), op: "open", source })?;
+    let canonical =
+        std::fs::canonicalize(path).map_err(|source| Error::Io { path: path.into(), op: "open", source })?;
     let me = euid();
     // Above it: each directory ours or root's, and writable by nobody
     // else unless sticky (then others cannot rename or remove our entries).
     let mut child = canonical.as_path();
     while let Some(parent) = child.parent() {
-        let md = std::fs::symlink_metadata(parent)
-            .map_err(|source| Error::Io { path: parent.into(), op: "stat", source })?;
+        let md = std::fs::symlink_metadata(parent).map_err(|source| Error::Io {
+            path: parent.into(),
+            op: "stat",
+            source,
+        })?;
         let which = if child == canonical { "parent" } else { "ancestor" };
         if md.uid() != 0 && md.uid() != me {
             return Err(refuse(
@@ -64,7 +71,10 @@ pub fn open_checkpoint_dir(path: &Path) -> Result<(PathBuf, Dir)> {
     if md.uid() != me {
         return Err(refuse(
             &canonical,
-            format!("it belongs to uid {}, not to you (uid {me}), so its owner could replace its checkpoints (use a directory of your own)", md.uid()),
+            format!(
+                "it belongs to uid {}, not to you (uid {me}), so its owner could replace its checkpoints (use a directory of your own)",
+                md.uid()
+            ),
         ));
     }
     if md.mode() & OTHERS_WRITE != 0 {
