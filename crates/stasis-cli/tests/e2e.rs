@@ -578,7 +578,9 @@ fn damaged_images_are_refused_cleanly() {
     let out = run_stasis(&sb, "restart", &args, QUICK_TIMEOUT);
     sb.check(
         out.stderr.contains("gen-000002 is damaged (MANIFEST: ")
-            && out.stderr.contains("the newest intact checkpoint is gen-000001: restart with --generation 1 or --fallback"),
+            && out
+                .stderr
+                .contains("the newest intact checkpoint is gen-000001: restart with --generation 1 or --fallback"),
         || format!("restart of a damaged newest generation said: {}", out.stderr),
     );
 

@@ -737,6 +737,20 @@ mod tests {
     }
 
     #[test]
+    fn never_created_through_a_link() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, t.path().join("l.img")).unwrap();
+        assert!(ImageWriter::create(&t.path().join("l.img")).is_err());
+        let d = crate::Dir::open(t.path()).unwrap();
+        assert!(ImageWriter::create_in(&d, "l.img").is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        ImageWriter::create_in(&d, "new.img").unwrap().finish(meta()).unwrap();
+        assert!(ImageReader::open(&t.path().join("new.img")).is_ok());
+    }
+
+    #[test]
     fn short_files() {
         for len in [0, 1, 8, 63] {
             let mut v = MAGIC.to_vec();
