@@ -24,7 +24,14 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     // and a page that vanished (the agent's own temporary buffers, freed
     // after the memory list was taken) is an error, not a crash.
     let mem = std::fs::File::open("/proc/self/mem").map_err(|e| format!("open /proc/self/mem: {e}"))?;
-    let mut w = ImageWriter::create(path).map_err(err)?;
+    // Only into a directory of ours that nobody else can write, whoever
+    // sent the SUSPEND; created afresh there, never through a link.
+    let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(d), Some(n)) => (d, n),
+        _ => return Err(format!("{} is not a path to an image", path.display())),
+    };
+    let dir = stasis_image::open_image_dir(dir)?;
+    let mut w = ImageWriter::create_in(&dir, name).map_err(err)?;
     if compress {
         w.set_compression(stasis_image::Compression::Lz4);
     }

@@ -275,6 +275,12 @@ struct RestartArgs {
     /// Images named without a directory are in DIR; with no image, restart DIR
     #[arg(long = "restartdir", value_name = "DIR")]
     restart_dir: Option<PathBuf>,
+    /// Restart generation N of the checkpoint directory (gen-NNNNNN), not its newest
+    #[arg(long = "generation", value_name = "N", conflicts_with = "fallback")]
+    generation: Option<u64>,
+    /// If the newest generation is damaged, restart the newest intact one (and say so)
+    #[arg(long)]
+    fallback: bool,
     /// Print no notes, only errors
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
@@ -433,6 +439,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
                 port_file: a.port_file,
                 coord_logfile: a.coord_logfile,
                 restart_dir: a.restart_dir,
+                generation: a.generation,
+                fallback: a.fallback,
                 quiet: a.quiet,
                 targets: a.targets,
             })
@@ -669,5 +677,12 @@ mod tests {
         assert_eq!((o.targets.len(), o.mode), (2, Mode::Join));
         let Ok(Verb::Restart(o)) = parse_str(&["restart", "--restartdir", "/ck"]) else { panic!() };
         assert_eq!((o.targets.len(), o.restart_dir), (0, Some(PathBuf::from("/ck"))));
+        assert_eq!((o.generation, o.fallback), (None, false));
+        let Ok(Verb::Restart(o)) = parse_str(&["restart", "--generation", "4", "ck"]) else { panic!() };
+        assert_eq!((o.generation, o.fallback), (Some(4), false));
+        let Ok(Verb::Restart(o)) = parse_str(&["restart", "--fallback", "ck"]) else { panic!() };
+        assert_eq!((o.generation, o.fallback), (None, true));
+        assert!(parse_str(&["restart", "--fallback", "--generation", "4", "ck"]).is_err());
+        assert!(parse_str(&["restart", "--generation", "x", "ck"]).is_err());
     }
 }

@@ -221,6 +221,12 @@ struct RestartArgs {
     /// Where later checkpoints go (DMTCP_CHECKPOINT_DIR; default: where the images are)
     #[arg(long = "ckptdir", value_name = "DIR")]
     ckpt_dir: Option<PathBuf>,
+    /// Restart generation N of the checkpoint directory (gen-NNNNNN), not its newest (a stasis extension)
+    #[arg(long = "generation", value_name = "N", conflicts_with = "fallback")]
+    generation: Option<u64>,
+    /// If the newest generation is damaged, restart the newest intact one (a stasis extension)
+    #[arg(long)]
+    fallback: bool,
     /// Where the coordinator's socket directory goes (DMTCP_TMPDIR; default /tmp)
     #[arg(long = "tmpdir", value_name = "DIR")]
     tmpdir: Option<PathBuf>,
@@ -489,6 +495,8 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 port_file: a.port_file,
                 coord_logfile: a.coord_logfile,
                 restart_dir,
+                generation: a.generation,
+                fallback: a.fallback,
                 quiet: a.quiet > 0 || env_quiet(env),
                 targets: a.targets,
             })
@@ -760,6 +768,11 @@ mod tests {
         assert_eq!((o.restart_dir, o.mode), (Some(PathBuf::from("/ck")), Mode::New));
         let (o, _) = restart(&[], &[("DMTCP_RESTART_DIR", "/r"), ("DMTCP_CHECKPOINT_DIR", "/c")]);
         assert_eq!((o.restart_dir, o.ckpt_dir), (Some(PathBuf::from("/r")), Some(PathBuf::from("/c"))));
+        let (o, _) = restart(&["--generation", "3", "/ck"], &[]);
+        assert_eq!((o.generation, o.fallback), (Some(3), false));
+        let (o, _) = restart(&["--fallback", "--restartdir", "/ck"], &[]);
+        assert_eq!((o.generation, o.fallback), (None, true));
+        refused(Name::Restart, &["--fallback", "--generation", "3", "/ck"], &["--generation"]);
         let (_, notes) = restart(&["--no-strict-checking", "x.dmtcp"], &[]);
         assert!(notes[0].contains("--no-strict-checking is ignored"), "{notes:?}");
         refused(Name::Restart, &[], &["needs images"]);

@@ -243,6 +243,7 @@ impl Drop for Computation {
 /// image; returns the verbs it received.
 fn fake_agent(s: UnixStream) -> Vec<String> {
     let mut dir: Option<PathBuf> = None;
+    let mut computation = 0u64;
     let hello = Message::new("HELLO")
         .with("pid", 4242)
         .with("name", "fake")
@@ -258,12 +259,28 @@ fn fake_agent(s: UnixStream) -> Vec<String> {
         let reply = match m.verb.as_str() {
             "SUSPEND" => {
                 dir = Some(PathBuf::from(m.get("dir").unwrap()));
+                computation = u64::from_str_radix(m.get("computation").unwrap_or("0"), 16).unwrap_or(0);
                 Some(Message::new("SUSPENDED").with("generation", &generation))
             }
             "SNAPSHOT" => Some(Message::new("SNAPSHOTTED").with("generation", &generation).with("pause_us", 5)),
             // After SNAPSHOTTED, RESUME means "write the image".
             "RESUME" if dir.is_some() => {
-                std::fs::write(dir.take().unwrap().join("fake.img"), b"x").unwrap();
+                // A small real image: the coordinator reads its header and
+                // metadata to vouch for it in the MANIFEST.
+                let meta = stasis_image::ProcessMeta {
+                    pid: 4242,
+                    name: "fake".into(),
+                    generation: generation.parse().unwrap(),
+                    computation_id: computation,
+                    threads: vec![stasis_image::Thread {
+                        tid: 4242,
+                        ucontext: vec![0; stasis_image::UCONTEXT_LEN],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                let w = stasis_image::ImageWriter::create(&dir.take().unwrap().join("fake.img")).unwrap();
+                w.finish(meta).unwrap();
                 Some(Message::new("WRITTEN").with("generation", &generation).with("image", "fake.img").with("bytes", 1))
             }
             _ => None,

@@ -569,6 +569,25 @@ fn damaged_images_are_refused_cleanly() {
     fs::write(case_ck.join(&gen_name).join("MANIFEST"), pseudo_random(300, 3)).unwrap();
     expect_refused(&sb, "garbage MANIFEST", &[&case_ck], None, Some(&exe));
 
+    // A damaged newest generation above an intact one: refused, naming
+    // both, unless asked for the fallback.
+    let case_ck = sb.join("cases/damaged-newest/ck");
+    copy_tree(&ck, &case_ck).unwrap();
+    let newer = case_ck.join(gen_name.to_string_lossy().replace("000001", "000002"));
+    copy_tree(&case_ck.join(&gen_name), &newer).unwrap();
+    fs::write(newer.join("MANIFEST"), pseudo_random(300, 4)).unwrap();
+    expect_refused(&sb, "damaged newest MANIFEST", &[&case_ck], None, Some(&exe));
+    let sock = sb.socket();
+    let args = [Path::new("restart"), Path::new("--coord-socket"), &sock, &case_ck];
+    let out = run_stasis(&sb, "restart", &args, QUICK_TIMEOUT);
+    sb.check(
+        out.stderr.contains("gen-000002 is damaged (MANIFEST: ")
+            && out
+                .stderr
+                .contains("the newest intact checkpoint is gen-000001: restart with --generation 1 or --fallback"),
+        || format!("restart of a damaged newest generation said: {}", out.stderr),
+    );
+
     let case_ck = sb.join("cases/no-image/ck");
     copy_tree(&ck, &case_ck).unwrap();
     fs::remove_file(case_ck.join(&gen_name).join(&image_name)).unwrap();

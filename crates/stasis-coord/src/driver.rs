@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use stasis_image::{CheckpointDir, Manifest, ManifestProcess, PendingGeneration};
+use stasis_image::{CheckpointDir, ImageReader, Manifest, ManifestProcess, PendingGeneration};
 use stasis_proto::{self as proto, Message};
 
 use crate::state::{Conn, Participant, Phase, Round, Shared, Stage, Waiter, error};
@@ -138,8 +138,12 @@ fn checkpoint(
     if let Err(reason) = check_images(&pending, &manifest.processes) {
         return Err(abort(dir, pending, reason));
     }
+    let manifest = match vouch(&pending, manifest) {
+        Ok(m) => m,
+        Err(reason) => return Err(abort(dir, pending, reason)),
+    };
     let committed = dir.commit(pending, &manifest).map_err(|e| e.to_string())?;
-    for problem in publish::after_commit(&dir.path, &committed, &manifest) {
+    for problem in publish::after_commit(dir, &committed, &manifest) {
         warn(&problem);
     }
     if let Err(e) = dir.prune(shared.keep.max(1)) {
@@ -416,9 +420,41 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
             a.generation = generation;
             a.stats = stats;
         }
-        processes.push(ManifestProcess { pid: p.pid, name: p.name, image });
+        // Size and digest: filled from the image itself (vouch).
+        processes.push(ManifestProcess { pid: p.pid, name: p.name, image, ..Default::default() });
     }
     Ok(Manifest { generation, computation_id, created_unix: 0, interval_s, processes })
+}
+
+/// Fills each process's image size and digest, reading only the header
+/// and metadata of each image (through the pending directory, never
+/// through a link), and checks that each image is the one its process
+/// was asked for: of this computation, this generation and this pid. The
+/// manifest takes the program name the image holds.
+fn vouch(pending: &PendingGeneration, mut m: Manifest) -> Result<Manifest, String> {
+    let dir = pending.dir();
+    for p in &mut m.processes {
+        let path = pending.path.join(&p.image);
+        let f = dir.open_file(&p.image).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let r = ImageReader::from_file(f, &path).map_err(|e| e.to_string())?;
+        let meta = r.meta();
+        if meta.pid != p.pid || meta.generation != m.generation || meta.computation_id != m.computation_id {
+            return Err(format!(
+                "{} is of pid {}, generation {}, computation {:016x}; process {} of generation {} of computation {:016x} was asked for",
+                path.display(),
+                meta.pid,
+                meta.generation,
+                meta.computation_id,
+                p.pid,
+                m.generation,
+                m.computation_id
+            ));
+        }
+        p.name = stasis_image::word(&meta.name);
+        p.size = r.len();
+        p.digest = r.digest();
+    }
+    Ok(m)
 }
 
 /// Every image is a plain file name, named once, and present: a

@@ -12,10 +12,10 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use stasis_image::{Generation, ImageReader, Manifest};
+use stasis_image::{CheckpointDir, Dir, Generation, ImageReader, Manifest};
 
 /// The restart script's name (DMTCP's).
 pub const RESTART_SCRIPT: &str = "dmtcp_restart_script.sh";
@@ -64,8 +64,8 @@ pub fn is_dmtcp_name(name: &str) -> bool {
 
 /// The program's name for an image: the executable's file name (not the
 /// 15-character `comm`), as DMTCP names its images.
-fn program_of(image: &Path, fallback: &str) -> String {
-    ImageReader::open(image)
+fn program_of(image: fs::File, path: &Path) -> Option<String> {
+    ImageReader::from_file(image, path)
         .ok()
         .and_then(|r| {
             let exe = &r.meta().exe;
@@ -73,67 +73,103 @@ fn program_of(image: &Path, fallback: &str) -> String {
             Path::new(exe).file_name().map(|n| n.to_string_lossy().into_owned())
         })
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| fallback.to_string())
 }
 
 /// Publishes `generation` (just committed, of `manifest`) in `ckpt_dir`.
 /// Returns what could not be done; the generation is committed regardless.
-pub(crate) fn after_commit(ckpt_dir: &Path, generation: &Generation, manifest: &Manifest) -> Vec<String> {
+/// Everything is done through the directory's descriptor: nothing is
+/// created where something is, and no link is followed.
+pub(crate) fn after_commit(ckpt_dir: &CheckpointDir, generation: &Generation, manifest: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
+    let top = ckpt_dir.dir();
+    let shown = ckpt_dir.path.display();
+    let gen_dir = match top.open_dir(&format!("gen-{:06}", generation.number)) {
+        Ok(d) => d,
+        Err(e) => return vec![format!("cannot open {}: {e}", generation.path.display())],
+    };
     let mut names = Vec::with_capacity(manifest.processes.len());
     for p in &manifest.processes {
-        let image = generation.path.join(&p.image);
-        let name = dmtcp_name(&program_of(&image, &p.name), manifest.computation_id, p.pid);
-        if let Err(e) = place(&image, ckpt_dir, &name) {
-            problems.push(format!("cannot put {name} in {}: {e}", ckpt_dir.display()));
+        let program = gen_dir
+            .open_file(&p.image)
+            .ok()
+            .and_then(|f| program_of(f, &generation.path.join(&p.image)))
+            .unwrap_or_else(|| p.name.clone());
+        let name = dmtcp_name(&program, manifest.computation_id, p.pid);
+        if let Err(e) = place(&gen_dir, &p.image, top, &name) {
+            problems.push(format!("cannot put {name} in {shown}: {e}"));
         }
         names.push(name);
     }
-    match fs::read_dir(ckpt_dir) {
+    match top.names() {
         Ok(entries) => {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if is_dmtcp_name(&name)
-                    && !names.contains(&name)
-                    && let Err(err) = fs::remove_file(e.path())
+            let me = stasis_image::euid();
+            for name in entries {
+                let Some(name) = name.to_str() else { continue };
+                // Only the regular files of ours that an older commit left.
+                let ours = top.stat(name).is_ok_and(|s| s.is_file() && s.uid == me);
+                if is_dmtcp_name(name)
+                    && ours
+                    && !names.iter().any(|n| n == name)
+                    && let Err(err) = top.unlink(name)
                 {
                     problems.push(format!("cannot remove the outdated {name}: {err}"));
                 }
             }
         }
-        Err(e) => problems.push(format!("cannot list {}: {e}", ckpt_dir.display())),
+        Err(e) => problems.push(format!("cannot list {shown}: {e}")),
     }
-    if let Err(e) = write_script(ckpt_dir) {
-        problems.push(format!("cannot write {}: {e}", ckpt_dir.join(RESTART_SCRIPT).display()));
+    if let Err(e) = write_script(top) {
+        problems.push(format!("cannot write {}: {e}", ckpt_dir.path.join(RESTART_SCRIPT).display()));
     }
     problems
 }
 
-/// Links (or copies) `image` to `dir/name`, replacing what is there at once.
-fn place(image: &Path, dir: &Path, name: &str) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    if fs::hard_link(image, &tmp).is_err() {
-        fs::copy(image, &tmp)?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+/// A temporary name for `name` that nobody can guess in advance: with
+/// O_EXCL or linkat (which never follow a link) that alone would do, but
+/// a planted name would still block the publication.
+fn temporary(name: &str) -> io::Result<String> {
+    let mut r = [0u8; 8];
+    crate::random::fill(&mut r)?;
+    Ok(format!(".{name}.{}.tmp", u64::from_le_bytes(r)))
+}
+
+/// Links (or copies) `image` of `gen_dir` to `name` in `top`, replacing
+/// what is there at once (a link planted there is replaced, not followed).
+fn place(gen_dir: &Dir, image: &str, top: &Dir, name: &str) -> io::Result<()> {
+    let tmp = temporary(name)?;
+    if top.link_from(gen_dir, image, &tmp).is_err() {
+        // No hard links on this file system: a copy, created afresh.
+        let result = (|| {
+            let mut src = gen_dir.open_file(image)?;
+            let mut dst = top.create_file(&tmp, 0o600)?;
+            io::copy(&mut src, &mut dst)?;
+            dst.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = top.unlink(&tmp);
+            return Err(e);
+        }
     }
-    fs::rename(&tmp, dir.join(name)).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
+    top.rename(&tmp, name).inspect_err(|_| {
+        let _ = top.unlink(&tmp);
     })
 }
 
 /// Writes the restart script (mode 0755), replacing the old one at once.
-pub fn write_script(dir: &Path) -> io::Result<()> {
-    let path = dir.join(RESTART_SCRIPT);
-    let tmp = dir.join(format!(".{RESTART_SCRIPT}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o755).open(&tmp)?;
-    f.write_all(SCRIPT.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    // The mode given at creation is cut by the umask.
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
-    fs::rename(&tmp, &path)
+fn write_script(top: &Dir) -> io::Result<()> {
+    let tmp = temporary(RESTART_SCRIPT)?;
+    let result = (|| {
+        let mut f = top.create_file(&tmp, 0o700)?;
+        f.write_all(SCRIPT.as_bytes())?;
+        // The mode given at creation is cut by the umask.
+        f.set_permissions(fs::Permissions::from_mode(0o755))?;
+        f.sync_all()?;
+        top.rename(&tmp, RESTART_SCRIPT)
+    })();
+    if result.is_err() {
+        let _ = top.unlink(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -161,7 +197,7 @@ mod tests {
         for &pid in pids {
             let image = format!("p{pid}.img");
             fs::write(p.path.join(&image), format!("image of {pid} in {n}")).unwrap();
-            m.processes.push(ManifestProcess { pid, name: format!("prog{pid}"), image });
+            m.processes.push(ManifestProcess { pid, name: format!("prog{pid}"), image, ..Default::default() });
         }
         (dir.commit(p, &m).unwrap(), m)
     }
@@ -171,14 +207,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = CheckpointDir::open_or_create(t.path()).unwrap();
         let (g1, m1) = commit(&dir, &[10, 20]);
-        assert!(after_commit(&dir.path, &g1, &m1).is_empty());
+        assert!(after_commit(&dir, &g1, &m1).is_empty());
         let a = dir.path.join(dmtcp_name("prog10", 0x77, 10));
         let b = dir.path.join(dmtcp_name("prog20", 0x77, 20));
         assert_eq!(fs::read_to_string(&a).unwrap(), "image of 10 in 1");
         assert!(b.is_file());
 
         let (g2, m2) = commit(&dir, &[10]);
-        assert!(after_commit(&dir.path, &g2, &m2).is_empty());
+        assert!(after_commit(&dir, &g2, &m2).is_empty());
         assert_eq!(fs::read_to_string(&a).unwrap(), "image of 10 in 2");
         assert!(!b.exists(), "process 20 is not in generation 2");
         let script = dir.path.join(RESTART_SCRIPT);
@@ -192,5 +228,30 @@ mod tests {
             .filter(|n| n.starts_with('.'))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn planted_links_are_never_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open_or_create(&t.path().join("ck")).unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let (g1, m1) = commit(&dir, &[10]);
+        let name = dmtcp_name("prog10", 0x77, 10);
+        // The temporary names this module used to use, and the final ones.
+        for planted in [format!(".{name}.tmp"), format!(".{RESTART_SCRIPT}.tmp"), name.clone(), RESTART_SCRIPT.into()] {
+            std::os::unix::fs::symlink(&victim, dir.path.join(planted)).unwrap();
+        }
+        // An outdated name that is a link, not a file of ours: left alone.
+        let stale = dmtcp_name("gone", 0x77, 99);
+        std::os::unix::fs::symlink(&victim, dir.path.join(&stale)).unwrap();
+        assert_eq!(after_commit(&dir, &g1, &m1), Vec::<String>::new());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        let published = dir.path.join(&name);
+        assert!(fs::symlink_metadata(&published).unwrap().file_type().is_file());
+        assert_eq!(fs::read_to_string(&published).unwrap(), "image of 10 in 1");
+        let script = dir.path.join(RESTART_SCRIPT);
+        assert!(fs::symlink_metadata(&script).unwrap().file_type().is_file());
+        assert!(fs::symlink_metadata(dir.path.join(&stale)).unwrap().file_type().is_symlink());
     }
 }

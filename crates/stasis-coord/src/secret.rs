@@ -4,11 +4,11 @@
 //! whoever can read the checkpoint directory can read the images anyway,
 //! and the images hold everything the secret protects.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, ErrorKind, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use stasis_image::Dir;
 use stasis_proto::auth;
 
 /// The secret's file, in the checkpoint directory.
@@ -60,32 +60,34 @@ pub fn file_in(ckpt_dir: &Path) -> PathBuf {
 }
 
 /// Reads the secret file of `ckpt_dir`, if there is one. Refuses a file
-/// that is not ours or that others may read.
+/// that is a link, not ours, or that others may read: what is checked is
+/// the file opened (O_NOFOLLOW, then fstat).
 pub fn read(ckpt_dir: &Path) -> io::Result<Option<Secret>> {
     let path = file_in(ckpt_dir);
-    let md = match fs::symlink_metadata(&path) {
-        Ok(md) => md,
+    let refuse = |why: String| Err(io::Error::new(ErrorKind::PermissionDenied, format!("{}: {why}", path.display())));
+    let dir = Dir::open(ckpt_dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", ckpt_dir.display())))?;
+    let mut f = match dir.open_file(SECRET_FILE) {
+        Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == ErrorKind::InvalidInput => return refuse(format!("{e}; remove it")),
         Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))),
     };
-    let refuse = |why: String| Err(io::Error::new(ErrorKind::PermissionDenied, format!("{}: {why}", path.display())));
-    if !md.is_file() {
-        return refuse("not a regular file".into());
-    }
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
+    let md = f.metadata()?;
+    let me = stasis_image::euid();
     if md.uid() != me {
         return refuse(format!("belongs to uid {}, not to us ({me})", md.uid()));
     }
     if md.mode() & 0o077 != 0 {
         return refuse(format!("others may read it (mode {:o}; chmod 600 it)", md.mode() & 0o7777));
     }
-    let text = fs::read_to_string(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     parse(text.trim(), &path.display().to_string()).map(Some)
 }
 
 /// The coordinator's secret: the environment's, else the checkpoint
-/// directory's, created (mode 0600) if missing.
+/// directory's, created (mode 0600, O_EXCL|O_NOFOLLOW) if missing.
 pub fn load_or_create(ckpt_dir: &Path) -> io::Result<Secret> {
     if let Some(s) = from_env()? {
         return Ok(s);
@@ -97,15 +99,16 @@ pub fn load_or_create(ckpt_dir: &Path) -> io::Result<Secret> {
     let mut bytes = vec![0u8; SECRET_LEN];
     crate::random::fill(&mut bytes)?;
     let text = format!("{}\n", auth::to_hex(&bytes));
-    let created = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
-    match created {
+    let dir = Dir::open(ckpt_dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", ckpt_dir.display())))?;
+    match dir.create_file(SECRET_FILE, 0o600) {
         Ok(mut f) => {
             f.write_all(text.as_bytes())
                 .and_then(|()| f.sync_all())
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))?;
             Ok(Secret { bytes, origin: path.display().to_string() })
         }
-        // Another coordinator made it first.
+        // Another coordinator made it first (or a link is there: read refuses it).
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
             read(ckpt_dir)?.ok_or_else(|| io::Error::new(ErrorKind::NotFound, format!("{} vanished", path.display())))
         }
@@ -116,6 +119,7 @@ pub fn load_or_create(ckpt_dir: &Path) -> io::Result<Secret> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -139,5 +143,21 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(&path, "zz\n").unwrap();
         assert!(read(t.path()).unwrap_err().to_string().contains("does not hold a secret"));
+    }
+
+    #[test]
+    fn links_are_refused_not_followed() {
+        if from_env().unwrap().is_some() {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, "0123456789abcdef0123456789abcdef\n").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&victim, file_in(t.path())).unwrap();
+        let e = read(t.path()).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(load_or_create(t.path()).is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "0123456789abcdef0123456789abcdef\n");
     }
 }

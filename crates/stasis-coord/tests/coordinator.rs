@@ -219,6 +219,7 @@ fn agent_loop(
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     let mut dir = PathBuf::new();
+    let mut computation = 0u64;
     let note = |what: String| log.lock().unwrap().push(what);
     let answer = |m: Message| {
         note(format!("{pid} sent {}", m.verb));
@@ -239,6 +240,7 @@ fn agent_loop(
             }
             "SUSPEND" => {
                 dir = PathBuf::from(m.get("dir").unwrap());
+                computation = u64::from_str_radix(m.get("computation").unwrap_or("0"), 16).unwrap_or(0);
                 assert!(dir.is_absolute(), "{dir:?}");
                 assert!(m.get("interval").is_some() && m.get("computation").is_some());
                 match behaviour {
@@ -275,7 +277,7 @@ fn agent_loop(
                 let image = format!("{name}-{pid}.img");
                 // The directory is gone if another agent made the
                 // checkpoint fail first.
-                answer(match std::fs::write(dir.join(&image), b"not really an image\n") {
+                answer(match write_image(&dir.join(&image), pid, name, generation, computation) {
                     Ok(()) => Message::new("WRITTEN")
                         .with("generation", generation)
                         .with("image", image)
@@ -290,6 +292,22 @@ fn agent_loop(
             other => panic!("fake agent got {other}"),
         }
     }
+}
+
+/// Writes a small but real image (the coordinator reads its header and
+/// metadata to vouch for it in the MANIFEST).
+fn write_image(path: &Path, pid: i32, name: &str, generation: u64, computation_id: u64) -> std::io::Result<()> {
+    use stasis_image::{Fd, FdKind, ImageWriter, ProcessMeta, Thread, UCONTEXT_LEN};
+    let meta = ProcessMeta {
+        pid,
+        generation,
+        computation_id,
+        name: name.into(),
+        threads: vec![Thread { tid: pid, ucontext: vec![0; UCONTEXT_LEN], ..Default::default() }],
+        fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent }],
+        ..Default::default()
+    };
+    ImageWriter::create(path).and_then(|w| w.finish(meta)).map(drop).map_err(std::io::Error::other)
 }
 
 /// A SUSPENDED naming `children` (no field when there are none, as an
@@ -332,7 +350,8 @@ fn two_agents_commit_a_generation_that_lists_both() {
     let dir = PathBuf::from(reply.get("dir").unwrap());
     assert!(dir.is_dir(), "{dir:?}");
     assert_eq!(t.latest(), Some(1));
-    let mut images: Vec<String> = stasis_image::resolve_restart_target(&t.ck)
+    let mut images: Vec<String> = CheckpointDir::open(&t.ck)
+        .and_then(|d| d.latest()?.image_paths())
         .unwrap()
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -462,7 +481,8 @@ fn an_agent_that_disconnects_before_suspending_leaves_the_round() {
 
 /// The image files of the newest generation, sorted.
 fn images(t: &Test) -> Vec<String> {
-    let mut images: Vec<String> = stasis_image::resolve_restart_target(&t.ck)
+    let mut images: Vec<String> = CheckpointDir::open(&t.ck)
+        .and_then(|d| d.latest()?.image_paths())
         .unwrap()
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -546,6 +566,7 @@ fn a_newcomer_after_the_snapshot_waits_for_the_next_checkpoint() {
     let m = Message::decode(&next_line(&mut reader, "SUSPEND")).unwrap();
     let g = m.get("generation").unwrap().to_string();
     let dir = PathBuf::from(m.get("dir").unwrap());
+    let computation = u64::from_str_radix(m.get("computation").unwrap(), 16).unwrap();
     (&raw).write_all(Message::new("SUSPENDED").with("generation", &g).encode().as_bytes()).unwrap();
     next_line(&mut reader, "SNAPSHOT");
     // Connected (its HELLO counted) once the snapshots began: not in this round.
@@ -553,7 +574,7 @@ fn a_newcomer_after_the_snapshot_waits_for_the_next_checkpoint() {
     t.wait_processes(2);
     (&raw).write_all(Message::new("SNAPSHOTTED").with("generation", &g).encode().as_bytes()).unwrap();
     next_line(&mut reader, "RESUME");
-    std::fs::write(dir.join("slow.img"), b"x").unwrap();
+    write_image(&dir.join("slow.img"), 300, "slow", g.parse().unwrap(), computation).unwrap();
     let answer = Message::new("WRITTEN").with("generation", &g).with("image", "slow.img");
     (&raw).write_all(answer.encode().as_bytes()).unwrap();
     let reply = client.join().unwrap();

@@ -45,6 +45,12 @@ pub enum Error {
         path: PathBuf,
         what: String,
     },
+    /// A checkpoint that is not trusted or not consistent: `msg` is the
+    /// whole line, path included.
+    Refused {
+        path: PathBuf,
+        msg: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -68,6 +74,7 @@ impl fmt::Display for Error {
             Error::Invalid { path, what } => {
                 write!(f, "{}: refusing to write an invalid image: {what}", path.display())
             }
+            Error::Refused { msg, .. } => f.write_str(msg),
         }
     }
 }
@@ -92,7 +99,8 @@ impl Error {
             | Error::Corrupt { path, .. }
             | Error::Checksum { path, .. }
             | Error::BadManifest { path, .. }
-            | Error::Invalid { path, .. } => path,
+            | Error::Invalid { path, .. }
+            | Error::Refused { path, .. } => path,
             Error::NoCheckpoint { dir } => dir,
         }
     }
@@ -110,6 +118,7 @@ impl Error {
             Error::NoCheckpoint { .. } => Error::NoCheckpoint { dir: path },
             Error::BadManifest { what, .. } => Error::BadManifest { path, what },
             Error::Invalid { what, .. } => Error::Invalid { path, what },
+            Error::Refused { msg, .. } => Error::Refused { path, msg },
         }
     }
 }

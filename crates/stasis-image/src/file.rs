@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use crate::{
-    Chunk, ChunkKind, Compression, Error, MAGIC, MAX_CHUNK_LEN, MAX_META_LEN, PAGE_SIZE, ProcessMeta, Result, VERSION,
+    Chunk, ChunkKind, Compression, Digest, Error, MAGIC, MAX_CHUNK_LEN, MAX_META_LEN, PAGE_SIZE, ProcessMeta, Result,
+    VERSION,
 };
 
 const HEADER_LEN: usize = 64;
@@ -137,10 +138,27 @@ pub struct ImageWriter {
 }
 
 impl ImageWriter {
-    /// Creates `path` (mode 0600, must not exist).
+    /// Creates `path` (mode 0600, must not exist, not even as a link).
     pub fn create(path: &Path) -> Result<Self> {
-        let mut file =
-            File::options().write(true).create_new(true).mode(0o600).open(path).map_err(io(path, "create"))?;
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(io(path, "create"))?;
+        Self::start(file, path)
+    }
+
+    /// Creates `name` in the open directory `dir` (mode 0600, must not
+    /// exist, not even as a link).
+    pub fn create_in(dir: &crate::Dir, name: &str) -> Result<Self> {
+        let path = dir.path().join(name);
+        let file = dir.create_file(name, 0o600).map_err(io(&path, "create"))?;
+        Self::start(file, &path)
+    }
+
+    fn start(mut file: File, path: &Path) -> Result<Self> {
         // A zero page where the header will go: a writer that dies leaves
         // a file without a valid header.
         file.write_all(&[0u8; PAGE_SIZE as usize]).map_err(io(path, "write"))?;
@@ -282,11 +300,17 @@ pub struct ImageReader {
     path: PathBuf,
     header: Header,
     meta: ProcessMeta,
+    digest: Digest,
+    len: u64,
 }
 
 /// Checks the header, reads and checks the metadata and where the chunks
 /// lie, given the file's length and a way to read from it.
-fn load(path: &Path, len: u64, read_at: &mut dyn FnMut(&mut [u8], u64) -> Result<()>) -> Result<(Header, ProcessMeta)> {
+fn load(
+    path: &Path,
+    len: u64,
+    read_at: &mut dyn FnMut(&mut [u8], u64) -> Result<()>,
+) -> Result<(Header, ProcessMeta, Digest)> {
     let mut h = [0u8; HEADER_LEN];
     let head = &mut h[..len.min(HEADER_LEN as u64) as usize];
     read_at(head, 0)?;
@@ -302,6 +326,7 @@ fn load(path: &Path, len: u64, read_at: &mut dyn FnMut(&mut [u8], u64) -> Result
         return Err(Error::Checksum { path: path.into(), what: "the metadata".into() });
     }
     let meta = crate::decode_meta(&meta_bytes).map_err(|e| e.at(path))?;
+    let digest = Digest::of(&h, &meta_bytes);
     for (i, c) in meta.chunks.iter().enumerate() {
         let inside =
             c.file_offset >= header.payload_offset && c.file_offset.saturating_add(c.len) <= header.payload_end();
@@ -318,7 +343,7 @@ fn load(path: &Path, len: u64, read_at: &mut dyn FnMut(&mut [u8], u64) -> Result
             });
         }
     }
-    Ok((header, meta))
+    Ok((header, meta, digest))
 }
 
 /// Names a chunk in messages: its index, and what it holds.
@@ -356,9 +381,29 @@ impl ImageReader {
             return Err(io(path, "open")(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
         }
         let file = File::open(path).map_err(io(path, "open"))?;
+        Self::from_file(file, path)
+    }
+
+    /// Checks an image already open (a regular file), named `path` in
+    /// messages.
+    pub fn from_file(file: File, path: &Path) -> Result<Self> {
         let len = file.metadata().map_err(io(path, "stat"))?.len();
-        let (header, meta) = load(path, len, &mut |buf, off| read_exact_at(&file, path, buf, off))?;
-        Ok(ImageReader { file, path: path.into(), header, meta })
+        let (header, meta, digest) = load(path, len, &mut |buf, off| read_exact_at(&file, path, buf, off))?;
+        Ok(ImageReader { file, path: path.into(), header, meta, digest, len })
+    }
+
+    /// The SHA-256 of the header and metadata, as a MANIFEST lists it.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The file's length when it was opened.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     pub fn meta(&self) -> &ProcessMeta {
@@ -479,6 +524,11 @@ fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Resul
 /// compressed chunk must decompress to its length (for fuzzing and tests;
 /// a file reader leaves that to whoever reads the chunk).
 pub fn parse_image(bytes: &[u8]) -> Result<(Header, ProcessMeta)> {
+    parse_image_digest(bytes).map(|(h, m, _)| (h, m))
+}
+
+/// [`parse_image`], with the digest a MANIFEST lists for the image.
+pub fn parse_image_digest(bytes: &[u8]) -> Result<(Header, ProcessMeta, Digest)> {
     let path = Path::new("<memory>");
     let len = bytes.len() as u64;
     let slice = |off: u64, n: u64| {
@@ -486,7 +536,7 @@ pub fn parse_image(bytes: &[u8]) -> Result<(Header, ProcessMeta)> {
         let end = start.checked_add(usize::try_from(n).ok()?)?;
         bytes.get(start..end)
     };
-    let (header, meta) = load(path, len, &mut |buf, off| {
+    let (header, meta, digest) = load(path, len, &mut |buf, off| {
         let src = slice(off, buf.len() as u64).ok_or(Error::Truncated {
             path: path.into(),
             expected: off.saturating_add(buf.len() as u64),
@@ -510,7 +560,7 @@ pub fn parse_image(bytes: &[u8]) -> Result<(Header, ProcessMeta)> {
             }
         }
     }
-    Ok((header, meta))
+    Ok((header, meta, digest))
 }
 
 #[cfg(test)]
@@ -684,6 +734,20 @@ mod tests {
         assert!(matches!(e, Error::Invalid { .. }), "{e}");
         assert!(e.to_string().contains("region 5"), "{e}");
         assert!(matches!(ImageReader::open(&path), Err(Error::NotAnImage { .. })));
+    }
+
+    #[test]
+    fn never_created_through_a_link() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, t.path().join("l.img")).unwrap();
+        assert!(ImageWriter::create(&t.path().join("l.img")).is_err());
+        let d = crate::Dir::open(t.path()).unwrap();
+        assert!(ImageWriter::create_in(&d, "l.img").is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        ImageWriter::create_in(&d, "new.img").unwrap().finish(meta()).unwrap();
+        assert!(ImageReader::open(&t.path().join("new.img")).is_ok());
     }
 
     #[test]

@@ -16,23 +16,30 @@
 //!
 //! The header is written last, so a file whose writer died never carries a
 //! valid header. docs/image-format.md has the byte tables.
-#![forbid(unsafe_code)]
+//!
+//! Safe code throughout, but for the few `*at` system calls in dirfd.rs
+//! that let a checkpoint directory be worked in through its descriptor.
+#![deny(unsafe_code)]
 
 mod codec;
+mod dirfd;
 mod error;
 mod file;
 mod manifest;
 pub mod model;
 mod render;
 mod store;
+mod trust;
 
 pub use codec::{decode_meta, encode_meta};
+pub use dirfd::{Dir, Stat, euid};
 pub use error::{Error, Result};
-pub use file::{Header, ImageReader, ImageWriter, parse_image};
-pub use manifest::{MANIFEST, Manifest, ManifestProcess};
+pub use file::{Header, ImageReader, ImageWriter, parse_image, parse_image_digest};
+pub use manifest::{Digest, MANIFEST, Manifest, ManifestProcess, word};
 pub use model::*;
 pub use render::{render, render_header};
-pub use store::{CheckpointDir, Generation, PendingGeneration, resolve_restart_target};
+pub use store::{CheckpointDir, Choice, Generation, PendingGeneration, Restartable, check_image, resolve_restart};
+pub use trust::{open_checkpoint_dir, open_image_dir, untrusted};
 
 /// First eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"STASISIM";

@@ -2,24 +2,70 @@
 //! presence (with a valid checksum) is what makes a generation committed.
 //!
 //! ```text
-//! stasis-manifest 1
+//! stasis-manifest 2
 //! generation 3
 //! computation 9f2c...
 //! created 1795512610
 //! interval 60
-//! process 4242 ckpt_a_4242.img a
+//! process 4242 ckpt_a_4242.img a 1052672 5d41...
 //! checksum 0123456789abcdef
 //! ```
+//!
+//! Each process line carries its image's size and digest (the SHA-256 of
+//! the image's header and metadata, which list every chunk with its
+//! checksum), so the manifest vouches for the whole image.
 
 use std::io::{Read, Write};
 use std::path::Path;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::dirfd::Dir;
 use crate::{Error, Result};
 
 pub const MANIFEST: &str = "MANIFEST";
-const FIRST_LINE: &str = "stasis-manifest 1";
+const FIRST_LINE: &str = "stasis-manifest 2";
+const OLD_FIRST_LINE: &str = "stasis-manifest 1";
+
+/// The SHA-256 of an image's 64-byte header followed by its metadata.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The digest of `header` (the 64 bytes at offset 0) and `meta`.
+    pub fn of(header: &[u8], meta: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(header);
+        h.update(meta);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&h.finalize());
+        Digest(out)
+    }
+
+    pub fn parse(hex: &str) -> Option<Digest> {
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Digest(out))
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
 
 /// The record that commits a generation: it is written last.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -37,10 +83,14 @@ pub struct ManifestProcess {
     pub name: String,
     /// Image file name, relative to the generation directory.
     pub image: String,
+    /// The image's length in bytes.
+    pub size: u64,
+    /// The image's header and metadata digest.
+    pub digest: Digest,
 }
 
 /// Image names and program names must fit on one line as single words.
-fn word(s: &str) -> String {
+pub fn word(s: &str) -> String {
     s.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect()
 }
 
@@ -59,7 +109,7 @@ impl Manifest {
             self.generation, self.computation_id, self.created_unix, self.interval_s
         );
         for p in &self.processes {
-            s.push_str(&format!("process {} {} {}\n", p.pid, word(&p.image), word(&p.name)));
+            s.push_str(&format!("process {} {} {} {} {}\n", p.pid, word(&p.image), word(&p.name), p.size, p.digest));
         }
         let sum = xxh3_64(s.as_bytes());
         s.push_str(&format!("checksum {sum:016x}\n"));
@@ -84,7 +134,11 @@ impl Manifest {
             return Err("checksum mismatch".into());
         }
         let mut lines = body.lines();
-        if lines.next() != Some(FIRST_LINE) {
+        let first = lines.next();
+        if first == Some(OLD_FIRST_LINE) {
+            return Err("made by an older stasis; it lists no image digests".into());
+        }
+        if first != Some(FIRST_LINE) {
             return Err(format!("not a stasis manifest (the first line is not {FIRST_LINE:?})"));
         }
         let mut m = Manifest::default();
@@ -101,12 +155,29 @@ impl Manifest {
                 "created" => 2,
                 "interval" => 3,
                 "process" => {
-                    want(4)?;
+                    want(6)?;
                     let pid = words[1].parse().map_err(|_| format!("bad pid in {line:?}"))?;
-                    if !valid_image_name(words[2]) {
+                    if !valid_image_name(words[2]) || word(words[2]) != words[2] {
                         return Err(format!("bad image name in {line:?}"));
                     }
-                    m.processes.push(ManifestProcess { pid, image: words[2].into(), name: words[3].into() });
+                    if word(words[3]) != words[3] {
+                        return Err(format!("bad program name in {line:?}"));
+                    }
+                    let size = num(words[4])?;
+                    let digest = Digest::parse(words[5]).ok_or_else(|| format!("bad digest in {line:?}"))?;
+                    if m.processes.iter().any(|p| p.pid == pid) {
+                        return Err(format!("pid {pid} listed twice"));
+                    }
+                    if m.processes.iter().any(|p| p.image == words[2]) {
+                        return Err(format!("image {} listed twice", words[2]));
+                    }
+                    m.processes.push(ManifestProcess {
+                        pid,
+                        image: words[2].into(),
+                        name: words[3].into(),
+                        size,
+                        digest,
+                    });
                     continue;
                 }
                 _ => return Err(format!("unknown line {line:?}")),
@@ -131,22 +202,32 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Writes MANIFEST in `dir` atomically (temporary file, fsync, rename).
-    pub fn write_to(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join("MANIFEST.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+    /// Writes MANIFEST (mode 0600) in the open directory `dir` of a
+    /// generation not yet committed, created afresh, fsynced: the rename
+    /// of the directory is what commits it.
+    pub fn write_in(&self, dir: &Dir) -> std::io::Result<()> {
+        let mut f = dir.create_file(MANIFEST, 0o600)?;
         f.write_all(self.encode().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(MANIFEST))
+        f.sync_all()
     }
 
-    /// Reads and checks `dir/MANIFEST`.
+    /// Reads and checks `dir/MANIFEST` (not through a link).
     pub fn read_from(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST);
+        let d = Dir::open(dir).map_err(|source| Error::Io { path: dir.into(), op: "open", source })?;
+        let f = d.open_file(MANIFEST).map_err(|source| Error::Io { path: path.clone(), op: "read", source })?;
+        Manifest::read_file(f, &path)
+    }
+
+    /// Reads and checks a MANIFEST already open.
+    pub fn read_file(f: std::fs::File, path: &Path) -> Result<Manifest> {
+        let path = path.to_path_buf();
         let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .and_then(|f| f.take(MAX_MANIFEST_LEN + 1).read_to_end(&mut bytes))
-            .map_err(|source| Error::Io { path: path.clone(), op: "read", source })?;
+        f.take(MAX_MANIFEST_LEN + 1).read_to_end(&mut bytes).map_err(|source| Error::Io {
+            path: path.clone(),
+            op: "read",
+            source,
+        })?;
         let bad = |what: String| Error::BadManifest { path: path.clone(), what };
         if bytes.len() as u64 > MAX_MANIFEST_LEN {
             return Err(bad(format!("larger than {MAX_MANIFEST_LEN} bytes")));
@@ -167,8 +248,14 @@ mod tests {
             created_unix: 1_795_512_610,
             interval_s: 60,
             processes: vec![
-                ManifestProcess { pid: 42, name: "my prog".into(), image: "ckpt_a_42.img".into() },
-                ManifestProcess { pid: -1, name: String::new(), image: "b.img".into() },
+                ManifestProcess {
+                    pid: 42,
+                    name: "my prog".into(),
+                    image: "ckpt_a_42.img".into(),
+                    size: 1 << 20,
+                    digest: Digest([0xab; 32]),
+                },
+                ManifestProcess { pid: -1, name: String::new(), image: "b.img".into(), ..Default::default() },
             ],
         }
     }
@@ -182,7 +269,8 @@ mod tests {
     fn round_trip() {
         let m = sample();
         let text = m.encode();
-        assert!(text.starts_with("stasis-manifest 1\ngeneration 7\ncomputation 00000000deadbeef\n"), "{text}");
+        assert!(text.starts_with("stasis-manifest 2\ngeneration 7\ncomputation 00000000deadbeef\n"), "{text}");
+        assert!(text.contains(&format!("\nprocess 42 ckpt_a_42.img my_prog 1048576 {}\n", "ab".repeat(32))), "{text}");
         let back = Manifest::decode(&text).unwrap();
         // Names become single words; everything else is kept.
         assert_eq!(back.processes[0].name, "my_prog");
@@ -206,26 +294,38 @@ mod tests {
 
     #[test]
     fn signed_nonsense_is_refused() {
+        let d = "0".repeat(64);
         let cases = [
-            ("stasis-manifest 2\n", "first line"),
-            ("stasis-manifest 1\ngeneration 1\ncomputation 1\ncreated 1\n", "no interval line"),
-            ("stasis-manifest 1\ngeneration 1\ngeneration 2\n", "repeated"),
-            ("stasis-manifest 1\ngeneration 1 2\n", "expected 2 words"),
-            ("stasis-manifest 1\ngeneration x\n", "bad number"),
-            ("stasis-manifest 1\ninterval 99999999999\n", "interval too large"),
-            ("stasis-manifest 1\nprocess 1 ../x y\n", "bad image name"),
-            ("stasis-manifest 1\nprocess 1 .. y\n", "bad image name"),
-            ("stasis-manifest 1\nprocess 1 a.img\n", "expected 4 words"),
-            ("stasis-manifest 1\nprocess x a.img y\n", "bad pid"),
-            ("stasis-manifest 1\n\n", "unknown line"),
-            ("stasis-manifest 1\nowner me\n", "unknown line"),
+            ("stasis-manifest 3\n".to_string(), "first line"),
+            ("stasis-manifest 1\ngeneration 1\n".into(), "made by an older stasis; it lists no image digests"),
+            ("stasis-manifest 2\ngeneration 1\ncomputation 1\ncreated 1\n".into(), "no interval line"),
+            ("stasis-manifest 2\ngeneration 1\ngeneration 2\n".into(), "repeated"),
+            ("stasis-manifest 2\ngeneration 1 2\n".into(), "expected 2 words"),
+            ("stasis-manifest 2\ngeneration x\n".into(), "bad number"),
+            ("stasis-manifest 2\ninterval 99999999999\n".into(), "interval too large"),
+            (format!("stasis-manifest 2\nprocess 1 ../x y 1 {d}\n"), "bad image name"),
+            (format!("stasis-manifest 2\nprocess 1 .. y 1 {d}\n"), "bad image name"),
+            ("stasis-manifest 2\nprocess 1 a.img y\n".into(), "expected 6 words"),
+            (format!("stasis-manifest 2\nprocess x a.img y 1 {d}\n"), "bad pid"),
+            (format!("stasis-manifest 2\nprocess 1 a.img y z {d}\n"), "bad number"),
+            ("stasis-manifest 2\nprocess 1 a.img y 1 abc\n".into(), "bad digest"),
+            (format!("stasis-manifest 2\nprocess 1 a.img y\tz 1 {d}\n"), "bad program name"),
+            (format!("stasis-manifest 2\nprocess 1 a\u{1}.img y 1 {d}\n"), "bad image name"),
+            (format!("stasis-manifest 2\nprocess 1 a.img y 1 {}\n", "A".repeat(64)), "bad digest"),
+            (format!("stasis-manifest 2\nprocess 1 a.img y 1 {d}\nprocess 1 b.img y 1 {d}\n"), "pid 1 listed twice"),
+            (
+                format!("stasis-manifest 2\nprocess 1 a.img y 1 {d}\nprocess 2 a.img y 1 {d}\n"),
+                "image a.img listed twice",
+            ),
+            ("stasis-manifest 2\n\n".into(), "unknown line"),
+            ("stasis-manifest 2\nowner me\n".into(), "unknown line"),
         ];
         for (body, want) in cases {
-            let e = Manifest::decode(&signed(body)).unwrap_err();
+            let e = Manifest::decode(&signed(&body)).unwrap_err();
             assert!(e.contains(want), "{body:?}: {e:?} should mention {want:?}");
         }
         assert!(Manifest::decode("checksum 0000000000000000\n").is_err());
-        assert!(Manifest::decode("stasis-manifest 1\nchecksum zz\n").is_err());
+        assert!(Manifest::decode("stasis-manifest 2\nchecksum zz\n").is_err());
     }
 
     #[test]
@@ -234,9 +334,17 @@ mod tests {
         let e = Manifest::read_from(t.path()).unwrap_err();
         assert!(matches!(e, Error::Io { .. }), "{e}");
         let m = sample();
-        m.write_to(t.path()).unwrap();
-        assert!(!t.path().join("MANIFEST.tmp").exists());
+        let d = Dir::open(t.path()).unwrap();
+        m.write_in(&d).unwrap();
         assert_eq!(Manifest::read_from(t.path()).unwrap().generation, 7);
+        // Never written over what is there, nor read through a link.
+        assert!(m.write_in(&d).is_err());
+        std::fs::rename(t.path().join(MANIFEST), t.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("real"), t.path().join(MANIFEST)).unwrap();
+        let e = Manifest::read_from(t.path()).unwrap_err().to_string();
+        assert!(e.ends_with("MANIFEST: read: it is a symbolic link"), "{e}");
+        std::fs::remove_file(t.path().join(MANIFEST)).unwrap();
+        std::fs::rename(t.path().join("real"), t.path().join(MANIFEST)).unwrap();
         std::fs::write(t.path().join(MANIFEST), b"\xff\xfe").unwrap();
         let e = Manifest::read_from(t.path()).unwrap_err().to_string();
         assert!(e.ends_with("MANIFEST: invalid manifest: not UTF-8 text"), "{e}");

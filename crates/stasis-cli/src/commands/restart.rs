@@ -3,10 +3,13 @@
 //! background like launch does), and exit when all of them have.
 //!
 //! What may be restarted: a checkpoint directory (its newest committed
-//! generation), a generation directory, or image files, such as the
-//! `ckpt_*.dmtcp` names at the top of a checkpoint directory. Images given
-//! one by one must all be of the same checkpoint: restart refuses images
-//! of different generations or computations rather than guess. Later
+//! generation; `--generation N` for another, `--fallback` for the newest
+//! intact one when the newest is damaged), a generation directory, or
+//! image files, such as the `ckpt_*.dmtcp` names at the top of a
+//! checkpoint directory. Everything is checked first (ownership, modes,
+//! MANIFEST against directory and images: see docs/image-format.md), and
+//! images given one by one must be all those of one checkpoint: restart
+//! refuses rather than guess. Later
 //! checkpoints go to the directory the checkpoint came from (the one that
 //! holds the generation, or the `.dmtcp` files), and the interval is the
 //! one the checkpoint was taken with, unless told otherwise.
@@ -16,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use stasis_coord::client;
-use stasis_image::{FdKind, ImageReader, MANIFEST, Manifest};
+use stasis_image::{Choice, FdKind, ImageReader};
 
 use super::start::{self, Background, Mode};
 use super::{note, supervise};
@@ -42,50 +45,46 @@ pub struct RestartOpts {
     /// Where relative image names are; with no target, what to restart.
     pub restart_dir: Option<PathBuf>,
     pub quiet: bool,
+    /// Restart exactly this generation of the checkpoint directory.
+    pub generation: Option<u64>,
+    /// Restart the newest intact generation when the newest is damaged.
+    pub fallback: bool,
     /// Checkpoint directories, generation directories, or images.
     pub targets: Vec<PathBuf>,
 }
 
-/// The image files that `targets` name.
-fn images_of(targets: &[PathBuf], restart_dir: Option<&Path>) -> Result<Vec<PathBuf>> {
-    let targets: Vec<PathBuf> = match restart_dir {
+/// What `targets` name, relative ones under `restart_dir`.
+fn targets_of(targets: &[PathBuf], restart_dir: Option<&Path>) -> Vec<PathBuf> {
+    match restart_dir {
         None => targets.to_vec(),
         Some(d) if targets.is_empty() => vec![d.to_path_buf()],
         Some(d) => targets.iter().map(|t| if t.is_absolute() { t.clone() } else { d.join(t) }).collect(),
-    };
-    let mut images = Vec::new();
-    for t in &targets {
-        let found = stasis_image::resolve_restart_target(t)?;
-        if found.is_empty() {
-            bail!("{}: the checkpoint lists no image", t.display());
-        }
-        images.extend(found);
     }
-    Ok(images)
 }
 
-/// Where an image came from: its checkpoint directory, and the interval
-/// its checkpoint was taken with.
-fn origin(image: &Path, generation: u64, image_interval: u32) -> Result<(PathBuf, u32)> {
-    let image = image.canonicalize().with_context(|| format!("cannot resolve {}", image.display()))?;
-    let parent = image.parent().context("an image without a directory")?.to_path_buf();
-    if parent.join(MANIFEST).is_file() {
-        // Inside a generation directory.
-        let manifest = Manifest::read_from(&parent)?;
-        let dir = parent.parent().map_or_else(|| parent.clone(), Path::to_path_buf);
-        return Ok((dir, manifest.interval_s));
+/// Which generation restart takes of a checkpoint directory.
+fn choice(opts: &RestartOpts) -> Choice {
+    match (opts.generation, opts.fallback) {
+        (Some(n), _) => Choice::Exactly(n),
+        (None, true) => Choice::Fallback,
+        (None, false) => Choice::Newest,
     }
-    // A ckpt_*.dmtcp at the top of the checkpoint directory, or a lone image.
-    let gen_dir = parent.join(format!("gen-{generation:06}"));
-    let interval = Manifest::read_from(&gen_dir).map_or(image_interval, |m| m.interval_s);
-    Ok((parent, interval))
 }
 
 pub fn run(opts: RestartOpts) -> Result<Exit> {
-    let paths = images_of(&opts.targets, opts.restart_dir.as_deref())?;
-    let mut readers = Vec::with_capacity(paths.len());
-    for p in &paths {
-        readers.push(ImageReader::open(p).map_err(|e| anyhow!(e))?);
+    // Every check made here (stasis-image's resolve_restart): owners and
+    // modes, MANIFEST against directory and images, images against each
+    // other. What is restored is what was checked: the images stay open.
+    let targets = targets_of(&opts.targets, opts.restart_dir.as_deref());
+    let checked = stasis_image::resolve_restart(&targets, choice(&opts)).map_err(|e| anyhow!(e))?;
+    if let Some(n) = &checked.note {
+        // Said even with --quiet: which checkpoint runs is not a detail.
+        note(false, n);
+    }
+    let readers = checked.images;
+    let paths: Vec<PathBuf> = readers.iter().map(|r| r.path().to_path_buf()).collect();
+    if readers.is_empty() {
+        bail!("{}: the checkpoint lists no image", targets[0].display());
     }
     let first = readers[0].meta();
     for (p, r) in paths.iter().zip(&readers).skip(1) {
@@ -113,7 +112,18 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     let metas: Vec<_> = readers.iter().map(ImageReader::meta).collect();
     stasis_restore::check_computation(&metas).map_err(|e| anyhow!(e))?;
 
-    let (origin_dir, interval) = origin(&paths[0], first.generation, first.agent.interval_s)?;
+    // Later checkpoints go where this one came from; a lone image's are
+    // beside it.
+    let origin_dir = match &checked.ckpt_dir {
+        Some(d) => d.clone(),
+        None => paths[0]
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", paths[0].display()))?
+            .parent()
+            .context("an image without a directory")?
+            .to_path_buf(),
+    };
+    let interval = checked.manifest.as_ref().map_or(first.agent.interval_s, |m| m.interval_s);
     let ckpt_dir = match &opts.ckpt_dir {
         Some(d) => super::launch::ckpt_dir_or_cwd(Some(d))?,
         None => origin_dir.clone(),
