@@ -27,11 +27,11 @@ use crate::state::{Agent, Conn, Shared, Stage, State, Waiter, error};
 use crate::stream::Stream;
 
 /// How long a TCP peer has, from the accept, to prove the secret.
-pub(crate) const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 /// TCP connections that have not yet proven the secret, at most, at once.
-pub(crate) const MAX_UNAUTHENTICATED: usize = 64;
+pub const MAX_UNAUTHENTICATED: usize = 64;
 /// As [`MAX_UNAUTHENTICATED`], from one peer address (one IPv6 /64).
-pub(crate) const MAX_UNAUTHENTICATED_PER_PEER: usize = 8;
+pub const MAX_UNAUTHENTICATED_PER_PEER: usize = 8;
 /// At most one log line about refused TCP peers per this long.
 const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
 /// Longest line a peer may send before it has proven the secret (an

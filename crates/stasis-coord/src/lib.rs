@@ -52,7 +52,7 @@ use crate::socket::SocketFile;
 use crate::state::{Shared, State};
 use crate::stream::Stream;
 
-pub use conn::KILL;
+pub use conn::{HANDSHAKE_DEADLINE, KILL, MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_PEER};
 
 /// How long a checkpoint may take unless the configuration says otherwise.
 pub const DEFAULT_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(600);
