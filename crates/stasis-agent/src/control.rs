@@ -5,6 +5,13 @@
 //! later from the coordinator itself (`COORDINATOR addr=...`). If the
 //! connection drops, the program runs on and the agent tries that address
 //! again every few seconds, so a new coordinator picks the computation up.
+//!
+//! Whoever answers at that address must prove that it is the coordinator
+//! before the agent obeys a word: over a Unix socket its uid (SO_PEERCRED)
+//! must be ours; over TCP it must prove the computation's secret back
+//! (stasis_proto::auth). Another user's process that takes the port after
+//! the coordinator died is refused, logged once, and tried again later
+//! like an absent coordinator.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
@@ -239,6 +246,49 @@ fn high_socket(family: i32) -> Result<File, String> {
     Ok(out_of_the_way(unsafe { File::from_raw_fd(low) }))
 }
 
+/// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+fn peer_uid(sock: &File) -> Result<u32, String> {
+    // SAFETY: ucred is plain data; all zeros is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len)
+    };
+    if r != 0 {
+        return Err(format!("cannot tell who serves it: {}", std::io::Error::last_os_error()));
+    }
+    Ok(cred.uid)
+}
+
+/// Refuses a Unix socket served by anyone but ourselves: whoever could put
+/// a socket in our way must not be obeyed.
+fn check_unix_peer(sock: &File, path: &std::path::Path) -> Result<(), String> {
+    let uid = peer_uid(sock)?;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if uid == me {
+        Ok(())
+    } else {
+        Err(format!("the coordinator socket {} is served by uid {uid}, not by you", path.display()))
+    }
+}
+
+/// Fresh random bytes from the kernel, for our half of the handshake.
+fn random_nonce() -> Result<auth::Nonce, String> {
+    let mut nonce = [0u8; auth::NONCE_LEN];
+    // SAFETY: getrandom writes at most `nonce.len()` bytes into `nonce`.
+    let n = unsafe { libc::getrandom(nonce.as_mut_ptr().cast(), nonce.len(), 0) };
+    if usize::try_from(n).is_ok_and(|n| n == nonce.len()) {
+        return Ok(nonce);
+    }
+    // An old kernel, or a seccomp filter that refuses getrandom.
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nonce))
+        .map_err(|e| format!("cannot draw a nonce: {e}"))?;
+    Ok(nonce)
+}
+
 /// connect(2) of our socket to a raw `struct sockaddr`.
 fn connect_raw(sock: &File, sa: &[u8]) -> Result<(), String> {
     loop {
@@ -298,11 +348,17 @@ fn connect(addr: &Addr, secret: Option<&[u8]>) -> Result<File, String> {
         Addr::Unix(path) => {
             let sa = unix_sockaddr(path)?;
             let sock = high_socket(libc::AF_UNIX)?;
-            match connect_raw(&sock, &sa) {
-                Ok(()) => Ok(sock),
+            match connect_raw(&sock, &sa).map_err(|e| format!("{}: {e}", path.display())) {
+                Ok(()) => match check_unix_peer(&sock, path) {
+                    Ok(()) => Ok(sock),
+                    Err(e) => {
+                        discard(sock);
+                        Err(e)
+                    }
+                },
                 Err(e) => {
                     discard(sock);
-                    Err(format!("{}: {e}", path.display()))
+                    Err(e)
                 }
             }
         }
@@ -314,19 +370,20 @@ fn connect(addr: &Addr, secret: Option<&[u8]>) -> Result<File, String> {
                 .ok_or_else(|| format!("{hp}: no address"))?;
             let family = if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
             let sock = high_socket(family)?;
-            match connect_tcp(&sock, &inet_sockaddr(sa), secret) {
+            match connect_tcp(&sock, &inet_sockaddr(sa), secret, &addr_text(addr)) {
                 Ok(()) => Ok(sock),
                 Err(e) => {
                     discard(sock);
-                    Err(format!("{hp}: {e}"))
+                    Err(e)
                 }
             }
         }
     }
 }
 
-/// Connects a TCP socket (bounded: 10 s) and proves the secret.
-fn connect_tcp(sock: &File, sa: &[u8], secret: Option<&[u8]>) -> Result<(), String> {
+/// Connects a TCP socket (bounded: 10 s) and proves the secret to the
+/// coordinator, and it to us. Errors name `addr`.
+fn connect_tcp(sock: &File, sa: &[u8], secret: Option<&[u8]>, addr: &str) -> Result<(), String> {
     let limit = libc::timeval { tv_sec: 10, tv_usec: 0 };
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads a timeval, then an int.
@@ -346,20 +403,29 @@ fn connect_tcp(sock: &File, sa: &[u8], secret: Option<&[u8]>) -> Result<(), Stri
             std::mem::size_of::<libc::c_int>() as u32,
         );
     }
-    connect_raw(sock, sa)?;
-    authenticate(sock, secret)
+    connect_raw(sock, sa).map_err(|e| format!("{addr}: {e}"))?;
+    authenticate(sock, secret, addr)
 }
 
 /// A child of fork() reaches the coordinator its parent was connected to,
 /// through the socket its fork handler made (see `tree::child`).
 fn connect_as_child(s: &mut Session) -> Option<File> {
     let (sock, sa) = tree::take_fork_peer()?;
+    // What the parent reached; the same checks as any connection's.
+    let parent = s.addr.as_ref().map_or_else(|| "the parent's coordinator".to_string(), addr_text);
     let result = if sa.get(..2) == Some(&(libc::AF_UNIX as u16).to_ne_bytes()[..]) {
-        connect_raw(&sock, &sa)
+        connect_raw(&sock, &sa).and_then(|()| {
+            let path = match peer_addr(sock.as_raw_fd()) {
+                Some(Addr::Unix(p)) => p,
+                _ => PathBuf::from(&parent),
+            };
+            check_unix_peer(&sock, &path)
+        })
     } else {
-        connect_tcp(&sock, &sa, s.secret.as_deref())
+        connect_tcp(&sock, &sa, s.secret.as_deref(), &parent)
     };
     if result.is_err() {
+        // The checkpoint thread tries the address itself, and says why.
         discard(sock);
         return None;
     }
@@ -369,10 +435,12 @@ fn connect_as_child(s: &mut Session) -> Option<File> {
     Some(sock)
 }
 
-/// Answers the coordinator's challenge on a new TCP connection.
-fn authenticate(conn: &File, secret: Option<&[u8]>) -> Result<(), String> {
+/// Answers the coordinator's challenge on a new TCP connection, and checks
+/// the coordinator's proof in return before anything else is said: an
+/// impostor gets a proof it cannot use elsewhere, and nothing more.
+fn authenticate(conn: &File, secret: Option<&[u8]>, addr: &str) -> Result<(), String> {
     set_read_timeout(conn, Some(Duration::from_secs(10)));
-    // Byte by byte: nothing after the challenge's line may be consumed here.
+    // Byte by byte: nothing after the handshake's lines may be consumed here.
     let read_line = || -> Result<Message, String> {
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
@@ -380,27 +448,36 @@ fn authenticate(conn: &File, secret: Option<&[u8]>) -> Result<(), String> {
             match std::io::Read::read(&mut &*conn, &mut byte) {
                 Ok(1) if byte[0] == b'\n' => break,
                 Ok(1) => line.push(byte[0]),
-                Ok(_) => return Err("connection closed".into()),
-                Err(e) => return Err(e.to_string()),
+                Ok(_) => return Err(format!("{addr}: connection closed")),
+                Err(e) => return Err(format!("{addr}: {e}")),
             }
         }
-        Message::decode(&String::from_utf8_lossy(&line)).map_err(|e| e.to_string())
+        Message::decode(&String::from_utf8_lossy(&line)).map_err(|e| format!("{addr}: {e}"))
     };
     let challenge = read_line()?;
-    let nonce = challenge
+    let theirs = challenge
         .get("nonce")
-        .and_then(auth::from_hex)
+        .and_then(auth::nonce_from_hex)
         .filter(|_| challenge.verb == auth::CHALLENGE)
-        .ok_or("the coordinator did not send a challenge")?;
-    let secret = secret.ok_or("no secret to prove (STASIS_COORD_SECRET is not set)")?;
-    let answer = Message::new(auth::AUTH).with("proof", auth::prove(secret, &nonce));
-    (&*conn).write_all(answer.encode().as_bytes()).map_err(|e| e.to_string())?;
+        .ok_or_else(|| format!("{addr}: the peer did not send a challenge: not a stasis coordinator"))?;
+    let secret = secret.ok_or_else(|| format!("{addr}: no secret to prove (STASIS_COORD_SECRET is not set)"))?;
+    let ours = random_nonce()?;
+    let answer = Message::new(auth::AUTH)
+        .with("nonce", auth::to_hex(&ours))
+        .with("proof", auth::prove(secret, auth::Role::Client, &theirs, &ours));
+    (&*conn).write_all(answer.encode().as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
     let reply = read_line()?;
     set_read_timeout(conn, None);
-    if reply.verb == proto::OK {
-        Ok(())
-    } else {
-        Err(format!("refused: {}", reply.get("reason").unwrap_or("no reason given")))
+    match reply.verb.as_str() {
+        proto::OK
+            if reply.get("proof").is_some_and(|p| auth::verify(secret, auth::Role::Coordinator, &theirs, &ours, p)) =>
+        {
+            Ok(())
+        }
+        proto::ERROR => Err(format!("{addr} refused us: {}", reply.get("reason").unwrap_or("no reason given"))),
+        _ => Err(format!(
+            "the peer at {addr} did not prove the computation's secret: it is not this computation's coordinator"
+        )),
     }
 }
 
@@ -443,7 +520,9 @@ pub fn run() {
     publish(&s);
     let mut conn: Option<File> = connect_as_child(&mut s);
     let mut restored = false;
-    let mut complained = false;
+    // The address last complained about: a refusal is logged once per
+    // address, not every two seconds.
+    let mut complained: Option<Addr> = None;
     loop {
         let c = match conn.take() {
             Some(c) => c,
@@ -454,13 +533,13 @@ pub fn run() {
                 };
                 match tree::without_fork(|| connect(&addr, s.secret.as_deref())) {
                     Ok(c) => {
-                        complained = false;
+                        complained = None;
                         c
                     }
                     Err(e) => {
-                        if !complained {
+                        if complained.as_ref() != Some(&addr) {
                             log(&format!("cannot reach the coordinator ({e}); the program runs on, retrying"));
-                            complained = true;
+                            complained = Some(addr);
                         }
                         std::thread::sleep(RETRY);
                         continue;
@@ -544,7 +623,9 @@ fn request(msg: &Message, s: &mut Session, conn: &File) -> Option<Request> {
     if let Some(id) = msg.get("computation").and_then(|c| u64::from_str_radix(c, 16).ok()) {
         s.computation = id;
     }
-    let dir = msg.get("dir")?;
+    // Images go only where an absolute path says: a relative one would
+    // depend on the program's working directory.
+    let dir = msg.get("dir").filter(|d| d.starts_with('/'))?;
     Some(Request {
         generation,
         computation: s.computation,
@@ -591,7 +672,7 @@ fn obey(conn: &File, reader: &mut BufReader<&File>, s: &mut Session, msg: Messag
         match msg.verb.as_str() {
             proto::CHECKPOINT => {
                 let Some(req) = request(&msg, s, conn) else {
-                    send(conn, failed(s.generation + 1, "no dir"));
+                    send(conn, failed(s.generation + 1, "no absolute dir= in the request"));
                     return None;
                 };
                 let g = req.generation;
@@ -609,7 +690,7 @@ fn obey(conn: &File, reader: &mut BufReader<&File>, s: &mut Session, msg: Messag
             }
             proto::SUSPEND => {
                 let Some(req) = request(&msg, s, conn) else {
-                    send(conn, failed(s.generation + 1, "no dir"));
+                    send(conn, failed(s.generation + 1, "no absolute dir= in the request"));
                     return None;
                 };
                 return phased(conn, reader, s, req);
@@ -625,6 +706,17 @@ fn obey(conn: &File, reader: &mut BufReader<&File>, s: &mut Session, msg: Messag
             }
             proto::KILL => {
                 let _ = sys::kill(sys::getpid(), libc::SIGKILL);
+            }
+            // The coordinator refuses us (another process with our pid is
+            // connected): said once, since the agent keeps trying.
+            proto::ERROR => {
+                static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if !TOLD.swap(true, Ordering::AcqRel) {
+                    log(&format!(
+                        "the coordinator refused this process: {}",
+                        msg.get("reason").unwrap_or("no reason given")
+                    ));
+                }
             }
             _ => {} // RESUME with nothing suspended, or a verb from a newer coordinator
         }

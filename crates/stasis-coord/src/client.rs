@@ -2,10 +2,16 @@
 //! `stasis launch` and `stasis restart` (which hands the connection it
 //! made to the restored process's agent).
 //!
-//! A Unix socket needs nothing more than to connect: the socket's
-//! directory and mode keep others out, and the coordinator checks our uid.
-//! Over TCP the coordinator speaks first, `CHALLENGE nonce=HEX`, and we
-//! prove that we know the computation's secret (stasis_proto::auth).
+//! Both ends check each other before anything else is said:
+//!
+//! - On a Unix socket, the coordinator checks our uid, and we check its
+//!   (SO_PEERCRED): a socket served by another user is refused whatever
+//!   its path and modes.
+//! - Over TCP the coordinator speaks first, `CHALLENGE nonce=HEX`; we
+//!   prove the computation's secret for its nonce and ours, and it must
+//!   prove the secret back for both before we send anything else: an
+//!   impostor on the port learns nothing usable and is told nothing
+//!   (stasis_proto::auth).
 
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
@@ -62,6 +68,11 @@ pub enum ClientError {
     NoSecret,
     /// The coordinator refused us, saying why.
     Refused(String),
+    /// The TCP peer at this address (`tcp:HOST:PORT`) did not prove the
+    /// secret back: it is not the computation's coordinator.
+    Impostor(String),
+    /// The Unix socket at this path is served by another user (this uid).
+    NotYours(PathBuf, u32),
     Io(io::Error),
 }
 
@@ -73,6 +84,13 @@ impl fmt::Display for ClientError {
                 f.write_str("the coordinator asks for the computation's secret and none was found")
             }
             ClientError::Refused(why) => write!(f, "the coordinator refused the connection: {why}"),
+            ClientError::Impostor(addr) => write!(
+                f,
+                "the peer at {addr} did not prove the computation's secret: it is not this computation's coordinator"
+            ),
+            ClientError::NotYours(path, uid) => {
+                write!(f, "the coordinator socket {} is served by uid {uid}, not by you", path.display())
+            }
             ClientError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -90,18 +108,28 @@ fn absent(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused)
 }
 
-/// Connects to the coordinator at `addr`; over TCP, answers its challenge
-/// with `secret`. The stream is then ready for `HELLO` or `COMMAND`.
+/// Connects to the coordinator at `addr` and makes sure it is ours: a Unix
+/// socket must be served by our own uid; over TCP, we answer the
+/// challenge with `secret` and the coordinator must prove it back. The
+/// stream is then ready for `HELLO` or `COMMAND`.
 pub fn connect(addr: &Addr, secret: Option<&Secret>) -> Result<Stream, ClientError> {
     match addr {
         Addr::Unix(path) => match UnixStream::connect(path) {
-            Ok(s) => Ok(Stream::Unix(s)),
+            Ok(s) => {
+                let uid = crate::socket::peer_uid(&s).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{}: cannot tell who serves it: {e}", path.display()))
+                })?;
+                if uid != crate::socket::my_uid() {
+                    return Err(ClientError::NotYours(path.clone(), uid));
+                }
+                Ok(Stream::Unix(s))
+            }
             Err(e) if absent(&e) => Err(ClientError::NotListening(format!("{}: {e}", path.display()))),
             Err(e) => Err(ClientError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())))),
         },
         Addr::Tcp { host, port } => {
             let stream = Stream::Tcp(connect_tcp(host, *port)?);
-            prove(&stream, secret)?;
+            prove(&stream, secret, addr)?;
             Ok(stream)
         }
     }
@@ -151,29 +179,38 @@ fn read_line_exact(stream: &Stream) -> io::Result<Message> {
     Message::decode(&text).map_err(|e| io::Error::new(ErrorKind::InvalidData, e.to_string()))
 }
 
-/// Answers the coordinator's challenge.
-fn prove(stream: &Stream, secret: Option<&Secret>) -> Result<(), ClientError> {
+/// Answers the coordinator's challenge, and checks its proof in return.
+fn prove(stream: &Stream, secret: Option<&Secret>, addr: &Addr) -> Result<(), ClientError> {
     stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
     let challenge = read_line_exact(stream)?;
     if challenge.verb == proto::ERROR {
         return Err(ClientError::Refused(challenge.get("reason").unwrap_or("no reason given").to_string()));
     }
-    let nonce = challenge
+    let theirs = challenge
         .get("nonce")
-        .and_then(auth::from_hex)
+        .and_then(auth::nonce_from_hex)
         .filter(|_| challenge.verb == auth::CHALLENGE)
         .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "the peer is not a stasis coordinator"))?;
     let Some(secret) = secret else {
         return Err(ClientError::NoSecret);
     };
-    let answer = Message::new(auth::AUTH).with("proof", auth::prove(&secret.bytes, &nonce));
+    let mut ours = [0u8; auth::NONCE_LEN];
+    crate::random::fill(&mut ours)?;
+    let answer = Message::new(auth::AUTH)
+        .with("nonce", auth::to_hex(&ours))
+        .with("proof", auth::prove(&secret.bytes, auth::Role::Client, &theirs, &ours));
     (&*stream).write_all(answer.encode().as_bytes())?;
     let reply = read_line_exact(stream)?;
     stream.set_read_timeout(None)?;
-    if reply.verb == proto::OK {
-        Ok(())
-    } else {
-        Err(ClientError::Refused(reply.get("reason").unwrap_or("no reason given").to_string()))
+    match reply.verb.as_str() {
+        proto::OK => {
+            let proven = reply
+                .get("proof")
+                .is_some_and(|p| auth::verify(&secret.bytes, auth::Role::Coordinator, &theirs, &ours, p));
+            if proven { Ok(()) } else { Err(ClientError::Impostor(addr.to_string())) }
+        }
+        proto::ERROR => Err(ClientError::Refused(reply.get("reason").unwrap_or("no reason given").to_string())),
+        _ => Err(ClientError::Impostor(addr.to_string())),
     }
 }
 

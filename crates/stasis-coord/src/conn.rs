@@ -1,11 +1,23 @@
 //! One thread per connection. A TCP peer first proves that it knows the
-//! computation's secret; then the first line says who the peer is: an
-//! agent (`HELLO`) or a client (`COMMAND`).
+//! computation's secret, and the coordinator proves it back; then the
+//! first line says who the peer is: an agent (`HELLO`) or a client
+//! (`COMMAND`).
+//!
+//! Until a TCP peer has proven the secret it costs us as little as we can
+//! make it: the whole handshake must end within [`HANDSHAKE_DEADLINE`] of
+//! the accept (a peer that trickles a byte at a time is cut off then, not
+//! at the next quiet read), and at most [`MAX_UNAUTHENTICATED`] such
+//! connections, [`MAX_UNAUTHENTICATED_PER_PEER`] from one address, are
+//! served at once; beyond that a new one is closed at once, so that
+//! strangers can exhaust neither descriptors nor threads. Unix peers (our
+//! own uid) and authenticated peers are not counted, and the Unix socket
+//! has an acceptor of its own.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::Shutdown;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Shutdown};
 use std::sync::{Arc, PoisonError, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use stasis_proto::{self as proto, MAX_LINE, Message, auth};
 
@@ -14,11 +26,104 @@ use crate::socket;
 use crate::state::{Agent, Conn, Shared, Stage, State, Waiter, error};
 use crate::stream::Stream;
 
+/// How long a TCP peer has, from the accept, to prove the secret.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// TCP connections that have not yet proven the secret, at most, at once.
+pub const MAX_UNAUTHENTICATED: usize = 64;
+/// As [`MAX_UNAUTHENTICATED`], from one peer address (one IPv6 /64).
+pub const MAX_UNAUTHENTICATED_PER_PEER: usize = 8;
+/// At most one log line about refused TCP peers per this long.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+/// Longest line a peer may send before it has proven the secret (an
+/// `AUTH` line is about 150 bytes).
+const MAX_HANDSHAKE_LINE: usize = 1024;
+/// How long a new agent's `HELLO` waits for the connection of another
+/// agent with its pid to close: a program that exec'd closed it on the
+/// way, and its end may not have reached us yet.
+const EXEC_GRACE: Duration = Duration::from_millis(500);
+
+/// The TCP peers still authenticating, and the log of refusals.
+#[derive(Default)]
+pub(crate) struct Gate {
+    total: usize,
+    per_peer: HashMap<IpAddr, usize>,
+    /// Refusals not yet logged, and when the last line was.
+    untold: u64,
+    last_logged: Option<Instant>,
+}
+
+impl Gate {
+    fn admit(&mut self, peer: IpAddr) -> bool {
+        let from_peer = self.per_peer.get(&peer).copied().unwrap_or(0);
+        if self.total >= MAX_UNAUTHENTICATED || from_peer >= MAX_UNAUTHENTICATED_PER_PEER {
+            return false;
+        }
+        self.total += 1;
+        self.per_peer.insert(peer, from_peer + 1);
+        true
+    }
+
+    fn release(&mut self, peer: IpAddr) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+    }
+
+    /// Logs a refusal, or counts it for the next line: a flood must not
+    /// flood the log too.
+    fn refused(&mut self, peer: &str, why: &str) {
+        self.untold += 1;
+        if self.last_logged.is_some_and(|t| t.elapsed() < REFUSALS_LOGGED_EVERY) {
+            return;
+        }
+        let n = std::mem::take(&mut self.untold);
+        if n == 1 {
+            crate::warn(&format!("refused a TCP connection from {peer}: {why}"));
+        } else {
+            crate::warn(&format!("refused {n} TCP connections since the last such line, the last from {peer}: {why}"));
+        }
+        self.last_logged = Some(Instant::now());
+    }
+}
+
+/// The address a peer is counted under: IPv4 as such (also when mapped
+/// into IPv6), IPv6 by its /64, which one host usually has whole.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// A place at the gate, given back when the handshake ends either way.
+struct Admitted<'a> {
+    shared: &'a Shared,
+    peer: IpAddr,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.shared.gate().release(self.peer);
+    }
+}
+
 /// Registers a new connection and starts its thread. Refused (closed) once
 /// shutdown has begun, so that shutdown knows every connection to close.
 pub(crate) fn start(shared: &Arc<Shared>, stream: Stream) {
-    if let Stream::Unix(s) = &stream {
-        match socket::peer_uid(s) {
+    let accepted = Instant::now();
+    let mut admitted = None;
+    match &stream {
+        Stream::Unix(s) => match socket::peer_uid(s) {
             Ok(uid) if uid == socket::my_uid() => {}
             Ok(uid) => {
                 let _ = Conn::new(stream).send(&error(format!("uid {uid} may not use this coordinator")));
@@ -28,22 +133,49 @@ pub(crate) fn start(shared: &Arc<Shared>, stream: Stream) {
                 let _ = Conn::new(stream).send(&error(format!("cannot tell who you are: {e}")));
                 return;
             }
+        },
+        Stream::Tcp(s) => {
+            let Ok(addr) = s.peer_addr() else { return };
+            let peer = peer_key(addr.ip());
+            let mut gate = shared.gate();
+            if !gate.admit(peer) {
+                gate.refused(&addr.ip().to_string(), "too many connections waiting to authenticate");
+                drop(gate);
+                // A word for a peer that means well, without ever waiting.
+                let _ = s.set_nonblocking(true);
+                let busy = error(format!(
+                    "too many connections are waiting to authenticate (at most {MAX_UNAUTHENTICATED}, \
+                     {MAX_UNAUTHENTICATED_PER_PEER} from one address); try again"
+                ));
+                let _ = (&*s).write(busy.encode().as_bytes());
+                return;
+            }
+            admitted = Some(peer);
         }
     }
     let link = Arc::new(Conn::new(stream));
     let conn = {
         let mut st = shared.lock();
         if st.shutdown {
+            drop(st);
+            if let Some(peer) = admitted {
+                shared.gate().release(peer);
+            }
             return;
         }
         let conn = st.next_conn;
         st.next_conn += 1;
         st.conns.insert(conn, link.clone());
+        if admitted.is_some() {
+            st.authenticating.insert(conn);
+        }
         conn
     };
     let thread_shared = shared.clone();
-    let spawned =
-        std::thread::Builder::new().name("stasis-coord-conn".into()).spawn(move || serve(&thread_shared, conn, &link));
+    let spawned = std::thread::Builder::new().name("stasis-coord-conn".into()).spawn(move || {
+        let ticket = admitted.map(|peer| Admitted { shared: &thread_shared, peer });
+        serve(&thread_shared, conn, &link, ticket.map(|t| (t, accepted + HANDSHAKE_DEADLINE)));
+    });
     match spawned {
         Ok(handle) => {
             let mut threads = shared.threads.lock().unwrap_or_else(PoisonError::into_inner);
@@ -52,7 +184,12 @@ pub(crate) fn start(shared: &Arc<Shared>, stream: Stream) {
         }
         Err(e) => {
             crate::warn(&format!("cannot start a thread for a new connection: {e}"));
-            if let Some(s) = shared.lock().conns.remove(&conn) {
+            if let Some(peer) = admitted {
+                shared.gate().release(peer);
+            }
+            let mut st = shared.lock();
+            st.authenticating.remove(&conn);
+            if let Some(s) = st.conns.remove(&conn) {
                 let _ = s.stream.shutdown(Shutdown::Both);
             }
         }
@@ -68,14 +205,21 @@ pub const KILL: &str = proto::KILL;
 
 /// How long a write to an agent may block before the agent counts as gone.
 const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a TCP peer has to answer the challenge.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn serve(shared: &Shared, conn: u64, link: &Arc<Conn>) {
+/// Serves one connection; a TCP one first passes the handshake, holding
+/// its place at the gate until then (`ticket`, and the deadline).
+fn serve(shared: &Shared, conn: u64, link: &Arc<Conn>, ticket: Option<(Admitted<'_>, Instant)>) {
     let mut reader = BufReader::new(&link.stream);
-    if link.stream.is_tcp() && !authenticate(shared, link, &mut reader) {
-        end(shared, conn, link);
-        return;
+    if let Some((ticket, deadline)) = ticket {
+        let passed = authenticate(shared, link, &mut reader, deadline);
+        let _ = link.stream.set_read_timeout(None);
+        let _ = link.stream.set_write_timeout(None);
+        shared.lock().authenticating.remove(&conn);
+        drop(ticket);
+        if !passed {
+            end(shared, conn, link);
+            return;
+        }
     }
     let first = read_message(&mut reader);
     shared.lock().identified.insert(conn);
@@ -94,11 +238,51 @@ fn end(shared: &Shared, conn: u64, link: &Conn) {
     let mut st = shared.lock();
     st.conns.remove(&conn);
     st.identified.remove(&conn);
+    st.authenticating.remove(&conn);
     shared.changed.notify_all();
 }
 
-/// The challenge every TCP connection must pass before anything else.
-fn authenticate(shared: &Shared, link: &Conn, reader: &mut Reader<'_>) -> bool {
+/// Reads one handshake line by `deadline`, however the peer spreads its
+/// bytes. `Ok(None)` when the peer closed; `Err` says why we give up.
+fn read_line_by(reader: &mut Reader<'_>, deadline: Instant) -> Result<Option<Message>, String> {
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "too slow: the handshake must be over within {} s of connecting",
+                HANDSHAKE_DEADLINE.as_secs()
+            ));
+        }
+        let _ = reader.get_ref().set_read_timeout(Some(left));
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return Ok(None),
+        };
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let (taken, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..taken]);
+        reader.consume(taken);
+        if line.len() > MAX_HANDSHAKE_LINE {
+            return Err(format!("a handshake line is at most {MAX_HANDSHAKE_LINE} bytes"));
+        }
+        if done {
+            let text = String::from_utf8(line).map_err(|_| "line is not UTF-8".to_string())?;
+            return Message::decode(&text).map(Some).map_err(|e| e.to_string());
+        }
+    }
+}
+
+/// The challenge every TCP connection must pass before anything else, and
+/// our proof in return (stasis_proto::auth).
+fn authenticate(shared: &Shared, link: &Conn, reader: &mut Reader<'_>, deadline: Instant) -> bool {
     let peer = match &link.stream {
         Stream::Tcp(s) => s.peer_addr().map_or_else(|_| "an unknown peer".to_string(), |a| a.ip().to_string()),
         Stream::Unix(_) => "a local peer".to_string(),
@@ -107,42 +291,45 @@ fn authenticate(shared: &Shared, link: &Conn, reader: &mut Reader<'_>) -> bool {
         send(link, &error("this coordinator takes no TCP connections"));
         return false;
     };
-    let mut nonce = [0u8; 32];
-    if crate::random::fill(&mut nonce).is_err() {
+    // Our own lines are short and the socket's buffer empty, but a peer
+    // that never reads must not hold us past the deadline either.
+    let _ = link
+        .stream
+        .set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
+    let mut ours = [0u8; auth::NONCE_LEN];
+    if crate::random::fill(&mut ours).is_err() {
         send(link, &error("the coordinator cannot draw a challenge"));
         return false;
     }
-    if link.send(&Message::new(auth::CHALLENGE).with("nonce", auth::to_hex(&nonce))).is_err() {
+    if link.send(&Message::new(auth::CHALLENGE).with("nonce", auth::to_hex(&ours))).is_err() {
         return false;
     }
-    let _ = link.stream.set_read_timeout(Some(AUTH_TIMEOUT));
-    let answer = read_message(reader);
-    let _ = link.stream.set_read_timeout(None);
-    let refusal = match answer {
-        Ok(Some(m)) if m.verb == auth::AUTH => match m.get("proof") {
-            Some(p) if auth::verify(secret, &nonce, p) => None,
-            _ => Some(
-                "wrong secret: prove the secret in the checkpoint directory's .stasis-coord-secret \
-                 (or STASIS_COORD_SECRET)"
-                    .to_string(),
+    let wrong = "wrong secret: prove the secret in the checkpoint directory's .stasis-coord-secret \
+                 (or STASIS_COORD_SECRET)";
+    let refusal = match read_line_by(reader, deadline) {
+        Ok(Some(m)) if m.verb == auth::AUTH => match (m.get("nonce").and_then(auth::nonce_from_hex), m.get("proof")) {
+            (Some(theirs), Some(p)) if auth::verify(secret, auth::Role::Client, &ours, &theirs, p) => {
+                let proof = auth::prove(secret, auth::Role::Coordinator, &ours, &theirs);
+                return link.send(&Message::new(proto::OK).with("proof", proof)).is_ok();
+            }
+            (None, _) => format!(
+                "{wrong}; AUTH needs nonce=<{} hex digits of your own> and proof=<hmac> \
+                 (mutual authentication, stasis-auth-2)",
+                2 * auth::NONCE_LEN
             ),
+            _ => wrong.to_string(),
         },
-        Ok(Some(m)) => Some(format!(
-            "authentication required: answer the challenge with AUTH proof=<hmac>, not {} \
+        Ok(Some(m)) => format!(
+            "authentication required: answer the challenge with AUTH nonce=<hex> proof=<hmac>, not {} \
              (the secret is in the checkpoint directory's .stasis-coord-secret)",
             m.verb
-        )),
+        ),
         Ok(None) => return false,
-        Err(why) => Some(why),
+        Err(why) => why,
     };
-    match refusal {
-        None => link.send(&Message::new(proto::OK)).is_ok(),
-        Some(why) => {
-            crate::warn(&format!("refused a connection from {peer}: {}", why.split(':').next().unwrap_or(&why)));
-            send(link, &error(why));
-            false
-        }
-    }
+    shared.gate().refused(&peer, refusal.split(':').next().unwrap_or(&refusal));
+    send(link, &error(refusal));
+    false
 }
 
 /// Reads one line and parses it. `Ok(None)` at the end of the stream (or
@@ -187,6 +374,20 @@ fn greet(st: &mut State, conn: u64, link: &Arc<Conn>, hello: &Message) -> Result
     st.reported_generation = st.reported_generation.max(generation);
     st.had_agent = true;
     st.empty_since = None;
+    // One process, one connection: a second process with a pid we hold
+    // is the same computation run twice (or restarted twice), and its
+    // checkpoints would collide. The first one's connection may be closed
+    // but not yet read to its end: a program that exec'd.
+    if let Some(other) = st.agents.iter().find(|a| a.pid == pid && a.conn != conn) {
+        if !other.link.stream.peer_gone() {
+            return Err(format!(
+                "process {pid} is already connected to this coordinator \
+                 (is the computation running twice? restarted twice?)"
+            ));
+        }
+        let gone = other.conn;
+        st.remove_agent(gone, "disconnected (its pid connected again: exec)");
+    }
     let name = hello.get("name").unwrap_or("").to_string();
     match st.agents.iter_mut().find(|a| a.conn == conn) {
         // A second HELLO on one connection updates what we know.
@@ -212,6 +413,14 @@ fn reach(shared: &Shared, link: &Conn) -> Addr {
 fn serve_agent(shared: &Shared, conn: u64, link: &Arc<Conn>, reader: &mut Reader<'_>, hello: &Message) {
     // A stuck agent must not block the coordinator's writes for long.
     let _ = link.stream.set_write_timeout(Some(AGENT_WRITE_TIMEOUT));
+    // A program that exec'd closed its old connection on the way; give its
+    // end a moment to reach us before its pid counts as taken (greet).
+    if let Some(pid) = hello.get_parsed::<i32>("pid") {
+        let holder = shared.lock().agents.iter().find(|a| a.pid == pid && a.conn != conn).map(|a| a.link.clone());
+        if let Some(holder) = holder {
+            holder.stream.peer_gone_within(EXEC_GRACE);
+        }
+    }
     let mut msg = hello.clone();
     let why_gone = loop {
         // A newcomer's SUSPEND, and the hold on its connection that keeps

@@ -52,7 +52,7 @@ use crate::socket::SocketFile;
 use crate::state::{Shared, State};
 use crate::stream::Stream;
 
-pub use conn::KILL;
+pub use conn::{HANDSHAKE_DEADLINE, KILL, MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_PEER};
 
 /// How long a checkpoint may take unless the configuration says otherwise.
 pub const DEFAULT_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -164,6 +164,7 @@ impl Coordinator {
     /// Starts the coordinator's threads.
     pub fn spawn(self) -> io::Result<CoordHandle> {
         let Coordinator { listener, socket, tcp, dir, shared, adopted } = self;
+        raise_descriptor_limit();
         let shared = Arc::new(shared);
         let mut handle = CoordHandle {
             shared: shared.clone(),
@@ -198,6 +199,22 @@ impl Coordinator {
             })?);
         }
         Ok(handle)
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard one: every
+/// connection costs one, and the owner's must not run short because of
+/// strangers' (who are capped besides, conn.rs). Done once the caller can
+/// no longer fork a program that would inherit the higher limit (a program
+/// using select(2) must stay under 1024).
+fn raise_descriptor_limit() {
+    // SAFETY: a zeroed rlimit is valid; getrlimit fills it.
+    let mut l: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `l` is a valid rlimit to read and write.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0 && l.rlim_cur < l.rlim_max {
+        l.rlim_cur = l.rlim_max;
+        // SAFETY: as above; a failure leaves the limit as it was.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) };
     }
 }
 
@@ -310,8 +327,9 @@ impl CoordHandle {
 
     /// Waits until a client asks the coordinator to quit, [`Control::stop`]
     /// is called, or what `when` says happens. Connections still being
-    /// set up (authenticating, or made by `stasis restart` for a process
-    /// it is restoring) count as processes.
+    /// set up (authenticated but silent yet, as those `stasis restart`
+    /// makes for the processes it is restoring) count as processes; TCP
+    /// connections that have not proven the secret do not.
     pub fn wait_end(&self, when: EndWhen) -> End {
         let mut st = self.shared.lock();
         loop {

@@ -12,6 +12,11 @@
 //! - every connection's peer credentials (SO_PEERCRED) must be our uid
 //!   (`conn.rs`), whatever the modes.
 //!
+//! And the other way round: clients and agents check that the socket they
+//! reached is served by their own uid (SO_PEERCRED again, `client.rs` and
+//! the agent's `control.rs`), so a socket put in their way by someone
+//! else is refused before a word is said to it.
+//!
 //! A directory that others may read and search (0755, as temporary
 //! directories often are) is therefore accepted.
 

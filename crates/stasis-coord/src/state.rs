@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use stasis_proto::{self as proto, Message};
 
 use crate::client::Addr;
+use crate::conn::Gate;
 use crate::stream::Stream;
 
 /// The state and the condition variable that announces every change of it:
@@ -31,6 +32,9 @@ pub(crate) struct Shared {
     pub(crate) tcp_port: Option<u16>,
     /// Connection threads, joined at shutdown.
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+    /// TCP peers still authenticating: kept apart from the state's lock,
+    /// so that strangers never wait on it nor make the owner wait.
+    gate: Mutex<Gate>,
 }
 
 impl Shared {
@@ -46,6 +50,7 @@ impl Shared {
             secret: None,
             tcp_port: None,
             threads: Mutex::new(Vec::new()),
+            gate: Mutex::new(Gate::default()),
         }
     }
 
@@ -53,6 +58,10 @@ impl Shared {
     /// it consistent enough to go on: every update is a few assignments.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
@@ -128,9 +137,12 @@ pub(crate) struct State {
     /// Every open connection, so that shutdown can close them.
     pub(crate) conns: HashMap<u64, Arc<Conn>>,
     /// Connections whose first line has come: agents and clients. The
-    /// others are still authenticating, or were made by `stasis restart`
-    /// for a process it is still restoring.
+    /// others are still authenticating (see `authenticating`), or were
+    /// made by `stasis restart` for a process it is still restoring.
     pub(crate) identified: HashSet<u64>,
+    /// TCP connections that have not yet proven the secret: strangers
+    /// perhaps, who must not keep the coordinator alive (pending_conns).
+    pub(crate) authenticating: HashSet<u64>,
     pub(crate) next_conn: u64,
     /// The largest generation any agent said it belongs to.
     pub(crate) reported_generation: u64,
@@ -271,6 +283,7 @@ impl State {
             agents: Vec::new(),
             conns: HashMap::new(),
             identified: HashSet::new(),
+            authenticating: HashSet::new(),
             next_conn: 0,
             reported_generation: 0,
             last_attempt: 0,
@@ -375,9 +388,15 @@ impl State {
     }
 
     /// Connections whose first line has not come and whose peer is still
-    /// there: processes being restored, or peers authenticating.
+    /// there: processes being restored, or peers that have authenticated.
+    /// (Not those still authenticating: anyone can open those.)
     pub(crate) fn pending_conns(&self) -> usize {
-        self.conns.iter().filter(|(c, link)| !self.identified.contains(c) && !link.stream.peer_gone()).count()
+        self.conns
+            .iter()
+            .filter(|(c, link)| {
+                !self.identified.contains(c) && !self.authenticating.contains(c) && !link.stream.peer_gone()
+            })
+            .count()
     }
 
     /// The answer to `COMMAND what=status`.

@@ -44,10 +44,27 @@ impl Stream {
     /// Whether the peer has closed its end (or the connection broke):
     /// known at once, without reading, once the peer's process has exited.
     pub fn peer_gone(&self) -> bool {
-        let mut pfd = libc::pollfd { fd: self.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
-        // SAFETY: poll reads and writes the one pollfd we pass; timeout 0.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+        self.peer_gone_within(Duration::ZERO)
+    }
+
+    /// As [`Stream::peer_gone`], waiting up to `limit` for it to happen.
+    pub fn peer_gone_within(&self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // Only the hang-up is asked for: data waiting does not end the wait.
+            let mut pfd = libc::pollfd { fd: self.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: poll reads and writes the one pollfd we pass.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n > 0 {
+                return pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+            }
+            let interrupted = n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
+            if !interrupted || left.is_zero() {
+                return false;
+            }
+        }
     }
 }
 

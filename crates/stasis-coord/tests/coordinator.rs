@@ -1,7 +1,7 @@
 //! The coordinator against fake agents: threads that speak the protocol
 //! over the Unix socket (or TCP) and write dummy image files.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -996,4 +996,307 @@ fn nothing_listening_is_told_apart() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = Addr::Tcp { host: "127.0.0.1".into(), port };
     assert!(matches!(client::connect(&addr, None), Err(ClientError::NotListening(_))));
+}
+
+// ---------------------------------------------------------------------------
+// Mutual authentication, impostors, floods
+
+/// What an impostor listening on a port does once it has the client's AUTH.
+#[derive(Clone, Copy, Debug)]
+enum Impostor {
+    /// `OK` with no proof at all.
+    NoProof,
+    /// `OK proof=` something made up.
+    WrongProof,
+    /// `OK proof=` the client's own proof, sent back.
+    Reflect,
+}
+
+/// An impostor on a port of its own: it challenges the client as a
+/// coordinator would, answers as `how` says, and returns the AUTH line it
+/// got and everything the client said after it.
+fn impostor(how: Impostor) -> (Addr, thread::JoinHandle<(Message, String)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let thread = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let nonce = stasis_proto::auth::to_hex(&[0x42; 32]);
+        (&s).write_all(Message::new("CHALLENGE").with("nonce", nonce).encode().as_bytes()).unwrap();
+        let mut reader = BufReader::new(&s);
+        let auth = Message::decode(&next_line(&mut reader, "AUTH")).unwrap();
+        let reply = match how {
+            Impostor::NoProof => Message::new("OK"),
+            Impostor::WrongProof => Message::new("OK").with("proof", "00".repeat(32)),
+            Impostor::Reflect => Message::new("OK").with("proof", auth.get("proof").unwrap()),
+        };
+        (&s).write_all(reply.encode().as_bytes()).unwrap();
+        // Then a command any agent would obey from its coordinator.
+        let _ = (&s).write_all(Message::new("KILL").encode().as_bytes());
+        let mut rest = String::new();
+        let _ = reader.read_to_string(&mut rest);
+        (auth, rest)
+    });
+    (Addr::Tcp { host: "127.0.0.1".into(), port }, thread)
+}
+
+#[test]
+fn an_impostor_that_cannot_prove_the_secret_is_refused_and_learns_nothing_usable() {
+    let t = Test::new();
+    let (_coord, port) = start_tcp(&t);
+    let a = t.agent(101, "alpha", Behaviour::Write);
+    t.wait_processes(1);
+    for how in [Impostor::NoProof, Impostor::WrongProof, Impostor::Reflect] {
+        let (addr, fake) = impostor(how);
+        let e = client::connect(&addr, Some(&secret(7))).err().unwrap_or_else(|| panic!("{how:?}: connected"));
+        assert!(matches!(&e, ClientError::Impostor(at) if *at == addr.to_string()), "{how:?}: {e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the peer at {addr} did not prove the computation's secret: it is not this computation's coordinator"
+            )
+        );
+        let (auth, rest) = fake.join().unwrap();
+        // The client said nothing after its AUTH: no HELLO, no COMMAND.
+        assert_eq!(rest, "", "{how:?}");
+        // What it did say is worth nothing to the real coordinator, which
+        // draws its own challenge.
+        let raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut reader = BufReader::new(&raw);
+        next_line(&mut reader, "CHALLENGE");
+        (&raw).write_all(auth.encode().as_bytes()).unwrap();
+        let refusal = Message::decode(&next_line(&mut reader, "ERROR")).unwrap();
+        assert!(err(&refusal).contains("wrong secret"), "{how:?}: {refusal:?}");
+    }
+    // The real coordinator proves itself, and the computation is untouched.
+    let s = client::connect(&Addr::Tcp { host: "127.0.0.1".into(), port }, Some(&secret(7))).unwrap();
+    assert_eq!(ok(&client::ask(&s, &request(&[("what", "status")])).unwrap()).get("processes"), Some("1"));
+    assert!(a.kills.try_recv().is_err());
+}
+
+#[test]
+fn the_coordinator_proves_the_secret_in_return() {
+    use stasis_proto::auth::{self, Role};
+    let t = Test::new();
+    let (_coord, port) = start_tcp(&t);
+    let raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut reader = BufReader::new(&raw);
+    let challenge = Message::decode(&next_line(&mut reader, "CHALLENGE")).unwrap();
+    let nc = auth::nonce_from_hex(challenge.get("nonce").unwrap()).unwrap();
+    let nk = [0x17; 32];
+    let p1 = auth::prove(&secret(7).bytes, Role::Client, &nc, &nk);
+    let line = Message::new("AUTH").with("nonce", auth::to_hex(&nk)).with("proof", &p1);
+    (&raw).write_all(line.encode().as_bytes()).unwrap();
+    let answer = Message::decode(&next_line(&mut reader, "OK")).unwrap();
+    let p2 = answer.get("proof").unwrap();
+    assert!(auth::verify(&secret(7).bytes, Role::Coordinator, &nc, &nk, p2));
+    assert_ne!(p2, p1);
+
+    // A proof made with another secret is refused, and no proof comes back.
+    let raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut reader = BufReader::new(&raw);
+    let challenge = Message::decode(&next_line(&mut reader, "CHALLENGE")).unwrap();
+    let nc = auth::nonce_from_hex(challenge.get("nonce").unwrap()).unwrap();
+    let bad = auth::prove(&secret(8).bytes, Role::Client, &nc, &nk);
+    let line = Message::new("AUTH").with("nonce", auth::to_hex(&nk)).with("proof", bad);
+    (&raw).write_all(line.encode().as_bytes()).unwrap();
+    let refusal = Message::decode(&next_line(&mut reader, "ERROR")).unwrap();
+    assert!(err(&refusal).contains("wrong secret"), "{refusal:?}");
+    assert_eq!(refusal.get("proof"), None);
+}
+
+#[test]
+fn a_unix_socket_served_by_us_is_accepted() {
+    // Another user's socket cannot be made in a test run by one user; the
+    // check itself runs on every connection, and passes for our own.
+    let t = Test::new();
+    let _coord = t.start();
+    let s = client::connect(&Addr::Unix(t.sock.clone()), None).unwrap();
+    ok(&client::ask(&s, &request(&[("what", "status")])).unwrap());
+    let e = ClientError::NotYours(t.sock.clone(), 1234);
+    assert_eq!(e.to_string(), format!("the coordinator socket {} is served by uid 1234, not by you", t.sock.display()));
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `from`
+/// (any of 127.0.0.0/8 is this machine's): how one machine poses as many
+/// peers.
+fn connect_from(from: std::net::Ipv4Addr, port: u16) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket creation; the descriptor is owned by the stream at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh socket that nothing else owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let (src, dst) = (sa(from, 0), sa(std::net::Ipv4Addr::LOCALHOST, port));
+    // SAFETY: bind and connect read one sockaddr_in each.
+    unsafe {
+        assert_eq!(libc::bind(fd, (&raw const src).cast(), len), 0, "bind: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::connect(fd, (&raw const dst).cast(), len), 0, "connect: {}", std::io::Error::last_os_error());
+    }
+    stream
+}
+
+/// The open TCP connections of this process whose local port is `port`:
+/// the coordinator's side of its TCP connections (not the listener).
+fn coordinator_tcp_conns(port: u16) -> usize {
+    let mine: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| l.to_string_lossy().strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+        .collect();
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            // f[3]: the state (0A: listening); f[9]: the inode.
+            local_port == Some(port) && f[3] != "0A" && mine.contains(f[9])
+        })
+        .count()
+}
+
+#[test]
+fn a_flood_of_strangers_neither_exhausts_the_coordinator_nor_delays_its_owner() {
+    let t = Test::new();
+    let (_coord, port) = start_tcp(&t);
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    t.wait_processes(1);
+    let stranger = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    // Several hundred connections from one address, all held open; some
+    // trickle a byte now and then and never finish a line.
+    let flood: Vec<std::net::TcpStream> = (0..300).map(|_| connect_from(stranger, port)).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tricklers: Vec<_> = flood
+        .iter()
+        .take(40)
+        .map(|s| {
+            let (s, stop) = (s.try_clone().unwrap(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && (&s).write_all(b"A").is_ok() {
+                    thread::sleep(Duration::from_millis(200));
+                }
+            })
+        })
+        .collect();
+    // The owner is served meanwhile: on the Unix socket, and over TCP from
+    // another address.
+    assert_eq!(ok(&t.command(&[("what", "status")])).get("processes"), Some("1"));
+    let s = client::connect(&Addr::Tcp { host: "127.0.0.1".into(), port }, Some(&secret(7))).unwrap();
+    assert_eq!(ok(&client::ask(&s, &request(&[("what", "status")])).unwrap()).get("processes"), Some("1"));
+    ok(&checkpoint(&t));
+    // The coordinator holds a bounded number of the strangers' connections
+    // (those it has not closed), whatever they do: the per-address cap,
+    // plus our authenticated client.
+    let held = coordinator_tcp_conns(port);
+    assert!(held <= stasis_coord::MAX_UNAUTHENTICATED_PER_PEER + 1, "the coordinator holds {held} connections");
+    // Those beyond the cap were closed at once, with a word why (or, on a
+    // machine so slow that the first ones' deadline passed meanwhile, were
+    // let in and cut off at their own deadline).
+    let mut refused = BufReader::new(&flood[299]);
+    let line = next_line(&mut refused, "ERROR");
+    assert!(line.contains("too%20many") || line.contains("too%20slow"), "{line:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for th in tricklers {
+        th.join().unwrap();
+    }
+}
+
+#[test]
+fn strangers_from_many_addresses_are_capped_overall_and_the_unix_socket_is_still_served() {
+    let t = Test::new();
+    let (_coord, port) = start_tcp(&t);
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    t.wait_processes(1);
+    let mut flood = Vec::new();
+    for host in 1..=20u8 {
+        for _ in 0..stasis_coord::MAX_UNAUTHENTICATED_PER_PEER {
+            flood.push(connect_from(std::net::Ipv4Addr::new(127, 0, 1, host), port));
+        }
+    }
+    assert_eq!(ok(&t.command(&[("what", "status")])).get("processes"), Some("1"));
+    ok(&checkpoint(&t));
+    let held = coordinator_tcp_conns(port);
+    assert!(held <= stasis_coord::MAX_UNAUTHENTICATED, "the coordinator holds {held} connections");
+    drop(flood);
+}
+
+#[test]
+fn a_peer_that_trickles_is_cut_off_at_the_handshake_deadline() {
+    let t = Test::new();
+    let (_coord, port) = start_tcp(&t);
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let writer = s.try_clone().unwrap();
+    // One byte every 100 ms, never a whole line: each read is quick, the
+    // whole is not. (Stops by itself once the connection is closed.)
+    let trickle = thread::spawn(move || {
+        for _ in 0..1200 {
+            if (&writer).write_all(b"A").is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let mut reader = BufReader::new(&s);
+    next_line(&mut reader, "CHALLENGE");
+    let refusal = Message::decode(&next_line(&mut reader, "ERROR")).unwrap();
+    assert!(err(&refusal).contains("too slow"), "{refusal:?}");
+    let mut rest = String::new();
+    assert_eq!(reader.read_line(&mut rest).unwrap_or(0), 0, "not closed: {rest:?}");
+    drop(reader);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    trickle.join().unwrap();
+}
+
+#[test]
+fn a_second_process_with_a_pid_already_connected_is_refused() {
+    let t = Test::new();
+    let _coord = t.start();
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    t.wait_processes(1);
+    let twin = UnixStream::connect(&t.sock).unwrap();
+    (&twin).write_all(b"HELLO pid=101 name=twin restored=1 computation=0 generation=0\n").unwrap();
+    let mut reader = BufReader::new(&twin);
+    let refusal = Message::decode(&next_line(&mut reader, "ERROR")).unwrap();
+    assert_eq!(
+        err(&refusal),
+        "process 101 is already connected to this coordinator (is the computation running twice? restarted twice?)"
+    );
+    let mut rest = String::new();
+    assert_eq!(reader.read_line(&mut rest).unwrap(), 0, "not closed: {rest:?}");
+    // The first one is still there, and checkpointed alone.
+    t.wait_processes(1);
+    let reply = checkpoint(&t);
+    assert_eq!(ok(&reply).get("processes"), Some("1"));
+}
+
+#[test]
+fn a_pid_whose_connection_hung_up_may_connect_again() {
+    // A program that exec'd: its old connection closed on the way, and the
+    // new program's agent greets with the same pid.
+    let t = Test::new();
+    let _coord = t.start();
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    for round in 0..5 {
+        let old = UnixStream::connect(&t.sock).unwrap();
+        (&old).write_all(format!("HELLO pid=202 name=before{round}\n").as_bytes()).unwrap();
+        t.wait_processes(2);
+        drop(old);
+        let new = t.agent(202, "after", Behaviour::Write);
+        let back = new.coordinator.recv_timeout(Duration::from_secs(10));
+        assert!(back.is_ok(), "round {round}: the new program was not greeted: {:?}", t.events());
+        t.wait_processes(2);
+        assert_eq!(ok(&checkpoint(&t)).get("processes"), Some("2"));
+        drop(new);
+        t.wait_processes(1);
+    }
 }
