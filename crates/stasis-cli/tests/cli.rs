@@ -507,7 +507,7 @@ fn a_coordinator_listens_on_tcp_only_when_asked() {
     let t = tmp();
     let ck = t.path().join("ck");
     // No options: port 7779's socket, no TCP.
-    let mut plain = Reaped(unnamed(t.path()).arg("coordinator").arg("--ckptdir").arg(&ck).spawn().unwrap());
+    let plain = Reaped(unnamed(t.path()).arg("coordinator").arg("--ckptdir").arg(&ck).spawn().unwrap());
     let sock = t.path().join(format!("stasis-{}/coord-7779.sock", uid()));
     wait_for("the coordinator's socket", || sock.exists());
     let o = run(unnamed(t.path()).args(["command", "-s", "--coord-socket"]).arg(&sock));
