@@ -361,38 +361,6 @@ fn uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
-/// The TCP addresses process `pid` listens on, as "IP:PORT" (IPv4) or
-/// the kernel's hex (IPv6).
-fn tcp_listening(pid: u32) -> Vec<String> {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let l = std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned();
-            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-        })
-        .collect();
-    let mut out = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" || !inodes.iter().any(|i| i == f[9]) {
-                continue;
-            }
-            let (ip, port) = f[1].split_once(':').unwrap();
-            let port = u16::from_str_radix(port, 16).unwrap();
-            if ip.len() == 8 {
-                let ip = std::net::Ipv4Addr::from(u32::from_str_radix(ip, 16).unwrap().to_ne_bytes());
-                out.push(format!("{ip}:{port}"));
-            } else {
-                out.push(format!("{ip}:{port}"));
-            }
-        }
-    }
-    out
-}
-
 /// Waits for a file to hold a line; returns it.
 fn first_line(path: &std::path::Path) -> String {
     let mut line = String::new();
@@ -513,7 +481,7 @@ fn a_coordinator_listens_on_tcp_only_when_asked() {
     let o = run(unnamed(t.path()).args(["command", "-s", "--coord-socket"]).arg(&sock));
     assert!(o.status.success(), "{o:?}");
     assert!(!stdout(&o).contains("port:"), "{}", stdout(&o));
-    assert_eq!(tcp_listening(plain.0.id()), Vec::<String>::new());
+    assert_eq!(support::tcp_listening(plain.0.id()), Vec::<String>::new());
     drop(plain);
 
     // A port: TCP on 127.0.0.1 only, not every interface.
@@ -528,7 +496,7 @@ fn a_coordinator_listens_on_tcp_only_when_asked() {
             .unwrap(),
     );
     let port: u16 = first_line(&pf).parse().unwrap();
-    assert_eq!(tcp_listening(coord.0.id()), [format!("127.0.0.1:{port}")]);
+    assert_eq!(support::tcp_listening(coord.0.id()), [format!("127.0.0.1:{port}")]);
     drop(coord);
 
     // launch -p 0 starts one likewise, and says where.

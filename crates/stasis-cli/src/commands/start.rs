@@ -180,7 +180,10 @@ fn busy(target: &Target) -> anyhow::Error {
 fn private(own: &Target, join_too: &Target, mode: Mode, bg: &Background) -> Result<(Found, Via)> {
     let nobody = match reach::reach(own, &[])? {
         Ok(reached) if mode == Mode::Join => return Ok((joined(reached)?, Via::Own)),
-        Ok(_) => return Err(busy(own)),
+        Ok(reached) => match going(own, reached)? {
+            Some(why) => why,
+            None => return Err(busy(own)),
+        },
         Err(why) => why,
     };
     if mode == Mode::Join {
@@ -201,6 +204,30 @@ fn private(own: &Target, join_too: &Target, mode: Mode, bg: &Background) -> Resu
             Ok(Ok(_)) => Err(busy(own)),
             _ => Err(e),
         },
+    }
+}
+
+/// How long a coordinator without processes on a checkpoint directory's
+/// socket is given to go away (one whose computation was just killed
+/// waits 5 s for a process that calls exec to come back).
+const GOING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the coordinator reached on `own` is on its way out: it has no
+/// process and goes away within [`GOING_TIMEOUT`] (`Some`: nothing answers
+/// any more, and why). One that has or gains a process is busy.
+fn going(own: &Target, reached: Reached) -> Result<Option<String>> {
+    let deadline = Instant::now() + GOING_TIMEOUT;
+    let mut reached = reached;
+    loop {
+        let status = client::ask(&reached.stream, &Message::new(proto::COMMAND).with("what", "status"));
+        if status.is_ok_and(|m| m.get_parsed::<u64>("processes") != Some(0)) || Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        match reach::reach(own, &[])? {
+            Ok(r) => reached = r,
+            Err(why) => return Ok(Some(why)),
+        }
     }
 }
 
