@@ -248,3 +248,81 @@ fn a_coordinator_on_the_default_port_does_not_capture_a_launch() {
     }
     sb.check(holder.poll_exit().is_none(), || "the coordinator on 7779 ended".into());
 }
+
+#[test]
+fn the_howtos_interactive_workflow_joins_a_coordinator_started_by_hand() {
+    let sb = Sandbox::new("default-interactive");
+    // Terminal 2: dmtcp_coordinator, no options; it checkpoints into its
+    // current directory. (Not the program's: killing the program kills
+    // whatever runs there.)
+    let (job, term2) = (sb.mkdir("job"), sb.mkdir("terminal-2"));
+    let mut cmd = unnamed(&sb, &dmtcp_bin("dmtcp_coordinator"));
+    cmd.current_dir(&term2);
+    let mut coord = Proc::spawn(&sb, &sb.label("dmtcp_coordinator"), cmd, Out::Pipe);
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let sock = sb.join(format!("stasis-{uid}/coord-7779.sock"));
+    let deadline = Instant::now() + QUICK_TIMEOUT;
+    while !sock.exists() {
+        sb.check(coord.poll_exit().is_none() && Instant::now() < deadline, || {
+            format!("{} did not start on {}", coord.label, sock.display())
+        });
+        sleep(POLL);
+    }
+    let tcp = tcp_listening(coord.pid() as u32);
+    sb.check(tcp.is_empty(), || format!("dmtcp_coordinator with no options listens on TCP {tcp:?}"));
+
+    // Terminal 1: dmtcp_launch --join-coordinator ./your_program.
+    let prog = Program::c("single", &["120", "50"]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let mut cmd = unnamed(&sb, &dmtcp_bin("dmtcp_launch"));
+    cmd.arg("--join-coordinator").args(&prog.argv).current_dir(&job);
+    let mut app = Proc::spawn(&sb, &sb.label("dmtcp_launch"), cmd, Out::Pipe);
+    app.wait_lines(&sb, 3);
+    // Checkpoints go where the coordinator writes them, and launch says so.
+    let said = fs::read_to_string(&app.stderr_path).unwrap_or_default();
+    sb.check(said.contains(&format!("checkpoints into {}, not into", term2.display())), || {
+        format!("{} does not note where checkpoints go: {said:?}", app.label)
+    });
+    // dmtcp_command with nothing named, from the job's directory: the
+    // directory has no coordinator of its own, port 7779's socket has it.
+    let command = |args: &[&str]| {
+        let mut cmd = unnamed(&sb, &dmtcp_bin("dmtcp_command"));
+        cmd.args(args).current_dir(&job);
+        run_to_end(&sb, "dmtcp_command", cmd, COMMAND_TIMEOUT)
+    };
+    let out = command(&["-s"]);
+    sb.check(out.status.success() && out.stdout.contains("NUM_PEERS=1\n"), || {
+        format!("dmtcp_command -s: {}{}", out.stdout, out.stderr)
+    });
+    app.drain();
+    let lo = app.line_count();
+    let out = command(&["-bc"]);
+    sb.check(out.status.success(), || format!("dmtcp_command -bc: {}{}", out.stdout, out.stderr));
+    app.drain();
+    let window = Window { lo, hi: app.line_count() };
+    app.kill_computation(&sb, &job);
+
+    // dmtcp_restart --join-coordinator ckpt_*.dmtcp, joined to the same one.
+    require_user_namespaces();
+    let images: Vec<PathBuf> = fs::read_dir(&term2)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dmtcp"))
+        .collect();
+    sb.check(images.len() == 1, || format!("ckpt_*.dmtcp in {}: {images:?}", term2.display()));
+    let mut cmd = unnamed(&sb, &dmtcp_bin("dmtcp_restart"));
+    cmd.arg("--join-coordinator").args(&images).current_dir(&job);
+    let mut restart = Proc::spawn(&sb, &sb.label("dmtcp_restart"), cmd, Out::Pipe);
+    let status = restart.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}", restart.label));
+    let reference = finish_reference(&sb, reference);
+    verify_history(
+        &sb,
+        &reference,
+        &[Piece::new(&app.label, app.lines(), vec![window]), Piece::new(&restart.label, restart.lines(), vec![])],
+    );
+    sb.check(coord.poll_exit().is_none(), || "the coordinator started by hand ended".into());
+}
