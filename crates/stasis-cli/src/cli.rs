@@ -118,7 +118,34 @@ pub fn coord_opts(
         None => env_number(env, names.port, "a port number")?,
     };
     let tmpdir = tmpdir.or_else(|| first_env(env, names.tmpdir).map(|(_, v)| v.into()));
-    Ok(CoordOpts { addr, host, port, tmpdir })
+    Ok(CoordOpts { addr, host, port, tmpdir, ckpt_dir: None })
+}
+
+/// The coordinator for `stasis command` (coord_socket.rs has the order):
+/// flags naming it, else `--ckptdir` (`ckpt_flag`: that directory's
+/// coordinator, whatever the environment says), else the environment,
+/// else `ckpt_env` (dmtcp_command's `DMTCP_CHECKPOINT_DIR`).
+#[allow(clippy::too_many_arguments)]
+pub fn command_coord_opts(
+    socket: Option<PathBuf>,
+    host: Option<String>,
+    port: Option<u16>,
+    tmpdir: Option<PathBuf>,
+    ckpt_flag: Option<PathBuf>,
+    ckpt_env: Option<PathBuf>,
+    env: Env,
+    names: &EnvNames,
+) -> Result<CoordOpts, NotRun> {
+    let flags_name_it = socket.is_some() || host.is_some() || port.is_some();
+    if !flags_name_it && let Some(dir) = ckpt_flag {
+        let tmpdir = tmpdir.or_else(|| first_env(env, names.tmpdir).map(|(_, v)| v.into()));
+        return Ok(CoordOpts { tmpdir, ckpt_dir: Some(dir), ..Default::default() });
+    }
+    let mut opts = coord_opts(socket, host, port, tmpdir, env, names, true)?;
+    if !opts.named() {
+        opts.ckpt_dir = ckpt_env;
+    }
+    Ok(opts)
 }
 
 /// A signal number for the agent's checkpoint signal.
@@ -166,7 +193,7 @@ struct CoordArgs {
     /// The coordinator's host (default: this one, or STASIS_COORD_HOST)
     #[arg(short = 'h', long = "coord-host", value_name = "HOST")]
     host: Option<String>,
-    /// The coordinator's port (default 7779, or STASIS_COORD_PORT; 0: a free one, for a new coordinator)
+    /// The coordinator's port (or STASIS_COORD_PORT; 0: a free one, for a new coordinator). Naming none: the checkpoint directory's own coordinator, on a Unix socket
     #[arg(short = 'p', long = "coord-port", value_name = "PORT")]
     port: Option<u16>,
     /// The coordinator's Unix socket, instead of the one its port names
@@ -187,13 +214,13 @@ impl CoordArgs {
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("mode").multiple(false)))]
 struct ModeArgs {
-    /// Join the coordinator that runs there; fail if none does
+    /// Join a running coordinator (with none named: the checkpoint directory's, else port 7779's socket); fail if none answers
     #[arg(short = 'j', long = "join-coordinator", group = "mode")]
     join: bool,
-    /// Start a coordinator; fail if one runs there already
+    /// Start a coordinator; fail if one answers there already
     #[arg(long = "new-coordinator", group = "mode")]
     new: bool,
-    /// Join the coordinator that runs there, or start one in the background (the default)
+    /// Join the coordinator named, or start one in the background (the default); with none named, start one of the computation's own, refusing when another computation checkpoints into the directory
     #[arg(long = "any-coordinator", group = "mode")]
     any: bool,
 }
@@ -297,7 +324,7 @@ struct RestartArgs {
 struct CommandArgs {
     #[command(flatten)]
     coord: CoordArgs,
-    /// The computation's checkpoint directory, where its secret is (for a coordinator reached over TCP)
+    /// The computation's checkpoint directory: its coordinator (unless one is named), and where its secret is (for TCP)
     #[arg(long = "ckptdir", value_name = "DIR")]
     ckpt_dir: Option<PathBuf>,
     /// Checkpoint now; wait until the generation is committed
@@ -334,7 +361,7 @@ struct CommandArgs {
 
 #[derive(Args, Debug)]
 struct CoordinatorArgs {
-    /// The TCP port to listen on (default 7779, or STASIS_COORD_PORT; 0: any free one)
+    /// Also listen on this TCP port (or STASIS_COORD_PORT; 0: any free one); default: no TCP, the Unix socket of port 7779
     #[arg(short = 'p', long = "coord-port", visible_alias = "port", value_name = "PORT")]
     port: Option<u16>,
     /// Listen on this Unix socket (then on TCP only if -p is given)
@@ -343,7 +370,7 @@ struct CoordinatorArgs {
     /// Where the per-user directory of coordinator sockets goes (default /tmp, or STASIS_TMPDIR)
     #[arg(long = "tmpdir", value_name = "DIR")]
     tmpdir: Option<PathBuf>,
-    /// The address TCP listens on (default: every interface; the secret guards it)
+    /// Listen on TCP at this address (default: STASIS_COORD_HOST's address, else 127.0.0.1)
     #[arg(long = "listen", value_name = "ADDRESS")]
     listen: Option<IpAddr>,
     /// Where generations, the secret and the restart script go (default: the current directory)
@@ -465,8 +492,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
             } else {
                 unreachable!("clap requires one action")
             };
-            let secret_dirs = a.ckpt_dir.into_iter().chain(cwd()).collect();
-            Verb::Command(CommandOpts { coord: a.coord.opts(env)?, action, json: a.json, secret_dirs, dmtcp: false })
+            let secret_dirs = a.ckpt_dir.iter().cloned().chain(cwd()).collect();
+            let c = a.coord;
+            let coord = command_coord_opts(c.socket, c.host, c.port, c.tmpdir, a.ckpt_dir, None, env, &STASIS_ENV)?;
+            Verb::Command(CommandOpts { coord, action, json: a.json, secret_dirs, dmtcp: false })
         }
         VerbArgs::Coordinator(a) => {
             let coord = coord_opts(a.socket, None, a.port, a.tmpdir, env, &STASIS_ENV, false)?;
@@ -534,6 +563,8 @@ mod tests {
         assert_eq!(o.ckpt_dir, Some(PathBuf::from("ck")));
         assert_eq!((o.keep, o.mode, o.quiet), (2, Mode::Any, false));
         assert_eq!(o.program, ["./prog", "-i", "--help"]);
+        // No coordinator named: the checkpoint directory's own.
+        assert!(!o.coord.named());
         let Ok(Verb::Launch(o)) = parse_str(&["launch", "--keep", "5", "-p", "9000", "--", "-weird", "x"]) else {
             panic!()
         };
@@ -629,6 +660,25 @@ mod tests {
         assert_eq!(action(&["command", "-q"]), (Action::Quit, false));
         let Ok(Verb::Command(o)) = parse_str(&["command", "-s", "--ckptdir", "/ck"]) else { panic!() };
         assert_eq!(o.secret_dirs.first(), Some(&PathBuf::from("/ck")));
+    }
+
+    #[test]
+    fn command_finds_the_checkpoint_directorys_coordinator() {
+        let coord = |args: &[&str], vars: &[(&str, &str)]| match parse_env(args, vars) {
+            Ok(Verb::Command(o)) => o.coord,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        // --ckptdir selects the directory's coordinator, before the environment.
+        let c = coord(&["command", "-s", "--ckptdir", "/ck"], &[("STASIS_COORD_ADDR", "unix:/s.sock")]);
+        assert_eq!((c.addr, c.ckpt_dir), (None, Some(PathBuf::from("/ck"))));
+        let c = coord(&["command", "-s", "--ckptdir", "/ck"], &[("STASIS_TMPDIR", "/t")]);
+        assert_eq!(c.tmpdir, Some(PathBuf::from("/t")));
+        // A flag naming the coordinator wins; --ckptdir is then where the secret is.
+        let c = coord(&["command", "-s", "--ckptdir", "/ck", "-p", "7000"], &[]);
+        assert_eq!((c.port, c.ckpt_dir), (Some(7000), None));
+        // Nothing at all: nothing named (the current directory, then port 7779's socket).
+        let c = coord(&["command", "-s"], &[]);
+        assert!(!c.named() && c.ckpt_dir.is_none());
     }
 
     #[test]

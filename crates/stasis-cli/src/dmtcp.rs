@@ -97,19 +97,19 @@ struct LaunchArgs {
     /// The coordinator's host (DMTCP_COORD_HOST)
     #[arg(short = 'h', long = "coord-host", value_name = "HOST")]
     host: Option<String>,
-    /// The coordinator's port (DMTCP_COORD_PORT; default 7779; 0: a free one)
+    /// The coordinator's port (DMTCP_COORD_PORT; 0: a free one). Naming none: the checkpoint directory's own coordinator, on a Unix socket
     #[arg(short = 'p', long = "coord-port", value_name = "PORT")]
     port: Option<u16>,
     /// Write the coordinator's port to FILE
     #[arg(long = "port-file", value_name = "FILE")]
     port_file: Option<PathBuf>,
-    /// Join a running coordinator; fail if none answers
+    /// Join a running coordinator (with none named: the checkpoint directory's, else port 7779's socket); fail if none answers
     #[arg(short = 'j', long = "join-coordinator", alias = "join", group = "mode")]
     join: bool,
     /// Start a new coordinator; fail if one answers already
     #[arg(long = "new-coordinator", alias = "new", group = "mode")]
     new: bool,
-    /// Join a running coordinator, or start one in the background (the default)
+    /// Join the coordinator named, or start one in the background (the default); with none named, start one of the computation's own
     #[arg(long = "any-coordinator", group = "mode")]
     any: bool,
     /// Not supported: stasis always has a coordinator
@@ -197,19 +197,19 @@ struct RestartArgs {
     /// The coordinator's host (DMTCP_COORD_HOST)
     #[arg(short = 'h', long = "coord-host", value_name = "HOST")]
     host: Option<String>,
-    /// The coordinator's port (DMTCP_COORD_PORT; default 7779; 0: a free one)
+    /// The coordinator's port (DMTCP_COORD_PORT; 0: a free one). Naming none: the checkpoint directory's own coordinator, on a Unix socket
     #[arg(short = 'p', long = "coord-port", value_name = "PORT")]
     port: Option<u16>,
     /// Write the coordinator's port to FILE
     #[arg(long = "port-file", value_name = "FILE")]
     port_file: Option<PathBuf>,
-    /// Join a running coordinator; fail if none answers
+    /// Join a running coordinator (with none named: the checkpoint directory's, else port 7779's socket); fail if none answers
     #[arg(short = 'j', long = "join-coordinator", alias = "join", group = "mode")]
     join: bool,
     /// Start a new coordinator; fail if one answers already
     #[arg(long = "new-coordinator", alias = "new", group = "mode")]
     new: bool,
-    /// Join a running coordinator, or start one in the background (the default)
+    /// Join the coordinator named, or start one in the background (the default); with none named, start one of the computation's own
     #[arg(long = "any-coordinator", group = "mode")]
     any: bool,
     /// Checkpoint every SECONDS (DMTCP_CHECKPOINT_INTERVAL; default: the interval the checkpoint had)
@@ -277,10 +277,10 @@ struct CommandArgs {
     /// The coordinator's host (DMTCP_COORD_HOST)
     #[arg(short = 'h', long = "coord-host", value_name = "HOST")]
     host: Option<String>,
-    /// The coordinator's port (DMTCP_COORD_PORT; default 7779)
+    /// The coordinator's port (DMTCP_COORD_PORT)
     #[arg(short = 'p', long = "coord-port", value_name = "PORT")]
     port: Option<u16>,
-    /// The computation's checkpoint directory, where its secret is (DMTCP_CHECKPOINT_DIR; stasis)
+    /// The computation's checkpoint directory: its coordinator, unless one is named, and where its secret is (DMTCP_CHECKPOINT_DIR; stasis)
     #[arg(long = "ckptdir", value_name = "DIR")]
     ckpt_dir: Option<PathBuf>,
     /// The coordinator's Unix socket, instead of the one its port names (stasis)
@@ -330,7 +330,7 @@ struct CommandArgs {
     color = clap::ColorChoice::Never
 )]
 struct CoordinatorArgs {
-    /// The TCP port to listen on (DMTCP_COORD_PORT; default 7779; 0: any free one)
+    /// Also listen on this TCP port (DMTCP_COORD_PORT; 0: any free one); default: no TCP, the Unix socket of port 7779
     #[arg(short = 'p', long = "coord-port", visible_alias = "port", value_name = "PORT")]
     port: Option<u16>,
     /// Write the TCP port to FILE once listening
@@ -360,7 +360,7 @@ struct CoordinatorArgs {
     /// Exit after SECONDS without any process
     #[arg(long = "timeout", value_name = "SECONDS")]
     timeout: Option<u32>,
-    /// The address TCP listens on (default: every interface; stasis)
+    /// Listen on TCP at this address (default: DMTCP_COORD_HOST's address, else 127.0.0.1; stasis)
     #[arg(long = "listen", value_name = "ADDRESS")]
     listen: Option<IpAddr>,
     /// How many committed generations to keep (stasis)
@@ -522,14 +522,11 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
             } else {
                 unreachable!("clap requires one action")
             };
-            let secret_dirs = a.ckpt_dir.into_iter().chain(env_path(env, CKPT_DIR_ENV)).chain(cwd()).collect();
-            Verb::Command(CommandOpts {
-                coord: cli::coord_opts(a.socket, a.host, a.port, a.tmpdir, env, &DMTCP_ENV, true)?,
-                action,
-                json: a.json,
-                secret_dirs,
-                dmtcp: true,
-            })
+            let ckpt_env = env_path(env, CKPT_DIR_ENV);
+            let secret_dirs = a.ckpt_dir.iter().cloned().chain(ckpt_env.clone()).chain(cwd()).collect();
+            let coord =
+                cli::command_coord_opts(a.socket, a.host, a.port, a.tmpdir, a.ckpt_dir, ckpt_env, env, &DMTCP_ENV)?;
+            Verb::Command(CommandOpts { coord, action, json: a.json, secret_dirs, dmtcp: true })
         }
         Name::Coordinator => {
             let a = CoordinatorArgs::try_parse_from(args).map_err(err)?;
@@ -673,6 +670,8 @@ mod tests {
     fn launch_as_the_howto_writes_it() {
         let (o, notes) = launch(&["-i", "60", "--ckptdir", "/scratch/ck/", "./your_program", "-x"], &[]);
         assert_eq!((o.interval_s, o.mode, o.keep), (Some(60), Mode::Any, 2));
+        // Nothing names a coordinator: the checkpoint directory gets its own.
+        assert!(!o.coord.named());
         assert_eq!(o.ckpt_dir, Some(PathBuf::from("/scratch/ck/")));
         assert_eq!(o.program, ["./your_program", "-x"]);
         assert!(notes.is_empty(), "{notes:?}");
@@ -815,7 +814,16 @@ mod tests {
         assert!(o.dmtcp);
         let o = command(&["-s"], &[("DMTCP_COORD_HOST", "n2"), ("DMTCP_CHECKPOINT_DIR", "/ck")]);
         assert_eq!(o.coord.host.as_deref(), Some("n2"));
-        assert_eq!(o.secret_dirs.first(), Some(&PathBuf::from("/ck")));
+        assert_eq!((o.secret_dirs.first(), o.coord.ckpt_dir), (Some(&PathBuf::from("/ck")), None));
+        // The checkpoint directory names the coordinator: --ckptdir before
+        // the launched program's address, DMTCP_CHECKPOINT_DIR after it.
+        let inside = [("STASIS_COORD_ADDR", "unix:/s.sock"), ("DMTCP_CHECKPOINT_DIR", "/env-ck")];
+        let o = command(&["--ckptdir", "/ck", "-c"], &inside);
+        assert_eq!((o.coord.addr, o.coord.ckpt_dir), (None, Some(PathBuf::from("/ck"))));
+        let o = command(&["-c"], &inside);
+        assert_eq!((o.coord.addr, o.coord.ckpt_dir), (Some(Addr::Unix("/s.sock".into())), None));
+        let o = command(&["-c"], &[("DMTCP_CHECKPOINT_DIR", "/env-ck")]);
+        assert_eq!(o.coord.ckpt_dir, Some(PathBuf::from("/env-ck")));
         refused(Name::Command, &[], &["dmtcp_command --help"]);
         refused(Name::Command, &["-s", "-k"], &["dmtcp_command --help"]);
         refused(Name::Command, &["x"], &["dmtcp_command --help"]);

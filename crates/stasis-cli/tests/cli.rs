@@ -358,3 +358,217 @@ fn inspect_and_restart_refuse_what_is_not_an_image() {
     refused(&run(stasis().arg("restart").arg("--coord-socket").arg(&sock).arg(t.path())), "no committed checkpoint");
     assert!(!sock.exists());
 }
+
+// ---------------------------------------------------------------------------
+// Where the coordinator is
+
+/// `stasis` with nothing in the environment that names a coordinator, and
+/// the per-user socket directory under `tmpdir`.
+fn unnamed(tmpdir: &std::path::Path) -> Command {
+    let mut cmd = stasis();
+    for var in ["STASIS_COORD_ADDR", "STASIS_COORD_HOST", "STASIS_COORD_SECRET"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("STASIS_TMPDIR", tmpdir);
+    cmd
+}
+
+fn uid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// Waits for a file to hold a line; returns it.
+fn first_line(path: &std::path::Path) -> String {
+    let mut line = String::new();
+    wait_for(&format!("a line in {}", path.display()), || {
+        line = std::fs::read_to_string(path).unwrap_or_default();
+        line.ends_with('\n')
+    });
+    line.trim_end().to_string()
+}
+
+#[test]
+fn a_launch_naming_no_coordinator_gets_one_of_its_own() {
+    let t = tmp();
+    let ck = t.path().join("ck");
+    let launch = |quiet: bool| {
+        let mut cmd = unnamed(t.path());
+        cmd.arg("launch").arg("--ckptdir").arg(&ck);
+        if quiet {
+            cmd.arg("-q");
+        }
+        run(cmd.args(["--", "sh", "-c", "echo \"$STASIS_COORD_ADDR\""]))
+    };
+    let o = launch(false);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let addr = stdout(&o);
+    let sock = addr.trim_end().strip_prefix("unix:").unwrap_or_else(|| panic!("{addr}")).to_string();
+    // A Unix socket named for the checkpoint directory, under STASIS_TMPDIR.
+    let dir = t.path().join(format!("stasis-{}", uid()));
+    let name = sock.strip_prefix(&format!("{}/", dir.display())).unwrap_or_else(|| panic!("{sock}"));
+    assert!(name.starts_with("ckpt-") && name.ends_with(".sock") && name.len() == "ckpt-.sock".len() + 16, "{name}");
+    // It says where, once, and how to command it (the socket directory
+    // too, which stasis command finds only where it is told).
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "stasis: this computation's coordinator: {sock} (stasis command --tmpdir {} --ckptdir {} ...)\n",
+            t.path().display(),
+            ck.display()
+        )
+    );
+    // The same directory, the same socket; quiet says nothing.
+    let o = launch(true);
+    assert_eq!((stdout(&o), stderr(&o)), (addr, String::new()));
+}
+
+#[test]
+fn one_checkpoint_directory_one_computation() {
+    let t = tmp();
+    let ck = t.path().join("ck");
+    let (sockfile, stop) = (t.path().join("sock.txt"), t.path().join("stop"));
+    let script = format!(
+        "echo \"$STASIS_COORD_SOCKET\" > {}; while [ ! -e {} ]; do sleep 0.05; done",
+        sockfile.display(),
+        stop.display()
+    );
+    let mut first = Reaped(
+        unnamed(t.path())
+            .arg("launch")
+            .arg("-q")
+            .arg("--ckptdir")
+            .arg(&ck)
+            .args(["--", "sh", "-c", &script])
+            .spawn()
+            .unwrap(),
+    );
+    let sock = first_line(&sockfile);
+
+    // A second computation into the same directory is refused...
+    let o = run(unnamed(t.path()).arg("launch").arg("--ckptdir").arg(&ck).arg("true"));
+    refused(
+        &o,
+        &format!(
+            "another computation already checkpoints into {} (its coordinator is at {sock}): choose another \
+             --ckptdir, or add --join-coordinator to join it",
+            ck.canonicalize().unwrap().display()
+        ),
+    );
+    let o = run(unnamed(t.path()).arg("launch").arg("--new-coordinator").arg("--ckptdir").arg(&ck).arg("true"));
+    refused(&o, "another computation already checkpoints into");
+    // ...unless it asks to join.
+    let o = run(unnamed(t.path()).args(["launch", "-j", "--ckptdir"]).arg(&ck).args([
+        "sh",
+        "-c",
+        "echo \"$STASIS_COORD_SOCKET\"",
+    ]));
+    assert_eq!((o.status.code(), stdout(&o)), (Some(0), format!("{sock}\n")), "{o:?}");
+    assert_eq!(stderr(&o), "");
+
+    // stasis command finds it by its directory, or from inside it.
+    let o = run(unnamed(t.path()).args(["command", "-s", "--ckptdir"]).arg(&ck));
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains(&format!("socket:          {sock}\n")), "{}", stdout(&o));
+    assert!(stdout(&o).contains(&format!("checkpoint dir:  {}\n", ck.canonicalize().unwrap().display())));
+    let o = run(unnamed(t.path()).args(["command", "-s"]).current_dir(&ck));
+    assert!(o.status.success() && stdout(&o).contains(&sock), "{o:?}");
+    // From elsewhere, with nothing named: what was tried.
+    let o = run(unnamed(t.path()).args(["command", "-s"]).current_dir(t.path()));
+    refused(&o, "the socket of ");
+    assert!(stderr(&o).contains(", nor at ") && stderr(&o).contains("coord-7779.sock"), "{}", stderr(&o));
+    let o = run(unnamed(t.path()).args(["command", "-s", "--ckptdir"]).arg(t.path().join("elsewhere")));
+    refused(&o, "no coordinator at ");
+
+    std::fs::write(&stop, b"").unwrap();
+    assert!(first.0.wait().unwrap().success());
+    // Its coordinator went with it: the directory is free again.
+    let o = run(unnamed(t.path()).arg("launch").arg("-q").arg("--ckptdir").arg(&ck).arg("true"));
+    assert!(o.status.success(), "{o:?}");
+}
+
+#[test]
+fn a_coordinator_listens_on_tcp_only_when_asked() {
+    let t = tmp();
+    let ck = t.path().join("ck");
+    // No options: port 7779's socket, no TCP.
+    let plain = Reaped(unnamed(t.path()).arg("coordinator").arg("--ckptdir").arg(&ck).spawn().unwrap());
+    let sock = t.path().join(format!("stasis-{}/coord-7779.sock", uid()));
+    wait_for("the coordinator's socket", || sock.exists());
+    let o = run(unnamed(t.path()).args(["command", "-s", "--coord-socket"]).arg(&sock));
+    assert!(o.status.success(), "{o:?}");
+    assert!(!stdout(&o).contains("port:"), "{}", stdout(&o));
+    assert_eq!(support::tcp_listening(plain.0.id()), Vec::<String>::new());
+    drop(plain);
+
+    // A port: TCP on 127.0.0.1 only, not every interface.
+    let pf = t.path().join("port");
+    let coord = Reaped(
+        unnamed(t.path())
+            .args(["coordinator", "-p", "0", "--port-file"])
+            .arg(&pf)
+            .arg("--ckptdir")
+            .arg(&ck)
+            .spawn()
+            .unwrap(),
+    );
+    let port: u16 = first_line(&pf).parse().unwrap();
+    assert_eq!(support::tcp_listening(coord.0.id()), [format!("127.0.0.1:{port}")]);
+    drop(coord);
+
+    // launch -p 0 starts one likewise, and says where.
+    let pf2 = t.path().join("port2");
+    let o = run(unnamed(t.path())
+        .args(["launch", "-p", "0", "--port-file"])
+        .arg(&pf2)
+        .arg("--ckptdir")
+        .arg(&ck)
+        .arg("true"));
+    assert!(o.status.success(), "{o:?}");
+    let port = first_line(&pf2);
+    assert!(
+        stderr(&o).contains(&format!(
+            " and TCP 127.0.0.1:{port} (stasis command --tmpdir {} -p {port} ...)",
+            t.path().display()
+        )),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn a_named_port_held_by_another_coordinator_is_not_joined() {
+    let t = tmp();
+    let (theirs, ours) = (t.path().join("theirs"), t.path().join("ours"));
+    std::fs::create_dir(&theirs).unwrap();
+    let pf = t.path().join("port");
+    let _other = Reaped(
+        unnamed(&theirs)
+            .args(["coordinator", "-p", "0", "--port-file"])
+            .arg(&pf)
+            .arg("--ckptdir")
+            .arg(&theirs)
+            .spawn()
+            .unwrap(),
+    );
+    let port = first_line(&pf);
+    // Its socket is elsewhere: over TCP it is not this computation's.
+    let o = run(unnamed(t.path()).args(["launch", "-p", &port, "--ckptdir"]).arg(&ours).arg("true"));
+    refused(
+        &o,
+        &format!("TCP port {port} (127.0.0.1:{port}) is taken by something that is not this computation's coordinator"),
+    );
+    assert!(stderr(&o).contains("choose another port with -p, or leave -p out"), "{}", stderr(&o));
+    // Its socket answers (the same user), but it checkpoints elsewhere.
+    let o = run(unnamed(&theirs).args(["launch", "-p", &port, "--ckptdir"]).arg(&ours).arg("true"));
+    refused(
+        &o,
+        &format!(
+            "checkpoints into {}, not into {}: choose another port with -p",
+            theirs.canonicalize().unwrap().display(),
+            ours.display()
+        ),
+    );
+    // With nothing named, neither matters.
+    let o = run(unnamed(&theirs).args(["launch", "-q", "--ckptdir"]).arg(&ours).arg("true"));
+    assert!(o.status.success(), "{o:?}");
+}

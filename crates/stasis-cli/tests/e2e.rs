@@ -15,6 +15,9 @@ mod support;
 mod console;
 #[path = "e2e/dmtcp.rs"]
 mod dmtcp;
+// The coordinator a computation gets when it names none.
+#[path = "e2e/default_coordinator.rs"]
+mod default_coordinator;
 // Process trees: fork, exec, process groups, sessions, zombies, pipes.
 #[path = "e2e/tree.rs"]
 mod tree;

@@ -4,14 +4,14 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, bail};
 use stasis_coord::client;
 use stasis_proto::{self as proto, Message};
 
-use crate::coord_socket::{self, CoordOpts};
+use crate::coord_socket::{self, CoordOpts, Target};
 use crate::exit::Exit;
 use crate::output::print;
-use crate::reach;
+use crate::reach::{self, Reached};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -69,8 +69,7 @@ pub struct CommandOpts {
 }
 
 pub fn run(opts: CommandOpts) -> Result<Exit> {
-    let target = coord_socket::resolve(&opts.coord)?;
-    let reached = reach::reach(&target, &opts.secret_dirs)?.map_err(|why| anyhow!(why))?;
+    let reached = find(&opts)?;
     let actions: &[Action] = match opts.action {
         Action::CheckpointThenKill => &[Action::Checkpoint, Action::Kill],
         _ => std::slice::from_ref(&opts.action),
@@ -96,6 +95,30 @@ pub fn run(opts: CommandOpts) -> Result<Exit> {
         }
     }
     Ok(Exit::Code(0))
+}
+
+/// The computation's coordinator, where coord_socket.rs says to look:
+/// what is named, else the checkpoint directory's (`--ckptdir`), else the
+/// current directory's, then port 7779's socket.
+fn find(opts: &CommandOpts) -> Result<Reached> {
+    let ckpt = opts.coord.ckpt_dir.as_deref().map(coord_socket::canonical_dir).transpose()?;
+    let cwd = std::env::current_dir().ok().and_then(|d| d.canonicalize().ok());
+    let targets = coord_socket::command_targets(&opts.coord, ckpt.as_deref(), cwd.as_deref())?;
+    let mut tried = Vec::new();
+    for t in &targets {
+        match reach::reach(t, &opts.secret_dirs)? {
+            Ok(r) => return Ok(r),
+            Err(why) => tried.push(why),
+        }
+    }
+    if let [one] = &tried[..] {
+        bail!("{one}");
+    }
+    let places: Vec<String> = targets.iter().map(Target::describe).collect();
+    bail!(
+        "no coordinator at {}: is the computation running? name it with --ckptdir DIR, -p PORT or --coord-socket PATH",
+        places.join(", nor at ")
+    )
 }
 
 fn unix_now() -> u64 {

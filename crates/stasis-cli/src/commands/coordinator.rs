@@ -1,7 +1,9 @@
 //! `stasis coordinator` (and `dmtcp_coordinator`): the coordinator as a
-//! process of its own. It listens on a TCP port (every connection proves
-//! the computation's secret) and on the Unix socket of that port (for this
-//! node), and, on a terminal, takes console commands.
+//! process of its own. It listens on a Unix socket for this node (the one
+//! of its port, 7779 by default, or `--coord-socket`), on TCP only when
+//! asked (a port or host named, or `--listen`; every connection proves
+//! the computation's secret) and then on the address asked, never on
+//! every interface; and, on a terminal, takes console commands.
 //!
 //! It ends when told to quit (`q`, `stasis command --quit`), with
 //! `--exit-on-last` when the computation's last process is gone, with
@@ -11,7 +13,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, IsTerminal, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use stasis_coord::{Control, CoordConfig, Coordinator, End, EndWhen, secret};
 use stasis_proto::{self as proto, Message};
 
 use super::command::{Action, human};
-use crate::coord_socket::{self, CoordOpts, DEFAULT_PORT};
+use crate::coord_socket::{self, CoordOpts};
 use crate::exit::Exit;
 use crate::output::print;
 
@@ -29,7 +31,7 @@ use crate::output::print;
 pub struct CoordinatorOpts {
     /// The socket and port to listen on (a host is meaningless here).
     pub coord: CoordOpts,
-    /// The TCP address; None: every interface.
+    /// The TCP address (`--listen`); None: the host named, else 127.0.0.1.
     pub listen: Option<IpAddr>,
     /// None: the current directory.
     pub ckpt_dir: Option<PathBuf>,
@@ -52,45 +54,49 @@ pub struct CoordinatorOpts {
 /// A bound coordinator and what to say about it.
 struct Bound {
     coord: Coordinator,
-    port: Option<u16>,
+    /// The TCP address, when it listens on TCP.
+    tcp: Option<SocketAddr>,
 }
 
 /// Binds the TCP port (if any), the socket and the checkpoint directory.
 fn bind(opts: &CoordinatorOpts) -> Result<Bound> {
     let ckpt_dir = super::launch::ckpt_dir_or_cwd(opts.ckpt_dir.as_deref())?;
-    // An explicit socket alone means no TCP, unless a port is given too.
-    let explicit_socket = match &opts.coord.addr {
-        Some(stasis_coord::client::Addr::Unix(p)) => Some(p.clone()),
-        _ => None,
-    };
-    let tcp_port = match (&explicit_socket, opts.coord.port) {
-        (Some(_), None) => None,
-        (_, p) => Some(p.unwrap_or(DEFAULT_PORT)),
-    };
-    let tcp = match tcp_port {
+    // TCP only when asked, on the address asked (coord_socket.rs).
+    let wanted = coord_socket::listening(&opts.coord, opts.listen);
+    let tcp = match &wanted.tcp {
         None => None,
-        Some(port) => {
-            let ip = opts.listen.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-            let l = TcpListener::bind(SocketAddr::new(ip, port)).map_err(|e| {
-                let hint = if e.kind() == io::ErrorKind::AddrInUse {
-                    " (another coordinator, or another program, has it: choose another with -p PORT, or -p 0 for \
-                     any free one)"
-                } else {
-                    ""
+        Some((host, port)) => {
+            let ip = coord_socket::bind_ip(host)?;
+            let l = TcpListener::bind(SocketAddr::new(ip, *port)).map_err(|e| {
+                let hint = match (e.kind() == io::ErrorKind::AddrInUse, opts.ready_fd.is_some()) {
+                    (false, _) => "",
+                    // Started by launch or restart, which were given the port.
+                    (true, true) => {
+                        " (another coordinator, or another program, has it: choose another with -p PORT, or leave -p \
+                         out for a coordinator of this computation's own)"
+                    }
+                    (true, false) => {
+                        " (another coordinator, or another program, has it: choose another with -p PORT, or -p 0 for \
+                         any free one)"
+                    }
                 };
-                anyhow!("cannot listen on TCP port {port}: {e}{hint}")
+                anyhow!("cannot listen on TCP port {port} at {ip}: {e}{hint}")
             })?;
             Some(l)
         }
     };
-    let port = match &tcp {
-        Some(l) => Some(l.local_addr().context("cannot tell the TCP port")?.port()),
+    let tcp_addr = match &tcp {
+        Some(l) => Some(l.local_addr().context("cannot tell the TCP port")?),
         None => None,
     };
-    let socket = match (explicit_socket, port) {
-        (Some(s), _) => s,
-        (None, Some(p)) => coord_socket::socket_for_port(opts.coord.tmpdir.as_deref(), coord_socket::uid(), p),
-        (None, None) => unreachable!("without a socket there is a port"),
+    let port = tcp_addr.map(|a| a.port());
+    let socket = match wanted.socket {
+        Some(s) => s,
+        None => coord_socket::socket_for_port(
+            opts.coord.tmpdir.as_deref(),
+            coord_socket::uid(),
+            port.unwrap_or(wanted.port),
+        ),
     };
     let socket = std::path::absolute(&socket).with_context(|| format!("cannot make {} absolute", socket.display()))?;
     let mut cfg = CoordConfig::new(socket.clone(), ckpt_dir);
@@ -109,7 +115,7 @@ fn bind(opts: &CoordinatorOpts) -> Result<Bound> {
         let text = port.map_or_else(String::new, |p| format!("{p}\n"));
         std::fs::write(f, text).with_context(|| format!("cannot write the port file {}", f.display()))?;
     }
-    Ok(Bound { coord, port })
+    Ok(Bound { coord, tcp: tcp_addr })
 }
 
 /// Writes one line to the ready descriptor and closes it.
@@ -134,8 +140,8 @@ pub fn run(opts: CoordinatorOpts) -> Result<Exit> {
     };
     let socket = bound.coord.socket_path().to_path_buf();
     let ckpt_dir = bound.coord.ckpt_dir().to_path_buf();
-    let where_ = match bound.port {
-        Some(p) => format!("port {p} (socket {})", socket.display()),
+    let where_ = match bound.tcp {
+        Some(a) => format!("port {} (TCP {a}, socket {})", a.port(), socket.display()),
         None => format!("socket {}", socket.display()),
     };
     if opts.daemon {
@@ -147,7 +153,7 @@ pub fn run(opts: CoordinatorOpts) -> Result<Exit> {
     let control = handle.control();
     watch_signals(signals, control.clone());
     let ready = Message::new(proto::OK)
-        .with("port", bound.port.map_or_else(String::new, |p| p.to_string()))
+        .with("port", bound.tcp.map_or_else(String::new, |a| a.port().to_string()))
         .with("socket", socket.display());
     report(opts.ready_fd, &ready);
     let chatty = !opts.quiet && opts.ready_fd.is_none();

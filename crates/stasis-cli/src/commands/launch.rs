@@ -15,7 +15,7 @@ use stasis_coord::secret::SECRET_ENV;
 
 use super::start::{self, Background, Found, Mode};
 use super::{WithCode, note, supervise};
-use crate::coord_socket::{self, CoordOpts};
+use crate::coord_socket::CoordOpts;
 use crate::exit::Exit;
 use crate::{agent_lib, signals};
 
@@ -64,26 +64,21 @@ pub(crate) fn write_port_file(file: &Path, found: &Found, quiet: bool) -> Result
 
 pub fn run(opts: LaunchOpts) -> Result<Exit> {
     let agent = agent_lib::find()?;
-    let target = coord_socket::resolve(&opts.coord)?;
     let ckpt_dir = ckpt_dir_or_cwd(opts.ckpt_dir.as_deref())?;
     let bg = Background {
         ckpt_dir: &ckpt_dir,
+        explicit_ckpt_dir: opts.ckpt_dir.is_some(),
         interval_s: opts.interval_s.unwrap_or(0),
         keep: opts.keep,
         compress: opts.compress,
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };
-    let found = start::find_or_start(&target, opts.mode, &bg, std::slice::from_ref(&ckpt_dir))?;
-    if found.started.is_none() {
-        if let Some(i) = opts.interval_s {
-            found.set_interval(i)?;
-        }
-        if opts.ckpt_dir.is_some()
-            && let Some(n) = found.ckpt_dir_note(&ckpt_dir)
-        {
-            note(opts.quiet, &n);
-        }
+    let found = start::find_or_start(&opts.coord, opts.mode, &bg, std::slice::from_ref(&ckpt_dir))?;
+    if found.started.is_none()
+        && let Some(i) = opts.interval_s
+    {
+        found.set_interval(i)?;
     }
     if let Some(f) = &opts.port_file {
         write_port_file(f, &found, opts.quiet)?;

@@ -22,9 +22,9 @@ use stasis_coord::client;
 use stasis_image::{Choice, FdKind, ImageReader};
 
 use super::start::{self, Background, Mode};
-use super::{note, supervise};
+use super::supervise;
 use crate::commands::launch::write_port_file;
-use crate::coord_socket::{self, CoordOpts};
+use crate::coord_socket::CoordOpts;
 use crate::exit::Exit;
 use crate::pty::Pty;
 use crate::signals;
@@ -128,23 +128,20 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         Some(d) => super::launch::ckpt_dir_or_cwd(Some(d))?,
         None => origin_dir.clone(),
     };
-    let target = coord_socket::resolve(&opts.coord)?;
     let bg = Background {
         ckpt_dir: &ckpt_dir,
+        explicit_ckpt_dir: opts.ckpt_dir.is_some(),
         interval_s: opts.interval_s.unwrap_or(interval),
         keep: opts.keep,
         compress: opts.compress,
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };
-    let found = start::find_or_start(&target, opts.mode, &bg, &[ckpt_dir.clone(), origin_dir])?;
-    if found.started.is_none() {
-        if let Some(i) = opts.interval_s {
-            found.set_interval(i)?;
-        }
-        if let Some(n) = found.ckpt_dir_note(&ckpt_dir) {
-            note(opts.quiet, &n);
-        }
+    let found = start::find_or_start(&opts.coord, opts.mode, &bg, &[ckpt_dir.clone(), origin_dir])?;
+    if found.started.is_none()
+        && let Some(i) = opts.interval_s
+    {
+        found.set_interval(i)?;
     }
     if let Some(f) = &opts.port_file {
         write_port_file(f, &found, opts.quiet)?;

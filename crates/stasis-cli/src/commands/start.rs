@@ -1,13 +1,22 @@
 //! Finding the computation's coordinator, or starting one in the
 //! background, for `launch` and `restart`.
 //!
+//! With no coordinator named, the computation gets one of its own on its
+//! checkpoint directory's socket (coord_socket.rs): one that answers there
+//! means another computation checkpoints into the same directory, and is
+//! refused unless `--join-coordinator` asks to join it. Named, a
+//! coordinator is joined where it answers, except on this node's TCP port
+//! when it does not prove to be this computation's (someone else's port is
+//! never joined), and one that checkpoints into another directory than an
+//! explicit `--ckptdir` is refused.
+//!
 //! A coordinator started here is `stasis coordinator --exit-on-last`, run
 //! from this very binary in a session of its own (so the terminal's ^C
 //! and the batch system's signals to the job step reach the program, not
 //! it). It says on a pipe when it listens, or why it cannot. When the
 //! program ends, launch asks it to quit unless other processes (joined
 //! from elsewhere) still use it, and waits for it to be gone, so that the
-//! next launch on the same port starts afresh.
+//! next launch into the same directory starts afresh.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -17,13 +26,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use stasis_coord::client::{self, Addr};
 use stasis_coord::secret::Secret;
 use stasis_proto::{self as proto, Message};
 
-use crate::coord_socket::Target;
-use crate::reach::{self, Reached};
+use super::note;
+use crate::coord_socket::{self, CoordOpts, Plan, Target};
+use crate::reach::{self, Outcome, Reached};
 
 /// Join a running coordinator, start one, or either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +48,11 @@ pub enum Mode {
 
 /// How a coordinator started here is set up.
 pub struct Background<'a> {
+    /// The checkpoint directory, absolute.
     pub ckpt_dir: &'a Path,
+    /// Whether the user gave it (`--ckptdir`): a joined coordinator that
+    /// checkpoints elsewhere is then refused rather than noted.
+    pub explicit_ckpt_dir: bool,
     pub interval_s: u32,
     pub keep: usize,
     pub compress: bool,
@@ -86,35 +100,157 @@ impl Found {
         self.ask(&Message::new(proto::COMMAND).with("what", "interval").with("seconds", seconds)).map(drop)
     }
 
-    /// A note for a joined coordinator that checkpoints elsewhere than asked.
-    pub fn ckpt_dir_note(&self, asked: &Path) -> Option<String> {
-        let theirs = self.ckpt_dir.as_ref()?;
-        let asked = asked.canonicalize().unwrap_or_else(|_| asked.to_path_buf());
-        (theirs != &asked).then(|| {
-            format!(
-                "the coordinator at {} writes checkpoints to {}, not to {}",
-                self.addr,
-                theirs.display(),
-                asked.display()
-            )
-        })
+    /// A joined coordinator that checkpoints elsewhere than `asked`
+    /// (canonical): refused when the directory was given (two computations
+    /// never share a directory by accident), else a note, since
+    /// checkpoints go where the coordinator writes them.
+    fn check_ckpt_dir(&self, asked: &Path, bg: &Background, via: Via) -> Result<()> {
+        let Some(theirs) = self.ckpt_dir.as_ref() else { return Ok(()) };
+        if theirs == asked {
+            return Ok(());
+        }
+        let what = format!(
+            "the coordinator at {} checkpoints into {}, not into {}",
+            self.addr,
+            theirs.display(),
+            asked.display()
+        );
+        if !bg.explicit_ckpt_dir {
+            note(bg.quiet, &what);
+            return Ok(());
+        }
+        let fix = match via {
+            Via::Port => "choose another port with -p, or leave -p out for a coordinator of this computation's own",
+            Via::Named => "name another coordinator, or leave it unnamed for one of this computation's own",
+            Via::DefaultPort => {
+                "leave --ckptdir out to checkpoint where it does, or leave --join-coordinator out for a coordinator \
+                 of this computation's own"
+            }
+            Via::Own => "choose another --ckptdir",
+        };
+        bail!("{what}: {fix}")
     }
 }
 
-/// Finds the coordinator of `target`, or starts one, as `mode` says.
-/// `secret_dirs`: where the secret may be, for a coordinator over TCP.
-pub fn find_or_start(target: &Target, mode: Mode, bg: &Background, secret_dirs: &[PathBuf]) -> Result<Found> {
+/// How the coordinator joined was found, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Named with a port or host.
+    Port,
+    /// Named otherwise (`--coord-socket`, the launched program's address).
+    Named,
+    /// Port 7779's socket, for `--join-coordinator` with nothing named.
+    DefaultPort,
+    /// The checkpoint directory's own socket.
+    Own,
+}
+
+/// Finds the computation's coordinator, or starts one, as `mode` and the
+/// rule (coord_socket.rs) say. `secret_dirs`: where the secret may be,
+/// for a coordinator over TCP.
+pub fn find_or_start(opts: &CoordOpts, mode: Mode, bg: &Background, secret_dirs: &[PathBuf]) -> Result<Found> {
+    let canonical = coord_socket::canonical_dir(bg.ckpt_dir)?;
+    let (found, via) = match coord_socket::plan(opts, &canonical)? {
+        Plan::Named(target) => {
+            let via = if opts.port.is_some() || opts.host.is_some() { Via::Port } else { Via::Named };
+            (named(&target, mode, bg, secret_dirs)?, via)
+        }
+        Plan::Private { own, join_too } => private(&own, &join_too, mode, bg)?,
+    };
+    if found.started.is_none() {
+        found.check_ckpt_dir(&canonical, bg, via)?;
+    }
+    Ok(found)
+}
+
+/// The message for a checkpoint directory whose coordinator runs already.
+fn busy(target: &Target) -> anyhow::Error {
+    let dir = target.ckpt_dir.as_deref().unwrap_or(Path::new("?"));
+    let socket = target.socket.as_deref().unwrap_or(Path::new("?"));
+    anyhow!(
+        "another computation already checkpoints into {} (its coordinator is at {}): choose another --ckptdir, or \
+         add --join-coordinator to join it",
+        dir.display(),
+        socket.display()
+    )
+}
+
+/// Nothing named: the checkpoint directory's own coordinator; port 7779's
+/// socket only to join one started by hand.
+fn private(own: &Target, join_too: &Target, mode: Mode, bg: &Background) -> Result<(Found, Via)> {
+    let nobody = match reach::reach(own, &[])? {
+        Ok(reached) if mode == Mode::Join => return Ok((joined(reached)?, Via::Own)),
+        Ok(reached) => match going(own, reached)? {
+            Some(why) => why,
+            None => return Err(busy(own)),
+        },
+        Err(why) => why,
+    };
+    if mode == Mode::Join {
+        return match reach::reach(join_too, &[])? {
+            Ok(reached) => Ok((joined(reached)?, Via::DefaultPort)),
+            Err(_) => bail!(
+                "{nobody}, nor at {}; --join-coordinator needs a running coordinator (start one with stasis \
+                 coordinator, or name it with -p or --coord-socket)",
+                join_too.describe()
+            ),
+        };
+    }
+    match start(own, bg) {
+        Ok(found) => Ok((found, Via::Own)),
+        // Another launch into the same directory started its coordinator
+        // between our look and our start.
+        Err(e) => match reach::reach(own, &[]) {
+            Ok(Ok(_)) => Err(busy(own)),
+            _ => Err(e),
+        },
+    }
+}
+
+/// How long a coordinator without processes on a checkpoint directory's
+/// socket is given to go away (one whose computation was just killed
+/// waits 5 s for a process that calls exec to come back).
+const GOING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the coordinator reached on `own` is on its way out: it has no
+/// process and goes away within [`GOING_TIMEOUT`] (`Some`: nothing answers
+/// any more, and why). One that has or gains a process is busy.
+fn going(own: &Target, reached: Reached) -> Result<Option<String>> {
+    let deadline = Instant::now() + GOING_TIMEOUT;
+    let mut reached = reached;
+    loop {
+        let status = client::ask(&reached.stream, &Message::new(proto::COMMAND).with("what", "status"));
+        if status.is_ok_and(|m| m.get_parsed::<u64>("processes") != Some(0)) || Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        match reach::reach(own, &[])? {
+            Ok(r) => reached = r,
+            Err(why) => return Ok(Some(why)),
+        }
+    }
+}
+
+/// A coordinator named by the user (or the launched program's address).
+fn named(target: &Target, mode: Mode, bg: &Background, secret_dirs: &[PathBuf]) -> Result<Found> {
     let nobody = if mode == Mode::New && target.socket.is_none() && target.tcp.is_none() {
         String::new() // port 0: nothing to look for
     } else {
-        match reach::reach(target, secret_dirs)? {
-            Ok(reached) if mode == Mode::New => bail!(
+        match reach::try_reach(target, secret_dirs)? {
+            Outcome::Reached(reached) if mode == Mode::New => bail!(
                 "a coordinator is already listening at {} (--new-coordinator starts a fresh one: choose another \
                  port with -p, or join this one)",
                 reached.addr
             ),
-            Ok(reached) => return joined(reached),
-            Err(why) => why,
+            Outcome::Reached(reached) => return joined(reached),
+            // On this node, a port that someone else's coordinator (or
+            // another program) holds is never joined.
+            Outcome::Foreign { host, port, err } if target.local => bail!(
+                "TCP port {port} ({host}:{port}) is taken by something that is not this computation's coordinator \
+                 ({err}): choose another port with -p, or leave -p out for a coordinator of this computation's own"
+            ),
+            Outcome::Foreign { host, port, err } => return Err(reach::foreign(&host, port, err, secret_dirs)),
+            Outcome::Nobody(why) => why,
         }
     };
     if mode == Mode::Join {
@@ -207,8 +343,10 @@ fn start(target: &Target, bg: &Background) -> Result<Found> {
     if let Some(s) = &target.socket {
         cmd.arg("--coord-socket").arg(s);
     }
-    if let Some(p) = target.port {
-        cmd.args(["--coord-port", &p.to_string()]);
+    // TCP only when asked, on the address asked (never every interface).
+    if let Some((host, port)) = &target.listen {
+        let ip = coord_socket::bind_ip(host)?;
+        cmd.args(["--coord-port", &port.to_string()]).arg("--listen").arg(ip.to_string());
     }
     if let Some(t) = &target.tmpdir {
         cmd.arg("--tmpdir").arg(t);
@@ -260,6 +398,9 @@ fn start(target: &Target, bg: &Background) -> Result<Found> {
         Some(m) if m.verb == proto::OK => {
             let socket = PathBuf::from(m.get("socket").unwrap_or_default());
             let port = m.get_parsed("port");
+            if !bg.quiet && !target.exact_socket() {
+                eprintln!("stasis: this computation's coordinator: {}", where_started(target, bg, &socket, port));
+            }
             let started = Started { child: Some(child), socket: socket.clone() };
             Ok(Found { addr: Addr::Unix(socket), secret: None, port, ckpt_dir: None, started: Some(started) })
         }
@@ -272,6 +413,27 @@ fn start(target: &Target, bg: &Background) -> Result<Found> {
             bail!("cannot start a coordinator: it ended at once ({status})")
         }
     }
+}
+
+/// Where a coordinator started here is, and how to command it.
+fn where_started(target: &Target, bg: &Background, socket: &Path, port: Option<u16>) -> String {
+    let mut how = String::from("stasis command");
+    if let Some(t) = &target.tmpdir {
+        how.push_str(&format!(" --tmpdir {}", t.display()));
+    }
+    let mut at = socket.display().to_string();
+    match (&target.listen, port) {
+        (Some((host, _)), Some(p)) => {
+            at.push_str(&format!(" and TCP {host}:{p}"));
+            if host != "127.0.0.1" {
+                how.push_str(&format!(" -h {host}"));
+            }
+            how.push_str(&format!(" -p {p}"));
+        }
+        _ if target.ckpt_dir.is_some() => how.push_str(&format!(" --ckptdir {}", bg.ckpt_dir.display())),
+        _ => how.push_str(&format!(" --coord-socket {}", socket.display())),
+    }
+    format!("{at} ({how} ...)")
 }
 
 /// A coordinator started here. Dropping it asks it to quit unless other

@@ -3,9 +3,10 @@
 //! clients that do not know the computation's secret, and a coordinator
 //! that is gone (or was never there).
 //!
-//! Every coordinator here listens on a port the kernel picks (`-p 0`,
-//! `--port-file`, or `DMTCP_COORD_PORT=0` for the scripts), and its Unix
-//! socket goes under the sandbox (`DMTCP_TMPDIR`), so tests run in parallel.
+//! Every coordinator started by hand here listens on a port the kernel
+//! picks (`-p 0`, `--port-file`); the scripts name none, so each job gets
+//! its checkpoint directory's own. Unix sockets go under the sandbox
+//! (`DMTCP_TMPDIR`), so tests run in parallel.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -276,7 +277,8 @@ dmtcp_restart $CKPT_DIR/ckpt_your_program_*.dmtcp
 
 /// What a batch job's environment has: the stasis binaries first on PATH,
 /// `module` a function that does nothing (as `export -f` passes it), and
-/// the coordinator on a port of the kernel's choosing rather than 7779.
+/// nothing that names a coordinator: each job gets its checkpoint
+/// directory's own (its socket under the sandbox).
 fn job_env(sb: &Sandbox, cmd: &mut Command) {
     for var in STEERING {
         cmd.env_remove(var);
@@ -286,10 +288,7 @@ fn job_env(sb: &Sandbox, cmd: &mut Command) {
         path.push(":");
         path.push(old);
     }
-    cmd.env("PATH", path)
-        .env("BASH_FUNC_module%%", "() {  :\n}")
-        .env("DMTCP_COORD_PORT", "0")
-        .env("DMTCP_TMPDIR", sb.path());
+    cmd.env("PATH", path).env("BASH_FUNC_module%%", "() {  :\n}").env("DMTCP_TMPDIR", sb.path());
 }
 
 fn bash_script(sb: &Sandbox, script: &Path, cwd: &Path, base: &str) -> Proc {

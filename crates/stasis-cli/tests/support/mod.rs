@@ -547,6 +547,38 @@ pub fn processes_naming(dir: &Path) -> Vec<i32> {
     out
 }
 
+/// The TCP addresses process `pid` listens on: "IP:PORT" for IPv4, the
+/// kernel's hex for IPv6 (from /proc/net/tcp*, matched by socket inode).
+pub fn tcp_listening(pid: u32) -> Vec<String> {
+    let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let l = fs::read_link(e.path()).ok()?.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Field 3 is the state (0A: listening), field 9 the inode.
+            if f.len() < 10 || f[3] != "0A" || !inodes.iter().any(|i| i == f[9]) {
+                continue;
+            }
+            let Some((ip, port)) = f[1].split_once(':') else { continue };
+            let port = u16::from_str_radix(port, 16).unwrap_or(0);
+            match u32::from_str_radix(ip, 16) {
+                // The address as the kernel holds it, in host byte order.
+                Ok(v4) if ip.len() == 8 => out.push(format!("{}:{port}", std::net::Ipv4Addr::from(v4.to_ne_bytes()))),
+                _ => out.push(format!("{ip}:{port}")),
+            }
+        }
+    }
+    out
+}
+
 /// SIGKILLs `root`'s descendants, then its process group, then `root`.
 /// `root` must not have been reaped yet (so its pid and group are still ours).
 fn kill_tree(root: i32) {
