@@ -29,7 +29,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
-use stasis_image::{FdKind, ImageReader, RegionKind};
+use stasis_image::identity::{self, Verdict};
+use stasis_image::{FdKind, FileId, ImageReader, RegionKind};
 
 /// What went wrong before the restored process could run.
 #[derive(Debug)]
@@ -105,15 +106,23 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
     if !Path::new(&meta.cwd).is_dir() {
         return err(format!("the working directory {} no longer exists", meta.cwd));
     }
+    // Pages of private file mappings that the program never wrote come
+    // from the file: it must be the one mapped (shared mappings are saved
+    // whole and written back, or read what the file holds now).
+    let mut checked: Vec<&str> = Vec::new();
     for r in &meta.regions {
-        if let RegionKind::File { path, id, .. } = &r.kind {
-            let md =
-                std::fs::metadata(path).map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
-            use std::os::unix::fs::MetadataExt;
-            let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
-            if !r.shared && (md.size() != id.size || mtime != id.mtime_ns) {
-                return err(format!("{path} changed since the checkpoint; the program maps it"));
-            }
+        let RegionKind::File { path, id, .. } = &r.kind else { continue };
+        if r.shared {
+            std::fs::metadata(path).map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
+            continue;
+        }
+        if checked.contains(&path.as_str()) {
+            continue;
+        }
+        checked.push(path);
+        let f = File::open(path).map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
+        if let Some(what) = check_mapped_file(path, id, &f).map_err(RestoreError)? {
+            accept_copy(path, &what, &f)?;
         }
     }
     for f in &meta.fds {
@@ -133,6 +142,51 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
     }
     vdso::check_compatible(meta, image).map_err(RestoreError)?;
     image.verify_payload().map_err(|e| RestoreError(e.to_string()))
+}
+
+/// Compares the file `f` found at `path` with the identity the image holds
+/// for it (the rule: `stasis_image::identity::compare`). Ok(None): the
+/// same file; Ok(Some(what)): the same size, mtime and first pages and no
+/// build-id, but another inode or ctime (`what`), which the caller decides
+/// on; Err: another file, in one line.
+pub(crate) fn check_mapped_file(path: &str, then: &FileId, f: &File) -> Result<Option<String>, String> {
+    let now = identity::identify(f).map_err(|e| format!("{path} (mapped by the program): {e}"))?;
+    match identity::compare(then, &now) {
+        Verdict::Same => Ok(None),
+        Verdict::Copy(what) => Ok(Some(what)),
+        Verdict::Changed(what) => {
+            Err(format!("{path} changed since the checkpoint ({what}): restart needs the same file"))
+        }
+    }
+}
+
+/// A file with no build-id that matches by size, mtime and first pages but
+/// is another inode or was changed since (ctime): a copy on another node, a
+/// reinstalled package, or the file written again with its mtime put back.
+/// Its pages past the first ones cannot be compared, so it is taken only
+/// when nobody but the user or root could have made it so: owned by one of
+/// them and not writable by group or others. A note says so.
+fn accept_copy(path: &str, what: &str, f: &File) -> Result<(), RestoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = f.metadata().map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let why_not = if md.uid() != 0 && md.uid() != me {
+        format!("it is owned by uid {}", md.uid())
+    } else if md.mode() & 0o022 != 0 {
+        format!("group or others can write it (mode {:o})", md.mode() & 0o7777)
+    } else {
+        eprintln!(
+            "stasis: restart: note: {path} is not the very file the program mapped ({what}) but has its size, \
+             mtime and first {} KiB and only you or root can write it: using it",
+            identity::HEAD_LEN >> 10
+        );
+        return Ok(());
+    };
+    Err(RestoreError(format!(
+        "{path} may have changed since the checkpoint ({what}; it has no build-id and {why_not}): restart needs \
+         the same file"
+    )))
 }
 
 /// Checks that the images can be restored together as one computation:
