@@ -347,3 +347,101 @@ fn prepare_and_jump(
     }
     plan::build_and_jump(meta, helpers, ready)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn identity_of(path: &Path) -> FileId {
+        identity::identify(&File::open(path).unwrap()).unwrap()
+    }
+
+    /// Rewrites `path` as a new file with `bytes`, its old mtime and `mode`.
+    fn replace(path: &Path, bytes: &[u8], mode: u32) {
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+        File::options().write(true).open(&tmp).unwrap().set_modified(mtime).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    fn check(path: &Path, then: &FileId) -> Result<Option<String>, String> {
+        let p = path.to_str().unwrap();
+        let f = File::open(path).unwrap();
+        let r = check_mapped_file(p, then, &f)?;
+        if let Some(what) = &r {
+            accept_copy(p, what, &f).map_err(|e| e.0)?;
+        }
+        Ok(r)
+    }
+
+    #[test]
+    fn an_elf_file_is_judged_by_its_build_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("true");
+        let bytes = std::fs::read("/bin/true").unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let then = identity_of(&path);
+        assert!(!then.build_id.is_empty());
+        assert_eq!(check(&path, &then), Ok(None));
+        // The same build as a new file, even group-writable: accepted.
+        replace(&path, &bytes, 0o775);
+        assert_eq!(check(&path, &then), Ok(None));
+        // Another build-id, same size and mtime: refused, naming both.
+        let mut other = bytes.clone();
+        let id_at = other.windows(then.build_id.len()).position(|w| w == then.build_id.as_slice()).unwrap();
+        other[id_at] ^= 1;
+        replace(&path, &other, 0o755);
+        let e = check(&path, &then).unwrap_err();
+        let mut now_id = then.build_id.clone();
+        now_id[0] ^= 1;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            e,
+            format!(
+                "{} changed since the checkpoint (build-id {} then, {} now): restart needs the same file",
+                path.display(),
+                hex(&then.build_id),
+                hex(&now_id)
+            )
+        );
+    }
+
+    #[test]
+    fn a_file_without_build_id_needs_its_first_pages_and_a_trusted_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let then = identity_of(&path);
+        assert!(then.build_id.is_empty());
+        assert_eq!(check(&path, &then), Ok(None));
+        // Same size and mtime, other first pages: refused.
+        let mut other = bytes.clone();
+        other[10] ^= 1;
+        replace(&path, &other, 0o644);
+        let e = check(&path, &then).unwrap_err();
+        assert!(
+            e.ends_with("(same size and mtime, other contents in the first 64 KiB): restart needs the same file"),
+            "{e}"
+        );
+        // A copy (another inode, or the inode number reused but another
+        // ctime) of one's own that nobody else can write: taken, as on
+        // another node.
+        replace(&path, &bytes, 0o644);
+        let what = check(&path, &then).unwrap().unwrap();
+        assert!(what.starts_with("inode ") || what.starts_with("ctime "), "{what}");
+        // The same copy writable by others: refused.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = check(&path, &then).unwrap_err();
+        assert!(e.contains("it has no build-id and group or others can write it (mode 666)"), "{e}");
+        assert!(e.starts_with(&format!("{} may have changed since the checkpoint (", path.display())), "{e}");
+        // Another size: refused whoever owns it.
+        replace(&path, &bytes[..5000], 0o644);
+        let e = check(&path, &then).unwrap_err();
+        assert!(e.contains("(size 100000 then, 5000 now)"), "{e}");
+    }
+}
