@@ -363,7 +363,15 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
             _ => match e.path() {
                 Some(path) if !e.is_deleted() && !path.starts_with("/SYSV") && !path.starts_with("/memfd:") => {
                     let md = fs::metadata(path).map_err(|err| format!("stat {path}: {err}"))?;
-                    let id = FileId { size: md.size(), mtime_ns: mtime_ns(&md), inode: md.ino() };
+                    // The build-id and head hash are read by the image
+                    // writer, after the program runs again (`writer`).
+                    let id = FileId {
+                        size: md.size(),
+                        mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+                        ctime_ns: md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128,
+                        inode: md.ino(),
+                        ..FileId::default()
+                    };
                     // "mw": the mapping may be made writable, so the program
                     // may have changed the file through it.
                     let writable_shared = e.shared && (e.write || e.has_flag("mw"));
@@ -414,10 +422,6 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
         plans.push(plan);
     }
     Ok((regions, plans))
-}
-
-fn mtime_ns(md: &fs::Metadata) -> i128 {
-    md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128
 }
 
 /// Reads the pagemap entries of a range and keeps a bit per page.

@@ -35,12 +35,13 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     if compress {
         w.set_compression(stasis_image::Compression::Lz4);
     }
-    let Snapshot { meta, plans, deleted_files, pipes, sockets, .. } = snap;
+    let Snapshot { mut meta, plans, deleted_files, pipes, sockets, .. } = snap;
     // One buffer for the whole image: a program with hundreds of regions
     // (a stack per thread) must not cost hundreds of fresh 4 MiB buffers.
     let mut bounce = vec![0u8; MAX_CHUNK as usize];
 
-    let first_pass = |i: usize| meta.regions[i].shared || meta.regions[i].kind == RegionKind::Vdso;
+    let first: Vec<bool> = meta.regions.iter().map(|r| r.shared || r.kind == RegionKind::Vdso).collect();
+    let first_pass = |i: usize| first[i];
     for (i, plan) in plans.iter().enumerate() {
         if first_pass(i) {
             write_region(&mut w, &mem, &mut bounce, i as u32, meta.regions[i].start, plan)?;
@@ -112,12 +113,54 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
         crate::sys::close(f.fd);
     }
     shared_done();
+    identify_mapped_files(&mut meta.regions)?;
     for (i, plan) in plans.iter().enumerate() {
         if !first_pass(i) {
             write_region(&mut w, &mem, &mut bounce, i as u32, meta.regions[i].start, plan)?;
         }
     }
     w.finish(meta).map_err(err)
+}
+
+/// Completes the identity of every private file mapping (see
+/// `stasis_image::identity`): its build-id and the hash of its first pages.
+///
+/// Done here rather than on the checkpoint thread: reading a few pages of
+/// each file would lengthen the pause, while the writer reads them after
+/// the program runs again, and may allocate (its arena is its own). Each
+/// file is read once per checkpoint, however many regions map it; the
+/// writer is a fork, so nothing would carry over to the next checkpoint
+/// anyway. The file is opened by path: if it is no longer the one whose
+/// metadata the checkpoint thread took (replaced or written since), its
+/// contents now would not be those the program mapped, and the checkpoint
+/// fails rather than record them.
+fn identify_mapped_files(regions: &mut [stasis_image::Region]) -> Result<(), String> {
+    let mut done: Vec<(String, stasis_image::FileId)> = Vec::new();
+    for r in regions.iter_mut() {
+        // Writable shared mappings are saved whole and written back: their
+        // file is not checked at restart.
+        if r.shared {
+            continue;
+        }
+        let RegionKind::File { path, id, .. } = &mut r.kind else { continue };
+        if let Some((_, known)) = done.iter().find(|(p, known)| p == path && same_stat(known, id)) {
+            *id = known.clone();
+            continue;
+        }
+        let file = File::open(&*path).map_err(|e| format!("{path} (mapped by the program): {e}"))?;
+        let now =
+            stasis_image::identity::identify(&file).map_err(|e| format!("{path} (mapped by the program): {e}"))?;
+        if !same_stat(&now, id) {
+            return Err(format!("{path} (mapped by the program) changed while the checkpoint was taken; try again"));
+        }
+        *id = now;
+        done.push((path.clone(), id.clone()));
+    }
+    Ok(())
+}
+
+fn same_stat(a: &stasis_image::FileId, b: &stasis_image::FileId) -> bool {
+    (a.size, a.mtime_ns, a.ctime_ns, a.inode) == (b.size, b.mtime_ns, b.ctime_ns, b.inode)
 }
 
 fn page_wanted(plan: &RegionPlan, page: u64) -> bool {

@@ -601,6 +601,82 @@ fn damaged_images_are_refused_cleanly() {
     sb.check(out.status.success(), || format!("inspect of the good image failed: {}", out.stderr));
 }
 
+/// Where the build-id of an ELF file lies: the descriptor of its
+/// NT_GNU_BUILD_ID note (little-endian, as on x86-64), and its length.
+fn build_id_at(elf: &[u8]) -> Option<(usize, usize)> {
+    let header: Vec<u8> = [3u32.to_le_bytes(), *b"GNU\0"].concat();
+    let at = elf.windows(header.len()).position(|w| w == header.as_slice())?;
+    let len = u32::from_le_bytes(elf.get(at - 4..at)?.try_into().ok()?) as usize;
+    Some((at + header.len(), len))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Puts `bytes` at `path` as an install does (a new file renamed over the
+/// old one), with the mtime `mtime`.
+fn install(sb: &Sandbox, path: &Path, bytes: &[u8], mtime: std::time::SystemTime) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    fs::write(&tmp, bytes).unwrap_or_else(|e| sb.fail(format!("write {}: {e}", tmp.display())));
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::File::options().write(true).open(&tmp).and_then(|f| f.set_modified(mtime)).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn replaced_binary_with_same_size_and_mtime_is_refused() {
+    let sb = Sandbox::new("replaced-exe");
+    let (prog, _, _, ck) = one_checkpoint(&sb);
+    let exe = prog.exe().to_path_buf();
+    wait_until(&sb, "the killed program to be gone", Duration::from_secs(10), || running(&exe).is_empty());
+    let original = fs::read(&exe).unwrap();
+    let before = fs::metadata(&exe).unwrap();
+    let Some((at, len)) = build_id_at(&original) else { sb.fail(format!("{} has no build-id", exe.display())) };
+    let old_id = original[at..at + len].to_vec();
+
+    // inspect shows what restart will compare.
+    let images = images_in(&sb, &newest_generation(&sb, &ck));
+    let out = run_stasis(&sb, "inspect", &[Path::new("inspect"), &images[0]], QUICK_TIMEOUT);
+    sb.check(out.stdout.contains(&format!("build-id {}", hex(&old_id))), || {
+        format!("inspect does not show the build-id {}:\n{}", hex(&old_id), out.stdout)
+    });
+
+    // Another build of the same size, given the old mtime: the build-id
+    // tells them apart where size and mtime cannot.
+    let mut other = original.clone();
+    for b in &mut other[at..at + len] {
+        *b = !*b;
+    }
+    install(&sb, &exe, &other, before.modified().unwrap());
+    let now = fs::metadata(&exe).unwrap();
+    sb.check(now.len() == before.len() && now.modified().unwrap() == before.modified().unwrap(), || {
+        "the replacement does not have the same size and mtime".into()
+    });
+    let sock = sb.socket();
+    let out =
+        run_stasis(&sb, "restart", &[Path::new("restart"), Path::new("--coord-socket"), &sock, &ck], QUICK_TIMEOUT);
+    expect_clean_error(&sb, "restart with a replaced binary", &out);
+    let wanted = format!(
+        "{} changed since the checkpoint (build-id {} then, {} now): restart needs the same file",
+        exe.display(),
+        hex(&old_id),
+        hex(&other[at..at + len])
+    );
+    sb.check(out.stderr.contains(&wanted), || format!("expected {wanted:?} in:\n{}", out.stderr));
+
+    // The original build back, as a new file (another inode and ctime,
+    // today's mtime): the build-id says it is the same, and it runs on.
+    install(&sb, &exe, &original, std::time::SystemTime::now());
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}: {}", re.label, re.stderr_text()));
+    sb.check(re.lines().last().is_some_and(|l| l.starts_with("final ")), || {
+        format!("the restarted run did not finish: {:?}", re.lines())
+    });
+}
+
 #[test]
 fn missing_and_foreign_images_are_refused_cleanly() {
     // Needs no checkpoint: only the command line and the image reader.

@@ -163,7 +163,10 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                 e.u64(*offset);
                 e.u64(id.size);
                 e.i128(id.mtime_ns);
+                e.i128(id.ctime_ns);
                 e.u64(id.inode);
+                e.bytes(&id.build_id);
+                e.u64(id.head_hash);
             }
             RegionKind::Vdso => e.u8(2),
             RegionKind::Vvar => e.u8(3),
@@ -378,7 +381,14 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
             1 => RegionKind::File {
                 path: d.str()?,
                 offset: d.u64()?,
-                id: FileId { size: d.u64()?, mtime_ns: d.i128()?, inode: d.u64()? },
+                id: FileId {
+                    size: d.u64()?,
+                    mtime_ns: d.i128()?,
+                    ctime_ns: d.i128()?,
+                    inode: d.u64()?,
+                    build_id: d.bytes()?,
+                    head_hash: d.u64()?,
+                },
             },
             2 => RegionKind::Vdso,
             3 => RegionKind::Vvar,

@@ -130,12 +130,25 @@ pub enum RegionKind {
     },
 }
 
-/// Enough of a file's identity to tell whether it changed since the checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Enough of a mapped file's identity to tell whether it is still the file
+/// the program mapped: pages not in the payload are read from it at their
+/// offsets, so another build of it would run the wrong code. The rule that
+/// restart applies is `crate::identity::compare` (docs/image-format.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FileId {
     pub size: u64,
     pub mtime_ns: i128,
+    /// The inode change time: unlike the mtime, no unprivileged user can
+    /// set it back after changing the file.
+    pub ctime_ns: i128,
     pub inode: u64,
+    /// The ELF build-id (the `NT_GNU_BUILD_ID` note); empty for a file that
+    /// is not ELF or has none.
+    pub build_id: Vec<u8>,
+    /// xxh3-64 of the file's first `identity::HEAD_LEN` bytes (the whole
+    /// file if shorter). 0 where the writer did not compute it (writable
+    /// shared mappings, which are saved whole and written back).
+    pub head_hash: u64,
 }
 
 /// One thread: its saved signal frame is its whole user-space context.

@@ -215,6 +215,23 @@ pub fn render(m: &ProcessMeta) -> String {
         size(files)
     );
 
+    // What restart checks each mapped file against (once per file).
+    let mut seen: Vec<(&str, &crate::FileId)> = Vec::new();
+    for r in &m.regions {
+        if let RegionKind::File { path, id, .. } = &r.kind
+            && !seen.iter().any(|(p, i)| p == path && *i == id)
+        {
+            seen.push((path, id));
+        }
+    }
+    if !seen.is_empty() {
+        let _ = writeln!(o, "\nmapped files: {}", seen.len());
+        for (path, id) in seen {
+            let _ = writeln!(o, "  {}", clean(path));
+            let _ = writeln!(o, "    {}", file_identity(id));
+        }
+    }
+
     let _ = writeln!(o, "\nthreads: {}", m.threads.len());
     for t in &m.threads {
         let uc = &t.ucontext;
@@ -345,6 +362,20 @@ pub fn render(m: &ProcessMeta) -> String {
 }
 
 /// One line on the file itself: its size and how it splits.
+/// A mapped file's identity as restart compares it.
+fn file_identity(id: &crate::FileId) -> String {
+    use crate::identity::{hex, time};
+    let build_id = if id.build_id.is_empty() { "none".to_string() } else { hex(&id.build_id) };
+    format!(
+        "build-id {build_id}, size {}, mtime {}, ctime {}, inode {}, head xxh3 {:016x}",
+        id.size,
+        time(id.mtime_ns),
+        time(id.ctime_ns),
+        id.inode,
+        id.head_hash
+    )
+}
+
 pub fn render_header(h: &Header) -> String {
     format!(
         "image format {}, {} in all: payload {} at {}, metadata {} at {}\n",

@@ -32,7 +32,14 @@ fn sample_meta() -> ProcessMeta {
                 kind: RegionKind::File {
                     path: "/lib/x.so".into(),
                     offset: 4096,
-                    id: FileId { size: 9, mtime_ns: -5, inode: 3 },
+                    id: FileId {
+                        size: 9,
+                        mtime_ns: -5,
+                        ctime_ns: 11,
+                        inode: 3,
+                        build_id: vec![0x1a, 0x2b],
+                        head_hash: 77,
+                    },
                 },
                 name: "/lib/x.so".into(),
                 ..Default::default()
@@ -100,6 +107,14 @@ fn write_then_read_back() {
     expected.chunks = m.chunks.clone();
     assert_eq!(m, &expected);
     assert!(render(m).contains("tid 4242"));
+    assert!(
+        render(m).contains(
+            "mapped files: 1\n  /lib/x.so\n    build-id 1a2b, size 9, mtime -1.999999995, ctime 0.000000011, inode 3, \
+             head xxh3 000000000000004d\n"
+        ),
+        "{}",
+        render(m)
+    );
     assert!(render_header(r.header()).contains(&format!("image format {VERSION}")));
     assert!(ImageWriter::create(&path).is_err(), "never overwrites an image");
     assert_eq!(parse_image(&std::fs::read(&path).unwrap()).unwrap().1, r.into_meta());
@@ -145,7 +160,7 @@ fn damage_gives_named_errors() {
 
     let mut v = good.to_vec();
     v[8] = 99;
-    check(&v, "image format version 99 is not supported (this stasis reads version 3)");
+    check(&v, &format!("image format version 99 is not supported (this stasis reads version {VERSION})"));
     for i in [16, 24, 40, 50, 60] {
         let mut v = good.to_vec();
         v[i] ^= 4;
@@ -216,13 +231,20 @@ fn arb_region_kind() -> impl Strategy<Value = RegionKind> {
             inode,
             offset: page * 4096
         }),
-        (arb_string(), 0u64..1 << 30, any::<u64>(), any::<i128>(), any::<u64>()).prop_map(
-            |(path, page, size, mtime_ns, inode)| RegionKind::File {
-                path,
-                offset: page * PAGE_SIZE,
-                id: FileId { size, mtime_ns, inode }
-            }
-        ),
+        (
+            arb_string(),
+            0u64..1 << 30,
+            (any::<u64>(), any::<i128>(), any::<i128>(), any::<u64>()),
+            proptest::collection::vec(any::<u8>(), 0..24),
+            any::<u64>()
+        )
+            .prop_map(|(path, page, (size, mtime_ns, ctime_ns, inode), build_id, head_hash)| {
+                RegionKind::File {
+                    path,
+                    offset: page * PAGE_SIZE,
+                    id: FileId { size, mtime_ns, ctime_ns, inode, build_id, head_hash },
+                }
+            }),
     ]
 }
 

@@ -5,10 +5,10 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::fs::FileExt;
 
-use stasis_image::{ChunkKind, FdKind, ImageReader, ProcessMeta};
+use stasis_image::{ChunkKind, FdKind, FileId, ImageReader, ProcessMeta};
 
 use crate::kobj;
 
@@ -18,8 +18,9 @@ pub struct Helpers {
     pub image: i32,
     pub log: i32,
     next_hint: i32,
-    /// Descriptors of mapped files by (path, opened for writing).
-    maps: HashMap<(String, bool), i32>,
+    /// Descriptors of mapped files by (path, opened for writing), and
+    /// whether the file was checked against the image's identity.
+    maps: HashMap<(String, bool), (i32, bool)>,
     /// Descriptors of shared memory objects by (dev, inode).
     shm: HashMap<(u64, u64), i32>,
 }
@@ -31,13 +32,32 @@ impl Helpers {
     }
 
     /// A descriptor of `path` to map from, opened once per path and mode.
-    pub fn map_fd(&mut self, path: &str, write: bool) -> Result<i32, String> {
-        if let Some(&fd) = self.maps.get(&(path.to_string(), write)) {
+    /// With `id` (a private mapping, whose pages the program never wrote
+    /// come from the file), the descriptor's file is checked against it:
+    /// restart checked the path before anything started, and this makes
+    /// sure the file mapped is still one that passed (a copy it accepted
+    /// stays accepted).
+    pub fn map_fd(&mut self, path: &str, write: bool, id: Option<&FileId>) -> Result<i32, String> {
+        if let Some(&(fd, checked)) = self.maps.get(&(path.to_string(), write))
+            && (checked || id.is_none())
+        {
             return Ok(fd);
         }
         let flags = if write { libc::O_RDWR } else { libc::O_RDONLY };
-        let fd = self.keep(open(path, flags | libc::O_CLOEXEC)?)?;
-        self.maps.insert((path.to_string(), write), fd);
+        let fd = open(path, flags | libc::O_CLOEXEC)?;
+        if let Some(id) = id {
+            // SAFETY: `fd` was just opened and is owned here; the File is
+            // turned back into the raw descriptor without closing it.
+            let f = unsafe { std::fs::File::from_raw_fd(fd) };
+            let checked = crate::check_mapped_file(path, id, &f);
+            let fd = f.into_raw_fd();
+            if let Err(e) = checked {
+                close(fd);
+                return Err(e);
+            }
+        }
+        let fd = self.keep(fd)?;
+        self.maps.insert((path.to_string(), write), (fd, id.is_some()));
         Ok(fd)
     }
 

@@ -29,7 +29,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
-use stasis_image::{FdKind, ImageReader, RegionKind};
+use stasis_image::identity::{self, Verdict};
+use stasis_image::{FdKind, FileId, ImageReader, RegionKind};
 
 /// What went wrong before the restored process could run.
 #[derive(Debug)]
@@ -105,15 +106,23 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
     if !Path::new(&meta.cwd).is_dir() {
         return err(format!("the working directory {} no longer exists", meta.cwd));
     }
+    // Pages of private file mappings that the program never wrote come
+    // from the file: it must be the one mapped (shared mappings are saved
+    // whole and written back, or read what the file holds now).
+    let mut checked: Vec<&str> = Vec::new();
     for r in &meta.regions {
-        if let RegionKind::File { path, id, .. } = &r.kind {
-            let md =
-                std::fs::metadata(path).map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
-            use std::os::unix::fs::MetadataExt;
-            let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
-            if !r.shared && (md.size() != id.size || mtime != id.mtime_ns) {
-                return err(format!("{path} changed since the checkpoint; the program maps it"));
-            }
+        let RegionKind::File { path, id, .. } = &r.kind else { continue };
+        if r.shared {
+            std::fs::metadata(path).map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
+            continue;
+        }
+        if checked.contains(&path.as_str()) {
+            continue;
+        }
+        checked.push(path);
+        let f = File::open(path).map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
+        if let Some(what) = check_mapped_file(path, id, &f).map_err(RestoreError)? {
+            accept_copy(path, &what, &f)?;
         }
     }
     for f in &meta.fds {
@@ -133,6 +142,51 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
     }
     vdso::check_compatible(meta, image).map_err(RestoreError)?;
     image.verify_payload().map_err(|e| RestoreError(e.to_string()))
+}
+
+/// Compares the file `f` found at `path` with the identity the image holds
+/// for it (the rule: `stasis_image::identity::compare`). Ok(None): the
+/// same file; Ok(Some(what)): the same size, mtime and first pages and no
+/// build-id, but another inode or ctime (`what`), which the caller decides
+/// on; Err: another file, in one line.
+pub(crate) fn check_mapped_file(path: &str, then: &FileId, f: &File) -> Result<Option<String>, String> {
+    let now = identity::identify(f).map_err(|e| format!("{path} (mapped by the program): {e}"))?;
+    match identity::compare(then, &now) {
+        Verdict::Same => Ok(None),
+        Verdict::Copy(what) => Ok(Some(what)),
+        Verdict::Changed(what) => {
+            Err(format!("{path} changed since the checkpoint ({what}): restart needs the same file"))
+        }
+    }
+}
+
+/// A file with no build-id that matches by size, mtime and first pages but
+/// is another inode or was changed since (ctime): a copy on another node, a
+/// reinstalled package, or the file written again with its mtime put back.
+/// Its pages past the first ones cannot be compared, so it is taken only
+/// when nobody but the user or root could have made it so: owned by one of
+/// them and not writable by group or others. A note says so.
+fn accept_copy(path: &str, what: &str, f: &File) -> Result<(), RestoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = f.metadata().map_err(|e| RestoreError(format!("{path} (mapped by the program): {e}")))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let why_not = if md.uid() != 0 && md.uid() != me {
+        format!("it is owned by uid {}", md.uid())
+    } else if md.mode() & 0o022 != 0 {
+        format!("group or others can write it (mode {:o})", md.mode() & 0o7777)
+    } else {
+        eprintln!(
+            "stasis: restart: note: {path} is not the very file the program mapped ({what}) but has its size, \
+             mtime and first {} KiB and only you or root can write it: using it",
+            identity::HEAD_LEN >> 10
+        );
+        return Ok(());
+    };
+    Err(RestoreError(format!(
+        "{path} may have changed since the checkpoint ({what}; it has no build-id and {why_not}): restart needs \
+         the same file"
+    )))
 }
 
 /// Checks that the images can be restored together as one computation:
@@ -292,4 +346,102 @@ fn prepare_and_jump(
         }
     }
     plan::build_and_jump(meta, helpers, ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn identity_of(path: &Path) -> FileId {
+        identity::identify(&File::open(path).unwrap()).unwrap()
+    }
+
+    /// Rewrites `path` as a new file with `bytes`, its old mtime and `mode`.
+    fn replace(path: &Path, bytes: &[u8], mode: u32) {
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+        File::options().write(true).open(&tmp).unwrap().set_modified(mtime).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    fn check(path: &Path, then: &FileId) -> Result<Option<String>, String> {
+        let p = path.to_str().unwrap();
+        let f = File::open(path).unwrap();
+        let r = check_mapped_file(p, then, &f)?;
+        if let Some(what) = &r {
+            accept_copy(p, what, &f).map_err(|e| e.0)?;
+        }
+        Ok(r)
+    }
+
+    #[test]
+    fn an_elf_file_is_judged_by_its_build_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("true");
+        let bytes = std::fs::read("/bin/true").unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let then = identity_of(&path);
+        assert!(!then.build_id.is_empty());
+        assert_eq!(check(&path, &then), Ok(None));
+        // The same build as a new file, even group-writable: accepted.
+        replace(&path, &bytes, 0o775);
+        assert_eq!(check(&path, &then), Ok(None));
+        // Another build-id, same size and mtime: refused, naming both.
+        let mut other = bytes.clone();
+        let id_at = other.windows(then.build_id.len()).position(|w| w == then.build_id.as_slice()).unwrap();
+        other[id_at] ^= 1;
+        replace(&path, &other, 0o755);
+        let e = check(&path, &then).unwrap_err();
+        let mut now_id = then.build_id.clone();
+        now_id[0] ^= 1;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            e,
+            format!(
+                "{} changed since the checkpoint (build-id {} then, {} now): restart needs the same file",
+                path.display(),
+                hex(&then.build_id),
+                hex(&now_id)
+            )
+        );
+    }
+
+    #[test]
+    fn a_file_without_build_id_needs_its_first_pages_and_a_trusted_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let then = identity_of(&path);
+        assert!(then.build_id.is_empty());
+        assert_eq!(check(&path, &then), Ok(None));
+        // Same size and mtime, other first pages: refused.
+        let mut other = bytes.clone();
+        other[10] ^= 1;
+        replace(&path, &other, 0o644);
+        let e = check(&path, &then).unwrap_err();
+        assert!(
+            e.ends_with("(same size and mtime, other contents in the first 64 KiB): restart needs the same file"),
+            "{e}"
+        );
+        // A copy (another inode, or the inode number reused but another
+        // ctime) of one's own that nobody else can write: taken, as on
+        // another node.
+        replace(&path, &bytes, 0o644);
+        let what = check(&path, &then).unwrap().unwrap();
+        assert!(what.starts_with("inode ") || what.starts_with("ctime "), "{what}");
+        // The same copy writable by others: refused.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = check(&path, &then).unwrap_err();
+        assert!(e.contains("it has no build-id and group or others can write it (mode 666)"), "{e}");
+        assert!(e.starts_with(&format!("{} may have changed since the checkpoint (", path.display())), "{e}");
+        // Another size: refused whoever owns it.
+        replace(&path, &bytes[..5000], 0o644);
+        let e = check(&path, &then).unwrap_err();
+        assert!(e.contains("(size 100000 then, 5000 now)"), "{e}");
+    }
 }

@@ -190,13 +190,13 @@ pub fn build_and_jump(
                 region_reads[i] = false;
                 (helpers.shm_fd(*dev, *inode)?, *offset)
             }
-            RegionKind::File { path, offset, .. } => {
+            RegionKind::File { path, offset, id } => {
                 let write = r.shared && r.prot & stasis_image::PROT_WRITE != 0;
                 if r.shared {
                     // Written back into the file already.
                     region_reads[i] = false;
                 }
-                (helpers.map_fd(path, write)?, *offset)
+                (helpers.map_fd(path, write, (!r.shared).then_some(id))?, *offset)
             }
         };
         maps.push(MapOp {
