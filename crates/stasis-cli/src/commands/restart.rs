@@ -22,7 +22,7 @@ use stasis_coord::client;
 use stasis_image::{Choice, FdKind, ImageReader};
 
 use super::start::{self, Background, Mode};
-use super::supervise;
+use super::{note, supervise};
 use crate::commands::launch::write_port_file;
 use crate::coord_socket::CoordOpts;
 use crate::exit::Exit;
