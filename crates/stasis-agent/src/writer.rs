@@ -67,13 +67,21 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     for &fd_index in &pipes {
         let fd = meta.fds[fd_index].fd;
         let reader = match meta.fds[fd_index].kind {
-            stasis_image::FdKind::Pipe { write: true, .. } => Some(
-                std::fs::OpenOptions::new()
+            stasis_image::FdKind::Pipe { write: true, .. } => {
+                let opened = std::fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_NONBLOCK)
-                    .open(format!("/proc/self/fd/{fd}"))
-                    .map_err(|e| format!("open a read end of the pipe on fd {fd}: {e}"))?,
-            ),
+                    .open(format!("/proc/self/fd/{fd}"));
+                match opened {
+                    Ok(r) => Some(r),
+                    // A pipe another user made (a root-owned job's stdout):
+                    // only its reader could see what waits in it, and that
+                    // reader is not ours (a reader of the computation saves
+                    // the bytes from its own end). Nothing to save here.
+                    Err(e) if e.raw_os_error() == Some(libc::EACCES) => continue,
+                    Err(e) => return Err(format!("open a read end of the pipe on fd {fd}: {e}")),
+                }
+            }
             _ => None,
         };
         let peek_fd = reader.as_ref().map_or(fd, |r| r.as_raw_fd());

@@ -301,6 +301,9 @@ pub fn restore(
     let agent = dup_at_least(agent_conn, base)?;
     let image_fd = dup_at_least(image.file().as_raw_fd(), base)?;
     let log = dup_at_least(2, base)?;
+    // From here on fd 2 may be the program's (or nothing): a failure must
+    // still reach restart's stderr.
+    crate::LOG_FD.store(log, std::sync::atomic::Ordering::Relaxed);
     let mut keep: Vec<i32> = stdio.clone();
     keep.extend([agent, image_fd, log]);
     keep.extend(&inherited);

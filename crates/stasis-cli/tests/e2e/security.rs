@@ -253,13 +253,40 @@ fn generations_planted_by_another_user_are_refused() {
     let Some(st) = stage("generations_planted_by_another_user_are_refused") else { return };
     require_user_namespaces();
     let (v, a) = (&st.victim, &st.attacker);
-    // Each checkpoints a computation of their own.
-    let ck = dir_for(&st.sb, "victim/ck", v.uid, 0o700);
+    // Each checkpoints a computation of their own; the victim's directory
+    // lies where others may look (as on a shared /scratch).
+    dir_for(&st.sb, "scratch", 0, 0o755);
+    let ck = dir_for(&st.sb, "scratch/ck", v.uid, 0o700);
     let theirs = dir_for(&st.sb, "attacker/ck", a.uid, 0o700);
     let (ck_s, theirs_s) = (ck.to_str().unwrap(), theirs.to_str().unwrap());
+    // Their output goes to files of their own (a restarted program writes
+    // on into its file).
+    let prog = st.prog.to_string_lossy().into_owned();
     for (who, dir) in [(v, ck_s), (a, theirs_s)] {
-        let mut app = st.launch(who, &["--ckptdir", dir], 400);
-        app.wait_lines(&st.sb, 3);
+        let out = who.home.join("out.txt");
+        let mut app = Proc::spawn(
+            &st.sb,
+            &st.sb.label("launch"),
+            st.command(
+                who,
+                Path::new("/bin/sh"),
+                &[
+                    "-c",
+                    "exec \"$@\" > \"$HOME/out.txt\" 2> \"$HOME/err.txt\"",
+                    "sh",
+                    "stasis",
+                    "launch",
+                    "--ckptdir",
+                    dir,
+                    "--",
+                    &prog,
+                    "100",
+                    "50",
+                ],
+            ),
+            Out::Pipe,
+        );
+        wait_until_file(&st.sb, &out, |lines| lines.len() >= 3);
         st.ok(who, "checkpoint", &["command", "--ckptdir", dir, "--checkpoint"]);
         app.kill();
     }
@@ -281,15 +308,23 @@ fn generations_planted_by_another_user_are_refused() {
     chmod(&ck, 0o700);
     let out = st.refused(v, "restart-planted", &["restart", ck_s], &["gen-999999"]);
     st.sb.check(out.stdout.is_empty(), || "the planted program ran".into());
-    // Nothing was lost: the victim's own generation still restarts.
-    let mut back = Proc::spawn(
-        &st.sb,
-        &st.sb.label("restart-own"),
-        st.stasis(v, &["restart", "--generation", "1", ck_s]),
-        Out::Pipe,
-    );
-    back.wait_lines(&st.sb, 3);
-    back.kill();
+    // Nothing was lost: the victim's own generation still restarts and
+    // finishes its work.
+    let out = st.ok(v, "restart-own", &["restart", "--generation", "1", ck_s]);
+    let _ = out;
+    wait_until_file(&st.sb, &v.home.join("out.txt"), |lines| lines.last().is_some_and(|l| l.starts_with("final ")));
+}
+
+/// Waits until the complete lines of `path` satisfy `done`.
+fn wait_until_file(sb: &Sandbox, path: &Path, done: impl Fn(&[String]) -> bool) {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while Instant::now() < deadline {
+        if done(&file_lines(path)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sb.fail(format!("{} did not get the expected lines: {:?}", path.display(), file_lines(path)));
 }
 
 /// A fake coordinator: it listens on the port, sends a challenge, says OK
