@@ -239,6 +239,13 @@ impl CheckpointDir {
         let name = committed_name(number);
         let gen_path = self.path.join(&name);
         let gdir = self.dir.open_dir(&name).map_err(|e| {
+            // Another user's directory we may not even open: say whose.
+            if e.raw_os_error() == Some(libc::EACCES)
+                && let Ok(st) = self.dir.stat(&name)
+                && let Some(why) = untrusted(&gen_path, st.uid, st.mode)
+            {
+                return Damage::dir(why);
+            }
             Damage::dir(match e.raw_os_error() {
                 Some(libc::ENOTDIR) => " is not a directory".into(),
                 _ if e.kind() == std::io::ErrorKind::InvalidInput => " is a symbolic link".into(),
