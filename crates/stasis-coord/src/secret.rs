@@ -65,8 +65,12 @@ pub fn file_in(ckpt_dir: &Path) -> PathBuf {
 pub fn read(ckpt_dir: &Path) -> io::Result<Option<Secret>> {
     let path = file_in(ckpt_dir);
     let refuse = |why: String| Err(io::Error::new(ErrorKind::PermissionDenied, format!("{}: {why}", path.display())));
-    let dir = Dir::open(ckpt_dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", ckpt_dir.display())))?;
+    let dir = match Dir::open(ckpt_dir) {
+        Ok(d) => d,
+        // No directory yet (a launch that will make it): no secret in it.
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot open {}: {e}", ckpt_dir.display()))),
+    };
     let mut f = match dir.open_file(SECRET_FILE) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
