@@ -138,12 +138,12 @@ fn checkpoint(
     if let Err(reason) = check_images(&pending, &manifest.processes) {
         return Err(abort(dir, pending, reason));
     }
-    let manifest = match vouch(&pending, manifest) {
-        Ok(m) => m,
+    let (manifest, programs) = match vouch(&pending, manifest) {
+        Ok(vouched) => vouched,
         Err(reason) => return Err(abort(dir, pending, reason)),
     };
     let committed = dir.commit(pending, &manifest).map_err(|e| e.to_string())?;
-    for problem in publish::after_commit(dir, &committed, &manifest) {
+    for problem in publish::after_commit(dir, &committed, &manifest, &programs) {
         warn(&problem);
     }
     if let Err(e) = dir.prune(shared.keep.max(1)) {
@@ -430,9 +430,11 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
 /// and metadata of each image (through the pending directory, never
 /// through a link), and checks that each image is the one its process
 /// was asked for: of this computation, this generation and this pid. The
-/// manifest takes the program name the image holds.
-fn vouch(pending: &PendingGeneration, mut m: Manifest) -> Result<Manifest, String> {
+/// manifest takes the program name the image holds; the executable's name
+/// is returned beside it, for the DMTCP names (publish.rs).
+fn vouch(pending: &PendingGeneration, mut m: Manifest) -> Result<(Manifest, Vec<Option<String>>), String> {
     let dir = pending.dir();
+    let mut programs = Vec::with_capacity(m.processes.len());
     for p in &mut m.processes {
         let path = pending.path.join(&p.image);
         let f = dir.open_file(&p.image).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
@@ -453,8 +455,9 @@ fn vouch(pending: &PendingGeneration, mut m: Manifest) -> Result<Manifest, Strin
         p.name = stasis_image::word(&meta.name);
         p.size = r.len();
         p.digest = r.digest();
+        programs.push(publish::program_of(meta));
     }
-    Ok(m)
+    Ok((m, programs))
 }
 
 /// Every image is a plain file name, named once, and present: a

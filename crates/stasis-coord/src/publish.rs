@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use stasis_image::{CheckpointDir, Dir, Generation, ImageReader, Manifest};
+use stasis_image::{CheckpointDir, Dir, Generation, Manifest, ProcessMeta};
 
 /// The restart script's name (DMTCP's).
 pub const RESTART_SCRIPT: &str = "dmtcp_restart_script.sh";
@@ -64,22 +64,23 @@ pub fn is_dmtcp_name(name: &str) -> bool {
 
 /// The program's name for an image: the executable's file name (not the
 /// 15-character `comm`), as DMTCP names its images.
-fn program_of(image: fs::File, path: &Path) -> Option<String> {
-    ImageReader::from_file(image, path)
-        .ok()
-        .and_then(|r| {
-            let exe = &r.meta().exe;
-            let exe = exe.strip_suffix(" (deleted)").unwrap_or(exe);
-            Path::new(exe).file_name().map(|n| n.to_string_lossy().into_owned())
-        })
-        .filter(|n| !n.is_empty())
+pub(crate) fn program_of(meta: &ProcessMeta) -> Option<String> {
+    let exe = meta.exe.strip_suffix(" (deleted)").unwrap_or(&meta.exe);
+    Path::new(exe).file_name().map(|n| n.to_string_lossy().into_owned()).filter(|n| !n.is_empty())
 }
 
 /// Publishes `generation` (just committed, of `manifest`) in `ckpt_dir`.
+/// `programs[i]` names the program of `manifest.processes[i]` (from its
+/// image, read once when the generation was vouched for; None: its name).
 /// Returns what could not be done; the generation is committed regardless.
 /// Everything is done through the directory's descriptor: nothing is
 /// created where something is, and no link is followed.
-pub(crate) fn after_commit(ckpt_dir: &CheckpointDir, generation: &Generation, manifest: &Manifest) -> Vec<String> {
+pub(crate) fn after_commit(
+    ckpt_dir: &CheckpointDir,
+    generation: &Generation,
+    manifest: &Manifest,
+    programs: &[Option<String>],
+) -> Vec<String> {
     let mut problems = Vec::new();
     let top = ckpt_dir.dir();
     let shown = ckpt_dir.path.display();
@@ -88,12 +89,8 @@ pub(crate) fn after_commit(ckpt_dir: &CheckpointDir, generation: &Generation, ma
         Err(e) => return vec![format!("cannot open {}: {e}", generation.path.display())],
     };
     let mut names = Vec::with_capacity(manifest.processes.len());
-    for p in &manifest.processes {
-        let program = gen_dir
-            .open_file(&p.image)
-            .ok()
-            .and_then(|f| program_of(f, &generation.path.join(&p.image)))
-            .unwrap_or_else(|| p.name.clone());
+    for (i, p) in manifest.processes.iter().enumerate() {
+        let program = programs.get(i).cloned().flatten().unwrap_or_else(|| p.name.clone());
         let name = dmtcp_name(&program, manifest.computation_id, p.pid);
         if let Err(e) = place(&gen_dir, &p.image, top, &name) {
             problems.push(format!("cannot put {name} in {shown}: {e}"));
@@ -207,14 +204,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = CheckpointDir::open_or_create(t.path()).unwrap();
         let (g1, m1) = commit(&dir, &[10, 20]);
-        assert!(after_commit(&dir, &g1, &m1).is_empty());
+        assert!(after_commit(&dir, &g1, &m1, &[]).is_empty());
         let a = dir.path.join(dmtcp_name("prog10", 0x77, 10));
         let b = dir.path.join(dmtcp_name("prog20", 0x77, 20));
         assert_eq!(fs::read_to_string(&a).unwrap(), "image of 10 in 1");
         assert!(b.is_file());
 
         let (g2, m2) = commit(&dir, &[10]);
-        assert!(after_commit(&dir, &g2, &m2).is_empty());
+        assert!(after_commit(&dir, &g2, &m2, &[]).is_empty());
         assert_eq!(fs::read_to_string(&a).unwrap(), "image of 10 in 2");
         assert!(!b.exists(), "process 20 is not in generation 2");
         let script = dir.path.join(RESTART_SCRIPT);
@@ -245,7 +242,7 @@ mod tests {
         // An outdated name that is a link, not a file of ours: left alone.
         let stale = dmtcp_name("gone", 0x77, 99);
         std::os::unix::fs::symlink(&victim, dir.path.join(&stale)).unwrap();
-        assert_eq!(after_commit(&dir, &g1, &m1), Vec::<String>::new());
+        assert_eq!(after_commit(&dir, &g1, &m1, &[]), Vec::<String>::new());
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         let published = dir.path.join(&name);
         assert!(fs::symlink_metadata(&published).unwrap().file_type().is_file());
