@@ -182,6 +182,7 @@ fn two_computations_of_one_user_get_two_coordinators() {
 
 #[test]
 fn a_coordinator_on_the_default_port_does_not_capture_a_launch() {
+    let _port = default_port_lock();
     let sb = Sandbox::new("default-port-held");
     // Another computation's coordinator (the same user, another secret)
     // on port 7779, its socket where this test's launches would look.

@@ -942,6 +942,12 @@ pub fn file_lines(path: &Path) -> Vec<String> {
     complete_lines(&fs::read(path).unwrap_or_default())
 }
 
+/// Tests that listen on DMTCP's default port, 7779, take turns.
+pub fn default_port_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 // ---------------------------------------------------------------------------
 // Stasis commands
 
