@@ -479,7 +479,17 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
                     let deleted = st.st_nlink == 0;
                     let path =
                         if deleted { link.strip_suffix(" (deleted)").unwrap_or(&link).to_string() } else { link };
-                    FdKind::File { path, flags, offset: info.pos, size: st.st_size as u64, deleted }
+                    // Whether its contents are saved is the writer's to say.
+                    FdKind::File {
+                        path,
+                        flags,
+                        offset: info.pos,
+                        size: st.st_size as u64,
+                        deleted,
+                        dev: st.st_dev,
+                        inode: st.st_ino,
+                        saved: stasis_image::FileSave::None,
+                    }
                 }
                 libc::S_IFDIR => FdKind::Directory { path: link, flags },
                 libc::S_IFSOCK => {

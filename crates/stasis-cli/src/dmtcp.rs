@@ -458,6 +458,8 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 port_file: a.port_file,
                 coord_logfile: a.coord_logfile,
                 ckpt_signal,
+                // STASIS_SAVE_FILES_LIMIT and STASIS_NO_SAVE_FILE reach the agent as they are.
+                save_files: Default::default(),
                 quiet: a.quiet > 0 || env_quiet(env),
                 program: a.program,
             })

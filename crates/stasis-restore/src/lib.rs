@@ -219,6 +219,9 @@ pub fn spawn_computation(
     // Pipes between processes are made here, above every descriptor
     // number any process uses, and inherited by all of them.
     let min_fd = metas.iter().flat_map(|m| m.fds.iter().map(|f| f.fd + 1)).max().unwrap_or(0).max(16);
+    // Files open for writing get their contents at the checkpoint back
+    // before any process could see them.
+    fds::put_back_saved_files(images, &mut |w| eprintln!("stasis: restart: {w}")).map_err(RestoreError)?;
     let pipes = fds::SharedPipes::create(images, min_fd).map_err(RestoreError)?;
     let shm = shm::SharedMemory::create(images, min_fd).map_err(|e| {
         pipes.close();
