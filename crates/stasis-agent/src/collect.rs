@@ -486,7 +486,9 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
                         offset: info.pos,
                         size: st.st_size as u64,
                         deleted,
-                        dev: st.st_dev,
+                        // As /proc/PID/maps names it (major << 32 | minor),
+                        // so that a mapping of the same file matches.
+                        dev: (libc::major(st.st_dev) as u64) << 32 | libc::minor(st.st_dev) as u64,
                         inode: st.st_ino,
                         saved: stasis_image::FileSave::None,
                     }

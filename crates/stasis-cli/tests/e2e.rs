@@ -34,6 +34,10 @@ mod terminal;
 // what the agent recorded).
 #[path = "e2e/kernel.rs"]
 mod kernel;
+// Files open for writing (SQLite, logs, files rewritten in place), and open
+// files whose path is gone.
+#[path = "e2e/files.rs"]
+mod files;
 // Another user on the node against a computation: refused directories,
 // impostor coordinators, floods, the default port (run as root, two users).
 #[path = "e2e/security.rs"]

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use stasis_image::{ChunkKind, FdKind, FileId, FileSave, ImageReader, ProcessMeta};
 
@@ -549,7 +549,9 @@ pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String
 fn put_back(path: &str, dir: &std::path::Path, name: &str) -> std::io::Result<()> {
     let mut copy = stasis_image::Dir::open(dir)?.open_file(name)?;
     let len = copy.metadata()?.len();
-    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    // Made again if it is gone (a journal the program deleted after the
+    // checkpoint), with the permissions of a file the program creates.
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).mode(0o644).open(path)?;
     // SAFETY: ioctl FICLONE between two descriptors we own; the kernel
     // reads nothing else.
     let cloned = unsafe { libc::ioctl(file.as_raw_fd(), libc::FICLONE, copy.as_raw_fd()) } == 0;

@@ -128,7 +128,10 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
     for f in &meta.fds {
         // /proc paths are of the restored processes' own /proc, inside
         // their pid namespace: opened there.
-        if let FdKind::File { path, deleted: false, .. } = &f.kind
+        // A file whose contents were saved is made again from them (an
+        // SQLite journal that the killed run deleted after the checkpoint).
+        if let FdKind::File { path, deleted: false, saved, .. } = &f.kind
+            && !matches!(saved, stasis_image::FileSave::Copy { .. })
             && !path.starts_with("/proc/")
             && !Path::new(path).exists()
         {
