@@ -37,6 +37,10 @@ def main():
     print(f"journal {got}", flush=True)
     # A small cache: pages go back and forth between memory and the file.
     db.execute("PRAGMA cache_size=-64")
+    # WAL: copy the log into the database every few pages, so that the
+    # database file itself and the log's start are rewritten after a
+    # checkpoint, as in a long run.
+    db.execute("PRAGMA wal_autocheckpoint=8")
     db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, step INTEGER, v INTEGER, payload BLOB)")
     running = hashlib.sha256()
     for step in range(1, steps + 1):
