@@ -534,14 +534,23 @@ pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String
                     warn(format!("{path} was not saved at the checkpoint ({why}); it is left as it is now"))
                 }
                 FileSave::Copy { name } => {
-                    let dir = image.path().parent().unwrap_or(std::path::Path::new("."));
-                    put_back(path, dir, name).map_err(|e| format!("put back the contents of {path}: {e}"))?;
+                    let dir = saved_copy_dir(image, name);
+                    put_back(path, &dir, name).map_err(|e| format!("put back the contents of {path}: {e}"))?;
                 }
             }
             done.push(path);
         }
     }
     Ok(())
+}
+
+/// Where the copy `name` lies: beside the image (in its generation), or,
+/// for an image restarted through its DMTCP name in the checkpoint
+/// directory, in the generation directory there.
+fn saved_copy_dir(image: &ImageReader, name: &str) -> std::path::PathBuf {
+    let beside = image.path().parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
+    let generation = beside.join(format!("gen-{:06}", image.meta().generation));
+    if !beside.join(name).exists() && generation.join(name).exists() { generation } else { beside }
 }
 
 /// Overwrites the file at `path` with the copy `name` in `dir`: a reflink
