@@ -594,6 +594,25 @@ mod tests {
         assert_eq!(o.port_file, Some(PathBuf::from("pf")));
         let Ok(Verb::Launch(o)) = parse_str(&["launch", "--new-coordinator", "prog"]) else { panic!() };
         assert_eq!(o.mode, Mode::New);
+        assert_eq!(o.save_files, SaveFiles::default());
+    }
+
+    #[test]
+    fn save_files_flags() {
+        let Ok(Verb::Launch(o)) = parse_str(&[
+            "launch",
+            "--save-files-limit",
+            "2G",
+            "--no-save-file",
+            "*.log",
+            "--no-save-file",
+            "/x/*",
+            "p",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(o.save_files, SaveFiles { limit: Some(2 << 30), excluded: vec!["*.log".into(), "/x/*".into()] });
+        assert!(parse_str(&["launch", "--save-files-limit", "lots", "p"]).is_err());
     }
 
     #[test]

@@ -521,24 +521,27 @@ fn memfd(name: &str) -> std::io::Result<i32> {
 /// as it was at the checkpoint. A file that was not kept is left as it is
 /// now, and `warn` says so.
 pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String)) -> Result<(), String> {
+    // Every process that has the file open recorded it; any copy will do
+    // (all are of one instant), and a copy wins over a process that had no
+    // room left for it.
     let mut done: Vec<&str> = Vec::new();
     for image in images {
         for f in &image.meta().fds {
-            let FdKind::File { path, saved, deleted: false, .. } = &f.kind else { continue };
-            if done.contains(&path.as_str()) {
-                continue;
+            let FdKind::File { path, saved: FileSave::Copy { name }, deleted: false, .. } = &f.kind else { continue };
+            if !done.contains(&path.as_str()) {
+                let dir = saved_copy_dir(image, name);
+                put_back(path, &dir, name).map_err(|e| format!("put back the contents of {path}: {e}"))?;
+                done.push(path);
             }
-            match saved {
-                FileSave::None => continue,
-                FileSave::Left { why } => {
-                    warn(format!("{path} was not saved at the checkpoint ({why}); it is left as it is now"))
-                }
-                FileSave::Copy { name } => {
-                    let dir = saved_copy_dir(image, name);
-                    put_back(path, &dir, name).map_err(|e| format!("put back the contents of {path}: {e}"))?;
-                }
+        }
+    }
+    for image in images {
+        for f in &image.meta().fds {
+            let FdKind::File { path, saved: FileSave::Left { why }, deleted: false, .. } = &f.kind else { continue };
+            if !done.contains(&path.as_str()) {
+                warn(format!("{path} was not saved at the checkpoint ({why}); it is left as it is now"));
+                done.push(path);
             }
-            done.push(path);
         }
     }
     Ok(())
@@ -560,7 +563,7 @@ fn put_back(path: &str, dir: &std::path::Path, name: &str) -> std::io::Result<()
     let len = copy.metadata()?.len();
     // Made again if it is gone (a journal the program deleted after the
     // checkpoint), with the permissions of a file the program creates.
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).mode(0o644).open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(path)?;
     // SAFETY: ioctl FICLONE between two descriptors we own; the kernel
     // reads nothing else.
     let cloned = unsafe { libc::ioctl(file.as_raw_fd(), libc::FICLONE, copy.as_raw_fd()) } == 0;
