@@ -161,3 +161,33 @@ fn an_unchanged_file_is_linked_from_the_previous_generation() {
 fn file_len(p: &Path) -> u64 {
     fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
+
+/// A descriptor that cannot be opened again once the processes are being
+/// made (input.dat, open read-only, replaced by a Unix socket after the
+/// kill: it exists, so the checks before anything starts pass, but
+/// opening it fails): the restart fails with one line naming the file, on
+/// restart's own stderr, never on the program's stdout that the process
+/// had already taken back.
+#[test]
+fn a_failure_while_descriptors_are_restored_is_said_on_restarts_stderr() {
+    let sb = Sandbox::new("fd-failure");
+    let prog = Program::c("files", &[]);
+    let run_dir = sb.mkdir("run");
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch(&sb, &prog, &sock, &ck, &run_dir, Out::Pipe);
+    app.wait_lines(&sb, 2);
+    checkpoint(&sb, &sock, &mut app);
+    app.kill_computation(&sb, &run_dir);
+    let input = run_dir.join("input.dat");
+    fs::remove_file(&input).unwrap_or_else(|e| sb.fail(format!("remove {}: {e}", input.display())));
+    let _socket = std::os::unix::net::UnixListener::bind(&input)
+        .unwrap_or_else(|e| sb.fail(format!("bind {}: {e}", input.display())));
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    let (out, err) = (re.stdout_text(), re.stderr_text());
+    sb.check(!status.success(), || format!("{} should have failed; stderr:\n{err}", re.label));
+    sb.check(err.contains("input.dat") && err.contains("failed"), || {
+        format!("{}'s stderr does not name input.dat:\n{err}", re.label)
+    });
+    sb.check(!out.contains("input.dat"), || format!("the failure went to the program's stdout:\n{out}"));
+}
