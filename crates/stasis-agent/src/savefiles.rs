@@ -118,14 +118,19 @@ fn save_one(
         };
         return Ok(FileSave::Left { why });
     }
+    // Our own reading descriptor: the program's may be write-only. A file
+    // the user may not read (mode 0200) cannot be kept; it is left, and
+    // said so, rather than fail every checkpoint.
+    let mut src = match crate::collect::reopen_fd(fd) {
+        Ok(f) => f,
+        Err(e) => return Ok(FileSave::Left { why: format!("it cannot be read: {e}") }),
+    };
     let mut copy = match dir.create_file(&name, 0o600) {
         Ok(f) => f,
         // Another process of the computation has it open too, and saved it.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(FileSave::Copy { name }),
         Err(e) => return Err(format!("save {path}: create {name}: {e}")),
     };
-    // Our own reading descriptor: the program's may be write-only.
-    let mut src = crate::collect::reopen_fd(fd).map_err(|e| format!("save {path} (fd {fd}): reopen: {e}"))?;
     use std::os::fd::AsRawFd;
     if sys::ficlone(copy.as_raw_fd(), src.as_raw_fd()).is_err() {
         std::io::copy(&mut src, &mut copy).map_err(|e| format!("save {path} (fd {fd}): copy: {e}"))?;
