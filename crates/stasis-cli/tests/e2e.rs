@@ -233,9 +233,9 @@ fn python_generator_survives_checkpoint_kill_restart() {
 
 #[test]
 fn stdout_to_a_regular_file_is_cut_back_and_continued() {
-    // The program's stdout is a file: the restart reopens it at its offset
-    // and cuts it back to its size at checkpoint time, so what it holds in
-    // the end is exactly the reference output.
+    // The program's stdout is a file: the restart puts back its contents at
+    // checkpoint time (docs/files.md) and reopens it at its offset, so what
+    // it holds in the end is exactly the reference output.
     let sb = Sandbox::new("stdout-file");
     let prog = Program::c("single", &[]);
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
