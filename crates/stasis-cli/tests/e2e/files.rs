@@ -64,14 +64,34 @@ fn a_deleted_file_in_deleted_directories_survives_two_checkpoint_kill_restart_cy
 /// back exactly (the program checks them).
 #[test]
 fn a_file_over_the_size_limit_is_left_as_it_is_and_said_so() {
-    let sb = Sandbox::new("save-limit");
+    left_as_it_is(
+        "save-limit",
+        &["--save-files-limit", "64K", "--no-save-file", "*/never-such-file"],
+        "over the --save-files-limit",
+    );
+}
+
+/// The same for a file excluded with `--no-save-file`.
+#[test]
+fn an_excluded_file_is_left_as_it_is_and_said_so() {
+    left_as_it_is(
+        "save-excluded",
+        &["--no-save-file", "/no/such/*", "--no-save-file", "*/big.b?n"],
+        "excluded by --no-save-file */big.b?n",
+    );
+}
+
+/// rewrite.c with a 128 KiB big.bin that `flags` keep from being saved:
+/// `why` is what the checkpoint and the restart say of it.
+fn left_as_it_is(test: &str, flags: &[&str], why: &str) {
+    let sb = Sandbox::new(test);
     let prog = Program::c("rewrite", &["40", "-1", "131072"]);
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
     let run_dir = sb.mkdir("run");
     let (ck, sock) = (sb.join("ck"), sb.socket());
     let mut cmd = Command::new(stasis());
     cmd.arg("launch")
-        .args(["--save-files-limit", "64K", "--no-save-file", "*/never-such-file"])
+        .args(flags)
         .arg("--ckptdir")
         .arg(&ck)
         .arg("--coord-socket")
@@ -87,8 +107,8 @@ fn a_file_over_the_size_limit_is_left_as_it_is_and_said_so() {
     carry_on(&sb, &mut app, window, 3);
     app.kill_computation(&sb, &run_dir);
     let said = app.stderr_text();
-    sb.check(said.contains("big.bin is not saved (") && said.contains("over the --save-files-limit"), || {
-        format!("the checkpoint did not say that big.bin is not saved; the program's stderr:\n{said}")
+    sb.check(said.contains("big.bin is not saved (") && said.contains(why), || {
+        format!("the checkpoint did not say that big.bin is not saved ({why}); the program's stderr:\n{said}")
     });
     sb.check(!said.contains("data.bin is not saved"), || format!("data.bin should be saved:\n{said}"));
     let at_kill = file_len(&big);
@@ -98,7 +118,7 @@ fn a_file_over_the_size_limit_is_left_as_it_is_and_said_so() {
     let status = re.wait_exit(&sb, RUN_TIMEOUT);
     sb.check(status.success(), || format!("{} exited with {status}; stderr:\n{}", re.label, re.stderr_text()));
     let said = re.stderr_text();
-    sb.check(said.contains("big.bin was not saved at the checkpoint") && said.contains("left as it is now"), || {
+    sb.check(said.contains("big.bin was not saved at the checkpoint") && said.contains(why), || {
         format!("the restart did not name big.bin as left untouched; its stderr:\n{said}")
     });
     // Never cut back: what the killed run wrote is still there, and the
