@@ -141,7 +141,7 @@ fn left_as_it_is(test: &str, flags: &[&str], why: &str) {
 fn an_unchanged_file_is_linked_from_the_previous_generation() {
     use std::os::unix::fs::MetadataExt;
     let sb = Sandbox::new("save-link");
-    let prog = Program::c("rewrite", &["8", "600"]);
+    let prog = Program::c("rewrite", &["12", "600"]);
     let run_dir = sb.mkdir("run");
     let (ck, sock) = (sb.join("ck"), sb.socket());
     let mut app = launch(&sb, &prog, &sock, &ck, &run_dir, Out::Pipe);
@@ -173,7 +173,7 @@ fn an_unchanged_file_is_linked_from_the_previous_generation() {
     let status = re.wait_exit(&sb, RUN_TIMEOUT);
     sb.check(status.success(), || format!("{} exited with {status}; stderr:\n{}", re.label, re.stderr_text()));
     let lines = re.lines();
-    sb.check(lines.iter().all(|l| !l.contains("MISMATCH")) && lines.iter().any(|l| l == "log ok (8 lines)"), || {
+    sb.check(lines.iter().all(|l| !l.contains("MISMATCH")) && lines.iter().any(|l| l == "log ok (12 lines)"), || {
         format!("the restart from the newer generation alone did not bring the files back: {lines:?}")
     });
 }
