@@ -479,7 +479,19 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
                     let deleted = st.st_nlink == 0;
                     let path =
                         if deleted { link.strip_suffix(" (deleted)").unwrap_or(&link).to_string() } else { link };
-                    FdKind::File { path, flags, offset: info.pos, size: st.st_size as u64, deleted }
+                    // Whether its contents are saved is the writer's to say.
+                    FdKind::File {
+                        path,
+                        flags,
+                        offset: info.pos,
+                        size: st.st_size as u64,
+                        deleted,
+                        // As /proc/PID/maps names it (major << 32 | minor),
+                        // so that a mapping of the same file matches.
+                        dev: (libc::major(st.st_dev) as u64) << 32 | libc::minor(st.st_dev) as u64,
+                        inode: st.st_ino,
+                        saved: stasis_image::FileSave::None,
+                    }
                 }
                 libc::S_IFDIR => FdKind::Directory { path: link, flags },
                 libc::S_IFSOCK => {

@@ -15,6 +15,7 @@ mod collect;
 mod control;
 mod exec;
 mod inotify;
+mod savefiles;
 mod signals;
 mod sockets;
 mod sys;
@@ -37,6 +38,7 @@ extern "C" fn init() {
     }
     let sig = exec::env_var("STASIS_CKPT_SIGNAL").and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
     control::remember_name();
+    savefiles::remember_settings();
     signals::resolve_real_functions();
     exec::resolve_real_functions();
     inotify::resolve_real_functions();

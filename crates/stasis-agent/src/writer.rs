@@ -47,6 +47,11 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
             write_region(&mut w, &mem, &mut bounce, i as u32, meta.regions[i].start, plan)?;
         }
     }
+    // Files open for writing, as they are at this instant (docs/files.md).
+    let (generation, pid) = (meta.generation, meta.pid);
+    crate::savefiles::save(&mut meta, &dir, &mut |note| {
+        note_line(&format!("stasis agent[{pid}]: checkpoint {generation}: {note}\n"));
+    })?;
     for &fd_index in &deleted_files {
         let fd = meta.fds[fd_index].fd;
         let mut f = reopen_fd(fd).map_err(|e| format!("reopen deleted file on fd {fd}: {e}"))?;
@@ -128,6 +133,11 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
         }
     }
     w.finish(meta).map_err(err)
+}
+
+/// A line on the program's stderr, where the agent's other messages go.
+fn note_line(line: &str) {
+    crate::sys::write_stderr(line.as_bytes());
 }
 
 /// Completes the identity of every private file mapping (see

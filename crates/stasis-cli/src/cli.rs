@@ -15,7 +15,7 @@ use stasis_coord::client::Addr;
 use crate::commands::command::{Action, CommandOpts};
 use crate::commands::coordinator::CoordinatorOpts;
 use crate::commands::inspect::InspectOpts;
-use crate::commands::launch::LaunchOpts;
+use crate::commands::launch::{LaunchOpts, SaveFiles};
 use crate::commands::restart::RestartOpts;
 use crate::commands::start::Mode;
 use crate::coord_socket::CoordOpts;
@@ -148,6 +148,11 @@ pub fn command_coord_opts(
     Ok(opts)
 }
 
+/// A size for `--save-files-limit`.
+pub fn save_files_limit(s: &str) -> Result<u64, String> {
+    stasis_image::savedfiles::parse_size(s).ok_or_else(|| format!("{s:?} is not a size (bytes, or with K, M, G, T)"))
+}
+
 /// A signal number for the agent's checkpoint signal.
 pub fn ckpt_signal(s: &str) -> Result<i32, String> {
     let n: i32 = s.trim().parse().map_err(|_| format!("{s:?} is not a signal number"))?;
@@ -264,6 +269,12 @@ struct LaunchArgs {
     /// The signal the agent stops threads with (default: 62, a real-time signal)
     #[arg(long = "ckpt-signal", value_name = "SIGNUM", value_parser = ckpt_signal)]
     ckpt_signal: Option<i32>,
+    /// Bytes of files open for writing each process saves per checkpoint (K, M, G suffixes; default 1G)
+    #[arg(long = "save-files-limit", value_name = "SIZE", value_parser = save_files_limit)]
+    save_files_limit: Option<u64>,
+    /// Never save the contents of files matching GLOB (`*` and `?`; repeatable): restart leaves them as they are
+    #[arg(long = "no-save-file", value_name = "GLOB")]
+    no_save_file: Vec<String>,
     /// Print no notes, only errors
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
@@ -447,6 +458,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
             port_file: a.port_file,
             coord_logfile: a.coord_logfile,
             ckpt_signal: a.ckpt_signal,
+            save_files: SaveFiles { limit: a.save_files_limit, excluded: a.no_save_file },
             quiet: a.quiet,
             program: a.program,
         }),
@@ -582,6 +594,25 @@ mod tests {
         assert_eq!(o.port_file, Some(PathBuf::from("pf")));
         let Ok(Verb::Launch(o)) = parse_str(&["launch", "--new-coordinator", "prog"]) else { panic!() };
         assert_eq!(o.mode, Mode::New);
+        assert_eq!(o.save_files, SaveFiles::default());
+    }
+
+    #[test]
+    fn save_files_flags() {
+        let Ok(Verb::Launch(o)) = parse_str(&[
+            "launch",
+            "--save-files-limit",
+            "2G",
+            "--no-save-file",
+            "*.log",
+            "--no-save-file",
+            "/x/*",
+            "p",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(o.save_files, SaveFiles { limit: Some(2 << 30), excluded: vec!["*.log".into(), "/x/*".into()] });
+        assert!(parse_str(&["launch", "--save-files-limit", "lots", "p"]).is_err());
     }
 
     #[test]

@@ -75,8 +75,8 @@ fn refuse(option: &str, why: &str) -> NotRun {
 
 const NO_COORDINATOR: &str =
     "every stasis computation has a coordinator (dmtcp_launch starts one in the background when none runs)";
-const OPEN_FILES: &str = "stasis saves open files by path and offset (and the contents only of deleted files); \
-     it does not copy files' contents into the checkpoint";
+const OPEN_FILES: &str = "stasis saves the contents of files open for writing at every checkpoint (up to \
+     --save-files-limit) and reopens the others by path and offset; it copies no other file into the checkpoint";
 const OVERWRITE: &str = "it goes with --checkpoint-open-files, which stasis does not support";
 const MODIFY_ENV: &str = "stasis restores the environment the program had";
 const MPI: &str = "stasis does not checkpoint MPI programs yet";
@@ -458,6 +458,8 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 port_file: a.port_file,
                 coord_logfile: a.coord_logfile,
                 ckpt_signal,
+                // STASIS_SAVE_FILES_LIMIT and STASIS_NO_SAVE_FILE reach the agent as they are.
+                save_files: Default::default(),
                 quiet: a.quiet > 0 || env_quiet(env),
                 program: a.program,
             })

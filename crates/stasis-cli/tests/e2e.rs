@@ -34,6 +34,10 @@ mod terminal;
 // what the agent recorded).
 #[path = "e2e/kernel.rs"]
 mod kernel;
+// Files open for writing (SQLite, logs, files rewritten in place), and open
+// files whose path is gone.
+#[path = "e2e/files.rs"]
+mod files;
 // Another user on the node against a computation: refused directories,
 // impostor coordinators, floods, the default port (run as root, two users).
 #[path = "e2e/security.rs"]
@@ -229,9 +233,9 @@ fn python_generator_survives_checkpoint_kill_restart() {
 
 #[test]
 fn stdout_to_a_regular_file_is_cut_back_and_continued() {
-    // The program's stdout is a file: the restart reopens it at its offset
-    // and cuts it back to its size at checkpoint time, so what it holds in
-    // the end is exactly the reference output.
+    // The program's stdout is a file: the restart puts back its contents at
+    // checkpoint time (docs/files.md) and reopens it at its offset, so what
+    // it holds in the end is exactly the reference output.
     let sb = Sandbox::new("stdout-file");
     let prog = Program::c("single", &[]);
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));

@@ -45,6 +45,15 @@ impl Enc {
     }
 }
 
+/// A saved file's name must stay inside the generation's directory.
+fn saved_name_checked(name: String) -> Result<String> {
+    if crate::savedfiles::is_saved_name(&name) {
+        Ok(name)
+    } else {
+        Err(corrupt(format!("saved file name {name:?} is not one the agent makes")))
+    }
+}
+
 struct Dec<'a> {
     data: &'a [u8],
     pos: usize,
@@ -195,13 +204,26 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
         e.i32(f.fd);
         e.bool(f.cloexec);
         match &f.kind {
-            FdKind::File { path, flags, offset, size, deleted } => {
+            FdKind::File { path, flags, offset, size, deleted, dev, inode, saved } => {
                 e.u8(0);
                 e.str(path);
                 e.u32(*flags);
                 e.u64(*offset);
                 e.u64(*size);
                 e.bool(*deleted);
+                e.u64(*dev);
+                e.u64(*inode);
+                match saved {
+                    FileSave::None => e.u8(0),
+                    FileSave::Copy { name } => {
+                        e.u8(1);
+                        e.str(name);
+                    }
+                    FileSave::Left { why } => {
+                        e.u8(2);
+                        e.str(why);
+                    }
+                }
             }
             FdKind::Directory { path, flags } => {
                 e.u8(1);
@@ -417,7 +439,21 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
     m.fds = d.vec(6, |d| {
         let (fd, cloexec) = (d.i32()?, d.bool()?);
         let kind = match d.u8()? {
-            0 => FdKind::File { path: d.str()?, flags: d.u32()?, offset: d.u64()?, size: d.u64()?, deleted: d.bool()? },
+            0 => FdKind::File {
+                path: d.str()?,
+                flags: d.u32()?,
+                offset: d.u64()?,
+                size: d.u64()?,
+                deleted: d.bool()?,
+                dev: d.u64()?,
+                inode: d.u64()?,
+                saved: match d.u8()? {
+                    0 => FileSave::None,
+                    1 => FileSave::Copy { name: saved_name_checked(d.str()?)? },
+                    2 => FileSave::Left { why: d.str()? },
+                    t => return Err(corrupt(format!("unknown saved-file tag {t}"))),
+                },
+            },
             1 => FdKind::Directory { path: d.str()?, flags: d.u32()? },
             2 => FdKind::Device { path: d.str()?, flags: d.u32()? },
             3 => FdKind::Inherited { what: d.str()? },

@@ -182,18 +182,40 @@ pub struct Fd {
     pub kind: FdKind,
 }
 
+/// What a checkpoint kept of the contents of a file open for writing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum FileSave {
+    /// Nothing to keep: open read-only, or deleted (its contents are chunks
+    /// of the image).
+    #[default]
+    None,
+    /// A copy of the whole file at the checkpoint, in the generation's
+    /// directory under `name` (see `savedfiles::saved_name`); restart writes
+    /// it back into the file before any process runs.
+    Copy { name: String },
+    /// Not saved (`why`: over the size limit, or excluded by the user):
+    /// restart leaves the file as it finds it, and says so.
+    Left { why: String },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum FdKind {
     /// A regular file: reopened at its path with its flags and offset.
-    /// If it was open for writing, `size` is its size at checkpoint time and
-    /// restart cuts it back to that. `deleted` files are recreated from the
-    /// chunk of kind `FileContents` for this fd.
+    /// `size` is its size at checkpoint time. `deleted` files come back
+    /// from the chunks of kind `FileContents` for this fd, as an unlinked
+    /// file (never at their old path). `dev` and `inode` name the file
+    /// (a deleted file mapped MAP_SHARED is one object with its mapping).
+    /// `saved` says whether the contents of a file open for writing were
+    /// saved beside the image (docs/files.md).
     File {
         path: String,
         flags: u32,
         offset: u64,
         size: u64,
         deleted: bool,
+        dev: u64,
+        inode: u64,
+        saved: FileSave,
     },
     Directory {
         path: String,

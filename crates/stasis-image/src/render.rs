@@ -6,7 +6,9 @@
 
 use std::fmt::Write;
 
-use crate::{ChunkKind, Compression, FdKind, Header, PROT_EXEC, PROT_READ, PROT_WRITE, ProcessMeta, RegionKind};
+use crate::{
+    ChunkKind, Compression, FdKind, FileSave, Header, PROT_EXEC, PROT_READ, PROT_WRITE, ProcessMeta, RegionKind,
+};
 
 /// Where the kernel's x86_64 `struct ucontext` keeps what we show:
 /// uc_mcontext starts at byte 40, its gregs run r8..r15, rdi, rsi, rbp,
@@ -252,10 +254,15 @@ pub fn render(m: &ProcessMeta) -> String {
     let _ = writeln!(o, "\ndescriptors: {}", m.fds.len());
     for f in &m.fds {
         let what = match &f.kind {
-            FdKind::File { path, flags, offset, size: sz, deleted } => format!(
-                "file {}{} flags {flags:#o} offset {offset} size {sz}",
+            FdKind::File { path, flags, offset, size: sz, deleted, saved, .. } => format!(
+                "file {}{} flags {flags:#o} offset {offset} size {sz}{}",
                 clean(path),
-                if *deleted { " (deleted, contents saved)" } else { "" }
+                if *deleted { " (deleted, contents saved)" } else { "" },
+                match saved {
+                    FileSave::None => String::new(),
+                    FileSave::Copy { name } => format!(", contents saved as {}", clean(name)),
+                    FileSave::Left { why } => format!(", contents not saved ({})", clean(why)),
+                }
             ),
             FdKind::Directory { path, flags } => format!("directory {} flags {flags:#o}", clean(path)),
             FdKind::Device { path, flags } => format!("device {} flags {flags:#o}", clean(path)),

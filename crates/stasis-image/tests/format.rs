@@ -55,7 +55,16 @@ fn sample_meta() -> ProcessMeta {
         fds: vec![Fd {
             fd: 3,
             cloexec: true,
-            kind: FdKind::File { path: "/tmp/d".into(), flags: 2, offset: 5, size: 9, deleted: true },
+            kind: FdKind::File {
+                path: "/tmp/d".into(),
+                flags: 2,
+                offset: 5,
+                size: 9,
+                deleted: true,
+                dev: 0x803,
+                inode: 77,
+                saved: FileSave::None,
+            },
         }],
         sigactions: vec![SigAction { handler: 1, ..Default::default() }; 64],
         itimers: vec![ITimer::default(); 3],
@@ -248,10 +257,37 @@ fn arb_region_kind() -> impl Strategy<Value = RegionKind> {
     ]
 }
 
+fn arb_file_save() -> impl Strategy<Value = FileSave> {
+    prop_oneof![
+        Just(FileSave::None),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<i64>(), any::<i64>(), any::<bool>()).prop_map(
+            |(dev, inode, size, m, c, fresh)| FileSave::Copy {
+                name: stasis_image::savedfiles::saved_name(
+                    &stasis_image::savedfiles::FileState { dev, inode, size, mtime_ns: m as i128, ctime_ns: c as i128 },
+                    fresh
+                )
+            }
+        ),
+        arb_string().prop_map(|why| FileSave::Left { why }),
+    ]
+}
+
 fn arb_fd() -> impl Strategy<Value = Fd> {
     let kind = prop_oneof![
-        (arb_string(), any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>())
-            .prop_map(|(path, flags, offset, size, deleted)| FdKind::File { path, flags, offset, size, deleted }),
+        (
+            (arb_string(), any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>()),
+            (any::<u64>(), any::<u64>(), arb_file_save())
+        )
+            .prop_map(|((path, flags, offset, size, deleted), (dev, inode, saved))| FdKind::File {
+                path,
+                flags,
+                offset,
+                size,
+                deleted,
+                dev,
+                inode,
+                saved
+            }),
         (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Directory { path, flags }),
         (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Device { path, flags }),
         arb_string().prop_map(|what| FdKind::Inherited { what }),

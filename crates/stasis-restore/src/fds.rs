@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
-use stasis_image::{ChunkKind, FdKind, FileId, ImageReader, ProcessMeta};
+use stasis_image::{ChunkKind, FdKind, FileId, FileSave, ImageReader, ProcessMeta};
 
 use crate::kobj;
 
@@ -311,16 +311,17 @@ pub fn restore(
 
     for f in &meta.fds {
         let tmp = match &f.kind {
-            FdKind::File { path, flags, offset, size, deleted } => {
+            FdKind::File { path, flags, offset, size, deleted, dev, inode, .. } => {
                 let flags = (*flags as i32) & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+                // A file open for writing had its contents put back already
+                // (`put_back_saved_files`), or is left as it is now: it is
+                // never cut, which would leave it half old, half new.
                 let fd = if *deleted {
-                    recreate_deleted(saved_contents.get(&f.fd).map_or(&[][..], |v| v.as_slice()), path, flags)?
+                    let contents = saved_contents.get(&f.fd).map_or(&[][..], |v| v.as_slice());
+                    deleted_file(contents, path, flags, *size, shm.get(*dev, *inode))?
                 } else {
                     open(path, flags)?
                 };
-                if flags & libc::O_ACCMODE != libc::O_RDONLY && !*deleted {
-                    truncate_to(fd, *size, path, warn)?;
-                }
                 // SAFETY: lseek on our own descriptor.
                 if unsafe { libc::lseek(fd, *offset as i64, libc::SEEK_SET) } < 0 {
                     return Err(format!("seek {path}: {}", std::io::Error::last_os_error()));
@@ -462,40 +463,115 @@ fn set_termios(fd: i32, saved: &[u8]) {
     unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
 }
 
-/// A file opened for writing that grew after the checkpoint is cut back,
-/// so that what the program writes again is not written twice.
-fn truncate_to(fd: i32, size: u64, path: &str, warn: &mut dyn FnMut(String)) -> Result<(), String> {
-    // SAFETY: a zeroed stat is valid; fstat fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat on our own descriptor.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Ok(());
+/// A file that was deleted while open comes back from its saved contents
+/// as a file with no name, never at its old path (whose directories may be
+/// gone too): the shared memory object restart made for it when the
+/// program also mapped it MAP_SHARED (`shared`: so that the descriptor and
+/// the mapping stay one file), else an unlinked file (`unlinked_file`).
+/// The descriptor returned is opened again with the program's `flags`.
+fn deleted_file(
+    contents: &[(u64, Vec<u8>)],
+    path: &str,
+    flags: i32,
+    size: u64,
+    shared: Option<i32>,
+) -> Result<i32, String> {
+    let what = |e: std::io::Error| format!("deleted file {path}: {e}");
+    let rw = match shared {
+        Some(obj) => open(&format!("/proc/self/fd/{obj}"), libc::O_RDWR | libc::O_CLOEXEC)?,
+        None => unlinked_file(path).map_err(what)?,
+    };
+    // SAFETY: `rw` was just opened and is owned here.
+    let file = unsafe { std::fs::File::from_raw_fd(rw) };
+    contents.iter().try_for_each(|(offset, data)| file.write_all_at(data, *offset)).map_err(what)?;
+    file.set_len(size).map_err(what)?;
+    // Its own open file description, with the program's flags (O_APPEND,
+    // read-only...); `file` closes the one it was filled through.
+    open(&format!("/proc/self/fd/{}", file.as_raw_fd()), flags)
+}
+
+/// A new unlinked file opened for reading and writing: a memfd for a
+/// memfd, else O_TMPFILE in the deleted file's directory if it still
+/// exists, else in $TMPDIR or /tmp, else a memfd.
+fn unlinked_file(path: &str) -> std::io::Result<i32> {
+    if let Some(name) = path.strip_prefix("/memfd:") {
+        return memfd(name);
     }
-    let now = st.st_size as u64;
-    if now > size {
-        // SAFETY: ftruncate on our own descriptor.
-        if unsafe { libc::ftruncate(fd, size as i64) } != 0 {
-            return Err(format!("cut {path} back to {size} bytes: {}", std::io::Error::last_os_error()));
+    let dir = std::path::Path::new(path).parent().map(|d| d.to_string_lossy().into_owned());
+    let tmp = std::env::var("TMPDIR").ok().filter(|t| t.starts_with('/'));
+    for d in [dir, tmp, Some("/tmp".to_string())].into_iter().flatten() {
+        if let Ok(fd) = open(&d, libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) {
+            return Ok(fd);
         }
-    } else if now < size {
-        warn(format!("{path} is shorter than at the checkpoint ({now} < {size} bytes)"));
+    }
+    memfd("stasis-deleted-file")
+}
+
+fn memfd(name: &str) -> std::io::Result<i32> {
+    let c = CString::new(name.replace('\0', "")).unwrap_or_default();
+    // SAFETY: memfd_create with a NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok(fd) }
+}
+
+/// Puts back, once for the whole computation and before any process
+/// exists, the contents that the checkpoint kept of each file open for
+/// writing (`FileSave::Copy`, a file in the generation's directory), in
+/// place at the file's path: the program finds the very file it had open,
+/// as it was at the checkpoint. A file that was not kept is left as it is
+/// now, and `warn` says so.
+pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String)) -> Result<(), String> {
+    // Every process that has the file open recorded it; any copy will do
+    // (all are of one instant), and a copy wins over a process that had no
+    // room left for it.
+    let mut done: Vec<&str> = Vec::new();
+    for image in images {
+        for f in &image.meta().fds {
+            let FdKind::File { path, saved: FileSave::Copy { name }, deleted: false, .. } = &f.kind else { continue };
+            if !done.contains(&path.as_str()) {
+                let dir = saved_copy_dir(image, name);
+                put_back(path, &dir, name).map_err(|e| format!("put back the contents of {path}: {e}"))?;
+                done.push(path);
+            }
+        }
+    }
+    for image in images {
+        for f in &image.meta().fds {
+            let FdKind::File { path, saved: FileSave::Left { why }, deleted: false, .. } = &f.kind else { continue };
+            if !done.contains(&path.as_str()) {
+                warn(format!("{path} was not saved at the checkpoint ({why}); it is left as it is now"));
+                done.push(path);
+            }
+        }
     }
     Ok(())
 }
 
-/// A file that was deleted while open: its saved contents are written to a
-/// new file next to where it was, opened, and the new file is deleted too.
-fn recreate_deleted(contents: &[(u64, Vec<u8>)], path: &str, flags: i32) -> Result<i32, String> {
-    // SAFETY: getpid cannot fail.
-    let tmp = format!("{path}.stasis-restore-{}", unsafe { libc::getpid() });
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|file| contents.iter().try_for_each(|(offset, data)| file.write_all_at(data, *offset)));
-    let fd = written.map_err(|e| format!("recreate deleted file {path}: {e}")).and_then(|()| open(&tmp, flags));
-    let _ = std::fs::remove_file(&tmp);
-    fd
+/// Where the copy `name` lies: beside the image (in its generation), or,
+/// for an image restarted through its DMTCP name in the checkpoint
+/// directory, in the generation directory there.
+fn saved_copy_dir(image: &ImageReader, name: &str) -> std::path::PathBuf {
+    let beside = image.path().parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
+    let generation = beside.join(format!("gen-{:06}", image.meta().generation));
+    if !beside.join(name).exists() && generation.join(name).exists() { generation } else { beside }
+}
+
+/// Overwrites the file at `path` with the copy `name` in `dir`: a reflink
+/// where the file system can, else a copy in the kernel; then its length.
+fn put_back(path: &str, dir: &std::path::Path, name: &str) -> std::io::Result<()> {
+    let mut copy = stasis_image::Dir::open(dir)?.open_file(name)?;
+    let len = copy.metadata()?.len();
+    // Made again if it is gone (a journal the program deleted after the
+    // checkpoint), with the permissions of a file the program creates.
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(path)?;
+    // SAFETY: ioctl FICLONE between two descriptors we own; the kernel
+    // reads nothing else.
+    let cloned = unsafe { libc::ioctl(file.as_raw_fd(), libc::FICLONE, copy.as_raw_fd()) } == 0;
+    if !cloned {
+        std::io::copy(&mut copy, &mut file)?;
+    }
+    file.set_len(len)?;
+    file.sync_data()
 }
 
 /// Writes the saved contents of MAP_SHARED file mappings back into their

@@ -128,7 +128,10 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
     for f in &meta.fds {
         // /proc paths are of the restored processes' own /proc, inside
         // their pid namespace: opened there.
-        if let FdKind::File { path, deleted: false, .. } = &f.kind
+        // A file whose contents were saved is made again from them (an
+        // SQLite journal that the killed run deleted after the checkpoint).
+        if let FdKind::File { path, deleted: false, saved, .. } = &f.kind
+            && !matches!(saved, stasis_image::FileSave::Copy { .. })
             && !path.starts_with("/proc/")
             && !Path::new(path).exists()
         {
@@ -219,6 +222,9 @@ pub fn spawn_computation(
     // Pipes between processes are made here, above every descriptor
     // number any process uses, and inherited by all of them.
     let min_fd = metas.iter().flat_map(|m| m.fds.iter().map(|f| f.fd + 1)).max().unwrap_or(0).max(16);
+    // Files open for writing get their contents at the checkpoint back
+    // before any process could see them.
+    fds::put_back_saved_files(images, &mut |w| eprintln!("stasis: restart: {w}")).map_err(RestoreError)?;
     let pipes = fds::SharedPipes::create(images, min_fd).map_err(RestoreError)?;
     let shm = shm::SharedMemory::create(images, min_fd).map_err(|e| {
         pipes.close();

@@ -36,9 +36,34 @@ pub struct LaunchOpts {
     pub coord_logfile: Option<PathBuf>,
     /// The agent's checkpoint signal; None: its default.
     pub ckpt_signal: Option<i32>,
+    /// Which files open for writing the agent saves (docs/files.md).
+    pub save_files: SaveFiles,
     pub quiet: bool,
     /// The program and its arguments (at least the program).
     pub program: Vec<OsString>,
+}
+
+/// `--save-files-limit` and `--no-save-file`, handed to the agent in its
+/// environment (which the agent reads once: a restart keeps them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SaveFiles {
+    pub limit: Option<u64>,
+    pub excluded: Vec<String>,
+}
+
+impl SaveFiles {
+    fn set_env(&self, cmd: &mut std::process::Command) {
+        use stasis_image::savedfiles::{EXCLUDE_VAR, LIMIT_VAR};
+        if let Some(limit) = self.limit {
+            cmd.env(LIMIT_VAR, limit.to_string());
+        }
+        if !self.excluded.is_empty() {
+            // Added to what the environment already excludes.
+            let mut all: Vec<String> = std::env::var(EXCLUDE_VAR).ok().into_iter().collect();
+            all.extend(self.excluded.iter().cloned());
+            cmd.env(EXCLUDE_VAR, all.join(":"));
+        }
+    }
 }
 
 /// The checkpoint directory asked for (or the current one), absolute.
@@ -104,6 +129,7 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
     if let Some(sig) = opts.ckpt_signal {
         cmd.env("STASIS_CKPT_SIGNAL", sig.to_string());
     }
+    opts.save_files.set_env(&mut cmd);
     let restore_mask = signals.restorer();
     // SAFETY: the closure only calls sigprocmask, which is async-signal-safe.
     unsafe { cmd.pre_exec(restore_mask) };

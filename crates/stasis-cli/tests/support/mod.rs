@@ -1090,7 +1090,8 @@ pub fn newest_generation(sb: &Sandbox, ck: &Path) -> PathBuf {
         .unwrap_or_else(|| sb.fail(format!("no committed generation in {}", ck.display())))
 }
 
-/// The image files of a generation (every regular file but the MANIFEST).
+/// The image files of a generation (every regular file but the MANIFEST
+/// and the saved copies of files).
 pub fn images_in(sb: &Sandbox, generation: &Path) -> Vec<PathBuf> {
     let mut images: Vec<PathBuf> = fs::read_dir(generation)
         .into_iter()
@@ -1098,6 +1099,8 @@ pub fn images_in(sb: &Sandbox, generation: &Path) -> Vec<PathBuf> {
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter(|e| e.file_name() != "MANIFEST" && !e.file_name().as_bytes().starts_with(b"."))
+        // Saved contents of files open for writing (docs/files.md).
+        .filter(|e| !e.file_name().as_bytes().starts_with(b"file-"))
         .map(|e| e.path())
         .collect();
     images.sort();
