@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::signals::{self, CT_SLOT, NEXT_SLOT, RESTORE_INFO, RESUME, STOP_REQUESTED, STOPPED};
 use stasis_proto::{self as proto, Message};
 
-use crate::{collect, sys, tree, writer};
+use crate::{collect, fork_advice, sys, tree, writer};
 
 /// State only the checkpoint thread touches (in its own signal handler
 /// included), so it needs no lock.
@@ -201,6 +201,7 @@ pub fn snapshot(req: Request) -> Result<Snapshotted, String> {
     if RESTORE_INFO.restored.load(Ordering::Acquire) != 0 {
         // The writer's arena was never part of the image.
         crate::ALLOC.drop_child_arena(false);
+        crate::ALLOC.release_unmaps();
         finish_restore(agent_fd);
         return Ok(Snapshotted::Restored { generation: RESTORE_INFO.generation.load(Ordering::Acquire) });
     }
@@ -240,6 +241,15 @@ pub fn in_handler(uc: *mut c_void) {
 }
 
 fn start_writer(req: Request) -> Result<InFlight, String> {
+    // Neither the writer (which exits) nor a restored process (which
+    // resumes in `snapshot`) comes back here: each releases on its own.
+    crate::ALLOC.hold_unmaps();
+    let flight = fork_writer(req);
+    crate::ALLOC.release_unmaps();
+    flight
+}
+
+fn fork_writer(req: Request) -> Result<InFlight, String> {
     let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     let mut snap = collect::snapshot(req.agent_fd, sig, req.interval_s)?;
     snap.meta.generation = req.generation;
@@ -276,9 +286,19 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
     if !crate::ALLOC.prepare_child_arena() {
         return Err("cannot map memory for the image writer".into());
     }
+    let mut lifted = fork_advice::lift(&snap.meta.regions).inspect_err(|_| crate::ALLOC.drop_child_arena(true))?;
     let forked = sys::snapshot_fork();
     if !matches!(forked, Ok(0)) {
+        // Before anything else: the program must not run changed.
+        let put_back = lifted.restore();
         crate::ALLOC.drop_child_arena(true);
+        if let Err(e) = put_back {
+            if let Ok(child) = forked {
+                let _ = sys::kill(child as i32, libc::SIGKILL);
+                let _ = sys::wait_snapshot(child as i32);
+            }
+            return Err(e);
+        }
     }
     match forked {
         Err(e) => Err(format!("fork for the image writer: errno {e}")),

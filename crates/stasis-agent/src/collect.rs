@@ -418,10 +418,20 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
             growsdown: e.has_flag("gd"),
             kind,
             name: e.name.clone(),
+            fork_advice: fork_advice(&e),
         });
         plans.push(plan);
     }
     Ok((regions, plans))
+}
+
+/// The region's behaviour across fork, as madvise set it (V8 marks its
+/// heap and code DONTFORK): the writer is a fork, so `fork_advice.rs` lifts
+/// these around it, and restart sets them again.
+fn fork_advice(e: &stasis_procfs::MapEntry) -> u8 {
+    let bit = |flag: &str, b: u8| if e.has_flag(flag) { b } else { 0 };
+    // "dc": VM_DONTCOPY ("dd" is VM_DONTDUMP, which has no effect on fork).
+    bit("dc", stasis_image::ADVICE_DONTFORK) | bit("wf", stasis_image::ADVICE_WIPEONFORK)
 }
 
 /// Reads the pagemap entries of a range and keeps a bit per page.

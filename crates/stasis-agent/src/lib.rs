@@ -14,6 +14,7 @@ mod ckpt;
 mod collect;
 mod control;
 mod exec;
+mod fork_advice;
 mod inotify;
 mod signals;
 mod sockets;

@@ -122,6 +122,18 @@ pub fn run_on_new_stack(len: usize, f: extern "C" fn(usize) -> !, arg: usize) ->
     }
 }
 
+/// madvise with one of the fork advices (MADV_DONTFORK, MADV_DOFORK,
+/// MADV_WIPEONFORK, MADV_KEEPONFORK): they change how the range is copied
+/// at fork, never its contents.
+pub fn madvise_fork(start: u64, len: u64, advice: i32) -> SysResult {
+    debug_assert!(matches!(
+        advice,
+        libc::MADV_DONTFORK | libc::MADV_DOFORK | libc::MADV_WIPEONFORK | libc::MADV_KEEPONFORK
+    ));
+    // SAFETY: these advices only change a flag of the mapping.
+    unsafe { syscall6(libc::SYS_madvise, [start as usize, len as usize, advice as usize, 0, 0, 0]) }
+}
+
 pub fn munmap(ptr: *mut u8, len: usize) {
     // SAFETY: callers unmap only memory they mapped and no longer use.
     let _ = unsafe { syscall6(libc::SYS_munmap, [ptr as usize, len, 0, 0, 0, 0]) };

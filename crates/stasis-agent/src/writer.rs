@@ -21,8 +21,8 @@ const MAX_CHUNK: u64 = 4 << 20;
 pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mut dyn FnMut()) -> Result<u64, String> {
     let err = |e: stasis_image::Error| e.to_string();
     // Memory is read through /proc/self/mem: protection does not stop it,
-    // and a page that vanished (the agent's own temporary buffers, freed
-    // after the memory list was taken) is an error, not a crash.
+    // and a page that cannot be read is an error naming its region, not a
+    // crash (nor a page quietly left out: see `write_region`).
     let mem = std::fs::File::open("/proc/self/mem").map_err(|e| format!("open /proc/self/mem: {e}"))?;
     // Only into a directory of ours that nobody else can write, whoever
     // sent the SUSPEND; created afresh there, never through a link.
@@ -44,7 +44,7 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     let first_pass = |i: usize| first[i];
     for (i, plan) in plans.iter().enumerate() {
         if first_pass(i) {
-            write_region(&mut w, &mem, &mut bounce, i as u32, meta.regions[i].start, plan)?;
+            write_region(&mut w, &mem, &mut bounce, i as u32, &meta.regions[i], plan)?;
         }
     }
     for &fd_index in &deleted_files {
@@ -124,7 +124,7 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     identify_mapped_files(&mut meta.regions)?;
     for (i, plan) in plans.iter().enumerate() {
         if !first_pass(i) {
-            write_region(&mut w, &mem, &mut bounce, i as u32, meta.regions[i].start, plan)?;
+            write_region(&mut w, &mem, &mut bounce, i as u32, &meta.regions[i], plan)?;
         }
     }
     w.finish(meta).map_err(err)
@@ -189,9 +189,10 @@ fn write_region(
     mem: &File,
     bounce: &mut [u8],
     region: u32,
-    start: u64,
+    r: &stasis_image::Region,
     plan: &RegionPlan,
 ) -> Result<(), String> {
+    let start = r.start;
     let pages = match &plan.pages {
         Pages::None => return Ok(()),
         Pages::Prefix(len) => len / PAGE,
@@ -230,17 +231,20 @@ fn write_region(
             q += 1;
         }
         let len = ((q - p) * PAGE) as usize;
-        if mem.read_exact_at(&mut bounce[..len], start + p * PAGE).is_ok() {
-            emit(w, p, &bounce[..len])?;
-        } else {
-            // Some page of the run is gone: keep the ones that are not.
-            for k in p..q {
-                let buf = &mut bounce[..PAGE as usize];
-                if mem.read_exact_at(buf, start + k * PAGE).is_ok() {
-                    emit(w, k, buf)?;
-                }
-            }
+        // Every page read here was in memory when the program stopped (the
+        // memory list and this fork hold the same pages: `fork_advice`,
+        // `AgentAlloc::hold_unmaps`), so one that cannot be read fails the
+        // checkpoint: an image quietly missing a page restores wrong.
+        if let Err(e) = mem.read_exact_at(&mut bounce[..len], start + p * PAGE) {
+            let bad = (p..q).find(|k| mem.read_exact_at(&mut bounce[..PAGE as usize], start + k * PAGE).is_err());
+            return Err(format!(
+                "cannot read page {:#x} of region {}: {}; the checkpoint would lose it",
+                start + bad.unwrap_or(p) * PAGE,
+                crate::fork_advice::describe(r),
+                e
+            ));
         }
+        emit(w, p, &bounce[..len])?;
         p = q;
     }
     Ok(())

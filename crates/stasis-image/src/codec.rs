@@ -178,6 +178,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
             }
         }
         e.str(&r.name);
+        e.u8(r.fork_advice);
     });
     e.vec(&meta.threads, |e, t| {
         e.i32(t.tid);
@@ -374,7 +375,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
         env_end: d.u64()?,
         auxv: d.vec(8, |d| d.u64())?,
     };
-    m.regions = d.vec(24, |d| {
+    m.regions = d.vec(25, |d| {
         let (start, end, prot, shared, growsdown) = (d.u64()?, d.u64()?, d.u8()?, d.bool()?, d.bool()?);
         let kind = match d.u8()? {
             0 => RegionKind::Anonymous,
@@ -395,7 +396,12 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
             4 => RegionKind::SharedMemory { dev: d.u64()?, inode: d.u64()?, offset: d.u64()? },
             t => return Err(corrupt(format!("unknown region kind {t}"))),
         };
-        Ok(Region { start, end, prot, shared, growsdown, kind, name: d.str()? })
+        let name = d.str()?;
+        let fork_advice = d.u8()?;
+        if fork_advice & !(ADVICE_DONTFORK | ADVICE_WIPEONFORK) != 0 {
+            return Err(corrupt(format!("unknown fork advice {fork_advice:#x}")));
+        }
+        Ok(Region { start, end, prot, shared, growsdown, kind, name, fork_advice })
     })?;
     m.threads = d.vec(70, |d| {
         Ok(Thread {

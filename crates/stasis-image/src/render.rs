@@ -194,6 +194,12 @@ pub fn render(m: &ProcessMeta) -> String {
         if r.growsdown {
             name.push_str(" (grows down)");
         }
+        if r.fork_advice & crate::ADVICE_DONTFORK != 0 {
+            name.push_str(" (dontfork)");
+        }
+        if r.fork_advice & crate::ADVICE_WIPEONFORK != 0 {
+            name.push_str(" (wipeonfork)");
+        }
         let line = format!(
             "  {:014x}-{:014x} {:>9} {:>9} {} {kind:<4} {name}",
             r.start,

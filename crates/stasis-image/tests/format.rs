@@ -369,7 +369,7 @@ fn arb_regions() -> impl Strategy<Value = Vec<Region>> {
             .map(|(gap, len, prot, shared, growsdown, kind, name)| {
                 let start = at + gap * PAGE_SIZE;
                 at = start + len * PAGE_SIZE;
-                Region { start, end: at, prot, shared, growsdown, kind, name }
+                Region { start, end: at, prot, shared, growsdown, kind, name, fork_advice: (gap % 4) as u8 }
             })
             .collect()
     })

@@ -62,6 +62,17 @@ fn map_flags(r: &stasis_image::Region) -> u32 {
     f
 }
 
+fn fork_advice(a: u8) -> u32 {
+    let mut v = 0;
+    if a & stasis_image::ADVICE_DONTFORK != 0 {
+        v |= stasis_plan::FORK_DONTFORK;
+    }
+    if a & stasis_image::ADVICE_WIPEONFORK != 0 {
+        v |= stasis_plan::FORK_WIPEONFORK;
+    }
+    v
+}
+
 fn prot(p: u8) -> u32 {
     let mut v = 0;
     if p & stasis_image::PROT_READ != 0 {
@@ -205,7 +216,7 @@ pub fn build_and_jump(
             prot: prot(r.prot),
             flags: map_flags(r),
             fd,
-            _pad: 0,
+            fork_advice: fork_advice(r.fork_advice),
             offset,
         });
     }

@@ -231,6 +231,13 @@ fn map_memory(p: &Plan) {
         if !direct {
             check(b"mprotect", mprotect(m.start, m.len, m.prot));
         }
+        // How the program asked the region to behave across fork.
+        if m.fork_advice & stasis_plan::FORK_DONTFORK != 0 {
+            check(b"madvise(MADV_DONTFORK)", madvise(m.start, m.len, MADV_DONTFORK));
+        }
+        if m.fork_advice & stasis_plan::FORK_WIPEONFORK != 0 {
+            check(b"madvise(MADV_WIPEONFORK)", madvise(m.start, m.len, MADV_WIPEONFORK));
+        }
     }
 }
 
