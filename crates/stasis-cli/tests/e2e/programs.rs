@@ -1,0 +1,60 @@
+//! Real programs that once broke: memory marked MADV_DONTFORK and
+//! MADV_WIPEONFORK (tests/programs/dontfork.c) and Node.js with a
+//! worker_thread (tests/programs/worker.js), whose V8 heap is so marked.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use crate::support::*;
+
+const NODE: &str = "/usr/bin/node";
+
+/// Launches `prog` and takes it through `cycles` checkpoint, kill and
+/// restart cycles, then lets the last restart finish; the whole history
+/// must be the uninterrupted reference run's. Returns the sandbox.
+pub fn checkpoint_kill_restart_cycles(test: &str, prog: &Program, cycles: usize) -> Sandbox {
+    let sb = Sandbox::new(test);
+    let reference = start_reference(&sb, prog, &sb.mkdir("ref"));
+    let ck = sb.join("ck");
+    let mut sock = sb.socket();
+    let mut app = launch(&sb, prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
+    let mut pieces = Vec::new();
+    for _ in 0..cycles {
+        app.wait_lines(&sb, 3);
+        let window = checkpoint(&sb, &sock, &mut app);
+        crate::carry_on(&sb, &mut app, window, 2);
+        app.kill();
+        pieces.push(Piece::new(&app.label, app.lines(), vec![window]));
+        sock = sb.socket();
+        app = restart(&sb, &sock, &ck, Out::Pipe);
+    }
+    let status = app.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}", app.label));
+    pieces.push(Piece::new(&app.label, app.lines(), vec![]));
+    let reference = finish_reference(&sb, reference);
+    verify_history(&sb, &reference, &pieces);
+    sb
+}
+
+/// Every byte of a DONTFORK and of a WIPEONFORK region comes back, and the
+/// regions are marked so again (the program checks smaps itself each step;
+/// a lost byte or flag changes its line).
+#[test]
+fn memory_marked_dontfork_and_wipeonfork_survives_two_cycles() {
+    let sb = checkpoint_kill_restart_cycles("dontfork", &Program::c("dontfork", &["60", "60"]), 2);
+    drop(sb);
+}
+
+/// Node.js 20 with a worker_thread: V8's heap, code and the worker's
+/// isolate come back, twice.
+#[test]
+fn node_with_a_worker_thread_survives_two_cycles() {
+    if !Path::new(NODE).is_file() {
+        eprintln!("not run: {NODE} missing (apt-get install nodejs)");
+        return;
+    }
+    let script = programs_dir().join("worker.js");
+    let argv: Vec<OsString> = vec![NODE.into(), script.into_os_string(), "60".into(), "60".into()];
+    let sb = checkpoint_kill_restart_cycles("node", &Program { name: "worker.js".into(), argv }, 2);
+    drop(sb);
+}
