@@ -21,8 +21,7 @@ pub struct Lifted<'a> {
 fn pairs(regions: &[Region]) -> impl Iterator<Item = (&Region, i32, i32)> {
     regions.iter().flat_map(|r| {
         let dd = (r.fork_advice & ADVICE_DONTFORK != 0).then_some((r, libc::MADV_DOFORK, libc::MADV_DONTFORK));
-        let wf =
-            (r.fork_advice & ADVICE_WIPEONFORK != 0).then_some((r, libc::MADV_KEEPONFORK, libc::MADV_WIPEONFORK));
+        let wf = (r.fork_advice & ADVICE_WIPEONFORK != 0).then_some((r, libc::MADV_KEEPONFORK, libc::MADV_WIPEONFORK));
         dd.into_iter().chain(wf)
     })
 }

@@ -168,6 +168,14 @@ fn process_line(p: &[(&str, &str)]) -> String {
     l
 }
 
+/// What a kill or quit answer says of processes that did not end.
+fn survivors(reply: &Message) -> String {
+    match reply.get("survivors") {
+        Some(n) if n != "0" => format!("{n} process(es) still connected: they did not end when told\n"),
+        _ => String::new(),
+    }
+}
+
 /// The answer for people.
 pub(crate) fn human(action: Action, reply: &Message, now: u64) -> String {
     let get = |k: &str| reply.get(k).unwrap_or("?");
@@ -179,7 +187,9 @@ pub(crate) fn human(action: Action, reply: &Message, now: u64) -> String {
             if get("processes") == "1" { "" } else { "es" }
         ),
         Action::Quit => match get("quit") {
-            "1" => format!("the coordinator quits; kill sent to {} process(es)\n", get("processes")),
+            "1" => {
+                format!("the coordinator quits; kill sent to {} process(es)\n{}", get("processes"), survivors(reply))
+            }
             _ => format!("the coordinator stays: {} process(es) still connected\n", get("processes")),
         },
         Action::List => {
@@ -200,7 +210,7 @@ pub(crate) fn human(action: Action, reply: &Message, now: u64) -> String {
             "0" => "checkpoint interval: none (checkpoints on request only)\n".to_string(),
             s => format!("checkpoint interval: {s} s\n"),
         },
-        Action::Kill => format!("kill sent to {} process(es)\n", get("processes")),
+        Action::Kill => format!("kill sent to {} process(es)\n{}", get("processes"), survivors(reply)),
         Action::Status => {
             let mut s = String::new();
             let line = |s: &mut String, k: &str, v: &str| s.push_str(&format!("{k:<17}{v}\n"));

@@ -58,3 +58,53 @@ fn node_with_a_worker_thread_survives_two_cycles() {
     let sb = checkpoint_kill_restart_cycles("node", &Program { name: "worker.js".into(), argv }, 2);
     drop(sb);
 }
+
+/// How many processes the coordinator at `sock` has connected (its status).
+fn connected(sb: &Sandbox, sock: &Path) -> usize {
+    let sock = sock.as_os_str();
+    let out = run_stasis(
+        sb,
+        "status",
+        &["command".as_ref(), "--coord-socket".as_ref(), sock, "--status".as_ref()],
+        QUICK_TIMEOUT,
+    );
+    out.stdout.lines().find_map(|l| l.strip_prefix("processes:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+/// `stasis command --quit` on a tree of 32 processes: when it returns,
+/// every process of the computation is gone, and so is the coordinator.
+#[test]
+fn quit_kills_every_process_of_a_32_process_tree() {
+    let sb = Sandbox::new("quit");
+    for round in 0..3 {
+        let run = sb.mkdir(format!("run{round}"));
+        let (ck, sock) = (sb.join(format!("ck{round}")), sb.socket());
+        let mut app = launch(&sb, &Program::c("fanout", &["32"]), &sock, &ck, &run, Out::Pipe);
+        app.wait_lines(&sb, 32);
+        crate::wait_until(&sb, "32 processes connected", LINES_TIMEOUT, || connected(&sb, &sock) == 32);
+        let sock_arg = sock.as_os_str();
+        let out = run_stasis(
+            &sb,
+            "quit",
+            &["command".as_ref(), "--coord-socket".as_ref(), sock_arg, "--quit".as_ref()],
+            QUICK_TIMEOUT,
+        );
+        sb.check(out.status.success() && out.stdout.contains("kill sent to 32 process(es)"), || {
+            format!("round {round}: quit answered {}: {}{}", out.status, out.stdout, out.stderr)
+        });
+        // A process whose connection closed is inside exit(): a zombie in
+        // a moment. One that survived runs on for good.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut left = processes_in(&run);
+        while !left.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            left = processes_in(&run);
+        }
+        sb.check(left.is_empty(), || {
+            let list: Vec<String> = left.iter().map(|&p| describe_process(p)).collect();
+            format!("round {round}: {} process(es) survived the quit:\n{}", left.len(), list.join("\n"))
+        });
+        let status = app.wait_exit(&sb, QUICK_TIMEOUT);
+        sb.check(!status.success(), || format!("round {round}: the launch of a killed tree exited with {status}"));
+    }
+}
