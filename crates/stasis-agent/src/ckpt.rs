@@ -6,7 +6,7 @@
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -45,7 +45,6 @@ pub struct Request {
 
 struct InFlight {
     child: i32,
-    pipe: File,
     image: String,
     pause: Duration,
 }
@@ -179,7 +178,7 @@ impl Pending {
 }
 
 fn writer_gone() {
-    tree::WRITER_PIPE_FD.store(-1, Ordering::Release);
+    crate::conn_fd::close_writer_pipe();
     tree::WRITER_PID.store(0, Ordering::Release);
 }
 
@@ -202,7 +201,9 @@ pub fn snapshot(req: Request) -> Result<Snapshotted, String> {
         // The writer's arena was never part of the image.
         crate::ALLOC.drop_child_arena(false);
         crate::ALLOC.release_unmaps();
-        finish_restore(agent_fd);
+        // Restart put the connection back where the image saw it.
+        let now = tree::CONN_FD.load(Ordering::Acquire);
+        finish_restore(if now >= 0 { now } else { agent_fd });
         return Ok(Snapshotted::Restored { generation: RESTORE_INFO.generation.load(Ordering::Acquire) });
     }
     let flight = IN_FLIGHT.with(|f| f.take()).unwrap_or_else(|| Err("checkpoint handler did not run".into()))?;
@@ -251,7 +252,11 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
 
 fn fork_writer(req: Request) -> Result<InFlight, String> {
     let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
-    let mut snap = collect::snapshot(req.agent_fd, sig, req.interval_s)?;
+    // Where the connection is now, every thread stopped: a program thread
+    // may have moved it since the request (`conn_fd`).
+    let agent_fd = tree::CONN_FD.load(Ordering::Acquire);
+    let agent_fd = if agent_fd >= 0 { agent_fd } else { req.agent_fd };
+    let mut snap = collect::snapshot(agent_fd, sig, req.interval_s)?;
     snap.meta.generation = req.generation;
     snap.meta.computation_id = req.computation;
     let image = format!("ckpt_{}_{}.img", sanitize(&snap.meta.name), snap.meta.pid);
@@ -311,7 +316,7 @@ fn fork_writer(req: Request) -> Result<InFlight, String> {
                 compress: req.compress,
                 generation: req.generation,
                 image: image.clone(),
-                agent_fd: req.agent_fd,
+                agent_fd,
                 report: req.writer_reports,
             };
             // A new stack: the writer must not scribble on the stack it saves.
@@ -320,14 +325,15 @@ fn fork_writer(req: Request) -> Result<InFlight, String> {
         Ok(child) => {
             drop(wr);
             tree::WRITER_PID.store(child as i32, Ordering::Release);
-            tree::WRITER_PIPE_FD.store(std::os::fd::AsRawFd::as_raw_fd(&rd), Ordering::Release);
-            let mut rd = rd;
+            // From here on the program may run: its calls that name the
+            // pipe's number move the pipe first (`conn_fd`).
+            crate::conn_fd::adopt_writer_pipe(std::os::fd::IntoRawFd::into_raw_fd(rd));
             // Hold the program until the child has copied whatever the
             // program could change under it (shared memory and the like).
             let mut byte = [0u8; 1];
-            let _ = rd.read(&mut byte);
+            let _ = crate::conn_fd::read_writer_pipe(&mut byte);
             let pause = STARTED.with(|s| s.map(|t| t.elapsed())).unwrap_or_default();
-            Ok(InFlight { child: child as i32, pipe: rd, image, pause })
+            Ok(InFlight { child: child as i32, image, pause })
         }
     }
 }
@@ -393,9 +399,18 @@ extern "C" fn writer_main(job: usize) -> ! {
 
 /// The writer's result, and whether it reached the writer's end (then the
 /// writer, if it was to, told the coordinator).
-fn collect_child(mut flight: InFlight) -> (Result<Outcome, String>, bool) {
-    let mut out = String::new();
-    let _ = flight.pipe.read_to_string(&mut out);
+fn collect_child(flight: InFlight) -> (Result<Outcome, String>, bool) {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match crate::conn_fd::read_writer_pipe(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let out = String::from_utf8_lossy(&bytes).into_owned();
     let status = match sys::wait_snapshot(flight.child) {
         Ok(st) => st,
         Err(e) => return (Err(format!("wait for image writer: errno {e}")), false),

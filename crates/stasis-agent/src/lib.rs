@@ -12,6 +12,7 @@
 mod alloc;
 mod ckpt;
 mod collect;
+mod conn_fd;
 mod control;
 mod exec;
 mod fork_advice;

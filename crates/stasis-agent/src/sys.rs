@@ -308,6 +308,20 @@ pub fn dup_high(fd: i32) -> Option<i32> {
     syscall_nomem(libc::SYS_fcntl, [fd as usize, libc::F_DUPFD_CLOEXEC as usize, min, 0, 0, 0]).ok().map(|n| n as i32)
 }
 
+/// Sleeps `ms` milliseconds (interrupted early by a signal: callers loop).
+pub fn sleep_ms(ms: u64) {
+    let ts = libc::timespec { tv_sec: (ms / 1000) as i64, tv_nsec: ((ms % 1000) * 1_000_000) as i64 };
+    // SAFETY: nanosleep reads one timespec; no remainder is asked for.
+    let _ = unsafe { syscall6(libc::SYS_nanosleep, [&ts as *const libc::timespec as usize, 0, 0, 0, 0, 0]) };
+}
+
+/// A close-on-exec duplicate of `fd` at the lowest free number >= `min`.
+pub fn dup_at_least(fd: i32, min: i32) -> Option<i32> {
+    syscall_nomem(libc::SYS_fcntl, [fd as usize, libc::F_DUPFD_CLOEXEC as usize, min as usize, 0, 0, 0])
+        .ok()
+        .map(|n| n as i32)
+}
+
 /// Blocks (SIG_BLOCK) or unblocks (SIG_UNBLOCK) one signal in the calling
 /// thread, without libc (whose wrapper we replace).
 pub fn sigmask_one(how: i32, sig: i32) {

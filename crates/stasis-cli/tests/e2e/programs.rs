@@ -108,3 +108,12 @@ fn quit_kills_every_process_of_a_32_process_tree() {
         sb.check(!status.success(), || format!("round {round}: the launch of a killed tree exited with {status}"));
     }
 }
+
+/// A program that dup2()s onto 900..1023, where the agent keeps its
+/// connection, then close_range()s them and dup3()s onto them again: its
+/// descriptors are its own, and checkpoints go on working.
+#[test]
+fn a_program_taking_the_agents_descriptor_numbers_is_still_checkpointed() {
+    let sb = checkpoint_kill_restart_cycles("dup2", &Program::c("dup2", &["40", "60"]), 2);
+    drop(sb);
+}
