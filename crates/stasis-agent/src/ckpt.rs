@@ -256,7 +256,7 @@ fn fork_writer(req: Request) -> Result<InFlight, String> {
     // may have moved it since the request (`conn_fd`).
     let agent_fd = tree::CONN_FD.load(Ordering::Acquire);
     let agent_fd = if agent_fd >= 0 { agent_fd } else { req.agent_fd };
-    let mut snap = collect::snapshot(agent_fd, sig, req.interval_s)?;
+    let mut snap = collect::snapshot(agent_fd, sig, req.interval_s, req.compress)?;
     snap.meta.generation = req.generation;
     snap.meta.computation_id = req.computation;
     let image = format!("ckpt_{}_{}.img", sanitize(&snap.meta.name), snap.meta.pid);

@@ -58,7 +58,7 @@ fn read_string(path: &str) -> Result<String, String> {
 /// Memory is read last, and the returned snapshot carries the allocator's
 /// epoch at that moment: if the agent maps or unmaps anything after it
 /// (its own allocations), the caller must take the memory list again.
-pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snapshot, String> {
+pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool) -> Result<Snapshot, String> {
     let pid = sys::getpid();
     let stat = stasis_procfs::parse_stat(&read_string("/proc/self/stat")?).ok_or("cannot parse /proc/self/stat")?;
     let status = read_string("/proc/self/status")?;
@@ -145,7 +145,12 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
             })
             .collect(),
         posix_timers: posix_timers()?,
-        agent: AgentInfo { restore_info_addr: &signals::RESTORE_INFO as *const _ as u64, ckpt_signal, interval_s },
+        agent: AgentInfo {
+            restore_info_addr: &signals::RESTORE_INFO as *const _ as u64,
+            ckpt_signal,
+            interval_s,
+            compress,
+        },
         ..Default::default()
     };
     let epoch = crate::ALLOC.epoch();

@@ -316,6 +316,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
     e.u64(meta.agent.restore_info_addr);
     e.i32(meta.agent.ckpt_signal);
     e.u32(meta.agent.interval_s);
+    e.bool(meta.agent.compress);
     e.vec(&meta.chunks, |e, c| {
         match c.kind {
             ChunkKind::Memory { region, offset } => {
@@ -491,7 +492,8 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
             overrun: d.i32()?,
         })
     })?;
-    m.agent = AgentInfo { restore_info_addr: d.u64()?, ckpt_signal: d.i32()?, interval_s: d.u32()? };
+    m.agent =
+        AgentInfo { restore_info_addr: d.u64()?, ckpt_signal: d.i32()?, interval_s: d.u32()?, compress: d.bool()? };
     m.chunks = d.vec(46, |d| {
         let kind = match d.u8()? {
             0 => ChunkKind::Memory { region: d.u32()?, offset: d.u64()? },
@@ -761,9 +763,9 @@ mod tests {
             let w = what(decode_meta(&v).unwrap_err());
             assert!(w.contains(want), "{w:?} should mention {want:?}");
         }
-        // The descriptor's tag is followed by 40 bytes: four empty lists'
-        // counts, shared_pending and the agent's 16 bytes.
-        let fd_tag = good.len() - 41;
+        // The descriptor's tag is followed by 41 bytes: four empty lists'
+        // counts, shared_pending and the agent's 17 bytes.
+        let fd_tag = good.len() - 42;
         let mut v = good.clone();
         v[fd_tag] = 14;
         assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 14"));

@@ -383,6 +383,9 @@ pub struct AgentInfo {
     pub ckpt_signal: i32,
     /// The checkpoint interval in force, seconds (0 = none).
     pub interval_s: u32,
+    /// The image was written compressed on request (`--compress`): a
+    /// restart asks the same of its coordinator, as it does the interval.
+    pub compress: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

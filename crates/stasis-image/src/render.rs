@@ -140,9 +140,10 @@ pub fn render(m: &ProcessMeta) -> String {
     let _ = writeln!(o, "  umask        {:04o}", m.umask);
     let _ = writeln!(
         o,
-        "  agent        checkpoint signal {}, interval {}, restore info at {:#x}",
+        "  agent        checkpoint signal {}, interval {}{}, restore info at {:#x}",
         m.agent.ckpt_signal,
         if m.agent.interval_s == 0 { "none".to_string() } else { format!("{}s", m.agent.interval_s) },
+        if m.agent.compress { ", compressed" } else { "" },
         m.agent.restore_info_addr
     );
 

@@ -117,3 +117,61 @@ fn a_program_taking_the_agents_descriptor_numbers_is_still_checkpointed() {
     let sb = checkpoint_kill_restart_cycles("dup2", &Program::c("dup2", &["40", "60"]), 2);
     drop(sb);
 }
+
+/// What `stasis inspect` says of each image of a generation: whether its
+/// agent was asked to compress, and how many chunks were stored compressed.
+fn compression_of(sb: &Sandbox, generation: &Path) -> Vec<(bool, usize)> {
+    images_in(sb, generation)
+        .iter()
+        .map(|image| {
+            let out = run_stasis(sb, "inspect", &["inspect".as_ref(), image.as_os_str()], QUICK_TIMEOUT);
+            sb.check(out.status.success(), || format!("inspect {}: {}", image.display(), out.stderr));
+            let asked = out.stdout.lines().any(|l| l.trim_start().starts_with("agent ") && l.contains(", compressed"));
+            let chunks = out
+                .stdout
+                .split(" chunks compressed")
+                .next()
+                .and_then(|head| head.rsplit(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            (asked, chunks)
+        })
+        .collect()
+}
+
+/// `stasis launch --compress`, checkpoint, kill, then a plain `stasis
+/// restart` and a checkpoint of the restarted program: that generation is
+/// compressed too.
+#[test]
+fn compression_asked_at_launch_is_carried_over_to_restart() {
+    let sb = Sandbox::new("compress");
+    let prog = Program::c("single", &["60", "60"]);
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut cmd = std::process::Command::new(stasis());
+    cmd.arg("launch")
+        .arg("--compress")
+        .arg("--ckptdir")
+        .arg(&ck)
+        .arg("--coord-socket")
+        .arg(&sock)
+        .arg("--")
+        .args(&prog.argv)
+        .current_dir(sb.mkdir("run"));
+    let mut app = Proc::spawn(&sb, &sb.label("launch"), cmd, Out::Pipe);
+    app.wait_lines(&sb, 3);
+    checkpoint(&sb, &sock, &mut app);
+    app.kill();
+    let first = compression_of(&sb, &newest_generation(&sb, &ck));
+
+    let sock = sb.socket();
+    let mut re = restart(&sb, &sock, &ck, Out::Pipe);
+    re.wait_lines(&sb, 2);
+    checkpoint(&sb, &sock, &mut re);
+    re.kill();
+    let second = compression_of(&sb, &newest_generation(&sb, &ck));
+    for (what, images) in [("launched", &first), ("restarted", &second)] {
+        sb.check(!images.is_empty() && images.iter().all(|&(asked, chunks)| asked && chunks > 0), || {
+            format!("the {what} program's generation is not compressed (asked, chunks compressed): {images:?}")
+        });
+    }
+}
