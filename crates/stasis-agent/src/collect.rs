@@ -39,7 +39,7 @@ pub struct Snapshot {
     pub plans: Vec<RegionPlan>,
     /// fds (index into meta.fds) whose file contents must be saved.
     pub deleted_files: Vec<usize>,
-    /// The first descriptor (index into meta.fds) of each pipe, whose bytes
+    /// The first read end (index into meta.fds) of each pipe, whose bytes
     /// in flight must be saved.
     pub pipes: Vec<usize>,
     /// The first descriptor (index into meta.fds) of each socket whose
@@ -74,9 +74,15 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
         .filter(|(_, f)| matches!(f.kind, FdKind::File { deleted: true, .. }))
         .map(|(i, _)| i)
         .collect();
+    // Bytes in flight are peeked from a read end of this process. A pipe
+    // this process only writes to is left to its reader: one in the
+    // computation saves them from its own end, one outside it (a batch
+    // system's or `sudo`'s pipe, perhaps another user's) reads them itself.
     let mut pipes: Vec<usize> = Vec::new();
     for (i, f) in fds.iter().enumerate() {
-        if let FdKind::Pipe { id, .. } = f.kind
+        // (A named pipe opened O_RDWR reads too.)
+        if let FdKind::Pipe { id, flags, .. } = f.kind
+            && flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32
             && !pipes.iter().any(|&p| matches!(fds[p].kind, FdKind::Pipe { id: other, .. } if other == id))
         {
             pipes.push(i);

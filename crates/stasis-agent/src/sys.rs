@@ -308,6 +308,19 @@ pub fn dup_high(fd: i32) -> Option<i32> {
     syscall_nomem(libc::SYS_fcntl, [fd as usize, libc::F_DUPFD_CLOEXEC as usize, min, 0, 0, 0]).ok().map(|n| n as i32)
 }
 
+/// pread(2), retried on EINTR: bytes read (0 at the end).
+pub fn pread(fd: i32, buf: &mut [u8], offset: u64) -> Result<usize, i32> {
+    loop {
+        // SAFETY: pread writes at most `buf.len()` bytes into `buf`.
+        let r = unsafe {
+            syscall6(libc::SYS_pread64, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), offset as usize, 0, 0])
+        };
+        if r != Err(libc::EINTR) {
+            return r;
+        }
+    }
+}
+
 /// Sleeps `ms` milliseconds (interrupted early by a signal: callers loop).
 pub fn sleep_ms(ms: u64) {
     let ts = libc::timespec { tv_sec: (ms / 1000) as i64, tv_nsec: ((ms % 1000) * 1_000_000) as i64 };

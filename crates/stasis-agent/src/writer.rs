@@ -2,9 +2,8 @@
 //! memory exactly as it was at the fork while the program runs on.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use stasis_image::{ChunkKind, ImageWriter, RegionKind};
@@ -49,11 +48,21 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     }
     for &fd_index in &deleted_files {
         let fd = meta.fds[fd_index].fd;
-        let mut f = reopen_fd(fd).map_err(|e| format!("reopen deleted file on fd {fd}: {e}"))?;
+        let write_only = matches!(&meta.fds[fd_index].kind,
+            stasis_image::FdKind::File { flags, .. } if *flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32);
+        // Read through the program's own descriptor (pread moves no offset);
+        // opened again through /proc only when it cannot read.
+        let reopened = if write_only {
+            Some(reopen_fd(fd).map_err(|e| format!("reopen deleted file on fd {fd}: {e}"))?)
+        } else {
+            None
+        };
+        let source = reopened.as_ref().map_or(fd, |f| f.as_raw_fd());
         let buf = &mut bounce[..];
         let mut offset = 0u64;
         loop {
-            let n = f.read(buf).map_err(|e| format!("read deleted file on fd {fd}: {e}"))?;
+            let n = crate::sys::pread(source, buf, offset)
+                .map_err(|e| format!("read deleted file on fd {fd}: {}", std::io::Error::from_raw_os_error(e)))?;
             if n == 0 {
                 break;
             }
@@ -61,33 +70,12 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
             offset += n as u64;
         }
     }
-    // Bytes in flight in the program's pipes: the program could read them
-    // as soon as it runs again. A write end is peeked through a read end
-    // opened for the purpose.
+    // Bytes in flight in the program's pipes, peeked (never taken) through
+    // the program's own read end: the program could read them as soon as it
+    // runs again.
     for &fd_index in &pipes {
         let fd = meta.fds[fd_index].fd;
-        let reader = match meta.fds[fd_index].kind {
-            stasis_image::FdKind::Pipe { write: true, .. } => {
-                let opened = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(format!("/proc/self/fd/{fd}"));
-                match opened {
-                    Ok(r) => Some(r),
-                    // A pipe another user made (a root-owned job's stdout):
-                    // only its reader could see what waits in it, and that
-                    // reader is not ours (a reader of the computation saves
-                    // the bytes from its own end). Nothing to save here.
-                    Err(e) if e.raw_os_error() == Some(libc::EACCES) => continue,
-                    Err(e) => return Err(format!("open a read end of the pipe on fd {fd}: {e}")),
-                }
-            }
-            _ => None,
-        };
-        let peek_fd = reader.as_ref().map_or(fd, |r| r.as_raw_fd());
-        let bytes =
-            crate::sys::pipe_peek(peek_fd).map_err(|e| format!("save the bytes in the pipe on fd {fd}: {e}"))?;
-        drop(reader);
+        let bytes = crate::sys::pipe_peek(fd).map_err(|e| format!("save the bytes in the pipe on fd {fd}: {e}"))?;
         let mut offset = 0u64;
         for piece in bytes.chunks(MAX_CHUNK as usize) {
             w.append_chunk(ChunkKind::FileContents { fd_index: fd_index as u32, offset }, piece).map_err(err)?;
