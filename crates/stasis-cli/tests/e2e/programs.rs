@@ -175,3 +175,116 @@ fn compression_asked_at_launch_is_carried_over_to_restart() {
         });
     }
 }
+
+/// Whether this test process runs as root.
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The first user of `STASIS_E2E_USERS` (default `stasis-ci`), created
+/// (without a home) when missing: its name.
+fn test_user() -> String {
+    let names = std::env::var("STASIS_E2E_USERS").unwrap_or_else(|_| "stasis-ci,stasis-ci2".into());
+    let name = names.split(',').next().unwrap_or("stasis-ci").to_string();
+    let known = std::process::Command::new("id").arg("-u").arg(&name).output().is_ok_and(|o| o.status.success());
+    if !known {
+        let st = std::process::Command::new("useradd").args(["-M", "-s", "/bin/bash", &name]).status();
+        assert!(st.is_ok_and(|s| s.success()), "cannot create the test user {name} (useradd)");
+    }
+    name
+}
+
+/// A user's stasis command line, as `runuser -u USER -- env -i ...` runs it
+/// from root: the harness's pipe (stdout) is root's. Its stderr goes to a
+/// file of the user's (`stasis.log` in `home`): the harness's stderr file
+/// is root's, and a file is reopened by its path at restart, which the user
+/// may not do.
+fn as_user(user: &str, home: &Path, bin: &Path, args: &[&std::ffi::OsStr]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("runuser");
+    cmd.args(["-u", user, "--", "env", "-i"])
+        .arg(format!("HOME={}", home.display()))
+        .arg(format!("TMPDIR={}", home.display()))
+        .arg(format!("PATH={}:/usr/bin:/bin", bin.display()))
+        .args(["/bin/sh", "-c", "exec \"$0\" \"$@\" 2>>\"$HOME/stasis.log\""])
+        .arg(bin.join("stasis"))
+        .args(args)
+        .current_dir(home);
+    cmd
+}
+
+/// `runuser -u USER -- stasis launch ... | cat` as root: the program's
+/// stdout is a pipe root made, which the user cannot open again through
+/// /proc. Checkpoints are written all the same, and the restart (as the
+/// user, its stdout root's pipe again) carries on exactly.
+#[test]
+fn stdout_a_pipe_of_another_user_is_checkpointed_and_restarted() {
+    if !is_root() {
+        eprintln!("stdout_a_pipe_of_another_user: not run: playing a user needs root (.ci/run runs it as root)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let user = test_user();
+    let sb = Sandbox::new("foreign-pipe");
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| sb.fail(format!("chmod {}: {e}", p.display())))
+    };
+    chmod(sb.path(), 0o755);
+    let bin = sb.mkdir("bin");
+    chmod(&bin, 0o755);
+    for name in ["stasis", "libstasis_agent.so"] {
+        let to = bin.join(name);
+        std::fs::copy(stasis().with_file_name(name), &to).unwrap_or_else(|e| sb.fail(format!("copy {name}: {e}")));
+        chmod(&to, 0o755);
+    }
+    let exe = bin.join("single");
+    std::fs::copy(compiled("single"), &exe).unwrap_or_else(|e| sb.fail(format!("copy single: {e}")));
+    chmod(&exe, 0o755);
+    let home = sb.mkdir("home");
+    let out = std::process::Command::new("chown").arg(&user).arg(&home).status();
+    sb.check(out.is_ok_and(|s| s.success()), || format!("chown {user} {}", home.display()));
+    chmod(&home, 0o700);
+    let ck = home.join("ck");
+    let prog = Program::c("single", &["60", "60"]).at(&exe);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let launch_args = [
+        os("launch"),
+        os("--ckptdir"),
+        ck.clone().into_os_string(),
+        os("--"),
+        exe.clone().into_os_string(),
+        os("60"),
+        os("60"),
+    ];
+    let launch_refs: Vec<&std::ffi::OsStr> = launch_args.iter().map(|a| a.as_os_str()).collect();
+    let mut app = Proc::spawn(&sb, &sb.label("launch"), as_user(&user, &home, &bin, &launch_refs), Out::Pipe);
+    app.wait_lines(&sb, 3);
+    // A checkpoint as the user, through the computation's own coordinator.
+    app.drain();
+    let lo = app.line_count();
+    let ck_args = [os("command"), os("--ckptdir"), ck.clone().into_os_string(), os("--checkpoint")];
+    let ck_refs: Vec<&std::ffi::OsStr> = ck_args.iter().map(|a| a.as_os_str()).collect();
+    let mut command = Proc::spawn(&sb, &sb.label("command"), as_user(&user, &home, &bin, &ck_refs), Out::Pipe);
+    let status = command.wait_exit(&sb, COMMAND_TIMEOUT);
+    let log = || std::fs::read_to_string(home.join("stasis.log")).unwrap_or_default();
+    sb.check(status.success(), || format!("{} failed with {status}; stasis.log:\n{}", command.label, log()));
+    app.drain();
+    let window = Window { lo, hi: app.line_count() };
+    crate::carry_on(&sb, &mut app, window, 2);
+    app.kill();
+    let reference = finish_reference(&sb, reference);
+
+    let re_args = [os("restart"), ck.clone().into_os_string()];
+    let re_refs: Vec<&std::ffi::OsStr> = re_args.iter().map(|a| a.as_os_str()).collect();
+    let mut re = Proc::spawn(&sb, &sb.label("restart"), as_user(&user, &home, &bin, &re_refs), Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}; stasis.log:\n{}", re.label, log()));
+    verify_history(
+        &sb,
+        &reference,
+        &[Piece::new(&app.label, app.lines(), vec![window]), Piece::new(&re.label, re.lines(), vec![])],
+    );
+}
