@@ -5,12 +5,14 @@
  * and every one of those numbers must be the program's /dev/null, step
  * after step, before and after a restart.
  *
- * Prints "step N fds ok hash H" (or how many are wrong) and "final H".
+ * Prints "step N fds ok limit L hash H" (or how many are wrong; L is the
+ * soft limit of open files, which a restart must give back) and "final H".
  *
  * Usage: dup2 [STEPS [PAUSE_MS]]
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -70,11 +72,14 @@ int main(int argc, char **argv)
 			cloexec = 1;
 		}
 		int bad = wrong(st.st_rdev, cloexec);
+		struct rlimit nofile;
+		getrlimit(RLIMIT_NOFILE, &nofile);
 		running = mix64(running ^ (uint64_t)step ^ ((uint64_t)bad << 32));
 		if (bad)
-			printf("step %d fds %d wrong hash %016llx\n", step, bad, (unsigned long long)running);
+			printf("step %d fds %d wrong", step, bad);
 		else
-			printf("step %d fds ok hash %016llx\n", step, (unsigned long long)running);
+			printf("step %d fds ok", step);
+		printf(" limit %llu hash %016llx\n", (unsigned long long)nofile.rlim_cur, (unsigned long long)running);
 		sleep_ms(step_pause_ms(step, pause));
 	}
 	printf("final %016llx\n", (unsigned long long)running);

@@ -207,6 +207,11 @@ pub struct Plan {
     /// program; the restorer closes them before going.
     pub close_from: i32,
     pub close_to: i32,
+    /// RLIMIT_NOFILE (soft, hard), set once those are closed when
+    /// `set_open_files_limit` is 1: a program's soft limit may be below the
+    /// numbers restart's own descriptors took.
+    pub open_files_limit: [u64; 2],
+    pub set_open_files_limit: u64,
 }
 
 /// The agent's block that the restorer writes into (through `Poke`s) to

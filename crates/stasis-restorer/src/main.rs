@@ -153,6 +153,9 @@ pub unsafe extern "C" fn restorer_main(plan_addr: u64) -> ! {
     for fd in p.close_from..p.close_to {
         let _ = close(fd);
     }
+    if p.set_open_files_limit != 0 {
+        check(b"setrlimit(RLIMIT_NOFILE)", setrlimit(RLIMIT_NOFILE, &p.open_files_limit));
+    }
     let go = go_word(p);
     go.store(1, Ordering::Release);
     futex_wake(go);
