@@ -354,7 +354,7 @@ fn prepare_and_jump(
         libc::umask(meta.umask as libc::mode_t);
         // RLIMIT_NOFILE last, by the restorer, once restart's own
         // descriptors (above the program's) are closed (`plan`).
-        for l in meta.rlimits.iter().filter(|l| l.resource != libc::RLIMIT_NOFILE as u32) {
+        for l in meta.rlimits.iter().filter(|l| l.resource != libc::RLIMIT_NOFILE) {
             let mut cur: libc::rlimit = std::mem::zeroed();
             if libc::getrlimit(l.resource as _, &mut cur) != 0 {
                 continue;

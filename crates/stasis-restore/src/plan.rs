@@ -119,7 +119,7 @@ fn ns(v: u64) -> (i64, i64) {
 /// The saved RLIMIT_NOFILE, within this process's hard limit (as restart
 /// sets the other limits, `restore_process`); false if none was saved.
 fn open_files_limit(meta: &ProcessMeta) -> ([u64; 2], bool) {
-    let Some(l) = meta.rlimits.iter().find(|l| l.resource == libc::RLIMIT_NOFILE as u32) else {
+    let Some(l) = meta.rlimits.iter().find(|l| l.resource == libc::RLIMIT_NOFILE) else {
         return ([0; 2], false);
     };
     // SAFETY: a zeroed rlimit is valid; getrlimit fills it.
