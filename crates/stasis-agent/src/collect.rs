@@ -421,6 +421,8 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
                 }
             },
         };
+        // The kernel makes the vdso and vvar again: nothing to lift or set.
+        let fork_advice = if matches!(kind, RegionKind::Vdso | RegionKind::Vvar) { 0 } else { fork_advice(&e) };
         regions.push(Region {
             start: e.start,
             end: e.end,
@@ -429,7 +431,7 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
             growsdown: e.has_flag("gd"),
             kind,
             name: e.name.clone(),
-            fork_advice: fork_advice(&e),
+            fork_advice,
         });
         plans.push(plan);
     }
