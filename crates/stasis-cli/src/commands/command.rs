@@ -93,6 +93,11 @@ pub fn run(opts: CommandOpts) -> Result<Exit> {
         if !ok {
             return Ok(Exit::Code(1));
         }
+        // A kill or quit that could not confirm every process gone.
+        if let Some(n) = reply.get("survivors").filter(|n| *n != "0") {
+            eprintln!("stasis: {n} process(es) of the computation did not end when told (still connected)");
+            return Ok(Exit::Code(1));
+        }
     }
     Ok(Exit::Code(0))
 }
@@ -168,14 +173,6 @@ fn process_line(p: &[(&str, &str)]) -> String {
     l
 }
 
-/// What a kill or quit answer says of processes that did not end.
-fn survivors(reply: &Message) -> String {
-    match reply.get("survivors") {
-        Some(n) if n != "0" => format!("{n} process(es) still connected: they did not end when told\n"),
-        _ => String::new(),
-    }
-}
-
 /// The answer for people.
 pub(crate) fn human(action: Action, reply: &Message, now: u64) -> String {
     let get = |k: &str| reply.get(k).unwrap_or("?");
@@ -187,9 +184,7 @@ pub(crate) fn human(action: Action, reply: &Message, now: u64) -> String {
             if get("processes") == "1" { "" } else { "es" }
         ),
         Action::Quit => match get("quit") {
-            "1" => {
-                format!("the coordinator quits; kill sent to {} process(es)\n{}", get("processes"), survivors(reply))
-            }
+            "1" => format!("the coordinator quits; kill sent to {} process(es)\n", get("processes")),
             _ => format!("the coordinator stays: {} process(es) still connected\n", get("processes")),
         },
         Action::List => {
@@ -210,7 +205,7 @@ pub(crate) fn human(action: Action, reply: &Message, now: u64) -> String {
             "0" => "checkpoint interval: none (checkpoints on request only)\n".to_string(),
             s => format!("checkpoint interval: {s} s\n"),
         },
-        Action::Kill => format!("kill sent to {} process(es)\n{}", get("processes"), survivors(reply)),
+        Action::Kill => format!("kill sent to {} process(es)\n", get("processes")),
         Action::Status => {
             let mut s = String::new();
             let line = |s: &mut String, k: &str, v: &str| s.push_str(&format!("{k:<17}{v}\n"));
