@@ -2,24 +2,29 @@
 //! to the coordinator, the socket it is connecting, and the pipe from an
 //! image writer still running.
 //!
-//! They live at high descriptor numbers (`sys::dup_high`), and the numbers
-//! live in atomics (`tree::CONN_FD`, `tree::WRITER_PIPE_FD`, `PENDING`). A
-//! program may still name one: a
-//! dup2() or dup3() onto it, a close() of it, a close_range() over it (a
-//! daemon closing everything). The wrappers here move the connection to
-//! another free number first, then let the program's call go ahead, so the
-//! program gets exactly what it asked for and the agent keeps its
-//! connection. (fcntl's F_DUPFD picks a free number, never an open one.)
-//! The socket being connected is used by number while it is set up (a
-//! moment; seconds at worst, over TCP): a call that names it waits until it
-//! is the connection, which can move.
+//! They live at high numbers (`sys::dup_high`), kept in atomics
+//! (`tree::CONN_FD`, `tree::WRITER_PIPE_FD`, `PENDING`). A program may still
+//! name one: a dup2() or dup3() onto it, a close() of it, a close_range()
+//! over it (a daemon closing everything). The wrappers here move the
+//! connection or the pipe to another free number first, then let the
+//! program's call go ahead: the program gets exactly what it asked for and
+//! the agent keeps its descriptor. close_range() closes around them (there
+//! may be no free number outside its range). fcntl's F_DUPFD and dup() pick
+//! a free number, never an open one, and need nothing.
 //!
-//! The checkpoint thread therefore never holds the number across calls:
+//! The socket being connected is used by its number while it is set up (a
+//! moment; seconds at worst, over TCP): a call that names it waits, a
+//! little, until it is the connection, which can move. `FD_LOCK` keeps the
+//! agent from choosing a number between a wrapper's check and its call.
+//!
+//! The checkpoint thread never holds the connection's number across calls:
 //! `Link` reads `CONN_FD` for every read and write, with recv/send, which
 //! fail on a descriptor that is not a socket rather than consume it. Should
 //! the connection be lost anyway (a raw system call, no free number to move
 //! to), the checkpoint thread notices (`Link::ours`), says so once, and
-//! connects again.
+//! connects again. Nothing here is called from a signal handler of the
+//! agent's; the wrappers make raw system calls (close is then no
+//! cancellation point).
 
 use std::ffi::c_int;
 use std::io;
@@ -37,7 +42,7 @@ static PIPE_INO: AtomicU64 = AtomicU64::new(0);
 static PENDING: AtomicI32 = AtomicI32::new(-1);
 static PENDING_INO: AtomicU64 = AtomicU64::new(0);
 /// How long a program's call waits for a socket being connected.
-const PENDING_WAIT: Duration = Duration::from_secs(15);
+const PENDING_WAIT: Duration = Duration::from_secs(5);
 
 /// Held (by its owner's tid) around a program's call that names a number
 /// (the check that it is not ours, then the call), and around the
