@@ -48,7 +48,15 @@ struct State {
     /// Unused tail of the current slab.
     bump: usize,
     bump_end: usize,
+    /// Large blocks freed while unmaps are held (see `hold_unmaps`).
+    held: [(usize, usize); HELD],
+    n_held: usize,
+    holding: bool,
 }
+
+/// How many large blocks a checkpoint may free before its fork without
+/// changing the memory list (its own temporary buffers: a few).
+const HELD: usize = 64;
 
 // SAFETY: `state` is only touched with `lock` held.
 unsafe impl Sync for AgentAlloc {}
@@ -57,7 +65,14 @@ impl AgentAlloc {
     pub const fn new() -> Self {
         AgentAlloc {
             lock: AtomicBool::new(false),
-            state: std::cell::UnsafeCell::new(State { free: [0; CLASSES], bump: 0, bump_end: 0 }),
+            state: std::cell::UnsafeCell::new(State {
+                free: [0; CLASSES],
+                bump: 0,
+                bump_end: 0,
+                held: [(0, 0); HELD],
+                n_held: 0,
+                holding: false,
+            }),
             child_arena: AtomicUsize::new(0),
             arena_owner: AtomicI32::new(0),
             epoch: AtomicUsize::new(0),
@@ -106,6 +121,28 @@ impl AgentAlloc {
         let r = f(unsafe { &mut *self.state.get() });
         self.lock.store(false, Ordering::Release);
         r
+    }
+
+    /// From the memory list to the writer's fork, the image writer must
+    /// find every listed page mapped: large blocks the agent frees meanwhile
+    /// (the text the list was parsed from, say) stay mapped until
+    /// `release_unmaps`. One that does not fit is unmapped and bumps the
+    /// epoch, so the list is taken again.
+    pub fn hold_unmaps(&self) {
+        self.with_state(|st| st.holding = true);
+    }
+
+    /// Unmaps what `hold_unmaps` kept (after the fork, or in a restored
+    /// process, whose image holds those blocks too).
+    pub fn release_unmaps(&self) {
+        let (held, n) = self.with_state(|st| {
+            st.holding = false;
+            let n = std::mem::take(&mut st.n_held);
+            (st.held, n)
+        });
+        for &(ptr, len) in &held[..n] {
+            sys::munmap(ptr as *mut u8, len);
+        }
     }
 
     /// Held across fork() (atfork prepare), so that the child never
@@ -183,7 +220,22 @@ unsafe impl GlobalAlloc for AgentAlloc {
             return; // the writer frees nothing: that would change saved memory
         }
         let Some(class) = class_of(layout) else {
-            sys::munmap(ptr, large_len(layout));
+            let len = large_len(layout);
+            let held = self.with_state(|st| {
+                if !st.holding {
+                    return false;
+                }
+                if st.n_held < HELD {
+                    st.held[st.n_held] = (ptr as usize, len);
+                    st.n_held += 1;
+                    return true;
+                }
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                false
+            });
+            if !held {
+                sys::munmap(ptr, len);
+            }
             return;
         };
         self.with_state(|st| {

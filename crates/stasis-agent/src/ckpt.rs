@@ -6,7 +6,7 @@
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::signals::{self, CT_SLOT, NEXT_SLOT, RESTORE_INFO, RESUME, STOP_REQUESTED, STOPPED};
 use stasis_proto::{self as proto, Message};
 
-use crate::{collect, sys, tree, writer};
+use crate::{collect, fork_advice, sys, tree, writer};
 
 /// State only the checkpoint thread touches (in its own signal handler
 /// included), so it needs no lock.
@@ -45,7 +45,6 @@ pub struct Request {
 
 struct InFlight {
     child: i32,
-    pipe: File,
     image: String,
     pause: Duration,
 }
@@ -179,7 +178,7 @@ impl Pending {
 }
 
 fn writer_gone() {
-    tree::WRITER_PIPE_FD.store(-1, Ordering::Release);
+    crate::conn_fd::close_writer_pipe();
     tree::WRITER_PID.store(0, Ordering::Release);
 }
 
@@ -201,7 +200,10 @@ pub fn snapshot(req: Request) -> Result<Snapshotted, String> {
     if RESTORE_INFO.restored.load(Ordering::Acquire) != 0 {
         // The writer's arena was never part of the image.
         crate::ALLOC.drop_child_arena(false);
-        finish_restore(agent_fd);
+        crate::ALLOC.release_unmaps();
+        // Restart put the connection back where the image saw it.
+        let now = tree::CONN_FD.load(Ordering::Acquire);
+        finish_restore(if now >= 0 { now } else { agent_fd });
         return Ok(Snapshotted::Restored { generation: RESTORE_INFO.generation.load(Ordering::Acquire) });
     }
     let flight = IN_FLIGHT.with(|f| f.take()).unwrap_or_else(|| Err("checkpoint handler did not run".into()))?;
@@ -240,8 +242,21 @@ pub fn in_handler(uc: *mut c_void) {
 }
 
 fn start_writer(req: Request) -> Result<InFlight, String> {
+    // Neither the writer (which exits) nor a restored process (which
+    // resumes in `snapshot`) comes back here: each releases on its own.
+    crate::ALLOC.hold_unmaps();
+    let flight = fork_writer(req);
+    crate::ALLOC.release_unmaps();
+    flight
+}
+
+fn fork_writer(req: Request) -> Result<InFlight, String> {
     let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
-    let mut snap = collect::snapshot(req.agent_fd, sig, req.interval_s)?;
+    // Where the connection is now, every thread stopped: a program thread
+    // may have moved it since the request (`conn_fd`).
+    let agent_fd = tree::CONN_FD.load(Ordering::Acquire);
+    let agent_fd = if agent_fd >= 0 { agent_fd } else { req.agent_fd };
+    let mut snap = collect::snapshot(agent_fd, sig, req.interval_s, req.compress)?;
     snap.meta.generation = req.generation;
     snap.meta.computation_id = req.computation;
     let image = format!("ckpt_{}_{}.img", sanitize(&snap.meta.name), snap.meta.pid);
@@ -276,9 +291,19 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
     if !crate::ALLOC.prepare_child_arena() {
         return Err("cannot map memory for the image writer".into());
     }
+    let mut lifted = fork_advice::lift(&snap.meta.regions).inspect_err(|_| crate::ALLOC.drop_child_arena(true))?;
     let forked = sys::snapshot_fork();
     if !matches!(forked, Ok(0)) {
+        // Before anything else: the program must not run changed.
+        let put_back = lifted.restore();
         crate::ALLOC.drop_child_arena(true);
+        if let Err(e) = put_back {
+            if let Ok(child) = forked {
+                let _ = sys::kill(child as i32, libc::SIGKILL);
+                let _ = sys::wait_snapshot(child as i32);
+            }
+            return Err(e);
+        }
     }
     match forked {
         Err(e) => Err(format!("fork for the image writer: errno {e}")),
@@ -291,7 +316,7 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
                 compress: req.compress,
                 generation: req.generation,
                 image: image.clone(),
-                agent_fd: req.agent_fd,
+                agent_fd,
                 report: req.writer_reports,
             };
             // A new stack: the writer must not scribble on the stack it saves.
@@ -300,14 +325,15 @@ fn start_writer(req: Request) -> Result<InFlight, String> {
         Ok(child) => {
             drop(wr);
             tree::WRITER_PID.store(child as i32, Ordering::Release);
-            tree::WRITER_PIPE_FD.store(std::os::fd::AsRawFd::as_raw_fd(&rd), Ordering::Release);
-            let mut rd = rd;
+            // From here on the program may run: its calls that name the
+            // pipe's number move the pipe first (`conn_fd`).
+            crate::conn_fd::adopt_writer_pipe(std::os::fd::IntoRawFd::into_raw_fd(rd));
             // Hold the program until the child has copied whatever the
             // program could change under it (shared memory and the like).
             let mut byte = [0u8; 1];
-            let _ = rd.read(&mut byte);
+            let _ = crate::conn_fd::read_writer_pipe(&mut byte);
             let pause = STARTED.with(|s| s.map(|t| t.elapsed())).unwrap_or_default();
-            Ok(InFlight { child: child as i32, pipe: rd, image, pause })
+            Ok(InFlight { child: child as i32, image, pause })
         }
     }
 }
@@ -373,9 +399,18 @@ extern "C" fn writer_main(job: usize) -> ! {
 
 /// The writer's result, and whether it reached the writer's end (then the
 /// writer, if it was to, told the coordinator).
-fn collect_child(mut flight: InFlight) -> (Result<Outcome, String>, bool) {
-    let mut out = String::new();
-    let _ = flight.pipe.read_to_string(&mut out);
+fn collect_child(flight: InFlight) -> (Result<Outcome, String>, bool) {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match crate::conn_fd::read_writer_pipe(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let out = String::from_utf8_lossy(&bytes).into_owned();
     let status = match sys::wait_snapshot(flight.child) {
         Ok(st) => st,
         Err(e) => return (Err(format!("wait for image writer: errno {e}")), false),

@@ -39,7 +39,7 @@ pub struct Snapshot {
     pub plans: Vec<RegionPlan>,
     /// fds (index into meta.fds) whose file contents must be saved.
     pub deleted_files: Vec<usize>,
-    /// The first descriptor (index into meta.fds) of each pipe, whose bytes
+    /// The first read end (index into meta.fds) of each pipe, whose bytes
     /// in flight must be saved.
     pub pipes: Vec<usize>,
     /// The first descriptor (index into meta.fds) of each socket whose
@@ -58,7 +58,7 @@ fn read_string(path: &str) -> Result<String, String> {
 /// Memory is read last, and the returned snapshot carries the allocator's
 /// epoch at that moment: if the agent maps or unmaps anything after it
 /// (its own allocations), the caller must take the memory list again.
-pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snapshot, String> {
+pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool) -> Result<Snapshot, String> {
     let pid = sys::getpid();
     let stat = stasis_procfs::parse_stat(&read_string("/proc/self/stat")?).ok_or("cannot parse /proc/self/stat")?;
     let status = read_string("/proc/self/status")?;
@@ -74,9 +74,15 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
         .filter(|(_, f)| matches!(f.kind, FdKind::File { deleted: true, .. }))
         .map(|(i, _)| i)
         .collect();
+    // Bytes in flight are peeked from a read end of this process. A pipe
+    // this process only writes to is left to its reader: one in the
+    // computation saves them from its own end, one outside it (a batch
+    // system's or `sudo`'s pipe, perhaps another user's) reads them itself.
     let mut pipes: Vec<usize> = Vec::new();
     for (i, f) in fds.iter().enumerate() {
-        if let FdKind::Pipe { id, .. } = f.kind
+        // (A named pipe opened O_RDWR reads too.)
+        if let FdKind::Pipe { id, flags, .. } = f.kind
+            && flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32
             && !pipes.iter().any(|&p| matches!(fds[p].kind, FdKind::Pipe { id: other, .. } if other == id))
         {
             pipes.push(i);
@@ -145,7 +151,12 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32) -> Result<Snap
             })
             .collect(),
         posix_timers: posix_timers()?,
-        agent: AgentInfo { restore_info_addr: &signals::RESTORE_INFO as *const _ as u64, ckpt_signal, interval_s },
+        agent: AgentInfo {
+            restore_info_addr: &signals::RESTORE_INFO as *const _ as u64,
+            ckpt_signal,
+            interval_s,
+            compress,
+        },
         ..Default::default()
     };
     let epoch = crate::ALLOC.epoch();
@@ -410,6 +421,8 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
                 }
             },
         };
+        // The kernel makes the vdso and vvar again: nothing to lift or set.
+        let fork_advice = if matches!(kind, RegionKind::Vdso | RegionKind::Vvar) { 0 } else { fork_advice(&e) };
         regions.push(Region {
             start: e.start,
             end: e.end,
@@ -418,10 +431,20 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
             growsdown: e.has_flag("gd"),
             kind,
             name: e.name.clone(),
+            fork_advice,
         });
         plans.push(plan);
     }
     Ok((regions, plans))
+}
+
+/// The region's behaviour across fork, as madvise set it (V8 marks its
+/// heap and code DONTFORK): the writer is a fork, so `fork_advice.rs` lifts
+/// these around it, and restart sets them again.
+fn fork_advice(e: &stasis_procfs::MapEntry) -> u8 {
+    let bit = |flag: &str, b: u8| if e.has_flag(flag) { b } else { 0 };
+    // "dc": VM_DONTCOPY ("dd" is VM_DONTDUMP, which has no effect on fork).
+    bit("dc", stasis_image::ADVICE_DONTFORK) | bit("wf", stasis_image::ADVICE_WIPEONFORK)
 }
 
 /// Reads the pagemap entries of a range and keeps a bit per page.

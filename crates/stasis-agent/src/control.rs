@@ -24,6 +24,7 @@ use std::time::Duration;
 use stasis_proto::{self as proto, Message, auth};
 
 use crate::ckpt::{self, Outcome, Request, Snapshotted};
+use crate::conn_fd::Link;
 use crate::{signals, sys, tree};
 
 /// How long the program may stay stopped waiting for the coordinator's
@@ -123,13 +124,17 @@ fn block_program_signals(sig: i32) {
 }
 
 /// Sets (or clears) how long a read on the connection may block.
-fn set_read_timeout(conn: &File, limit: Option<Duration>) {
+fn set_read_timeout(conn: &Link, limit: Option<Duration>) {
+    set_read_timeout_fd(conn.fd(), limit)
+}
+
+fn set_read_timeout_fd(fd: i32, limit: Option<Duration>) {
     let d = limit.unwrap_or_default();
     let tv = libc::timeval { tv_sec: d.as_secs() as i64, tv_usec: d.subsec_micros() as i64 };
     // SAFETY: setsockopt with a timeval on a descriptor we own.
     unsafe {
         libc::setsockopt(
-            conn.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             &tv as *const libc::timeval as *const libc::c_void,
@@ -139,48 +144,36 @@ fn set_read_timeout(conn: &File, limit: Option<Duration>) {
 }
 
 /// The agent's connection sits at a high descriptor number (`sys::dup_high`).
+/// Until it is the connection, the program's calls that name it wait for
+/// it (`conn_fd`). Either number may be taken by the program's dup2 in the
+/// instant before: only what still holds our socket is ever closed.
 fn out_of_the_way(conn: File) -> File {
-    let Some(high) = sys::dup_high(conn.as_raw_fd()) else { return conn };
-    discard(conn);
-    // SAFETY: `high` was just made and is owned here.
-    unsafe { File::from_raw_fd(high) }
+    let low = conn.into_raw_fd();
+    let ino = crate::conn_fd::inode(low);
+    let fd = match crate::conn_fd::dup_pending(low, ino) {
+        Some(high) => {
+            if crate::conn_fd::inode(low) == ino {
+                sys::close(low);
+            }
+            high
+        }
+        None => {
+            crate::conn_fd::set_pending(low, ino);
+            low
+        }
+    };
+    // SAFETY: a number made here, owned here (see `discard`).
+    unsafe { File::from_raw_fd(fd) }
 }
 
 /// Closes one of our descriptors with a plain close(2), whose EBADF (the
 /// program closed it under us) is no error here, unlike a File's drop.
 fn discard(f: File) {
-    sys::close(f.into_raw_fd());
-}
-
-/// The inode of the connection's socket: a program may close our
-/// descriptor and reuse its number, and the agent must then neither read
-/// from it, nor write to it, nor close it.
-static CONN_INO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn inode_of(conn: &File) -> u64 {
-    // SAFETY: a zeroed stat is valid; fstat fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid stat buffer.
-    if unsafe { libc::fstat(conn.as_raw_fd(), &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return 0;
+    let fd = f.into_raw_fd();
+    if crate::conn_fd::still_pending(fd) {
+        sys::close(fd);
     }
-    st.st_ino
-}
-
-/// Whether the connection's descriptor is still our socket.
-fn ours(conn: &File) -> bool {
-    let ino = inode_of(conn);
-    ino != 0 && ino == CONN_INO.load(Ordering::Acquire)
-}
-
-/// Lets go of a connection: closes it if it is still ours, else leaves the
-/// descriptor, which is the program's now.
-fn let_go(conn: File) {
-    if ours(&conn) {
-        discard(conn);
-    } else {
-        let _ = conn.into_raw_fd();
-    }
+    crate::conn_fd::clear_pending(fd);
 }
 
 /// The address of the coordinator at the other end of `fd`.
@@ -227,6 +220,8 @@ fn addr_text(a: &Addr) -> String {
 /// restart connected `agent_fd` to is the one to use from now on, for
 /// this process and for any it forks or execs at once.
 pub fn restored(agent_fd: i32) {
+    // Restart's socket, at the number the image saw ours at.
+    let _ = Link::adopt(agent_fd);
     let Some(addr) = peer_addr(agent_fd) else { return };
     crate::exec::set_current(&addr_text(&addr));
     if let Some(mut s) = inherited() {
@@ -439,7 +434,7 @@ fn connect_as_child(s: &mut Session) -> Option<File> {
 /// the coordinator's proof in return before anything else is said: an
 /// impostor gets a proof it cannot use elsewhere, and nothing more.
 fn authenticate(conn: &File, secret: Option<&[u8]>, addr: &str) -> Result<(), String> {
-    set_read_timeout(conn, Some(Duration::from_secs(10)));
+    set_read_timeout_fd(conn.as_raw_fd(), Some(Duration::from_secs(10)));
     // Byte by byte: nothing after the handshake's lines may be consumed here.
     let read_line = || -> Result<Message, String> {
         let mut line = Vec::new();
@@ -467,7 +462,7 @@ fn authenticate(conn: &File, secret: Option<&[u8]>, addr: &str) -> Result<(), St
         .with("proof", auth::prove(secret, auth::Role::Client, &theirs, &ours));
     (&*conn).write_all(answer.encode().as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
     let reply = read_line()?;
-    set_read_timeout(conn, None);
+    set_read_timeout_fd(conn.as_raw_fd(), None);
     match reply.verb.as_str() {
         proto::OK
             if reply.get("proof").is_some_and(|p| auth::verify(secret, auth::Role::Coordinator, &theirs, &ours, p)) =>
@@ -518,7 +513,7 @@ pub fn run() {
         interval_s: 0,
     });
     publish(&s);
-    let mut conn: Option<File> = connect_as_child(&mut s);
+    let mut conn: Option<Link> = connect_as_child(&mut s).map(|c| Link::adopt(c.into_raw_fd()));
     let mut restored = false;
     // The address last complained about: a refusal is logged once per
     // address, not every two seconds.
@@ -534,7 +529,7 @@ pub fn run() {
                 match tree::without_fork(|| connect(&addr, s.secret.as_deref())) {
                     Ok(c) => {
                         complained = None;
-                        c
+                        Link::adopt(c.into_raw_fd())
                     }
                     Err(e) => {
                         if complained.as_ref() != Some(&addr) {
@@ -547,11 +542,8 @@ pub fn run() {
                 }
             }
         };
-        tree::CONN_FD.store(c.as_raw_fd(), Ordering::Release);
-        CONN_INO.store(inode_of(&c), Ordering::Release);
         if !send(&c, hello(&s, restored)) {
-            tree::CONN_FD.store(-1, Ordering::Release);
-            let_go(c);
+            c.let_go();
             std::thread::sleep(RETRY);
             continue;
         }
@@ -559,7 +551,7 @@ pub fn run() {
         let end = serve(&c, &mut s);
         if matches!(end, End::Restored) {
             // The connection restart gave us is to the coordinator of now.
-            if let Some(a) = peer_addr(c.as_raw_fd()) {
+            if let Some(a) = peer_addr(c.fd()) {
                 s.addr = Some(a);
             }
         }
@@ -571,8 +563,7 @@ pub fn run() {
                 conn = Some(c);
             }
             End::Closed => {
-                tree::CONN_FD.store(-1, Ordering::Release);
-                let_go(c);
+                c.let_go();
                 std::thread::sleep(RETRY);
             }
         }
@@ -584,8 +575,25 @@ enum End {
     Restored,
 }
 
-fn send(conn: &File, m: Message) -> bool {
-    ours(conn) && (&*conn).write_all(m.encode().as_bytes()).is_ok()
+fn send(conn: &Link, m: Message) -> bool {
+    let mut w = conn;
+    still_ours(conn) && w.write_all(m.encode().as_bytes()).is_ok()
+}
+
+/// Whether the connection is still the agent's; says once if the program
+/// took it (with a raw system call the wrappers of `conn_fd` cannot see).
+fn still_ours(conn: &Link) -> bool {
+    if conn.ours() {
+        return true;
+    }
+    static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !TOLD.swap(true, Ordering::AcqRel) {
+        log(&format!(
+            "the program closed or replaced the agent's connection (descriptor {}); connecting again",
+            conn.fd()
+        ));
+    }
+    false
 }
 
 fn failed(generation: u64, reason: &str) -> Message {
@@ -594,11 +602,11 @@ fn failed(generation: u64, reason: &str) -> Message {
 
 /// Reads the next message; `None` when the connection ended or timed out
 /// (`timed_out` tells which).
-fn next(reader: &mut BufReader<&File>, timed_out: &mut bool) -> Option<Message> {
+fn next(reader: &mut BufReader<&Link>, timed_out: &mut bool) -> Option<Message> {
     let mut line = String::new();
     loop {
         line.clear();
-        if reader.buffer().is_empty() && !ours(reader.get_ref()) {
+        if reader.buffer().is_empty() && !still_ours(reader.get_ref()) {
             return None;
         }
         match reader.read_line(&mut line) {
@@ -617,7 +625,7 @@ fn next(reader: &mut BufReader<&File>, timed_out: &mut bool) -> Option<Message> 
     }
 }
 
-fn request(msg: &Message, s: &mut Session, conn: &File) -> Option<Request> {
+fn request(msg: &Message, s: &mut Session, conn: &Link) -> Option<Request> {
     let generation = msg.get_parsed("generation").unwrap_or(s.generation + 1);
     s.interval_s = msg.get_parsed("interval").unwrap_or(s.interval_s);
     if let Some(id) = msg.get("computation").and_then(|c| u64::from_str_radix(c, 16).ok()) {
@@ -631,7 +639,7 @@ fn request(msg: &Message, s: &mut Session, conn: &File) -> Option<Request> {
         computation: s.computation,
         compress: msg.get("compression") == Some("lz4"),
         dir: PathBuf::from(dir),
-        agent_fd: conn.as_raw_fd(),
+        agent_fd: conn.fd(),
         interval_s: s.interval_s,
         // In the phased protocol (SUSPEND) the image writer says WRITTEN.
         writer_reports: msg.verb == proto::SUSPEND,
@@ -653,7 +661,7 @@ fn written(generation: u64, result: Result<Outcome, String>) -> Message {
     }
 }
 
-fn serve(conn: &File, s: &mut Session) -> End {
+fn serve(conn: &Link, s: &mut Session) -> End {
     let mut reader = BufReader::new(conn);
     let mut timed_out = false;
     while let Some(msg) = next(&mut reader, &mut timed_out) {
@@ -667,7 +675,7 @@ fn serve(conn: &File, s: &mut Session) -> End {
 }
 
 /// Carries out one message; `Some` when the connection is done with.
-fn obey(conn: &File, reader: &mut BufReader<&File>, s: &mut Session, msg: Message) -> Option<End> {
+fn obey(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, msg: Message) -> Option<End> {
     {
         match msg.verb.as_str() {
             proto::CHECKPOINT => {
@@ -735,7 +743,7 @@ fn suspended(generation: u64) -> Message {
 /// every process of the computation is saved at the same instant. The
 /// program is never left stopped: a silent or vanished coordinator resumes
 /// it. Returns `Some` when the connection ended or this is a restored process.
-fn phased(conn: &File, reader: &mut BufReader<&File>, s: &mut Session, req: Request) -> Option<End> {
+fn phased(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, req: Request) -> Option<End> {
     let g = req.generation;
     if let Err(e) = ckpt::suspend() {
         return (!send(conn, failed(g, &e))).then_some(End::Closed);

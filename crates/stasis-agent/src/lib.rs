@@ -12,8 +12,10 @@
 mod alloc;
 mod ckpt;
 mod collect;
+mod conn_fd;
 mod control;
 mod exec;
+mod fork_advice;
 mod inotify;
 mod savefiles;
 mod signals;

@@ -122,6 +122,18 @@ pub fn run_on_new_stack(len: usize, f: extern "C" fn(usize) -> !, arg: usize) ->
     }
 }
 
+/// madvise with one of the fork advices (MADV_DONTFORK, MADV_DOFORK,
+/// MADV_WIPEONFORK, MADV_KEEPONFORK): they change how the range is copied
+/// at fork, never its contents.
+pub fn madvise_fork(start: u64, len: u64, advice: i32) -> SysResult {
+    debug_assert!(matches!(
+        advice,
+        libc::MADV_DONTFORK | libc::MADV_DOFORK | libc::MADV_WIPEONFORK | libc::MADV_KEEPONFORK
+    ));
+    // SAFETY: these advices only change a flag of the mapping.
+    unsafe { syscall6(libc::SYS_madvise, [start as usize, len as usize, advice as usize, 0, 0, 0]) }
+}
+
 pub fn munmap(ptr: *mut u8, len: usize) {
     // SAFETY: callers unmap only memory they mapped and no longer use.
     let _ = unsafe { syscall6(libc::SYS_munmap, [ptr as usize, len, 0, 0, 0, 0]) };
@@ -294,6 +306,33 @@ pub fn dup_high(fd: i32) -> Option<i32> {
     let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0 { l.rlim_cur } else { 1024 };
     let min = HIGH_FD.min(limit.saturating_sub(64)).max(3) as usize;
     syscall_nomem(libc::SYS_fcntl, [fd as usize, libc::F_DUPFD_CLOEXEC as usize, min, 0, 0, 0]).ok().map(|n| n as i32)
+}
+
+/// pread(2), retried on EINTR: bytes read (0 at the end).
+pub fn pread(fd: i32, buf: &mut [u8], offset: u64) -> Result<usize, i32> {
+    loop {
+        // SAFETY: pread writes at most `buf.len()` bytes into `buf`.
+        let r = unsafe {
+            syscall6(libc::SYS_pread64, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), offset as usize, 0, 0])
+        };
+        if r != Err(libc::EINTR) {
+            return r;
+        }
+    }
+}
+
+/// Sleeps `ms` milliseconds (interrupted early by a signal: callers loop).
+pub fn sleep_ms(ms: u64) {
+    let ts = libc::timespec { tv_sec: (ms / 1000) as i64, tv_nsec: ((ms % 1000) * 1_000_000) as i64 };
+    // SAFETY: nanosleep reads one timespec; no remainder is asked for.
+    let _ = unsafe { syscall6(libc::SYS_nanosleep, [&ts as *const libc::timespec as usize, 0, 0, 0, 0, 0]) };
+}
+
+/// A close-on-exec duplicate of `fd` at the lowest free number >= `min`.
+pub fn dup_at_least(fd: i32, min: i32) -> Option<i32> {
+    syscall_nomem(libc::SYS_fcntl, [fd as usize, libc::F_DUPFD_CLOEXEC as usize, min as usize, 0, 0, 0])
+        .ok()
+        .map(|n| n as i32)
 }
 
 /// Blocks (SIG_BLOCK) or unblocks (SIG_UNBLOCK) one signal in the calling

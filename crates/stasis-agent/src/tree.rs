@@ -83,6 +83,7 @@ extern "C" fn child() {
     crate::ALLOC.unlock_after_fork();
     // No checkpoint thread here holds anything.
     FD_GUARD.store(0, Ordering::Release);
+    crate::conn_fd::after_fork();
     // The parent's connection says where its coordinator is; the child's
     // own socket is made now, before the program runs on (it may close and
     // reuse low descriptor numbers at once, as a shell does).
@@ -127,6 +128,7 @@ fn prepare_fork_peer(conn: i32) {
     let high = sys::dup_high(low);
     sys::close(low);
     let Some(high) = high else { return };
+    crate::conn_fd::set_pending(high, crate::conn_fd::inode(high));
     // SAFETY: only this handler writes FORK_PEER, before any reader exists.
     unsafe { *FORK_PEER.0.get() = Some((high, sa, (len as usize).min(sa.len()))) };
 }

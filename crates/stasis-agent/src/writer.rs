@@ -2,9 +2,8 @@
 //! memory exactly as it was at the fork while the program runs on.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use stasis_image::{ChunkKind, ImageWriter, RegionKind};
@@ -21,8 +20,8 @@ const MAX_CHUNK: u64 = 4 << 20;
 pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mut dyn FnMut()) -> Result<u64, String> {
     let err = |e: stasis_image::Error| e.to_string();
     // Memory is read through /proc/self/mem: protection does not stop it,
-    // and a page that vanished (the agent's own temporary buffers, freed
-    // after the memory list was taken) is an error, not a crash.
+    // and a page that cannot be read is an error naming its region, not a
+    // crash (nor a page quietly left out: see `write_region`).
     let mem = std::fs::File::open("/proc/self/mem").map_err(|e| format!("open /proc/self/mem: {e}"))?;
     // Only into a directory of ours that nobody else can write, whoever
     // sent the SUSPEND; created afresh there, never through a link.
@@ -44,7 +43,7 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     let first_pass = |i: usize| first[i];
     for (i, plan) in plans.iter().enumerate() {
         if first_pass(i) {
-            write_region(&mut w, &mem, &mut bounce, i as u32, meta.regions[i].start, plan)?;
+            write_region(&mut w, &mem, &mut bounce, i as u32, &meta.regions[i], plan)?;
         }
     }
     // Files open for writing, as they are at this instant (docs/files.md).
@@ -54,11 +53,21 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     })?;
     for &fd_index in &deleted_files {
         let fd = meta.fds[fd_index].fd;
-        let mut f = reopen_fd(fd).map_err(|e| format!("reopen deleted file on fd {fd}: {e}"))?;
+        let write_only = matches!(&meta.fds[fd_index].kind,
+            stasis_image::FdKind::File { flags, .. } if *flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32);
+        // Read through the program's own descriptor (pread moves no offset);
+        // opened again through /proc only when it cannot read.
+        let reopened = if write_only {
+            Some(reopen_fd(fd).map_err(|e| format!("reopen deleted file on fd {fd}: {e}"))?)
+        } else {
+            None
+        };
+        let source = reopened.as_ref().map_or(fd, |f| f.as_raw_fd());
         let buf = &mut bounce[..];
         let mut offset = 0u64;
         loop {
-            let n = f.read(buf).map_err(|e| format!("read deleted file on fd {fd}: {e}"))?;
+            let n = crate::sys::pread(source, buf, offset)
+                .map_err(|e| format!("read deleted file on fd {fd}: {}", std::io::Error::from_raw_os_error(e)))?;
             if n == 0 {
                 break;
             }
@@ -66,33 +75,12 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
             offset += n as u64;
         }
     }
-    // Bytes in flight in the program's pipes: the program could read them
-    // as soon as it runs again. A write end is peeked through a read end
-    // opened for the purpose.
+    // Bytes in flight in the program's pipes, peeked (never taken) through
+    // the program's own read end: the program could read them as soon as it
+    // runs again.
     for &fd_index in &pipes {
         let fd = meta.fds[fd_index].fd;
-        let reader = match meta.fds[fd_index].kind {
-            stasis_image::FdKind::Pipe { write: true, .. } => {
-                let opened = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(format!("/proc/self/fd/{fd}"));
-                match opened {
-                    Ok(r) => Some(r),
-                    // A pipe another user made (a root-owned job's stdout):
-                    // only its reader could see what waits in it, and that
-                    // reader is not ours (a reader of the computation saves
-                    // the bytes from its own end). Nothing to save here.
-                    Err(e) if e.raw_os_error() == Some(libc::EACCES) => continue,
-                    Err(e) => return Err(format!("open a read end of the pipe on fd {fd}: {e}")),
-                }
-            }
-            _ => None,
-        };
-        let peek_fd = reader.as_ref().map_or(fd, |r| r.as_raw_fd());
-        let bytes =
-            crate::sys::pipe_peek(peek_fd).map_err(|e| format!("save the bytes in the pipe on fd {fd}: {e}"))?;
-        drop(reader);
+        let bytes = crate::sys::pipe_peek(fd).map_err(|e| format!("save the bytes in the pipe on fd {fd}: {e}"))?;
         let mut offset = 0u64;
         for piece in bytes.chunks(MAX_CHUNK as usize) {
             w.append_chunk(ChunkKind::FileContents { fd_index: fd_index as u32, offset }, piece).map_err(err)?;
@@ -129,7 +117,7 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     identify_mapped_files(&mut meta.regions)?;
     for (i, plan) in plans.iter().enumerate() {
         if !first_pass(i) {
-            write_region(&mut w, &mem, &mut bounce, i as u32, meta.regions[i].start, plan)?;
+            write_region(&mut w, &mem, &mut bounce, i as u32, &meta.regions[i], plan)?;
         }
     }
     w.finish(meta).map_err(err)
@@ -199,9 +187,10 @@ fn write_region(
     mem: &File,
     bounce: &mut [u8],
     region: u32,
-    start: u64,
+    r: &stasis_image::Region,
     plan: &RegionPlan,
 ) -> Result<(), String> {
+    let start = r.start;
     let pages = match &plan.pages {
         Pages::None => return Ok(()),
         Pages::Prefix(len) => len / PAGE,
@@ -240,17 +229,20 @@ fn write_region(
             q += 1;
         }
         let len = ((q - p) * PAGE) as usize;
-        if mem.read_exact_at(&mut bounce[..len], start + p * PAGE).is_ok() {
-            emit(w, p, &bounce[..len])?;
-        } else {
-            // Some page of the run is gone: keep the ones that are not.
-            for k in p..q {
-                let buf = &mut bounce[..PAGE as usize];
-                if mem.read_exact_at(buf, start + k * PAGE).is_ok() {
-                    emit(w, k, buf)?;
-                }
-            }
+        // Every page read here was in memory when the program stopped (the
+        // memory list and this fork hold the same pages: `fork_advice`,
+        // `AgentAlloc::hold_unmaps`), so one that cannot be read fails the
+        // checkpoint: an image quietly missing a page restores wrong.
+        if let Err(e) = mem.read_exact_at(&mut bounce[..len], start + p * PAGE) {
+            let bad = (p..q).find(|k| mem.read_exact_at(&mut bounce[..PAGE as usize], start + k * PAGE).is_err());
+            return Err(format!(
+                "cannot read page {:#x} of region {}: {}; the checkpoint would lose it",
+                start + bad.unwrap_or(p) * PAGE,
+                crate::fork_advice::describe(r),
+                e
+            ));
         }
+        emit(w, p, &bounce[..len])?;
         p = q;
     }
     Ok(())

@@ -288,7 +288,13 @@ fn fake_agent(s: UnixStream) -> Vec<String> {
         if let Some(reply) = reply {
             (&s).write_all(reply.encode().as_bytes()).unwrap();
         }
+        // A real agent's process dies, which closes its connection: the
+        // coordinator waits for that before it answers a kill.
+        let killed = m.verb == "KILL";
         seen.push(m.verb);
+        if killed {
+            break;
+        }
     }
     seen
 }

@@ -42,6 +42,11 @@ mod files;
 // impostor coordinators, floods, the default port (run as root, two users).
 #[path = "e2e/security.rs"]
 mod security;
+// Real programs that once broke: DONTFORK memory and Node.js, the agent's
+// descriptor taken with dup2, quit, compression carried over, a pipe made
+// by another user.
+#[path = "e2e/programs.rs"]
+mod programs;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -457,6 +457,10 @@ fn serve_agent(shared: &Shared, conn: u64, link: &Arc<Conn>, reader: &mut Reader
             outcome
         };
         match outcome {
+            // The computation is being killed: so is a newcomer to it.
+            Ok(true) if shared.lock().killing > 0 => {
+                let _ = link.send(&Message::new(KILL));
+            }
             Ok(true) => {
                 let addr = reach(shared, link);
                 let coordinator = Message::new(proto::COORDINATOR).with("addr", addr);
@@ -546,33 +550,68 @@ pub(crate) fn command(shared: &Shared, msg: &Message) -> Message {
             shared.changed.notify_all();
             Message::new(proto::OK).with("interval", seconds)
         }
-        Some("kill") => Message::new(proto::OK).with("processes", kill_all(shared)),
+        Some("kill") => {
+            let (killed, left) = kill_all(shared);
+            Message::new(proto::OK).with("processes", killed).with("survivors", left)
+        }
         Some("quit") => {
             let if_idle = msg.get("if_idle") == Some("1");
-            {
-                let mut st = shared.lock();
-                if if_idle {
-                    let live = st.live_agents();
-                    if live + st.pending_conns() > 0 {
-                        return Message::new(proto::OK).with("quit", 0).with("processes", live);
-                    }
+            if if_idle {
+                let st = shared.lock();
+                let live = st.live_agents();
+                if live + st.pending_conns() > 0 {
+                    return Message::new(proto::OK).with("quit", 0).with("processes", live);
                 }
-                st.quit = true;
-                shared.changed.notify_all();
             }
-            Message::new(proto::OK).with("quit", 1).with("processes", kill_all(shared))
+            // Every process first, then the coordinator: a coordinator that
+            // ended midway would leave the rest running, out of reach.
+            let (killed, left) = kill_all(shared);
+            let mut st = shared.lock();
+            st.quit = true;
+            shared.changed.notify_all();
+            Message::new(proto::OK).with("quit", 1).with("processes", killed).with("survivors", left)
         }
         Some(other) => error(format!("unknown command {other:?}")),
         None => error("COMMAND needs what=checkpoint|status|interval|kill|quit"),
     }
 }
 
-/// Sends KILL to every agent; returns how many there were.
-fn kill_all(shared: &Shared) -> usize {
-    let targets: Vec<_> = shared.lock().agents.iter().map(|a| a.link.clone()).collect();
+/// How long a kill waits for every process to be gone.
+const KILL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Sends KILL to every agent, and to every one that connects meanwhile,
+/// and waits until their connections are gone (each process kills itself,
+/// closing its connection as it dies) or `KILL_DEADLINE` passes. Returns
+/// how many processes were told, and how many were still connected at the
+/// end.
+fn kill_all(shared: &Shared) -> (usize, usize) {
     let line = Message::new(KILL);
-    for link in &targets {
-        let _ = link.send(&line);
-    }
-    targets.len()
+    let mut told: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + KILL_DEADLINE;
+    let mut st = shared.lock();
+    st.killing += 1;
+    let left = loop {
+        let targets: Vec<(u64, Arc<Conn>)> = st
+            .agents
+            .iter()
+            .filter(|a| !told.contains(&a.conn) && !a.link.stream.peer_gone())
+            .map(|a| (a.conn, a.link.clone()))
+            .collect();
+        if !targets.is_empty() {
+            drop(st);
+            for (conn, link) in &targets {
+                let _ = link.send(&line);
+                told.push(*conn);
+            }
+            st = shared.lock();
+            continue;
+        }
+        let left = st.live_agents() + st.pending_conns();
+        if left == 0 || Instant::now() >= deadline {
+            break left;
+        }
+        st = shared.wait_timeout(st, Duration::from_millis(50));
+    };
+    st.killing -= 1;
+    (told.len(), left)
 }

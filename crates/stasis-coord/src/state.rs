@@ -163,6 +163,9 @@ pub(crate) struct State {
     pub(crate) had_agent: bool,
     /// A client asked the coordinator to quit.
     pub(crate) quit: bool,
+    /// A kill or quit is under way: an agent that says HELLO now (a child
+    /// forked a moment ago, a process being restored) is told KILL at once.
+    pub(crate) killing: usize,
     /// The coordinator's owner asked it to end (a signal).
     pub(crate) stop: bool,
     /// Since when no agent has been connected (None: one is).
@@ -295,6 +298,7 @@ impl State {
             waiters: Vec::new(),
             had_agent: false,
             quit: false,
+            killing: 0,
             stop: false,
             empty_since: Some(Instant::now()),
             shutdown: false,

@@ -187,6 +187,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
             }
         }
         e.str(&r.name);
+        e.u8(r.fork_advice);
     });
     e.vec(&meta.threads, |e, t| {
         e.i32(t.tid);
@@ -337,6 +338,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
     e.u64(meta.agent.restore_info_addr);
     e.i32(meta.agent.ckpt_signal);
     e.u32(meta.agent.interval_s);
+    e.bool(meta.agent.compress);
     e.vec(&meta.chunks, |e, c| {
         match c.kind {
             ChunkKind::Memory { region, offset } => {
@@ -396,7 +398,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
         env_end: d.u64()?,
         auxv: d.vec(8, |d| d.u64())?,
     };
-    m.regions = d.vec(24, |d| {
+    m.regions = d.vec(25, |d| {
         let (start, end, prot, shared, growsdown) = (d.u64()?, d.u64()?, d.u8()?, d.bool()?, d.bool()?);
         let kind = match d.u8()? {
             0 => RegionKind::Anonymous,
@@ -417,7 +419,12 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
             4 => RegionKind::SharedMemory { dev: d.u64()?, inode: d.u64()?, offset: d.u64()? },
             t => return Err(corrupt(format!("unknown region kind {t}"))),
         };
-        Ok(Region { start, end, prot, shared, growsdown, kind, name: d.str()? })
+        let name = d.str()?;
+        let fork_advice = d.u8()?;
+        if fork_advice & !(ADVICE_DONTFORK | ADVICE_WIPEONFORK) != 0 {
+            return Err(corrupt(format!("unknown fork advice {fork_advice:#x}")));
+        }
+        Ok(Region { start, end, prot, shared, growsdown, kind, name, fork_advice })
     })?;
     m.threads = d.vec(70, |d| {
         Ok(Thread {
@@ -521,7 +528,8 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
             overrun: d.i32()?,
         })
     })?;
-    m.agent = AgentInfo { restore_info_addr: d.u64()?, ckpt_signal: d.i32()?, interval_s: d.u32()? };
+    m.agent =
+        AgentInfo { restore_info_addr: d.u64()?, ckpt_signal: d.i32()?, interval_s: d.u32()?, compress: d.bool()? };
     m.chunks = d.vec(46, |d| {
         let kind = match d.u8()? {
             0 => ChunkKind::Memory { region: d.u32()?, offset: d.u64()? },
@@ -791,9 +799,9 @@ mod tests {
             let w = what(decode_meta(&v).unwrap_err());
             assert!(w.contains(want), "{w:?} should mention {want:?}");
         }
-        // The descriptor's tag is followed by 40 bytes: four empty lists'
-        // counts, shared_pending and the agent's 16 bytes.
-        let fd_tag = good.len() - 41;
+        // The descriptor's tag is followed by 41 bytes: four empty lists'
+        // counts, shared_pending and the agent's 17 bytes.
+        let fd_tag = good.len() - 42;
         let mut v = good.clone();
         v[fd_tag] = 14;
         assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 14"));

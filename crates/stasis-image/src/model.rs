@@ -86,6 +86,11 @@ pub const PROT_READ: u8 = 1;
 pub const PROT_WRITE: u8 = 2;
 pub const PROT_EXEC: u8 = 4;
 
+/// `Region::fork_advice` bits: what madvise said about the region's
+/// behaviour across fork (smaps VmFlags `dc` and `wf`), put back at restart.
+pub const ADVICE_DONTFORK: u8 = 1;
+pub const ADVICE_WIPEONFORK: u8 = 2;
+
 /// One virtual memory area, as /proc/self/smaps lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Region {
@@ -100,6 +105,8 @@ pub struct Region {
     pub kind: RegionKind,
     /// The name column of /proc/self/maps (`"[heap]"`, a path, or empty).
     pub name: String,
+    /// `ADVICE_DONTFORK` | `ADVICE_WIPEONFORK`: madvise flags to apply again.
+    pub fork_advice: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -398,6 +405,9 @@ pub struct AgentInfo {
     pub ckpt_signal: i32,
     /// The checkpoint interval in force, seconds (0 = none).
     pub interval_s: u32,
+    /// The image was written compressed on request (`--compress`): a
+    /// restart asks the same of its coordinator, as it does the interval.
+    pub compress: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -142,9 +142,10 @@ pub fn render(m: &ProcessMeta) -> String {
     let _ = writeln!(o, "  umask        {:04o}", m.umask);
     let _ = writeln!(
         o,
-        "  agent        checkpoint signal {}, interval {}, restore info at {:#x}",
+        "  agent        checkpoint signal {}, interval {}{}, restore info at {:#x}",
         m.agent.ckpt_signal,
         if m.agent.interval_s == 0 { "none".to_string() } else { format!("{}s", m.agent.interval_s) },
+        if m.agent.compress { ", compressed" } else { "" },
         m.agent.restore_info_addr
     );
 
@@ -195,6 +196,12 @@ pub fn render(m: &ProcessMeta) -> String {
         }
         if r.growsdown {
             name.push_str(" (grows down)");
+        }
+        if r.fork_advice & crate::ADVICE_DONTFORK != 0 {
+            name.push_str(" (dontfork)");
+        }
+        if r.fork_advice & crate::ADVICE_WIPEONFORK != 0 {
+            name.push_str(" (wipeonfork)");
         }
         let line = format!(
             "  {:014x}-{:014x} {:>9} {:>9} {} {kind:<4} {name}",

@@ -69,7 +69,7 @@ fn sample_meta() -> ProcessMeta {
         sigactions: vec![SigAction { handler: 1, ..Default::default() }; 64],
         itimers: vec![ITimer::default(); 3],
         posix_timers: vec![PosixTimer { id: 0, clock: 1, notify: 0, signal: 34, value_ns: 5, ..Default::default() }],
-        agent: AgentInfo { restore_info_addr: 0x7000_0000, ckpt_signal: 62, interval_s: 60 },
+        agent: AgentInfo { restore_info_addr: 0x7000_0000, ckpt_signal: 62, interval_s: 60, compress: true },
         ..Default::default()
     }
 }
@@ -405,7 +405,7 @@ fn arb_regions() -> impl Strategy<Value = Vec<Region>> {
             .map(|(gap, len, prot, shared, growsdown, kind, name)| {
                 let start = at + gap * PAGE_SIZE;
                 at = start + len * PAGE_SIZE;
-                Region { start, end: at, prot, shared, growsdown, kind, name }
+                Region { start, end: at, prot, shared, growsdown, kind, name, fork_advice: (gap % 4) as u8 }
             })
             .collect()
     })
@@ -490,7 +490,12 @@ prop_compose! {
             shared_pending: numbers[3],
             itimers: itimers.into_iter().map(|(interval_us, value_us)| ITimer { interval_us, value_us }).collect(),
             posix_timers,
-            agent: AgentInfo { restore_info_addr: numbers[4], ckpt_signal: ids.3, interval_s: ids.4 },
+            agent: AgentInfo {
+                restore_info_addr: numbers[4],
+                ckpt_signal: ids.3,
+                interval_s: ids.4,
+                compress: ids.4 % 2 == 1,
+            },
             chunks,
         }
     }

@@ -35,9 +35,14 @@ pub struct MapOp {
     pub flags: u32,
     /// Descriptor to map from, or -1 for anonymous memory.
     pub fd: i32,
-    pub _pad: u32,
+    /// `FORK_DONTFORK` | `FORK_WIPEONFORK`: madvise once filled.
+    pub fork_advice: u32,
     pub offset: u64,
 }
+
+/// `MapOp::fork_advice` bits.
+pub const FORK_DONTFORK: u32 = 1;
+pub const FORK_WIPEONFORK: u32 = 2;
 
 /// Read `len` bytes at `file_offset` of the image into `addr`; when
 /// `compressed` is 1, they are an LZ4 block of `stored_len` bytes,
@@ -202,6 +207,11 @@ pub struct Plan {
     /// program; the restorer closes them before going.
     pub close_from: i32,
     pub close_to: i32,
+    /// RLIMIT_NOFILE (soft, hard), set once those are closed when
+    /// `set_open_files_limit` is 1: a program's soft limit may be below the
+    /// numbers restart's own descriptors took.
+    pub open_files_limit: [u64; 2],
+    pub set_open_files_limit: u64,
 }
 
 /// The agent's block that the restorer writes into (through `Poke`s) to

@@ -198,6 +198,18 @@ pub fn check_computation(metas: &[&stasis_image::ProcessMeta]) -> Result<(), Res
     tree::check(metas).map_err(RestoreError)
 }
 
+/// Raises this process's soft limit of open files to its hard limit.
+fn raise_open_files_limit() {
+    // SAFETY: getrlimit and setrlimit read and write one local rlimit.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 /// Restores the computation in `images` (already opened), all of it in one
 /// new pid namespace, handing `agent_conns[i]` to the agent of image `i`
 /// as its coordinator connection.
@@ -222,6 +234,10 @@ pub fn spawn_computation(
     // Pipes between processes are made here, above every descriptor
     // number any process uses, and inherited by all of them.
     let min_fd = metas.iter().flat_map(|m| m.fds.iter().map(|f| f.fd + 1)).max().unwrap_or(0).max(16);
+    // A program may use numbers up to its soft limit (1023 under the usual
+    // 1024): restart's own go above, up to the hard limit. Each process
+    // gets its saved limits back before it runs (`restore_process`).
+    raise_open_files_limit();
     // Files open for writing get their contents at the checkpoint back
     // before any process could see them.
     fds::put_back_saved_files(images, &mut |w| eprintln!("stasis: restart: {w}")).map_err(RestoreError)?;
@@ -342,7 +358,9 @@ fn prepare_and_jump(
     // SAFETY: umask and setrlimit only change this process's settings.
     unsafe {
         libc::umask(meta.umask as libc::mode_t);
-        for l in &meta.rlimits {
+        // RLIMIT_NOFILE last, by the restorer, once restart's own
+        // descriptors (above the program's) are closed (`plan`).
+        for l in meta.rlimits.iter().filter(|l| l.resource != libc::RLIMIT_NOFILE) {
             let mut cur: libc::rlimit = std::mem::zeroed();
             if libc::getrlimit(l.resource as _, &mut cur) != 0 {
                 continue;

@@ -62,6 +62,17 @@ fn map_flags(r: &stasis_image::Region) -> u32 {
     f
 }
 
+fn fork_advice(a: u8) -> u32 {
+    let mut v = 0;
+    if a & stasis_image::ADVICE_DONTFORK != 0 {
+        v |= stasis_plan::FORK_DONTFORK;
+    }
+    if a & stasis_image::ADVICE_WIPEONFORK != 0 {
+        v |= stasis_plan::FORK_WIPEONFORK;
+    }
+    v
+}
+
 fn prot(p: u8) -> u32 {
     let mut v = 0;
     if p & stasis_image::PROT_READ != 0 {
@@ -103,6 +114,21 @@ fn us(v: u64) -> (i64, i64) {
 
 fn ns(v: u64) -> (i64, i64) {
     ((v / 1_000_000_000) as i64, (v % 1_000_000_000) as i64)
+}
+
+/// The saved RLIMIT_NOFILE, within this process's hard limit (as restart
+/// sets the other limits, `restore_process`); false if none was saved.
+fn open_files_limit(meta: &ProcessMeta) -> ([u64; 2], bool) {
+    let Some(l) = meta.rlimits.iter().find(|l| l.resource == libc::RLIMIT_NOFILE) else {
+        return ([0; 2], false);
+    };
+    // SAFETY: a zeroed rlimit is valid; getrlimit fills it.
+    let mut cur: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `cur` is a valid rlimit to write.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) } != 0 {
+        return ([0; 2], false);
+    }
+    ([l.soft.min(cur.rlim_max), l.hard.min(cur.rlim_max)], true)
 }
 
 /// Maps the restorer's area somewhere free in both the saved layout and
@@ -205,7 +231,7 @@ pub fn build_and_jump(
             prot: prot(r.prot),
             flags: map_flags(r),
             fd,
-            _pad: 0,
+            fork_advice: fork_advice(r.fork_advice),
             offset,
         });
     }
@@ -334,6 +360,7 @@ pub fn build_and_jump(
     };
 
     let (keep, moves) = vdso::plan_moves(meta, &current_vdso, base, size)?;
+    let (open_files_limit, set_open_files_limit) = open_files_limit(meta);
     let mut plan = Plan {
         magic: stasis_plan::PLAN_MAGIC,
         blob_start: base,
@@ -359,6 +386,8 @@ pub fn build_and_jump(
         go: 0,
         close_from: helpers.base,
         close_to: helpers.end(),
+        open_files_limit,
+        set_open_files_limit: u64::from(set_open_files_limit),
     };
     plan.keep[..keep.len()].copy_from_slice(&keep);
     plan.moves[..moves.len()].copy_from_slice(&moves);

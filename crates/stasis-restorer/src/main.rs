@@ -153,6 +153,9 @@ pub unsafe extern "C" fn restorer_main(plan_addr: u64) -> ! {
     for fd in p.close_from..p.close_to {
         let _ = close(fd);
     }
+    if p.set_open_files_limit != 0 {
+        check(b"setrlimit(RLIMIT_NOFILE)", setrlimit(RLIMIT_NOFILE, &p.open_files_limit));
+    }
     let go = go_word(p);
     go.store(1, Ordering::Release);
     futex_wake(go);
@@ -230,6 +233,13 @@ fn map_memory(p: &Plan) {
         let direct = m.fd >= 0 && m.flags & MAP_SHARED != 0;
         if !direct {
             check(b"mprotect", mprotect(m.start, m.len, m.prot));
+        }
+        // How the program asked the region to behave across fork.
+        if m.fork_advice & stasis_plan::FORK_DONTFORK != 0 {
+            check(b"madvise(MADV_DONTFORK)", madvise(m.start, m.len, MADV_DONTFORK));
+        }
+        if m.fork_advice & stasis_plan::FORK_WIPEONFORK != 0 {
+            check(b"madvise(MADV_WIPEONFORK)", madvise(m.start, m.len, MADV_WIPEONFORK));
         }
     }
 }

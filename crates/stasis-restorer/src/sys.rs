@@ -12,6 +12,9 @@ pub const PROT_READ: u32 = 1;
 pub const PROT_WRITE: u32 = 2;
 pub const MAP_SHARED: u32 = 1;
 pub const MAP_FIXED: u32 = 0x10;
+pub const MADV_DONTFORK: i32 = 10;
+pub const RLIMIT_NOFILE: i32 = 7;
+pub const MADV_WIPEONFORK: i32 = 18;
 pub const ARCH_SET_GS: i32 = 0x1001;
 pub const ARCH_SET_FS: i32 = 0x1002;
 pub const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
@@ -67,6 +70,12 @@ pub fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: i32, off: u64) -> is
 }
 pub fn mprotect(addr: u64, len: u64, prot: u32) -> isize {
     sc(10, [addr, len, prot as u64, 0, 0, 0])
+}
+pub fn setrlimit(resource: i32, limit: &[u64; 2]) -> isize {
+    sc(160, [resource as u64, limit.as_ptr() as u64, 0, 0, 0, 0])
+}
+pub fn madvise(addr: u64, len: u64, advice: i32) -> isize {
+    sc(28, [addr, len, advice as u64, 0, 0, 0])
 }
 pub fn munmap(addr: u64, len: u64) -> isize {
     sc(11, [addr, len, 0, 0, 0, 0])

@@ -93,6 +93,11 @@ pub fn run(opts: CommandOpts) -> Result<Exit> {
         if !ok {
             return Ok(Exit::Code(1));
         }
+        // A kill or quit that could not confirm every process gone.
+        if let Some(n) = reply.get("survivors").filter(|n| *n != "0") {
+            eprintln!("stasis: {n} process(es) of the computation did not end when told (still connected)");
+            return Ok(Exit::Code(1));
+        }
     }
     Ok(Exit::Code(0))
 }

@@ -133,7 +133,8 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         explicit_ckpt_dir: opts.ckpt_dir.is_some(),
         interval_s: opts.interval_s.unwrap_or(interval),
         keep: opts.keep,
-        compress: opts.compress,
+        // Asked for now, or by the launch (or restart) that wrote these.
+        compress: opts.compress || metas.iter().any(|m| m.agent.compress),
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };
