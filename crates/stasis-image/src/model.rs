@@ -187,6 +187,13 @@ pub struct Fd {
     pub fd: i32,
     pub cloexec: bool,
     pub kind: FdKind,
+    /// `Some(k)`: this descriptor holds the open file that was descriptor
+    /// `k` (0, 1 or 2) of the computation's launch (or of the restart that
+    /// made the computation again), inherited from outside the computation:
+    /// a file, a pipe, a socket or a terminal of whoever started it.
+    /// Restart gives it restart's own descriptor `k` instead, whatever
+    /// `kind` says; a checkpoint never saves its contents nor peeks into it.
+    pub outside_stdio: Option<u8>,
 }
 
 /// What a checkpoint kept of the contents of a file open for writing.
