@@ -126,7 +126,8 @@ impl SharedPipes {
         // other end was closed by everyone) per pipe, in order of appearance.
         let mut seen: Vec<(u64, bool, bool, u32, &str, bool)> = Vec::new();
         for image in images {
-            for f in &image.meta().fds {
+            // The launch's stdio from outside becomes restart's own.
+            for f in image.meta().fds.iter().filter(|f| f.outside_stdio.is_none()) {
                 let FdKind::Pipe { id, write, size, ref fifo, peer_gone, .. } = f.kind else { continue };
                 match seen.iter_mut().find(|p| p.0 == id) {
                     Some(p) => {
@@ -271,6 +272,40 @@ fn outside(fd: i32, what: &str, stdio: &[i32], warn: &mut dyn FnMut(String)) -> 
     }
 }
 
+/// What a descriptor holding the launch's stdio `k` from outside becomes:
+/// restart's own `k`, whatever it was (a file, a pipe, a terminal), so
+/// that `stasis restart DIR > new.log` gets the output. Restart without a
+/// descriptor `k` gives it /dev/null, and says so.
+fn outside_stdio(fd: i32, k: u8, flags: u32, stdio: &[i32], warn: &mut dyn FnMut(String)) -> Result<i32, String> {
+    match stdio.get(k as usize) {
+        Some(&from) if from >= 0 => dup_at_least(from, 0),
+        _ => {
+            warn(format!("fd {fd} was the launch's stdio {k}, which restart has not got; it comes back as /dev/null"));
+            open("/dev/null", (flags as i32) & libc::O_ACCMODE)
+        }
+    }
+}
+
+/// The open flags a descriptor was saved with (for /dev/null in its place).
+fn saved_flags(kind: &FdKind) -> u32 {
+    match kind {
+        FdKind::File { flags, .. }
+        | FdKind::Device { flags, .. }
+        | FdKind::Pipe { flags, .. }
+        | FdKind::Terminal { flags, .. }
+        | FdKind::Socket { flags, .. } => *flags,
+        _ => libc::O_RDWR as u32,
+    }
+}
+
+/// Whether the descriptor is restart's own terminal (`fd` 0 of restart
+/// here is one): a terminal from outside then comes back as the terminal
+/// restart made, relayed to it, and the controlling terminal as before.
+fn in_restart_terminal(f: &stasis_image::Fd, stdio: &[i32], terminal: Option<i32>) -> bool {
+    // SAFETY: isatty on a descriptor we own (or -1, which it refuses).
+    matches!(f.kind, FdKind::Terminal { .. }) && terminal.is_some() && unsafe { libc::isatty(stdio[0]) } == 1
+}
+
 /// Puts every saved descriptor at its number. `agent_conn` becomes the
 /// agent's descriptor; pipes between processes come from `pipes`; `warn`
 /// collects what could not be restored.
@@ -311,6 +346,11 @@ pub fn restore(
 
     for f in &meta.fds {
         let tmp = match &f.kind {
+            _ if let Some(k) = f.outside_stdio
+                && !in_restart_terminal(f, &stdio, terminal) =>
+            {
+                outside_stdio(f.fd, k, saved_flags(&f.kind), &stdio, warn)?
+            }
             FdKind::File { path, flags, offset, size, deleted, dev, inode, .. } => {
                 let flags = (*flags as i32) & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
                 // A file open for writing had its contents put back already
@@ -528,6 +568,9 @@ pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String
     for image in images {
         for f in &image.meta().fds {
             let FdKind::File { path, saved: FileSave::Copy { name }, deleted: false, .. } = &f.kind else { continue };
+            if f.outside_stdio.is_some() {
+                continue; // restart's own stdio takes its place
+            }
             if !done.contains(&path.as_str()) {
                 let dir = saved_copy_dir(image, name);
                 put_back(path, &dir, name).map_err(|e| format!("put back the contents of {path}: {e}"))?;
@@ -538,6 +581,9 @@ pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String
     for image in images {
         for f in &image.meta().fds {
             let FdKind::File { path, saved: FileSave::Left { why }, deleted: false, .. } = &f.kind else { continue };
+            if f.outside_stdio.is_some() {
+                continue;
+            }
             if !done.contains(&path.as_str()) {
                 warn(format!("{path} was not saved at the checkpoint ({why}); it is left as it is now"));
                 done.push(path);

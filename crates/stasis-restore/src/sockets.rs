@@ -205,7 +205,8 @@ impl SharedSockets {
         let mut seen: Vec<Seen<'_>> = Vec::new();
         for image in images {
             let meta = image.meta();
-            for f in &meta.fds {
+            // The launch's stdio from outside becomes restart's own.
+            for f in meta.fds.iter().filter(|f| f.outside_stdio.is_none()) {
                 if let FdKind::Socket { id, domain, kind, protocol, listening, local, peer, peer_id, options, .. } =
                     &f.kind
                     && !seen.iter().any(|s| s.id == *id)
