@@ -345,11 +345,13 @@ pub fn restore(
     crate::ns::close_all_but(&keep);
 
     for f in &meta.fds {
+        // Which descriptor a failure is about.
+        let at = |e: String| format!("fd {}: {e}", f.fd);
         let tmp = match &f.kind {
             _ if let Some(k) = f.outside_stdio
                 && !in_restart_terminal(f, &stdio, terminal) =>
             {
-                outside_stdio(f.fd, k, saved_flags(&f.kind), &stdio, warn)?
+                outside_stdio(f.fd, k, saved_flags(&f.kind), &stdio, warn).map_err(at)?
             }
             FdKind::File { path, flags, offset, size, deleted, dev, inode, .. } => {
                 let flags = (*flags as i32) & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
@@ -358,17 +360,19 @@ pub fn restore(
                 // never cut, which would leave it half old, half new.
                 let fd = if *deleted {
                     let contents = saved_contents.get(&f.fd).map_or(&[][..], |v| v.as_slice());
-                    deleted_file(contents, path, flags, *size, shm.get(*dev, *inode))?
+                    deleted_file(contents, path, flags, *size, shm.get(*dev, *inode)).map_err(at)?
                 } else {
-                    open(path, flags)?
+                    open(path, flags).map_err(at)?
                 };
                 // SAFETY: lseek on our own descriptor.
                 if unsafe { libc::lseek(fd, *offset as i64, libc::SEEK_SET) } < 0 {
-                    return Err(format!("seek {path}: {}", std::io::Error::last_os_error()));
+                    return Err(at(format!("seek {path}: {}", std::io::Error::last_os_error())));
                 }
                 fd
             }
-            FdKind::Directory { path, flags } | FdKind::Device { path, flags } => open(path, *flags as i32)?,
+            FdKind::Directory { path, flags } | FdKind::Device { path, flags } => {
+                open(path, *flags as i32).map_err(at)?
+            }
             FdKind::Inherited { what } => match outside(f.fd, what, &stdio, warn)? {
                 Some(fd) => fd,
                 None => continue,
@@ -401,7 +405,7 @@ pub fn restore(
                 // descriptor open for both (no wait for a peer).
                 Some((both, _)) if pipes.is_fifo(*id) => {
                     let mode = (*flags as i32) & (libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND);
-                    open(&format!("/proc/self/fd/{both}"), mode)?
+                    open(&format!("/proc/self/fd/{both}"), mode).map_err(at)?
                 }
                 Some((r, w)) => {
                     let fd = dup_at_least(if *write { w } else { r }, 0)?;

@@ -47,23 +47,31 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
     fail(b"internal error", 0)
 }
 
-/// Reports `what` (and an errno) and ends the process.
+/// Reports `what` (and an errno) on restart's stderr, naming the process,
+/// and ends it (restart returns the status).
 fn fail(what: &[u8], err: isize) -> ! {
     let fd = {
         let p = PLAN.load(Ordering::Acquire);
         // SAFETY: as in plan(); 2 if the plan is not known yet.
         if p == 0 { 2 } else { unsafe { (*(p as *const Plan)).log_fd } }
     };
-    let mut buf = [0u8; 160];
+    let mut buf = [0u8; 200];
     let mut n = 0;
-    for part in [b"stasis restorer: ".as_slice(), what, b" failed: errno ".as_slice()] {
+    let mut put = |buf: &mut [u8; 200], part: &[u8]| {
         for &b in part {
             if n < buf.len() - 24 {
                 buf[n] = b;
                 n += 1;
             }
         }
-    }
+    };
+    put(&mut buf, b"stasis: restart: process ");
+    let mut pid = [0u8; 20];
+    let len = fmt_u64(&mut pid, getpid() as u64);
+    put(&mut buf, &pid[..len]);
+    put(&mut buf, b" could not be restored: restorer: ");
+    put(&mut buf, what);
+    put(&mut buf, b" failed: errno ");
     n += fmt_u64(&mut buf[n..], (-err) as u64);
     buf[n] = b'\n';
     write(fd, &buf[..=n]);
