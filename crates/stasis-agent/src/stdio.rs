@@ -104,7 +104,8 @@ pub fn begin_listing() {
 /// own number: the program opens those itself all the time, and reopening
 /// one by its path gives the same thing anyway.
 pub fn which(fd: i32, dev: u64, inode: u64, mode: u32, terminal: bool) -> Option<u8> {
-    let is = |k: usize| inode != 0 && INODE[k].load(Ordering::Relaxed) == inode && DEV[k].load(Ordering::Relaxed) == dev;
+    let is =
+        |k: usize| inode != 0 && INODE[k].load(Ordering::Relaxed) == inode && DEV[k].load(Ordering::Relaxed) == dev;
     let device = mode & libc::S_IFMT == libc::S_IFCHR && !terminal;
     let k = if (0..3).contains(&fd) && is(fd as usize) {
         fd as usize

@@ -372,8 +372,7 @@ fn prepare_and_jump(
     for w in warnings {
         log(&format!("stasis: restart: process {} ({}): {w}\n", meta.pid, meta.name));
     }
-    std::env::set_current_dir(&meta.cwd)
-        .map_err(|e| format!("entering its working directory {}: {e}", meta.cwd))?;
+    std::env::set_current_dir(&meta.cwd).map_err(|e| format!("entering its working directory {}: {e}", meta.cwd))?;
     // SAFETY: umask and setrlimit only change this process's settings.
     unsafe {
         libc::umask(meta.umask as libc::mode_t);

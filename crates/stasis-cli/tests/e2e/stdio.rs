@@ -1,0 +1,213 @@
+//! stdin, stdout and stderr that the computation got from outside at
+//! launch come back as restart's own (docs/architecture.md, *A restart*):
+//! files, pipes, a pipeline inside the computation that keeps its own pipe,
+//! children that inherited them. The launch's files are left as the first
+//! run left them. And a restore that fails says on restart's stderr which
+//! process failed, at what step and why.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+/// Steps of the scripts below: long enough to checkpoint and kill midway.
+const STEPS: &str = "80";
+
+/// A bash script written into the sandbox: prints "step N" on stdout and
+/// "err N" on stderr for each step, forking a `sleep` each time (a child
+/// that inherited both), then reads one line of stdin and prints
+/// "final LINE".
+fn stepping_script(sb: &Sandbox) -> Program {
+    let path = sb.join("steps.sh");
+    fs::write(
+        &path,
+        "for i in $(seq 1 \"$1\"); do echo \"step $i\"; echo \"err $i\" >&2; sleep 0.05; done\n\
+         read -r last || last=none\n\
+         echo \"final $last\"\n",
+    )
+    .unwrap_or_else(|e| sb.fail(format!("write {}: {e}", path.display())));
+    Program { name: "steps.sh".into(), argv: vec!["/bin/bash".into(), path.into_os_string(), STEPS.into()] }
+}
+
+/// `cmd` with its stdin from `stdin` (Proc::spawn gives /dev/null).
+fn with_stdin(cmd: Command, stdin: &Path) -> Command {
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c").arg("exec \"$@\" < \"$STDIN_FILE\"").arg("sh").arg(cmd.get_program()).args(cmd.get_args());
+    sh.env("STDIN_FILE", stdin);
+    if let Some(dir) = cmd.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    sh
+}
+
+fn write_file(sb: &Sandbox, name: &str, text: &str) -> PathBuf {
+    let p = sb.join(name);
+    fs::write(&p, text).unwrap_or_else(|e| sb.fail(format!("write {}: {e}", p.display())));
+    p
+}
+
+fn launch_cmd(prog: &Program, sock: &Path, ck: &Path, cwd: &Path) -> Command {
+    let mut cmd = Command::new(stasis());
+    cmd.arg("launch").arg("--ckptdir").arg(ck).arg("--coord-socket").arg(sock).arg("--").args(&prog.argv);
+    cmd.current_dir(cwd);
+    cmd
+}
+
+fn restart_cmd(sb: &Sandbox, sock: &Path, ck: &Path) -> Command {
+    require_user_namespaces();
+    let mut cmd = Command::new(stasis());
+    cmd.arg("restart").arg("--coord-socket").arg(sock).arg(ck).current_dir(sb.path());
+    cmd
+}
+
+/// `stasis command --checkpoint` while the program writes to `out`;
+/// returns where in `out` the checkpoint lies.
+fn checkpoint_file(sb: &Sandbox, sock: &Path, out: &Path) -> Window {
+    let lo = file_lines(out).len();
+    let sock = sock.to_string_lossy().into_owned();
+    let done = run_stasis(sb, "command", &["command", "--coord-socket", &sock, "--checkpoint"], COMMAND_TIMEOUT);
+    sb.check(done.status.success(), || format!("{} failed: {}", done.label, done.stderr));
+    Window { lo, hi: file_lines(out).len() }
+}
+
+/// Launch with stdout to file A, stderr to file B and stdin from file E0;
+/// checkpoint, kill; `stasis restart DIR > C 2> D < E`: the output goes on
+/// in C and D, the last line read comes from E, and A and B stay as the
+/// first run left them (never cut back to the checkpoint).
+#[test]
+fn stdio_files_of_the_launch_come_back_as_the_restarts_own() {
+    let sb = Sandbox::new("stdio-files");
+    let prog = stepping_script(&sb);
+    let first_stdin = write_file(&sb, "E0", "from the launch's stdin\n");
+    let restart_stdin = write_file(&sb, "E", "from the restart's stdin\n");
+    let mut reference = prog.command();
+    reference.current_dir(sb.mkdir("ref"));
+    let reference = Proc::spawn(&sb, &sb.label("reference"), with_stdin(reference, &restart_stdin), Out::Pipe);
+
+    let (ck, sock, a) = (sb.join("ck"), sb.socket(), sb.join("A"));
+    let run = sb.mkdir("run");
+    let cmd = with_stdin(launch_cmd(&prog, &sock, &ck, &run), &first_stdin);
+    let mut app = Proc::spawn(&sb, &sb.label("launch"), cmd, Out::File(a.clone()));
+    wait_until(&sb, "5 lines in A", LINES_TIMEOUT, || file_lines(&a).len() >= 5 || app.poll_exit().is_some());
+    let window = checkpoint_file(&sb, &sock, &a);
+    let hi = window.hi;
+    wait_until(&sb, "more lines in A", LINES_TIMEOUT, || file_lines(&a).len() >= hi + 3 || app.poll_exit().is_some());
+    sb.check(app.poll_exit().is_none(), || format!("{} ended before it was killed", app.label));
+    app.kill();
+    let (first_out, first_err) = (fs::read(&a).unwrap_or_default(), fs::read(&app.stderr_path).unwrap_or_default());
+    let reference = finish_reference(&sb, reference);
+
+    let c = sb.join("C");
+    let mut re = Proc::spawn(
+        &sb,
+        &sb.label("restart"),
+        with_stdin(restart_cmd(&sb, &sb.socket(), &ck), &restart_stdin),
+        Out::File(c.clone()),
+    );
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    let restart_err = re.stderr_text();
+    sb.check(status.success(), || format!("{} exited with {status}; stderr:\n{restart_err}", re.label));
+    sb.check(fs::read(&a).unwrap_or_default() == first_out, || {
+        "A (the launch's stdout) was changed by the restart".into()
+    });
+    sb.check(fs::read(&app.stderr_path).unwrap_or_default() == first_err, || {
+        "B (the launch's stderr) was changed by the restart".into()
+    });
+    verify_history(
+        &sb,
+        &reference,
+        &[Piece::new("A", file_lines(&a), vec![window]), Piece::new("C", file_lines(&c), vec![])],
+    );
+    let last_err = format!("err {STEPS}");
+    sb.check(restart_err.lines().any(|l| l == last_err), || {
+        format!("the program's last stderr line {last_err:?} is not on restart's stderr:\n{restart_err}")
+    });
+}
+
+/// The launch's stdout a pipe (the harness's, as `| cat > file`), and a
+/// pipeline inside the computation (`steps | cat`): the internal pipe is
+/// the program's own and comes back whole, bytes in flight included; cat,
+/// a child that inherited stdout, writes into restart's stdout pipe.
+#[test]
+fn a_pipeline_keeps_its_pipe_and_writes_to_the_restarts_stdout_pipe() {
+    let sb = Sandbox::new("stdio-pipeline");
+    let path = sb.join("pipeline.sh");
+    fs::write(
+        &path,
+        "for i in $(seq 1 \"$1\"); do echo \"step $i\"; sleep 0.05; done | cat\n\
+         echo \"final done\"\n",
+    )
+    .unwrap_or_else(|e| sb.fail(format!("write {}: {e}", path.display())));
+    let prog =
+        Program { name: "pipeline.sh".into(), argv: vec!["/bin/bash".into(), path.into_os_string(), STEPS.into()] };
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch(&sb, &prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
+    app.wait_lines(&sb, 5);
+    let window = checkpoint(&sb, &sock, &mut app);
+    app.wait_lines(&sb, window.hi + 3);
+    app.kill();
+    let reference = finish_reference(&sb, reference);
+
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}; stderr:\n{}", re.label, re.stderr_text()));
+    verify_history(
+        &sb,
+        &reference,
+        &[Piece::new(&app.label, app.lines(), vec![window]), Piece::new(&re.label, re.lines(), vec![])],
+    );
+}
+
+/// A file the program opened itself that cannot be opened again (a socket
+/// now lies at its path): the restart fails, and says on its own stderr
+/// which process, at what step and why; never nothing.
+#[test]
+fn a_failed_restore_names_the_process_and_the_reason() {
+    let sb = Sandbox::new("stdio-failure");
+    let run = sb.mkdir("run");
+    let input = run.join("input");
+    fs::write(&input, "data\n").unwrap_or_else(|e| sb.fail(format!("write {}: {e}", input.display())));
+    let path = sb.join("reader.sh");
+    fs::write(&path, "exec 5<input\nfor i in $(seq 1 \"$1\"); do echo \"step $i\"; sleep 0.05; done\n")
+        .unwrap_or_else(|e| sb.fail(format!("write {}: {e}", path.display())));
+    let prog =
+        Program { name: "reader.sh".into(), argv: vec!["/bin/bash".into(), path.into_os_string(), STEPS.into()] };
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch(&sb, &prog, &sock, &ck, &run, Out::Pipe);
+    app.wait_lines(&sb, 3);
+    checkpoint(&sb, &sock, &mut app);
+    app.kill();
+    fs::remove_file(&input).unwrap_or_else(|e| sb.fail(format!("remove {}: {e}", input.display())));
+    // A socket's path cannot be opened (ENXIO); it stays after its listener.
+    drop(std::os::unix::net::UnixListener::bind(&input).unwrap_or_else(|e| sb.fail(format!("bind: {e}"))));
+    let _ = fs::set_permissions(&input, fs::Permissions::from_mode(0o644));
+
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    let err = re.stderr_text();
+    sb.check(!status.success(), || format!("{} succeeded although fd 5 could not be reopened", re.label));
+    let said = err.lines().any(|l| {
+        l.starts_with("stasis: restart: process ")
+            && l.contains("could not be restored")
+            && l.contains("reopening its descriptors")
+            && l.contains("fd 5")
+            && l.contains(&input.display().to_string())
+    });
+    sb.check(said, || {
+        format!("{} ({status}) did not say which process failed, where and why; its stderr:\n{err}", re.label)
+    });
+    sb.check(re.stdout_text().is_empty(), || format!("{} printed on stdout: {}", re.label, re.stdout_text()));
+}
+
+fn wait_until(sb: &Sandbox, what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        if std::time::Instant::now() > deadline {
+            sb.fail(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
