@@ -202,6 +202,118 @@ fn a_failed_restore_names_the_process_and_the_reason() {
     sb.check(re.stdout_text().is_empty(), || format!("{} printed on stdout: {}", re.label, re.stdout_text()));
 }
 
+/// Whether this test process runs as root.
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The first user of `STASIS_E2E_USERS` (default `stasis-ci`), created
+/// (without a home) when missing.
+fn test_user() -> String {
+    let names = std::env::var("STASIS_E2E_USERS").unwrap_or_else(|_| "stasis-ci,stasis-ci2".into());
+    let name = names.split(',').next().unwrap_or("stasis-ci").to_string();
+    let known = Command::new("id").arg("-u").arg(&name).output().is_ok_and(|o| o.status.success());
+    if !known {
+        let st = Command::new("useradd").args(["-M", "-s", "/bin/bash", &name]).status();
+        assert!(st.is_ok_and(|s| s.success()), "cannot create the test user {name} (useradd)");
+    }
+    name
+}
+
+/// `stasis ARGS...` as `user` (`runuser -u USER -- env -i ...` from root),
+/// in `home`, with the redirections `redirect` (sh syntax) and stderr
+/// added to `$HOME/stasis.log`.
+fn as_user(user: &str, home: &Path, bin: &Path, redirect: &str, args: &[std::ffi::OsString]) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", user, "--", "env", "-i"])
+        .arg(format!("HOME={}", home.display()))
+        .arg(format!("TMPDIR={}", home.display()))
+        .arg(format!("PATH={}:/usr/bin:/bin", bin.display()))
+        .args(["/bin/sh", "-c", &format!("exec \"$0\" \"$@\" {redirect} 2>>\"$HOME/stasis.log\"")])
+        .arg(bin.join("stasis"))
+        .args(args)
+        .current_dir(home);
+    cmd
+}
+
+/// Run as a user, with stdout a file only root may write (as a batch
+/// system's output file can be): the checkpoint leaves it alone, and the
+/// restart, as the user with stdout a file of the user's, carries on there.
+#[test]
+fn stdout_a_file_of_roots_comes_back_as_the_users_own_restart_stdout() {
+    if !is_root() {
+        eprintln!("stdout_a_file_of_roots: not run: playing a user needs root (.ci/run runs it as root)");
+        return;
+    }
+    let user = test_user();
+    let sb = Sandbox::new("stdio-root-file");
+    let chmod = |p: &Path, mode: u32| {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| sb.fail(format!("chmod {}: {e}", p.display())))
+    };
+    chmod(sb.path(), 0o755);
+    let bin = sb.mkdir("bin");
+    chmod(&bin, 0o755);
+    for name in ["stasis", "libstasis_agent.so"] {
+        let to = bin.join(name);
+        fs::copy(stasis().with_file_name(name), &to).unwrap_or_else(|e| sb.fail(format!("copy {name}: {e}")));
+        chmod(&to, 0o755);
+    }
+    let exe = bin.join("single");
+    fs::copy(compiled("single"), &exe).unwrap_or_else(|e| sb.fail(format!("copy single: {e}")));
+    chmod(&exe, 0o755);
+    let home = sb.mkdir("home");
+    let owned = Command::new("chown").arg(&user).arg(&home).status();
+    sb.check(owned.is_ok_and(|s| s.success()), || format!("chown {user} {}", home.display()));
+    chmod(&home, 0o700);
+    let ck = home.join("ck");
+    let prog = Program::c("single", &["60", "60"]).at(&exe);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+
+    // Root's file, opened by root for the user's program (Out::File).
+    let a = sb.join("A");
+    let os = std::ffi::OsString::from;
+    let launch_args = [
+        os("launch"),
+        os("--ckptdir"),
+        ck.clone().into_os_string(),
+        os("--"),
+        exe.clone().into_os_string(),
+        os("60"),
+        os("60"),
+    ];
+    let mut app =
+        Proc::spawn(&sb, &sb.label("launch"), as_user(&user, &home, &bin, "", &launch_args), Out::File(a.clone()));
+    wait_until(&sb, "3 lines in A", LINES_TIMEOUT, || file_lines(&a).len() >= 3 || app.poll_exit().is_some());
+    chmod(&a, 0o644);
+    let log = || fs::read_to_string(home.join("stasis.log")).unwrap_or_default();
+    let lo = file_lines(&a).len();
+    let ck_args = [os("command"), os("--ckptdir"), ck.clone().into_os_string(), os("--checkpoint")];
+    let mut command = Proc::spawn(&sb, &sb.label("command"), as_user(&user, &home, &bin, "", &ck_args), Out::Pipe);
+    let status = command.wait_exit(&sb, COMMAND_TIMEOUT);
+    sb.check(status.success(), || format!("{} failed with {status}; stasis.log:\n{}", command.label, log()));
+    let window = Window { lo, hi: file_lines(&a).len() };
+    let hi = window.hi;
+    wait_until(&sb, "more lines in A", LINES_TIMEOUT, || file_lines(&a).len() >= hi + 2 || app.poll_exit().is_some());
+    app.kill();
+    let first_run = fs::read(&a).unwrap_or_default();
+    let reference = finish_reference(&sb, reference);
+
+    let c = home.join("C");
+    let re_args = [os("restart"), ck.clone().into_os_string()];
+    let mut re =
+        Proc::spawn(&sb, &sb.label("restart"), as_user(&user, &home, &bin, "> \"$HOME/C\"", &re_args), Out::Null);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}; stasis.log:\n{}", re.label, log()));
+    sb.check(fs::read(&a).unwrap_or_default() == first_run, || "root's A was changed by the restart".into());
+    verify_history(
+        &sb,
+        &reference,
+        &[Piece::new("A", file_lines(&a), vec![window]), Piece::new("C", file_lines(&c), vec![])],
+    );
+}
+
 fn wait_until(sb: &Sandbox, what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while !cond() {
