@@ -376,7 +376,7 @@ fn prepare_and_jump(
     // SAFETY: umask and setrlimit only change this process's settings.
     unsafe {
         libc::umask(meta.umask as libc::mode_t);
-        // RLIMIT_NOFILE last, by the restorer, once restart's own
+        // RLIMIT_NOFILE last, by the restorer, just before restart's own
         // descriptors (above the program's) are closed (`plan`).
         for l in meta.rlimits.iter().filter(|l| l.resource != libc::RLIMIT_NOFILE) {
             let mut cur: libc::rlimit = std::mem::zeroed();

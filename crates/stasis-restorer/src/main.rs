@@ -158,11 +158,14 @@ pub unsafe extern "C" fn restorer_main(plan_addr: u64) -> ! {
             let _ = kill(pid, sig);
         }
     }
-    for fd in p.close_from..p.close_to {
-        let _ = close(fd);
-    }
+    // The program's limit of open files while the log (restart's stderr,
+    // among the descriptors closed next) can still say it failed: a lower
+    // limit than descriptors already open is allowed.
     if p.set_open_files_limit != 0 {
         check(b"setrlimit(RLIMIT_NOFILE)", setrlimit(RLIMIT_NOFILE, &p.open_files_limit));
+    }
+    for fd in p.close_from..p.close_to {
+        let _ = close(fd);
     }
     let go = go_word(p);
     go.store(1, Ordering::Release);
