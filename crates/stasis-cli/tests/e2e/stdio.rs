@@ -202,6 +202,88 @@ fn a_failed_restore_names_the_process_and_the_reason() {
     sb.check(re.stdout_text().is_empty(), || format!("{} printed on stdout: {}", re.label, re.stdout_text()));
 }
 
+/// A new pseudo-terminal: its master, and its slave's path.
+fn pseudo_terminal(sb: &Sandbox) -> (fs::File, PathBuf) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt opens a new descriptor, owned by the File.
+    let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    sb.check(m >= 0, || format!("posix_openpt: {}", std::io::Error::last_os_error()));
+    // SAFETY: `m` was just opened and is owned here.
+    let master = unsafe { fs::File::from_raw_fd(m) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: grantpt, unlockpt and ptsname_r on our master; ptsname_r
+    // writes at most `name.len()` bytes.
+    let ok = unsafe {
+        libc::grantpt(m) == 0 && libc::unlockpt(m) == 0 && libc::ptsname_r(m, name.as_mut_ptr(), name.len()) == 0
+    };
+    sb.check(ok, || format!("cannot set up a pseudo-terminal: {}", std::io::Error::last_os_error()));
+    // SAFETY: ptsname_r wrote a NUL-terminated name.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+    (master, PathBuf::from(path))
+}
+
+/// Launched in a terminal (stdin and stdout a pseudo-terminal's), restarted
+/// with stdin and stdout that are no terminal (`< /dev/null > C`): the
+/// output goes on in C, and no terminal is made for it.
+#[test]
+fn a_terminal_of_the_launch_becomes_the_restarts_own_stdout_file() {
+    use std::io::Read;
+    let sb = Sandbox::new("stdio-terminal");
+    let prog = Program::c("single", &[]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let (mut master, pts) = pseudo_terminal(&sb);
+    let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = read.clone();
+    // Reads until every holder of the slave is gone (EIO).
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
+        }
+    });
+    let lines = || {
+        let bytes = read.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let text = String::from_utf8_lossy(&bytes).replace('\r', "");
+        let end = text.rfind('\n').map_or(0, |i| i + 1);
+        text[..end].lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let (ck, sock, run) = (sb.join("ck"), sb.socket(), sb.mkdir("run"));
+    // `launch_cmd`'s arguments, after the stasis binary as $0.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg("exec \"$0\" \"$@\" < \"$PTS\" > \"$PTS\"").arg(stasis());
+    cmd.args(launch_cmd(&prog, &sock, &ck, &run).get_args()).env("PTS", &pts).current_dir(&run);
+    let mut app = Proc::spawn(&sb, &sb.label("launch"), cmd, Out::Null);
+    wait_until(&sb, "3 lines on the terminal", LINES_TIMEOUT, || lines().len() >= 3 || app.poll_exit().is_some());
+    let lo = lines().len();
+    let sock_text = sock.to_string_lossy().into_owned();
+    let done = run_stasis(&sb, "command", &["command", "--coord-socket", &sock_text, "--checkpoint"], COMMAND_TIMEOUT);
+    sb.check(done.status.success(), || format!("{} failed: {}", done.label, done.stderr));
+    let after = lines().len();
+    wait_until(&sb, "more lines on the terminal", LINES_TIMEOUT, || {
+        lines().len() >= after + 3 || app.poll_exit().is_some()
+    });
+    app.kill();
+    let _ = reader.join();
+    let first_run = lines();
+    let reference = finish_reference(&sb, reference);
+
+    let c = sb.join("C");
+    let mut re = Proc::spawn(&sb, &sb.label("restart"), restart_cmd(&sb, &sb.socket(), &ck), Out::File(c.clone()));
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}; stderr:\n{}", re.label, re.stderr_text()));
+    // The reader may lag behind the terminal: the checkpoint lies between
+    // `lo` and whatever was read in the end.
+    let window = Window { lo, hi: first_run.len() };
+    verify_history(
+        &sb,
+        &reference,
+        &[Piece::new("the terminal", first_run, vec![window]), Piece::new("C", file_lines(&c), vec![])],
+    );
+}
+
 /// Whether this test process runs as root.
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and touches no memory.
