@@ -308,7 +308,7 @@ fn member(ctx: &Ctx<'_>, i: usize) -> ! {
     // The one that failed says why; the others only that they gave up.
     if why != tree::ANOTHER_FAILED {
         let meta = ctx.images[i].meta();
-        log(&format!("stasis: restart: process {} ({}) could not be restored: {why}\n", meta.pid, meta.name));
+        log(&format!("stasis: restart: restoring process {} ({}) failed: {why}\n", meta.pid, meta.name));
     }
     // SAFETY: leaving without running the caller's atexit handlers.
     unsafe { libc::_exit(125) }

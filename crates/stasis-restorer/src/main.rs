@@ -65,13 +65,13 @@ fn fail(what: &[u8], err: isize) -> ! {
             }
         }
     };
-    put(&mut buf, b"stasis: restart: process ");
+    put(&mut buf, b"stasis: restart: restoring process ");
     let mut pid = [0u8; 20];
     let len = fmt_u64(&mut pid, getpid() as u64);
     put(&mut buf, &pid[..len]);
-    put(&mut buf, b" could not be restored: restorer: ");
+    put(&mut buf, b" failed: in the restorer: ");
     put(&mut buf, what);
-    put(&mut buf, b" failed: errno ");
+    put(&mut buf, b": errno ");
     n += fmt_u64(&mut buf[n..], (-err) as u64);
     buf[n] = b'\n';
     write(fd, &buf[..=n]);

@@ -190,8 +190,8 @@ fn a_failed_restore_names_the_process_and_the_reason() {
     let err = re.stderr_text();
     sb.check(!status.success(), || format!("{} succeeded although fd 5 could not be reopened", re.label));
     let said = err.lines().any(|l| {
-        l.starts_with("stasis: restart: process ")
-            && l.contains("could not be restored")
+        l.starts_with("stasis: restart: restoring process ")
+            && l.contains(" failed: ")
             && l.contains("reopening its descriptors")
             && l.contains("fd 5")
             && l.contains(&input.display().to_string())
