@@ -38,6 +38,9 @@ mod kernel;
 // impostor coordinators, floods, the default port (run as root, two users).
 #[path = "e2e/security.rs"]
 mod security;
+// TCP servers restarted at once after their kill, socket options, Open MPI.
+#[path = "e2e/net.rs"]
+mod net;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -52,9 +52,10 @@ fn new_socket(domain: i32, kind: i32, protocol: i32) -> Result<i32, String> {
     if fd < 0 { Err(err("socket")) } else { Ok(fd) }
 }
 
-fn set_int(fd: i32, level: i32, name: i32, value: libc::c_int) {
+/// Sets an int option; whether the kernel took it.
+fn set_int(fd: i32, level: i32, name: i32, value: libc::c_int) -> bool {
     // SAFETY: setsockopt reads one int.
-    unsafe {
+    let r = unsafe {
         libc::setsockopt(
             fd,
             level,
@@ -63,6 +64,7 @@ fn set_int(fd: i32, level: i32, name: i32, value: libc::c_int) {
             std::mem::size_of::<libc::c_int>() as u32,
         )
     };
+    r == 0
 }
 
 fn is_reuse_addr(o: &SockOpt) -> bool {
@@ -76,7 +78,7 @@ fn is_reuse_addr(o: &SockOpt) -> bool {
 /// address. `settle` puts the program's SO_REUSEADDR back once bound. A
 /// failure leaves the default, with a warning.
 fn prepare(fd: i32, options: &[SockOpt], id: u64, warn: &mut dyn FnMut(String)) {
-    for o in options.iter().filter(|o| !is_reuse_addr(o)) {
+    for o in options.iter().filter(|o| !is_reuse_addr(o) && !already(fd, o)) {
         // SAFETY: setsockopt reads `o.value.len()` bytes of `o.value`.
         let r = unsafe { libc::setsockopt(fd, o.level, o.name, o.value.as_ptr().cast(), o.value.len() as u32) };
         if r != 0 {
@@ -89,6 +91,16 @@ fn prepare(fd: i32, options: &[SockOpt], id: u64, warn: &mut dyn FnMut(String)) 
         }
     }
     set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+}
+
+/// Whether `fd` already has option `o` (an accepted end inherits its
+/// listener's: IPV6_V6ONLY then cannot be set again, even to the same).
+fn already(fd: i32, o: &SockOpt) -> bool {
+    let mut now = [0u8; 64];
+    let mut len = now.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `now`.
+    let r = unsafe { libc::getsockopt(fd, o.level, o.name, now.as_mut_ptr().cast(), &mut len) };
+    r == 0 && now.get(..len as usize) == Some(&o.value[..])
 }
 
 /// The program's own SO_REUSEADDR, once the socket is bound.
@@ -500,24 +512,7 @@ fn stream_pair(
     };
     let listener = via.or(temporary).unwrap_or(-1);
     let result = (|| {
-        let c = socket_like(client, warn)?;
-        if !client.local.is_empty() && (client.domain != libc::AF_UNIX || unix_path(client.local).is_some()) {
-            if let Err(e) = bind_as(client, c, client.local) {
-                warn(format!("connection {}: its old address is taken ({e}); it gets another", client.id));
-                if client.domain != libc::AF_UNIX {
-                    let _ = bind(c, &any_port(client.local));
-                }
-            }
-        }
-        let connected = if server.domain == libc::AF_UNIX {
-            connect_unix(c, server.local, server.cwd)
-        } else {
-            connect(c, server.local)
-        };
-        if let Err(e) = connected {
-            close(c);
-            return Err(format!("connection {}: {e}", client.id));
-        }
+        let c = connected_client(client, server, warn)?;
         // SAFETY: accept on our listener, addresses not wanted.
         let s = unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
         if s < 0 {
@@ -537,6 +532,84 @@ fn stream_pair(
         }
     }
     result
+}
+
+/// IP_LOCAL_PORT_RANGE (Linux 6.3): the ports a connect may pick from.
+const IP_LOCAL_PORT_RANGE: i32 = 51;
+
+/// `client`'s end of a connection to `server`, connected from its old
+/// address where it can be had.
+///
+/// A TCP client's old port is often held by its own killed predecessor in
+/// TIME_WAIT. bind refuses it unless that one had SO_REUSEADDR, but
+/// connect may take the port over from a TIME_WAIT connection to the same
+/// place (net.ipv4.tcp_tw_reuse, on for loopback by default) once
+/// tcp_tw_reuse_delay (1 s) has passed since its last packet; and it does
+/// so only for a port that connect itself picked (as it had for the
+/// predecessor, usually). So connect picks the port, from a range of that
+/// one port; then bind is tried; both again for a few seconds. Past that
+/// the connection gets another port, with a warning.
+fn connected_client(client: &Seen<'_>, server: &Seen<'_>, warn: &mut dyn FnMut(String)) -> Result<i32, String> {
+    let to_server = |c: i32| {
+        if server.domain == libc::AF_UNIX {
+            connect_unix(c, server.local, server.cwd)
+        } else {
+            connect(c, server.local)
+        }
+    };
+    let fail = |c: i32, e: String| {
+        close(c);
+        format!("connection {}: {e}", client.id)
+    };
+    let port = inet_port(client.local).filter(|_| client.domain != libc::AF_UNIX);
+    let Some(port) = port else {
+        // Unix: bound again when it had a name of its own.
+        let c = socket_like(client, warn)?;
+        if unix_path(client.local).is_some()
+            && let Err(e) = bind_as(client, c, client.local)
+        {
+            warn(format!("connection {}: its old address is taken ({e}); it gets another", client.id));
+        }
+        return to_server(c).map(|()| c).map_err(|e| fail(c, e));
+    };
+    let start = std::time::Instant::now();
+    let delay = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse_delay")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1000);
+    let limit = std::time::Duration::from_millis(delay + 2000);
+    let last = loop {
+        let mut busy = false;
+        // connect picks the old port.
+        let c = socket_like(client, warn)?;
+        set_int(c, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+        if set_int(c, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, (u32::from(port) << 16 | u32::from(port)) as i32) {
+            let r = bind(c, &any_port(client.local)).and_then(|()| to_server(c));
+            if r.is_ok() {
+                set_int(c, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 0);
+                set_int(c, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, 0);
+                return Ok(c);
+            }
+            busy |= std::io::Error::last_os_error().raw_os_error() == Some(libc::EADDRNOTAVAIL);
+        }
+        close(c);
+        // bind takes it.
+        let c = socket_like(client, warn)?;
+        let e = match bind(c, client.local) {
+            Ok(()) => return to_server(c).map(|()| c).map_err(|e| fail(c, e)),
+            Err(e) => e,
+        };
+        busy |= std::io::Error::last_os_error().raw_os_error() == Some(libc::EADDRINUSE);
+        close(c);
+        if !busy || start.elapsed() > limit {
+            break e;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    warn(format!("connection {}: its old address is taken ({last}); it gets another", client.id));
+    let c = socket_like(client, warn)?;
+    let _ = bind(c, &any_port(client.local));
+    to_server(c).map(|()| c).map_err(|e| fail(c, e))
 }
 
 /// What socket `id` had not read, from the first image that saved it: its
