@@ -16,7 +16,8 @@
  *   IP_TOS (IPV6_TCLASS for c6), SO_RCVTIMEO, SO_SNDTIMEO, SO_OOBINLINE;
  *   on an unconnected UDP socket bound to 127.0.0.1 SO_BROADCAST,
  *   SO_RCVBUF, IP_TOS; on a TCP socket never bound nor connected
- *   SO_REUSEADDR, SO_SNDBUF, SO_LINGER, TCP_NODELAY.
+ *   SO_REUSEADDR, SO_SNDBUF, SO_LINGER, TCP_NODELAY. The clients never set
+ *   SO_REUSEADDR: it must read 0 throughout.
  *   Every process reads each option back right after setting it and
  *   checks every step that getsockopt still reads the same; the parent also
  *   checks the listeners' names (same port on both) and its connections'
@@ -57,11 +58,9 @@ static void die(const char *what)
 	exit(1);
 }
 
-/* Sets an option and records what the kernel reads back. */
-static void set_opt(int fd, int level, int name, const void *v, socklen_t len, const char *what)
+/* Records what getsockopt reads of an option now. */
+static void watch_opt(int fd, int level, int name, const char *what)
 {
-	if (setsockopt(fd, level, name, v, len))
-		die(what);
 	struct opt *o = &opts[nopts++];
 	o->fd = fd;
 	o->level = level;
@@ -70,6 +69,14 @@ static void set_opt(int fd, int level, int name, const void *v, socklen_t len, c
 	o->len = sizeof o->value;
 	if (getsockopt(fd, level, name, o->value, &o->len))
 		die(what);
+}
+
+/* Sets an option and records what the kernel reads back. */
+static void set_opt(int fd, int level, int name, const void *v, socklen_t len, const char *what)
+{
+	if (setsockopt(fd, level, name, v, len))
+		die(what);
+	watch_opt(fd, level, name, what);
 }
 
 static void set_int(int fd, int level, int name, int v, const char *what)
@@ -157,6 +164,8 @@ static void client_options(int fd, int v6)
 	set_opt(fd, SOL_SOCKET, SO_RCVTIMEO, &rcv, sizeof rcv, "client SO_RCVTIMEO");
 	set_opt(fd, SOL_SOCKET, SO_SNDTIMEO, &snd, sizeof snd, "client SO_SNDTIMEO");
 	set_int(fd, SOL_SOCKET, SO_OOBINLINE, 1, "client SO_OOBINLINE");
+	/* Never set: it must keep reading 0. */
+	watch_opt(fd, SOL_SOCKET, SO_REUSEADDR, "client SO_REUSEADDR");
 }
 
 /* A client: answers every request until step -1, then exits 0 if every

@@ -2,7 +2,8 @@
 //! peer, and the bytes waiting to be read. Restart pairs them up across the
 //! computation's processes.
 
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use stasis_image::{FdKind, SockOpt};
 
@@ -167,7 +168,11 @@ pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Opti
     let listening = sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
     let peer_id =
         if domain == libc::AF_UNIX { unix_peers.iter().find(|(s, _)| *s == id).map_or(0, |(_, p)| *p) } else { 0 };
-    let options = options(fd, domain, kind, protocol, listening || !address(fd, true).is_empty());
+    let connected = !address(fd, true).is_empty();
+    let options = options(fd, domain, kind, protocol, listening || connected);
+    if domain != libc::AF_UNIX && kind == libc::SOCK_STREAM && connected && !listening {
+        reuse_after_kill(fd, id);
+    }
     Some(FdKind::Socket {
         id,
         domain,
@@ -180,6 +185,111 @@ pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Opti
         peer_id,
         options,
     })
+}
+
+// ---- SO_REUSEADDR for the restart ----------------------------------------------------
+
+/// The TCP connections on which the checkpoint set SO_REUSEADDR (their
+/// inodes; 0: a free slot), which the program had not: the getsockopt and
+/// setsockopt wrappers keep showing it the value it chose.
+///
+/// Why: a connection killed with its program sits in TIME_WAIT for a
+/// minute, and its port can only be bound again meanwhile (by the
+/// restart's listener, at once) if the connection had SO_REUSEADDR.
+/// Servers that did not set it on their listener (Open MPI's PMIx server
+/// among them) would make every restart soon after a kill wait that
+/// minute. On a connection, SO_REUSEADDR changes nothing else: it only
+/// lets another socket bind the port once this one is no longer live.
+static FORCED: [AtomicU64; 1024] = [const { AtomicU64::new(0) }; 1024];
+
+fn forced(ino: u64) -> bool {
+    ino != 0 && FORCED.iter().any(|s| s.load(Ordering::Relaxed) == ino)
+}
+
+fn remember_forced(ino: u64) -> bool {
+    forced(ino) || FORCED.iter().any(|s| s.compare_exchange(0, ino, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+}
+
+fn forget_forced(ino: u64) {
+    for s in &FORCED {
+        let _ = s.compare_exchange(ino, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// The inode of socket `fd` (0: not a socket, or no such descriptor).
+fn socket_inode(fd: i32) -> u64 {
+    // SAFETY: a zeroed stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one stat.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    if ok && st.st_mode & libc::S_IFMT == libc::S_IFSOCK { st.st_ino } else { 0 }
+}
+
+/// Raw getsockopt/setsockopt of one int, not through the wrappers.
+fn raw_int(fd: i32, name: i32, set: Option<i32>) -> Option<i32> {
+    let mut v: libc::c_int = set.unwrap_or(0);
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let p = &mut v as *mut libc::c_int;
+    // SAFETY: the kernel reads or writes one int at `p` (and `len`).
+    let r = unsafe {
+        match set {
+            Some(_) => libc::syscall(libc::SYS_setsockopt, fd, libc::SOL_SOCKET, name, p, len),
+            None => libc::syscall(libc::SYS_getsockopt, fd, libc::SOL_SOCKET, name, p, &mut len),
+        }
+    };
+    (r == 0).then_some(v)
+}
+
+/// Sets SO_REUSEADDR on connection `fd` (inode `id`) where the program
+/// had not (see `FORCED`); nothing when the table is full.
+fn reuse_after_kill(fd: i32, id: u64) {
+    if raw_int(fd, libc::SO_REUSEADDR, None) == Some(0) && remember_forced(id) {
+        raw_int(fd, libc::SO_REUSEADDR, Some(1));
+    }
+}
+
+/// # Safety
+/// Same contract as libc's getsockopt.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *mut c_void,
+    len: *mut libc::socklen_t,
+) -> c_int {
+    // SAFETY: the caller's arguments, forwarded.
+    let r = unsafe { libc::syscall(libc::SYS_getsockopt, fd, level, name, value, len) } as c_int;
+    if r == 0 && level == libc::SOL_SOCKET && name == libc::SO_REUSEADDR && forced(socket_inode(fd)) {
+        // SAFETY: the kernel just wrote an int there (the size it reported).
+        unsafe {
+            if !len.is_null() && *len as usize >= std::mem::size_of::<c_int>() {
+                *(value as *mut c_int) = 0;
+            }
+        }
+    }
+    r
+}
+
+/// # Safety
+/// Same contract as libc's setsockopt.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *const c_void,
+    len: libc::socklen_t,
+) -> c_int {
+    if level == libc::SOL_SOCKET && name == libc::SO_REUSEADDR {
+        // The program's own choice from now on.
+        let ino = socket_inode(fd);
+        if forced(ino) {
+            forget_forced(ino);
+        }
+    }
+    // SAFETY: the caller's arguments, forwarded.
+    unsafe { libc::syscall(libc::SYS_setsockopt, fd, level, name, value, len) as c_int }
 }
 
 /// The peer of every Unix socket of this network namespace, by inode, from

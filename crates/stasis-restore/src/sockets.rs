@@ -339,11 +339,11 @@ impl SharedSockets {
         let mut listeners: Vec<(usize, i32)> = Vec::new();
         for (i, s) in seen.iter().enumerate().filter(|(_, s)| s.listening) {
             let fd = socket_like(s, warn)?;
-            let bound = bind_server(s, fd, warn);
-            settle(fd, s.options);
+            // listen checks the port again: SO_REUSEADDR stays on till then.
             // SAFETY: listen on our socket.
-            let r =
-                bound.and_then(|()| if unsafe { libc::listen(fd, 128) } == 0 { Ok(()) } else { Err(err("listen")) });
+            let r = bind_server(s, fd, warn)
+                .and_then(|()| if unsafe { libc::listen(fd, 128) } == 0 { Ok(()) } else { Err(err("listen")) });
+            settle(fd, s.options);
             if let Err(e) = r {
                 close(fd);
                 return Err(format!("listening socket {}: {e}", s.id));
