@@ -15,3 +15,68 @@ fn tcp_server_on_ipv4_and_ipv6_with_its_options_survives_two_checkpoint_kill_res
     let live = |_: Option<&str>| 2;
     tree_checkpoint_kill_restart_with("net", &Program::c("net", &["60", "50"]), &live, 2);
 }
+
+/// `path`'s executable found on PATH, as `which` would.
+fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// mpi_ring.c built with mpicc (next to the harness's compiled programs,
+/// once per content), run by `mpirun -np 2 --oversubscribe` (as root too,
+/// where mpirun wants to be told); None when Open MPI is not installed.
+fn mpi_ring(args: &[&str]) -> Option<Program> {
+    use std::hash::{Hash, Hasher};
+    let (Some(mpirun), Some(mpicc)) = (on_path("mpirun"), on_path("mpicc")) else {
+        eprintln!("not run: mpirun missing (apt-get install openmpi-bin libopenmpi-dev)");
+        return None;
+    };
+    let src = programs_dir().join("mpi_ring.c");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for part in [&src, &programs_dir().join("common.h")] {
+        std::fs::read(part).unwrap_or_else(|e| panic!("read {}: {e}", part.display())).hash(&mut h);
+    }
+    let dir = compiled("net").parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let exe = dir.join(format!("mpi_ring-{:016x}", h.finish()));
+    if !exe.is_file() {
+        let tmp = dir.join(format!(".mpi_ring-{}.tmp", std::process::id()));
+        let out = std::process::Command::new(&mpicc)
+            .args(["-O1", "-g", "-I"])
+            .arg(programs_dir())
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", mpicc.display()));
+        assert!(out.status.success(), "mpicc {}: {}", src.display(), String::from_utf8_lossy(&out.stderr));
+        std::fs::rename(&tmp, &exe).unwrap_or_else(|e| panic!("rename {}: {e}", tmp.display()));
+    }
+    let mut argv: Vec<std::ffi::OsString> = vec![mpirun.into()];
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        argv.push("--allow-run-as-root".into());
+    }
+    argv.extend(["-np", "2", "--oversubscribe"].map(Into::into));
+    argv.push(exe.into());
+    argv.extend(args.iter().map(Into::into));
+    Some(Program { name: "mpirun".into(), argv })
+}
+
+/// Open MPI's `mpirun -np 2` and its two ranks (talking through shared
+/// memory and TCP, each listening on 0.0.0.0:P and [::]:P, PMIx's server in
+/// mpirun): two checkpoint, kill, restart cycles, output compared with an
+/// uninterrupted run.
+///
+/// The ranks come back and compute exactly what the uninterrupted run does,
+/// up to their final line; then mpirun waits for ever for the end of its
+/// ranks' output: it reads it through pseudo-terminals it made (their
+/// master in mpirun, their slave the ranks' stdout), and restart does not
+/// make a pseudo-terminal pair of the computation again (each end comes
+/// back as the restart's own terminal, or a stand-in). See docs/sockets.md.
+#[test]
+#[ignore = "mpirun's pseudo-terminals to its ranks do not come back as a pair: mpirun never exits after a restart"]
+fn mpirun_np_2_survives_two_checkpoint_kill_restart_cycles() {
+    let Some(prog) = mpi_ring(&["100", "50"]) else { return };
+    // mpirun and two ranks.
+    tree_checkpoint_kill_restart_with("mpirun", &prog, &|_| 3, 2);
+}
