@@ -80,3 +80,68 @@ fn mpirun_np_2_survives_two_checkpoint_kill_restart_cycles() {
     // mpirun and two ranks.
     tree_checkpoint_kill_restart_with("mpirun", &prog, &|_| 3, 2);
 }
+
+/// `cmd` run on a pseudo-terminal of its own by util-linux's `script`, the
+/// terminal set not to turn "\n" into "\r\n" (so that lines compare) nor
+/// to echo what comes in; its stderr goes to `stderr`, and with
+/// `no_input` its stdin is /dev/null (script writes an end-of-file
+/// character to the terminal when its own stdin ends).
+fn on_a_terminal(
+    cmd: &[&std::ffi::OsStr],
+    cwd: &std::path::Path,
+    stderr: &std::path::Path,
+    no_input: bool,
+) -> std::process::Command {
+    let quote = |a: &std::ffi::OsStr| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''"));
+    let quoted: Vec<String> = cmd.iter().map(|a| quote(a)).collect();
+    let input = if no_input { " </dev/null" } else { "" };
+    let line = format!("stty -onlcr -echo; exec {} 2>{}{input}", quoted.join(" "), quote(stderr.as_os_str()));
+    let mut c = std::process::Command::new("script");
+    c.args(["-qefc", &line, "/dev/null"]).current_dir(cwd);
+    c
+}
+
+/// A process tree whose stdout is its terminal, one child in a process
+/// group of its own (in the background, as MPI ranks under mpirun on a
+/// terminal are): restored on the restart's terminal, that child sets the
+/// terminal's attributes from the background, which must not stop it on
+/// SIGTTOU (the restart used to hang there). Two cycles.
+#[test]
+fn a_tree_on_a_terminal_with_a_background_group_survives_two_checkpoint_kill_restart_cycles() {
+    let sb = Sandbox::new("tty-background");
+    if on_path("script").is_none() {
+        eprintln!("not run: script missing (util-linux)");
+        return;
+    }
+    let prog = Program::c("tree", &["100", "50"]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let run_dir = sb.mkdir("run");
+    let ck = sb.join("ck");
+    let mut sock = sb.socket();
+    let stasis = stasis().as_os_str();
+    let mut argv: Vec<&std::ffi::OsStr> = vec![stasis, "launch".as_ref(), "--ckptdir".as_ref(), ck.as_os_str()];
+    argv.extend(["--coord-socket".as_ref(), sock.as_os_str(), "--".as_ref()]);
+    argv.extend(prog.argv.iter().map(|a| a.as_os_str()));
+    let label = sb.label("launch");
+    let cmd = on_a_terminal(&argv, &run_dir, &sb.join(format!("{label}.log")), false);
+    let mut app = Proc::spawn(&sb, &label, cmd, Out::Pipe);
+    let mut pieces = Vec::new();
+    for _ in 0..2 {
+        app.wait_lines(&sb, 3);
+        let window = checkpoint(&sb, &sock, &mut app);
+        crate::carry_on(&sb, &mut app, window, 3);
+        app.kill_computation(&sb, &run_dir);
+        pieces.push(Piece::new(&app.label, app.lines(), vec![window]));
+        sock = sb.socket();
+        require_user_namespaces();
+        let argv = [stasis, "restart".as_ref(), "--coord-socket".as_ref(), sock.as_os_str(), ck.as_os_str()];
+        let label = sb.label("restart");
+        let cmd = on_a_terminal(&argv, sb.path(), &sb.join(format!("{label}.log")), true);
+        app = Proc::spawn(&sb, &label, cmd, Out::Pipe);
+    }
+    let status = app.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}", app.label));
+    pieces.push(Piece::new(&app.label, app.lines(), vec![]));
+    let reference = finish_reference(&sb, reference);
+    verify_history(&sb, &reference, &pieces);
+}
