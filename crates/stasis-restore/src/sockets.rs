@@ -233,7 +233,8 @@ fn bind_server(s: &Seen<'_>, fd: i32, warn: &mut dyn FnMut(String)) -> Result<()
 /// The port of an IPv4 or IPv6 address.
 fn inet_port(addr: &[u8]) -> Option<u16> {
     let family = i32::from(u16::from_ne_bytes([*addr.first()?, *addr.get(1)?]));
-    (family == libc::AF_INET || family == libc::AF_INET6).then(|| u16::from_be_bytes([addr[2], addr[3]]))
+    let port = u16::from_be_bytes([*addr.get(2)?, *addr.get(3)?]);
+    (family == libc::AF_INET || family == libc::AF_INET6).then_some(port)
 }
 
 /// Whether every TCP socket of this network namespace on local port
