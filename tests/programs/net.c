@@ -9,6 +9,10 @@
  *   port P for a minute, as a killed server's do.
  * - Child "c4" connects to 127.0.0.1:P, child "c6" to [::1]:P; every step
  *   the parent sends each a request and reads its answer.
+ * - A third listener on 127.0.0.1 (port Q) has no SO_REUSEADDR, as Open
+ *   MPI's PMIx server in mpirun: c4 connects to it too and every step
+ *   answers a request there as well. Killed, that connection may leave
+ *   port Q in TIME_WAIT without SO_REUSEADDR.
  * - Options set by the program: on the listeners SO_RCVBUF and
  *   TCP_KEEPIDLE (the accepted ends inherit them), on the accepted ends
  *   TCP_NODELAY and SO_KEEPALIVE; on the clients TCP_NODELAY, SO_SNDBUF,
@@ -168,10 +172,21 @@ static void client_options(int fd, int v6)
 	watch_opt(fd, SOL_SOCKET, SO_REUSEADDR, "client SO_REUSEADDR");
 }
 
+/* The plain listener's address, which c4 connects to as well. */
+static struct sockaddr_in plain;
+
 /* A client: answers every request until step -1, then exits 0 if every
- * check passed. */
+ * check passed. c4 also answers each request on its connection to the
+ * plain listener. */
 static void client(const struct sockaddr *server, socklen_t len, int v6)
 {
+	int q = -1;
+	if (!v6) {
+		q = socket(AF_INET, SOCK_STREAM, 0);
+		if (q < 0 || connect(q, (struct sockaddr *)&plain, sizeof plain))
+			die("connect to the plain listener");
+		watch_opt(q, SOL_SOCKET, SO_REUSEADDR, "plain client SO_REUSEADDR");
+	}
 	int fd = socket(server->sa_family, SOCK_STREAM, 0);
 	if (fd < 0)
 		die("client socket");
@@ -185,17 +200,25 @@ static void client(const struct sockaddr *server, socklen_t len, int v6)
 	uint64_t state = v6 ? 6 : 4;
 	int64_t bad = 0;
 	for (;;) {
-		struct request q;
-		if (!read_all(fd, &q, sizeof q))
+		struct request r;
+		if (!read_all(fd, &r, sizeof r))
 			exit(3);
-		if (q.step < 0)
+		if (r.step < 0)
 			break;
 		struct sockaddr_storage now;
 		socklen_t nlen = sizeof now;
 		bad += changed_options();
 		if (getpeername(fd, (struct sockaddr *)&now, &nlen) || nlen != plen || memcmp(&now, &peer, plen))
 			bad++;
-		state = mix64(state ^ q.value);
+		if (q >= 0) {
+			uint64_t v;
+			if (!read_all(q, &v, sizeof v))
+				exit(5);
+			v = mix64(v + 1);
+			write_all(q, &v, sizeof v);
+			state ^= v;
+		}
+		state = mix64(state ^ r.value);
 		struct answer a = { state, bad };
 		write_all(fd, &a, sizeof a);
 	}
@@ -203,12 +226,15 @@ static void client(const struct sockaddr *server, socklen_t len, int v6)
 	exit(bad ? 4 : 0);
 }
 
-static int listener(int family, const struct sockaddr *addr, socklen_t len)
+static int listener(int family, const struct sockaddr *addr, socklen_t len, int reuse)
 {
 	int fd = socket(family, SOCK_STREAM, 0);
 	if (fd < 0)
 		return -1;
-	set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1, "listener SO_REUSEADDR");
+	if (reuse)
+		set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1, "listener SO_REUSEADDR");
+	else
+		watch_opt(fd, SOL_SOCKET, SO_REUSEADDR, "plain listener SO_REUSEADDR");
 	if (family == AF_INET6)
 		set_int(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1, "listener IPV6_V6ONLY");
 	set_int(fd, SOL_SOCKET, SO_RCVBUF, 50000, "listener SO_RCVBUF");
@@ -263,26 +289,33 @@ int main(int argc, char **argv)
 	parse_args(argc, argv, &steps, &pause);
 
 	struct sockaddr_in any4 = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY) };
-	int l4 = listener(AF_INET, (struct sockaddr *)&any4, sizeof any4);
+	int l4 = listener(AF_INET, (struct sockaddr *)&any4, sizeof any4, 1);
 	if (l4 < 0)
 		die("IPv4 listener");
 	uint16_t port = port_of(l4);
 	struct sockaddr_in6 any6 = { .sin6_family = AF_INET6, .sin6_addr = in6addr_any, .sin6_port = htons(port) };
-	int l6 = listener(AF_INET6, (struct sockaddr *)&any6, sizeof any6);
+	int l6 = listener(AF_INET6, (struct sockaddr *)&any6, sizeof any6, 1);
 	int have6 = l6 >= 0;
 	if (!have6)
 		printf("ipv6 none\n");
 
 	struct sockaddr_in lo4 = { .sin_family = AF_INET, .sin_port = htons(port),
 				   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in loq = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int lq = listener(AF_INET, (struct sockaddr *)&loq, sizeof loq, 0);
+	if (lq < 0)
+		die("plain listener");
+	loq.sin_port = htons(port_of(lq));
 	struct sockaddr_in6 lo6 = { .sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_loopback };
 	leave_time_wait(l4, (struct sockaddr *)&lo4, sizeof lo4);
 	if (have6)
 		leave_time_wait(l6, (struct sockaddr *)&lo6, sizeof lo6);
 
+	plain = loq;
 	pid_t kids[2] = { 0, 0 };
 	kids[0] = fork();
 	if (kids[0] == 0) {
+		close(lq);
 		close(l4);
 		if (have6)
 			close(l6);
@@ -292,12 +325,15 @@ int main(int argc, char **argv)
 	if (have6) {
 		kids[1] = fork();
 		if (kids[1] == 0) {
+			close(lq);
 			close(l4);
 			close(l6);
 			nopts = 0;
 			client((struct sockaddr *)&lo6, sizeof lo6, 1);
 		}
 	}
+	int qc = accept_from(lq);
+	watch_opt(qc, SOL_SOCKET, SO_REUSEADDR, "plain accepted SO_REUSEADDR");
 	int conn[2] = { accept_from(l4), have6 ? accept_from(l6) : -1 };
 	for (int k = 0; k < 2; k++) {
 		if (conn[k] < 0)
@@ -347,6 +383,12 @@ int main(int argc, char **argv)
 				bad++;
 			struct request q = { step, mix64(h + (uint64_t)k) };
 			write_all(conn[k], &q, sizeof q);
+			if (k == 0) {
+				uint64_t v = h, back;
+				write_all(qc, &v, sizeof v);
+				if (!read_all(qc, &back, sizeof back) || back != mix64(v + 1))
+					bad++;
+			}
 			struct answer a;
 			if (!read_all(conn[k], &a, sizeof a))
 				die("client gone");

@@ -6,14 +6,48 @@
 use crate::support::*;
 use crate::tree::tree_checkpoint_kill_restart_with;
 
-/// net.c: a server listening on 0.0.0.0:P and [::]:P (IPV6_V6ONLY) and its
-/// two clients, options set on every socket and checked by the program
-/// every step; each restart comes right after the kill. Two cycles.
+/// net.c: a server listening on 0.0.0.0:P and [::]:P (IPV6_V6ONLY) and on
+/// a port without SO_REUSEADDR, its two clients, options set on every
+/// socket and checked by the program every step; each restart comes right
+/// after the kill, while the killed connections are in TIME_WAIT, and must
+/// neither wait for them to end nor give a connection another port nor
+/// lose an option. Two cycles.
 #[test]
 fn tcp_server_on_ipv4_and_ipv6_with_its_options_survives_two_checkpoint_kill_restart_cycles() {
-    // The server and c4, and c6 where the machine has IPv6.
-    let live = |_: Option<&str>| 2;
-    tree_checkpoint_kill_restart_with("net", &Program::c("net", &["60", "50"]), &live, 2);
+    let sb = Sandbox::new("net");
+    let prog = Program::c("net", &["60", "50"]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let run_dir = sb.mkdir("run");
+    let ck = sb.join("ck");
+    let mut sock = sb.socket();
+    let mut app = launch(&sb, &prog, &sock, &ck, &run_dir, Out::Pipe);
+    let mut pieces = Vec::new();
+    let mut restarts = Vec::new();
+    for _ in 0..2 {
+        app.wait_lines(&sb, 3);
+        let window = checkpoint(&sb, &sock, &mut app);
+        crate::carry_on(&sb, &mut app, window, 3);
+        app.kill_computation(&sb, &run_dir);
+        pieces.push(Piece::new(&app.label, app.lines(), vec![window]));
+        sock = sb.socket();
+        app = restart(&sb, &sock, &ck, Out::Pipe);
+        restarts.push(app.stderr_path.clone());
+    }
+    let status = app.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}", app.label));
+    pieces.push(Piece::new(&app.label, app.lines(), vec![]));
+    let reference = finish_reference(&sb, reference);
+    verify_history(&sb, &reference, &pieces);
+    for log in restarts {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let bad: Vec<&str> = text
+            .lines()
+            .filter(|l| ["TIME_WAIT", "gets another", "comes back with its default"].iter().any(|w| l.contains(w)))
+            .collect();
+        sb.check(bad.is_empty(), || {
+            format!("{}: the restart did not bring the sockets back as they were:\n{}", log.display(), bad.join("\n"))
+        });
+    }
 }
 
 /// `path`'s executable found on PATH, as `which` would.
