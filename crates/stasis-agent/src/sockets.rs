@@ -477,3 +477,61 @@ pub fn unsent(fd: i32) -> usize {
     }
     n.max(0) as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(fd: i32, level: i32, name: i32, value: &[u8]) {
+        // SAFETY: setsockopt reads `value.len()` bytes.
+        assert_eq!(unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), value.len() as u32) }, 0);
+    }
+
+    fn saved(options: &[SockOpt], level: i32, name: i32) -> Option<Vec<u8>> {
+        options.iter().find(|o| o.level == level && o.name == name).map(|o| o.value.clone())
+    }
+
+    #[test]
+    fn only_changed_options_are_saved_and_buffer_sizes_as_asked() {
+        // SAFETY: plain socket creation, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0) };
+        if fd < 0 {
+            return; // no IPv6 here
+        }
+        set(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1i32.to_ne_bytes());
+        set(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &30000i32.to_ne_bytes());
+        let linger = libc::linger { l_onoff: 1, l_linger: 7 };
+        // SAFETY: linger is plain data.
+        let linger_bytes: [u8; 8] = unsafe { std::mem::transmute(linger) };
+        set(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger_bytes);
+        set(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &77i32.to_ne_bytes());
+        let options = options(fd, libc::AF_INET6, libc::SOCK_STREAM, 0, false);
+        assert_eq!(saved(&options, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY), Some(1i32.to_ne_bytes().to_vec()));
+        assert_eq!(saved(&options, libc::SOL_SOCKET, libc::SO_RCVBUF), Some(30000i32.to_ne_bytes().to_vec()));
+        assert_eq!(saved(&options, libc::SOL_SOCKET, libc::SO_LINGER), Some(linger_bytes.to_vec()));
+        assert_eq!(saved(&options, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), Some(77i32.to_ne_bytes().to_vec()));
+        // Defaults are left out.
+        assert_eq!(saved(&options, libc::SOL_SOCKET, libc::SO_KEEPALIVE), None);
+        assert_eq!(saved(&options, libc::IPPROTO_TCP, libc::TCP_NODELAY), None);
+        assert_eq!(saved(&options, libc::SOL_SOCKET, libc::SO_SNDBUF), None);
+        // SAFETY: closing our socket.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn the_reuse_address_set_for_the_restart_is_hidden_from_the_program() {
+        // SAFETY: plain socket creation, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0);
+        let ino = socket_inode(fd);
+        reuse_after_kill(fd, ino);
+        assert_eq!(raw_int(fd, libc::SO_REUSEADDR, None), Some(1));
+        assert_eq!(sockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR), Some(0));
+        // Once the program sets it, it reads what the program set.
+        set(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32.to_ne_bytes());
+        assert_eq!(sockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR), Some(1));
+        assert!(!forced(ino));
+        // SAFETY: closing our socket.
+        unsafe { libc::close(fd) };
+    }
+}
