@@ -199,9 +199,10 @@ pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Opti
 /// restart's listener, at once) if the connection had SO_REUSEADDR.
 /// Servers that did not set it on their listener (Open MPI's PMIx server
 /// among them) would make every restart soon after a kill wait that
-/// minute. SO_REUSEADDR changes nothing else for a listener or a
-/// connection: another socket may bind the port only once it is no longer
-/// live (a listener in LISTEN always conflicts).
+/// minute. For a listener SO_REUSEADDR changes nothing else (a bind to
+/// its port fails while it listens); on a connection it lets another
+/// socket that asks for it too bind the connection's local port, as if the
+/// program had set it (docs/sockets.md).
 static FORCED: [AtomicU64; 1024] = [const { AtomicU64::new(0) }; 1024];
 
 /// Whether FORCED may hold anything (keeps accept cheap when it does not).
