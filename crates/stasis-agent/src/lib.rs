@@ -15,6 +15,7 @@ mod collect;
 mod control;
 mod exec;
 mod inotify;
+mod reuse_addr;
 mod signals;
 mod sockets;
 mod sys;
