@@ -47,6 +47,9 @@ mod security;
 // by another user.
 #[path = "e2e/programs.rs"]
 mod programs;
+// TCP servers restarted at once after their kill, socket options, Open MPI.
+#[path = "e2e/net.rs"]
+mod net;
 
 use std::fs;
 use std::path::{Path, PathBuf};
