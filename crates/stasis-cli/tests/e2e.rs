@@ -47,6 +47,9 @@ mod security;
 // by another user.
 #[path = "e2e/programs.rs"]
 mod programs;
+// TCP servers restarted at once after their kill, socket options, Open MPI.
+#[path = "e2e/net.rs"]
+mod net;
 // stdin, stdout and stderr from outside the computation come back as
 // restart's own; failed restores say which process, where and why.
 #[path = "e2e/stdio.rs"]

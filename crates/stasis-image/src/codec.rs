@@ -293,7 +293,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                 e.vec(options, |e, o| {
                     e.i32(o.level);
                     e.i32(o.name);
-                    e.i32(o.value);
+                    e.bytes(&o.value);
                 });
             }
             FdKind::Inotify { flags, watches, unread } => {
@@ -499,7 +499,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 local: d.bytes()?,
                 peer: d.bytes()?,
                 peer_id: d.u64()?,
-                options: d.vec(12, |d| Ok(SockOpt { level: d.i32()?, name: d.i32()?, value: d.i32()? }))?,
+                options: d.vec(12, |d| Ok(SockOpt { level: d.i32()?, name: d.i32()?, value: d.bytes()? }))?,
             },
             13 => FdKind::Inotify {
                 flags: d.u32()?,

@@ -330,7 +330,8 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
             proptest::collection::vec(any::<u8>(), 0..40),
             any::<u64>(),
             proptest::collection::vec(
-                any::<(i32, i32, i32)>().prop_map(|(level, name, value)| SockOpt { level, name, value }),
+                (any::<(i32, i32)>(), proptest::collection::vec(any::<u8>(), 0..16))
+                    .prop_map(|((level, name), value)| SockOpt { level, name, value }),
                 0..3
             )
         )

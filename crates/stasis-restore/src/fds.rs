@@ -503,8 +503,22 @@ fn set_termios(fd: i32, saved: &[u8]) {
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: copying exactly size_of::<termios>() bytes into `t`.
     unsafe { std::ptr::copy_nonoverlapping(saved.as_ptr(), &mut t as *mut libc::termios as *mut u8, saved.len()) };
-    // SAFETY: tcsetattr reads `t`.
-    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
+    // A process of a background group (an MPI rank under mpirun, a job of
+    // a shell) would be stopped by SIGTTOU here: the kernel lets the
+    // change through when the signal is blocked, as it is for the moment.
+    // SAFETY: a zeroed sigset_t is valid; the calls below fill it.
+    let (mut block, mut old): (libc::sigset_t, libc::sigset_t) = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset/sigaddset write the set; sigprocmask reads and
+    // writes the two sets, and puts the old mask back after tcsetattr,
+    // which only reads `t`.
+    unsafe {
+        libc::sigemptyset(&mut block);
+        libc::sigaddset(&mut block, libc::SIGTTOU);
+        libc::sigaddset(&mut block, libc::SIGTTIN);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+        libc::tcsetattr(fd, libc::TCSANOW, &t);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
 }
 
 /// A file that was deleted while open comes back from its saved contents
@@ -530,8 +544,10 @@ fn deleted_file(
     contents.iter().try_for_each(|(offset, data)| file.write_all_at(data, *offset)).map_err(what)?;
     file.set_len(size).map_err(what)?;
     // Its own open file description, with the program's flags (O_APPEND,
-    // read-only...); `file` closes the one it was filled through.
-    open(&format!("/proc/self/fd/{}", file.as_raw_fd()), flags)
+    // read-only...); `file` closes the one it was filled through. The
+    // descriptor's link is a symbolic link by nature: O_NOFOLLOW, which the
+    // program may have opened the file with, would refuse it.
+    open(&format!("/proc/self/fd/{}", file.as_raw_fd()), flags & !libc::O_NOFOLLOW)
 }
 
 /// A new unlinked file opened for reading and writing: a memfd for a
