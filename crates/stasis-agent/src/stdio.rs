@@ -141,6 +141,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn which_prefers_its_own_number_and_devices_count_only_there() {
+        // stdout and stderr one file (`> log 2>&1`), stdin /dev/null.
+        let ids = [(1, 10), (2, 20), (2, 20)];
+        for (k, (d, i)) in ids.into_iter().enumerate() {
+            DEV[k].store(d, Ordering::Relaxed);
+            INODE[k].store(i, Ordering::Relaxed);
+        }
+        begin_listing();
+        let file = libc::S_IFREG;
+        assert_eq!(which(2, 2, 20, file, false), Some(2));
+        assert_eq!(which(1, 2, 20, file, false), Some(1));
+        assert_eq!(which(7, 2, 20, file, false), Some(1), "elsewhere: the first stdio it is");
+        assert_eq!(which(5, 2, 21, file, false), None);
+        let device = libc::S_IFCHR;
+        assert_eq!(which(0, 1, 10, device, false), Some(0));
+        assert_eq!(which(4, 1, 10, device, false), None, "/dev/null opened by the program");
+        assert_eq!(which(4, 1, 10, device, true), Some(0), "a terminal counts anywhere");
+        assert_eq!(HELD_AT.each_ref().map(|h| h.load(Ordering::Relaxed)), [0, 1, 2]);
+    }
+
+    #[test]
     fn identities_round_trip() {
         assert_eq!(parse("5:7,-,9:11"), [(5, 7), (0, 0), (9, 11)]);
         assert_eq!(parse("garbage"), [(0, 0); 3]);
