@@ -13,11 +13,15 @@ mod alloc;
 mod ckpt;
 mod collect;
 mod control;
+mod eintr;
 mod exec;
 mod inotify;
+mod progsig;
 mod signals;
+mod sigwait;
 mod sockets;
 mod sys;
+mod threads;
 mod tree;
 mod writer;
 
@@ -38,6 +42,8 @@ extern "C" fn init() {
     let sig = exec::env_var("STASIS_CKPT_SIGNAL").and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
     control::remember_name();
     signals::resolve_real_functions();
+    eintr::resolve_real_functions();
+    sigwait::resolve_real_functions();
     exec::resolve_real_functions();
     inotify::resolve_real_functions();
     collect::init_rseq_lookup();

@@ -1,0 +1,479 @@
+//! A checkpoint must not show through as EINTR (docs/signals.md).
+//!
+//! Our handler is installed with SA_RESTART, so the kernel itself restarts
+//! the calls it can (read, write, wait, futex without timeout...). The
+//! others come back from our signal with -EINTR: the handler looks at the
+//! interrupted context and, when it sits right after a `syscall`
+//! instruction with -EINTR in rax, sets it to run the call again (rip back
+//! two bytes, rax the call's number; the argument registers are intact).
+//! The number is not in the frame: the checkpoint thread reads it from
+//! /proc/self/task/TID/syscall just before signalling the thread, and the
+//! handler checks it against the frame (pc and arguments); failing that, a
+//! `mov $nr, %eax` just before the `syscall` gives it.
+//!
+//! Calls with a relative timeout that the kernel does not update would
+//! start again with their whole timeout: the libc functions that make them
+//! are wrapped here; the wrapper keeps a deadline, the handler lets the
+//! EINTR through to it (marking it ours), and the wrapper calls again with
+//! the time left.
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+
+use crate::signals::{MAX_THREADS, next_symbol, our_bit};
+use crate::{sys, threads};
+
+// ---- what each stopped thread was doing -------------------------------------
+
+struct Blocked {
+    tid: AtomicI32,
+    nr: AtomicI64,
+    args: [AtomicU64; 6],
+    pc: AtomicU64,
+}
+
+impl Blocked {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const EMPTY: Blocked = Blocked {
+        tid: AtomicI32::new(0),
+        nr: AtomicI64::new(-1),
+        args: [const { AtomicU64::new(0) }; 6],
+        pc: AtomicU64::new(0),
+    };
+}
+
+static BLOCKED: [Blocked; MAX_THREADS] = [Blocked::EMPTY; MAX_THREADS];
+static BLOCKED_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Checkpoint thread, before a round of stops.
+pub fn forget_blocked() {
+    BLOCKED_COUNT.store(0, Ordering::Release);
+}
+
+/// Checkpoint thread, just before signalling `tid`: the system call it is
+/// blocked in, if any.
+pub fn note_blocked(tid: i32) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) else { return };
+    let Some((nr, args, pc)) = parse_syscall_line(&text) else { return };
+    let i = BLOCKED_COUNT.load(Ordering::Acquire);
+    let Some(e) = BLOCKED.get(i) else { return };
+    e.nr.store(nr, Ordering::Relaxed);
+    for (a, v) in e.args.iter().zip(args) {
+        a.store(v, Ordering::Relaxed);
+    }
+    e.pc.store(pc, Ordering::Relaxed);
+    e.tid.store(tid, Ordering::Relaxed);
+    BLOCKED_COUNT.store(i + 1, Ordering::Release);
+}
+
+/// "NR ARG0..ARG5 SP PC" (a thread in a system call); "running" or
+/// "-1 SP PC" otherwise.
+fn parse_syscall_line(text: &str) -> Option<(i64, [u64; 6], u64)> {
+    let mut it = text.split_whitespace();
+    let nr: i64 = it.next()?.parse().ok()?;
+    if nr < 0 {
+        return None;
+    }
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        *a = hex(it.next()?)?;
+    }
+    let _sp = it.next()?;
+    let pc = hex(it.next()?)?;
+    Some((nr, args, pc))
+}
+
+fn noted(tid: i32, pc: u64, args: &[u64; 6]) -> Option<i64> {
+    let n = BLOCKED_COUNT.load(Ordering::Acquire).min(MAX_THREADS);
+    BLOCKED[..n].iter().rev().find(|e| e.tid.load(Ordering::Relaxed) == tid).and_then(|e| {
+        let same_args = e.args.iter().zip(args).all(|(a, v)| a.load(Ordering::Relaxed) == *v);
+        (e.pc.load(Ordering::Relaxed) == pc && same_args).then(|| e.nr.load(Ordering::Relaxed))
+    })
+}
+
+// ---- in the handler ----------------------------------------------------------
+
+#[derive(Clone, Copy)]
+pub enum Fix {
+    None,
+    /// The call was set to run again.
+    Restarted { nr: i64, args: [u64; 6] },
+    /// A wrapper will call again with the time left.
+    Marked { nr: i64, args: [u64; 6] },
+}
+
+const EINTR: i64 = -(libc::EINTR as i64);
+
+fn regs(uc: *mut c_void) -> *mut [i64; 23] {
+    // SAFETY: only the address of the kernel's ucontext's gregs is taken.
+    unsafe { &raw mut (*(uc as *mut libc::ucontext_t)).uc_mcontext.gregs }
+}
+
+/// Our signal interrupted the thread at `uc`: make the call it cut short
+/// (if any) go on as if nothing happened.
+pub fn prepare(_sig: c_int, uc: *mut c_void) -> Fix {
+    let g = regs(uc);
+    // SAFETY: the kernel's ucontext for this delivery.
+    let (rax, rip) = unsafe { ((*g)[libc::REG_RAX as usize], (*g)[libc::REG_RIP as usize] as u64) };
+    if rax != EINTR {
+        return Fix::None;
+    }
+    // SAFETY: as above.
+    let args = unsafe {
+        [libc::REG_RDI, libc::REG_RSI, libc::REG_RDX, libc::REG_R10, libc::REG_R8, libc::REG_R9]
+            .map(|r| (*g)[r as usize] as u64)
+    };
+    let tid = sys::gettid();
+    let Some(nr) = noted(tid, rip, &args).or_else(|| decoded(rip)) else { return Fix::None };
+    if !after_syscall_instruction(rip) || owed_program_signal(uc, nr, &args) {
+        return Fix::None;
+    }
+    if relative_timeout(nr, &args)
+        && let Some(e) = threads::find(tid)
+        && e.wrapper_nr.load(Ordering::Relaxed) != 0
+    {
+        e.interrupted.store(true, Ordering::Release);
+        return Fix::Marked { nr, args };
+    }
+    // SAFETY: as above; the thread runs the `syscall` instruction again.
+    unsafe {
+        (*g)[libc::REG_RIP as usize] = rip as i64 - 2;
+        (*g)[libc::REG_RAX as usize] = nr;
+    }
+    Fix::Restarted { nr, args }
+}
+
+/// After the checkpoint: a program signal that arrived meanwhile is owed
+/// the EINTR after all.
+pub fn confirm(_sig: c_int, uc: *mut c_void, fix: Fix) {
+    let g = regs(uc);
+    match fix {
+        Fix::None => {}
+        Fix::Restarted { nr, args } => {
+            if owed_program_signal(uc, nr, &args) {
+                // SAFETY: the kernel's ucontext, as `prepare` left it.
+                unsafe {
+                    (*g)[libc::REG_RIP as usize] += 2;
+                    (*g)[libc::REG_RAX as usize] = EINTR;
+                }
+            }
+        }
+        Fix::Marked { nr, args } => {
+            if owed_program_signal(uc, nr, &args)
+                && let Some(e) = threads::find(sys::gettid())
+            {
+                e.interrupted.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+fn after_syscall_instruction(rip: u64) -> bool {
+    let mut b = [0u8; 2];
+    // Unreadable here (no process_vm_readv): trust /proc's pc.
+    !sys::read_own_memory(rip as usize - 2, &mut b) || b == [0x0f, 0x05]
+}
+
+/// `mov $nr, %eax; syscall`, as glibc's wrappers mostly have it.
+fn decoded(rip: u64) -> Option<i64> {
+    let mut b = [0u8; 7];
+    if !sys::read_own_memory(rip as usize - 7, &mut b) {
+        return None;
+    }
+    (b[0] == 0xb8 && b[5..] == [0x0f, 0x05]).then(|| i64::from(u32::from_le_bytes([b[1], b[2], b[3], b[4]])))
+}
+
+/// Whether the call uses a relative timeout the kernel does not update.
+fn relative_timeout(nr: i64, a: &[u64; 6]) -> bool {
+    match nr {
+        libc::SYS_poll => a[2] as i32 > 0,
+        libc::SYS_epoll_wait | libc::SYS_epoll_pwait => a[3] as i32 > 0,
+        libc::SYS_nanosleep => true,
+        libc::SYS_clock_nanosleep => a[1] as i32 & libc::TIMER_ABSTIME == 0,
+        libc::SYS_rt_sigtimedwait | libc::SYS_semtimedop => a[2 + usize::from(nr == libc::SYS_semtimedop)] != 0,
+        _ => false,
+    }
+}
+
+/// Whether a program signal is pending that this thread, as it was in the
+/// call, would take with a handler: the call's EINTR is then the program's.
+fn owed_program_signal(uc: *mut c_void, nr: i64, a: &[u64; 6]) -> bool {
+    // Every signal is blocked in our handler, so this is all of them.
+    let pending = sys::sigpending() & !our_bit() & !(1 << (libc::SIGKILL - 1)) & !(1 << (libc::SIGSTOP - 1));
+    if pending == 0 {
+        return false;
+    }
+    // SAFETY: the kernel's ucontext: its mask starts with the kernel sigset.
+    let mut mask = unsafe { *((&raw const (*(uc as *const libc::ucontext_t)).uc_sigmask) as *const u64) };
+    // Calls that wait with a mask of their own.
+    let call_mask = match nr {
+        libc::SYS_rt_sigsuspend => a[0],
+        libc::SYS_ppoll => a[3],
+        libc::SYS_epoll_pwait => a[4],
+        _ => 0,
+    };
+    let mut m = [0u8; 8];
+    if call_mask != 0 && sys::read_own_memory(call_mask as usize, &mut m) {
+        mask = u64::from_le_bytes(m);
+    }
+    let open = pending & !mask;
+    (1..=64).filter(|s| open & (1u64 << (s - 1)) != 0).any(|s| {
+        // A handler (not SIG_DFL 0, not SIG_IGN 1) would interrupt it.
+        sys::kernel_handler(s).is_some_and(|h| h > 1)
+    })
+}
+
+// ---- wrappers keeping the time left ------------------------------------------
+
+fn now_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec.saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec)
+}
+
+fn ts_ns(ts: &libc::timespec) -> i64 {
+    ts.tv_sec.saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec)
+}
+
+fn ns_ts(ns: i64) -> libc::timespec {
+    libc::timespec { tv_sec: ns / 1_000_000_000, tv_nsec: ns % 1_000_000_000 }
+}
+
+pub fn errno() -> c_int {
+    // SAFETY: the calling thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Runs `call(time_left_ns)` until it ends for another reason than our
+/// signal; `call` returns its result and whether it failed with EINTR.
+pub fn keep_time<R>(clock: libc::clockid_t, total_ns: i64, mut call: impl FnMut(i64) -> (R, bool)) -> R {
+    let Some(e) = threads::mine() else { return call(total_ns).0 };
+    let start = now_ns(clock);
+    // A program handler run inside a wrapper may call another one.
+    let outer = e.wrapper_nr.swap(1, Ordering::AcqRel);
+    let mut left = total_ns;
+    let r = loop {
+        e.interrupted.store(false, Ordering::Release);
+        let (r, eintr) = call(left);
+        if !(eintr && e.interrupted.swap(false, Ordering::AcqRel)) || left == 0 {
+            break r;
+        }
+        // Never more than asked, never less than what is left (a restored
+        // process's clock may have moved either way).
+        left = (total_ns - (now_ns(clock) - start)).clamp(0, total_ns);
+    };
+    e.wrapper_nr.store(outer, Ordering::Release);
+    if outer == 0 {
+        e.release_if_idle();
+    }
+    r
+}
+
+macro_rules! real {
+    ($cache:ident, $name:literal, $ty:ty) => {{
+        let f = next_symbol(&$cache, $name);
+        // SAFETY: libc's function of that name has this signature.
+        unsafe { std::mem::transmute::<usize, $ty>(f) }
+    }};
+}
+
+static REAL_POLL: AtomicUsize = AtomicUsize::new(0);
+static REAL_EPOLL_WAIT: AtomicUsize = AtomicUsize::new(0);
+static REAL_EPOLL_PWAIT: AtomicUsize = AtomicUsize::new(0);
+static REAL_NANOSLEEP: AtomicUsize = AtomicUsize::new(0);
+static REAL_CLOCK_NANOSLEEP: AtomicUsize = AtomicUsize::new(0);
+static REAL_SEMTIMEDOP: AtomicUsize = AtomicUsize::new(0);
+
+pub fn resolve_real_functions() {
+    next_symbol(&REAL_POLL, c"poll");
+    next_symbol(&REAL_EPOLL_WAIT, c"epoll_wait");
+    next_symbol(&REAL_EPOLL_PWAIT, c"epoll_pwait");
+    next_symbol(&REAL_NANOSLEEP, c"nanosleep");
+    next_symbol(&REAL_CLOCK_NANOSLEEP, c"clock_nanosleep");
+    next_symbol(&REAL_SEMTIMEDOP, c"semtimedop");
+}
+
+fn ms_ceil(ns: i64) -> c_int {
+    ((ns + 999_999) / 1_000_000).min(i64::from(c_int::MAX)) as c_int
+}
+
+type PollFn = unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, c_int) -> c_int;
+type EpollWaitFn = unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int) -> c_int;
+type EpollPwaitFn =
+    unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int, *const libc::sigset_t) -> c_int;
+type NanosleepFn = unsafe extern "C" fn(*const libc::timespec, *mut libc::timespec) -> c_int;
+type ClockNanosleepFn =
+    unsafe extern "C" fn(libc::clockid_t, c_int, *const libc::timespec, *mut libc::timespec) -> c_int;
+type SemtimedopFn = unsafe extern "C" fn(c_int, *mut libc::sembuf, libc::size_t, *const libc::timespec) -> c_int;
+
+/// # Safety
+/// Same contract as libc's poll.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    let f = real!(REAL_POLL, c"poll", PollFn);
+    if timeout <= 0 {
+        // SAFETY: forwarded unchanged.
+        return unsafe { f(fds, n, timeout) };
+    }
+    keep_time(libc::CLOCK_MONOTONIC, i64::from(timeout) * 1_000_000, |left| {
+        // SAFETY: forwarded with the time left.
+        let r = unsafe { f(fds, n, ms_ceil(left)) };
+        (r, r < 0 && errno() == libc::EINTR)
+    })
+}
+
+/// # Safety
+/// Same contract as libc's epoll_wait.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn epoll_wait(ep: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
+    let f = real!(REAL_EPOLL_WAIT, c"epoll_wait", EpollWaitFn);
+    if timeout <= 0 {
+        // SAFETY: forwarded unchanged.
+        return unsafe { f(ep, ev, max, timeout) };
+    }
+    keep_time(libc::CLOCK_MONOTONIC, i64::from(timeout) * 1_000_000, |left| {
+        // SAFETY: forwarded with the time left.
+        let r = unsafe { f(ep, ev, max, ms_ceil(left)) };
+        (r, r < 0 && errno() == libc::EINTR)
+    })
+}
+
+/// # Safety
+/// Same contract as libc's epoll_pwait.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn epoll_pwait(
+    ep: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    let f = real!(REAL_EPOLL_PWAIT, c"epoll_pwait", EpollPwaitFn);
+    // SAFETY: `mask` is null or valid (caller's contract).
+    let copy = (!mask.is_null()).then(|| unsafe { crate::signals::set_without_ours(mask) });
+    let mask = copy.as_ref().map_or(std::ptr::null(), |m| m as *const libc::sigset_t);
+    if timeout <= 0 {
+        // SAFETY: forwarded, with our signal left open.
+        return unsafe { f(ep, ev, max, timeout, mask) };
+    }
+    keep_time(libc::CLOCK_MONOTONIC, i64::from(timeout) * 1_000_000, |left| {
+        // SAFETY: forwarded with the time left.
+        let r = unsafe { f(ep, ev, max, ms_ceil(left), mask) };
+        (r, r < 0 && errno() == libc::EINTR)
+    })
+}
+
+/// # Safety
+/// Same contract as libc's nanosleep.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn nanosleep(req: *const libc::timespec, rem: *mut libc::timespec) -> c_int {
+    let f = real!(REAL_NANOSLEEP, c"nanosleep", NanosleepFn);
+    if req.is_null() {
+        // SAFETY: forwarded unchanged; libc reports EFAULT.
+        return unsafe { f(req, rem) };
+    }
+    // SAFETY: `req` is valid (caller's contract).
+    let total = unsafe { ts_ns(&*req) };
+    if total <= 0 || unsafe { (*req).tv_nsec } >= 1_000_000_000 {
+        // SAFETY: forwarded unchanged (nothing to wait, or EINVAL).
+        return unsafe { f(req, rem) };
+    }
+    keep_time(libc::CLOCK_MONOTONIC, total, |left| {
+        let ts = ns_ts(left);
+        // SAFETY: forwarded with the time left; `rem` as given.
+        let r = unsafe { f(&ts, rem) };
+        (r, r < 0 && errno() == libc::EINTR)
+    })
+}
+
+/// # Safety
+/// Same contract as libc's clock_nanosleep.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn clock_nanosleep(
+    clock: libc::clockid_t,
+    flags: c_int,
+    req: *const libc::timespec,
+    rem: *mut libc::timespec,
+) -> c_int {
+    let f = real!(REAL_CLOCK_NANOSLEEP, c"clock_nanosleep", ClockNanosleepFn);
+    if req.is_null() || flags & libc::TIMER_ABSTIME != 0 {
+        // SAFETY: forwarded unchanged; an absolute deadline restarts as is.
+        return unsafe { f(clock, flags, req, rem) };
+    }
+    // SAFETY: `req` is valid (caller's contract).
+    let total = unsafe { ts_ns(&*req) };
+    // SAFETY: as above.
+    if total <= 0 || unsafe { (*req).tv_nsec } >= 1_000_000_000 {
+        // SAFETY: forwarded unchanged.
+        return unsafe { f(clock, flags, req, rem) };
+    }
+    keep_time(clock, total, |left| {
+        let ts = ns_ts(left);
+        // SAFETY: forwarded with the time left; returns an error number.
+        let r = unsafe { f(clock, flags, &ts, rem) };
+        (r, r == libc::EINTR)
+    })
+}
+
+/// # Safety
+/// Same contract as libc's usleep (glibc's calls its own nanosleep, which
+/// no wrapper sees).
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn usleep(us: libc::useconds_t) -> c_int {
+    let ts = ns_ts(i64::from(us) * 1000);
+    // SAFETY: a valid request, no remainder wanted.
+    unsafe { nanosleep(&ts, std::ptr::null_mut()) }
+}
+
+/// # Safety
+/// Same contract as libc's semtimedop.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn semtimedop(
+    id: c_int,
+    ops: *mut libc::sembuf,
+    n: libc::size_t,
+    timeout: *const libc::timespec,
+) -> c_int {
+    let f = real!(REAL_SEMTIMEDOP, c"semtimedop", SemtimedopFn);
+    if timeout.is_null() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { f(id, ops, n, timeout) };
+    }
+    // SAFETY: `timeout` is valid (caller's contract).
+    let total = unsafe { ts_ns(&*timeout) };
+    if total <= 0 {
+        // SAFETY: forwarded unchanged.
+        return unsafe { f(id, ops, n, timeout) };
+    }
+    keep_time(libc::CLOCK_MONOTONIC, total, |left| {
+        let ts = ns_ts(left);
+        // SAFETY: forwarded with the time left.
+        let r = unsafe { f(id, ops, n, &ts) };
+        (r, r < 0 && errno() == libc::EINTR)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_syscall_lines() {
+        let line = "7 0x7ffd5a1c 0x1 0x3e8 0x0 0x0 0x0 0x7ffd5a00 0x7f12345678\n";
+        assert_eq!(parse_syscall_line(line), Some((7, [0x7ffd5a1c, 1, 0x3e8, 0, 0, 0], 0x7f12345678)));
+        assert_eq!(parse_syscall_line("running\n"), None);
+        assert_eq!(parse_syscall_line("-1 0x7ffd5a00 0x401000\n"), None);
+    }
+
+    #[test]
+    fn relative_timeouts_are_told_from_absolute_ones() {
+        assert!(relative_timeout(libc::SYS_poll, &[0, 1, 100, 0, 0, 0]));
+        assert!(!relative_timeout(libc::SYS_poll, &[0, 1, (-1i32) as u32 as u64, 0, 0, 0]));
+        assert!(!relative_timeout(libc::SYS_clock_nanosleep, &[1, libc::TIMER_ABSTIME as u64, 0, 0, 0, 0]));
+        assert!(relative_timeout(libc::SYS_clock_nanosleep, &[1, 0, 8, 0, 0, 0]));
+        assert!(relative_timeout(libc::SYS_semtimedop, &[1, 2, 1, 0x1000, 0, 0]));
+        assert!(!relative_timeout(libc::SYS_semtimedop, &[1, 2, 1, 0, 0, 0]));
+    }
+}
