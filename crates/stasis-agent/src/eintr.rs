@@ -98,9 +98,15 @@ fn noted(tid: i32, pc: u64, args: &[u64; 6]) -> Option<i64> {
 pub enum Fix {
     None,
     /// The call was set to run again.
-    Restarted { nr: i64, args: [u64; 6] },
+    Restarted {
+        nr: i64,
+        args: [u64; 6],
+    },
     /// A wrapper will call again with the time left.
-    Marked { nr: i64, args: [u64; 6] },
+    Marked {
+        nr: i64,
+        args: [u64; 6],
+    },
 }
 
 const EINTR: i64 = -(libc::EINTR as i64);
@@ -301,8 +307,7 @@ fn ms_ceil(ns: i64) -> c_int {
 
 type PollFn = unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, c_int) -> c_int;
 type EpollWaitFn = unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int) -> c_int;
-type EpollPwaitFn =
-    unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int, *const libc::sigset_t) -> c_int;
+type EpollPwaitFn = unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int, *const libc::sigset_t) -> c_int;
 type NanosleepFn = unsafe extern "C" fn(*const libc::timespec, *mut libc::timespec) -> c_int;
 type ClockNanosleepFn =
     unsafe extern "C" fn(libc::clockid_t, c_int, *const libc::timespec, *mut libc::timespec) -> c_int;

@@ -10,7 +10,6 @@
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-
 use crate::sys;
 
 /// Most threads a process may have for a checkpoint to succeed.

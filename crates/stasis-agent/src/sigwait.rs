@@ -13,8 +13,7 @@ use crate::{eintr, progsig, threads};
 static REAL_SIGTIMEDWAIT: AtomicUsize = AtomicUsize::new(0);
 static REAL_SIGNALFD: AtomicUsize = AtomicUsize::new(0);
 
-type SigtimedwaitFn =
-    unsafe extern "C" fn(*const libc::sigset_t, *mut libc::siginfo_t, *const libc::timespec) -> c_int;
+type SigtimedwaitFn = unsafe extern "C" fn(*const libc::sigset_t, *mut libc::siginfo_t, *const libc::timespec) -> c_int;
 type SignalfdFn = unsafe extern "C" fn(c_int, *const libc::sigset_t, c_int) -> c_int;
 
 pub fn resolve_real_functions() {

@@ -38,6 +38,10 @@ mod kernel;
 // impostor coordinators, floods, the default port (run as root, two users).
 #[path = "e2e/security.rs"]
 mod security;
+// The checkpoint signal and the program: no EINTR from a checkpoint, and
+// the program's own signals on the checkpoint signal's number.
+#[path = "e2e/signals.rs"]
+mod signals;
 
 use std::fs;
 use std::path::{Path, PathBuf};
