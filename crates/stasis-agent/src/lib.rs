@@ -21,6 +21,7 @@ mod signals;
 mod sigwait;
 mod sockets;
 mod sys;
+mod threadstart;
 mod threads;
 mod tree;
 mod writer;
@@ -44,6 +45,7 @@ extern "C" fn init() {
     signals::resolve_real_functions();
     eintr::resolve_real_functions();
     sigwait::resolve_real_functions();
+    threadstart::resolve_real_functions();
     exec::resolve_real_functions();
     inotify::resolve_real_functions();
     collect::init_rseq_lookup();
