@@ -21,8 +21,8 @@ mod signals;
 mod sigwait;
 mod sockets;
 mod sys;
-mod threadstart;
 mod threads;
+mod threadstart;
 mod tree;
 mod writer;
 

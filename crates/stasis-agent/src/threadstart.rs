@@ -75,7 +75,8 @@ pub unsafe extern "C" fn pthread_create(
     let f = next_symbol(&REAL_PTHREAD_CREATE, c"pthread_create");
     // SAFETY: libc's pthread_create has this signature.
     let real: CreateFn = unsafe { std::mem::transmute::<usize, CreateFn>(f) };
-    let free = STARTS.iter().position(|s| s.busy.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok());
+    let free =
+        STARTS.iter().position(|s| s.busy.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok());
     let Some(i) = free else {
         // SAFETY: forwarded unchanged (the pool is exhausted: rare, harmless).
         return unsafe { real(thread, attr, routine, arg) };

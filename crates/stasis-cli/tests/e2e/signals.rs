@@ -105,3 +105,67 @@ fn a_program_keeps_signal_62_as_its_own() {
 fn a_program_keeps_sigusr2_as_its_own_under_ckpt_signal_12() {
     checkpoints_kill_restart("ownsig-12", &Program::c("ownsig", &["12", "30"]), &["--ckpt-signal", "12"], 3, 2, false);
 }
+
+/// Builds tests/programs/atfork_thread.c as a library and as a program
+/// linked with it, in the sandbox.
+fn build_atfork_thread(sb: &Sandbox) -> Program {
+    let src = programs_dir().join("atfork_thread.c");
+    let dir = sb.mkdir("bin");
+    let cc = |args: &[&OsStr]| {
+        let out = Command::new("cc")
+            .args(["-O1", "-g", "-pthread", "-I"])
+            .arg(programs_dir())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| sb.fail(format!("cannot run cc: {e} (install gcc)")));
+        sb.check(out.status.success(), || format!("cc failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    };
+    let lib = dir.join("libatfork_thread.so");
+    let exe = dir.join("atfork_thread");
+    cc(&[
+        OsStr::new("-DLIB"),
+        OsStr::new("-shared"),
+        OsStr::new("-fPIC"),
+        OsStr::new("-o"),
+        lib.as_os_str(),
+        src.as_os_str(),
+    ]);
+    let rpath = format!("-Wl,-rpath,{}", dir.display());
+    cc(&[
+        OsStr::new("-o"),
+        exe.as_os_str(),
+        src.as_os_str(),
+        OsStr::new("-L"),
+        dir.as_os_str(),
+        OsStr::new("-latfork_thread"),
+        OsStr::new(&rpath),
+    ]);
+    Program { name: "atfork_thread".into(), argv: vec![exe.into_os_string(), "30".into()] }
+}
+
+/// DMTCP's pthread_atfork2: a thread started by a library's fork child
+/// handler, which runs before the agent's, must not stop checkpoints.
+#[test]
+fn a_thread_started_in_a_fork_child_handler_does_not_stop_checkpoints() {
+    let sb = Sandbox::new("atfork-thread");
+    let prog = build_atfork_thread(&sb);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch_with_args(&sb, &[], &prog, &sock, &ck, &sb.mkdir("run"));
+    app.wait_lines(&sb, 3);
+    let first = checkpoint(&sb, &sock, &mut app);
+    let second = checkpoint(&sb, &sock, &mut app);
+    let seen = app.line_count();
+    app.wait_lines(&sb, seen + 2);
+    app.kill();
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}", re.label));
+    let reference = finish_reference(&sb, reference);
+    sb.check(reference.last().is_some_and(|l| l.ends_with("ticker ran")), || format!("reference: {reference:?}"));
+    verify_history(
+        &sb,
+        &reference,
+        &[Piece::new(&app.label, app.lines(), vec![first, second]), Piece::new(&re.label, re.lines(), vec![])],
+    );
+}
