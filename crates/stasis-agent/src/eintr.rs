@@ -380,8 +380,8 @@ pub unsafe extern "C-unwind" fn nanosleep(req: *const libc::timespec, rem: *mut 
         return unsafe { f(req, rem) };
     }
     // SAFETY: `req` is valid (caller's contract).
-    let total = unsafe { ts_ns(&*req) };
-    if total <= 0 || unsafe { (*req).tv_nsec } >= 1_000_000_000 {
+    let (total, nsec) = unsafe { (ts_ns(&*req), (*req).tv_nsec) };
+    if total <= 0 || nsec >= 1_000_000_000 {
         // SAFETY: forwarded unchanged (nothing to wait, or EINVAL).
         return unsafe { f(req, rem) };
     }
@@ -408,9 +408,8 @@ pub unsafe extern "C-unwind" fn clock_nanosleep(
         return unsafe { f(clock, flags, req, rem) };
     }
     // SAFETY: `req` is valid (caller's contract).
-    let total = unsafe { ts_ns(&*req) };
-    // SAFETY: as above.
-    if total <= 0 || unsafe { (*req).tv_nsec } >= 1_000_000_000 {
+    let (total, nsec) = unsafe { (ts_ns(&*req), (*req).tv_nsec) };
+    if total <= 0 || nsec >= 1_000_000_000 {
         // SAFETY: forwarded unchanged.
         return unsafe { f(clock, flags, req, rem) };
     }
