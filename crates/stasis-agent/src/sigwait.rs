@@ -1,4 +1,5 @@
-//! sigwait and friends: they never take the checkpoint signal (a thread
+//! sigwait and friends, and the calls that wait with a mask of their own
+//! (ppoll, pselect): they never take or block the checkpoint signal (a thread
 //! that blocks everything and waits on the full set would otherwise
 //! swallow it, and no checkpoint could stop it), and they still return the
 //! program's own signals on that number, which the agent's handler holds
@@ -19,6 +20,7 @@ type SignalfdFn = unsafe extern "C" fn(c_int, *const libc::sigset_t, c_int) -> c
 pub fn resolve_real_functions() {
     next_symbol(&REAL_SIGTIMEDWAIT, c"sigtimedwait");
     next_symbol(&REAL_SIGNALFD, c"signalfd");
+    resolve_mask_functions();
 }
 
 fn real_sigtimedwait() -> SigtimedwaitFn {
@@ -155,4 +157,77 @@ pub unsafe extern "C" fn signalfd(fd: c_int, mask: *const libc::sigset_t, flags:
         let copy = set_without_ours(mask);
         f(fd, &copy, flags)
     }
+}
+
+// ---- calls that wait with a mask of their own ---------------------------------
+
+static REAL_PPOLL: AtomicUsize = AtomicUsize::new(0);
+static REAL_PSELECT: AtomicUsize = AtomicUsize::new(0);
+
+type PpollFn =
+    unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, *const libc::timespec, *const libc::sigset_t) -> c_int;
+type PselectFn = unsafe extern "C" fn(
+    c_int,
+    *mut libc::fd_set,
+    *mut libc::fd_set,
+    *mut libc::fd_set,
+    *const libc::timespec,
+    *const libc::sigset_t,
+) -> c_int;
+
+pub fn resolve_mask_functions() {
+    next_symbol(&REAL_PPOLL, c"ppoll");
+    next_symbol(&REAL_PSELECT, c"pselect");
+}
+
+/// `mask` without our signal, in `copy` (null stays null).
+///
+/// # Safety
+/// `mask` is null or valid.
+unsafe fn open_ours(mask: *const libc::sigset_t, copy: &mut libc::sigset_t) -> *const libc::sigset_t {
+    if mask.is_null() || CKPT_SIGNAL.load(Ordering::Relaxed) <= 0 {
+        return mask;
+    }
+    // SAFETY: `mask` is valid (caller's contract).
+    *copy = unsafe { set_without_ours(mask) };
+    copy
+}
+
+/// # Safety
+/// Same contract as libc's ppoll. The kernel writes the time left into
+/// the timeout, so a restart in place keeps the time (see `eintr`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn ppoll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    timeout: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    let f = next_symbol(&REAL_PPOLL, c"ppoll");
+    // SAFETY: libc's ppoll has this signature.
+    let f = unsafe { std::mem::transmute::<usize, PpollFn>(f) };
+    // SAFETY: an all-zero sigset_t is valid.
+    let mut copy: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: forwarded with our signal left open.
+    unsafe { f(fds, n, timeout, open_ours(mask, &mut copy)) }
+}
+
+/// # Safety
+/// Same contract as libc's pselect.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn pselect(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    let f = next_symbol(&REAL_PSELECT, c"pselect");
+    // SAFETY: libc's pselect has this signature.
+    let f = unsafe { std::mem::transmute::<usize, PselectFn>(f) };
+    // SAFETY: an all-zero sigset_t is valid.
+    let mut copy: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: forwarded with our signal left open.
+    unsafe { f(nfds, r, w, e, timeout, open_ours(mask, &mut copy)) }
 }
