@@ -8,8 +8,11 @@
  * and the calls that returned something else than expected: all but the
  * first are 0 when no checkpoint shows. Details go to stderr.
  *
- * SysV message queues and semaphores are not saved by a checkpoint: when
- * they are gone (after a restart), the program makes new ones, quietly.
+ * SysV message queues and semaphores are not saved by a checkpoint: the
+ * helper thread sends until it is answered, and when they are gone the
+ * program makes new ones, quietly (semaphore 0 is never posted, 1 is the
+ * helper's, which may be posted more than once); the helper's two are not
+ * timed (a killed run may have left what they wait for).
  *
  * eintr [STEPS [TIMEOUT_MS]]
  */
@@ -97,8 +100,13 @@ static void check(const char *what, long r, long want, int err, int64_t t0, int 
 
 /* ---- a helper thread that wakes the main thread's SysV waits ---------- */
 
+/* SysV queues and semaphores are not saved by a checkpoint: what was sent
+ * before it may be gone after a restart (or taken by the killed run). So
+ * the helper sends again and again until the main thread says it got it,
+ * each request with a type of its own. */
 static int cmd_pipe[2];
 static atomic_int msq, semid;
+static atomic_long asked, answered;
 
 /* New SysV objects when the old ones are gone. */
 static void ensure_ipc(void)
@@ -107,7 +115,7 @@ static void ensure_ipc(void)
 	if (msgctl(atomic_load(&msq), IPC_STAT, &q) != 0)
 		atomic_store(&msq, msgget(IPC_PRIVATE, 0600));
 	if (semctl(atomic_load(&semid), 0, GETVAL) < 0)
-		atomic_store(&semid, semget(IPC_PRIVATE, 1, 0600));
+		atomic_store(&semid, semget(IPC_PRIVATE, 2, 0600));
 }
 
 static int gone(int err)
@@ -120,20 +128,21 @@ static void *waker(void *arg)
 	(void)arg;
 	char c;
 	while (read(cmd_pipe[0], &c, 1) == 1) {
-		sleep_ms(timeout_ms);
-		if (c == 'm') {
-			struct {
-				long type;
-				char text[8];
-			} m = { 1, "hello" };
-			for (int i = 0; i < 200 && msgsnd(atomic_load(&msq), &m, sizeof m.text, 0) != 0; i++)
-				sleep_ms(5);
-		} else if (c == 's') {
-			struct sembuf up = { 0, 1, 0 };
-			for (int i = 0; i < 200 && semop(atomic_load(&semid), &up, 1) != 0; i++)
-				sleep_ms(5);
-		} else if (c == 'q') {
+		if (c == 'q')
 			break;
+		long want = atomic_load(&asked);
+		while (atomic_load(&answered) < want) {
+			sleep_ms(timeout_ms);
+			if (c == 'm') {
+				struct {
+					long type;
+					char text[8];
+				} m = { want, "hello" };
+				msgsnd(atomic_load(&msq), &m, sizeof m.text, IPC_NOWAIT);
+			} else {
+				struct sembuf up = { 1, 1, 0 };
+				semop(atomic_load(&semid), &up, 1);
+			}
 		}
 	}
 	return NULL;
@@ -191,7 +200,7 @@ int main(int argc, char **argv)
 	if (pipe(cmd_pipe) != 0)
 		return 1;
 	atomic_store(&msq, msgget(IPC_PRIVATE, 0600));
-	atomic_store(&semid, semget(IPC_PRIVATE, 1, 0600));
+	atomic_store(&semid, semget(IPC_PRIVATE, 2, 0600));
 	if (msq < 0 || semid < 0) {
 		perror("eintr: SysV IPC");
 		return 1;
@@ -311,20 +320,28 @@ int main(int argc, char **argv)
 			long type;
 			char text[8];
 		} m;
+		struct sembuf take = { 1, -1, 0 };
+		long req = atomic_load(&asked) + 1;
 		ensure_ipc();
+		atomic_store(&asked, req);
 		if (write(cmd_pipe[1], "m", 1) != 1)
 			return 1;
 		int64_t t0 = now_ns(CLOCK_MONOTONIC);
 		long got;
-		while ((got = msgrcv(msq, &m, sizeof m.text, 0, 0)) < 0 && gone(errno))
+		while ((got = msgrcv(atomic_load(&msq), &m, sizeof m.text, req, 0)) < 0 && gone(errno))
 			ensure_ipc();
-		check("msgrcv", got, (long)sizeof m.text, errno, t0, 1);
+		check("msgrcv", got, (long)sizeof m.text, errno, t0, 0);
+		atomic_store(&answered, req);
+		while (msgrcv(atomic_load(&msq), &m, sizeof m.text, 0, IPC_NOWAIT) >= 0)
+			; /* what the helper sent twice */
+		atomic_store(&asked, ++req);
 		if (write(cmd_pipe[1], "s", 1) != 1)
 			return 1;
 		t0 = now_ns(CLOCK_MONOTONIC);
-		while ((got = semop(semid, &down, 1)) < 0 && gone(errno))
+		while ((got = semop(atomic_load(&semid), &take, 1)) < 0 && gone(errno))
 			ensure_ipc();
-		check("semop", got, 0, errno, t0, 1);
+		check("semop", got, 0, errno, t0, 0);
+		atomic_store(&answered, req);
 
 		int bad_sleeps = atomic_exchange(&sleeper_bad, 0);
 		sum = mix64(sum ^ (uint64_t)(step * 131 + calls));

@@ -243,3 +243,57 @@ fn run_handler(sig: c_int, h: usize, flags: c_int, info: *mut libc::siginfo_t, u
         }
     }
 }
+
+/// In our handler, as the thread stops: takes the program's signals on our
+/// number still pending for it out of the kernel's queue (our handler
+/// blocks the number, so one sent meanwhile waits there). A restart would
+/// queue them again without their siginfo, and take the first for the
+/// restorer's own signal. The first is kept and queued again by `unstash`;
+/// further ones are kept as one, as a standard signal would be.
+pub fn stash_pending(sig: c_int, is_agents: impl Fn(*const libc::siginfo_t) -> bool) {
+    if sys::sigpending() & bit(sig) == 0 {
+        return;
+    }
+    let set: u64 = bit(sig);
+    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    loop {
+        let mut info = [0u64; 16];
+        // SAFETY: rt_sigtimedwait reads one kernel sigset and a timespec and
+        // writes one 128-byte siginfo.
+        let got = unsafe {
+            sys::syscall6(
+                libc::SYS_rt_sigtimedwait,
+                [&set as *const u64 as usize, info.as_mut_ptr() as usize, &zero as *const _ as usize, 8, 0, 0],
+            )
+        };
+        if got.is_err() {
+            return;
+        }
+        if is_agents(info.as_ptr() as *const libc::siginfo_t) {
+            continue;
+        }
+        let Some(e) = threads::mine() else { return };
+        if !e.stashed.load(Ordering::Relaxed) {
+            for (v, w) in e.stashed_info.iter().zip(info) {
+                v.store(w, Ordering::Relaxed);
+            }
+            e.stashed.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Queues again what `stash_pending` took (after the checkpoint, or in the
+/// restored process); it is taken when our handler returns.
+pub fn unstash(sig: c_int) {
+    let Some(e) = threads::find(sys::gettid()) else { return };
+    if !e.stashed.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let mut info = [0u64; 16];
+    for (w, v) in info.iter_mut().zip(&e.stashed_info) {
+        *w = v.load(Ordering::Relaxed);
+    }
+    // SAFETY: `info` is 128 bytes.
+    let _ = unsafe { sys::tgsigqueueinfo_raw(sys::getpid(), sys::gettid(), sig, info.as_ptr() as *const u8) };
+    e.release_if_idle();
+}

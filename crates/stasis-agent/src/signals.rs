@@ -167,6 +167,12 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
                 }
                 sys::futex_wait(&RESTORE_INFO.phase, stasis_plan::restore_info::PHASE_RESTORING, 100);
             }
+            // The restorer queued the program's signals that were pending at
+            // the checkpoint before its own: one on our number came first
+            // (and stood for the restorer's), so whatever is still queued
+            // on it goes to the program. Then the one stashed at the stop.
+            crate::progsig::stash_pending(sig, |_| false);
+            crate::progsig::unstash(sig);
         }
     } else if !is_agents(info) {
         crate::progsig::deliver(sig, info, uc);
@@ -183,6 +189,7 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
         // thread returns into the same call.
         let fix = crate::eintr::prepare(sig, uc);
         if STOP_REQUESTED.load(Ordering::Acquire) {
+            crate::progsig::stash_pending(sig, is_agents);
             let round = RESUME.load(Ordering::Acquire);
             let i = NEXT_SLOT.fetch_add(1, Ordering::AcqRel);
             if let Some(slot) = SLOTS.get(i) {
@@ -196,6 +203,7 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
         }
         // A program signal that came meanwhile is owed its EINTR.
         crate::eintr::confirm(sig, uc, fix);
+        crate::progsig::unstash(sig);
     }
     // SAFETY: as above.
     unsafe { *errno_ptr = saved_errno };

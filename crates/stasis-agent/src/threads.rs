@@ -32,6 +32,11 @@ pub struct ThreadState {
     pub interrupted: AtomicBool,
     /// A sigwait-like wrapper waits for the program's signals on our number.
     pub waits_for_ours: AtomicBool,
+    /// A program signal on our number that was pending when the thread
+    /// stopped, taken out of the kernel's queue (where a restart would
+    /// lose its siginfo) and queued again when the thread goes on.
+    pub stashed: AtomicBool,
+    pub stashed_info: [AtomicU64; 16],
 }
 
 impl ThreadState {
@@ -44,6 +49,8 @@ impl ThreadState {
         wrapper_nr: AtomicI64::new(0),
         interrupted: AtomicBool::new(false),
         waits_for_ours: AtomicBool::new(false),
+        stashed: AtomicBool::new(false),
+        stashed_info: [const { AtomicU64::new(0) }; 16],
     };
 
     fn idle(&self) -> bool {
@@ -51,6 +58,7 @@ impl ThreadState {
             && !self.held.load(Ordering::Relaxed)
             && self.wrapper_nr.load(Ordering::Relaxed) == 0
             && !self.waits_for_ours.load(Ordering::Relaxed)
+            && !self.stashed.load(Ordering::Relaxed)
     }
 
     fn clear(&self) {
@@ -59,6 +67,7 @@ impl ThreadState {
         self.wrapper_nr.store(0, Ordering::Relaxed);
         self.interrupted.store(false, Ordering::Relaxed);
         self.waits_for_ours.store(false, Ordering::Relaxed);
+        self.stashed.store(false, Ordering::Relaxed);
     }
 
     /// Gives the entry up if nothing in it is wanted any more.
