@@ -97,16 +97,49 @@ fn noted(tid: i32, pc: u64, args: &[u64; 6]) -> Option<i64> {
 #[derive(Clone, Copy)]
 pub enum Fix {
     None,
-    /// The call was set to run again.
-    Restarted {
+    /// The call that failed at `rip` is to run again.
+    Restart {
+        rip: u64,
         nr: i64,
         args: [u64; 6],
     },
-    /// A wrapper will call again with the time left.
+    /// Its wrapper will call again with the time left.
     Marked {
+        rip: u64,
         nr: i64,
         args: [u64; 6],
     },
+}
+
+impl Fix {
+    fn save(self, e: &threads::ThreadState) {
+        let (kind, rip, nr, args) = match self {
+            Fix::None => (0, 0, 0, [0; 6]),
+            Fix::Restart { rip, nr, args } => (1, rip, nr, args),
+            Fix::Marked { rip, nr, args } => (2, rip, nr, args),
+        };
+        e.fix[1].store(rip, Ordering::Relaxed);
+        e.fix[2].store(nr as u64, Ordering::Relaxed);
+        for (v, a) in e.fix[3..].iter().zip(args) {
+            v.store(a, Ordering::Relaxed);
+        }
+        e.fix[0].store(kind, Ordering::Release);
+    }
+
+    fn take(e: &threads::ThreadState) -> Fix {
+        let kind = e.fix[0].swap(0, Ordering::AcqRel);
+        let rip = e.fix[1].load(Ordering::Relaxed);
+        let nr = e.fix[2].load(Ordering::Relaxed) as i64;
+        let mut args = [0u64; 6];
+        for (a, v) in args.iter_mut().zip(&e.fix[3..]) {
+            *a = v.load(Ordering::Relaxed);
+        }
+        match kind {
+            1 => Fix::Restart { rip, nr, args },
+            2 => Fix::Marked { rip, nr, args },
+            _ => Fix::None,
+        }
+    }
 }
 
 const EINTR: i64 = -(libc::EINTR as i64);
@@ -116,56 +149,101 @@ fn regs(uc: *mut c_void) -> *mut [i64; 23] {
     unsafe { &raw mut (*(uc as *mut libc::ucontext_t)).uc_mcontext.gregs }
 }
 
-/// Our signal interrupted the thread at `uc`: make the call it cut short
-/// (if any) go on as if nothing happened.
-pub fn prepare(_sig: c_int, uc: *mut c_void) -> Fix {
+fn rax_rip(uc: *mut c_void) -> (i64, u64) {
     let g = regs(uc);
     // SAFETY: the kernel's ucontext for this delivery.
-    let (rax, rip) = unsafe { ((*g)[libc::REG_RAX as usize], (*g)[libc::REG_RIP as usize] as u64) };
+    unsafe { ((*g)[libc::REG_RAX as usize], (*g)[libc::REG_RIP as usize] as u64) }
+}
+
+/// Our signal interrupted the thread at `uc`: decides what becomes of the
+/// call it cut short (if any). Nothing changes in the frame yet, so the
+/// saved one shows the call failed: whatever a restored thread takes first
+/// (the program's signal pending at the checkpoint, ours) decides then.
+pub fn prepare(_sig: c_int, uc: *mut c_void) -> Fix {
+    let g = regs(uc);
+    let (rax, rip) = rax_rip(uc);
     if rax != EINTR {
         return Fix::None;
     }
-    // SAFETY: as above.
+    // SAFETY: the kernel's ucontext for this delivery.
     let args = unsafe {
         [libc::REG_RDI, libc::REG_RSI, libc::REG_RDX, libc::REG_R10, libc::REG_R8, libc::REG_R9]
             .map(|r| (*g)[r as usize] as u64)
     };
     let tid = sys::gettid();
+    if let Some(e) = threads::find(tid)
+        && e.owed_at.swap(0, Ordering::AcqRel) == rip
+    {
+        // The program's own signal on our number just failed this call.
+        e.release_if_idle();
+        return Fix::None;
+    }
     let Some(nr) = noted(tid, rip, &args).or_else(|| decoded(rip)) else { return Fix::None };
     if !after_syscall_instruction(rip) || owed_program_signal(uc, nr, &args) {
         return Fix::None;
     }
-    if relative_timeout(nr, &args)
-        && let Some(e) = threads::find(tid)
-        && e.wrapper_nr.load(Ordering::Relaxed) != 0
-    {
+    let Some(e) = threads::mine() else { return Fix::None };
+    let fix = if relative_timeout(nr, &args) && e.wrapper_nr.load(Ordering::Relaxed) != 0 {
         e.interrupted.store(true, Ordering::Release);
-        return Fix::Marked { nr, args };
-    }
-    // SAFETY: as above; the thread runs the `syscall` instruction again.
-    unsafe {
-        (*g)[libc::REG_RIP as usize] = rip as i64 - 2;
-        (*g)[libc::REG_RAX as usize] = nr;
-    }
-    Fix::Restarted { nr, args }
+        Fix::Marked { rip, nr, args }
+    } else {
+        Fix::Restart { rip, nr, args }
+    };
+    fix.save(e);
+    fix
 }
 
-/// After the checkpoint: a program signal that arrived meanwhile is owed
-/// the EINTR after all.
-pub fn confirm(_sig: c_int, uc: *mut c_void, fix: Fix) {
+/// After the checkpoint, in the live process: carries out `fix`, unless a
+/// program signal that arrived meanwhile is owed the EINTR after all.
+pub fn confirm(sig: c_int, uc: *mut c_void, fix: Fix) {
+    if matches!(fix, Fix::None) {
+        return;
+    }
+    if let Some(e) = threads::find(sys::gettid()) {
+        Fix::take(e);
+        e.release_if_idle();
+    }
+    apply(sig, uc, fix);
+}
+
+/// In a restored thread, as it takes our signal on leaving the restorer:
+/// carries out what was decided at the checkpoint, if the frame is still
+/// the failed call (a program signal taken first was owed the EINTR).
+pub fn restored(sig: c_int, uc: *mut c_void) {
+    let Some(e) = threads::find(sys::gettid()) else { return };
+    let fix = Fix::take(e);
+    e.release_if_idle();
+    let (Fix::Restart { rip, .. } | Fix::Marked { rip, .. }) = fix else { return };
+    if rax_rip(uc) == (EINTR, rip) {
+        apply(sig, uc, fix);
+    } else if let Fix::Marked { .. } = fix {
+        e.interrupted.store(false, Ordering::Release);
+    }
+}
+
+fn apply(sig: c_int, uc: *mut c_void, fix: Fix) {
     let g = regs(uc);
     match fix {
         Fix::None => {}
-        Fix::Restarted { nr, args } => {
+        Fix::Restart { rip, nr, args } => {
             if owed_program_signal(uc, nr, &args) {
-                // SAFETY: the kernel's ucontext, as `prepare` left it.
-                unsafe {
-                    (*g)[libc::REG_RIP as usize] += 2;
-                    (*g)[libc::REG_RAX as usize] = EINTR;
-                }
+                return;
+            }
+            // SAFETY: the kernel's ucontext; the thread runs the `syscall`
+            // instruction again with the arguments still in its registers.
+            unsafe {
+                (*g)[libc::REG_RIP as usize] = rip as i64 - 2;
+                (*g)[libc::REG_RAX as usize] = nr;
+            }
+            if sys::sigpending() & crate::progsig::bit(sig) != 0
+                && let Some(e) = threads::mine()
+            {
+                // Taken the moment we return: if it is the program's, it
+                // finds this call set to run again, and undoes that.
+                e.restarted_at.store(rip - 2, Ordering::Release);
             }
         }
-        Fix::Marked { nr, args } => {
+        Fix::Marked { nr, args, .. } => {
             if owed_program_signal(uc, nr, &args)
                 && let Some(e) = threads::find(sys::gettid())
             {
@@ -188,6 +266,38 @@ fn decoded(rip: u64) -> Option<i64> {
         return None;
     }
     (b[0] == 0xb8 && b[5..] == [0x0f, 0x05]).then(|| i64::from(u32::from_le_bytes([b[1], b[2], b[3], b[4]])))
+}
+
+/// The program's signal on our number is being delivered at `uc`: if our
+/// handler had just set the call there to run again, or had marked its
+/// wrapper to go on, the program is owed the EINTR after all (every call we
+/// restart is one that fails with EINTR under a handler); and if the call
+/// failed with EINTR while our signal waits to be taken on top, ours must
+/// leave it failed.
+pub fn program_signal_at(sig: c_int, uc: *mut c_void) {
+    let tid = sys::gettid();
+    let g = regs(uc);
+    // SAFETY: the kernel's ucontext for this delivery.
+    let rip = unsafe { (*g)[libc::REG_RIP as usize] as u64 };
+    if let Some(e) = threads::find(tid) {
+        e.interrupted.store(false, Ordering::Release);
+        if e.restarted_at.swap(0, Ordering::AcqRel) == rip && rip != 0 {
+            // SAFETY: as above: back to the failed call.
+            unsafe {
+                (*g)[libc::REG_RIP as usize] = rip as i64 + 2;
+                (*g)[libc::REG_RAX as usize] = EINTR;
+            }
+        }
+        e.release_if_idle();
+    }
+    // SAFETY: as above (it may have just changed).
+    let (rax, rip) = unsafe { ((*g)[libc::REG_RAX as usize], (*g)[libc::REG_RIP as usize] as u64) };
+    if rax == EINTR
+        && sys::sigpending() & crate::progsig::bit(sig) != 0
+        && let Some(e) = threads::mine()
+    {
+        e.owed_at.store(rip, Ordering::Release);
+    }
 }
 
 /// Whether the call uses a relative timeout the kernel does not update.

@@ -146,6 +146,7 @@ pub fn deliver(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void) {
             return;
         }
     }
+    crate::eintr::program_signal_at(sig, uc);
     if program_blocks(tid) {
         hold(sig, info);
         return;

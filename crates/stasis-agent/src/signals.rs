@@ -173,6 +173,8 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
             // on it goes to the program. Then the one stashed at the stop.
             crate::progsig::stash_pending(sig, |_| false);
             crate::progsig::unstash(sig);
+            // The call our signal cut short at the checkpoint.
+            crate::eintr::restored(sig, uc);
         }
     } else if !is_agents(info) {
         crate::progsig::deliver(sig, info, uc);
@@ -184,9 +186,9 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
             f(uc);
         }
     } else {
-        // A system call our signal cut short is set to start again (or its
-        // wrapper told to go on) before the frame is saved: a restored
-        // thread returns into the same call.
+        // What becomes of a system call our signal cut short is decided
+        // now, and carried out as the thread goes on (here, or in a
+        // restored process as it leaves the restorer).
         let fix = crate::eintr::prepare(sig, uc);
         if STOP_REQUESTED.load(Ordering::Acquire) {
             crate::progsig::stash_pending(sig, is_agents);
@@ -201,9 +203,9 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
                 sys::futex_wait(&RESUME, round, 0);
             }
         }
+        crate::progsig::unstash(sig);
         // A program signal that came meanwhile is owed its EINTR.
         crate::eintr::confirm(sig, uc, fix);
-        crate::progsig::unstash(sig);
     }
     // SAFETY: as above.
     unsafe { *errno_ptr = saved_errno };

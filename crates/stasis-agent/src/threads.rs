@@ -37,6 +37,15 @@ pub struct ThreadState {
     /// lose its siginfo) and queued again when the thread goes on.
     pub stashed: AtomicBool,
     pub stashed_info: [AtomicU64; 16],
+    /// Where our handler set a call to run again while a signal on our
+    /// number was pending: if that is the program's, its EINTR is owed.
+    pub restarted_at: AtomicU64,
+    /// Where the program's signal on our number found a call failed with
+    /// EINTR while ours was pending: ours must not restart that call.
+    pub owed_at: AtomicU64,
+    /// What our handler decided for the call it cut short (`eintr::Fix`,
+    /// encoded), kept here so that a restored thread finds it too.
+    pub fix: [AtomicU64; 9],
 }
 
 impl ThreadState {
@@ -51,6 +60,9 @@ impl ThreadState {
         waits_for_ours: AtomicBool::new(false),
         stashed: AtomicBool::new(false),
         stashed_info: [const { AtomicU64::new(0) }; 16],
+        restarted_at: AtomicU64::new(0),
+        owed_at: AtomicU64::new(0),
+        fix: [const { AtomicU64::new(0) }; 9],
     };
 
     fn idle(&self) -> bool {
@@ -59,6 +71,9 @@ impl ThreadState {
             && self.wrapper_nr.load(Ordering::Relaxed) == 0
             && !self.waits_for_ours.load(Ordering::Relaxed)
             && !self.stashed.load(Ordering::Relaxed)
+            && self.restarted_at.load(Ordering::Relaxed) == 0
+            && self.owed_at.load(Ordering::Relaxed) == 0
+            && self.fix[0].load(Ordering::Relaxed) == 0
     }
 
     fn clear(&self) {
@@ -68,6 +83,9 @@ impl ThreadState {
         self.interrupted.store(false, Ordering::Relaxed);
         self.waits_for_ours.store(false, Ordering::Relaxed);
         self.stashed.store(false, Ordering::Relaxed);
+        self.restarted_at.store(0, Ordering::Relaxed);
+        self.owed_at.store(0, Ordering::Relaxed);
+        self.fix[0].store(0, Ordering::Relaxed);
     }
 
     /// Gives the entry up if nothing in it is wanted any more.
