@@ -44,7 +44,9 @@ fn checkpoints_kill_restart(test: &str, prog: &Program, extra: &[&str], before: 
     let reference = start_reference(&sb, prog, &sb.mkdir("ref"));
     let (ck, sock) = (sb.join("ck"), sb.socket());
     let mut app = launch_with_args(&sb, extra, prog, &sock, &ck, &sb.mkdir("run"));
-    app.wait_lines(&sb, 3);
+    // ownsig prints its first lines at once, maybe before its agent has
+    // said hello to the coordinator.
+    app.wait_lines(&sb, 5);
     let mut windows = Vec::new();
     for _ in 0..before {
         windows.push(checkpoint(&sb, &sock, &mut app));
