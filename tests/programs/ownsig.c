@@ -83,7 +83,25 @@ static int queue_to(pthread_t t, int value)
 	return pthread_sigqueue(t, sig, v);
 }
 
-/* A child that leaves the signal to its default action dies of it. */
+/* A child that leaves the signal to its default action dies of it; one
+ * forked with the signal blocked has it blocked too. */
+static int forked_mask_kept(void)
+{
+	sigset_t one, old;
+	sigemptyset(&one);
+	sigaddset(&one, sig);
+	pthread_sigmask(SIG_BLOCK, &one, &old);
+	pid_t pid = fork();
+	if (pid == 0) {
+		sigset_t now;
+		pthread_sigmask(SIG_BLOCK, NULL, &now);
+		_exit(sigismember(&now, sig) == 1 ? 0 : 1);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int st;
+	return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
 static int default_action_kills(void)
 {
 	pid_t pid = fork();
@@ -116,6 +134,7 @@ int main(int argc, char **argv)
 
 	printf("sigaction reads back: %s\n", install(0) ? "ok" : "WRONG");
 	printf("default action kills a child: %s\n", default_action_kills() ? "ok" : "WRONG");
+	printf("a child forked with it blocked has it blocked: %s\n", forked_mask_kept() ? "ok" : "WRONG");
 	uint64_t sum = 0;
 	for (int step = 1; step <= steps; step++) {
 		/* Delivered to this thread, handler run with the value. */
@@ -136,7 +155,10 @@ int main(int argc, char **argv)
 		pthread_sigmask(SIG_BLOCK, NULL, &now);
 		before = runs;
 		queue_to(pthread_self(), 1000 + step);
-		int held = runs == before && sigismember(&now, sig) == 1 && sigismember(&old, sig) == 0;
+		sigset_t waiting;
+		sigpending(&waiting);
+		int held = runs == before && sigismember(&now, sig) == 1 && sigismember(&old, sig) == 0 &&
+			   sigismember(&waiting, sig) == 1;
 		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		int released = runs == before + 1 && last_value == 1000 + step;
 

@@ -46,6 +46,7 @@ extern "C" fn init() {
     eintr::resolve_real_functions();
     sigwait::resolve_real_functions();
     threadstart::resolve_real_functions();
+    progsig::resolve_real_functions();
     exec::resolve_real_functions();
     inotify::resolve_real_functions();
     collect::init_rseq_lookup();
@@ -58,6 +59,8 @@ extern "C" fn init() {
     if !tree::install_fork_handlers() {
         sys::write_stderr(b"stasis agent: cannot register fork handlers; forked children will not be checkpointed\n");
     }
+    // The program's view of our signal's mask, carried into a fork child.
+    progsig::install_fork_handlers();
     start_checkpoint_thread();
 }
 

@@ -298,3 +298,54 @@ pub fn unstash(sig: c_int) {
     let _ = unsafe { sys::tgsigqueueinfo_raw(sys::getpid(), sys::gettid(), sig, info.as_ptr() as *const u8) };
     e.release_if_idle();
 }
+
+/// Whether the forking thread had our signal blocked (program side): its
+/// child's only thread starts the same.
+static FORK_BLOCKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn fork_prepare() {
+    FORK_BLOCKS.store(program_blocks(sys::gettid()), Ordering::Release);
+}
+
+extern "C" fn fork_child() {
+    // Runs after the agent's own child handler has emptied the table.
+    let sig = crate::signals::CKPT_SIGNAL.load(Ordering::Acquire);
+    if sig > 0 && FORK_BLOCKS.load(Ordering::Acquire) {
+        set_program_blocks(sig, true);
+    }
+}
+
+/// Registers the fork handlers above; after `tree::install_fork_handlers`
+/// (child handlers run in the order they were registered).
+pub fn install_fork_handlers() -> bool {
+    // SAFETY: plain functions that live as long as the agent.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), None, Some(fork_child)) == 0 }
+}
+
+static REAL_SIGPENDING: AtomicUsize = AtomicUsize::new(0);
+
+pub fn resolve_real_functions() {
+    crate::signals::next_symbol(&REAL_SIGPENDING, c"sigpending");
+}
+
+/// # Safety
+/// Same contract as libc's sigpending: a signal held for the program
+/// (`hold`) is pending, as far as the program can tell.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigpending(set: *mut libc::sigset_t) -> c_int {
+    let f = crate::signals::next_symbol(&REAL_SIGPENDING, c"sigpending");
+    // SAFETY: libc's sigpending has this signature.
+    let f = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(*mut libc::sigset_t) -> c_int>(f) };
+    // SAFETY: forwarded unchanged.
+    let r = unsafe { f(set) };
+    let sig = crate::signals::CKPT_SIGNAL.load(Ordering::Relaxed);
+    if r == 0
+        && sig > 0
+        && threads::BLOCKERS.load(Ordering::Acquire) != 0
+        && threads::find(sys::gettid()).is_some_and(|e| e.held.load(Ordering::Acquire))
+    {
+        // SAFETY: `set` was just filled by libc.
+        unsafe { libc::sigaddset(set, sig) };
+    }
+    r
+}
