@@ -347,8 +347,9 @@ unsafe fn without_ours(f: SigmaskFn, how: c_int, set: *const libc::sigset_t, old
         // SAFETY: forwarded unchanged.
         return unsafe { f(how, set, old) };
     }
-    let tid = sys::gettid();
-    let was_blocked = crate::progsig::program_blocks(tid);
+    // No gettid unless some thread blocks our signal (program side).
+    let was_blocked =
+        crate::threads::BLOCKERS.load(Ordering::Acquire) != 0 && crate::progsig::program_blocks(sys::gettid());
     let r = if set.is_null() || how == libc::SIG_UNBLOCK {
         // SAFETY: forwarded unchanged.
         unsafe { f(how, set, old) }

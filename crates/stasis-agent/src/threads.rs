@@ -146,3 +146,36 @@ pub fn reset_after_fork() {
     }
     BLOCKERS.store(0, Ordering::Release);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_found_by_its_thread_and_given_up_when_idle() {
+        std::thread::spawn(|| {
+            let tid = sys::gettid();
+            let e = mine().expect("an entry");
+            assert!(std::ptr::eq(e, find(tid).expect("found again")));
+            e.wrapper_nr.store(1, Ordering::Relaxed);
+            e.release_if_idle();
+            assert!(find(tid).is_some(), "an entry in use stays");
+            e.wrapper_nr.store(0, Ordering::Relaxed);
+            e.release_if_idle();
+            assert!(find(tid).is_none(), "an idle entry is given up");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_program_side_block_is_per_thread() {
+        let blocked = std::thread::spawn(|| {
+            crate::progsig::set_program_blocks(62, true);
+            crate::progsig::program_blocks(sys::gettid())
+        });
+        let other = std::thread::spawn(|| crate::progsig::program_blocks(sys::gettid()));
+        assert!(blocked.join().unwrap());
+        assert!(!other.join().unwrap());
+    }
+}
