@@ -3,7 +3,8 @@
  * its sigaction and its mask must read back as it set them, a signal sent
  * while it has the number blocked must come when it unblocks it, and a
  * thread that blocks everything and waits in sigwaitinfo() on the full set
- * gets the signals sent to it and never stops a checkpoint.
+ * gets the signals sent to it and never stops a checkpoint (and another in
+ * sigwait() likewise).
  *
  * ownsig SIGNAL [STEPS [PAUSE_MS]]
  */
@@ -28,7 +29,7 @@ static void on_sig(int s, siginfo_t *si, void *uc)
 	/* The signal itself and the action's mask are blocked meanwhile. */
 	mask_ok_in_handler = sigismember(&cur, s) == 1 && sigismember(&cur, SIGUSR1) == 1;
 	last_code_ok = s == sig && si->si_signo == sig && si->si_pid == getpid() &&
-		       (si->si_code == SI_QUEUE || si->si_code == SI_TKILL);
+		       (si->si_code == SI_QUEUE || si->si_code == SI_TKILL || si->si_code == SI_USER);
 	last_value = si->si_code == SI_QUEUE ? si->si_value.sival_int : -1;
 	runs++;
 }
@@ -55,6 +56,31 @@ static void *waiter(void *arg)
 			fprintf(stderr, "ownsig: sigwaitinfo: %s\n", strerror(errno));
 		int v = s == sig ? si.si_value.sival_int : -1000 - s;
 		if (write(to_main[1], &v, sizeof v) != sizeof v)
+			break;
+	}
+	return NULL;
+}
+
+/* A second waiter, in sigwait() on the full set, says which signal came. */
+static int from_sigwaiter[2];
+static pthread_t sigwaiter_thread;
+
+static void *sigwaiter(void *arg)
+{
+	(void)arg;
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	int ready = 0;
+	if (write(from_sigwaiter[1], &ready, sizeof ready) != sizeof ready)
+		return NULL;
+	for (;;) {
+		int s = 0;
+		int r = sigwait(&all, &s);
+		if (r == 0 && s == SIGTERM)
+			break;
+		int v = r == 0 ? s : -r;
+		if (write(from_sigwaiter[1], &v, sizeof v) != sizeof v)
 			break;
 	}
 	return NULL;
@@ -131,6 +157,11 @@ int main(int argc, char **argv)
 	int ready;
 	if (read(to_main[0], &ready, sizeof ready) != sizeof ready)
 		return 1;
+	if (pipe(from_sigwaiter) != 0)
+		return 1;
+	pthread_create(&sigwaiter_thread, NULL, sigwaiter, NULL);
+	if (read(from_sigwaiter[0], &ready, sizeof ready) != sizeof ready)
+		return 1;
 
 	printf("sigaction reads back: %s\n", install(0) ? "ok" : "WRONG");
 	printf("default action kills a child: %s\n", default_action_kills() ? "ok" : "WRONG");
@@ -141,6 +172,11 @@ int main(int argc, char **argv)
 		int before = runs;
 		queue_to(pthread_self(), step);
 		int handled = runs == before + 1 && last_value == step && last_code_ok && mask_ok_in_handler;
+
+		/* kill() to the process: the main thread takes it (SI_USER). */
+		before = runs;
+		kill(getpid(), sig);
+		int killed = runs == before + 1 && last_code_ok;
 
 		/* raise(): SI_TKILL, no value. */
 		before = runs;
@@ -182,14 +218,22 @@ int main(int argc, char **argv)
 		if (read(to_main[0], &got, sizeof got) != sizeof got)
 			got = -1;
 
+		/* And the sigwait() one. */
+		queue_to(sigwaiter_thread, step);
+		int waited = 0;
+		if (read(from_sigwaiter[0], &waited, sizeof waited) != sizeof waited)
+			waited = -1;
+
 		sum = mix64(sum ^ (uint64_t)(step * 7 + got));
-		printf("step %d handler %s raise %s blocked %s/%s ignored %s waiter %d\n", step, handled ? "ok" : "WRONG",
-		       raised ? "ok" : "WRONG", held ? "ok" : "WRONG", released ? "ok" : "WRONG",
-		       ignored ? "ok" : "WRONG", got);
+		printf("step %d handler %s kill %s raise %s blocked %s/%s ignored %s waiter %d sigwait %s\n", step,
+		       handled ? "ok" : "WRONG", killed ? "ok" : "WRONG", raised ? "ok" : "WRONG", held ? "ok" : "WRONG",
+		       released ? "ok" : "WRONG", ignored ? "ok" : "WRONG", got, waited == sig ? "ok" : "WRONG");
 		sleep_ms(step_pause_ms(step, pause_ms));
 	}
 	pthread_kill(waiter_thread, SIGTERM);
 	pthread_join(waiter_thread, NULL);
+	pthread_kill(sigwaiter_thread, SIGTERM);
+	pthread_join(sigwaiter_thread, NULL);
 	printf("final %016llx runs %d\n", (unsigned long long)sum, (int)runs);
 	return 0;
 }
