@@ -259,13 +259,98 @@ fn after_syscall_instruction(rip: u64) -> bool {
     !sys::read_own_memory(rip as usize - 2, &mut b) || b == [0x0f, 0x05]
 }
 
-/// `mov $nr, %eax; syscall`, as glibc's wrappers mostly have it.
+/// `mov $nr, %eax` (b8 imm32) before the `syscall`, as glibc's wrappers
+/// have it: right before it, or followed by a few moves that set the other
+/// argument registers (glibc's cancellable calls). Anything not understood
+/// gives None: the call then fails with EINTR rather than risk running
+/// another one.
 fn decoded(rip: u64) -> Option<i64> {
-    let mut b = [0u8; 7];
-    if !sys::read_own_memory(rip as usize - 7, &mut b) {
+    const LOOK: usize = 32;
+    let mut b = [0u8; LOOK];
+    if !sys::read_own_memory(rip as usize - LOOK, &mut b) {
         return None;
     }
-    (b[0] == 0xb8 && b[5..] == [0x0f, 0x05]).then(|| i64::from(u32::from_le_bytes([b[1], b[2], b[3], b[4]])))
+    decode_nr(&b)
+}
+
+/// `code` ends with the `syscall` instruction.
+fn decode_nr(code: &[u8]) -> Option<i64> {
+    let end = code.len().checked_sub(2)?;
+    if code[end..] != [0x0f, 0x05] {
+        return None;
+    }
+    // The nearest `b8` from which plain moves lead exactly to the syscall.
+    (1..end.saturating_sub(4)).rev().find_map(|s| {
+        let rex_before = (0x40..=0x4f).contains(&code[s - 1]);
+        if code[s] != 0xb8 || rex_before {
+            return None;
+        }
+        let mut pos = s + 5;
+        for _ in 0..4 {
+            if pos == end {
+                let nr = u32::from_le_bytes([code[s + 1], code[s + 2], code[s + 3], code[s + 4]]);
+                // x86-64 has fewer than 512 calls: anything else was no call number.
+                return (nr < 512).then_some(i64::from(nr));
+            }
+            pos += move_not_to_eax(&code[pos..end])?;
+        }
+        None
+    })
+}
+
+/// The length of the instruction at the start of `code` if it is a move
+/// (mov, lea, mov immediate) that leaves eax alone and does not jump.
+fn move_not_to_eax(code: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    let rex = match code.first()? {
+        r @ 0x40..=0x4f => {
+            i += 1;
+            *r
+        }
+        _ => 0,
+    };
+    let op = *code.get(i)?;
+    i += 1;
+    match op {
+        // mov $imm32, %ecx..%edi (or %r9d..%r15d with REX.B); not with
+        // REX.W (a 64-bit immediate).
+        0xb9..=0xbf if rex & 0x08 == 0 => return Some(i + 4),
+        0x89 | 0x8b | 0x8d | 0xc7 | 0xc6 => {}
+        _ => return None,
+    }
+    let modrm = *code.get(i)?;
+    i += 1;
+    let (md, reg, rm) = (modrm >> 6, (modrm >> 3) & 7, modrm & 7);
+    let reg_is_rax = reg == 0 && rex & 0x04 == 0;
+    let rm_is_rax = md == 3 && rm == 0 && rex & 0x01 == 0;
+    let writes_eax = match op {
+        0x8b | 0x8d => reg_is_rax,
+        _ => rm_is_rax,
+    };
+    if writes_eax || ((op == 0xc7 || op == 0xc6) && reg != 0) || (op == 0x8d && md == 3) {
+        return None;
+    }
+    if md != 3 {
+        if rm == 4 {
+            let sib = *code.get(i)?;
+            i += 1;
+            if md == 0 && sib & 7 == 5 {
+                i += 4;
+            }
+        }
+        i += match (md, rm) {
+            (0, 5) => 4,
+            (1, _) => 1,
+            (2, _) => 4,
+            _ => 0,
+        };
+    }
+    i += match op {
+        0xc7 => 4,
+        0xc6 => 1,
+        _ => 0,
+    };
+    (i <= code.len()).then_some(i)
 }
 
 /// The program's signal on our number is being delivered at `uc`: if our
@@ -579,6 +664,32 @@ mod tests {
         assert_eq!(parse_syscall_line(line), Some((7, [0x7ffd5a1c, 1, 0x3e8, 0, 0, 0], 0x7f12345678)));
         assert_eq!(parse_syscall_line("running\n"), None);
         assert_eq!(parse_syscall_line("-1 0x7ffd5a00 0x401000\n"), None);
+    }
+
+    fn syscall_site(before: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x90u8; 32 - before.len() - 2];
+        v.extend_from_slice(before);
+        v.extend_from_slice(&[0x0f, 0x05]);
+        v
+    }
+
+    #[test]
+    fn the_call_number_is_read_from_the_code_before_the_syscall() {
+        // mov $0x10e,%eax; syscall
+        assert_eq!(decode_nr(&syscall_site(&[0xb8, 0x0e, 0x01, 0, 0])), Some(0x10e));
+        // mov $0x10e,%eax; mov 0x1c(%rsp),%edi; syscall (glibc's pselect)
+        assert_eq!(decode_nr(&syscall_site(&[0xb8, 0x0e, 0x01, 0, 0, 0x8b, 0x7c, 0x24, 0x1c])), Some(0x10e));
+        // ... with mov 0x28(%rsp),%r10 and mov 0x20(%rsp),%rsi between
+        let site = [0xb8, 7, 0, 0, 0, 0x4c, 0x8b, 0x54, 0x24, 0x28, 0x48, 0x8b, 0x74, 0x24, 0x20];
+        assert_eq!(decode_nr(&syscall_site(&site)), Some(7));
+        // mov $x,%r8d (REX.B): not eax.
+        assert_eq!(decode_nr(&syscall_site(&[0x41, 0xb8, 9, 0, 0, 0])), None);
+        // mov $7,%eax; mov %rdi,%rax: eax is overwritten.
+        assert_eq!(decode_nr(&syscall_site(&[0xb8, 7, 0, 0, 0, 0x48, 0x89, 0xf8])), None);
+        // mov $7,%eax; mov 8(%rsp),%eax
+        assert_eq!(decode_nr(&syscall_site(&[0xb8, 7, 0, 0, 0, 0x8b, 0x44, 0x24, 0x08])), None);
+        // no mov at all
+        assert_eq!(decode_nr(&syscall_site(&[0x48, 0x89, 0xf8])), None);
     }
 
     #[test]
