@@ -23,6 +23,7 @@ mod sockets;
 mod sys;
 mod threads;
 mod threadstart;
+mod timeouts;
 mod tree;
 mod writer;
 
@@ -43,7 +44,7 @@ extern "C" fn init() {
     let sig = exec::env_var("STASIS_CKPT_SIGNAL").and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
     control::remember_name();
     signals::resolve_real_functions();
-    eintr::resolve_real_functions();
+    timeouts::resolve_real_functions();
     sigwait::resolve_real_functions();
     threadstart::resolve_real_functions();
     progsig::resolve_real_functions();

@@ -9,7 +9,7 @@ use std::ffi::c_int;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::signals::{CKPT_SIGNAL, next_symbol, set_without_ours};
-use crate::{eintr, progsig, threads};
+use crate::{progsig, threads, timeouts};
 
 static REAL_SIGTIMEDWAIT: AtomicUsize = AtomicUsize::new(0);
 static REAL_SIGNALFD: AtomicUsize = AtomicUsize::new(0);
@@ -72,14 +72,14 @@ unsafe fn wait(set: *const libc::sigset_t, info: *mut libc::siginfo_t, timeout: 
         } else {
             // SAFETY: `timeout` is valid (caller's contract).
             let total = unsafe { (*timeout).tv_sec.saturating_mul(1_000_000_000).saturating_add((*timeout).tv_nsec) };
-            eintr::keep_time(libc::CLOCK_MONOTONIC, total.max(0), |left| {
+            timeouts::keep_time(libc::CLOCK_MONOTONIC, total.max(0), |left| {
                 let ts = libc::timespec { tv_sec: left / 1_000_000_000, tv_nsec: left % 1_000_000_000 };
                 // SAFETY: forwarded with our copy of the set and the time left.
                 let r = unsafe { real(&copy, info, &ts) };
-                (r, r < 0 && eintr::errno() == libc::EINTR)
+                (r, r < 0 && timeouts::errno() == libc::EINTR)
             })
         };
-        if r < 0 && eintr::errno() == libc::EINTR {
+        if r < 0 && timeouts::errno() == libc::EINTR {
             // Interrupted by the program's signal on our number: it is the
             // one waited for.
             took_held(&mut r);
@@ -133,7 +133,7 @@ pub unsafe extern "C-unwind" fn sigwait(set: *const libc::sigset_t, sig: *mut c_
             }
             return 0;
         }
-        let e = eintr::errno();
+        let e = timeouts::errno();
         if e != libc::EINTR {
             set_errno(e);
             return e;
