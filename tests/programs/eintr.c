@@ -129,17 +129,24 @@ static int gone(int err)
 	return err == EINVAL || err == EIDRM;
 }
 
+/* Requests are numbered: odd ones want a message (of that type), even ones
+ * a post of semaphore 1. The helper serves the newest request until it is
+ * answered (what the main thread finds may be left over from a killed run,
+ * so it may be answered before the helper even looks). */
 static void *waker(void *arg)
 {
 	(void)arg;
 	char c;
-	while (read(cmd_pipe[0], &c, 1) == 1) {
-		if (c == 'q')
-			break;
-		long want = atomic_load(&asked);
-		while (atomic_load(&answered) < want) {
+	while (read(cmd_pipe[0], &c, 1) == 1 && c != 'q') {
+		for (;;) {
+			long want = atomic_load(&asked);
+			if (atomic_load(&answered) >= want)
+				break;
 			sleep_ms(timeout_ms);
-			if (c == 'm') {
+			want = atomic_load(&asked);
+			if (atomic_load(&answered) >= want)
+				break;
+			if (want % 2) {
 				struct {
 					long type;
 					char text[8];
@@ -178,6 +185,32 @@ static void *sleeper(void *arg)
 
 static volatile sig_atomic_t alarms;
 
+/* A restart may lose a timer that fires while the checkpoint is taken (the
+ * agent reads the pending signals before the timers): then the watchdog
+ * sends the alarm itself after 2 s and says so on stderr ("note:"). Which
+ * wait is going on: its number, 0 when none. */
+static atomic_long waiting;
+static atomic_int stop_watchdog;
+static pthread_t main_thread;
+
+static void *watchdog(void *arg)
+{
+	(void)arg;
+	long seen = 0;
+	int ticks = 0;
+	while (!atomic_load(&stop_watchdog)) {
+		sleep_ms(200);
+		long w = atomic_load(&waiting);
+		ticks = w != 0 && w == seen ? ticks + 1 : 0;
+		seen = w;
+		if (ticks == 10) {
+			fprintf(stderr, "note: no alarm after 2 s in wait %ld: sent it\n", w);
+			pthread_kill(main_thread, SIGALRM);
+		}
+	}
+	return NULL;
+}
+
 static void on_alarm(int sig)
 {
 	(void)sig;
@@ -212,9 +245,11 @@ int main(int argc, char **argv)
 		perror("eintr: SysV IPC");
 		return 1;
 	}
-	pthread_t wt, st;
+	pthread_t wt, st, dt;
+	main_thread = pthread_self();
 	pthread_create(&wt, NULL, waker, NULL);
 	pthread_create(&st, NULL, sleeper, NULL);
+	pthread_create(&dt, NULL, watchdog, NULL);
 	sigdelset(&alrm, SIGALRM);
 	pthread_sigmask(SIG_SETMASK, &alrm, NULL); /* SIGALRM open, SIGUSR1 blocked */
 	struct sigaction sa;
@@ -310,7 +345,9 @@ int main(int argc, char **argv)
 		pthread_sigmask(SIG_BLOCK, NULL, &susp);
 		sigdelset(&susp, SIGALRM);
 		errno = 0;
+		atomic_store(&waiting, step * 2L);
 		int r = sigsuspend(&susp);
+		atomic_store(&waiting, 0);
 		calls++;
 		if (!(r == -1 && errno == EINTR && alarms == before + 1)) {
 			wrong++;
@@ -320,7 +357,9 @@ int main(int argc, char **argv)
 		before = alarms;
 		arm_alarm();
 		errno = 0;
+		atomic_store(&waiting, step * 2L + 1);
 		r = pause();
+		atomic_store(&waiting, 0);
 		calls++;
 		if (!(r == -1 && errno == EINTR && alarms == before + 1)) {
 			wrong++;
@@ -334,7 +373,7 @@ int main(int argc, char **argv)
 			char text[8];
 		} m;
 		struct sembuf take = { 1, -1, 0 };
-		long req = atomic_load(&asked) + 1;
+		long req = atomic_load(&asked) + 1; /* odd: a message */
 		ensure_ipc();
 		atomic_store(&asked, req);
 		if (write(cmd_pipe[1], "m", 1) != 1)
@@ -362,6 +401,8 @@ int main(int argc, char **argv)
 		       bad_sleeps);
 	}
 	atomic_store(&stop_sleeper, 1);
+	atomic_store(&stop_watchdog, 1);
+	pthread_join(dt, NULL);
 	if (write(cmd_pipe[1], "q", 1) != 1)
 		return 1;
 	pthread_join(wt, NULL);
