@@ -14,8 +14,7 @@
  * helper's, which may be posted more than once); the helper's two are not
  * timed (a killed run may have left what they wait for).
  *
- * With "nosock", accept and recv are left out (their SO_RCVTIMEO does not
- * come back after a restart yet, and a call restarted there blocks).
+ * With "nosock", accept and recv are left out.
  *
  * eintr [STEPS [TIMEOUT_MS [nosock]]]
  */
