@@ -184,8 +184,8 @@ static void *sleeper(void *arg)
 
 static volatile sig_atomic_t alarms;
 
-/* A restart may lose a timer that fires while the checkpoint is taken (the
- * agent reads the pending signals before the timers): then the watchdog
+/* A timer that fires while the checkpoint is taken must come back (armed
+ * or pending: docs/signals.md); should a restart ever lose it, the watchdog
  * sends the alarm itself after 2 s and says so on stderr ("note:"). Which
  * wait is going on: its number, 0 when none. */
 static atomic_long waiting;

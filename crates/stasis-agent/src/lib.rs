@@ -18,6 +18,7 @@ mod eintr;
 mod exec;
 mod fork_advice;
 mod inotify;
+mod pending;
 mod progsig;
 mod reuse_addr;
 mod savefiles;

@@ -173,6 +173,8 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
             // on it goes to the program. Then the one stashed at the stop.
             crate::progsig::stash_pending(sig, |_| false);
             crate::progsig::unstash(sig);
+            // And those sent to the process (`pending.rs`).
+            crate::pending::give_back();
             // The call our signal cut short at the checkpoint.
             crate::eintr::restored(sig, uc);
         }
@@ -204,6 +206,7 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
             }
         }
         crate::progsig::unstash(sig);
+        crate::pending::give_back();
         // A program signal that came meanwhile is owed its EINTR.
         crate::eintr::confirm(sig, uc, fix);
     }

@@ -80,7 +80,7 @@ fn checkpoints_kill_restart(test: &str, prog: &Program, extra: &[&str], before: 
     );
     for p in [&app, &re] {
         let log = p.stderr_text();
-        sb.check(!log.contains("eintr:") && !log.contains("ownsig:"), || {
+        sb.check(!["eintr:", "ownsig:", "pending:"].iter().any(|w| log.contains(w)), || {
             format!("{} reported from inside the program:\n{log}", p.label)
         });
     }
@@ -196,4 +196,11 @@ fn a_thread_started_in_a_fork_child_handler_does_not_stop_checkpoints() {
         &reference,
         &[Piece::new(&app.label, app.lines(), vec![first, second]), Piece::new(&re.label, re.lines(), vec![])],
     );
+}
+
+// Signals sent to a process and pending at the checkpoint come back from
+// their sender, with their value, in their order (docs/signals.md).
+#[test]
+fn signals_pending_at_the_checkpoint_keep_their_sender_and_value() {
+    checkpoints_kill_restart("pending", &Program::c("pending", &["30", "60"]), &[], 4, 3, false);
 }
