@@ -17,6 +17,7 @@ mod control;
 mod exec;
 mod fork_advice;
 mod inotify;
+mod pty;
 mod reuse_addr;
 mod savefiles;
 mod signals;

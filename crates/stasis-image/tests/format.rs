@@ -346,9 +346,21 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
             any::<u32>()
         )
             .prop_map(|(flags, watches, unread)| FdKind::Inotify { flags, watches, unread }),
-        (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..60), any::<bool>(), any::<i32>()).prop_map(
-            |(flags, termios, controlling, foreground)| FdKind::Terminal { flags, termios, controlling, foreground }
-        ),
+        (
+            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..60), any::<bool>(), any::<i32>()),
+            any::<[u16; 4]>(),
+            proptest::option::of(any::<(bool, u32, bool, bool)>().prop_map(|(master, index, locked, packet)| {
+                PtyEnd { master, index, locked, packet }
+            }))
+        )
+            .prop_map(|((flags, termios, controlling, foreground), window, pty)| FdKind::Terminal {
+                flags,
+                termios,
+                controlling,
+                foreground,
+                window,
+                pty
+            }),
     ];
     (any::<i32>(), any::<bool>(), kind).prop_map(|(fd, cloexec, kind)| Fd { fd, cloexec, kind })
 }

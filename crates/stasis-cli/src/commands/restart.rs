@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use stasis_coord::client;
-use stasis_image::{Choice, FdKind, ImageReader};
+use stasis_image::{Choice, ImageReader};
 
 use super::start::{self, Background, Mode};
 use super::{note, supervise};
@@ -161,7 +161,7 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     let signals = signals::block().context("cannot block signals")?;
     let images: Vec<&ImageReader> = readers.iter().collect();
     // A program that ran in a terminal comes back in one of our own.
-    let in_terminal = images.iter().any(|i| i.meta().fds.iter().any(|f| matches!(f.kind, FdKind::Terminal { .. })));
+    let in_terminal = stasis_restore::needs_terminal(&images);
     let pty = if in_terminal { Some(Pty::open().context("cannot make a terminal for the program")?) } else { None };
     let spawned = stasis_restore::spawn_computation(&images, conns, pty.as_ref().map(|p| &p.slave))
         .map_err(|e| anyhow!("cannot restart {}: {e}", restart_label(&paths)))?;

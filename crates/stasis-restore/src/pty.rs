@@ -1,0 +1,172 @@
+//! Pseudo-terminal pairs whose master is in the computation (a program
+//! that opened /dev/ptmx itself: mpirun, script, expect, a terminal
+//! emulator). Restart opens a new pair once per pair, with the saved
+//! settings, above every descriptor number the processes use; every
+//! process inherits both ends, takes the one it held (at its number, like
+//! a pipe shared between processes) and closes the rest. The slave's
+//! number (N of /dev/pts/N) is whatever the kernel gives the new pair.
+//!
+//! A slave whose master is outside the computation (the user's terminal)
+//! is not one of these: it becomes restart's own terminal (`fds`).
+
+use std::collections::HashMap;
+
+use stasis_image::{FdKind, ImageReader, ProcessMeta, PtyEnd};
+
+/// The new pairs, by the slave index they had at the checkpoint.
+pub struct SharedPtys {
+    /// Old index to (master, slave) descriptors in this process.
+    pairs: HashMap<u32, (i32, i32)>,
+}
+
+/// The indices of the pairs whose master some process holds.
+fn masters_inside<'a>(metas: impl Iterator<Item = &'a ProcessMeta>) -> HashMap<u32, &'a FdKind> {
+    let mut out = HashMap::new();
+    for m in metas {
+        for f in &m.fds {
+            if let FdKind::Terminal { pty: Some(PtyEnd { master: true, index, .. }), .. } = f.kind {
+                out.entry(index).or_insert(&f.kind);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a terminal descriptor of the computation leads outside it (a
+/// terminal that is not one end of a pair made again here): then restart
+/// needs a terminal of its own to give it.
+pub fn needs_outside_terminal(images: &[&ImageReader]) -> bool {
+    let inside = masters_inside(images.iter().map(|i| i.meta()));
+    images.iter().flat_map(|i| &i.meta().fds).any(|f| match f.kind {
+        FdKind::Terminal { pty: Some(PtyEnd { index, .. }), .. } => !inside.contains_key(&index),
+        FdKind::Terminal { .. } => true,
+        _ => false,
+    })
+}
+
+impl SharedPtys {
+    /// Opens a new pair for every pair whose master is in the computation,
+    /// at descriptors >= `min_fd`, with the master's saved settings.
+    pub fn create(images: &[&ImageReader], min_fd: i32) -> Result<SharedPtys, String> {
+        let mut ptys = SharedPtys { pairs: HashMap::new() };
+        let mut masters: Vec<(u32, &FdKind)> = masters_inside(images.iter().map(|i| i.meta())).into_iter().collect();
+        masters.sort_by_key(|(index, _)| *index);
+        for (index, kind) in masters {
+            match open_pair(kind, min_fd) {
+                Ok(pair) => {
+                    ptys.pairs.insert(index, pair);
+                }
+                Err(e) => {
+                    ptys.close();
+                    return Err(format!("make pseudo-terminal {index} again: {e}"));
+                }
+            }
+        }
+        Ok(ptys)
+    }
+
+    /// The new end for a saved one, if its pair was made again.
+    pub fn get(&self, end: &PtyEnd) -> Option<i32> {
+        let &(master, slave) = self.pairs.get(&end.index)?;
+        Some(if end.master { master } else { slave })
+    }
+
+    /// The terminal that should be the controlling terminal of the process
+    /// of `meta`: the new slave if its controlling terminal was one of these
+    /// pairs' slaves, otherwise `outside` (restart's own terminal).
+    pub fn controlling(&self, meta: &ProcessMeta, outside: Option<i32>) -> Option<i32> {
+        let ctty = meta.fds.iter().find_map(|f| match &f.kind {
+            FdKind::Terminal { controlling: true, pty, .. } => Some(pty),
+            _ => None,
+        });
+        match ctty {
+            Some(Some(end)) if !end.master => self.get(end).or(outside),
+            _ => outside,
+        }
+    }
+
+    pub fn fds(&self) -> Vec<i32> {
+        self.pairs.values().flat_map(|&(m, s)| [m, s]).collect()
+    }
+
+    /// Closes this process's copies.
+    pub fn close(&self) {
+        for fd in self.fds() {
+            // SAFETY: closing a descriptor this code opened.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// A new master and slave (both at >= `min_fd`), the slave unlocked while
+/// it is opened, then given the settings of the saved master `kind`.
+fn open_pair(kind: &FdKind, min_fd: i32) -> Result<(i32, i32), String> {
+    let FdKind::Terminal { termios, window, pty: Some(end), .. } = kind else {
+        return Err("not a pseudo-terminal master".into());
+    };
+    let master = open_high(c"/dev/ptmx", min_fd)?;
+    let slave = (|| {
+        // SAFETY: TIOCSPTLCK reads one int; TIOCGPTPEER opens the slave of
+        // this master (no path lookup: the right devpts whatever is mounted).
+        let peer = unsafe {
+            let unlock: libc::c_int = 0;
+            if libc::ioctl(master, libc::TIOCSPTLCK, &unlock) != 0 {
+                return Err(format!("unlockpt: {}", std::io::Error::last_os_error()));
+            }
+            libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY)
+        };
+        if peer < 0 {
+            return Err(format!("open the slave: {}", std::io::Error::last_os_error()));
+        }
+        let slave = move_high(peer, min_fd);
+        crate::fds::set_termios(slave, termios);
+        let ws = libc::winsize { ws_row: window[0], ws_col: window[1], ws_xpixel: window[2], ws_ypixel: window[3] };
+        // SAFETY: TIOCSWINSZ reads one winsize; TIOCPKT and TIOCSPTLCK one
+        // int each.
+        unsafe {
+            if window.iter().any(|&v| v != 0) {
+                libc::ioctl(slave, libc::TIOCSWINSZ, &ws);
+            }
+            let packet = libc::c_int::from(end.packet);
+            if end.packet {
+                libc::ioctl(master, libc::TIOCPKT, &packet);
+            }
+            // Only a later open of the slave by its path would notice.
+            let lock: libc::c_int = 1;
+            if end.locked {
+                libc::ioctl(master, libc::TIOCSPTLCK, &lock);
+            }
+        }
+        Ok(slave)
+    })();
+    match slave {
+        Ok(slave) => Ok((master, slave)),
+        Err(e) => {
+            // SAFETY: closing the master opened above.
+            unsafe { libc::close(master) };
+            Err(e)
+        }
+    }
+}
+
+fn open_high(path: &std::ffi::CStr, min_fd: i32) -> Result<i32, String> {
+    // SAFETY: open with a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    if fd < 0 {
+        return Err(format!("open {}: {}", path.to_string_lossy(), std::io::Error::last_os_error()));
+    }
+    Ok(move_high(fd, min_fd))
+}
+
+/// `fd` moved to a number >= `min_fd` (left where it is if that fails).
+fn move_high(fd: i32, min_fd: i32) -> i32 {
+    // SAFETY: F_DUPFD and close on a descriptor we own.
+    unsafe {
+        let high = libc::fcntl(fd, libc::F_DUPFD, min_fd);
+        if high < 0 {
+            return fd;
+        }
+        libc::close(fd);
+        high
+    }
+}
