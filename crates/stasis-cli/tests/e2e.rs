@@ -50,6 +50,9 @@ mod programs;
 // TCP servers restarted at once after their kill, socket options, Open MPI.
 #[path = "e2e/net.rs"]
 mod net;
+// Pseudo-terminal pairs the program opened itself.
+#[path = "e2e/pty.rs"]
+mod pty;
 
 use std::fs;
 use std::path::{Path, PathBuf};
