@@ -125,16 +125,11 @@ fn mpirun_np_2_ranks_carry_on_to_the_end_after_two_checkpoint_kill_restart_cycle
     restarted_at_once_twice("mpirun-ranks", &prog, false);
 }
 
-/// The same, to mpirun's exit.
-///
-/// The ranks come back and compute exactly what the uninterrupted run does,
-/// up to their final line; then mpirun waits for ever for the end of its
-/// ranks' output: it reads it through pseudo-terminals it made (their
-/// master in mpirun, their slave the ranks' stdout), and restart does not
-/// make a pseudo-terminal pair of the computation again (each end comes
-/// back as the restart's own terminal, or a stand-in). See docs/sockets.md.
+/// The same, to mpirun's exit: mpirun reads its ranks' output through
+/// pseudo-terminals it made (their master in mpirun, their slave the
+/// ranks' stdout), which restart makes again as pairs, so mpirun sees the
+/// end of each once its rank exits, and exits 0 with the full output.
 #[test]
-#[ignore = "mpirun's pseudo-terminals to its ranks do not come back as a pair: mpirun never exits after a restart"]
 fn mpirun_np_2_survives_two_checkpoint_kill_restart_cycles() {
     let Some(prog) = mpi_ring(&["100", "50"]) else { return };
     // mpirun and two ranks.
