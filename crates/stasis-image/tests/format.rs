@@ -349,9 +349,10 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
         (
             (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..60), any::<bool>(), any::<i32>()),
             any::<[u16; 4]>(),
-            proptest::option::of(any::<(bool, u32, bool, bool)>().prop_map(|(master, index, locked, packet)| {
-                PtyEnd { master, index, locked, packet }
-            }))
+            proptest::option::of(
+                any::<(bool, u32, bool, bool)>()
+                    .prop_map(|(master, index, locked, packet)| { PtyEnd { master, index, locked, packet } })
+            )
         )
             .prop_map(|((flags, termios, controlling, foreground), window, pty)| FdKind::Terminal {
                 flags,
