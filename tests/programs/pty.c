@@ -7,8 +7,10 @@
  * Each child line checks the terminal: the session it belongs to
  * (TIOCGSID), its foreground group, its window size and that "\n" is not
  * turned into "\r\n" (OPOST was turned off by the parent: a terminal whose
- * settings were lost would show a "\r").  When the child exits the parent
- * must see end of file or EIO on the master, then prints "final H".
+ * settings were lost would show a "\r").  The parent reads slower than the
+ * child writes, so that lines are waiting in the pair at a checkpoint.
+ * When the child exits the parent must see end of file or EIO on the
+ * master, then prints "final H".
  *
  * Usage: pty [STEPS [PAUSE_MS]]
  */
@@ -118,6 +120,9 @@ int main(int argc, char **argv)
 		}
 		if (have == sizeof buf)
 			have = 0; /* no newline in 4 KiB: not ours */
+		/* Read slower than the child writes: output is nearly always
+		 * waiting in the pair when a checkpoint comes. */
+		sleep_ms(150);
 	}
 	int status = 0;
 	if (waitpid(pid, &status, 0) != pid) {

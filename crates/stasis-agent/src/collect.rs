@@ -588,7 +588,13 @@ fn terminal(fd: i32, flags: u32) -> Option<FdKind> {
     let controlling = sid > 0 && sid == my_sid;
     let foreground = if controlling { foreground } else { 0 };
     let (window, pty) = crate::pty::describe(fd);
-    Some(FdKind::Terminal { flags, termios, controlling, foreground, window, pty })
+    // Output waiting on a master is taken and put back (the computation is
+    // stopped); not on our own controlling terminal, nor in packet mode.
+    let unread = match pty {
+        Some(p) if p.master && !p.packet && !controlling => crate::pty::unread_output(fd),
+        _ => Vec::new(),
+    };
+    Some(FdKind::Terminal { flags, termios, controlling, foreground, window, pty, unread })
 }
 
 /// The kernel objects without a path that a process can have on its own;

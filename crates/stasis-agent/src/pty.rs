@@ -52,3 +52,102 @@ fn int_ioctl(fd: i32, request: libc::Ioctl) -> Option<i32> {
     // SAFETY: the request writes one int to `v`.
     (unsafe { libc::ioctl(fd, request, &mut v) } == 0).then_some(v)
 }
+
+/// The most output taken from one master: more than a pseudo-terminal
+/// holds (its line discipline's 4 KiB and 64 KiB of buffers).
+const MAX_UNREAD: usize = 128 * 1024;
+/// How long putting the output back may wait for room, in 10 ms steps.
+const PUT_BACK_TRIES: u32 = 200;
+
+/// The output the slave's side wrote that master `fd` has not read yet,
+/// left where it was. A terminal cannot be peeked: the bytes are read from
+/// the master, then written again through the slave, with output
+/// processing off so that they come back byte for byte, all while every
+/// process of the computation is stopped (nothing else reads or writes
+/// the pair meanwhile; another process holding the same master waits on a
+/// lock). Empty when there is nothing, or when the slave cannot be
+/// reached (then nothing is taken).
+pub fn unread_output(fd: i32) -> Vec<u8> {
+    // poll first: it moves output still on its way into the master's
+    // buffer, which FIONREAD then counts.
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll of one pollfd, not waiting.
+    unsafe { libc::poll(&mut p, 1, 0) };
+    // Nothing waiting: the slave is not even opened (which, on its last
+    // close, would tell the master its other side is gone).
+    if int_ioctl(fd, libc::FIONREAD).unwrap_or(0) <= 0 {
+        return Vec::new();
+    }
+    let _lock = crate::sockets::PeekLock::take(fd);
+    // SAFETY: TIOCGPTPEER opens this master's slave, a new descriptor.
+    let slave = unsafe {
+        libc::ioctl(fd, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+    };
+    if slave < 0 {
+        return Vec::new();
+    }
+    let taken = take_all(fd);
+    put_back(slave, &taken);
+    crate::sys::close(slave);
+    taken
+}
+
+/// Reads master `fd` until nothing is left, without blocking.
+fn take_all(fd: i32) -> Vec<u8> {
+    // SAFETY: F_GETFL/F_SETFL on the program's descriptor; its flags are
+    // put back below (the program is stopped).
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Vec::new();
+    }
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < MAX_UNREAD {
+        // SAFETY: read into a buffer we own, at most its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    // SAFETY: putting the program's flags back.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    out
+}
+
+/// Writes `bytes` through `slave` (non-blocking) with output processing
+/// off, then puts the slave's settings back.
+fn put_back(slave: i32, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    // SAFETY: a zeroed termios is valid; tcgetattr fills it.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `saved` is a valid termios to write.
+    let got = unsafe { libc::tcgetattr(slave, &mut saved) } == 0;
+    if got {
+        let mut raw = saved;
+        raw.c_oflag &= !libc::OPOST;
+        // SAFETY: sets settings read just above, one flag off.
+        unsafe { libc::tcsetattr(slave, libc::TCSANOW, &raw) };
+    }
+    let mut left = bytes;
+    let mut tries = 0;
+    while !left.is_empty() && tries < PUT_BACK_TRIES {
+        // SAFETY: write from a buffer we own.
+        let n = unsafe { libc::write(slave, left.as_ptr().cast(), left.len()) };
+        if n > 0 {
+            left = &left[n as usize..];
+        } else {
+            // No room yet: the line discipline moves what was written on.
+            tries += 1;
+            crate::sys::sleep_ms(10);
+        }
+    }
+    if got {
+        // SAFETY: the settings tcgetattr gave.
+        unsafe { libc::tcsetattr(slave, libc::TCSANOW, &saved) };
+    }
+}

@@ -312,7 +312,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                 });
                 e.u32(*unread);
             }
-            FdKind::Terminal { flags, termios, controlling, foreground, window, pty } => {
+            FdKind::Terminal { flags, termios, controlling, foreground, window, pty, unread } => {
                 e.u8(12);
                 e.u32(*flags);
                 e.bytes(termios);
@@ -328,6 +328,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                     e.bool(p.locked);
                     e.bool(p.packet);
                 }
+                e.bytes(unread);
             }
         }
     });
@@ -531,6 +532,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 } else {
                     None
                 },
+                unread: d.bytes()?,
             },
             t => return Err(corrupt(format!("unknown descriptor kind {t}"))),
         };

@@ -329,6 +329,9 @@ pub enum FdKind {
         window: [u16; 4],
         /// Which end of which pseudo-terminal; None for other terminals.
         pty: Option<PtyEnd>,
+        /// On a master: the output its slave's side wrote that had not
+        /// been read from it yet.
+        unread: Vec<u8>,
     },
     /// An inotify instance and its watches, in the order of their watch
     /// descriptors (restart makes them again with the same numbers). A

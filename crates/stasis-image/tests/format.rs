@@ -352,15 +352,17 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
             proptest::option::of(
                 any::<(bool, u32, bool, bool)>()
                     .prop_map(|(master, index, locked, packet)| { PtyEnd { master, index, locked, packet } })
-            )
+            ),
+            proptest::collection::vec(any::<u8>(), 0..40)
         )
-            .prop_map(|((flags, termios, controlling, foreground), window, pty)| FdKind::Terminal {
+            .prop_map(|((flags, termios, controlling, foreground), window, pty, unread)| FdKind::Terminal {
                 flags,
                 termios,
                 controlling,
                 foreground,
                 window,
-                pty
+                pty,
+                unread
             }),
     ];
     (any::<i32>(), any::<bool>(), kind).prop_map(|(fd, cloexec, kind)| Fd { fd, cloexec, kind })

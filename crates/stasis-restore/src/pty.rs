@@ -101,7 +101,7 @@ impl SharedPtys {
 /// A new master and slave (both at >= `min_fd`), the slave unlocked while
 /// it is opened, then given the settings of the saved master `kind`.
 fn open_pair(kind: &FdKind, min_fd: i32) -> Result<(i32, i32), String> {
-    let FdKind::Terminal { termios, window, pty: Some(end), .. } = kind else {
+    let FdKind::Terminal { termios, window, pty: Some(end), unread, .. } = kind else {
         return Err("not a pseudo-terminal master".into());
     };
     let master = open_high(c"/dev/ptmx", min_fd)?;
@@ -119,6 +119,15 @@ fn open_pair(kind: &FdKind, min_fd: i32) -> Result<(i32, i32), String> {
             return Err(format!("open the slave: {}", std::io::Error::last_os_error()));
         }
         let slave = move_high(peer, min_fd);
+        // The output the master had not read yet, first in its queue.
+        if !put_back(slave, unread) {
+            eprintln!(
+                "stasis: restart: pseudo-terminal {}: {} bytes of output not read yet at the checkpoint \
+                 could not all be put back",
+                end.index,
+                unread.len()
+            );
+        }
         crate::fds::set_termios(slave, termios);
         let ws = libc::winsize { ws_row: window[0], ws_col: window[1], ws_xpixel: window[2], ws_ypixel: window[3] };
         // SAFETY: TIOCSWINSZ reads one winsize; TIOCPKT and TIOCSPTLCK one
@@ -147,6 +156,50 @@ fn open_pair(kind: &FdKind, min_fd: i32) -> Result<(i32, i32), String> {
             Err(e)
         }
     }
+}
+
+/// Writes `bytes` through `slave` with output processing off (they were
+/// processed once already), without blocking: false if some did not fit.
+fn put_back(slave: i32, bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    // SAFETY: a zeroed termios is valid; tcgetattr fills it.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `saved` is a valid termios to write; the one set is it with
+    // one flag off; F_GETFL/F_SETFL on our own descriptor.
+    let flags = unsafe {
+        if libc::tcgetattr(slave, &mut saved) != 0 {
+            return false;
+        }
+        let mut raw = saved;
+        raw.c_oflag &= !libc::OPOST;
+        libc::tcsetattr(slave, libc::TCSANOW, &raw);
+        let flags = libc::fcntl(slave, libc::F_GETFL);
+        libc::fcntl(slave, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        flags
+    };
+    let mut left = bytes;
+    for _ in 0..200 {
+        // SAFETY: write from a buffer we own.
+        let n = unsafe { libc::write(slave, left.as_ptr().cast(), left.len()) };
+        if n > 0 {
+            left = &left[n as usize..];
+        }
+        if left.is_empty() {
+            break;
+        }
+        if n <= 0 {
+            // No room yet: the line discipline moves what was written on.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    // SAFETY: the flags and settings read above.
+    unsafe {
+        libc::fcntl(slave, libc::F_SETFL, flags);
+        libc::tcsetattr(slave, libc::TCSANOW, &saved);
+    }
+    left.is_empty()
 }
 
 fn open_high(path: &std::ffi::CStr, min_fd: i32) -> Result<i32, String> {
