@@ -151,3 +151,40 @@ fn put_back(slave: i32, bytes: &[u8]) {
         unsafe { libc::tcsetattr(slave, libc::TCSANOW, &saved) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_some(fd: i32) -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        // SAFETY: read into a buffer we own.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        buf[..n.max(0) as usize].to_vec()
+    }
+
+    #[test]
+    fn output_waiting_on_a_master_is_seen_and_left_where_it_was() {
+        // SAFETY: opening a new pair; the descriptors are closed below.
+        let (master, slave) = unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(m >= 0 && libc::grantpt(m) == 0 && libc::unlockpt(m) == 0);
+            let s = libc::ioctl(m, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
+            assert!(s >= 0);
+            (m, s)
+        };
+        let end = describe(master).1.expect("a master");
+        assert!(end.master && !end.locked && !end.packet);
+        assert_eq!(describe(slave).1.map(|e| (e.master, e.index)), Some((false, end.index)));
+        assert!(unread_output(master).is_empty());
+        // OPOST and ONLCR are on: "\n" reaches the master as "\r\n", and
+        // must not become "\r\r\n" when put back.
+        // SAFETY: write from a buffer we own.
+        assert_eq!(unsafe { libc::write(slave, b"one\ntwo\n".as_ptr().cast(), 8) }, 8);
+        let taken = unread_output(master);
+        assert_eq!(taken, b"one\r\ntwo\r\n");
+        assert_eq!(read_some(master), b"one\r\ntwo\r\n");
+        crate::sys::close(slave);
+        crate::sys::close(master);
+    }
+}

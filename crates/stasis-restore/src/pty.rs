@@ -79,8 +79,10 @@ impl SharedPtys {
             FdKind::Terminal { controlling: true, pty, .. } => Some(pty),
             _ => None,
         });
+        // (A master marked so was held by a process of the session whose
+        // controlling terminal is its slave.)
         match ctty {
-            Some(Some(end)) if !end.master => self.get(end).or(outside),
+            Some(Some(end)) => self.pairs.get(&end.index).map(|&(_, slave)| slave).or(outside),
             _ => outside,
         }
     }
@@ -221,5 +223,68 @@ fn move_high(fd: i32, min_fd: i32) -> i32 {
         }
         libc::close(fd);
         high
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_is_made_with_its_settings_and_its_unread_output_first() {
+        // The settings of a new pair, with output processing and echo off.
+        let (m0, s0) = open_pair(&master_record(Vec::new(), [0; 4], Vec::new()), 0).unwrap();
+        // SAFETY: a zeroed termios is valid; tcgetattr fills it.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `t` is a valid termios to write.
+        assert_eq!(unsafe { libc::tcgetattr(s0, &mut t) }, 0);
+        t.c_oflag &= !libc::OPOST;
+        t.c_lflag &= !libc::ECHO;
+        // SAFETY: termios is plain data, read as bytes.
+        let termios = unsafe {
+            std::slice::from_raw_parts(&t as *const libc::termios as *const u8, std::mem::size_of::<libc::termios>())
+        }
+        .to_vec();
+        let kind = master_record(termios, [24, 80, 0, 0], b"left\r\n".to_vec());
+        let (master, slave) = open_pair(&kind, 40).unwrap();
+        assert!(master >= 40 && slave >= 40);
+        // SAFETY: a zeroed termios and winsize are valid; the ioctls fill them.
+        let (mut now, mut ws): (libc::termios, libc::winsize) = unsafe { std::mem::zeroed() };
+        // SAFETY: valid buffers to write.
+        unsafe {
+            assert_eq!(libc::tcgetattr(slave, &mut now), 0);
+            assert_eq!(libc::ioctl(slave, libc::TIOCGWINSZ, &mut ws), 0);
+        }
+        assert_eq!((now.c_oflag & libc::OPOST, now.c_lflag & libc::ECHO), (0, 0));
+        assert_eq!((ws.ws_row, ws.ws_col), (24, 80));
+        // SAFETY: write and read with buffers we own.
+        let got = unsafe {
+            assert_eq!(libc::write(slave, b"new\n".as_ptr().cast(), 4), 4);
+            let mut buf = [0u8; 64];
+            let mut got = Vec::new();
+            while got.len() < 10 {
+                let n = libc::read(master, buf.as_mut_ptr().cast(), buf.len());
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n as usize]);
+            }
+            got
+        };
+        assert_eq!(got, b"left\r\nnew\n");
+        for fd in [m0, s0, master, slave] {
+            // SAFETY: closing descriptors opened here.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    fn master_record(termios: Vec<u8>, window: [u16; 4], unread: Vec<u8>) -> FdKind {
+        FdKind::Terminal {
+            flags: libc::O_RDWR as u32,
+            termios,
+            controlling: false,
+            foreground: 0,
+            window,
+            pty: Some(PtyEnd { master: true, index: 0, locked: false, packet: false }),
+            unread,
+        }
     }
 }
