@@ -589,9 +589,9 @@ fn terminal(fd: i32, flags: u32) -> Option<FdKind> {
     let foreground = if controlling { foreground } else { 0 };
     let (window, pty) = crate::pty::describe(fd);
     // Output waiting on a master is taken and put back (the computation is
-    // stopped); not on our own controlling terminal, nor in packet mode.
+    // stopped); not on our own controlling terminal.
     let unread = match pty {
-        Some(p) if p.master && !p.packet && !controlling => crate::pty::unread_output(fd),
+        Some(p) if p.master && !controlling => crate::pty::unread_output(fd, p.packet),
         _ => Vec::new(),
     };
     Some(FdKind::Terminal { flags, termios, controlling, foreground, window, pty, unread })

@@ -67,7 +67,7 @@ const PUT_BACK_TRIES: u32 = 200;
 /// the pair meanwhile; another process holding the same master waits on a
 /// lock). Empty when there is nothing, or when the slave cannot be
 /// reached (then nothing is taken).
-pub fn unread_output(fd: i32) -> Vec<u8> {
+pub fn unread_output(fd: i32, packet: bool) -> Vec<u8> {
     // poll first: it moves output still on its way into the master's
     // buffer, which FIONREAD then counts.
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
@@ -86,14 +86,17 @@ pub fn unread_output(fd: i32) -> Vec<u8> {
     if slave < 0 {
         return Vec::new();
     }
-    let taken = take_all(fd);
+    let taken = take_all(fd, packet);
     put_back(slave, &taken);
     crate::sys::close(slave);
     taken
 }
 
-/// Reads master `fd` until nothing is left, without blocking.
-fn take_all(fd: i32) -> Vec<u8> {
+/// Reads master `fd` until nothing is left, without blocking. In packet
+/// mode each read starts with a status byte: 0 before data, which is
+/// dropped (writing the data again makes it anew); a read of status alone
+/// (a flush, a stop of output) cannot be made again and is dropped too.
+fn take_all(fd: i32, packet: bool) -> Vec<u8> {
     // SAFETY: F_GETFL/F_SETFL on the program's descriptor; its flags are
     // put back below (the program is stopped).
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -110,7 +113,12 @@ fn take_all(fd: i32) -> Vec<u8> {
         if n <= 0 {
             break;
         }
-        out.extend_from_slice(&buf[..n as usize]);
+        let got = &buf[..n as usize];
+        match got {
+            [0, data @ ..] if packet => out.extend_from_slice(data),
+            _ if packet => {}
+            _ => out.extend_from_slice(got),
+        }
     }
     // SAFETY: putting the program's flags back.
     unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
@@ -176,14 +184,25 @@ mod tests {
         let end = describe(master).1.expect("a master");
         assert!(end.master && !end.locked && !end.packet);
         assert_eq!(describe(slave).1.map(|e| (e.master, e.index)), Some((false, end.index)));
-        assert!(unread_output(master).is_empty());
+        assert!(unread_output(master, false).is_empty());
         // OPOST and ONLCR are on: "\n" reaches the master as "\r\n", and
         // must not become "\r\r\n" when put back.
         // SAFETY: write from a buffer we own.
         assert_eq!(unsafe { libc::write(slave, b"one\ntwo\n".as_ptr().cast(), 8) }, 8);
-        let taken = unread_output(master);
+        let taken = unread_output(master, false);
         assert_eq!(taken, b"one\r\ntwo\r\n");
         assert_eq!(read_some(master), b"one\r\ntwo\r\n");
+        // In packet mode: the data without its status byte, and a read
+        // after it gets the status byte and the data again.
+        let on: libc::c_int = 1;
+        // SAFETY: TIOCPKT reads one int; write from a buffer we own.
+        unsafe {
+            assert_eq!(libc::ioctl(master, libc::TIOCPKT, &on), 0);
+            assert_eq!(libc::write(slave, b"three\n".as_ptr().cast(), 6), 6);
+        }
+        assert_eq!(describe(master).1.map(|e| e.packet), Some(true));
+        assert_eq!(unread_output(master, true), b"three\r\n");
+        assert_eq!(read_some(master), b"\0three\r\n");
         crate::sys::close(slave);
         crate::sys::close(master);
     }
