@@ -510,9 +510,9 @@ fn deleted_file(
     contents.iter().try_for_each(|(offset, data)| file.write_all_at(data, *offset)).map_err(what)?;
     file.set_len(size).map_err(what)?;
     // Its own open file description, with the program's flags (O_APPEND,
-    // read-only...); `file` closes the one it was filled through. Not
-    // O_NOFOLLOW (Open MPI opens its /dev/shm file so): /proc/self/fd/N
-    // is a link, and the flag only ever mattered to the first open.
+    // read-only...); `file` closes the one it was filled through. The
+    // descriptor's link is a symbolic link by nature: O_NOFOLLOW, which the
+    // program may have opened the file with, would refuse it.
     open(&format!("/proc/self/fd/{}", file.as_raw_fd()), flags & !libc::O_NOFOLLOW)
 }
 
