@@ -612,7 +612,15 @@ fn terminal(fd: i32, flags: u32) -> Option<FdKind> {
     // SAFETY: plain queries on our own descriptor.
     let (sid, my_sid, foreground) = unsafe { (libc::tcgetsid(fd), libc::getsid(0), libc::tcgetpgrp(fd)) };
     let controlling = sid > 0 && sid == my_sid;
-    Some(FdKind::Terminal { flags, termios, controlling, foreground: if controlling { foreground } else { 0 } })
+    let foreground = if controlling { foreground } else { 0 };
+    let (window, pty) = crate::pty::describe(fd);
+    // Output waiting on a master is taken and put back (the computation is
+    // stopped); not on our own controlling terminal.
+    let unread = match pty {
+        Some(p) if p.master && !controlling => crate::pty::unread_output(fd, p.packet),
+        _ => Vec::new(),
+    };
+    Some(FdKind::Terminal { flags, termios, controlling, foreground, window, pty, unread })
 }
 
 /// The kernel objects without a path that a process can have on its own;

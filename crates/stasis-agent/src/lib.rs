@@ -20,6 +20,7 @@ mod fork_advice;
 mod inotify;
 mod pending;
 mod progsig;
+mod pty;
 mod reuse_addr;
 mod savefiles;
 mod signals;

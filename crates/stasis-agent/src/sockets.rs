@@ -282,13 +282,13 @@ pub fn peek_messages(fd: i32) -> Result<Vec<Vec<u8>>, String> {
 
 /// An exclusive flock on /dev/shm/.stasis-peek-UID-INODE (or in /tmp),
 /// removed when dropped.
-struct PeekLock {
+pub(crate) struct PeekLock {
     file: Option<std::fs::File>,
     path: std::path::PathBuf,
 }
 
 impl PeekLock {
-    fn take(fd: i32) -> PeekLock {
+    pub(crate) fn take(fd: i32) -> PeekLock {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|m| m.ino()).unwrap_or(0);

@@ -58,6 +58,9 @@ mod stdio;
 // the program's own signals on the checkpoint signal's number.
 #[path = "e2e/signals.rs"]
 mod signals;
+// Pseudo-terminal pairs the program opened itself.
+#[path = "e2e/pty.rs"]
+mod pty;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -18,6 +18,9 @@ impl Enc {
     fn bool(&mut self, v: bool) {
         self.0.push(v as u8);
     }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
@@ -86,6 +89,9 @@ impl<'a> Dec<'a> {
             1 => Ok(true),
             b => Err(corrupt(format!("invalid boolean {b}"))),
         }
+    }
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.arr()?))
     }
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.arr()?))
@@ -306,12 +312,23 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                 });
                 e.u32(*unread);
             }
-            FdKind::Terminal { flags, termios, controlling, foreground } => {
+            FdKind::Terminal { flags, termios, controlling, foreground, window, pty, unread } => {
                 e.u8(12);
                 e.u32(*flags);
                 e.bytes(termios);
                 e.bool(*controlling);
                 e.i32(*foreground);
+                for v in window {
+                    e.u16(*v);
+                }
+                e.bool(pty.is_some());
+                if let Some(p) = pty {
+                    e.bool(p.master);
+                    e.u32(p.index);
+                    e.bool(p.locked);
+                    e.bool(p.packet);
+                }
+                e.bytes(unread);
             }
         }
         // 0: none; k + 1: outside stdio k.
@@ -506,9 +523,19 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 watches: d.vec(12, |d| Ok(InotifyWatch { wd: d.i32()?, mask: d.u32()?, path: d.str()? }))?,
                 unread: d.u32()?,
             },
-            12 => {
-                FdKind::Terminal { flags: d.u32()?, termios: d.bytes()?, controlling: d.bool()?, foreground: d.i32()? }
-            }
+            12 => FdKind::Terminal {
+                flags: d.u32()?,
+                termios: d.bytes()?,
+                controlling: d.bool()?,
+                foreground: d.i32()?,
+                window: [d.u16()?, d.u16()?, d.u16()?, d.u16()?],
+                pty: if d.bool()? {
+                    Some(PtyEnd { master: d.bool()?, index: d.u32()?, locked: d.bool()?, packet: d.bool()? })
+                } else {
+                    None
+                },
+                unread: d.bytes()?,
+            },
             t => return Err(corrupt(format!("unknown descriptor kind {t}"))),
         };
         let outside_stdio = match d.u8()? {

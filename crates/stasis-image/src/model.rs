@@ -320,16 +320,25 @@ pub enum FdKind {
         /// differs from a new socket's of the same kind.
         options: Vec<SockOpt>,
     },
-    /// A terminal (a pseudo-terminal slave, a console). Restart gives it a
-    /// terminal of its own making, relayed to the terminal `stasis restart`
-    /// runs in, with these `termios` settings (glibc's `struct termios`
-    /// bytes) and, where it was the process's controlling terminal
+    /// A terminal (a pseudo-terminal slave or master, a console). A
+    /// pseudo-terminal whose master is in the computation (`pty`) comes
+    /// back as a new pair shared the same way; any other terminal becomes
+    /// one of restart's making, relayed to the terminal `stasis restart`
+    /// runs in. Either gets these `termios` settings (glibc's `struct
+    /// termios` bytes) and `window` size (rows, columns, x and y pixels)
+    /// and, where it was the process's controlling terminal
     /// (`controlling`), its foreground process group.
     Terminal {
         flags: u32,
         termios: Vec<u8>,
         controlling: bool,
         foreground: i32,
+        window: [u16; 4],
+        /// Which end of which pseudo-terminal; None for other terminals.
+        pty: Option<PtyEnd>,
+        /// On a master: the output its slave's side wrote that had not
+        /// been read from it yet.
+        unread: Vec<u8>,
     },
     /// An inotify instance and its watches, in the order of their watch
     /// descriptors (restart makes them again with the same numbers). A
@@ -352,6 +361,19 @@ pub struct InotifyWatch {
     pub wd: i32,
     pub mask: u32,
     pub path: String,
+}
+
+/// One end of a Unix 98 pseudo-terminal pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PtyEnd {
+    /// The master (/dev/ptmx) rather than the slave (/dev/pts/N).
+    pub master: bool,
+    /// N of /dev/pts/N (TIOCGPTN on a master).
+    pub index: u32,
+    /// The slave still locked (TIOCGPTLCK; masters only).
+    pub locked: bool,
+    /// Packet mode (TIOCGPKT; masters only).
+    pub packet: bool,
 }
 
 /// One socket option: `value` is the bytes setsockopt takes to set it

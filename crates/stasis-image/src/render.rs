@@ -297,10 +297,16 @@ pub fn render(m: &ProcessMeta) -> String {
                     watches.iter().map(|w| format!("{}:{}:{:#x}", w.wd, clean(&w.path), w.mask)).collect();
                 format!("inotify flags {flags:#o} watching [{}], {unread} bytes of events unread", w.join(" "))
             }
-            FdKind::Terminal { flags, controlling, foreground, .. } => {
+            FdKind::Terminal { flags, controlling, foreground, pty, unread, .. } => {
                 let ctty =
                     if *controlling { format!(" (controlling, foreground group {foreground})") } else { String::new() };
-                format!("terminal{ctty} flags {flags:#o}")
+                let end = match pty {
+                    Some(p) if p.master => format!(" pseudo-terminal {} master", p.index),
+                    Some(p) => format!(" pseudo-terminal {} slave", p.index),
+                    None => String::new(),
+                };
+                let unread = if unread.is_empty() { String::new() } else { format!(", {} bytes unread", unread.len()) };
+                format!("terminal{end}{ctty} flags {flags:#o}{unread}")
             }
             FdKind::Socket { id, domain, kind, flags, listening, local, peer, peer_id, .. } => {
                 let mut s = format!("socket {id} {} {}", family_name(*domain), kind_name(*kind));

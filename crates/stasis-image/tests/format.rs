@@ -347,9 +347,24 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
             any::<u32>()
         )
             .prop_map(|(flags, watches, unread)| FdKind::Inotify { flags, watches, unread }),
-        (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..60), any::<bool>(), any::<i32>()).prop_map(
-            |(flags, termios, controlling, foreground)| FdKind::Terminal { flags, termios, controlling, foreground }
-        ),
+        (
+            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..60), any::<bool>(), any::<i32>()),
+            any::<[u16; 4]>(),
+            proptest::option::of(
+                any::<(bool, u32, bool, bool)>()
+                    .prop_map(|(master, index, locked, packet)| { PtyEnd { master, index, locked, packet } })
+            ),
+            proptest::collection::vec(any::<u8>(), 0..40)
+        )
+            .prop_map(|((flags, termios, controlling, foreground), window, pty, unread)| FdKind::Terminal {
+                flags,
+                termios,
+                controlling,
+                foreground,
+                window,
+                pty,
+                unread
+            }),
     ];
     (any::<i32>(), any::<bool>(), kind, proptest::option::of(0u8..3))
         .prop_map(|(fd, cloexec, kind, outside_stdio)| Fd { fd, cloexec, kind, outside_stdio })

@@ -246,6 +246,8 @@ pub struct Shared<'a> {
     pub sockets: &'a crate::sockets::SharedSockets,
     /// The terminal that terminal descriptors become.
     pub terminal: Option<i32>,
+    /// Pseudo-terminal pairs of the computation, made again.
+    pub ptys: &'a crate::pty::SharedPtys,
 }
 
 /// What a descriptor that led outside the computation becomes: at 0-2 the
@@ -316,7 +318,7 @@ pub fn restore(
     shared: &Shared<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<Helpers, String> {
-    let Shared { pipes, shm, sockets, terminal } = *shared;
+    let Shared { pipes, shm, sockets, terminal, ptys } = *shared;
     // Contents of deleted files, read while the image's descriptor is open.
     let mut saved_contents: HashMap<i32, Vec<(u64, Vec<u8>)>> = HashMap::new();
     for c in &meta.chunks {
@@ -330,6 +332,7 @@ pub fn restore(
     inherited.extend(shm.fds());
     inherited.extend(sockets.fds());
     inherited.extend(terminal);
+    inherited.extend(ptys.fds());
     let base = base.max(16).max(inherited.iter().max().map_or(0, |m| m + 1));
     // Our own descriptors go above the program's first.
     let stdio: Vec<i32> = (0..3).map(|fd| dup_at_least(fd, base).unwrap_or(-1)).collect();
@@ -418,6 +421,12 @@ pub fn restore(
                     None => continue,
                 },
             },
+            FdKind::Terminal { flags, pty: Some(end), .. } if let Some(t) = ptys.get(end) => {
+                let fd = dup_at_least(t, 0)?;
+                // SAFETY: F_SETFL on our own descriptor; O_NONBLOCK is the flag that matters.
+                unsafe { libc::fcntl(fd, libc::F_SETFL, (*flags as i32) & libc::O_NONBLOCK) };
+                fd
+            }
             FdKind::Terminal { flags, termios, .. } => match terminal {
                 Some(t) => {
                     let fd = dup_at_least(t, 0)?;
@@ -457,6 +466,7 @@ pub fn restore(
     if let Some(t) = terminal {
         close(t);
     }
+    ptys.close();
     // The shared memory this process maps, in the helper range (the
     // restorer maps it, then closes the range).
     let mut next_hint = image_fd.max(log) + 1;
@@ -494,7 +504,7 @@ pub fn restore(
 }
 
 /// Puts saved terminal settings back (glibc's termios, as tcgetattr gave it).
-fn set_termios(fd: i32, saved: &[u8]) {
+pub(crate) fn set_termios(fd: i32, saved: &[u8]) {
     if saved.len() != std::mem::size_of::<libc::termios>() {
         return;
     }

@@ -17,6 +17,7 @@ mod kobj;
 mod layout;
 mod ns;
 mod plan;
+mod pty;
 mod shm;
 mod sockets;
 mod tree;
@@ -210,6 +211,13 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Whether the computation had a terminal that restart must give it one of
+/// its own for: one that is not a pseudo-terminal whose master is in the
+/// computation too (those are made again as pairs).
+pub fn needs_terminal(images: &[&ImageReader], stdin_terminal: bool) -> bool {
+    pty::needs_outside_terminal(images, stdin_terminal)
+}
+
 /// Restores the computation in `images` (already opened), all of it in one
 /// new pid namespace, handing `agent_conns[i]` to the agent of image `i`
 /// as its coordinator connection.
@@ -252,13 +260,19 @@ pub fn spawn_computation(
             shm.close();
             RestoreError(e)
         })?;
+    let ptys = pty::SharedPtys::create(images, min_fd).map_err(|e| {
+        pipes.close();
+        shm.close();
+        socks.close();
+        RestoreError(e)
+    })?;
     let barrier = tree::Barrier::new(images.len()).map_err(RestoreError)?;
     let conns: Vec<i32> = agent_conns.iter().map(AsRawFd::as_raw_fd).collect();
     let terminal = terminal.map(AsRawFd::as_raw_fd);
     let ctx = Ctx {
         images,
         shape: &shape,
-        shared: fds::Shared { pipes: &pipes, shm: &shm, sockets: &socks, terminal },
+        shared: fds::Shared { pipes: &pipes, shm: &shm, sockets: &socks, terminal, ptys: &ptys },
         barrier: &barrier,
         conns: &conns,
     };
@@ -273,6 +287,7 @@ pub fn spawn_computation(
     pipes.close();
     shm.close();
     socks.close();
+    ptys.close();
     drop(agent_conns);
     let (init_pid, status) = spawned?;
     Ok(Spawned { init_pid, status })
@@ -329,7 +344,10 @@ fn become_restored(ctx: &Ctx<'_>, i: usize) -> Result<(), String> {
     if pid != meta.pid {
         return Err(format!("making the process: got pid {pid} instead of {}", meta.pid));
     }
-    step("taking its session or process group", tree::lead(meta, ctx.shared.terminal))?;
+    // Its controlling terminal: a pseudo-terminal of the computation made
+    // again, or restart's own.
+    let ctty = ctx.shared.ptys.controlling(meta, ctx.shared.terminal);
+    step("taking its session or process group", tree::lead(meta, ctty))?;
     for &c in &ctx.shape.children[i] {
         if step("making its children", ns::clone_with_pid(ctx.shape.pids[c]))? == 0 {
             member(ctx, c);
@@ -346,7 +364,7 @@ fn become_restored(ctx: &Ctx<'_>, i: usize) -> Result<(), String> {
     let mut warnings = Vec::new();
     tree::join_group(meta, &ctx.shape.pids, &mut |w| warnings.push(w));
     step("waiting for the other processes", ctx.barrier.arrive(tree::GROUPED))?;
-    if let Some(t) = ctx.shared.terminal {
+    if let Some(t) = ctty {
         tree::take_foreground(meta, t);
     }
     tree::forget_sigchld(meta);

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use stasis_coord::client;
-use stasis_image::{Choice, FdKind, ImageReader};
+use stasis_image::{Choice, ImageReader};
 
 use super::start::{self, Background, Mode};
 use super::{note, supervise};
@@ -161,16 +161,13 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     let signals = signals::block().context("cannot block signals")?;
     let images: Vec<&ImageReader> = readers.iter().collect();
     // A program that ran in a terminal comes back in one of our own: one it
-    // opened itself, or the launch's stdio when restart runs in a terminal
-    // too (else restart's own stdio takes the launch's place).
+    // opened itself with its master outside the computation, or the
+    // launch's stdio when restart runs in a terminal too (else restart's
+    // own stdio takes the launch's place). Pairs opened inside the
+    // computation are made again as pairs (stasis-restore/src/pty.rs).
     // SAFETY: isatty only looks at our own descriptor 0.
     let stdin_terminal = unsafe { libc::isatty(0) } == 1;
-    let in_terminal = images.iter().any(|i| {
-        i.meta()
-            .fds
-            .iter()
-            .any(|f| matches!(f.kind, FdKind::Terminal { .. }) && (f.outside_stdio.is_none() || stdin_terminal))
-    });
+    let in_terminal = stasis_restore::needs_terminal(&images, stdin_terminal);
     let pty = if in_terminal { Some(Pty::open().context("cannot make a terminal for the program")?) } else { None };
     let spawned = stasis_restore::spawn_computation(&images, conns, pty.as_ref().map(|p| &p.slave))
         .map_err(|e| anyhow!("cannot restart {}: {e}", restart_label(&paths)))?;
