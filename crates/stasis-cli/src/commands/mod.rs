@@ -4,6 +4,7 @@
 pub mod command;
 pub mod coordinator;
 pub mod inspect;
+pub mod job;
 pub mod launch;
 pub mod restart;
 pub mod start;
