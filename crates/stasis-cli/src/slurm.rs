@@ -117,9 +117,8 @@ pub fn parse_time_left(s: &str) -> Option<Duration> {
 
 /// Whether the job may be requeued (`scontrol show job`: `Requeue=1`).
 pub fn requeueable(job_id: &str) -> bool {
-    slurm_output("scontrol", &["show", "job", "-o", job_id]).is_some_and(|out| {
-        out.split_whitespace().any(|f| f == "Requeue=1")
-    })
+    slurm_output("scontrol", &["show", "job", "-o", job_id])
+        .is_some_and(|out| out.split_whitespace().any(|f| f == "Requeue=1"))
 }
 
 /// Asks SLURM to requeue the job (`scontrol requeue`).

@@ -20,7 +20,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use stasis_coord::client;
@@ -97,10 +97,16 @@ impl Done {
     }
 }
 
-/// Status lines, one per event, on stderr.
+/// Status lines, one per event, on stderr and, with the time, in the
+/// checkpoint directory's log, [`LOG_FILE`] (which keeps the job's whole
+/// story across requeues, whatever becomes of its output files).
 struct Reporter {
     prefix: String,
+    log: Option<PathBuf>,
 }
+
+/// The job's log, in the checkpoint directory.
+pub const LOG_FILE: &str = "stasis-job.log";
 
 impl Reporter {
     fn new(job: &Job) -> Reporter {
@@ -108,17 +114,26 @@ impl Reporter {
             Some(id) => format!("stasis job [job {id}, restart {}]", job.restart_count),
             None => "stasis job".to_string(),
         };
-        Reporter { prefix }
+        Reporter { prefix, log: None }
     }
 
     fn say(&self, msg: &str) {
-        let _ = writeln!(io::stderr(), "{}: {msg}", self.prefix);
+        let line = format!("{}: {msg}", self.prefix);
+        let _ = writeln!(io::stderr(), "{line}");
+        if let Some(log) = &self.log {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let _ = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .and_then(|mut f| f.write_all(format!("{} {line}\n", utc(now)).as_bytes()));
+        }
     }
 }
 
 pub fn run(opts: JobOpts) -> Result<Exit> {
     let job = Job::from_env(&real_env);
-    let say = Reporter::new(&job);
+    let mut say = Reporter::new(&job);
     let dir = match (&opts.ckpt_dir, job.default_ckpt_dir()) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) => d,
@@ -126,6 +141,7 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
     };
     let dir = std::path::absolute(&dir).with_context(|| format!("cannot make {} absolute", dir.display()))?;
     stasis_image::CheckpointDir::open_or_create(&dir).map_err(|e| anyhow!(e))?;
+    say.log = Some(dir.join(LOG_FILE));
     let job_key = job.id.clone().unwrap_or_else(|| "-".into());
 
     if let Some(done) = read_done(&dir) {
@@ -250,7 +266,9 @@ fn stop(
             reply.get("generation").unwrap_or("?"),
             dir.display()
         )),
-        Err(e) => say.say(&format!("no checkpoint taken ({e:#}); stopping the program; a later run resumes from the last checkpoint, if any")),
+        Err(e) => say.say(&format!(
+            "no checkpoint taken ({e:#}); stopping the program; a later run resumes from the last checkpoint, if any"
+        )),
     }
     let _ = ask(dir, Action::Kill);
     let deadline = Instant::now() + GONE_TIMEOUT;
@@ -399,6 +417,7 @@ fn clear(dir: &Path) -> Result<()> {
         if generation && entry.file_type()?.is_dir() {
             fs::remove_dir_all(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         } else if name == DONE_FILE
+            || name == LOG_FILE
             || (name.starts_with("ckpt_") && name.ends_with(".dmtcp"))
             || name == "dmtcp_restart_script.sh"
         {
