@@ -467,3 +467,42 @@ fn the_how_to_scripts_with_the_dmtcp_names() {
     assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"), "{}", second.report());
     assert_progress(&second, 100);
 }
+
+/// `srun -n 2 dmtcp_launch ...`: task 0 starts the coordinator, task 1
+/// joins it (no race for the port), both processes are in its
+/// checkpoints, and both run to their end.
+#[test]
+fn srun_two_tasks_share_one_coordinator() {
+    let Some(c) = cluster() else { return };
+    let dir = c.workdir("srun");
+    let script = format!(
+        "srun -n 2 bash -c 'exec {} -i 1 --ckptdir ck /usr/bin/python3 -u {} 60 progress-$SLURM_PROCID.txt'",
+        c.bin("dmtcp_launch"),
+        c.stage.join("count.py").display()
+    );
+    let job = c.submit(&dir, "srun", &["-n", "2"], &script);
+    let two_in_one = || {
+        let Ok(entries) = fs::read_dir(dir.join("ck")) else { return false };
+        entries.flatten().any(|e| {
+            let m = fs::read_to_string(e.path().join("MANIFEST")).unwrap_or_default();
+            m.lines().filter(|l| l.starts_with("process ")).count() == 2
+        })
+    };
+    job.wait_for("a checkpoint of both tasks' processes", |_| two_in_one());
+    let (state, code) = job.wait_end();
+    assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"), "{}", job.report());
+    for rank in 0..2 {
+        let got: Vec<String> = fs::read_to_string(dir.join(format!("progress-{rank}.txt")))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert!(
+            got == reference(60),
+            "task {rank}'s progress is not an uninterrupted run's: {got:?}\n{}",
+            job.report()
+        );
+    }
+    let err = job.err();
+    assert!(!err.contains("cannot listen"), "{err}");
+}

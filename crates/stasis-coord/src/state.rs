@@ -419,6 +419,9 @@ impl State {
         if let Some(port) = shared.tcp_port {
             m = m.with("port", port);
         }
+        if let Some(job) = slurm_job() {
+            m = m.with("job", job);
+        }
         if let Some(e) = &self.last_error {
             m = m.with("last_error", e);
         }
@@ -439,4 +442,16 @@ impl State {
 /// An ERROR reply.
 pub(crate) fn error(reason: impl std::fmt::Display) -> Message {
     Message::new(proto::ERROR).with("reason", reason)
+}
+
+/// The SLURM job (and step) this coordinator runs in, `JOB` or
+/// `JOB.STEP`, from its environment: launch and restart join no
+/// coordinator of another job (stasis-cli's start.rs).
+fn slurm_job() -> Option<String> {
+    let get = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let id = get("SLURM_JOB_ID")?;
+    Some(match get("SLURM_STEP_ID") {
+        Some(step) => format!("{id}.{step}"),
+        None => id,
+    })
 }
