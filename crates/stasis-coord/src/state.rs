@@ -166,6 +166,9 @@ pub(crate) struct State {
     /// A kill or quit is under way: an agent that says HELLO now (a child
     /// forked a moment ago, a process being restored) is told KILL at once.
     pub(crate) killing: usize,
+    /// The computation was killed on request (kill, quit): launch and
+    /// restart then exit 75 rather than as killed by SIGKILL.
+    pub(crate) killed_on_request: bool,
     /// The coordinator's owner asked it to end (a signal).
     pub(crate) stop: bool,
     /// Since when no agent has been connected (None: one is).
@@ -299,6 +302,7 @@ impl State {
             had_agent: false,
             quit: false,
             killing: 0,
+            killed_on_request: false,
             stop: false,
             empty_since: Some(Instant::now()),
             shutdown: false,
@@ -418,6 +422,9 @@ impl State {
         }
         if let Some(port) = shared.tcp_port {
             m = m.with("port", port);
+        }
+        if self.killed_on_request {
+            m = m.with("killed", 1);
         }
         if let Some(job) = slurm_job() {
             m = m.with("job", job);

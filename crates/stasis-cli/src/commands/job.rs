@@ -32,9 +32,7 @@ use crate::coord_socket::{self, CoordOpts};
 use crate::exit::Exit;
 use crate::slurm::{self, Job};
 
-/// The exit status of a job stopped after its checkpoint (sysexits'
-/// EX_TEMPFAIL: not finished, try again): a later `stasis job` resumes it.
-pub const STOPPED: i32 = 75;
+use super::STOPPED;
 /// The completion record, in the checkpoint directory.
 pub const DONE_FILE: &str = "stasis-job.done";
 /// How long the program may take to be gone once killed.
@@ -234,6 +232,12 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
 /// requeue should resume from the last checkpoint.
 fn finished(dir: &Path, job_key: &str, status: ExitStatus, say: &Reporter) {
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if code == STOPPED {
+        say.say(&format!(
+            "the program was stopped on request (exit status {STOPPED}): no completion recorded, a later run resumes"
+        ));
+        return;
+    }
     if status.signal() == Some(libc::SIGKILL) {
         say.say("the program was killed (SIGKILL): no completion recorded, a later run resumes");
         return;

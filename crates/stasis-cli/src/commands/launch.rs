@@ -99,7 +99,7 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };
-    let found = start::find_or_start(&opts.coord, opts.mode, &bg, std::slice::from_ref(&ckpt_dir))?;
+    let mut found = start::find_or_start(&opts.coord, opts.mode, &bg, std::slice::from_ref(&ckpt_dir))?;
     if found.started.is_none()
         && let Some(i) = opts.interval_s
     {
@@ -139,7 +139,7 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
         WithCode(code, format!("cannot run {}: {e}", program.to_string_lossy()))
     })?;
     let pid = i32::try_from(child.id()).context("child pid out of range")?;
-    let exit = supervise(signals, vec![pid], move || child.wait());
+    let exit = supervise(signals, vec![pid], move || child.wait()).map(|e| super::stopped_on_request(e, &mut found));
     // The coordinator started here goes unless others still use it.
     drop(found);
     exit

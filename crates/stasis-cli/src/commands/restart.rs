@@ -138,7 +138,7 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };
-    let found = start::find_or_start(&opts.coord, opts.mode, &bg, &[ckpt_dir.clone(), origin_dir])?;
+    let mut found = start::find_or_start(&opts.coord, opts.mode, &bg, &[ckpt_dir.clone(), origin_dir])?;
     if found.started.is_none()
         && let Some(i) = opts.interval_s
     {
@@ -169,7 +169,7 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     drop(readers);
     let relay = pty.map(Pty::relay).transpose().context("cannot relay the program's terminal")?;
     let pids = vec![spawned.pid()];
-    let exit = supervise(signals, pids, move || spawned.wait());
+    let exit = supervise(signals, pids, move || spawned.wait()).map(|e| super::stopped_on_request(e, &mut found));
     if let Some(relay) = relay {
         relay.finish();
     }

@@ -503,6 +503,20 @@ pub struct Started {
 }
 
 impl Started {
+    /// Whether this coordinator ends with status 0 within `timeout`: it
+    /// was told to quit (which kills the computation first).
+    pub fn quits_within(&mut self, timeout: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else { return false };
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => return false,
+            }
+        }
+    }
+
     fn finish(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let quit = client::connect(&Addr::Unix(self.socket.clone()), None).ok().and_then(|s| {
