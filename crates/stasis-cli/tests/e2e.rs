@@ -47,6 +47,10 @@ mod security;
 // by another user.
 #[path = "e2e/programs.rs"]
 mod programs;
+// Batch jobs: stasis job outside SLURM, the exit status of a computation
+// stopped on request (a real SLURM: tests/slurm.rs).
+#[path = "e2e/batch.rs"]
+mod batch;
 
 use std::fs;
 use std::path::{Path, PathBuf};
