@@ -500,6 +500,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
             ckpt_signal: a.ckpt_signal,
             save_files: SaveFiles { limit: a.save_files_limit, excluded: a.no_save_file },
             quiet: a.quiet,
+            usr2_checkpoints: false,
             program: a.program,
         }),
         VerbArgs::Restart(a) => {

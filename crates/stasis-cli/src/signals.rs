@@ -67,8 +67,9 @@ impl Blocked {
         }
     }
 
-    /// Starts the thread that sends the blocked signals on to `pids`.
-    pub fn forward_to(self, pids: Vec<i32>) -> io::Result<()> {
+    /// Starts the thread that sends the blocked signals on to `pids`;
+    /// SIGUSR2 goes to `on_usr2` instead, if given.
+    pub fn forward_to(self, pids: Vec<i32>, on_usr2: Option<Box<dyn Fn() + Send>>) -> io::Result<()> {
         let set = self.set;
         std::thread::Builder::new().name("stasis-signals".into()).spawn(move || {
             loop {
@@ -78,6 +79,12 @@ impl Blocked {
                 // this and every thread keep blocked.
                 let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
                 if sig <= 0 || !should_forward(&info, &pids) {
+                    continue;
+                }
+                if sig == libc::SIGUSR2
+                    && let Some(f) = &on_usr2
+                {
+                    f();
                     continue;
                 }
                 for &pid in &pids {

@@ -69,7 +69,17 @@ fn proto_status(found: &start::Found) -> Option<stasis_proto::Message> {
 /// Once the program runs: forward signals to `pids`, wait for the
 /// program, and leave as it did.
 fn supervise(signals: Blocked, pids: Vec<i32>, wait: impl FnOnce() -> io::Result<ExitStatus>) -> Result<Exit> {
-    if let Err(e) = signals.forward_to(pids) {
+    supervise_with(signals, pids, None, wait)
+}
+
+/// [`supervise`], with SIGUSR2 taken by `on_usr2` rather than passed on.
+fn supervise_with(
+    signals: Blocked,
+    pids: Vec<i32>,
+    on_usr2: Option<Box<dyn Fn() + Send>>,
+    wait: impl FnOnce() -> io::Result<ExitStatus>,
+) -> Result<Exit> {
+    if let Err(e) = signals.forward_to(pids, on_usr2) {
         eprintln!("stasis: cannot forward signals to the program: {e}");
     }
     let status = wait().context("lost track of the program")?;
