@@ -19,6 +19,7 @@ mod pty;
 mod reach;
 mod signals;
 mod slurm;
+mod task_rank;
 
 use std::ffi::OsString;
 

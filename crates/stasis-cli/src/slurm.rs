@@ -68,6 +68,29 @@ impl Job {
     }
 }
 
+impl Job {
+    /// In a step of several tasks (`srun -n N stasis restart DIR`), the
+    /// images of this task's processes (task_rank.rs); else all of them.
+    pub fn restart_share(
+        &self,
+        images: Vec<stasis_image::ImageReader>,
+    ) -> anyhow::Result<Vec<stasis_image::ImageReader>> {
+        if self.ntasks <= 1 || self.step.is_none() {
+            return Ok(images);
+        }
+        let mine = crate::task_rank::images_of_task(images, self.rank);
+        if mine.is_empty() {
+            anyhow::bail!(
+                "task {} of {}: the checkpoint holds no process of this task (SLURM_PROCID {}): restart it with as many tasks as it was taken with",
+                self.rank,
+                self.ntasks,
+                self.rank
+            );
+        }
+        Ok(mine)
+    }
+}
+
 /// Runs a SLURM command and returns its stdout, or None (not installed,
 /// failed, or took over 10 s).
 fn slurm_output(program: &str, args: &[&str]) -> Option<String> {

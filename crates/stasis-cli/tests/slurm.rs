@@ -506,3 +506,103 @@ fn srun_two_tasks_share_one_coordinator() {
     let err = job.err();
     assert!(!err.contains("cannot listen"), "{err}");
 }
+
+/// The environment variable `name` of process `pid`, if readable.
+fn environ_var(pid: i32, name: &str) -> Option<String> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    env.split(|&b| b == 0).find_map(|v| {
+        let v = String::from_utf8_lossy(v);
+        v.strip_prefix(&prefix).map(str::to_string)
+    })
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).replace('\0', " ").contains(needle)
+        })
+        .collect()
+}
+
+/// `srun -n 2 stasis restart DIR` of a checkpoint of two tasks: each task
+/// restarts the process of its own rank (its saved SLURM_PROCID is that of
+/// the restart that brought it back), and both run to their end.
+#[test]
+fn srun_two_tasks_restart_each_its_own_process() {
+    let Some(c) = cluster() else { return };
+    let dir = c.workdir("srun-restart");
+    let count = c.stage.join("count.py").display().to_string();
+    let script = format!(
+        "srun -n 2 bash -c 'exec {} -i 1 --ckptdir ck /usr/bin/python3 -u {count} 150 progress-$SLURM_PROCID.txt'",
+        c.bin("dmtcp_launch"),
+    );
+    let first = c.submit(&dir, "srun-first", &["-n", "2"], &script);
+    let two_in_one = || {
+        let Ok(entries) = fs::read_dir(dir.join("ck")) else { return false };
+        entries.flatten().any(|e| {
+            let m = fs::read_to_string(e.path().join("MANIFEST")).unwrap_or_default();
+            m.lines().filter(|l| l.starts_with("process ")).count() == 2
+        })
+    };
+    first.wait_for("a checkpoint of both tasks' processes after 10 steps each", |_| {
+        two_in_one()
+            && (0..2).all(|r| {
+                fs::read_to_string(dir.join(format!("progress-{r}.txt"))).unwrap_or_default().lines().count() >= 10
+            })
+    });
+    first.scancel(&[]);
+    first.wait_end();
+
+    let restart = format!("srun -n 2 {} restart ck", c.bin("stasis"));
+    let second = c.submit(&dir, "srun-restart", &["-n", "2"], &restart);
+    // While they run: each restored program's saved rank is its restart's.
+    let deadline = Instant::now() + WAIT;
+    let mut checked = 0;
+    while checked < 2 && Instant::now() < deadline && second.state() != "COMPLETED" {
+        checked = 0;
+        for pid in processes_with(&format!("{count} 150 progress-")) {
+            let saved = environ_var(pid, "SLURM_PROCID");
+            let mut up = parent_of(pid);
+            while let Some(p) = up {
+                let cmd = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmd).contains("restart") || p <= 1 {
+                    break;
+                }
+                up = parent_of(p);
+            }
+            let restarter = up.and_then(|p| environ_var(p, "SLURM_PROCID"));
+            if saved.is_some() && restarter.is_some() {
+                assert_eq!(saved, restarter, "process {pid} of task {saved:?} was restarted by task {restarter:?}");
+                checked += 1;
+            }
+        }
+        sleep(Duration::from_millis(200));
+    }
+    let (state, code) = second.wait_end();
+    assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"), "{}", second.report());
+    for rank in 0..2 {
+        let got: Vec<String> = fs::read_to_string(dir.join(format!("progress-{rank}.txt")))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert!(
+            got == reference(150),
+            "task {rank}'s progress is not an uninterrupted run's: {got:?}\n{}",
+            second.report()
+        );
+    }
+    assert!(checked == 2, "saw {checked} restored processes with their ranks while they ran");
+}

@@ -81,7 +81,7 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         // Said even with --quiet: which checkpoint runs is not a detail.
         note(false, n);
     }
-    let readers = checked.images;
+    let readers = crate::slurm::Job::from_env(&crate::cli::real_env).restart_share(checked.images)?;
     let paths: Vec<PathBuf> = readers.iter().map(|r| r.path().to_path_buf()).collect();
     if readers.is_empty() {
         bail!("{}: the checkpoint lists no image", targets[0].display());
