@@ -795,6 +795,34 @@ mod tests {
     }
 
     #[test]
+    fn job_options() {
+        let Ok(Verb::Job(o)) = parse_str(&["job", "--", "./prog", "-i", "3"]) else { panic!() };
+        assert_eq!((o.ckpt_dir, o.interval_s, o.requeue, o.before_end_s, o.keep), (None, None, None, 60, 2));
+        assert_eq!(o.program, ["./prog", "-i", "3"]);
+        let Ok(Verb::Job(o)) = parse_str(&[
+            "job",
+            "--ckptdir",
+            "/ck",
+            "-i",
+            "30",
+            "--checkpoint-signal",
+            "URG",
+            "--no-requeue",
+            "--before-end",
+            "0",
+            "prog",
+        ]) else {
+            panic!()
+        };
+        assert_eq!((o.ckpt_dir, o.interval_s), (Some(PathBuf::from("/ck")), Some(30)));
+        assert_eq!((o.checkpoint_signals, o.requeue, o.before_end_s), (vec![libc::SIGURG], Some(false), 0));
+        let Ok(Verb::Job(o)) = parse_str(&["job", "--requeue", "prog"]) else { panic!() };
+        assert_eq!(o.requeue, Some(true));
+        assert!(parse_str(&["job"]).is_err());
+        assert!(parse_str(&["job", "--checkpoint-signal", "KILL", "prog"]).is_err());
+    }
+
+    #[test]
     fn inspect_verifies_unless_told_not_to() {
         let verify = |args: &[&str]| match parse_str(args) {
             Ok(Verb::Inspect(o)) => o.verify,
