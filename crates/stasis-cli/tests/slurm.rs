@@ -47,6 +47,9 @@ struct Cluster {
     conf: PathBuf,
     /// Who submits: Some(user) through runuser (we are root), None: we.
     user: Option<String>,
+    /// Another user on the node (root only: the second of
+    /// `STASIS_E2E_USERS`, else `stasis-ci2`), if it exists.
+    other: Option<String>,
     /// Binaries and the program, readable by the user.
     stage: PathBuf,
 }
@@ -104,7 +107,15 @@ fn set_up() -> Result<Cluster, String> {
             .map_err(|e| format!("{}: {e} (build the workspace first)", dir.join(name).display()))?;
     }
     fs::write(stage.join("count.py"), PROGRAM).map_err(|e| e.to_string())?;
-    let c = Cluster { conf, user, stage };
+    let other = root
+        .then(|| {
+            std::env::var("STASIS_E2E_USERS")
+                .ok()
+                .and_then(|u| u.split(',').nth(1).map(str::to_string))
+                .unwrap_or_else(|| "stasis-ci2".into())
+        })
+        .filter(|u| Command::new("id").arg("-u").arg(u).output().is_ok_and(|o| o.status.success()));
+    let c = Cluster { conf, user, other, stage };
     c.give(&c.stage);
     Ok(c)
 }
@@ -180,7 +191,16 @@ impl Cluster {
         args.extend(sbatch_args.iter().map(|s| s.to_string()));
         args.push(file.display().to_string());
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.command("sbatch").args(&argv).current_dir(dir).output().expect("sbatch");
+        let mut sbatch = match &self.user {
+            Some(u) if dir.ends_with("as-other") => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", self.other.as_deref().unwrap_or(u), "--", "sbatch"]);
+                c.env("SLURM_CONF", &self.conf).stdin(Stdio::null());
+                c
+            }
+            _ => self.command("sbatch"),
+        };
+        let out = sbatch.args(&argv).current_dir(dir).output().expect("sbatch");
         assert!(out.status.success(), "sbatch {argv:?}: {}", String::from_utf8_lossy(&out.stderr));
         let id = String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap().to_string();
         Job { c: self, id, name: name.into(), dir: dir.to_path_buf() }
@@ -339,6 +359,8 @@ fn job_cancelled_then_resubmitted_resumes_and_completes() {
     // second would not have run it again (the record names job second).
     let record = fs::read_to_string(dir.join("stasis-ckpt/cancel/stasis-job.done")).unwrap();
     assert_eq!(record, format!("exit 0 job {}\n", second.id));
+    // Kept when the test fails, for a look.
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// scontrol requeue: the job is stopped (SIGTERM), requeued by SLURM,
@@ -356,6 +378,8 @@ fn job_requeued_resumes_and_completes() {
     assert_log(&job, "requeue", "SIGTERM received: checkpointing");
     assert_log(&job, "requeue", &format!("[job {}, restart 1]: resuming generation", job.id));
     assert_progress(&job, 100);
+    // Kept when the test fails, for a look.
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// `--signal=B:USR1@...` sends USR1 to the batch shell only (here sent at
@@ -376,6 +400,8 @@ fn job_usr1_to_the_batch_shell_checkpoints_requeues_and_resumes() {
     assert_log(&job, "usr1", &format!("job {} requeued", job.id));
     assert_log(&job, "usr1", "restart 1]: resuming generation");
     assert_progress(&job, 100);
+    // Kept when the test fails, for a look.
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// A job of the low partition preempted by one of the high partition
@@ -397,6 +423,8 @@ fn job_preempted_by_a_higher_priority_partition_resumes() {
     assert_log(&job, "victim", "SIGTERM received: checkpointing");
     assert_log(&job, "victim", "restart 1]: resuming generation");
     assert_progress(&job, 100);
+    // Kept when the test fails, for a look.
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// No --signal: stasis job asks SLURM for the time left and checkpoints
@@ -413,6 +441,8 @@ fn job_checkpoints_before_its_time_limit_and_resumes() {
     assert_log(&job, "timelimit", "the job ends in 45 s or less: checkpointing");
     assert_log(&job, "timelimit", "restart 1]: resuming generation");
     assert_progress(&job, 120);
+    // Kept when the test fails, for a look.
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// Two jobs of one user at once, each with its own directory and
@@ -466,6 +496,8 @@ fn the_how_to_scripts_with_the_dmtcp_names() {
     let (state, code) = second.wait_end();
     assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"), "{}", second.report());
     assert_progress(&second, 100);
+    // Kept when the test fails, for a look.
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// `srun -n 2 dmtcp_launch ...`: task 0 starts the coordinator, task 1
@@ -505,6 +537,7 @@ fn srun_two_tasks_share_one_coordinator() {
     }
     let err = job.err();
     assert!(!err.contains("cannot listen"), "{err}");
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// The environment variable `name` of process `pid`, if readable.
@@ -605,4 +638,48 @@ fn srun_two_tasks_restart_each_its_own_process() {
         );
     }
     assert!(checked == 2, "saw {checked} restored processes with their ranks while they ran");
+    // Kept when the test fails, for a look.
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Another user's job on the node at the same time, of the same name and
+/// the same program: neither sees the other's coordinator or directory,
+/// both stop on scancel and resume when submitted again.
+#[test]
+fn another_users_job_on_the_node_keeps_apart() {
+    let Some(c) = cluster() else { return };
+    let Some(other) = c.other.clone() else {
+        eprintln!("not run: no second user (run as root, with STASIS_E2E_USERS=user,other)");
+        return;
+    };
+    let mine = c.workdir("users");
+    // The other user's directory: theirs, under /tmp (not under ours,
+    // which stasis would rightly refuse as replaceable by us).
+    let theirs = std::env::temp_dir().join(format!("stasis-slurm-other-{}", std::process::id())).join("as-other");
+    let _ = fs::remove_dir_all(theirs.parent().unwrap());
+    fs::create_dir_all(&theirs).unwrap();
+    let ok =
+        Command::new("chown").args(["-R", &other]).arg(theirs.parent().unwrap()).status().is_ok_and(|s| s.success());
+    assert!(ok, "cannot chown to {other}");
+    let script = format!("{} job -i 1 -- {}", c.bin("stasis"), c.count(100));
+    let jobs = [c.submit(&mine, "shared-name", &[], &script), c.submit(&theirs, "shared-name", &[], &script)];
+    for j in &jobs {
+        j.wait_steps(10);
+    }
+    for j in &jobs {
+        // Root cancels the other user's job (the submitting user cannot).
+        let _ = Command::new("scancel").env("SLURM_CONF", &c.conf).arg(&j.id).status();
+    }
+    for j in &jobs {
+        j.wait_end();
+        assert_log(j, "shared-name", "stopped after the checkpoint");
+    }
+    let again = [c.submit(&mine, "shared-name", &[], &script), c.submit(&theirs, "shared-name", &[], &script)];
+    for j in &again {
+        let (state, code) = j.wait_end();
+        assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"), "{}", j.report());
+        assert_log(j, "shared-name", "resuming generation");
+        assert_progress(j, 100);
+    }
+    let _ = fs::remove_dir_all(theirs.parent().unwrap());
 }
