@@ -445,6 +445,25 @@ fn job_checkpoints_before_its_time_limit_and_resumes() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// The one-line script as docs/slurm.md gives it: `--time` with
+/// `--signal=B:USR1@30`, stasis job `exec`ed. SLURM sends USR1 some time
+/// in the last 30 s (or a little earlier); each run checkpoints, requeues
+/// the job and stops, the next resumes, until the program is done.
+#[test]
+fn job_time_limit_with_signal_b_usr1_runs_to_completion_over_requeues() {
+    let Some(c) = cluster() else { return };
+    let dir = c.workdir("signal");
+    let script = format!("exec {} job --before-end 0 -- {}", c.bin("stasis"), c.count(100));
+    let job = c.submit(&dir, "signal", &["--requeue", "--time=1", "--signal=B:USR1@30"], &script);
+    let (state, code) = job.wait_end();
+    assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"), "{}", job.report());
+    assert_log(&job, "signal", "restart 0]: SIGUSR1 received: checkpointing");
+    assert_log(&job, "signal", &format!("job {} requeued", job.id));
+    assert_log(&job, "signal", "restart 1]: resuming generation");
+    assert_progress(&job, 100);
+    let _ = fs::remove_dir_all(&dir);
+}
+
 /// Two jobs of one user at once, each with its own directory and
 /// coordinator; both cancelled and resubmitted, each resumes its own.
 #[test]

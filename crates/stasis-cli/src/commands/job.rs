@@ -19,7 +19,8 @@ use std::io::{self, Write as _};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -155,6 +156,17 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
         clear(&dir)?;
     }
 
+    // Another job running into this directory (the same name submitted
+    // twice): refused before anything is touched or recorded.
+    if let Ok(status) = ask_within(&dir, Action::Status, Duration::ZERO)
+        && status.get_parsed::<u64>("processes").unwrap_or(0) > 0
+    {
+        let whose = status.get("job").map_or_else(String::new, |j| format!(" (SLURM job {j})"));
+        bail!(
+            "another computation{whose} already checkpoints into {}: give this job another --job-name or --ckptdir",
+            dir.display()
+        );
+    }
     let resume = stasis_image::CheckpointDir::open(&dir).ok().and_then(|d| d.latest().ok());
     let stop_signals = stop_signals(&opts.checkpoint_signals);
     let blocked = block(&stop_signals).context("cannot block signals")?;
@@ -207,6 +219,7 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
 
     let (tx, rx) = mpsc::channel();
     watch_signals(blocked, tx.clone());
+    let seen = watch_start(&dir);
     let waiter = tx.clone();
     std::thread::spawn(move || {
         let _ = waiter.send(Event::Ended(child.wait()));
@@ -220,6 +233,13 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
     match rx.recv().context("lost track of the program")? {
         Event::Ended(status) => {
             let status = status.context("lost track of the program")?;
+            if matches!(status.code(), Some(1 | 126 | 127)) && !seen.load(Ordering::Relaxed) {
+                // launch or restart could not start it (it said why):
+                // nothing ran, nothing to record.
+                let code = status.code().unwrap_or(1);
+                say.say(&format!("the program did not start (exit status {code}): no completion recorded"));
+                return Ok(Exit::Like(status));
+            }
             finished(&dir, &job_key, status, &say);
             Ok(Exit::Like(status))
         }
@@ -305,6 +325,11 @@ fn stop(
 /// Asks the checkpoint directory's coordinator, waiting for it a while
 /// (it may be starting still).
 fn ask(dir: &Path, action: Action) -> Result<Message> {
+    ask_within(dir, action, REACH_TIMEOUT)
+}
+
+/// [`ask`], waiting at most `wait` for the coordinator to answer.
+fn ask_within(dir: &Path, action: Action, wait: Duration) -> Result<Message> {
     let canonical = coord_socket::canonical_dir(dir)?;
     let coord = CoordOpts {
         tmpdir: real_env("STASIS_TMPDIR").map(PathBuf::from),
@@ -313,7 +338,7 @@ fn ask(dir: &Path, action: Action) -> Result<Message> {
     };
     let targets = coord_socket::command_targets(&coord, Some(&canonical), None)?;
     let target = targets.first().context("no coordinator to reach")?;
-    let deadline = Instant::now() + REACH_TIMEOUT;
+    let deadline = Instant::now() + wait;
     let reached = loop {
         match crate::reach::reach(target, &[])? {
             Ok(r) => break r,
@@ -367,6 +392,27 @@ fn watch_signals(set: libc::sigset_t, tx: mpsc::Sender<Event>) {
             }
         }
     });
+}
+
+/// Set once the program is seen connected to its coordinator: an exit
+/// status 1, 126 or 127 before that is launch's or restart's failure to start it, not
+/// the program's end.
+fn watch_start(dir: &Path) -> Arc<AtomicBool> {
+    let seen = Arc::new(AtomicBool::new(false));
+    let (flag, dir) = (seen.clone(), dir.to_path_buf());
+    let _ = std::thread::Builder::new().name("stasis-job-start".into()).spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            let up = ask_within(&dir, Action::Status, Duration::ZERO)
+                .is_ok_and(|m| m.get_parsed::<u64>("processes").unwrap_or(0) > 0);
+            if up {
+                flag.store(true, Ordering::Relaxed);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    seen
 }
 
 /// Under SLURM: a stop when the job has `before` left (`squeue %L`, asked
