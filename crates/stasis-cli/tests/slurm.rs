@@ -492,6 +492,32 @@ fn two_jobs_of_one_user_at_once_keep_apart() {
     }
 }
 
+/// Two jobs of one user naming the same port (`DMTCP_COORD_PORT=7779`,
+/// as scripts written for DMTCP do): the second never joins the first
+/// one's coordinator; it is refused, saying whose it is, and the first runs
+/// on unharmed.
+#[test]
+fn a_second_job_never_joins_the_first_jobs_coordinator_on_a_named_port() {
+    let Some(c) = cluster() else { return };
+    let dir = c.workdir("port");
+    let launch = |ck: &str| {
+        format!("export DMTCP_COORD_PORT=7779\n{} -i 1 --ckptdir {ck} {}", c.bin("dmtcp_launch"), c.count(60))
+    };
+    let first = c.submit(&dir, "port-first", &[], &launch("ck-first"));
+    first.wait_steps(5);
+    let second = c.submit(&dir, "port-second", &[], &launch("ck-second"));
+    let (state, _) = second.wait_end();
+    let err = second.err();
+    assert!(
+        state == "FAILED" && err.contains(&format!("belongs to SLURM job {}, not to this job {}", first.id, second.id)),
+        "the second job: {state}\n{err}"
+    );
+    let (state, code) = first.wait_end();
+    assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"), "{}", first.report());
+    assert_progress(&first, 60);
+    let _ = fs::remove_dir_all(&dir);
+}
+
 /// The how-to's two scripts, as written there but for `--job-name`
 /// (sbatch has no `--name`) and the mkdir guard fixed: dmtcp_launch with
 /// an interval, the job cancelled, then dmtcp_restart of the images.
