@@ -522,6 +522,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
                 generation: a.generation,
                 fallback: a.fallback,
                 quiet: a.quiet,
+                usr2_checkpoints: false,
                 targets: a.targets,
             })
         }

@@ -501,6 +501,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 generation: a.generation,
                 fallback: a.fallback,
                 quiet: a.quiet > 0 || env_quiet(env),
+                usr2_checkpoints: true,
                 targets: a.targets,
             })
         }

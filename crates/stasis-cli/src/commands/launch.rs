@@ -154,7 +154,7 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
     })?;
     let pid = i32::try_from(child.id()).context("child pid out of range")?;
     let on_usr2 = opts.usr2_checkpoints.then(|| checkpoint_request(&found));
-    let exit = super::supervise_with(signals, vec![pid], on_usr2, move || child.wait())
+    let exit = super::supervise(signals, vec![pid], on_usr2, move || child.wait())
         .map(|e| super::stopped_on_request(e, &mut found));
     // The coordinator started here goes unless others still use it.
     drop(found);
@@ -163,7 +163,7 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
 
 /// What SIGUSR2 does under the DMTCP names: start a checkpoint (and not
 /// wait for it), as `dmtcp_command --checkpoint` would.
-fn checkpoint_request(found: &Found) -> Box<dyn Fn() + Send> {
+pub(super) fn checkpoint_request(found: &Found) -> Box<dyn Fn() + Send> {
     let (addr, secret) = (found.addr.clone(), found.secret.clone());
     Box::new(move || {
         let request = crate::commands::command::Action::StartCheckpoint.request();

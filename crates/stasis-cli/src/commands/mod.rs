@@ -66,14 +66,9 @@ fn proto_status(found: &start::Found) -> Option<stasis_proto::Message> {
     found.ask(&stasis_proto::Message::new(stasis_proto::COMMAND).with("what", "status")).ok()
 }
 
-/// Once the program runs: forward signals to `pids`, wait for the
-/// program, and leave as it did.
-fn supervise(signals: Blocked, pids: Vec<i32>, wait: impl FnOnce() -> io::Result<ExitStatus>) -> Result<Exit> {
-    supervise_with(signals, pids, None, wait)
-}
-
-/// [`supervise`], with SIGUSR2 taken by `on_usr2` rather than passed on.
-fn supervise_with(
+/// Once the program runs: forward signals to `pids` (SIGUSR2 to
+/// `on_usr2` instead, if given), wait for the program, and leave as it did.
+fn supervise(
     signals: Blocked,
     pids: Vec<i32>,
     on_usr2: Option<Box<dyn Fn() + Send>>,
