@@ -81,7 +81,9 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
     let mut pipes: Vec<usize> = Vec::new();
     for (i, f) in fds.iter().enumerate() {
         // (A named pipe opened O_RDWR reads too.)
+        // The launch's stdin from outside is the outside's: never peeked.
         if let FdKind::Pipe { id, flags, .. } = f.kind
+            && f.outside_stdio.is_none()
             && flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32
             && !pipes.iter().any(|&p| matches!(fds[p].kind, FdKind::Pipe { id: other, .. } if other == id))
         {
@@ -91,6 +93,9 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
     let mut sockets: Vec<usize> = Vec::new();
     for (i, f) in fds.iter().enumerate() {
         let FdKind::Socket { id, domain, kind, listening: false, ref peer, .. } = f.kind else { continue };
+        if f.outside_stdio.is_some() {
+            continue; // the outside's, never peeked
+        }
         // Connected streams, and Unix datagram and seqpacket sockets (UDP
         // queues are not saved: a datagram's sender cannot be made again).
         let stream = kind == libc::SOCK_STREAM && (domain == libc::AF_UNIX || !peer.is_empty());
@@ -475,6 +480,7 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
     let mut nums = sys::numeric_entries(c"/proc/self/fd").map_err(|e| format!("read /proc/self/fd: errno {e}"))?;
     nums.sort_unstable();
     let mut out = Vec::new();
+    crate::stdio::begin_listing();
     // Read once, when the first socket shows up.
     let mut unix_peers: Option<Vec<(u64, u64)>> = None;
     for fd in nums {
@@ -563,7 +569,13 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
         } else {
             kind
         };
-        out.push(Fd { fd, cloexec, kind });
+        let outside_stdio = if fd == agent_fd {
+            None
+        } else {
+            let terminal = matches!(kind, FdKind::Terminal { .. });
+            crate::stdio::which(fd, st.st_dev, st.st_ino, st.st_mode, terminal)
+        };
+        out.push(Fd { fd, cloexec, kind, outside_stdio });
     }
     Ok(out)
 }

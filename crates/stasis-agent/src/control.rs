@@ -222,6 +222,7 @@ fn addr_text(a: &Addr) -> String {
 pub fn restored(agent_fd: i32) {
     // Restart's socket, at the number the image saw ours at.
     let _ = Link::adopt(agent_fd);
+    crate::stdio::restored();
     let Some(addr) = peer_addr(agent_fd) else { return };
     crate::exec::set_current(&addr_text(&addr));
     if let Some(mut s) = inherited() {
@@ -559,6 +560,8 @@ pub fn run() {
         match end {
             // The descriptor now holds restart's connection: greet it.
             End::Restored => {
+                // The program runs again: its environment may change now.
+                crate::stdio::restored_environ();
                 restored = true;
                 conn = Some(c);
             }

@@ -18,6 +18,31 @@ const VAR: &[u8] = b"STASIS_COORD_ADDR=";
 /// "STASIS_COORD_ADDR=<current address>", once the coordinator told us one.
 static CURRENT: AtomicPtr<c_char> = AtomicPtr::new(std::ptr::null_mut());
 
+/// "STASIS_OUTSIDE_STDIO=<identities>" (`stdio`), once known.
+static CURRENT_STDIO: AtomicPtr<c_char> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Records the outside stdio's entry for the exec wrappers (as
+/// `set_current`: the old one is leaked).
+pub fn set_stdio_entry(entry: &str) {
+    if let Ok(entry) = CString::new(entry) {
+        CURRENT_STDIO.store(entry.into_raw(), Ordering::Release);
+    }
+}
+
+/// libc's own setenv (past the program's), or nothing if it was not found.
+/// Only where libc's lock cannot be held by a stopped thread: from the
+/// constructor, or while the program runs (inside `tree::without_fork`).
+pub fn setenv_real(name: &CStr, value: &CStr) {
+    let f = REAL_SETENV.load(Ordering::Acquire);
+    if f == 0 {
+        return;
+    }
+    // SAFETY: dlsym found libc's setenv, of this signature.
+    let setenv: SetenvFn = unsafe { std::mem::transmute::<usize, SetenvFn>(f) };
+    // SAFETY: NUL-terminated name and value.
+    unsafe { setenv(name.as_ptr(), value.as_ptr(), 1) };
+}
+
 /// Records the current address for the exec wrappers only: callable while
 /// the program's threads are held (it allocates from the agent alone). The
 /// old entry is leaked: a concurrent exec may still be reading it.
@@ -98,18 +123,22 @@ pub fn env_var(name: &str) -> Option<String> {
     }
 }
 
-/// `envp` with its STASIS_COORD_ADDR entry replaced by the current one, or
-/// None when it needs no change.
+/// `envp` with its STASIS_COORD_ADDR and STASIS_OUTSIDE_STDIO entries
+/// replaced by the current ones (the second added where the first is there
+/// alone: the child is in the computation), or None when it needs no change.
 ///
 /// # Safety
 /// `envp` is null or a null-terminated array of C strings.
 unsafe fn mended(envp: *const *const c_char) -> Option<Vec<*const c_char>> {
     let current = CURRENT.load(Ordering::Acquire);
-    if current.is_null() || envp.is_null() {
+    let stdio = CURRENT_STDIO.load(Ordering::Acquire);
+    if (current.is_null() && stdio.is_null()) || envp.is_null() {
         return None;
     }
+    let stdio_name = stdio_name(stdio);
     let mut out = Vec::new();
     let mut changed = false;
+    let (mut saw_addr, mut saw_stdio) = (false, false);
     let mut i = 0;
     loop {
         // SAFETY: within the null-terminated array (caller's promise).
@@ -119,17 +148,40 @@ unsafe fn mended(envp: *const *const c_char) -> Option<Vec<*const c_char>> {
         }
         // SAFETY: every entry is a C string (caller's promise).
         let bytes = unsafe { CStr::from_ptr(e) }.to_bytes();
-        // SAFETY: CURRENT holds a C string.
-        if bytes.starts_with(VAR) && bytes != unsafe { CStr::from_ptr(current) }.to_bytes() {
-            out.push(current as *const c_char);
-            changed = true;
-        } else {
-            out.push(e);
+        let mut entry = e;
+        if bytes.starts_with(VAR) {
+            saw_addr = true;
+            // SAFETY: CURRENT holds a C string.
+            if !current.is_null() && bytes != unsafe { CStr::from_ptr(current) }.to_bytes() {
+                entry = current;
+            }
+        } else if !stdio.is_null() && bytes.starts_with(stdio_name) {
+            saw_stdio = true;
+            // SAFETY: CURRENT_STDIO holds a C string.
+            if bytes != unsafe { CStr::from_ptr(stdio) }.to_bytes() {
+                entry = stdio;
+            }
         }
+        changed |= entry != e;
+        out.push(entry);
         i += 1;
+    }
+    if saw_addr && !saw_stdio && !stdio.is_null() {
+        out.push(stdio);
+        changed = true;
     }
     out.push(std::ptr::null());
     changed.then_some(out)
+}
+
+/// "STASIS_OUTSIDE_STDIO=" out of its entry (empty for none).
+fn stdio_name<'a>(entry: *const c_char) -> &'a [u8] {
+    if entry.is_null() {
+        return b"";
+    }
+    // SAFETY: a non-null CURRENT_STDIO is a C string that is never freed.
+    let bytes = unsafe { CStr::from_ptr(entry) }.to_bytes();
+    bytes.iter().position(|&b| b == b'=').map_or(bytes, |at| &bytes[..=at])
 }
 
 static REAL_EXECVE: AtomicUsize = AtomicUsize::new(0);
@@ -305,5 +357,24 @@ mod tests {
         let text: Vec<&CStr> = out[..3].iter().map(|&p| unsafe { CStr::from_ptr(p) }).collect();
         assert_eq!(text, [c"A=1", c"STASIS_COORD_ADDR=unix:/new", c"B=2"]);
         assert!(out[3].is_null());
+
+        // The outside stdio's entry: replaced where stale, added where missing.
+        set_stdio_entry("STASIS_OUTSIDE_STDIO=1:2,-,-");
+        let entries = [c"STASIS_OUTSIDE_STDIO=3:4,-,-", c"STASIS_COORD_ADDR=unix:/new"];
+        let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: as above.
+        let out = unsafe { mended(envp.as_ptr()) }.unwrap();
+        // SAFETY: the entries are C strings.
+        let text: Vec<&CStr> = out[..2].iter().map(|&p| unsafe { CStr::from_ptr(p) }).collect();
+        assert_eq!(text, [c"STASIS_OUTSIDE_STDIO=1:2,-,-", c"STASIS_COORD_ADDR=unix:/new"]);
+        let entries = [c"STASIS_COORD_ADDR=unix:/new"];
+        let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: as above.
+        let out = unsafe { mended(envp.as_ptr()) }.unwrap();
+        assert_eq!(out.len(), 3);
+        // SAFETY: a C string.
+        assert_eq!(unsafe { CStr::from_ptr(out[1]) }, c"STASIS_OUTSIDE_STDIO=1:2,-,-");
     }
 }

@@ -17,9 +17,11 @@ mod control;
 mod exec;
 mod fork_advice;
 mod inotify;
+mod reuse_addr;
 mod savefiles;
 mod signals;
 mod sockets;
+mod stdio;
 mod sys;
 mod tree;
 mod writer;
@@ -43,6 +45,8 @@ extern "C" fn init() {
     savefiles::remember_settings();
     signals::resolve_real_functions();
     exec::resolve_real_functions();
+    // After the line above: it publishes through libc's setenv.
+    stdio::remember_at_start();
     inotify::resolve_real_functions();
     collect::init_rseq_lookup();
     if signals::install(sig, ckpt::in_handler).is_err() {

@@ -65,7 +65,9 @@ pub fn save(meta: &mut ProcessMeta, dir: &Dir, note: &mut dyn FnMut(String)) -> 
     let mut budget = limit;
     let mut done: Vec<((u64, u64), FileSave)> = Vec::new();
     for i in 0..meta.fds.len() {
-        if !wanted(&meta.fds[i].kind) {
+        // The launch's stdio from outside (a batch system's output file) is
+        // not the program's to keep: restart gives it restart's own.
+        if !wanted(&meta.fds[i].kind) || meta.fds[i].outside_stdio.is_some() {
             continue;
         }
         let fd = meta.fds[i].fd;

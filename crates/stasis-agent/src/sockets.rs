@@ -6,7 +6,130 @@ use std::ffi::c_void;
 
 use stasis_image::{FdKind, SockOpt};
 
-fn sockopt(fd: i32, level: i32, name: i32) -> Option<i32> {
+/// The options a program can set that matter after a restart, for a
+/// socket of `domain` and `kind` (docs/sockets.md says which are left out
+/// and why).
+fn wanted(domain: i32, kind: i32) -> Vec<(i32, i32)> {
+    use libc::*;
+    let mut w = vec![
+        (SOL_SOCKET, SO_REUSEADDR),
+        (SOL_SOCKET, SO_REUSEPORT),
+        (SOL_SOCKET, SO_KEEPALIVE),
+        (SOL_SOCKET, SO_BROADCAST),
+        (SOL_SOCKET, SO_OOBINLINE),
+        (SOL_SOCKET, SO_DONTROUTE),
+        (SOL_SOCKET, SO_LINGER),
+        (SOL_SOCKET, SO_RCVBUF),
+        (SOL_SOCKET, SO_SNDBUF),
+        (SOL_SOCKET, SO_RCVLOWAT),
+        (SOL_SOCKET, SO_RCVTIMEO),
+        (SOL_SOCKET, SO_SNDTIMEO),
+        (SOL_SOCKET, SO_PRIORITY),
+        (SOL_SOCKET, SO_TIMESTAMP),
+        (SOL_SOCKET, SO_TIMESTAMPNS),
+    ];
+    if domain == AF_UNIX {
+        w.push((SOL_SOCKET, SO_PASSCRED));
+        return w;
+    }
+    if domain == AF_INET {
+        w.extend([(IPPROTO_IP, IP_TOS), (IPPROTO_IP, IP_TTL), (IPPROTO_IP, IP_MTU_DISCOVER), (IPPROTO_IP, IP_RECVERR)]);
+        if kind == SOCK_DGRAM {
+            w.extend([(IPPROTO_IP, IP_PKTINFO), (IPPROTO_IP, IP_MULTICAST_TTL), (IPPROTO_IP, IP_MULTICAST_LOOP)]);
+        }
+    } else {
+        w.extend([
+            (IPPROTO_IPV6, IPV6_V6ONLY),
+            (IPPROTO_IPV6, IPV6_TCLASS),
+            (IPPROTO_IPV6, IPV6_UNICAST_HOPS),
+            (IPPROTO_IPV6, IPV6_RECVERR),
+        ]);
+        if kind == SOCK_DGRAM {
+            w.extend([
+                (IPPROTO_IPV6, IPV6_RECVPKTINFO),
+                (IPPROTO_IPV6, IPV6_MULTICAST_HOPS),
+                (IPPROTO_IPV6, IPV6_MULTICAST_LOOP),
+            ]);
+        }
+    }
+    if kind == SOCK_STREAM {
+        w.extend([
+            (IPPROTO_TCP, TCP_NODELAY),
+            (IPPROTO_TCP, TCP_CORK),
+            (IPPROTO_TCP, TCP_KEEPIDLE),
+            (IPPROTO_TCP, TCP_KEEPINTVL),
+            (IPPROTO_TCP, TCP_KEEPCNT),
+            (IPPROTO_TCP, TCP_USER_TIMEOUT),
+            (IPPROTO_TCP, TCP_NOTSENT_LOWAT),
+            (IPPROTO_TCP, TCP_CONGESTION),
+        ]);
+    }
+    w
+}
+
+/// The options of socket `fd` that differ from a new socket's of the same
+/// kind: only what the program (or a connection) changed is set again.
+/// `connected` (or listening) buffer sizes beyond what setsockopt can ask
+/// are the kernel's own tuning of a TCP connection, not the program's.
+fn options(fd: i32, domain: i32, kind: i32, protocol: i32, connected: bool) -> Vec<SockOpt> {
+    // SAFETY: plain socket creation, closed below.
+    let fresh = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
+    let mut out = Vec::new();
+    for (level, name) in wanted(domain, kind) {
+        let Some(mut value) = sockopt_bytes(fd, level, name) else { continue };
+        if fresh >= 0 && sockopt_bytes(fresh, level, name).as_ref() == Some(&value) {
+            continue;
+        }
+        if level == libc::SOL_SOCKET && (name == libc::SO_RCVBUF || name == libc::SO_SNDBUF) {
+            let Some(doubled) = int_of(&value) else { continue };
+            let limit = if name == libc::SO_RCVBUF { "rmem_max" } else { "wmem_max" };
+            if connected && kind == libc::SOCK_STREAM && doubled > 2 * core_limit(limit) {
+                continue;
+            }
+            // The kernel doubles what it is given: set back what the program
+            // asked, so that getsockopt reads the same.
+            value = (doubled / 2).to_ne_bytes().to_vec();
+        }
+        out.push(SockOpt { level, name, value });
+    }
+    if fresh >= 0 {
+        // SAFETY: closing the socket made above.
+        unsafe { libc::close(fresh) };
+    }
+    out
+}
+
+fn int_of(value: &[u8]) -> Option<i32> {
+    Some(i32::from_ne_bytes(value.get(..4)?.try_into().ok()?))
+}
+
+/// /proc/sys/net/core/`name` (the most an unprivileged setsockopt gets).
+fn core_limit(name: &str) -> i32 {
+    std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(212_992)
+}
+
+/// An option's value as getsockopt gives it (at most 64 bytes: an int, a
+/// struct, a congestion control name).
+fn sockopt_bytes(fd: i32, level: i32, name: i32) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 64];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `buf`.
+    let r = unsafe { libc::getsockopt(fd, level, name, buf.as_mut_ptr().cast(), &mut len) };
+    if r != 0 {
+        return None;
+    }
+    let mut v = buf[..(len as usize).min(buf.len())].to_vec();
+    if level == libc::IPPROTO_TCP && name == libc::TCP_CONGESTION {
+        // A name, padded with NULs: setsockopt wants the name alone.
+        v.truncate(v.iter().position(|&b| b == 0).unwrap_or(v.len()));
+    }
+    Some(v)
+}
+
+pub(crate) fn sockopt(fd: i32, level: i32, name: i32) -> Option<i32> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `v`.
@@ -44,18 +167,11 @@ pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Opti
     let listening = sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
     let peer_id =
         if domain == libc::AF_UNIX { unix_peers.iter().find(|(s, _)| *s == id).map_or(0, |(_, p)| *p) } else { 0 };
-    // The options a program commonly sets; their values as they are.
-    let mut wanted = vec![(libc::SOL_SOCKET, libc::SO_REUSEADDR), (libc::SOL_SOCKET, libc::SO_KEEPALIVE)];
-    if domain != libc::AF_UNIX && kind == libc::SOCK_STREAM {
-        wanted.push((libc::IPPROTO_TCP, libc::TCP_NODELAY));
+    let connected = !address(fd, true).is_empty();
+    let options = options(fd, domain, kind, protocol, listening || connected);
+    if domain != libc::AF_UNIX && kind == libc::SOCK_STREAM && (connected || listening) {
+        crate::reuse_addr::reuse_after_kill(fd, id);
     }
-    if domain != libc::AF_UNIX && kind == libc::SOCK_DGRAM {
-        wanted.push((libc::SOL_SOCKET, libc::SO_BROADCAST));
-    }
-    let options = wanted
-        .into_iter()
-        .filter_map(|(level, name)| Some(SockOpt { level, name, value: sockopt(fd, level, name)? }))
-        .collect();
     Some(FdKind::Socket {
         id,
         domain,
@@ -254,4 +370,45 @@ pub fn unsent(fd: i32) -> usize {
         return 0;
     }
     n.max(0) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(fd: i32, level: i32, name: i32, value: &[u8]) {
+        // SAFETY: setsockopt reads `value.len()` bytes.
+        assert_eq!(unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), value.len() as u32) }, 0);
+    }
+
+    fn saved(options: &[SockOpt], level: i32, name: i32) -> Option<Vec<u8>> {
+        options.iter().find(|o| o.level == level && o.name == name).map(|o| o.value.clone())
+    }
+
+    #[test]
+    fn only_changed_options_are_saved_and_buffer_sizes_as_asked() {
+        // SAFETY: plain socket creation, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0) };
+        if fd < 0 {
+            return; // no IPv6 here
+        }
+        set(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1i32.to_ne_bytes());
+        set(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &30000i32.to_ne_bytes());
+        let linger = libc::linger { l_onoff: 1, l_linger: 7 };
+        // SAFETY: linger is plain data.
+        let linger_bytes: [u8; 8] = unsafe { std::mem::transmute(linger) };
+        set(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger_bytes);
+        set(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &77i32.to_ne_bytes());
+        let options = options(fd, libc::AF_INET6, libc::SOCK_STREAM, 0, false);
+        assert_eq!(saved(&options, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY), Some(1i32.to_ne_bytes().to_vec()));
+        assert_eq!(saved(&options, libc::SOL_SOCKET, libc::SO_RCVBUF), Some(30000i32.to_ne_bytes().to_vec()));
+        assert_eq!(saved(&options, libc::SOL_SOCKET, libc::SO_LINGER), Some(linger_bytes.to_vec()));
+        assert_eq!(saved(&options, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), Some(77i32.to_ne_bytes().to_vec()));
+        // Defaults are left out.
+        assert_eq!(saved(&options, libc::SOL_SOCKET, libc::SO_KEEPALIVE), None);
+        assert_eq!(saved(&options, libc::IPPROTO_TCP, libc::TCP_NODELAY), None);
+        assert_eq!(saved(&options, libc::SOL_SOCKET, libc::SO_SNDBUF), None);
+        // SAFETY: closing our socket.
+        unsafe { libc::close(fd) };
+    }
 }

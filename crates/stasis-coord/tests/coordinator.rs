@@ -304,7 +304,7 @@ fn write_image(path: &Path, pid: i32, name: &str, generation: u64, computation_i
         computation_id,
         name: name.into(),
         threads: vec![Thread { tid: pid, ucontext: vec![0; UCONTEXT_LEN], ..Default::default() }],
-        fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent }],
+        fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent, outside_stdio: None }],
         ..Default::default()
     };
     ImageWriter::create(path).and_then(|w| w.finish(meta)).map(drop).map_err(std::io::Error::other)

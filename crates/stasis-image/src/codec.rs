@@ -293,7 +293,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                 e.vec(options, |e, o| {
                     e.i32(o.level);
                     e.i32(o.name);
-                    e.i32(o.value);
+                    e.bytes(&o.value);
                 });
             }
             FdKind::Inotify { flags, watches, unread } => {
@@ -314,6 +314,8 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                 e.i32(*foreground);
             }
         }
+        // 0: none; k + 1: outside stdio k.
+        e.u8(f.outside_stdio.map_or(0, |k| k + 1));
     });
     e.vec(&meta.sigactions, |e, a| {
         for v in [a.handler, a.flags, a.restorer, a.mask] {
@@ -497,7 +499,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
                 local: d.bytes()?,
                 peer: d.bytes()?,
                 peer_id: d.u64()?,
-                options: d.vec(12, |d| Ok(SockOpt { level: d.i32()?, name: d.i32()?, value: d.i32()? }))?,
+                options: d.vec(12, |d| Ok(SockOpt { level: d.i32()?, name: d.i32()?, value: d.bytes()? }))?,
             },
             13 => FdKind::Inotify {
                 flags: d.u32()?,
@@ -509,7 +511,12 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
             }
             t => return Err(corrupt(format!("unknown descriptor kind {t}"))),
         };
-        Ok(Fd { fd, cloexec, kind })
+        let outside_stdio = match d.u8()? {
+            0 => None,
+            k @ 1..=3 => Some(k - 1),
+            t => return Err(corrupt(format!("outside stdio {t} is none of 0, 1, 2"))),
+        };
+        Ok(Fd { fd, cloexec, kind, outside_stdio })
     })?;
     m.sigactions =
         d.vec(32, |d| Ok(SigAction { handler: d.u64()?, flags: d.u64()?, restorer: d.u64()?, mask: d.u64()? }))?;
@@ -653,7 +660,7 @@ mod tests {
                 },
             ],
             threads: vec![Thread { tid: 1, ucontext: vec![0; UCONTEXT_LEN], ..Default::default() }],
-            fds: vec![Fd { fd: 0, cloexec: false, kind: FdKind::Agent }],
+            fds: vec![Fd { fd: 0, cloexec: false, kind: FdKind::Agent, outside_stdio: None }],
             sigactions: vec![SigAction::default(); 64],
             itimers: vec![ITimer::default(); 3],
             chunks: vec![
@@ -785,7 +792,7 @@ mod tests {
     fn tags_and_booleans() {
         let m = ProcessMeta {
             regions: vec![Region { start: 0x1000, end: 0x2000, ..Default::default() }],
-            fds: vec![Fd { fd: 0, cloexec: false, kind: FdKind::Agent }],
+            fds: vec![Fd { fd: 0, cloexec: false, kind: FdKind::Agent, outside_stdio: None }],
             ..Default::default()
         };
         let good = encode_meta(&m);
@@ -799,11 +806,17 @@ mod tests {
             let w = what(decode_meta(&v).unwrap_err());
             assert!(w.contains(want), "{w:?} should mention {want:?}");
         }
-        // The descriptor's tag is followed by 41 bytes: four empty lists'
-        // counts, shared_pending and the agent's 17 bytes.
-        let fd_tag = good.len() - 42;
+        // The descriptor's tag is followed by its outside-stdio byte and 41
+        // bytes: four empty lists' counts, shared_pending and the agent's 17
+        // bytes.
+        let fd_tag = good.len() - 43;
         let mut v = good.clone();
         v[fd_tag] = 14;
         assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 14"));
+        let mut v = good.clone();
+        v[fd_tag + 1] = 3;
+        assert_eq!(decode_meta(&v).unwrap().fds[0].outside_stdio, Some(2));
+        v[fd_tag + 1] = 4;
+        assert!(what(decode_meta(&v).unwrap_err()).contains("outside stdio 4"));
     }
 }

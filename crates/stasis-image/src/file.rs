@@ -573,7 +573,7 @@ mod tests {
             pid: 7,
             regions: vec![Region { start: 0x10000, end: 0x14000, prot: 3, ..Default::default() }],
             threads: vec![Thread { tid: 7, ucontext: vec![0; UCONTEXT_LEN], ..Default::default() }],
-            fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent }],
+            fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent, outside_stdio: None }],
             ..Default::default()
         }
     }

@@ -46,7 +46,7 @@ pub use trust::{open_checkpoint_dir, open_image_dir, untrusted};
 /// First eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"STASISIM";
 /// Format version written by this build; readers refuse any other.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// Alignment of the payload and of memory chunks.
 pub const PAGE_SIZE: u64 = 4096;
 /// Upper bound on the encoded metadata, so a hostile file cannot make a

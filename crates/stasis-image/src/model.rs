@@ -187,6 +187,13 @@ pub struct Fd {
     pub fd: i32,
     pub cloexec: bool,
     pub kind: FdKind,
+    /// `Some(k)`: this descriptor holds the open file that was descriptor
+    /// `k` (0, 1 or 2) of the computation's launch (or of the restart that
+    /// made the computation again), inherited from outside the computation:
+    /// a file, a pipe, a socket or a terminal of whoever started it.
+    /// Restart gives it restart's own descriptor `k` instead, whatever
+    /// `kind` says; a checkpoint never saves its contents nor peeks into it.
+    pub outside_stdio: Option<u8>,
 }
 
 /// What a checkpoint kept of the contents of a file open for writing.
@@ -308,8 +315,9 @@ pub enum FdKind {
         local: Vec<u8>,
         peer: Vec<u8>,
         peer_id: u64,
-        /// The options restart sets again (SO_REUSEADDR, SO_KEEPALIVE,
-        /// TCP_NODELAY...), as getsockopt gave them.
+        /// The options restart sets again (IPV6_V6ONLY, SO_REUSEADDR,
+        /// SO_RCVBUF, SO_LINGER, TCP keepalive...): those whose value
+        /// differs from a new socket's of the same kind.
         options: Vec<SockOpt>,
     },
     /// A terminal (a pseudo-terminal slave, a console). Restart gives it a
@@ -346,12 +354,15 @@ pub struct InotifyWatch {
     pub path: String,
 }
 
-/// One integer socket option.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// One socket option: `value` is the bytes setsockopt takes to set it
+/// again (an int, a `struct linger`, a `struct timeval`, a name), in the
+/// machine's byte order. SO_RCVBUF and SO_SNDBUF hold what the program
+/// asked, half of what getsockopt reads (the kernel doubles it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SockOpt {
     pub level: i32,
     pub name: i32,
-    pub value: i32,
+    pub value: Vec<u8>,
 }
 
 /// One descriptor an epoll instance watches.

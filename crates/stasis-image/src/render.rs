@@ -319,7 +319,11 @@ pub fn render(m: &ProcessMeta) -> String {
                 format!("{s} flags {flags:#o}")
             }
         };
-        let _ = writeln!(o, "  {:>4}{} {what}", f.fd, if f.cloexec { " cloexec" } else { "        " });
+        let outside = match f.outside_stdio {
+            Some(k) => format!("; launch's stdio {k}, comes back as restart's own {k}"),
+            None => String::new(),
+        };
+        let _ = writeln!(o, "  {:>4}{} {what}{outside}", f.fd, if f.cloexec { " cloexec" } else { "        " });
     }
 
     let _ = writeln!(o, "\nsignals: pending for the process {:#x}", m.shared_pending);
@@ -441,7 +445,12 @@ mod tests {
                 },
             ],
             threads: vec![Thread { tid: 42, ucontext: uc, fs_base: 0x1234, ..Default::default() }],
-            fds: vec![Fd { fd: 1, cloexec: true, kind: FdKind::Inherited { what: "pipe:[1]".into() } }],
+            fds: vec![Fd {
+                fd: 1,
+                cloexec: true,
+                kind: FdKind::Inherited { what: "pipe:[1]".into() },
+                outside_stdio: Some(1),
+            }],
             sigactions,
             itimers: vec![ITimer { interval_us: 0, value_us: 5 }, ITimer::default(), ITimer::default()],
             chunks: vec![Chunk {
@@ -462,6 +471,7 @@ mod tests {
         assert!(text.contains("SIGUSR1      handler 0x401000 flags 0x4000000"), "{text}");
         assert!(text.contains("\"two words\""), "{text}");
         assert!(text.contains("itimer real: next in 5 us"), "{text}");
+        assert!(text.contains("launch's stdio 1, comes back as restart's own 1"), "{text}");
         assert!(!text.contains('\x1b'), "{text}");
         assert!(text.contains("totals: 20 KiB mapped, 8192 B saved in 1 chunks (8192 B stored, 0 chunks"), "{text}");
     }

@@ -692,7 +692,7 @@ mod tests {
             computation_id: COMPUTATION,
             name: format!("prog{pid}"),
             threads: vec![Thread { tid: pid, ucontext: vec![0; UCONTEXT_LEN], ..Default::default() }],
-            fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent }],
+            fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent, outside_stdio: None }],
             ..Default::default()
         };
         w.finish(meta).unwrap();

@@ -65,6 +65,7 @@ fn sample_meta() -> ProcessMeta {
                 inode: 77,
                 saved: FileSave::None,
             },
+            outside_stdio: None,
         }],
         sigactions: vec![SigAction { handler: 1, ..Default::default() }; 64],
         itimers: vec![ITimer::default(); 3],
@@ -329,7 +330,8 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
             proptest::collection::vec(any::<u8>(), 0..40),
             any::<u64>(),
             proptest::collection::vec(
-                any::<(i32, i32, i32)>().prop_map(|(level, name, value)| SockOpt { level, name, value }),
+                (any::<(i32, i32)>(), proptest::collection::vec(any::<u8>(), 0..16))
+                    .prop_map(|((level, name), value)| SockOpt { level, name, value }),
                 0..3
             )
         )
@@ -349,7 +351,8 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
             |(flags, termios, controlling, foreground)| FdKind::Terminal { flags, termios, controlling, foreground }
         ),
     ];
-    (any::<i32>(), any::<bool>(), kind).prop_map(|(fd, cloexec, kind)| Fd { fd, cloexec, kind })
+    (any::<i32>(), any::<bool>(), kind, proptest::option::of(0u8..3))
+        .prop_map(|(fd, cloexec, kind, outside_stdio)| Fd { fd, cloexec, kind, outside_stdio })
 }
 
 fn arb_thread() -> impl Strategy<Value = Thread> {

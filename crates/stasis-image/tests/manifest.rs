@@ -23,7 +23,7 @@ fn meta(pid: i32, name: &str) -> ProcessMeta {
         pid,
         name: name.into(),
         threads: vec![Thread { tid: pid, ucontext: vec![0; UCONTEXT_LEN], ..Default::default() }],
-        fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent }],
+        fds: vec![Fd { fd: 3, cloexec: false, kind: FdKind::Agent, outside_stdio: None }],
         ..Default::default()
     }
 }

@@ -126,7 +126,8 @@ impl SharedPipes {
         // other end was closed by everyone) per pipe, in order of appearance.
         let mut seen: Vec<(u64, bool, bool, u32, &str, bool)> = Vec::new();
         for image in images {
-            for f in &image.meta().fds {
+            // The launch's stdio from outside becomes restart's own.
+            for f in image.meta().fds.iter().filter(|f| f.outside_stdio.is_none()) {
                 let FdKind::Pipe { id, write, size, ref fifo, peer_gone, .. } = f.kind else { continue };
                 match seen.iter_mut().find(|p| p.0 == id) {
                     Some(p) => {
@@ -271,6 +272,40 @@ fn outside(fd: i32, what: &str, stdio: &[i32], warn: &mut dyn FnMut(String)) -> 
     }
 }
 
+/// What a descriptor holding the launch's stdio `k` from outside becomes:
+/// restart's own `k`, whatever it was (a file, a pipe, a terminal), so
+/// that `stasis restart DIR > new.log` gets the output. Restart without a
+/// descriptor `k` gives it /dev/null, and says so.
+fn outside_stdio(fd: i32, k: u8, flags: u32, stdio: &[i32], warn: &mut dyn FnMut(String)) -> Result<i32, String> {
+    match stdio.get(k as usize) {
+        Some(&from) if from >= 0 => dup_at_least(from, 0),
+        _ => {
+            warn(format!("fd {fd} was the launch's stdio {k}, which restart has not got; it comes back as /dev/null"));
+            open("/dev/null", (flags as i32) & libc::O_ACCMODE)
+        }
+    }
+}
+
+/// The open flags a descriptor was saved with (for /dev/null in its place).
+fn saved_flags(kind: &FdKind) -> u32 {
+    match kind {
+        FdKind::File { flags, .. }
+        | FdKind::Device { flags, .. }
+        | FdKind::Pipe { flags, .. }
+        | FdKind::Terminal { flags, .. }
+        | FdKind::Socket { flags, .. } => *flags,
+        _ => libc::O_RDWR as u32,
+    }
+}
+
+/// Whether the descriptor is restart's own terminal (`fd` 0 of restart
+/// here is one): a terminal from outside then comes back as the terminal
+/// restart made, relayed to it, and the controlling terminal as before.
+fn in_restart_terminal(f: &stasis_image::Fd, stdio: &[i32], terminal: Option<i32>) -> bool {
+    // SAFETY: isatty on a descriptor we own (or -1, which it refuses).
+    matches!(f.kind, FdKind::Terminal { .. }) && terminal.is_some() && unsafe { libc::isatty(stdio[0]) } == 1
+}
+
 /// Puts every saved descriptor at its number. `agent_conn` becomes the
 /// agent's descriptor; pipes between processes come from `pipes`; `warn`
 /// collects what could not be restored.
@@ -310,7 +345,14 @@ pub fn restore(
     crate::ns::close_all_but(&keep);
 
     for f in &meta.fds {
+        // Which descriptor a failure is about.
+        let at = |e: String| format!("fd {}: {e}", f.fd);
         let tmp = match &f.kind {
+            _ if let Some(k) = f.outside_stdio
+                && !in_restart_terminal(f, &stdio, terminal) =>
+            {
+                outside_stdio(f.fd, k, saved_flags(&f.kind), &stdio, warn).map_err(at)?
+            }
             FdKind::File { path, flags, offset, size, deleted, dev, inode, .. } => {
                 let flags = (*flags as i32) & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
                 // A file open for writing had its contents put back already
@@ -318,17 +360,19 @@ pub fn restore(
                 // never cut, which would leave it half old, half new.
                 let fd = if *deleted {
                     let contents = saved_contents.get(&f.fd).map_or(&[][..], |v| v.as_slice());
-                    deleted_file(contents, path, flags, *size, shm.get(*dev, *inode))?
+                    deleted_file(contents, path, flags, *size, shm.get(*dev, *inode)).map_err(at)?
                 } else {
-                    open(path, flags)?
+                    open(path, flags).map_err(at)?
                 };
                 // SAFETY: lseek on our own descriptor.
                 if unsafe { libc::lseek(fd, *offset as i64, libc::SEEK_SET) } < 0 {
-                    return Err(format!("seek {path}: {}", std::io::Error::last_os_error()));
+                    return Err(at(format!("seek {path}: {}", std::io::Error::last_os_error())));
                 }
                 fd
             }
-            FdKind::Directory { path, flags } | FdKind::Device { path, flags } => open(path, *flags as i32)?,
+            FdKind::Directory { path, flags } | FdKind::Device { path, flags } => {
+                open(path, *flags as i32).map_err(at)?
+            }
             FdKind::Inherited { what } => match outside(f.fd, what, &stdio, warn)? {
                 Some(fd) => fd,
                 None => continue,
@@ -361,7 +405,7 @@ pub fn restore(
                 // descriptor open for both (no wait for a peer).
                 Some((both, _)) if pipes.is_fifo(*id) => {
                     let mode = (*flags as i32) & (libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND);
-                    open(&format!("/proc/self/fd/{both}"), mode)?
+                    open(&format!("/proc/self/fd/{both}"), mode).map_err(at)?
                 }
                 Some((r, w)) => {
                     let fd = dup_at_least(if *write { w } else { r }, 0)?;
@@ -459,8 +503,22 @@ fn set_termios(fd: i32, saved: &[u8]) {
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: copying exactly size_of::<termios>() bytes into `t`.
     unsafe { std::ptr::copy_nonoverlapping(saved.as_ptr(), &mut t as *mut libc::termios as *mut u8, saved.len()) };
-    // SAFETY: tcsetattr reads `t`.
-    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
+    // A process of a background group (an MPI rank under mpirun, a job of
+    // a shell) would be stopped by SIGTTOU here: the kernel lets the
+    // change through when the signal is blocked, as it is for the moment.
+    // SAFETY: a zeroed sigset_t is valid; the calls below fill it.
+    let (mut block, mut old): (libc::sigset_t, libc::sigset_t) = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset/sigaddset write the set; sigprocmask reads and
+    // writes the two sets, and puts the old mask back after tcsetattr,
+    // which only reads `t`.
+    unsafe {
+        libc::sigemptyset(&mut block);
+        libc::sigaddset(&mut block, libc::SIGTTOU);
+        libc::sigaddset(&mut block, libc::SIGTTIN);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+        libc::tcsetattr(fd, libc::TCSANOW, &t);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
 }
 
 /// A file that was deleted while open comes back from its saved contents
@@ -486,8 +544,10 @@ fn deleted_file(
     contents.iter().try_for_each(|(offset, data)| file.write_all_at(data, *offset)).map_err(what)?;
     file.set_len(size).map_err(what)?;
     // Its own open file description, with the program's flags (O_APPEND,
-    // read-only...); `file` closes the one it was filled through.
-    open(&format!("/proc/self/fd/{}", file.as_raw_fd()), flags)
+    // read-only...); `file` closes the one it was filled through. The
+    // descriptor's link is a symbolic link by nature: O_NOFOLLOW, which the
+    // program may have opened the file with, would refuse it.
+    open(&format!("/proc/self/fd/{}", file.as_raw_fd()), flags & !libc::O_NOFOLLOW)
 }
 
 /// A new unlinked file opened for reading and writing: a memfd for a
@@ -528,6 +588,9 @@ pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String
     for image in images {
         for f in &image.meta().fds {
             let FdKind::File { path, saved: FileSave::Copy { name }, deleted: false, .. } = &f.kind else { continue };
+            if f.outside_stdio.is_some() {
+                continue; // restart's own stdio takes its place
+            }
             if !done.contains(&path.as_str()) {
                 let dir = saved_copy_dir(image, name);
                 put_back(path, &dir, name).map_err(|e| format!("put back the contents of {path}: {e}"))?;
@@ -538,6 +601,9 @@ pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String
     for image in images {
         for f in &image.meta().fds {
             let FdKind::File { path, saved: FileSave::Left { why }, deleted: false, .. } = &f.kind else { continue };
+            if f.outside_stdio.is_some() {
+                continue;
+            }
             if !done.contains(&path.as_str()) {
                 warn(format!("{path} was not saved at the checkpoint ({why}); it is left as it is now"));
                 done.push(path);

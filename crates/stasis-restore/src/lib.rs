@@ -298,12 +298,25 @@ fn log(msg: &str) {
 }
 
 /// Runs in the process that becomes the restored process of image `i`.
+/// A failure is said on restart's stderr, naming the process, the step
+/// and the reason, before the process ends with 125 (which restart
+/// returns): never nothing.
 fn member(ctx: &Ctx<'_>, i: usize) -> ! {
     let result = become_restored(ctx, i);
     ctx.barrier.fail();
-    log(&format!("stasis: restore of process {} failed: {}\n", ctx.shape.pids[i], result.err().unwrap_or_default()));
+    let why = result.err().unwrap_or_default();
+    // The one that failed says why; the others only that they gave up.
+    if why != tree::ANOTHER_FAILED {
+        let meta = ctx.images[i].meta();
+        log(&format!("stasis: restart: restoring process {} ({}) failed: {why}\n", meta.pid, meta.name));
+    }
     // SAFETY: leaving without running the caller's atexit handlers.
     unsafe { libc::_exit(125) }
+}
+
+/// `Err` with the step that failed in front of its reason.
+fn step<T>(what: &str, r: Result<T, String>) -> Result<T, String> {
+    r.map_err(|e| if e == tree::ANOTHER_FAILED { e } else { format!("{what}: {e}") })
 }
 
 /// Makes this process's children (and zombies), waits for the whole tree,
@@ -314,30 +327,32 @@ fn become_restored(ctx: &Ctx<'_>, i: usize) -> Result<(), String> {
     // SAFETY: getpid cannot fail.
     let pid = unsafe { libc::getpid() };
     if pid != meta.pid {
-        return Err(format!("got pid {pid} instead of {}", meta.pid));
+        return Err(format!("making the process: got pid {pid} instead of {}", meta.pid));
     }
-    tree::lead(meta, ctx.shared.terminal)?;
+    step("taking its session or process group", tree::lead(meta, ctx.shared.terminal))?;
     for &c in &ctx.shape.children[i] {
-        if ns::clone_with_pid(ctx.shape.pids[c])? == 0 {
+        if step("making its children", ns::clone_with_pid(ctx.shape.pids[c]))? == 0 {
             member(ctx, c);
         }
     }
     for z in &meta.zombies {
-        let child = ns::clone_with_pid(z.pid)?;
+        let child = step("making its zombie children", ns::clone_with_pid(z.pid))?;
         if child == 0 {
             tree::exit_as(z.status);
         }
-        tree::wait_exited(child)?;
+        step("making its zombie children", tree::wait_exited(child))?;
     }
-    ctx.barrier.arrive(tree::MADE)?;
+    step("waiting for the other processes", ctx.barrier.arrive(tree::MADE))?;
     let mut warnings = Vec::new();
     tree::join_group(meta, &ctx.shape.pids, &mut |w| warnings.push(w));
-    ctx.barrier.arrive(tree::GROUPED)?;
+    step("waiting for the other processes", ctx.barrier.arrive(tree::GROUPED))?;
     if let Some(t) = ctx.shared.terminal {
         tree::take_foreground(meta, t);
     }
     tree::forget_sigchld(meta);
-    prepare_and_jump(image, ctx.conns[i], ctx, warnings, &|| ctx.barrier.arrive(tree::READY))
+    prepare_and_jump(image, ctx.conns[i], ctx, warnings, &|| {
+        step("waiting for the other processes", ctx.barrier.arrive(tree::READY))
+    })
 }
 
 fn prepare_and_jump(
@@ -348,17 +363,20 @@ fn prepare_and_jump(
     ready: &dyn Fn() -> Result<(), String>,
 ) -> Result<(), String> {
     let meta = image.meta();
-    fds::write_back_shared(meta, image)?;
-    let helpers = fds::restore(meta, image, agent_conn, &ctx.shared, &mut |w| warnings.push(w))?;
+    step("writing back its shared file mappings", fds::write_back_shared(meta, image))?;
+    let helpers = step(
+        "reopening its descriptors",
+        fds::restore(meta, image, agent_conn, &ctx.shared, &mut |w| warnings.push(w)),
+    )?;
     LOG_FD.store(helpers.log, std::sync::atomic::Ordering::Relaxed);
     for w in warnings {
-        log(&format!("stasis: restart: {w}\n"));
+        log(&format!("stasis: restart: process {} ({}): {w}\n", meta.pid, meta.name));
     }
-    std::env::set_current_dir(&meta.cwd).map_err(|e| format!("chdir {}: {e}", meta.cwd))?;
+    std::env::set_current_dir(&meta.cwd).map_err(|e| format!("entering its working directory {}: {e}", meta.cwd))?;
     // SAFETY: umask and setrlimit only change this process's settings.
     unsafe {
         libc::umask(meta.umask as libc::mode_t);
-        // RLIMIT_NOFILE last, by the restorer, once restart's own
+        // RLIMIT_NOFILE last, by the restorer, just before restart's own
         // descriptors (above the program's) are closed (`plan`).
         for l in meta.rlimits.iter().filter(|l| l.resource != libc::RLIMIT_NOFILE) {
             let mut cur: libc::rlimit = std::mem::zeroed();
@@ -369,7 +387,7 @@ fn prepare_and_jump(
             libc::setrlimit(l.resource as _, &want);
         }
     }
-    plan::build_and_jump(meta, helpers, ready)
+    step("preparing its memory", plan::build_and_jump(meta, helpers, ready))
 }
 
 #[cfg(test)]

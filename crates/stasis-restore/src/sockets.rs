@@ -52,18 +52,78 @@ fn new_socket(domain: i32, kind: i32, protocol: i32) -> Result<i32, String> {
     if fd < 0 { Err(err("socket")) } else { Ok(fd) }
 }
 
-fn reuse_addr(fd: i32) {
-    let one: libc::c_int = 1;
+/// Sets an int option; whether the kernel took it.
+fn set_int(fd: i32, level: i32, name: i32, value: libc::c_int) -> bool {
     // SAFETY: setsockopt reads one int.
-    unsafe {
+    let r = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const libc::c_int as *const c_void,
+            level,
+            name,
+            &value as *const libc::c_int as *const c_void,
             std::mem::size_of::<libc::c_int>() as u32,
         )
     };
+    r == 0
+}
+
+fn is_reuse_addr(o: &SockOpt) -> bool {
+    o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR
+}
+
+/// Sets the saved options on a new socket before it is bound or connected
+/// (IPV6_V6ONLY and SO_REUSEPORT decide what bind allows; buffer sizes, the
+/// window scale a connection agrees on), with SO_REUSEADDR on whatever the
+/// program chose: its killed connections may sit in TIME_WAIT on the very
+/// address. `settle` puts the program's SO_REUSEADDR back once bound. A
+/// failure leaves the default, with a warning.
+fn prepare(fd: i32, options: &[SockOpt], id: u64, warn: &mut dyn FnMut(String)) {
+    for o in options.iter().filter(|o| !is_reuse_addr(o) && !already(fd, o)) {
+        // SAFETY: setsockopt reads `o.value.len()` bytes of `o.value`.
+        let r = unsafe { libc::setsockopt(fd, o.level, o.name, o.value.as_ptr().cast(), o.value.len() as u32) };
+        if r != 0 {
+            warn(format!(
+                "socket {id}: option {}/{} comes back with its default ({})",
+                o.level,
+                o.name,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+}
+
+/// Whether `fd` already has option `o` (an accepted end inherits its
+/// listener's: IPV6_V6ONLY then cannot be set again, even to the same).
+fn already(fd: i32, o: &SockOpt) -> bool {
+    let mut now = [0u8; 64];
+    let mut len = now.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `now`.
+    let r = unsafe { libc::getsockopt(fd, o.level, o.name, now.as_mut_ptr().cast(), &mut len) };
+    r == 0 && now.get(..len as usize) == Some(&o.value[..])
+}
+
+/// The program's own SO_REUSEADDR, once the socket is bound.
+fn settle(fd: i32, options: &[SockOpt]) {
+    let program = options
+        .iter()
+        .find(|o| is_reuse_addr(o))
+        .and_then(|o| Some(i32::from_ne_bytes(o.value.get(..4)?.try_into().ok()?)))
+        .unwrap_or(0);
+    set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, program);
+}
+
+/// The saved options of `s` on a socket made without them.
+fn apply(fd: i32, s: &Seen<'_>, warn: &mut dyn FnMut(String)) {
+    prepare(fd, s.options, s.id, warn);
+    settle(fd, s.options);
+}
+
+/// A new socket with the saved options of `s` (see `prepare`).
+fn socket_like(s: &Seen<'_>, warn: &mut dyn FnMut(String)) -> Result<i32, String> {
+    let fd = new_socket(s.domain, s.kind, s.protocol)?;
+    prepare(fd, s.options, s.id, warn);
+    Ok(fd)
 }
 
 fn bind(fd: i32, addr: &[u8]) -> Result<(), String> {
@@ -138,20 +198,71 @@ fn bind_as(s: &Seen<'_>, fd: i32, addr: &[u8]) -> Result<(), String> {
     if s.domain == libc::AF_UNIX { bind_unix(fd, addr, s.cwd) } else { bind(fd, addr) }
 }
 
-/// Sets the saved options again (a failure leaves the default).
-fn set_options(fd: i32, options: &[SockOpt]) {
-    for o in options {
-        // SAFETY: setsockopt reads one int.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                o.level,
-                o.name,
-                &o.value as *const i32 as *const c_void,
-                std::mem::size_of::<i32>() as u32,
-            )
-        };
+/// How long TCP keeps a closed connection in TIME_WAIT on Linux (60 s),
+/// and a margin.
+const TIME_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(65);
+
+/// Binds a server's address (a listener's, or the accepting end of a
+/// connection). SO_REUSEADDR lets it past the connections the kill left in
+/// TIME_WAIT when the program had set it on them too; when it had not,
+/// the kernel keeps the port until they end (at most a minute): restart
+/// waits for that, saying so, rather than fail. A port a live socket holds
+/// fails at once.
+fn bind_server(s: &Seen<'_>, fd: i32, warn: &mut dyn FnMut(String)) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        let r = bind_as(s, fd, s.local);
+        let in_use = std::io::Error::last_os_error().raw_os_error() == Some(libc::EADDRINUSE);
+        let Some(port) = inet_port(s.local).filter(|_| r.is_err() && in_use) else { return r };
+        if !only_time_wait_on(port) || start.elapsed() > TIME_WAIT_LIMIT {
+            return r;
+        }
+        if !told {
+            warn(format!(
+                "socket {}: port {port} is held by the killed program's connections in TIME_WAIT (made without \
+                 SO_REUSEADDR); waiting for the kernel to let it go (at most a minute)",
+                s.id
+            ));
+            told = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// The port of an IPv4 or IPv6 address.
+fn inet_port(addr: &[u8]) -> Option<u16> {
+    let family = i32::from(u16::from_ne_bytes([*addr.first()?, *addr.get(1)?]));
+    let port = u16::from_be_bytes([*addr.get(2)?, *addr.get(3)?]);
+    (family == libc::AF_INET || family == libc::AF_INET6).then_some(port)
+}
+
+/// Whether every TCP socket of this network namespace on local port
+/// `port` is in TIME_WAIT (and there is at least one).
+fn only_time_wait_on(port: u16) -> bool {
+    let mut states = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        states.extend(tcp_states_on(&std::fs::read_to_string(table).unwrap_or_default(), port));
+    }
+    const TIME_WAIT: u8 = 6;
+    !states.is_empty() && states.iter().all(|&st| st == TIME_WAIT)
+}
+
+/// The states of the sockets of a /proc/net/tcp table bound to local port
+/// `port` ("sl local_address rem_address st ...", addresses as
+/// HEXADDR:HEXPORT).
+fn tcp_states_on(table: &str, port: u16) -> Vec<u8> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace().skip(1);
+            let local = cols.next()?;
+            let st = cols.nth(1)?;
+            let p = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (p == port).then(|| u8::from_str_radix(st, 16).ok()).flatten()
+        })
+        .collect()
 }
 
 /// Same address family and port, and either the same address or `listener`
@@ -205,7 +316,8 @@ impl SharedSockets {
         let mut seen: Vec<Seen<'_>> = Vec::new();
         for image in images {
             let meta = image.meta();
-            for f in &meta.fds {
+            // The launch's stdio from outside becomes restart's own.
+            for f in meta.fds.iter().filter(|f| f.outside_stdio.is_none()) {
                 if let FdKind::Socket { id, domain, kind, protocol, listening, local, peer, peer_id, options, .. } =
                     &f.kind
                     && !seen.iter().any(|s| s.id == *id)
@@ -228,13 +340,12 @@ impl SharedSockets {
         // Listeners first: TCP connections are made again through them.
         let mut listeners: Vec<(usize, i32)> = Vec::new();
         for (i, s) in seen.iter().enumerate().filter(|(_, s)| s.listening) {
-            let fd = new_socket(s.domain, s.kind, s.protocol)?;
-            reuse_addr(fd);
-            let bound = bind_as(s, fd, s.local);
-            set_options(fd, s.options);
+            let fd = socket_like(s, warn)?;
+            // listen checks the port again: SO_REUSEADDR stays on till then.
             // SAFETY: listen on our socket.
-            let r =
-                bound.and_then(|()| if unsafe { libc::listen(fd, 128) } == 0 { Ok(()) } else { Err(err("listen")) });
+            let r = bind_server(s, fd, warn)
+                .and_then(|()| if unsafe { libc::listen(fd, 128) } == 0 { Ok(()) } else { Err(err("listen")) });
+            settle(fd, s.options);
             if let Err(e) = r {
                 close(fd);
                 return Err(format!("listening socket {}: {e}", s.id));
@@ -286,8 +397,10 @@ impl SharedSockets {
                     } else {
                         unix_pair(s)?
                     };
-                    set_options(a, s.options);
-                    set_options(b, t.options);
+                    // Accepted ends got their listener's options, socketpairs
+                    // none: each gets its own (again, for the one made with them).
+                    apply(a, s, warn);
+                    apply(b, t, warn);
 
                     if s.kind == libc::SOCK_STREAM {
                         fill(a, &contents(images, seen[j].id)?.concat(), s.id, warn);
@@ -308,14 +421,13 @@ impl SharedSockets {
                 // A stream connected to outside the computation.
                 _ if !dgram && (!s.peer.is_empty() || s.peer_id != 0) => {}
                 _ => {
-                    let fd = new_socket(s.domain, s.kind, s.protocol)?;
-                    if !s.local.is_empty() {
-                        reuse_addr(fd);
-                        if let Err(e) = bind_as(s, fd, s.local) {
-                            warn(format!("socket {} comes back unbound ({e})", s.id));
-                        }
+                    let fd = socket_like(s, warn)?;
+                    if !s.local.is_empty()
+                        && let Err(e) = bind_as(s, fd, s.local)
+                    {
+                        warn(format!("socket {} comes back unbound ({e})", s.id));
                     }
-                    set_options(fd, s.options);
+                    settle(fd, s.options);
                     self.keep(s.id, fd, min_fd)?;
                     if dgram && !s.peer.is_empty() {
                         later.push(i);
@@ -389,10 +501,9 @@ fn stream_pair(
     let temporary = match via {
         Some(_) => None,
         None => {
-            let l = new_socket(server.domain, server.kind, server.protocol)?;
-            reuse_addr(l);
+            let l = socket_like(server, warn)?;
             // SAFETY: listen on our socket.
-            let r = bind_as(server, l, server.local)
+            let r = bind_server(server, l, warn)
                 .and_then(|()| if unsafe { libc::listen(l, 1) } == 0 { Ok(()) } else { Err(err("listen")) });
             if let Err(e) = r {
                 close(l);
@@ -403,25 +514,7 @@ fn stream_pair(
     };
     let listener = via.or(temporary).unwrap_or(-1);
     let result = (|| {
-        let c = new_socket(client.domain, client.kind, client.protocol)?;
-        if !client.local.is_empty() && (client.domain != libc::AF_UNIX || unix_path(client.local).is_some()) {
-            reuse_addr(c);
-            if let Err(e) = bind_as(client, c, client.local) {
-                warn(format!("connection {}: its old address is taken ({e}); it gets another", client.id));
-                if client.domain != libc::AF_UNIX {
-                    let _ = bind(c, &any_port(client.local));
-                }
-            }
-        }
-        let connected = if server.domain == libc::AF_UNIX {
-            connect_unix(c, server.local, server.cwd)
-        } else {
-            connect(c, server.local)
-        };
-        if let Err(e) = connected {
-            close(c);
-            return Err(format!("connection {}: {e}", client.id));
-        }
+        let c = connected_client(client, server, warn)?;
         // SAFETY: accept on our listener, addresses not wanted.
         let s = unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
         if s < 0 {
@@ -441,6 +534,84 @@ fn stream_pair(
         }
     }
     result
+}
+
+/// IP_LOCAL_PORT_RANGE (Linux 6.3): the ports a connect may pick from.
+const IP_LOCAL_PORT_RANGE: i32 = 51;
+
+/// `client`'s end of a connection to `server`, connected from its old
+/// address where it can be had.
+///
+/// A TCP client's old port is often held by its own killed predecessor in
+/// TIME_WAIT. bind refuses it unless that one had SO_REUSEADDR, but
+/// connect may take the port over from a TIME_WAIT connection to the same
+/// place (net.ipv4.tcp_tw_reuse, on for loopback by default) once
+/// tcp_tw_reuse_delay (1 s) has passed since its last packet; and it does
+/// so only for a port that connect itself picked (as it had for the
+/// predecessor, usually). So connect picks the port, from a range of that
+/// one port; then bind is tried; both again for a few seconds. Past that
+/// the connection gets another port, with a warning.
+fn connected_client(client: &Seen<'_>, server: &Seen<'_>, warn: &mut dyn FnMut(String)) -> Result<i32, String> {
+    let to_server = |c: i32| {
+        if server.domain == libc::AF_UNIX {
+            connect_unix(c, server.local, server.cwd)
+        } else {
+            connect(c, server.local)
+        }
+    };
+    let fail = |c: i32, e: String| {
+        close(c);
+        format!("connection {}: {e}", client.id)
+    };
+    let port = inet_port(client.local).filter(|_| client.domain != libc::AF_UNIX);
+    let Some(port) = port else {
+        // Unix: bound again when it had a name of its own.
+        let c = socket_like(client, warn)?;
+        if unix_path(client.local).is_some()
+            && let Err(e) = bind_as(client, c, client.local)
+        {
+            warn(format!("connection {}: its old address is taken ({e}); it gets another", client.id));
+        }
+        return to_server(c).map(|()| c).map_err(|e| fail(c, e));
+    };
+    let start = std::time::Instant::now();
+    let delay = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse_delay")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1000);
+    let limit = std::time::Duration::from_millis(delay + 2000);
+    let last = loop {
+        let mut busy = false;
+        // connect picks the old port.
+        let c = socket_like(client, warn)?;
+        set_int(c, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+        if set_int(c, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, (u32::from(port) << 16 | u32::from(port)) as i32) {
+            let r = bind(c, &any_port(client.local)).and_then(|()| to_server(c));
+            if r.is_ok() {
+                set_int(c, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 0);
+                set_int(c, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, 0);
+                return Ok(c);
+            }
+            busy |= std::io::Error::last_os_error().raw_os_error() == Some(libc::EADDRNOTAVAIL);
+        }
+        close(c);
+        // bind takes it.
+        let c = socket_like(client, warn)?;
+        let e = match bind(c, client.local) {
+            Ok(()) => return to_server(c).map(|()| c).map_err(|e| fail(c, e)),
+            Err(e) => e,
+        };
+        busy |= std::io::Error::last_os_error().raw_os_error() == Some(libc::EADDRINUSE);
+        close(c);
+        if !busy || start.elapsed() > limit {
+            break e;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    warn(format!("connection {}: its old address is taken ({last}); it gets another", client.id));
+    let c = socket_like(client, warn)?;
+    let _ = bind(c, &any_port(client.local));
+    to_server(c).map(|()| c).map_err(|e| fail(c, e))
 }
 
 /// What socket `id` had not read, from the first image that saved it: its
@@ -501,6 +672,18 @@ mod tests {
         assert!(!serves(&inet([127, 0, 0, 1], 81), &inet([127, 0, 0, 1], 80)));
         assert!(!serves(&inet([127, 0, 0, 2], 80), &inet([127, 0, 0, 1], 80)));
         assert_eq!(any_port(&inet([127, 0, 0, 1], 80)), inet([127, 0, 0, 1], 0));
+    }
+
+    #[test]
+    fn tcp_table_states_by_local_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1234 1
+   1: 0100007F:1F90 0100007F:D3A2 06 00000000:00000000 03:00001234 00000000     0        0 0 3
+   2: 0100007F:D3A2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 99 1\n";
+        assert_eq!(tcp_states_on(table, 8080), vec![0x0a, 0x06]);
+        assert_eq!(tcp_states_on(table, 0xd3a2), vec![0x01]);
+        assert!(tcp_states_on(table, 1).is_empty());
+        assert_eq!(inet_port(&inet([127, 0, 0, 1], 8080)), Some(8080));
     }
 
     #[test]

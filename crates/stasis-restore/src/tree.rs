@@ -116,7 +116,8 @@ impl Barrier {
         }
     }
 
-    /// Arrives at barrier `step` and waits for every other process.
+    /// Arrives at barrier `step` and waits for every other process; fails
+    /// with [`ANOTHER_FAILED`] when one of them gave up.
     pub fn arrive(&self, step: usize) -> Result<(), String> {
         let w = self.word(step);
         let seen = w.fetch_add(1, Ordering::AcqRel) + 1;
@@ -126,7 +127,7 @@ impl Barrier {
         let deadline = Instant::now() + BARRIER_LIMIT;
         loop {
             if self.word(FAILED).load(Ordering::Acquire) != 0 {
-                return Err("another process of the computation could not be restored".into());
+                return Err(ANOTHER_FAILED.into());
             }
             let now = w.load(Ordering::Acquire);
             if now >= self.count {
@@ -158,6 +159,10 @@ fn futex_wake_all(word: &AtomicU32) {
 /// Session and group setup a leader does for itself before making its
 /// children (who inherit them).
 /// A session leader that had a controlling terminal gets `terminal` as it.
+/// What a process waiting at a barrier hears when another one failed (and
+/// said why itself).
+pub const ANOTHER_FAILED: &str = "another process of the computation could not be restored";
+
 pub fn lead(meta: &ProcessMeta, terminal: Option<i32>) -> Result<(), String> {
     if meta.sid == meta.pid {
         // SAFETY: setsid takes no arguments.

@@ -47,23 +47,31 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
     fail(b"internal error", 0)
 }
 
-/// Reports `what` (and an errno) and ends the process.
+/// Reports `what` (and an errno) on restart's stderr, naming the process,
+/// and ends it (restart returns the status).
 fn fail(what: &[u8], err: isize) -> ! {
     let fd = {
         let p = PLAN.load(Ordering::Acquire);
         // SAFETY: as in plan(); 2 if the plan is not known yet.
         if p == 0 { 2 } else { unsafe { (*(p as *const Plan)).log_fd } }
     };
-    let mut buf = [0u8; 160];
+    let mut buf = [0u8; 200];
     let mut n = 0;
-    for part in [b"stasis restorer: ".as_slice(), what, b" failed: errno ".as_slice()] {
+    let mut put = |buf: &mut [u8; 200], part: &[u8]| {
         for &b in part {
             if n < buf.len() - 24 {
                 buf[n] = b;
                 n += 1;
             }
         }
-    }
+    };
+    put(&mut buf, b"stasis: restart: restoring process ");
+    let mut pid = [0u8; 20];
+    let len = fmt_u64(&mut pid, getpid() as u64);
+    put(&mut buf, &pid[..len]);
+    put(&mut buf, b" failed: in the restorer: ");
+    put(&mut buf, what);
+    put(&mut buf, b": errno ");
     n += fmt_u64(&mut buf[n..], (-err) as u64);
     buf[n] = b'\n';
     write(fd, &buf[..=n]);
@@ -150,11 +158,14 @@ pub unsafe extern "C" fn restorer_main(plan_addr: u64) -> ! {
             let _ = kill(pid, sig);
         }
     }
-    for fd in p.close_from..p.close_to {
-        let _ = close(fd);
-    }
+    // The program's limit of open files while the log (restart's stderr,
+    // among the descriptors closed next) can still say it failed: a lower
+    // limit than descriptors already open is allowed.
     if p.set_open_files_limit != 0 {
         check(b"setrlimit(RLIMIT_NOFILE)", setrlimit(RLIMIT_NOFILE, &p.open_files_limit));
+    }
+    for fd in p.close_from..p.close_to {
+        let _ = close(fd);
     }
     let go = go_word(p);
     go.store(1, Ordering::Release);

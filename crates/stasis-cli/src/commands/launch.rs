@@ -119,7 +119,10 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env("LD_PRELOAD", preload(&agent, std::env::var_os("LD_PRELOAD")))
-        .env("STASIS_COORD_ADDR", found.addr.to_string());
+        .env("STASIS_COORD_ADDR", found.addr.to_string())
+        // A launch from inside another computation records its own stdio,
+        // not the outer computation's (`stasis-agent/src/stdio.rs`).
+        .env_remove("STASIS_OUTSIDE_STDIO");
     match &found.addr {
         Addr::Unix(path) => {
             cmd.env("STASIS_COORD_SOCKET", path);

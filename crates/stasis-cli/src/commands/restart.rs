@@ -162,8 +162,17 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     // the children. The signal mask is inherited, and undone, by them.
     let signals = signals::block().context("cannot block signals")?;
     let images: Vec<&ImageReader> = readers.iter().collect();
-    // A program that ran in a terminal comes back in one of our own.
-    let in_terminal = images.iter().any(|i| i.meta().fds.iter().any(|f| matches!(f.kind, FdKind::Terminal { .. })));
+    // A program that ran in a terminal comes back in one of our own: one it
+    // opened itself, or the launch's stdio when restart runs in a terminal
+    // too (else restart's own stdio takes the launch's place).
+    // SAFETY: isatty only looks at our own descriptor 0.
+    let stdin_terminal = unsafe { libc::isatty(0) } == 1;
+    let in_terminal = images.iter().any(|i| {
+        i.meta()
+            .fds
+            .iter()
+            .any(|f| matches!(f.kind, FdKind::Terminal { .. }) && (f.outside_stdio.is_none() || stdin_terminal))
+    });
     let pty = if in_terminal { Some(Pty::open().context("cannot make a terminal for the program")?) } else { None };
     let spawned = stasis_restore::spawn_computation(&images, conns, pty.as_ref().map(|p| &p.slave))
         .map_err(|e| anyhow!("cannot restart {}: {e}", restart_label(&paths)))?;

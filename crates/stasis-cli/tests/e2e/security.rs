@@ -250,8 +250,8 @@ fn generations_planted_by_another_user_are_refused() {
     let ck = dir_for(&st.sb, "scratch/ck", v.uid, 0o700);
     let theirs = dir_for(&st.sb, "attacker/ck", a.uid, 0o700);
     let (ck_s, theirs_s) = (ck.to_str().unwrap(), theirs.to_str().unwrap());
-    // Their output goes to files of their own (a restarted program writes
-    // on into its file).
+    // Their output goes to files of their own (a restart leaves them and
+    // writes on into its own stdout).
     let prog = st.prog.to_string_lossy().into_owned();
     for (who, dir) in [(v, ck_s), (a, theirs_s)] {
         let out = who.home.join("out.txt");
@@ -301,8 +301,10 @@ fn generations_planted_by_another_user_are_refused() {
     st.sb.check(out.stdout.is_empty(), || "the planted program ran".into());
     // Nothing was lost: the victim's own generation still restarts and
     // finishes its work.
-    st.ok(v, "restart-own", &["restart", "--generation", "1", ck_s]);
-    wait_until_file(&st.sb, &v.home.join("out.txt"), |lines| lines.last().is_some_and(|l| l.starts_with("final ")));
+    let out = st.ok(v, "restart-own", &["restart", "--generation", "1", ck_s]);
+    st.sb.check(out.stdout.lines().last().is_some_and(|l| l.starts_with("final ")), || {
+        format!("the victim's own restart did not finish its work; its stdout:\n{}", out.stdout)
+    });
 }
 
 /// Waits until the complete lines of `path` satisfy `done`.
