@@ -41,7 +41,7 @@ print("final", total, flush=True)
 "#;
 
 /// How long a job may take to get where a test waits for it.
-const WAIT: Duration = Duration::from_secs(180);
+const WAIT: Duration = Duration::from_secs(300);
 
 struct Cluster {
     conf: PathBuf,
@@ -354,6 +354,12 @@ fn job_cancelled_then_resubmitted_resumes_and_completes() {
     assert_log(&second, "cancel", "resuming generation");
     assert_log(&second, "cancel", "completion recorded");
     assert_progress(&second, 100);
+    // Each job's own output files: the resumed program prints into the
+    // second job's, and the first job's keep SLURM's line about the cancel.
+    let out = |j: &Job| fs::read_to_string(dir.join(format!("{}-{}.out", j.name, j.id))).unwrap_or_default();
+    assert!(out(&second).contains("final "), "the second job's stdout lacks the final line:\n{}", out(&second));
+    assert!(!out(&first).contains("final "), "the first job's stdout has the final line:\n{}", out(&first));
+    assert!(first.err().contains("CANCELLED AT"), "the first job's stderr lost SLURM's line:\n{}", first.err());
 
     // A third submission of a completed job starts afresh; a requeue of the
     // second would not have run it again (the record names job second).
@@ -446,21 +452,23 @@ fn job_checkpoints_before_its_time_limit_and_resumes() {
 }
 
 /// The one-line script as docs/slurm.md gives it: `--time` with
-/// `--signal=B:USR1@30`, stasis job `exec`ed. SLURM sends USR1 some time
-/// in the last 30 s (or a little earlier); each run checkpoints, requeues
-/// the job and stops, the next resumes, until the program is done.
+/// `--signal=B:USR1@30`, stasis job `exec`ed. slurmctld looks every 30 s
+/// and sends USR1 once the job has less than 30 + 30 s left: with a
+/// minute's limit, within the first 30 s of each run. So the program's
+/// 40 s of work cannot end before the first USR1; each run checkpoints,
+/// requeues the job and stops, the next resumes, until the work is done.
 #[test]
 fn job_time_limit_with_signal_b_usr1_runs_to_completion_over_requeues() {
     let Some(c) = cluster() else { return };
     let dir = c.workdir("signal");
-    let script = format!("exec {} job --before-end 0 -- {}", c.bin("stasis"), c.count(100));
+    let script = format!("exec {} job --before-end 0 -- {}", c.bin("stasis"), c.count(200));
     let job = c.submit(&dir, "signal", &["--requeue", "--time=1", "--signal=B:USR1@30"], &script);
     let (state, code) = job.wait_end();
     assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"), "{}", job.report());
     assert_log(&job, "signal", "restart 0]: SIGUSR1 received: checkpointing");
     assert_log(&job, "signal", &format!("job {} requeued", job.id));
     assert_log(&job, "signal", "restart 1]: resuming generation");
-    assert_progress(&job, 100);
+    assert_progress(&job, 200);
     let _ = fs::remove_dir_all(&dir);
 }
 
