@@ -182,7 +182,9 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
                 utc(taken),
                 dir.display()
             ));
-            cmd.arg("restart");
+            // The newest intact generation, as said above: a batch job
+            // resumes rather than stops on a damaged newest one.
+            cmd.args(["restart", "--fallback"]);
         }
         None => {
             say.say(&format!("launching; checkpoints go to {}", dir.display()));
