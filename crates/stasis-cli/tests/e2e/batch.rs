@@ -127,3 +127,131 @@ fn launch_killed_on_request_exits_75() {
         format!("{} exited with {status} (signal {:?}), not 75", app.label, status.signal())
     });
 }
+
+/// SLURM's variables for task `rank` of a step of two (no SLURM needed:
+/// stasis reads only these).
+fn task_env(cmd: &mut Command, job: &str, rank: u32) {
+    cmd.env("SLURM_JOB_ID", job)
+        .env("SLURM_STEP_ID", "0")
+        .env("SLURM_NTASKS", "2")
+        .env("SLURM_PROCID", rank.to_string());
+}
+
+fn environ_var(pid: i32, name: &str) -> Option<String> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    env.split(|&b| b == 0).find_map(|v| String::from_utf8_lossy(v).strip_prefix(&prefix).map(str::to_string))
+}
+
+/// Two tasks of one step, as `srun -n 2 stasis launch` starts them, task 1
+/// first: task 0 starts the coordinator, task 1 waits for it and joins
+/// (one checkpoint holds both); then `srun -n 2 stasis restart`: each task
+/// brings back the process whose saved SLURM_PROCID is its own.
+#[test]
+fn tasks_of_one_step_share_task_zeros_coordinator_and_restart_their_own() {
+    let sb = Sandbox::new("tasks");
+    let run = sb.mkdir("run");
+    fs::write(run.join("count.py"), COUNT).unwrap();
+    let ck = sb.join("ck");
+    let job_id = format!("{}", 900_000 + std::process::id());
+    let start = |rank: u32, verb: &str| {
+        let mut cmd = Command::new(stasis());
+        cmd.arg(verb);
+        if verb == "launch" {
+            let out = format!("progress-{rank}.txt");
+            cmd.arg("--ckptdir").arg(&ck).args(["--", "/usr/bin/python3", "count.py", "150", &out]);
+        } else {
+            cmd.arg(&ck);
+        }
+        cmd.current_dir(&run);
+        task_env(&mut cmd, &job_id, rank);
+        Proc::spawn(&sb, &sb.label(&format!("{verb}-task{rank}")), cmd, Out::Null)
+    };
+    let mut tasks = vec![start(1, "launch")];
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    tasks.push(start(0, "launch"));
+    let progress = |rank: u32| lines(&run.join(format!("progress-{rank}.txt")));
+    wait_until(&sb, "both tasks' programs to count", LINES_TIMEOUT, || {
+        progress(0).len() >= 5 && progress(1).len() >= 5
+    });
+    let out = run_stasis(
+        &sb,
+        "checkpoint",
+        &[Path::new("command"), Path::new("--ckptdir"), &ck, Path::new("-c")],
+        COMMAND_TIMEOUT,
+    );
+    sb.check(out.status.success() && out.stdout.contains("(2 processes)"), || {
+        format!("one checkpoint of both tasks: {}{}", out.stdout, out.stderr)
+    });
+    for t in &mut tasks {
+        t.kill();
+    }
+    wait_until(&sb, "the killed programs to be gone", QUICK_TIMEOUT, || processes_in(&run).is_empty());
+
+    let mut restarts = vec![start(1, "restart"), start(0, "restart")];
+    // While they run: each restored program's saved rank is its restart's.
+    let mut checked = std::collections::HashSet::new();
+    wait_until(&sb, "both restored programs", LINES_TIMEOUT, || {
+        for r in &restarts {
+            let rank = environ_var(r.pid(), "SLURM_PROCID");
+            for pid in descendants(r.pid()) {
+                if let Some(saved) = environ_var(pid, "SLURM_PROCID")
+                    && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.windows(8).any(|w| w == b"count.py"))
+                {
+                    sb.check(Some(&saved) == rank.as_ref(), || {
+                        format!("the process of task {saved} came back under the restart of task {rank:?}")
+                    });
+                    checked.insert(saved);
+                }
+            }
+        }
+        checked.len() == 2
+    });
+    for r in &mut restarts {
+        let status = r.wait_exit(&sb, RUN_TIMEOUT);
+        sb.check(status.success(), || format!("{} exited with {status}:\n{}", r.label, r.stderr_text()));
+    }
+    let mut want: Vec<String> = (0..150).map(|i| format!("step {i}")).collect();
+    want.push(format!("final {}", (0..150u64).map(|i| i * i).sum::<u64>()));
+    for rank in 0..2 {
+        let got = progress(rank);
+        sb.check(got == want, || format!("task {rank}'s progress is not an uninterrupted run's: {got:?}"));
+    }
+}
+
+/// A coordinator started in another SLURM job is never joined, even when
+/// named; one of the same job is.
+#[test]
+fn a_coordinator_of_another_job_is_never_joined() {
+    let sb = Sandbox::new("other-job");
+    let sock = sb.socket();
+    let mut cmd = Command::new(stasis());
+    cmd.arg("coordinator")
+        .arg("--coord-socket")
+        .arg(&sock)
+        .arg("--ckptdir")
+        .arg(sb.join("ck"))
+        .env("SLURM_JOB_ID", "500");
+    let _coordinator = Proc::spawn(&sb, &sb.label("coordinator"), cmd, Out::Null);
+    wait_until(&sb, "the coordinator's socket", QUICK_TIMEOUT, || sock.exists());
+    let launch_in = |job: &str| {
+        let mut cmd = Command::new(stasis());
+        cmd.arg("launch")
+            .arg("--coord-socket")
+            .arg(&sock)
+            .arg("--ckptdir")
+            .arg(sb.join("ck"))
+            .args(["--", "/bin/true"])
+            .env("SLURM_JOB_ID", job)
+            .current_dir(sb.path());
+        let mut p = Proc::spawn(&sb, &sb.label(&format!("launch-job{job}")), cmd, Out::Null);
+        let status = p.wait_exit(&sb, QUICK_TIMEOUT);
+        (status, p.stderr_text())
+    };
+    let (status, err) = launch_in("501");
+    sb.check(status.code() == Some(1) && err.contains("belongs to SLURM job 500, not to this job 501"), || {
+        format!("a launch of job 501: {status}\n{err}")
+    });
+    let (status, err) = launch_in("500");
+    sb.check(status.success(), || format!("a launch of job 500: {status}\n{err}"));
+}
