@@ -72,19 +72,19 @@ fn set_up() -> Result<Cluster, String> {
     if !conf.is_file() {
         return Err(format!("no SLURM configuration at {} (start one with .ci/slurm up)", conf.display()));
     }
-    let sinfo = Command::new("sinfo").env("SLURM_CONF", &conf).args(["-h", "-o", "%t"]).output();
-    match sinfo {
-        Ok(o)
-            if o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle")
-                || matches!(&sinfo, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("mix")) => {}
-        Ok(o) => {
-            return Err(format!(
-                "SLURM does not answer with an idle node (sinfo: {} {})",
-                String::from_utf8_lossy(&o.stdout).trim(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-        }
-        Err(e) => return Err(format!("sinfo missing ({e}): SLURM is not installed")),
+    let sinfo = Command::new("sinfo")
+        .env("SLURM_CONF", &conf)
+        .args(["-h", "-o", "%t"])
+        .output()
+        .map_err(|e| format!("sinfo missing ({e}): SLURM is not installed"))?;
+    let states = String::from_utf8_lossy(&sinfo.stdout).into_owned();
+    let up = ["idle", "mix", "alloc"].iter().any(|s| states.lines().any(|l| l.trim() == *s));
+    if !sinfo.status.success() || !up {
+        return Err(format!(
+            "SLURM has no node up (sinfo: {} {})",
+            states.trim(),
+            String::from_utf8_lossy(&sinfo.stderr).trim()
+        ));
     }
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
