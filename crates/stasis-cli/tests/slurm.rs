@@ -526,6 +526,27 @@ fn a_second_job_never_joins_the_first_jobs_coordinator_on_a_named_port() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// `--signal=USR2@60` (what the how-to's users add) sends SIGUSR2 to the
+/// job's processes but the batch shell, here at once with `scancel --full
+/// -s USR2` (which signals the shell too, so the script traps it):
+/// dmtcp_launch takes it as a checkpoint request, as DMTCP does, and the
+/// program, which ignores it, runs on to its end.
+#[test]
+fn dmtcp_launch_checkpoints_on_slurms_usr2() {
+    let Some(c) = cluster() else { return };
+    let dir = c.workdir("usr2");
+    let script = format!("trap 'true' USR2\n{} --ckptdir ck {}", c.bin("dmtcp_launch"), c.count(100));
+    let job = c.submit(&dir, "usr2", &[], &script);
+    job.wait_steps(10);
+    job.scancel(&["--full", "-s", "USR2"]);
+    job.wait_for("a checkpoint on SIGUSR2", |j| j.err().contains("SIGUSR2: checkpoint 1 started"));
+    let (state, code) = job.wait_end();
+    assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"), "{}", job.report());
+    assert!(dir.join("ck/gen-000001/MANIFEST").exists(), "no generation 1:\n{}", job.report());
+    assert_progress(&job, 100);
+    let _ = fs::remove_dir_all(&dir);
+}
+
 /// The how-to's two scripts, as written there but for `--job-name`
 /// (sbatch has no `--name`) and the mkdir guard fixed: dmtcp_launch with
 /// an interval, the job cancelled, then dmtcp_restart of the images.
