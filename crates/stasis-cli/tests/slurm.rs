@@ -500,6 +500,40 @@ fn two_jobs_of_one_user_at_once_keep_apart() {
     }
 }
 
+/// `srun -n 2 stasis job`: task 0 coordinates, both tasks checkpoint and
+/// stop at scancel, and the job submitted again resumes each task's own
+/// process.
+#[test]
+fn srun_two_tasks_of_stasis_job_stop_and_resume() {
+    let Some(c) = cluster() else { return };
+    let dir = c.workdir("srun-job");
+    let script = format!(
+        "srun -n 2 bash -c 'exec {} job -- /usr/bin/python3 -u {} 100 progress-$SLURM_PROCID.txt'",
+        c.bin("stasis"),
+        c.stage.join("count.py").display()
+    );
+    let progress = |rank: u32| -> Vec<String> {
+        fs::read_to_string(dir.join(format!("progress-{rank}.txt")))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let first = c.submit(&dir, "srunjob", &["-n", "2"], &script);
+    first.wait_for("10 steps of both tasks", |_| progress(0).len() >= 10 && progress(1).len() >= 10);
+    first.scancel(&[]);
+    first.wait_end();
+    assert_log(&first, "srunjob", "stopped after the checkpoint");
+    let second = c.submit(&dir, "srunjob", &["-n", "2"], &script);
+    let (state, code) = second.wait_end();
+    assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"), "{}", second.report());
+    assert_log(&second, "srunjob", "resuming generation");
+    for rank in 0..2 {
+        assert!(progress(rank) == reference(100), "task {rank}: {:?}\n{}", progress(rank), second.report());
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
 /// Two jobs of one user naming the same port (`DMTCP_COORD_PORT=7779`,
 /// as scripts written for DMTCP do): the second never joins the first
 /// one's coordinator; it is refused, saying whose it is, and the first runs

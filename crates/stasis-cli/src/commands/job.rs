@@ -157,8 +157,11 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
     }
 
     // Another job running into this directory (the same name submitted
-    // twice): refused before anything is touched or recorded.
-    if let Ok(status) = ask_within(&dir, Action::Status, Duration::ZERO)
+    // twice): refused before anything is touched or recorded. (Not for the
+    // other tasks of a step, which join task 0's computation.)
+    let joins_task0 = job.ntasks > 1 && job.step.is_some() && job.rank > 0;
+    if !joins_task0
+        && let Ok(status) = ask_within(&dir, Action::Status, Duration::ZERO)
         && status.get_parsed::<u64>("processes").unwrap_or(0) > 0
     {
         let whose = status.get("job").map_or_else(String::new, |j| format!(" (SLURM job {j})"));
@@ -466,14 +469,21 @@ fn clear(dir: &Path) -> Result<()> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         let generation = name.starts_with("gen-") || (name.starts_with(".gen-") && name.ends_with(".partial"));
+        // Gone already is fine: the other tasks of a step clear it too.
+        let gone = |r: io::Result<()>| match r {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => Ok(()),
+        };
         if generation && entry.file_type()?.is_dir() {
-            fs::remove_dir_all(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            gone(fs::remove_dir_all(&path))?;
         } else if name == DONE_FILE
             || name == LOG_FILE
             || (name.starts_with("ckpt_") && name.ends_with(".dmtcp"))
             || name == "dmtcp_restart_script.sh"
         {
-            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            gone(fs::remove_file(&path))?;
         }
     }
     Ok(())
