@@ -73,8 +73,9 @@ fn live_tasks() -> Vec<i32> {
 }
 
 /// Stops every thread but this one; they wait in the handler.
-fn stop_others(pid: i32, me: i32, sig: i32) -> Result<(), String> {
+fn stop_others(me: i32) -> Result<(), String> {
     NEXT_SLOT.store(0, Ordering::Release);
+    crate::eintr::forget_blocked();
     STOPPED.store(0, Ordering::Release);
     STOP_REQUESTED.store(true, Ordering::Release);
     let deadline = Instant::now() + STOP_TIMEOUT;
@@ -86,7 +87,9 @@ fn stop_others(pid: i32, me: i32, sig: i32) -> Result<(), String> {
             return Ok(());
         }
         for t in fresh {
-            if sys::tgkill(pid, t, sig).is_ok() {
+            // What it is blocked in, for its handler to restart the call.
+            crate::eintr::note_blocked(t);
+            if signals::send_ours(t).is_ok() {
                 signaled.push(t);
             }
         }
@@ -118,9 +121,8 @@ fn resume_others() {
 pub fn suspend() -> Result<(), String> {
     let pid = sys::getpid();
     let me = sys::gettid();
-    let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     STARTED.with(|s| *s = Some(Instant::now()));
-    stop_others(pid, me, sig).inspect_err(|_| resume_others())?;
+    stop_others(me).inspect_err(|_| resume_others())?;
     if !main_thread_stopped(pid) {
         // The main thread vanished while the others stopped: the process is
         // exiting (exit_group kills this thread too, in a moment). Saying
@@ -186,16 +188,14 @@ fn writer_gone() {
 /// writer. Returns once the writer holds everything the program could still
 /// change; the caller then resumes the program (phase 3).
 pub fn snapshot(req: Request) -> Result<Snapshotted, String> {
-    let pid = sys::getpid();
     let me = sys::gettid();
-    let sig = signals::CKPT_SIGNAL.load(Ordering::Acquire);
     RESTORE_INFO.restored.store(0, Ordering::Release);
     let agent_fd = req.agent_fd;
     REQUEST.with(|r| *r = Some(req));
     IN_FLIGHT.with(|f| *f = None);
     // The snapshot is taken inside our own handler, so that this thread,
     // too, is saved as a signal frame; see `in_handler`.
-    let _ = sys::tgkill(pid, me, sig);
+    let _ = signals::send_ours(me);
 
     if RESTORE_INFO.restored.load(Ordering::Acquire) != 0 {
         // The writer's arena was never part of the image.

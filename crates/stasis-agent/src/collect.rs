@@ -61,6 +61,24 @@ fn read_string(path: &str) -> Result<String, String> {
 pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool) -> Result<Snapshot, String> {
     let pid = sys::getpid();
     let stat = stasis_procfs::parse_stat(&read_string("/proc/self/stat")?).ok_or("cannot parse /proc/self/stat")?;
+    // Signals sent to the process and pending are kept with their sender
+    // (`pending.rs`), but for POSIX timers' own: their siginfo belongs to
+    // the timer, which restart arms again.
+    let timer_signals = posix_timers()?.iter().fold(0u64, |m, t| m | signal_bit(t.signal));
+    crate::pending::take(ckpt_signal, timer_signals);
+    // Timers before the pending signals: one that fires in between reads
+    // as armed (restart arms it again) or is pending (queued again), never
+    // neither, which would leave a program waiting for it for ever.
+    let itimers = (0..3)
+        .map(|w| {
+            let t = sys::getitimer(w);
+            ITimer {
+                interval_us: t.it_interval.tv_sec as u64 * 1_000_000 + t.it_interval.tv_usec as u64,
+                value_us: t.it_value.tv_sec as u64 * 1_000_000 + t.it_value.tv_usec as u64,
+            }
+        })
+        .collect();
+    let posix_timers = posix_timers()?;
     let status = read_string("/proc/self/status")?;
     let umask =
         stasis_procfs::status_field(&status, "Umask").and_then(|u| u32::from_str_radix(u, 8).ok()).unwrap_or(0o022);
@@ -146,16 +164,8 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
         fds,
         sigactions: sigactions(),
         shared_pending,
-        itimers: (0..3)
-            .map(|w| {
-                let t = sys::getitimer(w);
-                ITimer {
-                    interval_us: t.it_interval.tv_sec as u64 * 1_000_000 + t.it_interval.tv_usec as u64,
-                    value_us: t.it_value.tv_sec as u64 * 1_000_000 + t.it_value.tv_usec as u64,
-                }
-            })
-            .collect(),
-        posix_timers: posix_timers()?,
+        itimers,
+        posix_timers,
         agent: AgentInfo {
             restore_info_addr: &signals::RESTORE_INFO as *const _ as u64,
             ckpt_signal,
@@ -177,6 +187,10 @@ pub fn refresh_memory(snap: &mut Snapshot) -> Result<(), String> {
     snap.meta.regions = regions;
     snap.plans = plans;
     Ok(())
+}
+
+fn signal_bit(sig: i32) -> u64 {
+    if (1..=64).contains(&sig) { 1u64 << (sig - 1) } else { 0 }
 }
 
 fn rlimits() -> Vec<Rlimit> {

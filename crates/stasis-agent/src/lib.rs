@@ -14,15 +14,22 @@ mod ckpt;
 mod collect;
 mod conn_fd;
 mod control;
+mod eintr;
 mod exec;
 mod fork_advice;
 mod inotify;
+mod pending;
+mod progsig;
 mod reuse_addr;
 mod savefiles;
 mod signals;
+mod sigwait;
 mod sockets;
 mod stdio;
 mod sys;
+mod threads;
+mod threadstart;
+mod timeouts;
 mod tree;
 mod writer;
 
@@ -44,6 +51,10 @@ extern "C" fn init() {
     control::remember_name();
     savefiles::remember_settings();
     signals::resolve_real_functions();
+    timeouts::resolve_real_functions();
+    sigwait::resolve_real_functions();
+    threadstart::resolve_real_functions();
+    progsig::resolve_real_functions();
     exec::resolve_real_functions();
     // After the line above: it publishes through libc's setenv.
     stdio::remember_at_start();
@@ -58,6 +69,8 @@ extern "C" fn init() {
     if !tree::install_fork_handlers() {
         sys::write_stderr(b"stasis agent: cannot register fork handlers; forked children will not be checkpointed\n");
     }
+    // The program's view of our signal's mask, carried into a fork child.
+    progsig::install_fork_handlers();
     start_checkpoint_thread();
 }
 

@@ -87,6 +87,7 @@ pub fn unstoppable<R>(f: impl FnOnce() -> R) -> R {
 /// In a child of fork(): nothing of the parent's checkpoint goes on here
 /// (pending signals are not inherited, but the flags are).
 pub fn reset_after_fork() {
+    crate::threads::reset_after_fork();
     STOP_REQUESTED.store(false, Ordering::Release);
     NEXT_SLOT.store(0, Ordering::Release);
     STOPPED.store(0, Ordering::Release);
@@ -119,7 +120,32 @@ pub static RESTORE_INFO: RestoreInfo = RestoreInfo {
 pub type SelfHandler = fn(*mut c_void);
 static SELF_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
-extern "C" fn on_signal(_sig: c_int, _info: *mut libc::siginfo_t, uc: *mut c_void) {
+/// A random value the agent puts in the signals it sends itself, so that
+/// the program's own signals on the same number are told apart. A fork
+/// child keeps its parent's: the child's memory is a copy anyway, and the
+/// check also wants the sender to be this very process (si_pid).
+static COOKIE: AtomicU64 = AtomicU64::new(0);
+
+/// Sends the checkpoint signal to thread `tid` of this process, marked as
+/// the agent's.
+pub fn send_ours(tid: i32) -> sys::SysResult {
+    let sig = CKPT_SIGNAL.load(Ordering::Acquire);
+    let pid = sys::getpid();
+    let info = sys::QueuedInfo::new(sig, libc::SI_QUEUE, pid, sys::getuid(), COOKIE.load(Ordering::Relaxed));
+    sys::tgsigqueueinfo(pid, tid, sig, &info)
+}
+
+/// Whether a delivery of our signal number was sent by the agent.
+fn is_agents(info: *const libc::siginfo_t) -> bool {
+    if info.is_null() {
+        return false;
+    }
+    // SAFETY: the kernel's siginfo is 128 bytes; read as the queue layout.
+    let q = unsafe { &*(info as *const sys::QueuedInfo) };
+    q.code == libc::SI_QUEUE && q.pid == sys::getpid() && q.value == COOKIE.load(Ordering::Relaxed)
+}
+
+extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void) {
     // SAFETY: __errno_location returns the calling thread's errno.
     let errno_ptr = unsafe { libc::__errno_location() };
     // SAFETY: as above, valid for this thread.
@@ -141,7 +167,19 @@ extern "C" fn on_signal(_sig: c_int, _info: *mut libc::siginfo_t, uc: *mut c_voi
                 }
                 sys::futex_wait(&RESTORE_INFO.phase, stasis_plan::restore_info::PHASE_RESTORING, 100);
             }
+            // The restorer queued the program's signals that were pending at
+            // the checkpoint before its own: one on our number came first
+            // (and stood for the restorer's), so whatever is still queued
+            // on it goes to the program. Then the one stashed at the stop.
+            crate::progsig::stash_pending(sig, |_| false);
+            crate::progsig::unstash(sig);
+            // And those sent to the process (`pending.rs`).
+            crate::pending::give_back();
+            // The call our signal cut short at the checkpoint.
+            crate::eintr::restored(sig, uc);
         }
+    } else if !is_agents(info) {
+        crate::progsig::deliver(sig, info, uc);
     } else if sys::gettid() == CT_TID.load(Ordering::Relaxed) {
         let f = SELF_HANDLER.load(Ordering::Acquire);
         if f != 0 {
@@ -149,17 +187,28 @@ extern "C" fn on_signal(_sig: c_int, _info: *mut libc::siginfo_t, uc: *mut c_voi
             let f: SelfHandler = unsafe { std::mem::transmute::<usize, SelfHandler>(f) };
             f(uc);
         }
-    } else if STOP_REQUESTED.load(Ordering::Acquire) {
-        let round = RESUME.load(Ordering::Acquire);
-        let i = NEXT_SLOT.fetch_add(1, Ordering::AcqRel);
-        if let Some(slot) = SLOTS.get(i) {
-            slot.fill(uc);
+    } else {
+        // What becomes of a system call our signal cut short is decided
+        // now, and carried out as the thread goes on (here, or in a
+        // restored process as it leaves the restorer).
+        let fix = crate::eintr::prepare(sig, uc);
+        if STOP_REQUESTED.load(Ordering::Acquire) {
+            crate::progsig::stash_pending(sig, is_agents);
+            let round = RESUME.load(Ordering::Acquire);
+            let i = NEXT_SLOT.fetch_add(1, Ordering::AcqRel);
+            if let Some(slot) = SLOTS.get(i) {
+                slot.fill(uc);
+            }
+            STOPPED.fetch_add(1, Ordering::AcqRel);
+            sys::futex_wake(&STOPPED);
+            while RESUME.load(Ordering::Acquire) == round {
+                sys::futex_wait(&RESUME, round, 0);
+            }
         }
-        STOPPED.fetch_add(1, Ordering::AcqRel);
-        sys::futex_wake(&STOPPED);
-        while RESUME.load(Ordering::Acquire) == round {
-            sys::futex_wait(&RESUME, round, 0);
-        }
+        crate::progsig::unstash(sig);
+        crate::pending::give_back();
+        // A program signal that came meanwhile is owed its EINTR.
+        crate::eintr::confirm(sig, uc, fix);
     }
     // SAFETY: as above.
     unsafe { *errno_ptr = saved_errno };
@@ -169,6 +218,7 @@ extern "C" fn on_signal(_sig: c_int, _info: *mut libc::siginfo_t, uc: *mut c_voi
 /// thread signals itself.
 pub fn install(sig: c_int, self_handler: SelfHandler) -> Result<(), i32> {
     SELF_HANDLER.store(self_handler as usize, Ordering::Release);
+    COOKIE.store(sys::random_u64(), Ordering::Relaxed);
     CKPT_SIGNAL.store(sig, Ordering::Release);
     // SAFETY: a zeroed sigaction is a valid starting point.
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -196,7 +246,7 @@ static REAL_SIGNAL: AtomicUsize = AtomicUsize::new(0);
 static REAL_SIGSUSPEND: AtomicUsize = AtomicUsize::new(0);
 
 /// The next definition of `name` after ours (libc's).
-fn next_symbol(cache: &AtomicUsize, name: &CStr) -> usize {
+pub(crate) fn next_symbol(cache: &AtomicUsize, name: &CStr) -> usize {
     let mut f = cache.load(Ordering::Acquire);
     if f == 0 {
         // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
@@ -216,20 +266,34 @@ pub fn resolve_real_functions() {
     next_symbol(&REAL_SIGSUSPEND, c"sigsuspend");
 }
 
-fn real_sigaction() -> SigactionFn {
+pub(crate) fn real_sigaction() -> SigactionFn {
     let f = next_symbol(&REAL_SIGACTION, c"sigaction");
     // SAFETY: libc's sigaction has this signature; dlsym found it.
     unsafe { std::mem::transmute::<usize, SigactionFn>(f) }
 }
 
-fn is_ours(sig: c_int) -> bool {
+pub(crate) fn is_ours(sig: c_int) -> bool {
     let ours = CKPT_SIGNAL.load(Ordering::Relaxed);
     ours != 0 && sig == ours
 }
 
-/// The program's own idea of the disposition of our signal, which it may
-/// set but never gets to install.
-static SHADOW_HANDLER: AtomicUsize = AtomicUsize::new(0);
+/// Our signal's bit, as a kernel sigset (0 before start-up).
+pub(crate) fn our_bit() -> u64 {
+    let ours = CKPT_SIGNAL.load(Ordering::Relaxed);
+    if ours > 0 { crate::progsig::bit(ours) } else { 0 }
+}
+
+/// A copy of the libc sigset at `set` without our signal.
+///
+/// # Safety
+/// `set` points to a valid sigset_t.
+pub(crate) unsafe fn set_without_ours(set: *const libc::sigset_t) -> libc::sigset_t {
+    // SAFETY: `set` is valid for reads (caller's contract).
+    let mut copy = unsafe { *set };
+    // SAFETY: `copy` is a valid sigset_t.
+    unsafe { libc::sigdelset(&mut copy, CKPT_SIGNAL.load(Ordering::Relaxed)) };
+    copy
+}
 
 /// # Safety
 /// Same contract as libc's sigaction.
@@ -238,16 +302,24 @@ pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old:
     if is_ours(sig) {
         if !old.is_null() {
             // SAFETY: the caller gave a writable sigaction.
-            unsafe {
-                std::ptr::write_bytes(old, 0, 1);
-                (*old).sa_sigaction = SHADOW_HANDLER.load(Ordering::Relaxed);
-            }
+            unsafe { crate::progsig::SHADOW.read(old) };
         }
         if !act.is_null() {
             // SAFETY: the caller gave a readable sigaction.
-            SHADOW_HANDLER.store(unsafe { (*act).sa_sigaction }, Ordering::Relaxed);
+            unsafe { crate::progsig::SHADOW.write(act) };
         }
         return 0;
+    }
+    if !act.is_null() {
+        // The program's handlers must not hold our signal off while they
+        // run: a checkpoint then waits for them, and our signal, taken
+        // right after, would land on the system call they interrupted.
+        // SAFETY: the caller gave a readable sigaction; we pass a copy.
+        let mut copy = unsafe { *act };
+        // SAFETY: `copy.sa_mask` is a valid sigset_t.
+        unsafe { libc::sigdelset(&mut copy.sa_mask, CKPT_SIGNAL.load(Ordering::Relaxed)) };
+        // SAFETY: forwarded to libc with a valid copy.
+        return unsafe { real_sigaction()(sig, &copy, old) };
     }
     // SAFETY: forwarded unchanged to libc.
     unsafe { real_sigaction()(sig, act, old) }
@@ -258,28 +330,59 @@ pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old:
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
     if is_ours(sig) {
-        return SHADOW_HANDLER.swap(handler, Ordering::Relaxed);
+        return crate::progsig::SHADOW.set_handler(handler);
     }
     let f = next_symbol(&REAL_SIGNAL, c"signal");
     // SAFETY: libc's signal has this signature.
     unsafe { std::mem::transmute::<usize, SignalFn>(f)(sig, handler) }
 }
 
-/// Calls a mask-setting function with our signal removed from `set`.
+/// Calls a mask-setting function with our signal removed from `set`; the
+/// program's wish about our signal is kept per thread instead
+/// (`progsig`), and shown back in `old`.
 ///
 /// # Safety
-/// `set` is null or points to a valid sigset_t; `f` has the SigmaskFn contract.
+/// `set` is null or points to a valid sigset_t; `old` is null or writable;
+/// `f` has the SigmaskFn contract.
 unsafe fn without_ours(f: SigmaskFn, how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
-    if set.is_null() || how == libc::SIG_UNBLOCK {
+    let sig = CKPT_SIGNAL.load(Ordering::Relaxed);
+    if sig <= 0 {
         // SAFETY: forwarded unchanged.
         return unsafe { f(how, set, old) };
     }
-    // SAFETY: `set` is valid for reads (caller's contract).
-    let mut copy = unsafe { *set };
-    // SAFETY: `copy` is a valid sigset_t.
-    unsafe { libc::sigdelset(&mut copy, CKPT_SIGNAL.load(Ordering::Relaxed)) };
-    // SAFETY: forwarded with our own valid copy.
-    unsafe { f(how, &copy, old) }
+    // No gettid unless some thread blocks our signal (program side).
+    let was_blocked =
+        crate::threads::BLOCKERS.load(Ordering::Acquire) != 0 && crate::progsig::program_blocks(sys::gettid());
+    let r = if set.is_null() || how == libc::SIG_UNBLOCK {
+        // SAFETY: forwarded unchanged.
+        unsafe { f(how, set, old) }
+    } else {
+        // SAFETY: `set` is valid (caller's contract).
+        let copy = unsafe { set_without_ours(set) };
+        // SAFETY: forwarded with our own valid copy.
+        unsafe { f(how, &copy, old) }
+    };
+    if r != 0 {
+        return r;
+    }
+    if was_blocked && !old.is_null() {
+        // SAFETY: `old` was just written by libc.
+        unsafe { libc::sigaddset(old, sig) };
+    }
+    if !set.is_null() {
+        // SAFETY: `set` is valid (caller's contract).
+        let asks = unsafe { libc::sigismember(set, sig) } == 1;
+        let blocked = match how {
+            libc::SIG_BLOCK => was_blocked || asks,
+            libc::SIG_UNBLOCK => was_blocked && !asks,
+            libc::SIG_SETMASK => asks,
+            _ => was_blocked,
+        };
+        if blocked != was_blocked {
+            crate::progsig::set_program_blocks(sig, blocked);
+        }
+    }
+    r
 }
 
 /// # Safety
@@ -311,8 +414,7 @@ pub unsafe extern "C" fn sigsuspend(mask: *const libc::sigset_t) -> c_int {
     }
     // SAFETY: `mask` is valid (caller's contract); our copy is valid.
     unsafe {
-        let mut copy = *mask;
-        libc::sigdelset(&mut copy, CKPT_SIGNAL.load(Ordering::Relaxed));
+        let copy = set_without_ours(mask);
         std::mem::transmute::<usize, SigsuspendFn>(f)(&copy)
     }
 }

@@ -49,6 +49,7 @@ pub fn getpid() -> i32 {
     syscall_nomem(libc::SYS_getpid, [0; 6]).unwrap_or(0) as i32
 }
 
+#[allow(dead_code)] // the agent signals with `tgsigqueueinfo` now
 pub fn tgkill(pid: i32, tid: i32, sig: i32) -> SysResult {
     syscall_nomem(libc::SYS_tgkill, [pid as usize, tid as usize, sig as usize, 0, 0, 0])
 }
@@ -416,4 +417,103 @@ pub fn realtime_ns() -> i128 {
         )
     };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// The kernel's siginfo for a signal queued with a value
+/// (rt_tgsigqueueinfo): the `kill` member of the union.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct QueuedInfo {
+    pub signo: i32,
+    pub errno: i32,
+    pub code: i32,
+    _pad: i32,
+    pub pid: i32,
+    pub uid: u32,
+    pub value: u64,
+    _rest: [u64; 12],
+}
+
+impl QueuedInfo {
+    pub const fn new(signo: i32, code: i32, pid: i32, uid: u32, value: u64) -> QueuedInfo {
+        QueuedInfo { signo, errno: 0, code, _pad: 0, pid, uid, value, _rest: [0; 12] }
+    }
+}
+
+/// Queues `sig` with the 128-byte siginfo at `info` to thread `tid` of
+/// process `pid` (any si_code is allowed inside one's own thread group).
+///
+/// # Safety
+/// `info` points to 128 readable bytes.
+pub unsafe fn tgsigqueueinfo_raw(pid: i32, tid: i32, sig: i32, info: *const u8) -> SysResult {
+    // SAFETY: the kernel reads 128 bytes at `info` (caller's promise).
+    unsafe { syscall6(libc::SYS_rt_tgsigqueueinfo, [pid as usize, tid as usize, sig as usize, info as usize, 0, 0]) }
+}
+
+pub fn tgsigqueueinfo(pid: i32, tid: i32, sig: i32, info: &QueuedInfo) -> SysResult {
+    // SAFETY: a QueuedInfo is 128 bytes.
+    unsafe { tgsigqueueinfo_raw(pid, tid, sig, info as *const QueuedInfo as *const u8) }
+}
+
+pub fn getuid() -> u32 {
+    syscall_nomem(libc::SYS_getuid, [0; 6]).unwrap_or(0) as u32
+}
+
+/// Eight random bytes from the kernel (never blocks; falls back on the
+/// time stamp counter mixed with the pid).
+pub fn random_u64() -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: getrandom writes at most 8 bytes into `v`.
+    let got = unsafe {
+        syscall6(libc::SYS_getrandom, [&mut v as *mut u64 as usize, 8, libc::GRND_NONBLOCK as usize, 0, 0, 0])
+    };
+    if got != Ok(8) || v == 0 {
+        // SAFETY: rdtsc has no memory effects.
+        let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+        v = (tsc ^ ((getpid() as u64) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    }
+    v
+}
+
+/// Signals pending for this thread or its process, among those blocked now
+/// (in a handler that blocks everything: all of them), as a kernel sigset.
+pub fn sigpending() -> u64 {
+    let mut set: u64 = 0;
+    // SAFETY: rt_sigpending writes one 8-byte kernel sigset.
+    let _ = unsafe { syscall6(libc::SYS_rt_sigpending, [&mut set as *mut u64 as usize, 8, 0, 0, 0, 0]) };
+    set
+}
+
+/// rt_sigprocmask on kernel sigsets; returns the old mask.
+pub fn sigmask_set(how: i32, set: u64) -> u64 {
+    let mut old: u64 = 0;
+    // SAFETY: reads one and writes one 8-byte kernel sigset.
+    let _ = unsafe {
+        syscall6(
+            libc::SYS_rt_sigprocmask,
+            [how as usize, &set as *const u64 as usize, &mut old as *mut u64 as usize, 8, 0, 0],
+        )
+    };
+    old
+}
+
+/// Copies `buf.len()` bytes of this process's memory at `addr` into `buf`
+/// without faulting: false where any of it is not readable.
+pub fn read_own_memory(addr: usize, buf: &mut [u8]) -> bool {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: process_vm_readv writes at most buf.len() bytes into `buf`
+    // and reports an unreadable source as an error instead of faulting.
+    let r = unsafe {
+        syscall6(
+            libc::SYS_process_vm_readv,
+            [getpid() as usize, &local as *const _ as usize, 1, &remote as *const _ as usize, 1, 0],
+        )
+    };
+    r == Ok(buf.len())
+}
+
+/// The raw kernel sigaction of `sig` (handler, flags, restorer, mask).
+pub fn kernel_handler(sig: i32) -> Option<u64> {
+    rt_sigaction_get(sig).ok().map(|a| a[0])
 }

@@ -54,6 +54,10 @@ mod net;
 // restart's own; failed restores say which process, where and why.
 #[path = "e2e/stdio.rs"]
 mod stdio;
+// The checkpoint signal and the program: no EINTR from a checkpoint, and
+// the program's own signals on the checkpoint signal's number.
+#[path = "e2e/signals.rs"]
+mod signals;
 // Batch jobs: stasis job outside SLURM, the exit status of a computation
 // stopped on request (a real SLURM: tests/slurm.rs).
 #[path = "e2e/batch.rs"]
