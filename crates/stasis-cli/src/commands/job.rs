@@ -146,7 +146,7 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
     if let Some(done) = read_done(&dir) {
         if done.job == job_key {
             say.say(&format!(
-                "already completed with exit status {} ({}): not run again",
+                "already completed with exit status {}: not run again (remove {} to run it again)",
                 done.status,
                 dir.join(DONE_FILE).display()
             ));
@@ -174,51 +174,13 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
     let stop_signals = stop_signals(&opts.checkpoint_signals);
     let blocked = block(&stop_signals).context("cannot block signals")?;
 
-    let mut cmd = Command::new(std::env::current_exe().context("cannot tell where the stasis binary is")?);
-    cmd.arg0("stasis");
-    match &resume {
-        Some(generation) => {
-            let taken = generation.manifest().map(|m| m.created_unix).unwrap_or(0);
-            say.say(&format!(
-                "resuming generation {} (taken {}) from {}",
-                generation.number,
-                utc(taken),
-                dir.display()
-            ));
-            // The newest intact generation, as said above: a batch job
-            // resumes rather than stops on a damaged newest one.
-            cmd.args(["restart", "--fallback"]);
-        }
-        None => {
-            say.say(&format!("launching; checkpoints go to {}", dir.display()));
-            cmd.args(["launch", "--ckptdir"]).arg(&dir);
-        }
+    if let Some(generation) = &resume {
+        let taken = generation.manifest().map(|m| m.created_unix).unwrap_or(0);
+        say.say(&format!("resuming generation {} (taken {}) from {}", generation.number, utc(taken), dir.display()));
+    } else {
+        say.say(&format!("launching; checkpoints go to {}", dir.display()));
     }
-    if let Some(i) = opts.interval_s {
-        cmd.args(["--interval", &i.to_string()]);
-    }
-    cmd.args(["--keep", &opts.keep.to_string()]);
-    if opts.compress {
-        cmd.arg("--compress");
-    }
-    if opts.quiet {
-        cmd.arg("--quiet");
-    }
-    match &resume {
-        Some(_) => cmd.arg(&dir),
-        None => cmd.arg("--").args(&opts.program),
-    };
-    let ignored = stop_signals.clone();
-    // SAFETY: between fork and exec, only signal(), which is
-    // async-signal-safe, on plain numbers.
-    unsafe {
-        cmd.pre_exec(move || {
-            for &sig in &ignored {
-                libc::signal(sig, libc::SIG_IGN);
-            }
-            Ok(())
-        });
-    }
+    let mut cmd = child_command(&dir, resume.is_some(), &opts, &stop_signals)?;
     let mut child = cmd.spawn().context("cannot start stasis launch")?;
     let pid = child.id() as i32;
 
@@ -250,6 +212,47 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
         }
         Event::Stop(why) => stop(&dir, &job, &opts, why, pid, &rx, &say),
     }
+}
+
+/// `stasis launch` of the program, or `stasis restart` of the directory,
+/// with SIGTERM and the checkpoint signals ignored (see the module's doc).
+fn child_command(dir: &Path, resume: bool, opts: &JobOpts, stop_signals: &[i32]) -> Result<Command> {
+    let mut cmd = Command::new(std::env::current_exe().context("cannot tell where the stasis binary is")?);
+    cmd.arg0("stasis");
+    if resume {
+        // The newest intact generation, as the status line said: a batch
+        // job resumes rather than stops on a damaged newest one.
+        cmd.args(["restart", "--fallback"]);
+    } else {
+        cmd.args(["launch", "--ckptdir"]).arg(dir);
+    }
+    if let Some(i) = opts.interval_s {
+        cmd.args(["--interval", &i.to_string()]);
+    }
+    cmd.args(["--keep", &opts.keep.to_string()]);
+    if opts.compress {
+        cmd.arg("--compress");
+    }
+    if opts.quiet {
+        cmd.arg("--quiet");
+    }
+    if resume {
+        cmd.arg(dir);
+    } else {
+        cmd.arg("--").args(&opts.program);
+    }
+    let ignored = stop_signals.to_vec();
+    // SAFETY: between fork and exec, only signal(), which is
+    // async-signal-safe, on plain numbers.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &sig in &ignored {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
 }
 
 /// The program ended by itself: its completion is recorded, unless it was
