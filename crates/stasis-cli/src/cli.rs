@@ -15,6 +15,7 @@ use stasis_coord::client::Addr;
 use crate::commands::command::{Action, CommandOpts};
 use crate::commands::coordinator::CoordinatorOpts;
 use crate::commands::inspect::InspectOpts;
+use crate::commands::job::JobOpts;
 use crate::commands::launch::{LaunchOpts, SaveFiles};
 use crate::commands::restart::RestartOpts;
 use crate::commands::start::Mode;
@@ -28,6 +29,7 @@ pub enum Verb {
     Command(CommandOpts),
     Coordinator(CoordinatorOpts),
     Inspect(InspectOpts),
+    Job(JobOpts),
 }
 
 /// A parsed command line: the verb, and notes about options that are
@@ -44,6 +46,7 @@ impl Parsed {
             Verb::Launch(o) => o.quiet,
             Verb::Restart(o) => o.quiet,
             Verb::Coordinator(o) => o.quiet,
+            Verb::Job(o) => o.quiet,
             Verb::Command(_) | Verb::Inspect(_) => false,
         }
     }
@@ -190,6 +193,9 @@ enum VerbArgs {
     Coordinator(CoordinatorArgs),
     /// Show what an image holds
     Inspect(InspectArgs),
+    /// A batch job's one line: launch, or resume from the job's checkpoint; checkpoint and stop before the job ends (docs/slurm.md)
+    #[command(override_usage = "stasis job [OPTIONS] [--] PROGRAM [ARGS]...")]
+    Job(JobArgs),
 }
 
 /// How to reach the coordinator.
@@ -426,6 +432,40 @@ struct CoordinatorArgs {
 }
 
 #[derive(Args, Debug)]
+struct JobArgs {
+    /// The job's checkpoint directory (default under SLURM: $SLURM_SUBMIT_DIR/stasis-ckpt/$SLURM_JOB_NAME, with _TASK for an array task; required outside SLURM)
+    #[arg(long = "ckptdir", value_name = "DIR")]
+    ckpt_dir: Option<PathBuf>,
+    /// Also checkpoint every SECONDS (default: none when launching; the checkpoint's when resuming)
+    #[arg(short = 'i', long = "interval", value_name = "SECONDS")]
+    interval: Option<u32>,
+    /// How many committed generations to keep
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    keep: u32,
+    /// Compress images with LZ4
+    #[arg(long)]
+    compress: bool,
+    /// Another signal that checkpoints and stops (besides SIGTERM, USR1 and USR2; a name or a number; repeatable)
+    #[arg(long = "checkpoint-signal", value_name = "SIG", value_parser = crate::commands::job::parse_signal)]
+    checkpoint_signal: Vec<i32>,
+    /// After a checkpoint on a warning (USR1, USR2, the end near), requeue the job with scontrol (default: when the job was submitted requeueable)
+    #[arg(long, overrides_with = "no_requeue")]
+    requeue: bool,
+    /// Never requeue the job; exit 75 after the checkpoint
+    #[arg(long = "no-requeue", overrides_with = "requeue")]
+    no_requeue: bool,
+    /// Under SLURM, checkpoint and stop this long before the job's time limit (0: only on signals)
+    #[arg(long = "before-end", value_name = "SECONDS", default_value_t = 60)]
+    before_end: u32,
+    /// Print no notes from launch and restart (the status lines stay)
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+    /// The program to run, and its arguments
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
+    program: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
 struct InspectArgs {
     /// Read the whole payload and check every checksum (the default)
     #[arg(long, overrides_with = "no_verify")]
@@ -460,6 +500,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
             ckpt_signal: a.ckpt_signal,
             save_files: SaveFiles { limit: a.save_files_limit, excluded: a.no_save_file },
             quiet: a.quiet,
+            usr2_checkpoints: false,
             program: a.program,
         }),
         VerbArgs::Restart(a) => {
@@ -481,6 +522,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
                 generation: a.generation,
                 fallback: a.fallback,
                 quiet: a.quiet,
+                usr2_checkpoints: false,
                 targets: a.targets,
             })
         }
@@ -529,6 +571,23 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
             })
         }
         VerbArgs::Inspect(a) => Verb::Inspect(InspectOpts { image: a.image, verify: a.verify || !a.no_verify }),
+        VerbArgs::Job(a) => Verb::Job(JobOpts {
+            ckpt_dir: a.ckpt_dir,
+            interval_s: a.interval,
+            keep: a.keep as usize,
+            compress: a.compress,
+            checkpoint_signals: a.checkpoint_signal,
+            requeue: if a.requeue {
+                Some(true)
+            } else if a.no_requeue {
+                Some(false)
+            } else {
+                None
+            },
+            before_end_s: a.before_end,
+            quiet: a.quiet,
+            program: a.program,
+        }),
     };
     Ok(Parsed { verb, notes: Vec::new() })
 }
@@ -734,6 +793,34 @@ mod tests {
         assert_eq!((o.coord.port, o.interval_s, o.exit_on_last, o.daemon), (Some(0), 30, true, true));
         assert_eq!((o.port_file, o.ckpt_dir), (Some(PathBuf::from("pf")), Some(PathBuf::from("ck"))));
         assert_eq!(o.listen, Some("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn job_options() {
+        let Ok(Verb::Job(o)) = parse_str(&["job", "--", "./prog", "-i", "3"]) else { panic!() };
+        assert_eq!((o.ckpt_dir, o.interval_s, o.requeue, o.before_end_s, o.keep), (None, None, None, 60, 2));
+        assert_eq!(o.program, ["./prog", "-i", "3"]);
+        let Ok(Verb::Job(o)) = parse_str(&[
+            "job",
+            "--ckptdir",
+            "/ck",
+            "-i",
+            "30",
+            "--checkpoint-signal",
+            "URG",
+            "--no-requeue",
+            "--before-end",
+            "0",
+            "prog",
+        ]) else {
+            panic!()
+        };
+        assert_eq!((o.ckpt_dir, o.interval_s), (Some(PathBuf::from("/ck")), Some(30)));
+        assert_eq!((o.checkpoint_signals, o.requeue, o.before_end_s), (vec![libc::SIGURG], Some(false), 0));
+        let Ok(Verb::Job(o)) = parse_str(&["job", "--requeue", "prog"]) else { panic!() };
+        assert_eq!(o.requeue, Some(true));
+        assert!(parse_str(&["job"]).is_err());
+        assert!(parse_str(&["job", "--checkpoint-signal", "KILL", "prog"]).is_err());
     }
 
     #[test]

@@ -461,6 +461,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 // STASIS_SAVE_FILES_LIMIT and STASIS_NO_SAVE_FILE reach the agent as they are.
                 save_files: Default::default(),
                 quiet: a.quiet > 0 || env_quiet(env),
+                usr2_checkpoints: true,
                 program: a.program,
             })
         }
@@ -500,6 +501,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 generation: a.generation,
                 fallback: a.fallback,
                 quiet: a.quiet > 0 || env_quiet(env),
+                usr2_checkpoints: true,
                 targets: a.targets,
             })
         }

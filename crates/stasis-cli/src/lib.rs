@@ -1,4 +1,4 @@
-//! `stasis`: launch, restart, command, coordinator, inspect; and, called
+//! `stasis`: launch, restart, command, coordinator, inspect, job; and, called
 //! by those names, `dmtcp_launch`, `dmtcp_restart`, `dmtcp_command` and
 //! `dmtcp_coordinator`. See docs/architecture.md for the whole story,
 //! docs/protocol.md for what the coordinator speaks, and
@@ -18,6 +18,8 @@ mod output;
 mod pty;
 mod reach;
 mod signals;
+mod slurm;
+mod task_rank;
 
 use std::ffi::OsString;
 
@@ -75,6 +77,7 @@ fn run(parsed: Parsed) -> anyhow::Result<Exit> {
         Verb::Command(o) => commands::command::run(o),
         Verb::Coordinator(o) => commands::coordinator::run(o),
         Verb::Inspect(o) => commands::inspect::run(o),
+        Verb::Job(o) => commands::job::run(o),
     }
 }
 

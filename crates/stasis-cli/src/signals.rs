@@ -23,7 +23,21 @@ pub struct Blocked {
     old: libc::sigset_t,
 }
 
-/// Blocks the forwarded signals. Call before any thread starts.
+/// Whether `sig` is ignored (SIG_IGN) in this process: one ignored when
+/// stasis started was meant to stay so (as `nohup` and `stasis job` do for
+/// the processes under them), and is neither forwarded nor waited for,
+/// since a blocked signal is queued even when ignored.
+pub fn ignored(sig: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one
+    // into a local.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Blocks the forwarded signals (those not ignored). Call before any
+/// thread starts.
 pub fn block() -> io::Result<Blocked> {
     // SAFETY: sigset_t is plain data that sigemptyset initialises; the
     // calls only read and write the two local sets.
@@ -31,7 +45,7 @@ pub fn block() -> io::Result<Blocked> {
         let mut set: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in FORWARDED {
+        for sig in FORWARDED.into_iter().filter(|&s| !ignored(s)) {
             libc::sigaddset(&mut set, sig);
         }
         let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
@@ -53,8 +67,9 @@ impl Blocked {
         }
     }
 
-    /// Starts the thread that sends the blocked signals on to `pids`.
-    pub fn forward_to(self, pids: Vec<i32>) -> io::Result<()> {
+    /// Starts the thread that sends the blocked signals on to `pids`;
+    /// SIGUSR2 goes to `on_usr2` instead, if given.
+    pub fn forward_to(self, pids: Vec<i32>, on_usr2: Option<Box<dyn Fn() + Send>>) -> io::Result<()> {
         let set = self.set;
         std::thread::Builder::new().name("stasis-signals".into()).spawn(move || {
             loop {
@@ -64,6 +79,12 @@ impl Blocked {
                 // this and every thread keep blocked.
                 let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
                 if sig <= 0 || !should_forward(&info, &pids) {
+                    continue;
+                }
+                if sig == libc::SIGUSR2
+                    && let Some(f) = &on_usr2
+                {
+                    f();
                     continue;
                 }
                 for &pid in &pids {

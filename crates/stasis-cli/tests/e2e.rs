@@ -61,6 +61,10 @@ mod signals;
 // Pseudo-terminal pairs the program opened itself.
 #[path = "e2e/pty.rs"]
 mod pty;
+// Batch jobs: stasis job outside SLURM, the exit status of a computation
+// stopped on request (a real SLURM: tests/slurm.rs).
+#[path = "e2e/batch.rs"]
+mod batch;
 
 use std::fs;
 use std::path::{Path, PathBuf};

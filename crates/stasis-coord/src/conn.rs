@@ -590,6 +590,7 @@ fn kill_all(shared: &Shared) -> (usize, usize) {
     let deadline = Instant::now() + KILL_DEADLINE;
     let mut st = shared.lock();
     st.killing += 1;
+    st.killed_on_request = true;
     let left = loop {
         let targets: Vec<(u64, Arc<Conn>)> = st
             .agents

@@ -166,6 +166,9 @@ pub(crate) struct State {
     /// A kill or quit is under way: an agent that says HELLO now (a child
     /// forked a moment ago, a process being restored) is told KILL at once.
     pub(crate) killing: usize,
+    /// The computation was killed on request (kill, quit): launch and
+    /// restart then exit 75 rather than as killed by SIGKILL.
+    pub(crate) killed_on_request: bool,
     /// The coordinator's owner asked it to end (a signal).
     pub(crate) stop: bool,
     /// Since when no agent has been connected (None: one is).
@@ -299,6 +302,7 @@ impl State {
             had_agent: false,
             quit: false,
             killing: 0,
+            killed_on_request: false,
             stop: false,
             empty_since: Some(Instant::now()),
             shutdown: false,
@@ -419,6 +423,12 @@ impl State {
         if let Some(port) = shared.tcp_port {
             m = m.with("port", port);
         }
+        if self.killed_on_request {
+            m = m.with("killed", 1);
+        }
+        if let Some(job) = slurm_job() {
+            m = m.with("job", job);
+        }
         if let Some(e) = &self.last_error {
             m = m.with("last_error", e);
         }
@@ -439,4 +449,16 @@ impl State {
 /// An ERROR reply.
 pub(crate) fn error(reason: impl std::fmt::Display) -> Message {
     Message::new(proto::ERROR).with("reason", reason)
+}
+
+/// The SLURM job (and step) this coordinator runs in, `JOB` or
+/// `JOB.STEP`, from its environment: launch and restart join no
+/// coordinator of another job (stasis-cli's start.rs).
+fn slurm_job() -> Option<String> {
+    let get = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let id = get("SLURM_JOB_ID")?;
+    Some(match get("SLURM_STEP_ID") {
+        Some(step) => format!("{id}.{step}"),
+        None => id,
+    })
 }

@@ -223,14 +223,17 @@ fn daemonize(opts: &CoordinatorOpts, where_: &str) -> Result<()> {
     Ok(())
 }
 
-/// The signals that end the coordinator, blocked before any thread starts.
+/// The signals that end the coordinator, blocked before any thread starts;
+/// not one ignored when it started (`stasis job` starts it so, for SLURM's
+/// SIGTERM to every process of the job must not end it before the
+/// checkpoint that SIGTERM asks for).
 fn block_end_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data that sigemptyset initialises; the
     // calls only read and write the local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP].into_iter().filter(|&s| !crate::signals::ignored(s)) {
             libc::sigaddset(&mut set, sig);
         }
         let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());

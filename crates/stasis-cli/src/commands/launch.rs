@@ -14,7 +14,7 @@ use stasis_coord::client::Addr;
 use stasis_coord::secret::SECRET_ENV;
 
 use super::start::{self, Background, Found, Mode};
-use super::{WithCode, note, supervise};
+use super::{WithCode, note};
 use crate::coord_socket::CoordOpts;
 use crate::exit::Exit;
 use crate::{agent_lib, signals};
@@ -39,6 +39,11 @@ pub struct LaunchOpts {
     /// Which files open for writing the agent saves (docs/files.md).
     pub save_files: SaveFiles,
     pub quiet: bool,
+    /// SIGUSR2 asks for a checkpoint (as under DMTCP, whose checkpoint
+    /// signal it is) rather than being passed on; the program starts with
+    /// it ignored, so that SLURM's `--signal=USR2`, sent to every process
+    /// of the job, does not kill it. The DMTCP names only.
+    pub usr2_checkpoints: bool,
     /// The program and its arguments (at least the program).
     pub program: Vec<OsString>,
 }
@@ -99,7 +104,7 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };
-    let found = start::find_or_start(&opts.coord, opts.mode, &bg, std::slice::from_ref(&ckpt_dir))?;
+    let mut found = start::find_or_start(&opts.coord, opts.mode, &bg, std::slice::from_ref(&ckpt_dir))?;
     if found.started.is_none()
         && let Some(i) = opts.interval_s
     {
@@ -136,16 +141,46 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
     let restore_mask = signals.restorer();
     // SAFETY: the closure only calls sigprocmask, which is async-signal-safe.
     unsafe { cmd.pre_exec(restore_mask) };
+    if opts.usr2_checkpoints {
+        // SAFETY: only signal(), async-signal-safe, on plain numbers.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGUSR2, libc::SIG_IGN);
+                Ok(())
+            })
+        };
+    }
     let mut child = cmd.spawn().map_err(|e| {
         // As a shell says it: 127 when there is no such program, else 126.
         let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
         WithCode(code, format!("cannot run {}: {e}", program.to_string_lossy()))
     })?;
     let pid = i32::try_from(child.id()).context("child pid out of range")?;
-    let exit = supervise(signals, vec![pid], move || child.wait());
+    let on_usr2 = opts.usr2_checkpoints.then(|| checkpoint_request(&found));
+    let exit = super::supervise(signals, vec![pid], on_usr2, move || child.wait())
+        .map(|e| super::stopped_on_request(e, &mut found));
     // The coordinator started here goes unless others still use it.
     drop(found);
     exit
+}
+
+/// What SIGUSR2 does under the DMTCP names: start a checkpoint (and not
+/// wait for it), as `dmtcp_command --checkpoint` would.
+pub(super) fn checkpoint_request(found: &Found) -> Box<dyn Fn() + Send> {
+    let (addr, secret) = (found.addr.clone(), found.secret.clone());
+    Box::new(move || {
+        let request = crate::commands::command::Action::StartCheckpoint.request();
+        let asked = stasis_coord::client::connect(&addr, secret.as_ref())
+            .map_err(|e| e.to_string())
+            .and_then(|s| stasis_coord::client::ask(&s, &request).map_err(|e| e.to_string()));
+        match asked {
+            Ok(m) if m.verb == stasis_proto::OK => {
+                eprintln!("stasis: SIGUSR2: checkpoint {} started", m.get("generation").unwrap_or("?"))
+            }
+            Ok(m) => eprintln!("stasis: SIGUSR2: no checkpoint: {}", m.get("reason").unwrap_or("no reason given")),
+            Err(e) => eprintln!("stasis: SIGUSR2: no checkpoint: cannot reach the coordinator at {addr}: {e}"),
+        }
+    })
 }
 
 /// LD_PRELOAD with the agent first, before whatever the caller preloads.

@@ -21,8 +21,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use stasis_coord::client;
 use stasis_image::{Choice, ImageReader};
 
+use super::note;
 use super::start::{self, Background, Mode};
-use super::{note, supervise};
 use crate::commands::launch::write_port_file;
 use crate::coord_socket::CoordOpts;
 use crate::exit::Exit;
@@ -45,6 +45,8 @@ pub struct RestartOpts {
     /// Where relative image names are; with no target, what to restart.
     pub restart_dir: Option<PathBuf>,
     pub quiet: bool,
+    /// SIGUSR2 asks for a checkpoint (the DMTCP names; launch.rs).
+    pub usr2_checkpoints: bool,
     /// Restart exactly this generation of the checkpoint directory.
     pub generation: Option<u64>,
     /// Restart the newest intact generation when the newest is damaged.
@@ -81,7 +83,7 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         // Said even with --quiet: which checkpoint runs is not a detail.
         note(false, n);
     }
-    let readers = checked.images;
+    let readers = crate::slurm::Job::from_env(&crate::cli::real_env).restart_share(checked.images)?;
     let paths: Vec<PathBuf> = readers.iter().map(|r| r.path().to_path_buf()).collect();
     if readers.is_empty() {
         bail!("{}: the checkpoint lists no image", targets[0].display());
@@ -138,7 +140,7 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };
-    let found = start::find_or_start(&opts.coord, opts.mode, &bg, &[ckpt_dir.clone(), origin_dir])?;
+    let mut found = start::find_or_start(&opts.coord, opts.mode, &bg, &[ckpt_dir.clone(), origin_dir])?;
     if found.started.is_none()
         && let Some(i) = opts.interval_s
     {
@@ -175,7 +177,9 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     drop(readers);
     let relay = pty.map(Pty::relay).transpose().context("cannot relay the program's terminal")?;
     let pids = vec![spawned.pid()];
-    let exit = supervise(signals, pids, move || spawned.wait());
+    let on_usr2 = opts.usr2_checkpoints.then(|| super::launch::checkpoint_request(&found));
+    let exit = super::supervise(signals, pids, on_usr2, move || spawned.wait())
+        .map(|e| super::stopped_on_request(e, &mut found));
     if let Some(relay) = relay {
         relay.finish();
     }

@@ -34,6 +34,7 @@ use stasis_proto::{self as proto, Message};
 use super::note;
 use crate::coord_socket::{self, CoordOpts, Plan, Target};
 use crate::reach::{self, Outcome, Reached};
+use crate::slurm;
 
 /// Join a running coordinator, start one, or either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +150,34 @@ enum Via {
 /// rule (coord_socket.rs) say. `secret_dirs`: where the secret may be,
 /// for a coordinator over TCP.
 pub fn find_or_start(opts: &CoordOpts, mode: Mode, bg: &Background, secret_dirs: &[PathBuf]) -> Result<Found> {
+    let job = slurm::Job::from_env(&crate::cli::real_env);
+    // In a SLURM step of several tasks (srun -n N), task 0 coordinates and
+    // the others wait for its coordinator and join it: none races to start
+    // one of its own.
+    if mode == Mode::Any && job.ntasks > 1 && job.step.is_some() && job.rank > 0 {
+        let deadline = Instant::now() + TASK0_TIMEOUT;
+        loop {
+            match find_or_start_as(opts, Mode::Join, bg, secret_dirs) {
+                Ok(found) => return Ok(found),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!(
+                        "task {} of {}: the coordinator of task 0 did not come up within {} s",
+                        job.rank,
+                        job.ntasks,
+                        TASK0_TIMEOUT.as_secs()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+    find_or_start_as(opts, mode, bg, secret_dirs)
+}
+
+/// How long the other tasks of a step wait for task 0's coordinator.
+const TASK0_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn find_or_start_as(opts: &CoordOpts, mode: Mode, bg: &Background, secret_dirs: &[PathBuf]) -> Result<Found> {
     let canonical = coord_socket::canonical_dir(bg.ckpt_dir)?;
     let (found, via) = match coord_socket::plan(opts, &canonical)? {
         Plan::Named(target) => {
@@ -269,6 +298,14 @@ fn named(target: &Target, mode: Mode, bg: &Background, secret_dirs: &[PathBuf]) 
 fn joined(reached: Reached) -> Result<Found> {
     let status = client::ask(&reached.stream, &Message::new(proto::COMMAND).with("what", "status"))
         .with_context(|| format!("talking to the coordinator at {}", reached.addr))?;
+    let ours = slurm::Job::from_env(&crate::cli::real_env).identity();
+    if let Err(why) = same_job(status.get("job"), ours.as_deref()) {
+        bail!(
+            "the coordinator at {} {why}: another job's coordinator is never joined (leave out -p and \
+             DMTCP_COORD_PORT/STASIS_COORD_PORT for a coordinator of this job's own)",
+            reached.addr
+        );
+    }
     Ok(Found {
         addr: reached.addr,
         secret: reached.secret,
@@ -276,6 +313,28 @@ fn joined(reached: Reached) -> Result<Found> {
         ckpt_dir: status.get("ckptdir").map(PathBuf::from),
         started: None,
     })
+}
+
+/// Whether a coordinator of SLURM job `theirs` (`JOB` or `JOB.STEP`) is
+/// one this process (of job `ours`) may join: the same job, and the same
+/// step when both run in one. A coordinator outside SLURM (started by
+/// hand), or a process outside SLURM, is not refused for it.
+fn same_job(theirs: Option<&str>, ours: Option<&str>) -> std::result::Result<(), String> {
+    let (Some(theirs), Some(ours)) = (theirs, ours) else { return Ok(()) };
+    let split = |s: &str| match s.split_once('.') {
+        Some((j, st)) => (j.to_string(), Some(st.to_string())),
+        None => (s.to_string(), None),
+    };
+    let ((tj, ts), (oj, os)) = (split(theirs), split(ours));
+    if tj != oj {
+        return Err(format!("belongs to SLURM job {tj}, not to this job {oj}"));
+    }
+    if let (Some(ts), Some(os)) = (ts, os)
+        && ts != os
+    {
+        return Err(format!("belongs to step {ts} of job {tj}, not to this step {os}"));
+    }
+    Ok(())
 }
 
 fn pipe() -> io::Result<(File, OwnedFd)> {
@@ -444,6 +503,20 @@ pub struct Started {
 }
 
 impl Started {
+    /// Whether this coordinator ends with status 0 within `timeout`: it
+    /// was told to quit (which kills the computation first).
+    pub fn quits_within(&mut self, timeout: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else { return false };
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => return false,
+            }
+        }
+    }
+
     fn finish(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let quit = client::connect(&Addr::Unix(self.socket.clone()), None).ok().and_then(|s| {
@@ -471,5 +544,20 @@ impl Started {
 impl Drop for Started {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_jobs_coordinator_is_refused() {
+        assert!(same_job(None, Some("12")).is_ok());
+        assert!(same_job(Some("12.0"), None).is_ok());
+        assert!(same_job(Some("12"), Some("12.0")).is_ok());
+        assert!(same_job(Some("12.1"), Some("12.1")).is_ok());
+        assert_eq!(same_job(Some("12"), Some("13")), Err("belongs to SLURM job 12, not to this job 13".into()));
+        assert!(same_job(Some("12.0"), Some("12.1")).unwrap_err().contains("step 0"));
     }
 }
