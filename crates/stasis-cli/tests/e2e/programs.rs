@@ -59,18 +59,6 @@ fn node_with_a_worker_thread_survives_two_cycles() {
     drop(sb);
 }
 
-/// How many processes the coordinator at `sock` has connected (its status).
-fn connected(sb: &Sandbox, sock: &Path) -> usize {
-    let sock = sock.as_os_str();
-    let out = run_stasis(
-        sb,
-        "status",
-        &["command".as_ref(), "--coord-socket".as_ref(), sock, "--status".as_ref()],
-        QUICK_TIMEOUT,
-    );
-    out.stdout.lines().find_map(|l| l.strip_prefix("processes:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
-}
-
 /// `stasis command --quit` on a tree of 32 processes: when it returns,
 /// every process of the computation is gone, and so is the coordinator.
 #[test]

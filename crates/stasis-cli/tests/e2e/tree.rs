@@ -213,6 +213,9 @@ fn command_kill_ends_every_process_of_a_tree() {
     sb.check(before.len() >= TREE_LIVE, || {
         format!("only {} process(es) run in {}: {before:?}", before.len(), run_dir.display())
     });
+    // A process runs a moment before its agent has said hello: the kill
+    // goes to those connected when it is sent.
+    crate::wait_until(&sb, "the tree's processes connected", LINES_TIMEOUT, || connected(&sb, &sock) >= TREE_LIVE);
     let out = run_stasis(
         &sb,
         "kill",

@@ -1276,3 +1276,15 @@ pub fn maps(pid: i32) -> Vec<(u64, u64, String)> {
 pub fn find_descendant(root: i32, exe: &Path) -> Option<i32> {
     descendants(root).into_iter().find(|&p| fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == exe))
 }
+
+/// How many processes the coordinator at `sock` has connected (its status).
+pub fn connected(sb: &Sandbox, sock: &Path) -> usize {
+    let sock = sock.as_os_str();
+    let out = run_stasis(
+        sb,
+        "status",
+        &["command".as_ref(), "--coord-socket".as_ref(), sock, "--status".as_ref()],
+        QUICK_TIMEOUT,
+    );
+    out.stdout.lines().find_map(|l| l.strip_prefix("processes:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
