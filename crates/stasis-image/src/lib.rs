@@ -39,7 +39,7 @@ pub use error::{Error, Result};
 pub use file::{Header, ImageReader, ImageWriter, parse_image, parse_image_digest};
 pub use manifest::{Digest, MANIFEST, Manifest, ManifestProcess, word};
 pub use model::*;
-pub use render::{render, render_header};
+pub use render::{render, render_header, utc};
 pub use store::{CheckpointDir, Choice, Generation, PendingGeneration, Restartable, check_image, resolve_restart};
 pub use trust::{open_checkpoint_dir, open_image_dir, untrusted};
 

@@ -44,8 +44,9 @@ fn clean(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
-/// A civil date (UTC) from seconds since the epoch.
-fn utc(secs: u64) -> String {
+/// A civil date (UTC) from seconds since the epoch:
+/// `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Days to year/month/day in the proleptic Gregorian calendar, counting
     // in 400-year eras that start on March 1st (so leap days come last).
