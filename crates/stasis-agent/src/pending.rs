@@ -50,19 +50,10 @@ pub fn take(ours: i32, leave: u64) {
             set &= !(1u64 << (sig - 1));
         }
     }
-    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     let mut n = COUNT.load(Ordering::Acquire);
     while n < CAPACITY {
         let mut info = [0u64; 16];
-        // SAFETY: rt_sigtimedwait reads one kernel sigset and a timespec and
-        // writes one 128-byte siginfo; a zero timeout never blocks.
-        let got = unsafe {
-            sys::syscall6(
-                libc::SYS_rt_sigtimedwait,
-                [&set as *const u64 as usize, info.as_mut_ptr() as usize, &zero as *const _ as usize, 8, 0, 0],
-            )
-        };
-        let Ok(sig) = got else { break };
+        let Ok(sig) = sys::take_pending(set, &mut info) else { break };
         for (slot, word) in KEPT[n].iter().zip(info) {
             slot.store(word, Ordering::Relaxed);
         }

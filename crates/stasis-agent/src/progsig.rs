@@ -255,19 +255,9 @@ pub fn stash_pending(sig: c_int, is_agents: impl Fn(*const libc::siginfo_t) -> b
     if sys::sigpending() & bit(sig) == 0 {
         return;
     }
-    let set: u64 = bit(sig);
-    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     loop {
         let mut info = [0u64; 16];
-        // SAFETY: rt_sigtimedwait reads one kernel sigset and a timespec and
-        // writes one 128-byte siginfo.
-        let got = unsafe {
-            sys::syscall6(
-                libc::SYS_rt_sigtimedwait,
-                [&set as *const u64 as usize, info.as_mut_ptr() as usize, &zero as *const _ as usize, 8, 0, 0],
-            )
-        };
-        if got.is_err() {
+        if sys::take_pending(bit(sig), &mut info).is_err() {
             return;
         }
         if is_agents(info.as_ptr() as *const libc::siginfo_t) {

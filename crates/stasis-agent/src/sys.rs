@@ -517,3 +517,18 @@ pub fn read_own_memory(addr: usize, buf: &mut [u8]) -> bool {
 pub fn kernel_handler(sig: i32) -> Option<u64> {
     rt_sigaction_get(sig).ok().map(|a| a[0])
 }
+
+/// Takes one signal of the kernel sigset `set` pending for this thread or
+/// its process out of the kernel's queue, without waiting: its number, with
+/// its 128-byte siginfo in `info`; EAGAIN when none is pending.
+pub fn take_pending(set: u64, info: &mut [u64; 16]) -> SysResult {
+    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: rt_sigtimedwait reads one kernel sigset and a timespec and
+    // writes one 128-byte siginfo into `info`; a zero timeout never blocks.
+    unsafe {
+        syscall6(
+            libc::SYS_rt_sigtimedwait,
+            [&set as *const u64 as usize, info.as_mut_ptr() as usize, &zero as *const _ as usize, 8, 0, 0],
+        )
+    }
+}
