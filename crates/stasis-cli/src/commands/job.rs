@@ -38,6 +38,10 @@ use super::STOPPED;
 pub const DONE_FILE: &str = "stasis-job.done";
 /// How long the program may take to be gone once killed.
 const GONE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long another task of a step waits for task 0 to checkpoint and stop
+/// the computation before it asks itself (SLURM's KillWait is 30 s by
+/// default; a checkpoint takes about a second).
+const TASK0_GRACE: Duration = Duration::from_secs(8);
 /// How long a checkpoint signal may wait for the coordinator to come up
 /// (a signal right after the job started).
 const REACH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -210,8 +214,31 @@ pub fn run(opts: JobOpts) -> Result<Exit> {
             finished(&dir, &job_key, status, &say);
             Ok(Exit::Like(status))
         }
+        // The other tasks of a step get SIGTERM too: task 0 checkpoints and
+        // stops the whole computation, theirs included. Asking as well
+        // would race its kill with a second checkpoint round.
+        Event::Stop(why) if joins_task0 => {
+            say.say("stopping: task 0 checkpoints and stops the computation");
+            if ended_within(&rx, TASK0_GRACE) {
+                say.say(&format!("stopped after the checkpoint: exit status {STOPPED}; a later stasis job resumes"));
+                return Ok(Exit::Code(STOPPED));
+            }
+            say.say(&format!("task 0 did not stop the computation within {} s", TASK0_GRACE.as_secs()));
+            stop(&dir, &job, &opts, why, pid, &rx, &say)
+        }
         Event::Stop(why) => stop(&dir, &job, &opts, why, pid, &rx, &say),
     }
+}
+
+/// Whether the program ends (its launch or restart exits) within `limit`.
+fn ended_within(rx: &mpsc::Receiver<Event>, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while let Ok(event) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if let Event::Ended(_) = event {
+            return true;
+        }
+    }
+    false
 }
 
 /// `stasis launch` of the program, or `stasis restart` of the directory,
@@ -303,15 +330,7 @@ fn stop(
         )),
     }
     let _ = ask(dir, Action::Kill);
-    let deadline = Instant::now() + GONE_TIMEOUT;
-    let mut gone = false;
-    while let Ok(event) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        if let Event::Ended(_) = event {
-            gone = true;
-            break;
-        }
-    }
-    if !gone {
+    if !ended_within(rx, GONE_TIMEOUT) {
         // SAFETY: kill only takes numbers; the child is not reaped until
         // the waiter thread sees it end, so the pid is still its own.
         unsafe { libc::kill(pid, libc::SIGKILL) };
