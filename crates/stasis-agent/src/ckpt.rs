@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::signals::{self, CT_SLOT, NEXT_SLOT, RESTORE_INFO, RESUME, STOP_REQUESTED, STOPPED};
+use crate::signals::{self, CT_SLOT, NEXT_SLOT, RESTORE_INFO, RESUME, STOP_REQUESTED, STOP_TARGET, STOPPED};
 use stasis_proto::{self as proto, Message};
 
 use crate::{collect, fork_advice, sys, tree, writer};
@@ -73,17 +73,30 @@ fn live_tasks() -> Vec<i32> {
 }
 
 /// Stops every thread but this one; they wait in the handler.
+///
+/// Linear in the number of threads: /proc/self/task is read once per round
+/// (a round signals the threads not seen before), and a round ends when
+/// all signalled threads have stopped (they wake this thread only then) or
+/// when none stopped for a while (one may have exited). Threads started
+/// meanwhile show up in the next round's listing; the stop is over when a
+/// listing shows nothing new and everything stopped, since stopped threads
+/// start none.
 fn stop_others(me: i32) -> Result<(), String> {
     NEXT_SLOT.store(0, Ordering::Release);
     crate::eintr::forget_blocked();
-    STOPPED.store(0, Ordering::Release);
+    STOPPED.store(0, Ordering::SeqCst);
+    STOP_TARGET.store(u32::MAX, Ordering::SeqCst);
     STOP_REQUESTED.store(true, Ordering::Release);
     let deadline = Instant::now() + STOP_TIMEOUT;
+    // Sorted, for binary search: each thread is signalled once.
     let mut signaled: Vec<i32> = Vec::new();
     loop {
-        let fresh: Vec<i32> = live_tasks().into_iter().filter(|t| *t != me && !signaled.contains(t)).collect();
-        let all_stopped = STOPPED.load(Ordering::Acquire) as usize >= signaled.len();
-        if fresh.is_empty() && all_stopped {
+        let mut live = live_tasks();
+        live.sort_unstable();
+        // A thread that exited after being signalled will never stop.
+        signaled.retain(|t| live.binary_search(t).is_ok());
+        let fresh: Vec<i32> = live.into_iter().filter(|t| *t != me && signaled.binary_search(t).is_err()).collect();
+        if fresh.is_empty() && STOPPED.load(Ordering::SeqCst) as usize >= signaled.len() {
             return Ok(());
         }
         for t in fresh {
@@ -93,20 +106,37 @@ fn stop_others(me: i32) -> Result<(), String> {
                 signaled.push(t);
             }
         }
-        let seen = STOPPED.load(Ordering::Acquire);
-        if (seen as usize) < signaled.len() {
-            sys::futex_wait(&STOPPED, seen, 20);
-            // A thread that exited after being signalled will never stop.
-            let live = live_tasks();
-            signaled.retain(|t| live.contains(t));
-        }
+        signaled.sort_unstable();
+        crate::timing::mark("signal");
+        wait_for_stops(signaled.len(), deadline);
+        crate::timing::mark("wait");
         if Instant::now() > deadline {
             return Err(format!(
                 "{} of {} threads did not stop within {:?} (blocking the checkpoint signal?)",
-                signaled.len() - STOPPED.load(Ordering::Acquire) as usize,
+                signaled.len().saturating_sub(STOPPED.load(Ordering::Acquire) as usize),
                 signaled.len(),
                 STOP_TIMEOUT
             ));
+        }
+    }
+}
+
+/// How long the stop waits with no thread stopping before it looks at the
+/// thread list again.
+const STALL: u64 = 20;
+
+/// Waits until `want` threads have stopped, or none stopped for `STALL` ms.
+fn wait_for_stops(want: usize, deadline: Instant) {
+    // The last thread to stop wakes us (`signals::on_signal`), not each one.
+    STOP_TARGET.store(want as u32, Ordering::SeqCst);
+    loop {
+        let seen = STOPPED.load(Ordering::SeqCst);
+        if seen as usize >= want || Instant::now() > deadline {
+            return;
+        }
+        sys::futex_wait(&STOPPED, seen, STALL);
+        if STOPPED.load(Ordering::SeqCst) == seen {
+            return;
         }
     }
 }
@@ -122,6 +152,7 @@ pub fn suspend() -> Result<(), String> {
     let pid = sys::getpid();
     let me = sys::gettid();
     STARTED.with(|s| *s = Some(Instant::now()));
+    crate::timing::start();
     stop_others(me).inspect_err(|_| resume_others())?;
     if !main_thread_stopped(pid) {
         // The main thread vanished while the others stopped: the process is
@@ -135,6 +166,7 @@ pub fn suspend() -> Result<(), String> {
         resume_others();
         return Err("the main thread has exited; cannot checkpoint".into());
     }
+    crate::timing::mark("stop");
     Ok(())
 }
 
@@ -213,6 +245,8 @@ pub fn snapshot(req: Request) -> Result<Snapshotted, String> {
 /// Phase 3 (or an abort after phase 1): lets the program run again.
 pub fn resume() {
     resume_others();
+    crate::timing::mark("resume");
+    crate::timing::report();
 }
 
 /// All three phases at once, for a coordinator that does not coordinate
@@ -256,7 +290,9 @@ fn fork_writer(req: Request) -> Result<InFlight, String> {
     // may have moved it since the request (`conn_fd`).
     let agent_fd = tree::CONN_FD.load(Ordering::Acquire);
     let agent_fd = if agent_fd >= 0 { agent_fd } else { req.agent_fd };
+    crate::timing::mark("to-handler");
     let mut snap = collect::snapshot(agent_fd, sig, req.interval_s, req.compress)?;
+    crate::timing::mark("memory");
     snap.meta.generation = req.generation;
     snap.meta.computation_id = req.computation;
     let image = format!("ckpt_{}_{}.img", sanitize(&snap.meta.name), snap.meta.pid);
@@ -292,6 +328,7 @@ fn fork_writer(req: Request) -> Result<InFlight, String> {
         return Err("cannot map memory for the image writer".into());
     }
     let mut lifted = fork_advice::lift(&snap.meta.regions).inspect_err(|_| crate::ALLOC.drop_child_arena(true))?;
+    crate::timing::mark("prepare-fork");
     let forked = sys::snapshot_fork();
     if !matches!(forked, Ok(0)) {
         // Before anything else: the program must not run changed.
@@ -324,6 +361,7 @@ fn fork_writer(req: Request) -> Result<InFlight, String> {
         }
         Ok(child) => {
             drop(wr);
+            crate::timing::mark("fork");
             tree::WRITER_PID.store(child as i32, Ordering::Release);
             // From here on the program may run: its calls that name the
             // pipe's number move the pipe first (`conn_fd`).
@@ -332,6 +370,7 @@ fn fork_writer(req: Request) -> Result<InFlight, String> {
             // program could change under it (shared memory and the like).
             let mut byte = [0u8; 1];
             let _ = crate::conn_fd::read_writer_pipe(&mut byte);
+            crate::timing::mark("writer-shared");
             let pause = STARTED.with(|s| s.map(|t| t.elapsed())).unwrap_or_default();
             Ok(InFlight { child: child as i32, image, pause })
         }

@@ -174,6 +174,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
         },
         ..Default::default()
     };
+    crate::timing::mark("collect");
     let epoch = crate::ALLOC.epoch();
     let (regions, plans) = memory()?;
     meta.regions = regions;

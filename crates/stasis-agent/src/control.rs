@@ -751,7 +751,9 @@ fn phased(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, req: Requ
     if let Err(e) = ckpt::suspend() {
         return (!send(conn, failed(g, &e))).then_some(End::Closed);
     }
-    if !send(conn, suspended(g)) {
+    let said = send(conn, suspended(g));
+    crate::timing::mark("children");
+    if !said {
         ckpt::resume();
         return Some(End::Closed);
     }
@@ -767,6 +769,7 @@ fn phased(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, req: Requ
         step = next(reader, &mut timed_out);
     }
     set_read_timeout(conn, None);
+    crate::timing::mark("coord-snapshot");
     match step {
         Some(m) if m.verb == proto::SNAPSHOT => {}
         Some(_) => {
@@ -803,6 +806,7 @@ fn phased(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, req: Requ
     let mut timed_out = false;
     let step = next(reader, &mut timed_out);
     set_read_timeout(conn, None);
+    crate::timing::mark("coord-resume");
     ckpt::resume();
     match step {
         Some(m) if m.verb == proto::RESUME => {

@@ -31,6 +31,7 @@ mod sys;
 mod threads;
 mod threadstart;
 mod timeouts;
+mod timing;
 mod tree;
 mod writer;
 
@@ -50,6 +51,7 @@ extern "C" fn init() {
     }
     let sig = exec::env_var("STASIS_CKPT_SIGNAL").and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SIGNAL);
     control::remember_name();
+    timing::init();
     savefiles::remember_settings();
     signals::resolve_real_functions();
     timeouts::resolve_real_functions();

@@ -59,6 +59,10 @@ pub static CT_SLOT: Slot = Slot::EMPTY;
 /// Next free slot; threads stopped so far.
 pub static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
 pub static STOPPED: AtomicU32 = AtomicU32::new(0);
+/// How many stopped threads the checkpoint thread waits for: the thread
+/// that makes `STOPPED` reach it wakes the checkpoint thread (one wake, not
+/// one per thread).
+pub static STOP_TARGET: AtomicU32 = AtomicU32::new(u32::MAX);
 /// Bumped to release stopped threads.
 pub static RESUME: AtomicU32 = AtomicU32::new(0);
 /// Set while a checkpoint wants threads to stop; a stray signal otherwise
@@ -199,8 +203,9 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
             if let Some(slot) = SLOTS.get(i) {
                 slot.fill(uc);
             }
-            STOPPED.fetch_add(1, Ordering::AcqRel);
-            sys::futex_wake(&STOPPED);
+            if STOPPED.fetch_add(1, Ordering::SeqCst) + 1 >= STOP_TARGET.load(Ordering::SeqCst) {
+                sys::futex_wake(&STOPPED);
+            }
             while RESUME.load(Ordering::Acquire) == round {
                 sys::futex_wait(&RESUME, round, 0);
             }
