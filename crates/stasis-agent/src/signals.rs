@@ -90,12 +90,19 @@ pub fn unstoppable<R>(f: impl FnOnce() -> R) -> R {
 
 /// In a child of fork(): nothing of the parent's checkpoint goes on here
 /// (pending signals are not inherited, but the flags are).
+///
+/// Each word is written only if it changes: a fork child that writes a page
+/// of the parent's gets a copy of it (a page fault per page, per fork).
 pub fn reset_after_fork() {
     crate::threads::reset_after_fork();
-    STOP_REQUESTED.store(false, Ordering::Release);
-    NEXT_SLOT.store(0, Ordering::Release);
-    STOPPED.store(0, Ordering::Release);
-    CT_TID.store(0, Ordering::Release);
+    if STOP_REQUESTED.load(Ordering::Relaxed) {
+        STOP_REQUESTED.store(false, Ordering::Release);
+    }
+    sys::store_if_changed_usize(&NEXT_SLOT, 0);
+    sys::store_if_changed_u32(&STOPPED, 0);
+    if CT_TID.load(Ordering::Relaxed) != 0 {
+        CT_TID.store(0, Ordering::Release);
+    }
 }
 
 /// The block the restorer pokes; layout in `stasis_plan::restore_info`.

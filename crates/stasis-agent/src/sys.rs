@@ -78,6 +78,23 @@ pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout_ms
     };
 }
 
+/// Stores `v` unless the word holds it already: in a fork child, writing a
+/// page copies it, so resets that usually change nothing only read.
+pub fn store_if_changed_u32(word: &std::sync::atomic::AtomicU32, v: u32) {
+    use std::sync::atomic::Ordering;
+    if word.load(Ordering::Relaxed) != v {
+        word.store(v, Ordering::Release);
+    }
+}
+
+/// As `store_if_changed_u32`.
+pub fn store_if_changed_usize(word: &std::sync::atomic::AtomicUsize, v: usize) {
+    use std::sync::atomic::Ordering;
+    if word.load(Ordering::Relaxed) != v {
+        word.store(v, Ordering::Release);
+    }
+}
+
 pub fn futex_wake(word: &std::sync::atomic::AtomicU32) {
     // SAFETY: the kernel only uses the address as a key.
     let _ = unsafe {

@@ -120,6 +120,10 @@ pub fn find(tid: i32) -> Option<&'static ThreadState> {
     None
 }
 
+/// Which entries were ever claimed (bit i: entry i), so that a fork child
+/// resets those without reading the whole table.
+static CLAIMED: [AtomicU64; SIZE / 64] = [const { AtomicU64::new(0) }; SIZE / 64];
+
 /// The calling thread's entry, made if needed (None: the table is full).
 pub fn mine() -> Option<&'static ThreadState> {
     let tid = sys::gettid();
@@ -131,6 +135,8 @@ pub fn mine() -> Option<&'static ThreadState> {
         let e = &TABLE[(first + i) % SIZE];
         let t = e.tid.load(Ordering::Acquire);
         if (t == FREE || t == GONE) && e.tid.compare_exchange(t, tid, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            let i = (first + i) % SIZE;
+            CLAIMED[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
             e.clear();
             return Some(e);
         }
@@ -139,12 +145,25 @@ pub fn mine() -> Option<&'static ThreadState> {
 }
 
 /// In a child of fork(): the parent's threads are not here.
+///
+/// Only entries ever used are written: the table is 1.5 MB, and writing
+/// the rest would copy every page of it into each child (hundreds of
+/// copy-on-write faults per fork).
 pub fn reset_after_fork() {
-    for e in &TABLE {
-        e.clear();
-        e.tid.store(FREE, Ordering::Relaxed);
+    for (w, word) in CLAIMED.iter().enumerate() {
+        // Read first: a store, even of zero, would copy the page.
+        if word.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let mut bits = word.swap(0, Ordering::Relaxed);
+        while bits != 0 {
+            let e = &TABLE[w * 64 + bits.trailing_zeros() as usize];
+            bits &= bits - 1;
+            e.clear();
+            e.tid.store(FREE, Ordering::Relaxed);
+        }
     }
-    BLOCKERS.store(0, Ordering::Release);
+    crate::sys::store_if_changed_usize(&BLOCKERS, 0);
 }
 
 #[cfg(test)]

@@ -92,11 +92,16 @@ extern "C" fn child() {
         prepare_fork_peer(conn);
         sys::close(conn);
     }
-    let pipe = WRITER_PIPE_FD.swap(-1, Ordering::AcqRel);
-    if pipe >= 0 {
-        sys::close(pipe);
+    // Read before written (see `signals::reset_after_fork`).
+    if WRITER_PIPE_FD.load(Ordering::Relaxed) >= 0 {
+        let pipe = WRITER_PIPE_FD.swap(-1, Ordering::AcqRel);
+        if pipe >= 0 {
+            sys::close(pipe);
+        }
     }
-    WRITER_PID.store(0, Ordering::Release);
+    if WRITER_PID.load(Ordering::Relaxed) != 0 {
+        WRITER_PID.store(0, Ordering::Release);
+    }
     signals::reset_after_fork();
     mask_ckpt_signal(libc::SIG_UNBLOCK);
     crate::start_checkpoint_thread();
@@ -133,11 +138,20 @@ fn prepare_fork_peer(conn: i32) {
     unsafe { *FORK_PEER.0.get() = Some((high, sa, (len as usize).min(sa.len()))) };
 }
 
-/// The socket and the parent's coordinator address a fork child starts with.
+/// How long a fork child's checkpoint thread waits before it connects: a
+/// child that execs or exits within it (most of a shell's children do one
+/// or the other at once) never costs a connection, nor the coordinator any
+/// work, and its parent never waits on that. A checkpoint meanwhile waits
+/// for the child to join: its parent lists it among its children.
+const JOIN_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The socket and the parent's coordinator address a fork child starts
+/// with, after `JOIN_DELAY`.
 pub fn take_fork_peer() -> Option<(std::fs::File, Vec<u8>)> {
     // SAFETY: the checkpoint thread reads what the fork handler wrote
     // before creating it; nobody writes it again.
     let (fd, sa, len) = unsafe { (*FORK_PEER.0.get()).take() }?;
+    std::thread::sleep(JOIN_DELAY);
     use std::os::fd::FromRawFd;
     // SAFETY: the handler made `fd` for this use alone.
     Some((unsafe { std::fs::File::from_raw_fd(fd) }, sa[..len].to_vec()))
