@@ -415,7 +415,7 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
                         RegionPlan { pages: Pages::Prefix(in_file), skip_zero: false }
                     } else {
                         // Pages still backed by the file come from it again.
-                        let bits = page_bits(&pagemap, e.start, len, |pm| {
+                        let bits = kept_pages(&e, &pagemap, |pm| {
                             pm & PM_SWAPPED != 0 || (pm & PM_PRESENT != 0 && pm & PM_FILE == 0)
                         })?;
                         RegionPlan { pages: Pages::Bitmap(bits), skip_zero: false }
@@ -432,11 +432,11 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
                 Some(_) => {
                     // A deleted file: nothing to map at restart, so keep
                     // everything that is in memory now.
-                    let bits = page_bits(&pagemap, e.start, len, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
+                    let bits = kept_pages(&e, &pagemap, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
                     (RegionKind::Anonymous, RegionPlan { pages: Pages::Bitmap(bits), skip_zero: false })
                 }
                 None => {
-                    let bits = page_bits(&pagemap, e.start, len, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
+                    let bits = kept_pages(&e, &pagemap, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
                     (RegionKind::Anonymous, RegionPlan { pages: Pages::Bitmap(bits), skip_zero: true })
                 }
             },
@@ -465,6 +465,31 @@ fn fork_advice(e: &stasis_procfs::MapEntry) -> u8 {
     let bit = |flag: &str, b: u8| if e.has_flag(flag) { b } else { 0 };
     // "dc": VM_DONTCOPY ("dd" is VM_DONTDUMP, which has no effect on fork).
     bit("dc", stasis_image::ADVICE_DONTFORK) | bit("wf", stasis_image::ADVICE_WIPEONFORK)
+}
+
+/// The pages of a private region to save: those `keep` picks from their
+/// pagemap entries, which `keep` always picks among anonymous pages in
+/// memory and swapped ones. When smaps counts every page of the region as
+/// one or the other, all are saved without reading the pagemap: reading it
+/// walks the page table, about as long as smaps itself took (20 ms a GiB).
+fn kept_pages(e: &stasis_procfs::MapEntry, pagemap: &fs::File, keep: impl Fn(u64) -> bool) -> Result<Vec<u64>, String> {
+    let len = e.end - e.start;
+    if e.anonymous + e.swap >= len {
+        return Ok(all_pages(len));
+    }
+    page_bits(pagemap, e.start, len, keep)
+}
+
+/// A bitmap with a bit set for each page of `len` bytes.
+fn all_pages(len: u64) -> Vec<u64> {
+    let pages = (len / PAGE) as usize;
+    let mut bits = vec![u64::MAX; pages.div_ceil(64)];
+    if pages % 64 != 0
+        && let Some(last) = bits.last_mut()
+    {
+        *last = (1u64 << (pages % 64)) - 1;
+    }
+    bits
 }
 
 /// Reads the pagemap entries of a range and keeps a bit per page.

@@ -23,6 +23,10 @@ pub struct MapEntry {
     pub name: String,
     /// Two-letter VmFlags from smaps ("gd" grows down, "sh" shared, ...).
     pub vm_flags: Vec<[u8; 2]>,
+    /// Bytes of anonymous pages in memory, and of pages swapped out (smaps'
+    /// `Anonymous:` and `Swap:`; 0 from maps).
+    pub anonymous: u64,
+    pub swap: u64,
 }
 
 impl MapEntry {
@@ -75,6 +79,8 @@ pub fn parse_map_line(line: &str) -> Option<MapEntry> {
         inode: inode.parse().ok()?,
         name,
         vm_flags: Vec::new(),
+        anonymous: 0,
+        swap: 0,
     })
 }
 
@@ -82,15 +88,28 @@ pub fn parse_map_line(line: &str) -> Option<MapEntry> {
 pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
     let mut out: Vec<MapEntry> = Vec::new();
     for line in text.lines() {
-        if let Some(flags) = line.strip_prefix("VmFlags:") {
-            let entry = out.last_mut()?;
-            entry.vm_flags = flags.split_whitespace().filter_map(|f| f.as_bytes().try_into().ok()).collect();
+        // Field lines start with a capital letter ("Rss:"), an entry's first
+        // line with a hexadecimal address (digits and a-f).
+        if line.as_bytes().first().is_some_and(u8::is_ascii_uppercase) {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                let entry = out.last_mut()?;
+                entry.vm_flags = flags.split_whitespace().filter_map(|f| f.as_bytes().try_into().ok()).collect();
+            } else if let Some(kb) = line.strip_prefix("Anonymous:") {
+                out.last_mut()?.anonymous = kilobytes(kb)?;
+            } else if let Some(kb) = line.strip_prefix("Swap:") {
+                out.last_mut()?.swap = kilobytes(kb)?;
+            }
+            // Other smaps lines (Size:, Rss:, ...) are not needed.
         } else if line.split(' ').next().is_some_and(|w| w.contains('-')) {
             out.push(parse_map_line(line)?);
         }
-        // Other smaps lines (Size:, Rss:, ...) are not needed.
     }
     Some(out)
+}
+
+/// "   1234 kB" as bytes.
+fn kilobytes(text: &str) -> Option<u64> {
+    Some(text.trim().strip_suffix("kB")?.trim_end().parse::<u64>().ok()? * 1024)
 }
 
 /// The fields of /proc/PID/fdinfo/FD that Stasis uses.
@@ -442,6 +461,8 @@ mod tests {
         let text = "\
 55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]
 Size:                132 kB
+Anonymous:           128 kB
+Swap:                  4 kB
 VmFlags: rd wr mr mw me ac sd
 7f85d3682000-7f85d368c000 r--p 00027000 fe:00 325843                     /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
 VmFlags: rd mr mw me sd
@@ -458,6 +479,8 @@ VmFlags: rd wr mr mw me gd ac
         assert!(e[2].has_flag("gd"));
         assert!(e[3].shared && e[3].is_deleted());
         assert_eq!(e[3].path(), Some("/tmp/x y"));
+        assert_eq!((e[0].anonymous, e[0].swap), (128 * 1024, 4 * 1024));
+        assert_eq!((e[1].anonymous, e[1].swap), (0, 0));
     }
 
     #[test]
