@@ -18,6 +18,9 @@ mod dmtcp;
 // The coordinator a computation gets when it names none.
 #[path = "e2e/default_coordinator.rs"]
 mod default_coordinator;
+// Many threads stopped at once, threads coming and going during the stop.
+#[path = "e2e/pause.rs"]
+mod pause;
 // Process trees: fork, exec, process groups, sessions, zombies, pipes.
 #[path = "e2e/tree.rs"]
 mod tree;
