@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mib=${1:-256} threads=${2:-0} mode=${3:-plain} rounds=${4:-3}
-stasis=$PWD/target/release/stasis
+stasis=${STASIS:-$PWD/target/release/stasis}
 work=$(mktemp -d "${BENCH_DIR:-$PWD/target}/pause.XXXXXX")
 trap 'kill -9 -- -$pg 2>/dev/null || true; rm -rf "$work"' EXIT
 pg=0

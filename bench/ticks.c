@@ -1,5 +1,6 @@
 /* ticks.c: measures the pause a program sees. Fills MIB MiB of heap (every
- * page written), starts THREADS threads that each sleep in a loop, prints
+ * page written), starts THREADS threads that each sleep a second at a time (idle, as
+ * a thread pool mostly is), prints
  * "ready", then ticks every millisecond and prints "gap US" whenever the
  * time between two of its own ticks exceeds 5 ms (a checkpoint's pause
  * shows as one such line). Each tick writes to one page of the heap, as a
@@ -21,7 +22,7 @@ static uint64_t now_us(void)
 static void *sleeper(void *arg)
 {
 	(void)arg;
-	struct timespec ts = { 0, 20 * 1000 * 1000 };
+	struct timespec ts = { 1, 0 }; /* mostly idle, as a pool */
 	for (;;)
 		nanosleep(&ts, NULL);
 	return NULL;

@@ -309,7 +309,7 @@ fn thread_from_slot(slot: &Slot) -> Result<Thread, String> {
         rseq_len,
         rseq_sig,
         pending: stasis_procfs::status_hex(&task_status, "SigPnd").unwrap_or(0),
-        name: read_string(&format!("/proc/self/task/{tid}/comm")).unwrap_or_default().trim_end().to_string(),
+        name: slot.name(),
     })
 }
 

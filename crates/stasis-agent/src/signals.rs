@@ -25,6 +25,9 @@ pub struct Slot {
     pub clear_child_tid: AtomicU64,
     pub robust_list: AtomicU64,
     pub robust_list_len: AtomicU64,
+    /// The thread's name (PR_GET_NAME, 16 bytes NUL-padded): asked by the
+    /// thread itself, not read from /proc per thread during the pause.
+    pub name: [AtomicU64; 2],
 }
 
 impl Slot {
@@ -38,6 +41,7 @@ impl Slot {
         clear_child_tid: AtomicU64::new(0),
         robust_list: AtomicU64::new(0),
         robust_list_len: AtomicU64::new(0),
+        name: [const { AtomicU64::new(0) }; 2],
     };
 
     /// Records the calling thread's state next to its frame.
@@ -50,6 +54,20 @@ impl Slot {
         self.clear_child_tid.store(sys::tid_address(), Ordering::Relaxed);
         self.robust_list.store(robust, Ordering::Relaxed);
         self.robust_list_len.store(robust_len, Ordering::Relaxed);
+        let name = sys::thread_name();
+        for (w, v) in self.name.iter().zip(name) {
+            w.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The name `fill` recorded.
+    pub fn name(&self) -> String {
+        let mut bytes = [0u8; 16];
+        for (chunk, w) in bytes.chunks_exact_mut(8).zip(&self.name) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..len]).into_owned()
     }
 }
 

@@ -95,6 +95,15 @@ pub fn store_if_changed_usize(word: &std::sync::atomic::AtomicUsize, v: usize) {
     }
 }
 
+/// The calling thread's name (PR_GET_NAME: 16 bytes, NUL-padded), as two
+/// words; async-signal-safe.
+pub fn thread_name() -> [u64; 2] {
+    let mut name = [0u64; 2];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes, which `name` holds.
+    let _ = unsafe { syscall6(libc::SYS_prctl, [libc::PR_GET_NAME as usize, name.as_mut_ptr() as usize, 0, 0, 0, 0]) };
+    name
+}
+
 pub fn futex_wake(word: &std::sync::atomic::AtomicU32) {
     // SAFETY: the kernel only uses the address as a key.
     let _ = unsafe {
