@@ -484,7 +484,7 @@ fn kept_pages(e: &stasis_procfs::MapEntry, pagemap: &fs::File, keep: impl Fn(u64
 fn all_pages(len: u64) -> Vec<u64> {
     let pages = (len / PAGE) as usize;
     let mut bits = vec![u64::MAX; pages.div_ceil(64)];
-    if pages % 64 != 0
+    if !pages.is_multiple_of(64)
         && let Some(last) = bits.last_mut()
     {
         *last = (1u64 << (pages % 64)) - 1;
@@ -690,4 +690,17 @@ fn anon_inode(fd: i32, kind: &str, flags: u32, info: &str) -> Option<FdKind> {
 /// The file behind `fd`, for reading a deleted file's contents.
 pub fn reopen_fd(fd: i32) -> std::io::Result<fs::File> {
     fs::File::open(format!("/proc/self/fd/{fd}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_pages_sets_one_bit_per_page_and_no_more() {
+        assert_eq!(all_pages(64 * PAGE), vec![u64::MAX]);
+        assert_eq!(all_pages(3 * PAGE), vec![0b111]);
+        assert_eq!(all_pages(65 * PAGE), vec![u64::MAX, 1]);
+        assert!(all_pages(0).is_empty());
+    }
 }
