@@ -87,6 +87,10 @@ extern "C" fn child() {
     // The parent's connection says where its coordinator is; the child's
     // own socket is made now, before the program runs on (it may close and
     // reuse low descriptor numbers at once, as a shell does).
+    // SAFETY: reads FORK_PEER, which no thread of this child uses yet.
+    if unsafe { (*FORK_PEER.0.get()).is_some() } {
+        forget_inherited_peer();
+    }
     let conn = CONN_FD.swap(-1, Ordering::AcqRel);
     if conn >= 0 {
         prepare_fork_peer(conn);
@@ -108,13 +112,20 @@ extern "C" fn child() {
 }
 
 /// A fork child's way to the coordinator: a socket made by its fork
-/// handler, at a high descriptor, and the parent's peer address. Written
-/// only in the child handler, before the checkpoint thread exists; read by
-/// that thread (thread creation orders the two).
-struct ForkPeer(std::cell::UnsafeCell<Option<(i32, [u8; 128], usize)>>);
+/// handler, at a high descriptor, its inode, and the parent's peer address.
+/// Written only in the child handler, before the checkpoint thread exists;
+/// read by that thread (thread creation orders the two).
+struct ForkPeer(std::cell::UnsafeCell<Option<(i32, u64, [u8; 128], usize)>>);
 // SAFETY: see the type's comment: one writer, then one reader, ordered.
 unsafe impl Sync for ForkPeer {}
 static FORK_PEER: ForkPeer = ForkPeer(std::cell::UnsafeCell::new(None));
+
+/// How long a fork child's checkpoint thread waits before it connects: a
+/// child that execs or exits within it (most of a shell's children do one
+/// or the other at once) costs no connection, nor the coordinator any
+/// work. A checkpoint meanwhile waits for the child to join: its parent
+/// lists it among its children.
+const JOIN_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn prepare_fork_peer(conn: i32) {
     let mut sa = [0u8; 128];
@@ -133,27 +144,49 @@ fn prepare_fork_peer(conn: i32) {
     let high = sys::dup_high(low);
     sys::close(low);
     let Some(high) = high else { return };
-    crate::conn_fd::set_pending(high, crate::conn_fd::inode(high));
+    // Not marked as being connected yet (`conn_fd::set_pending`): while the
+    // checkpoint thread waits out JOIN_DELAY, a program that closes every
+    // descriptor (close_range) must not wait for it; see `take_fork_peer`.
+    let ino = crate::conn_fd::inode(high);
     // SAFETY: only this handler writes FORK_PEER, before any reader exists.
-    unsafe { *FORK_PEER.0.get() = Some((high, sa, (len as usize).min(sa.len()))) };
+    unsafe { *FORK_PEER.0.get() = Some((high, ino, sa, (len as usize).min(sa.len()))) };
 }
 
-/// How long a fork child's checkpoint thread waits before it connects: a
-/// child that execs or exits within it (most of a shell's children do one
-/// or the other at once) never costs a connection, nor the coordinator any
-/// work, and its parent never waits on that. A checkpoint meanwhile waits
-/// for the child to join: its parent lists it among its children.
-const JOIN_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+/// In a fork child: a fork peer its parent made but had not taken yet (it
+/// forked within JOIN_DELAY of its own fork) is the parent's; this copy
+/// of its socket is closed.
+fn forget_inherited_peer() {
+    // SAFETY: only fork handlers write FORK_PEER, before any reader exists
+    // in this process (this child has no checkpoint thread yet).
+    let peer = unsafe { &mut *FORK_PEER.0.get() };
+    if let Some((fd, ino, ..)) = peer.take()
+        && crate::conn_fd::inode(fd) == ino
+    {
+        sys::close(fd);
+    }
+}
 
 /// The socket and the parent's coordinator address a fork child starts
-/// with, after `JOIN_DELAY`.
+/// with, after JOIN_DELAY; None if the program took the socket's number
+/// meanwhile (closed it, or put another file there: then that is the
+/// program's), and the checkpoint thread connects by address instead.
 pub fn take_fork_peer() -> Option<(std::fs::File, Vec<u8>)> {
-    // SAFETY: the checkpoint thread reads what the fork handler wrote
-    // before creating it; nobody writes it again.
-    let (fd, sa, len) = unsafe { (*FORK_PEER.0.get()).take() }?;
     std::thread::sleep(JOIN_DELAY);
+    // SAFETY: the checkpoint thread reads what the fork handler wrote
+    // before creating it; nobody writes it again in this process.
+    let (fd, ino, sa, len) = unsafe { (*FORK_PEER.0.get()).take() }?;
+    if crate::conn_fd::inode(fd) != ino {
+        return None;
+    }
+    crate::conn_fd::set_pending(fd, ino);
+    // A dup2 onto the number in the instant before: the program's now.
+    if !crate::conn_fd::still_pending(fd) {
+        crate::conn_fd::clear_pending(fd);
+        return None;
+    }
     use std::os::fd::FromRawFd;
-    // SAFETY: the handler made `fd` for this use alone.
+    // SAFETY: the handler made `fd` for this use alone, and it still holds
+    // that socket.
     Some((unsafe { std::fs::File::from_raw_fd(fd) }, sa[..len].to_vec()))
 }
 
