@@ -115,7 +115,9 @@ extern "C" fn child() {
 /// handler, at a high descriptor, its inode, and the parent's peer address.
 /// Written only in the child handler, before the checkpoint thread exists;
 /// read by that thread (thread creation orders the two).
-struct ForkPeer(std::cell::UnsafeCell<Option<(i32, u64, [u8; 128], usize)>>);
+struct ForkPeer(std::cell::UnsafeCell<Option<Peer>>);
+/// The socket's descriptor and inode, the address and its length.
+type Peer = (i32, u64, [u8; 128], usize);
 // SAFETY: see the type's comment: one writer, then one reader, ordered.
 unsafe impl Sync for ForkPeer {}
 static FORK_PEER: ForkPeer = ForkPeer(std::cell::UnsafeCell::new(None));
