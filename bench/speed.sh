@@ -159,10 +159,11 @@ checkpoint() { # socket
   ck_t1=$(now_us)
 }
 # Restart and time it to the program's first tick line (its own clock, in
-# the line). Sets restart_s (seconds).
+# the line), which must have read memory with the stride expected. Sets
+# restart_s (seconds).
 restarts=0
-restart_to_first_tick() { # target
-  local sock out t0 first pid
+restart_to_first_tick() { # target stride
+  local sock out t0 first pid stride
   restarts=$((restarts + 1))
   sock=$work/restart-$restarts.sock out=$work/restart-$restarts.out
   sockets+=("$sock")
@@ -172,8 +173,9 @@ restart_to_first_tick() { # target
   groups+=("$pid")
   disown "$pid"
   wait_for "$out" '^tick' 600 "$pid"
-  first=$(awk '$1 == "tick" { print $4; exit }' "$out")
+  read -r first stride < <(awk '$1 == "tick" { print $4, $6; exit }' "$out")
   stop "$sock" "$pid"
+  [ "$stride" = "$2" ] || die "the first tick after restart read every ${stride}th page, not every $2th"
   restart_s=$(secs "$t0" "$first")
 }
 
@@ -278,11 +280,11 @@ one_size() { # mib mode
     step="$label: warm restart, first tick reads every page"
     find "$ck" -type f -exec cat {} + >/dev/null
     rm -f "$ctl/touch1"
-    restart_to_first_tick "$restart_gen"
+    restart_to_first_tick "$restart_gen" 1
     warm_all+=("$restart_s")
     step="$label: warm restart, first tick reads 1% of pages"
     : >"$ctl/touch1"
-    restart_to_first_tick "$restart_gen"
+    restart_to_first_tick "$restart_gen" 100
     warm_one+=("$restart_s")
   done
   if ((can_drop)); then
@@ -296,12 +298,12 @@ one_size() { # mib mode
     step="$label: cold restart, first tick reads every page"
     rm -f "$ctl/touch1"
     drop_caches
-    restart_to_first_tick "$restart_gen"
+    restart_to_first_tick "$restart_gen" 1
     cold_all=$restart_s
     step="$label: cold restart, first tick reads 1% of pages"
     : >"$ctl/touch1"
     drop_caches
-    restart_to_first_tick "$restart_gen"
+    restart_to_first_tick "$restart_gen" 100
     cold_one=$restart_s
   fi
   rm -rf "$ck"
@@ -407,7 +409,7 @@ tree_gen=$(newest_gen "$work/ck-tree")
 rtimes=()
 for i in 1 2 3; do
   step="$procs-process tree: restart $i"
-  restart_to_first_tick "$tree_gen"
+  restart_to_first_tick "$tree_gen" 1
   rtimes+=("$restart_s")
 done
 row "$procs processes" "checkpoint, median of 3" "$(median "${times[@]}") s" "-" "-" "-"
@@ -415,15 +417,21 @@ row "$procs processes" "restart warm, median of 3" "$(median "${rtimes[@]}") s" 
 
 # --- overhead between checkpoints -------------------------------------------------
 
-section "== overhead between checkpoints: loops of system calls, native and under stasis launch (median of 3, interleaved)"
-for i in 1 2 3; do
-  step="sysloop, native run $i"
-  "$work/sysloop" >"$work/sys-native-$i" || die "sysloop failed"
-  step="sysloop under stasis launch, run $i"
-  sockets+=("$work/sys-$i.sock")
-  "$stasis" launch -q --interval 0 --ckptdir "$work/ck-sys-$i" --coord-socket "$work/sys-$i.sock" \
-    -- "$work/sysloop" >"$work/sys-stasis-$i" 2>"$work/sys-stasis-$i.err" ||
-    die "sysloop under stasis failed: $(tail -n 3 "$work/sys-stasis-$i.err" | tr '\n' ' ')"
+section "== overhead between checkpoints: loops of system calls, native and under stasis launch (median of 5 interleaved runs)"
+sys_native() {
+  "$work/sysloop" >"$work/sys-native-$1" || die "sysloop failed"
+}
+sys_stasis() {
+  sockets+=("$work/sys-$1.sock")
+  "$stasis" launch -q --interval 0 --ckptdir "$work/ck-sys-$1" --coord-socket "$work/sys-$1.sock" \
+    -- "$work/sysloop" >"$work/sys-stasis-$1" 2>"$work/sys-stasis-$1.err" ||
+    die "sysloop under stasis failed: $(tail -n 3 "$work/sys-stasis-$1.err" | tr '\n' ' ')"
+}
+for i in 1 2 3 4 5; do
+  step="sysloop, native and under stasis launch, run $i"
+  # Alternate which goes first: a machine that slows down or speeds up
+  # during the run favours neither.
+  if ((i % 2)); then sys_native "$i"; sys_stasis "$i"; else sys_stasis "$i"; sys_native "$i"; fi
 done
 while read -r op _; do
   native=$(median "$(awk -v o="$op" '$1 == o { print $2 }' "$work"/sys-native-*)")
