@@ -95,6 +95,9 @@ median() { # numbers... -> median (n/a ignored)
   printf '%s\n' "$@" | grep -v '^n/a$' | sort -g | awk '{ v[NR] = $1 } END {
     if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
+with_s() { # seconds -> "X s", or n/a
+  case $1 in n/a) echo n/a ;; *) echo "$1 s" ;; esac
+}
 mib_of() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 # ok / MISS: is value <= limit?
@@ -319,7 +322,7 @@ one_size() { # mib mode
   else
     local zmib=n/a zlimit=n/a
     [ "$zstd_bytes" != n/a ] && zmib=$(mib_of "$zstd_bytes") && zlimit=$(awk -v z="$zstd_s" 'BEGIN { print 1.3 * z }')
-    row "$c" "full checkpoint (durable)" "$full_s s" "zstd -1 -T2 $zstd_s s" "<= 1.3 x zstd" \
+    row "$c" "full checkpoint (durable)" "$full_s s" "zstd -1 -T2 $(with_s "$zstd_s")" "<= 1.3 x zstd" \
       "$(verdict "$full_s" "$zlimit") ($(ratio "$full_s" "$zstd_s") x)"
     row "$c" "image MiB allocated/apparent" "$(mib_of "$full_alloc") / $(mib_of "$full_apparent")" \
       "zstd -1 -T2 $zmib MiB" "<= zstd's" "$(verdict "$(mib_of "$full_apparent")" "$zmib")"
@@ -330,11 +333,11 @@ one_size() { # mib mode
   row "$c" "restart warm, every page" "$m s" "native tick $period ms" "<= $wt s" "$(verdict "$m" "$wt")"
   local cold_limit=n/a
   [ "$cat_s" != n/a ] && cold_limit=$(awk -v c="$cat_s" 'BEGIN { print c + 0.1 }')
-  row "$c" "restart cold, every page" "$cold_all s" "cat IMAGE (cold) $cat_s s" "<= cat + 0.1 s" \
+  row "$c" "restart cold, every page" "$(with_s "$cold_all")" "cat IMAGE (cold) $(with_s "$cat_s")" "<= cat + 0.1 s" \
     "$(verdict "$cold_all" "$cold_limit")"
   m=$(median "${warm_one[@]}")
   row "$c" "restart warm, 1% of pages" "$m s" "-" "<= 0.1 s" "$(verdict "$m" 0.1)"
-  row "$c" "restart cold, 1% of pages" "$cold_one s" "-" "<= 0.1 s" "$(verdict "$cold_one" 0.1)"
+  row "$c" "restart cold, 1% of pages" "$(with_s "$cold_one")" "-" "<= 0.1 s" "$(verdict "$cold_one" 0.1)"
   local t_pct b_pct
   t_pct=$(awk -v a="$second_s" -v b="$full_s" 'BEGIN { printf "%.1f", 100 * a / b }')
   b_pct=$(awk -v a="$second_alloc" -v b="$full_alloc" 'BEGIN { printf "%.1f", 100 * a / b }')
@@ -417,7 +420,7 @@ row "$procs processes" "restart warm, median of 3" "$(median "${rtimes[@]}") s" 
 
 # --- overhead between checkpoints -------------------------------------------------
 
-section "== overhead between checkpoints: loops of system calls, native and under stasis launch (median of 5 interleaved runs)"
+section "== overhead between checkpoints: loops of system calls, native and under stasis launch (best of 5 interleaved runs: noise only adds)"
 sys_native() {
   "$work/sysloop" >"$work/sys-native-$1" || die "sysloop failed"
 }
@@ -434,8 +437,8 @@ for i in 1 2 3 4 5; do
   if ((i % 2)); then sys_native "$i"; sys_stasis "$i"; else sys_stasis "$i"; sys_native "$i"; fi
 done
 while read -r op _; do
-  native=$(median "$(awk -v o="$op" '$1 == o { print $2 }' "$work"/sys-native-*)")
-  under=$(median "$(awk -v o="$op" '$1 == o { print $2 }' "$work"/sys-stasis-[0-9])")
+  native=$(awk -v o="$op" '$1 == o { print $2 }' "$work"/sys-native-* | sort -g | head -n 1)
+  under=$(awk -v o="$op" '$1 == o { print $2 }' "$work"/sys-stasis-[0-9] | sort -g | head -n 1)
   r=$(ratio "$under" "$native")
   limit=1.1
   [ "$op" = fork+waitpid ] && limit=1.2
