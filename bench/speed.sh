@@ -161,6 +161,12 @@ checkpoint() { # socket
     die "stasis command --checkpoint failed: $(tr '\n' ' ' <"$work/command.err")"
   ck_t1=$(now_us)
 }
+# The agent's own count of the last pause (the longest of its processes), ms.
+agent_pause_ms() { # socket
+  timeout 30 "$stasis" command --coord-socket "$1" --status --json 2>/dev/null | python3 -c '
+import json, sys
+print(round(max(p["pause_us"] for p in json.load(sys.stdin)["process_list"]) / 1000))' 2>/dev/null || echo n/a
+}
 # Restart and time it to the program's first tick line (its own clock, in
 # the line), which must have read memory with the stride expected. Sets
 # restart_s (seconds).
@@ -186,8 +192,8 @@ restart_to_first_tick() { # target stride
 
 rows=()
 row() { # case measure stasis reference target verdict
-  rows+=("$(printf '%-15s %-30s %-26s %-36s %-22s %s' "$@")")
-  note "$(printf '%-15s %-30s %-26s %-36s %-22s %s' "$@")"
+  rows+=("$(printf '%-15s %-29s %-30s %-39s %-22s %s' "$@")")
+  note "$(printf '%-15s %-29s %-30s %-39s %-22s %s' "$@")"
 }
 section() { rows+=("" "$1"); }
 
@@ -246,6 +252,8 @@ one_size() { # mib mode
   full_s=$(secs "$ck_t0" "$ck_t1")
   full_gen=$(newest_gen "$ck")
   full_alloc=$(bytes_alloc "$full_gen") full_apparent=$(bytes_apparent "$full_gen")
+  local agent_ms
+  agent_ms=$(agent_pause_ms "$sock")
   local dir_before
   dir_before=$(bytes_alloc "$ck")
   sleep 0.5
@@ -334,7 +342,7 @@ one_size() { # mib mode
     row "$c" "image MiB allocated/apparent" "$(mib_of "$full_alloc") / $(mib_of "$full_apparent")" \
       "zstd -1 -T2 $zmib MiB" "<= zstd's" "$(verdict "$(mib_of "$full_apparent")" "$zmib")"
   fi
-  row "$c" "pause seen (max tick gap)" "$pause ms (gap $gap ms)" \
+  row "$c" "pause seen (max tick gap)" "$pause ms (gap $gap, agent $agent_ms)" \
     "no ckpt: max gap $base_gap, tick $period ms" "<= $pt ms" "$(verdict "$pause" "$pt")"
   m=$(median "${warm_all[@]}")
   row "$c" "restart warm, every page" "$m s" "native tick $period ms" "<= $wt s" "$(verdict "$m" "$wt")"
@@ -385,9 +393,10 @@ for n in "${thread_counts[@]}"; do
   base_t1=$(now_us) base_t0=$((base_t1 - 1000000))
   base_gap=$(max_gap_ms "$work/$name.out" "$base_t0" "$base_t1")
   period=$(period_ms "$work/$name.out" "$base_t0" "$base_t1")
-  gaps=()
+  gaps=() agents=()
   for i in 1 2 3; do
     checkpoint "$sock"
+    agents+=("$(agent_pause_ms "$sock")")
     sleep 0.4
     gaps+=("$(max_gap_ms "$work/$name.out" "$ck_t0" "$((ck_t1 + 300000))")")
   done
@@ -396,7 +405,7 @@ for n in "${thread_counts[@]}"; do
   gap=$(median "${gaps[@]}")
   pause=$(awk -v g="$gap" -v p="$period" 'BEGIN { printf "%.0f", g - p }')
   if ((n >= 800)); then target="<= 30 ms" v=$(verdict "$pause" 30); else target="- (30 ms at 800)" v="-"; fi
-  row "$n threads" "pause seen, median of 3" "$pause ms (gap $gap ms)" \
+  row "$n threads" "pause seen, median of 3" "$pause ms (gap $gap, agent $(median "${agents[@]}"))" \
     "no ckpt: max gap $base_gap, tick $period ms" "$target" "$v"
 done
 
@@ -462,5 +471,5 @@ echo "stasis speed, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r
 echo "checkpoints in $work ($(df -P "$work" | awk 'NR == 2 { print $1 }')); compressed = --compress (${codec:-none})"
 ((can_drop)) || echo "cold restarts: n/a (dropping the page cache needs root)"
 ((have_zstd)) || echo "zstd reference: n/a (no zstd installed)"
-printf '%-15s %-30s %-26s %-36s %-22s %s\n' case measure stasis reference target verdict
+printf '%-15s %-29s %-30s %-39s %-22s %s\n' case measure stasis reference target verdict
 printf '%s\n' "${rows[@]}"
