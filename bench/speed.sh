@@ -105,8 +105,9 @@ verdict() {
   case "$1$2" in *n/a*) echo "n/a"; return ;; esac
   awk -v v="$1" -v l="$2" 'BEGIN { print (v <= l) ? "ok" : "MISS" }'
 }
-bytes_alloc() { du -s -B1 "$@" | awk '{ s += $1 } END { print s + 0 }'; }
-bytes_apparent() { du -s -B1 --apparent-size "$@" | awk '{ s += $1 } END { print s + 0 }'; }
+# Byte counts as plain integers (mawk would print 2.1e+09).
+bytes_alloc() { du -s -B1 "$@" | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
+bytes_apparent() { du -s -B1 --apparent-size "$@" | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 newest_gen() { # ckptdir -> newest committed generation directory
   local g
   g=$(find "$1" -maxdepth 1 -type d -name 'gen-*' | sort | tail -n 1)
@@ -275,7 +276,7 @@ one_size() { # mib mode
   [ "$second_gen" != "$full_gen" ] || die "the second checkpoint made no new generation"
   # What the directory grew by: right however a generation refers to
   # earlier ones (du counts a file linked twice once).
-  second_alloc=$(($(bytes_alloc "$ck") - dir_before))
+  second_alloc=$(awk -v a="$(bytes_alloc "$ck")" -v b="$dir_before" 'BEGIN { printf "%.0f", a - b }')
 
   # 3. The program idle (between ticks) for the restart image, so that its
   # first tick after restart is one whole pass over memory.
@@ -361,6 +362,10 @@ one_size() { # mib mode
     "$(verdict "$(awk -v a="$t_pct" -v b="$b_pct" 'BEGIN { print (a > b) ? a : b }')" 5) ($t_pct% / $b_pct%)"
 }
 
+# A bash expansion error (bad arithmetic) aborts the whole top-level
+# command without running the ERR trap: each section counts what it did,
+# and a section that stopped short is reported as such.
+sizes_done=0
 for mib in "${sizes[@]}"; do
   [[ $mib =~ ^[0-9]+$ ]] || die "STASIS_BENCH_SIZES: '$mib' is not a number of MiB"
   section "== $mib MiB: a program that fills it half random, half repetitive, then reads every page every 10 ms"
@@ -369,6 +374,7 @@ for mib in "${sizes[@]}"; do
   if ((avail_mib < 2 * mib + 1024 || disk_mib < 4 * mib + 1024)); then
     row "$mib MiB" "skipped" "-" "needs $((2 * mib + 1024)) MiB memory, $((4 * mib + 1024)) MiB disk" \
       "has $avail_mib / $disk_mib" "-"
+    sizes_done=$((sizes_done + 1))
     continue
   fi
   dd_reference "$mib" "$work"
@@ -379,11 +385,14 @@ for mib in "${sizes[@]}"; do
   else
     row "$mib MiB" "compressed" "n/a (no --compress)" "-" "-" "-"
   fi
+  sizes_done=$((sizes_done + 1))
 done
+((sizes_done == ${#sizes[@]})) || die "the memory sizes stopped after $sizes_done of ${#sizes[@]} (see above)"
 
 # --- threads --------------------------------------------------------------------
 
 section "== threads: a 16 MiB program ticking every 10 ms while N threads sleep"
+threads_done=0
 for n in "${thread_counts[@]}"; do
   step="$n threads"
   name=threads-$n sock=$work/threads-$n.sock
@@ -407,7 +416,9 @@ for n in "${thread_counts[@]}"; do
   if ((n >= 800)); then target="<= 30 ms" v=$(verdict "$pause" 30); else target="- (30 ms at 800)" v="-"; fi
   row "$n threads" "pause seen, median of 3" "$pause ms (gap $gap, agent $(median "${agents[@]}"))" \
     "no ckpt: max gap $base_gap, tick $period ms" "$target" "$v"
+  threads_done=$((threads_done + 1))
 done
+((threads_done == ${#thread_counts[@]})) || die "the thread counts stopped after $threads_done of ${#thread_counts[@]}"
 
 # --- a process tree -----------------------------------------------------------------
 
