@@ -92,7 +92,7 @@ now_us() { printf '%s' "${EPOCHREALTIME/[.,]/}"; }
 # seconds between two microsecond stamps
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e6 }'; }
 median() { # numbers... -> median (n/a ignored)
-  printf '%s\n' "$@" | grep -v '^n/a$' | sort -g | awk '{ v[NR] = $1 } END {
+  printf '%s\n' "$@" | { grep -v '^n/a$' || true; } | sort -g | awk '{ v[NR] = $1 } END {
     if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 with_s() { # seconds -> "X s", or n/a
