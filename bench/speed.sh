@@ -277,6 +277,11 @@ one_size() { # mib mode
   # What the directory grew by: right however a generation refers to
   # earlier ones (du counts a file linked twice once).
   second_alloc=$(awk -v a="$(bytes_alloc "$ck")" -v b="$dir_before" 'BEGIN { printf "%.0f", a - b }')
+  local agent2_ms gap2 pause2
+  agent2_ms=$(agent_pause_ms "$sock")
+  sleep 0.4
+  gap2=$(max_gap_ms "$out" "$ck_t0" "$((ck_t1 + 300000))")
+  pause2=$(awk -v g="$gap2" -v p="$period" 'BEGIN { printf "%.0f", g - p }')
 
   # 3. The program idle (between ticks) for the restart image, so that its
   # first tick after restart is one whole pass over memory.
@@ -360,6 +365,8 @@ one_size() { # mib mode
   row "$c" "2nd ckpt, 1% pages changed" "$second_s s, $(mib_of "$second_alloc") MiB" \
     "full $full_s s, $(mib_of "$full_alloc") MiB" "<= 5% of full" \
     "$(verdict "$(awk -v a="$t_pct" -v b="$b_pct" 'BEGIN { print (a > b) ? a : b }')" 5) ($t_pct% / $b_pct%)"
+  row "$c" "pause seen, 2nd ckpt" "$pause2 ms (gap $gap2, agent $agent2_ms)" \
+    "no ckpt: max gap $base_gap, tick $period ms" "<= $pt ms" "$(verdict "$pause2" "$pt")"
 }
 
 # A bash expansion error (bad arithmetic) aborts the whole top-level
