@@ -2,14 +2,17 @@
 
 use std::arch::asm;
 
-use stasis_image::{ChunkKind, ProcessMeta, RegionKind};
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use stasis_image::{ImageReader, ProcessMeta, RegionKind};
 use stasis_plan::{
-    Itimerval, KernelSigaction, MapOp, Move, Plan, Poke, PrctlMmMap, RESTORER_THREAD_STACK, ReadOp, Slice, ThreadPlan,
-    TimerPlan, restore_info,
+    Itimerval, KernelSigaction, MapOp, Move, Plan, Poke, PrctlMmMap, RESTORER_THREAD_STACK, ReadOp, RemapOp, Slice,
+    ThreadPlan, TimerPlan, restore_info,
 };
 
 use crate::fds::Helpers;
 use crate::layout::{self, PAGE};
+use crate::memory;
 use crate::vdso::{self, VdsoArea};
 
 static RESTORER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/restorer.bin"));
@@ -156,10 +159,12 @@ fn place_area(meta: &ProcessMeta, current_vdso: &[VdsoArea], size: u64) -> Resul
 /// `ready` is the last word: it returns once every process of the
 /// computation is as far, or fails, and then nothing has been changed yet.
 pub fn build_and_jump(
-    meta: &ProcessMeta,
+    image: &ImageReader,
+    gate: Option<i32>,
     mut helpers: Helpers,
     ready: &dyn Fn() -> Result<(), String>,
 ) -> Result<(), String> {
+    let meta = image.meta();
     let current_vdso = vdso::current()?;
     let threads = &meta.threads;
     let frames: u64 = threads.iter().map(|t| layout::frame_len(t) + 64).sum();
@@ -167,7 +172,8 @@ pub fn build_and_jump(
     let record = |n: usize, size: usize| (n * size + 16) as u64;
     let arrays = record(meta.regions.len(), std::mem::size_of::<MapOp>())
         + record(meta.chunks.len(), std::mem::size_of::<ReadOp>())
-        + record(5, std::mem::size_of::<Poke>())
+        + record(7 + 3 * restore_info::IMAGES_MAX, std::mem::size_of::<Poke>())
+        + record(meta.chunks.len(), std::mem::size_of::<MapOp>())
         + record(threads.len(), std::mem::size_of::<ThreadPlan>())
         + record(meta.posix_timers.len(), std::mem::size_of::<TimerPlan>())
         + record(meta.mm.auxv.len(), 8);
@@ -235,24 +241,52 @@ pub fn build_and_jump(
             offset,
         });
     }
-    let reads: Vec<ReadOp> = meta
-        .chunks
+    // The process's memory (`memory`): mapped from the images where it
+    // can be, read otherwise. Only an agent of image version 7 or later
+    // knows image mappings (its madvise and its next checkpoint treat them
+    // as the anonymous memory they stand for): older ones get everything read.
+    let direct = image.header().version >= 7;
+    // SAFETY: the image's descriptor that fds::restore kept, borrowed for
+    // this call only (ManuallyDrop: never closed here).
+    let own = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(helpers.image) });
+    let (sources, pieces) = memory::memory_pieces(image, &own).map_err(|e| e.0)?;
+    let pieces: Vec<_> = pieces.into_iter().filter(|p| region_reads[p.region]).collect();
+    let layout = memory::lay_out(meta, &pieces, direct);
+    let mut image_fds = Vec::with_capacity(sources.len());
+    for s in &sources {
+        let fd = s.file.try_clone().map_err(|e| format!("the image's descriptor: {e}"))?;
+        image_fds.push(helpers.keep(fd.into_raw_fd())?);
+    }
+    let image_maps: Vec<MapOp> = layout
+        .maps
         .iter()
-        .filter_map(|c| match c.kind {
-            ChunkKind::Memory { region, offset } if region_reads[region as usize] => Some(ReadOp {
-                addr: meta.regions[region as usize].start + offset,
-                len: c.data_len,
-                file_offset: c.file_offset,
-                stored_len: c.len,
-                compressed: u64::from(c.compression == stasis_image::Compression::Lz4),
-            }),
-            _ => None,
+        .map(|&(img, start, len, offset)| MapOp {
+            start,
+            len,
+            // The region's final protection comes with its mprotect.
+            prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
+            flags: libc::MAP_PRIVATE as u32,
+            fd: image_fds[img],
+            fork_advice: 0,
+            offset,
+        })
+        .collect();
+    let reads: Vec<ReadOp> = layout
+        .reads
+        .iter()
+        .map(|p| ReadOp {
+            addr: p.addr,
+            len: p.len,
+            file_offset: p.file_offset,
+            stored_len: p.stored_len,
+            compressed: u32::from(p.compression == stasis_image::Compression::Lz4),
+            fd: image_fds[p.image],
         })
         .collect();
 
     // The agent's block, and what to tell it.
     let ri = meta.agent.restore_info_addr;
-    let pokes = [
+    let mut pokes = vec![
         Poke {
             addr: ri + restore_info::CHECKOUT_OFFSET,
             value: threads.len() as u64 | (u64::from(restore_info::PHASE_RESTORING) << 32),
@@ -262,6 +296,17 @@ pub fn build_and_jump(
         Poke { addr: ri + restore_info::RESTORED_OFFSET, value: 1 },
         Poke { addr: ri + restore_info::GENERATION_OFFSET, value: meta.generation },
     ];
+    if direct {
+        // The image files its memory is mapped from, and the descriptor that
+        // says when restart has verified them (`gate`, placed below).
+        pokes.push(Poke { addr: ri + restore_info::IMAGES_COUNT_OFFSET, value: sources.len() as u64 });
+        for (i, s) in sources.iter().enumerate().take(restore_info::IMAGES_MAX) {
+            let at = ri + restore_info::IMAGES_OFFSET + i as u64 * restore_info::IMAGE_ENTRY_LEN;
+            pokes.push(Poke { addr: at, value: s.dev });
+            pokes.push(Poke { addr: at + 8, value: s.inode });
+            pokes.push(Poke { addr: at + 16, value: s.generation });
+        }
+    }
 
     // Threads: a frame each, and a small stack for all but the leader.
     let mut tplans = Vec::new();
@@ -359,6 +404,21 @@ pub fn build_and_jump(
         exe_fd,
     };
 
+    // Above the range the restorer closes: the agent takes it over.
+    let close_to = helpers.end();
+    if let Some(g) = gate.filter(|_| direct) {
+        // SAFETY: F_DUPFD_CLOEXEC of a descriptor this process holds.
+        let fd = unsafe { libc::fcntl(g, libc::F_DUPFD_CLOEXEC, close_to) };
+        if fd < 0 {
+            return Err(format!("the verification descriptor: {}", std::io::Error::last_os_error()));
+        }
+        pokes.push(Poke { addr: ri + restore_info::VERIFY_GATE_OFFSET, value: fd as u64 + 1 });
+    }
+    if let Some(g) = gate {
+        // SAFETY: closing the inherited copy, which nothing else uses.
+        unsafe { libc::close(g) };
+    }
+
     let (keep, moves) = vdso::plan_moves(meta, &current_vdso, base, size)?;
     let (open_files_limit, set_open_files_limit) = open_files_limit(meta);
     let mut plan = Plan {
@@ -370,7 +430,9 @@ pub fn build_and_jump(
         moves: [Move::default(); 8],
         n_moves: moves.len() as u64,
         maps: arena.put(&maps)?,
+        image_maps: arena.put(&image_maps)?,
         reads: arena.put(&reads)?,
+        remaps: arena.put::<RemapOp>(&[])?,
         pokes: arena.put(&pokes)?,
         threads: arena.put(&tplans)?,
         timers: arena.put(&timers)?,
@@ -385,7 +447,7 @@ pub fn build_and_jump(
         ckpt_signal: meta.agent.ckpt_signal,
         go: 0,
         close_from: helpers.base,
-        close_to: helpers.end(),
+        close_to,
         open_files_limit,
         set_open_files_limit: u64::from(set_open_files_limit),
     };

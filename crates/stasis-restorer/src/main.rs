@@ -218,15 +218,29 @@ fn map_memory(p: &Plan) {
             fail(b"mmap", r);
         }
     }
+    // Pages that come straight from an image: mapped over the anonymous
+    // region, read by the kernel when first touched.
+    for m in slice::<stasis_plan::MapOp>(p.image_maps) {
+        let r = mmap(m.start, m.len, m.prot, m.flags | MAP_FIXED, m.fd, m.offset);
+        if r as u64 != m.start {
+            fail(b"mmap of the image", r);
+        }
+    }
+    for m in slice::<stasis_plan::RemapOp>(p.remaps) {
+        let r = mremap_fixed(m.from, m.len, m.to);
+        if r as u64 != m.to {
+            fail(b"mremap of decompressed memory", r);
+        }
+    }
     for r in slice::<stasis_plan::ReadOp>(p.reads) {
         if r.compressed == 0 {
-            read_fully(p.image_fd, r.addr, r.len, r.file_offset);
+            read_fully(r.fd, r.addr, r.len, r.file_offset);
             continue;
         }
         if r.stored_len > p.scratch.len {
             fail(b"compressed chunk larger than the scratch buffer", -22);
         }
-        read_fully(p.image_fd, p.scratch.addr, r.stored_len, r.file_offset);
+        read_fully(r.fd, p.scratch.addr, r.stored_len, r.file_offset);
         // SAFETY: the scratch buffer and the target range are mapped,
         // writable and disjoint (restart placed the scratch in our area).
         let (src, dst) = unsafe {
