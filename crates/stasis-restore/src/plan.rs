@@ -245,17 +245,21 @@ pub fn build_and_jump(
     // can be, read otherwise. Only an agent of image version 7 or later
     // knows image mappings (its madvise and its next checkpoint treat them
     // as the anonymous memory they stand for): older ones get everything read.
-    let direct = image.header().version >= 7;
     // SAFETY: the image's descriptor that fds::restore kept, borrowed for
     // this call only (ManuallyDrop: never closed here).
     let own = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(helpers.image) });
     let (sources, pieces) = memory::memory_pieces(image, &own).map_err(|e| e.0)?;
+    // The agent's table names at most IMAGES_MAX images.
+    let direct = image.header().version >= 7 && sources.len() <= restore_info::IMAGES_MAX;
     let pieces: Vec<_> = pieces.into_iter().filter(|p| region_reads[p.region]).collect();
     let layout = memory::lay_out(meta, &pieces, direct);
+    // Each image's descriptor goes to the range the restorer closes; the
+    // files are dropped here, as nothing after the jump would close them.
     let mut image_fds = Vec::with_capacity(sources.len());
-    for s in &sources {
-        let fd = s.file.try_clone().map_err(|e| format!("the image's descriptor: {e}"))?;
-        image_fds.push(helpers.keep(fd.into_raw_fd())?);
+    let mut images = Vec::with_capacity(sources.len());
+    for s in sources {
+        image_fds.push(helpers.keep(s.file.into_raw_fd())?);
+        images.push((s.dev, s.inode, s.generation));
     }
     let image_maps: Vec<MapOp> = layout
         .maps
@@ -299,12 +303,13 @@ pub fn build_and_jump(
     if direct {
         // The image files its memory is mapped from, and the descriptor that
         // says when restart has verified them (`gate`, placed below).
-        pokes.push(Poke { addr: ri + restore_info::IMAGES_COUNT_OFFSET, value: sources.len() as u64 });
-        for (i, s) in sources.iter().enumerate().take(restore_info::IMAGES_MAX) {
+        let n = images.len();
+        pokes.push(Poke { addr: ri + restore_info::IMAGES_COUNT_OFFSET, value: n as u64 });
+        for (i, &(dev, inode, generation)) in images.iter().enumerate() {
             let at = ri + restore_info::IMAGES_OFFSET + i as u64 * restore_info::IMAGE_ENTRY_LEN;
-            pokes.push(Poke { addr: at, value: s.dev });
-            pokes.push(Poke { addr: at + 8, value: s.inode });
-            pokes.push(Poke { addr: at + 16, value: s.generation });
+            pokes.push(Poke { addr: at, value: dev });
+            pokes.push(Poke { addr: at + 8, value: inode });
+            pokes.push(Poke { addr: at + 16, value: generation });
         }
     }
 
