@@ -44,28 +44,27 @@ pub struct MapOp {
 pub const FORK_DONTFORK: u32 = 1;
 pub const FORK_WIPEONFORK: u32 = 2;
 
-/// Read `len` bytes at `file_offset` of image `fd` into `addr`; when
-/// `compressed` is 1, they are an LZ4 block of `stored_len` bytes,
-/// read into the plan's scratch buffer and decompressed into place.
+/// Read `len` bytes at `file_offset` of image `fd` into `addr`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadOp {
     pub addr: u64,
     pub len: u64,
     pub file_offset: u64,
-    pub stored_len: u64,
-    pub compressed: u32,
     pub fd: i32,
+    pub _pad: u32,
 }
 
-/// Move `len` bytes of memory already filled by restart (decompressed
-/// pages in its staging area, `from`) to `to` with mremap: no copy.
+/// Put `len` bytes of memory that restart filled (decompressed pages in
+/// the restorer's area, at `from`) at `to`: moved with mremap (no copy)
+/// when `copy` is 0, copied otherwise.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RemapOp {
     pub from: u64,
     pub to: u64,
     pub len: u64,
+    pub copy: u64,
 }
 
 /// Store `value` at `addr` once memory is in place (tells the agent it was restored).
@@ -208,8 +207,6 @@ pub struct Plan {
     pub mm_map: PrctlMmMap,
     /// Process-directed signals to queue again (bit n-1 is signal n).
     pub shared_pending: u64,
-    /// Where compressed chunks are read before being decompressed.
-    pub scratch: Slice,
     pub image_fd: i32,
     /// Where the restorer reports a failure before exiting.
     pub log_fd: i32,

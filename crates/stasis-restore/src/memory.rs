@@ -21,6 +21,8 @@ use crate::RestoreError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryPiece {
     pub image: usize,
+    /// Index of the chunk in that image's metadata (for messages).
+    pub chunk: usize,
     /// Index of the region of `meta.regions` the bytes belong to.
     pub region: usize,
     pub addr: u64,
@@ -28,12 +30,15 @@ pub struct MemoryPiece {
     pub file_offset: u64,
     pub stored_len: u64,
     pub compression: Compression,
+    /// xxh3-64 of the stored bytes.
+    pub checksum: u64,
 }
 
 /// An image file a process's memory comes from, and who it is to the
 /// agent's image table (`stasis_plan::restore_info`).
 pub struct ImageSource {
     pub file: File,
+    pub path: std::path::PathBuf,
     /// As /proc/PID/maps prints it: major << 32 | minor.
     pub dev: u64,
     pub inode: u64,
@@ -45,19 +50,23 @@ pub struct ImageSource {
 /// time memory is planned; the caller kept this one).
 pub fn memory_pieces(image: &ImageReader, own: &File) -> Result<(Vec<ImageSource>, Vec<MemoryPiece>), RestoreError> {
     let meta = image.meta();
-    let own = source(own, meta.generation).map_err(|e| RestoreError(format!("{}: {e}", image.path().display())))?;
+    let own = source(own, image.path(), meta.generation)
+        .map_err(|e| RestoreError(format!("{}: {e}", image.path().display())))?;
     let pieces = meta
         .chunks
         .iter()
-        .filter_map(|c| match c.kind {
+        .enumerate()
+        .filter_map(|(i, c)| match c.kind {
             ChunkKind::Memory { region, offset } => Some(MemoryPiece {
                 image: 0,
+                chunk: i,
                 region: region as usize,
                 addr: meta.regions[region as usize].start + offset,
                 len: c.data_len,
                 file_offset: c.file_offset,
                 stored_len: c.len,
                 compression: c.compression,
+                checksum: c.checksum,
             }),
             ChunkKind::FileContents { .. } => None,
         })
@@ -65,11 +74,81 @@ pub fn memory_pieces(image: &ImageReader, own: &File) -> Result<(Vec<ImageSource
     Ok((vec![own], pieces))
 }
 
-fn source(file: &File, generation: u64) -> std::io::Result<ImageSource> {
+fn source(file: &File, path: &std::path::Path, generation: u64) -> std::io::Result<ImageSource> {
     let md = file.metadata()?;
     let dev = md.dev();
     let dev = (u64::from(libc::major(dev)) << 32) | u64::from(libc::minor(dev));
-    Ok(ImageSource { file: file.try_clone()?, dev, inode: md.ino(), generation })
+    Ok(ImageSource { file: file.try_clone()?, path: path.to_path_buf(), dev, inode: md.ino(), generation })
+}
+
+/// Decompresses a chunk's stored bytes into `out` (exactly its size).
+/// Stands in for `stasis_image::decompress_chunk` (same arguments) until
+/// that lands with zstd: then this body becomes a call to it.
+fn decompress_chunk(compression: Compression, stored: &[u8], out: &mut [u8]) -> Result<(), String> {
+    match compression {
+        Compression::None if stored.len() == out.len() => {
+            out.copy_from_slice(stored);
+            Ok(())
+        }
+        Compression::Lz4 => match lz4_flex::block::decompress_into(stored, out) {
+            Ok(n) if n == out.len() => Ok(()),
+            _ => Err("does not decompress".into()),
+        },
+        _ => Err("does not decompress".into()),
+    }
+}
+
+/// Decompresses every staged run into its staging place (`dest[i]` for
+/// `staged[i]`: page-aligned, writable, of the run's length), in parallel
+/// on up to as many threads as there are CPUs. Each piece's stored bytes
+/// are checked against their checksum as they are read.
+pub fn decompress_staged(sources: &[ImageSource], staged: &[Staged], dest: &[u64]) -> Result<(), String> {
+    let work: Vec<(MemoryPiece, u64)> = staged
+        .iter()
+        .zip(dest)
+        .flat_map(|(run, &d)| run.pieces.iter().map(move |p| (*p, d + (p.addr - run.addr))))
+        .collect();
+    if work.is_empty() {
+        return Ok(());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let one = |buf: &mut Vec<u8>, (p, at): (MemoryPiece, u64)| -> Result<(), String> {
+        let src = &sources[p.image];
+        let name = || format!("{}: memory chunk {} ({} bytes at {:#x})", src.path.display(), p.chunk, p.len, p.addr);
+        buf.resize(p.stored_len as usize, 0);
+        std::os::unix::fs::FileExt::read_exact_at(&src.file, buf, p.file_offset)
+            .map_err(|e| format!("{}: reading it: {e}", name()))?;
+        if xxhash_rust::xxh3::xxh3_64(buf) != p.checksum {
+            // The wording of stasis-image's own check.
+            return Err(format!(
+                "{}: checksum mismatch in memory chunk {} ({} bytes at {:#x})",
+                src.path.display(),
+                p.chunk,
+                p.len,
+                p.addr
+            ));
+        }
+        // SAFETY: `at` lies in the staging area restart mapped writable for
+        // this run, and the pieces of the work list do not overlap.
+        let out = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, p.len as usize) };
+        decompress_chunk(p.compression, buf, out).map_err(|e| format!("{} {e}", name()))
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buf = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&item) = work.get(i) else { return Ok(()) };
+                        one(&mut buf, item)?;
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err("a decompressing thread failed".into())))
+    })
 }
 
 /// Pieces shorter than this are read rather than mapped: each mapping is
@@ -83,8 +162,24 @@ pub const MAPS_MAX: usize = 16384;
 pub struct Layout {
     /// (image, addr, len, file_offset): map MAP_PRIVATE|MAP_FIXED.
     pub maps: Vec<(usize, u64, u64, u64)>,
-    /// Pieces to read (and decompress) into place.
+    /// Compressed pieces, in runs contiguous in memory: decompressed by
+    /// restart before the jump into a staging area, moved into place by
+    /// the restorer (mremap, no copy).
+    pub staged: Vec<Staged>,
+    /// Uncompressed pieces to read into place.
     pub reads: Vec<MemoryPiece>,
+}
+
+/// A run of compressed pieces that fill `len` bytes at `addr`, in order.
+/// `moved`: its pages are moved into place (mremap); otherwise copied
+/// (memory whose mapping must stay one: a stack that grows down, the heap,
+/// a file's pages), as a move would split it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Staged {
+    pub addr: u64,
+    pub len: u64,
+    pub pieces: Vec<MemoryPiece>,
+    pub moved: bool,
 }
 
 /// Whether a region's pages may come back as a private mapping of the
@@ -110,6 +205,23 @@ pub fn lay_out(meta: &ProcessMeta, pieces: &[MemoryPiece], direct: bool) -> Layo
     let mut read = Vec::new();
     for p in pieces {
         let page_aligned = p.addr % 4096 == 0 && p.file_offset % 4096 == 0 && p.len % 4096 == 0;
+        if p.compression != Compression::None {
+            // Whole pages (the writer saves pages) so that they can be moved.
+            match out.staged.last_mut() {
+                Some(run) if run.addr + run.len == p.addr && same_region(meta, run.addr, p.region) => {
+                    run.len += p.len;
+                    run.pieces.push(*p);
+                }
+                _ => {
+                    let moved = page_aligned && meta.regions.get(p.region).is_some_and(mappable);
+                    out.staged.push(Staged { addr: p.addr, len: p.len, pieces: vec![*p], moved })
+                }
+            }
+            if let Some(run) = out.staged.last_mut() {
+                run.moved &= page_aligned;
+            }
+            continue;
+        }
         let can_map = direct
             && p.compression == Compression::None
             && page_aligned
@@ -173,12 +285,14 @@ mod tests {
     fn piece(region: usize, addr: u64, len: u64, file_offset: u64) -> MemoryPiece {
         MemoryPiece {
             image: 0,
+            chunk: 0,
             region,
             addr,
             len,
             file_offset,
             stored_len: len,
             compression: Compression::None,
+            checksum: 0,
         }
     }
 
@@ -212,7 +326,8 @@ mod tests {
         ];
         let l = lay_out(&m, &pieces, true);
         assert!(l.maps.is_empty());
-        assert_eq!(l.reads.len(), 4);
+        assert_eq!(l.reads.len(), 3);
+        assert_eq!(l.staged, vec![Staged { addr: base + M, len: M, pieces: vec![z], moved: true }]);
         // An agent that cannot know image mappings: all read.
         let l = lay_out(&m, &[piece(0, base, M, 4096)], false);
         assert!(l.maps.is_empty() && l.reads.len() == 1);

@@ -65,6 +65,18 @@ fn map_flags(r: &stasis_image::Region) -> u32 {
     f
 }
 
+/// Whether the region's saved pages are put in from the image: not the
+/// vdso or vvar (the kernel's), not shared memory (filled by restart before
+/// any process started), not a shared file mapping (written back into the
+/// file already).
+fn filled_from_image(r: &stasis_image::Region) -> bool {
+    match r.kind {
+        RegionKind::Vdso | RegionKind::Vvar | RegionKind::SharedMemory { .. } => false,
+        RegionKind::File { .. } => !r.shared,
+        RegionKind::Anonymous => true,
+    }
+}
+
 fn fork_advice(a: u8) -> u32 {
     let mut v = 0;
     if a & stasis_image::ADVICE_DONTFORK != 0 {
@@ -166,6 +178,20 @@ pub fn build_and_jump(
 ) -> Result<(), String> {
     let meta = image.meta();
     let current_vdso = vdso::current()?;
+    // The process's memory (`memory`): mapped from the images where it
+    // can be, compressed pieces decompressed here (below), the rest read
+    // by the restorer. Only an agent of image version 7 or later knows
+    // image mappings (its madvise and its next checkpoint treat them as the
+    // anonymous memory they stand for): older ones get nothing mapped.
+    // SAFETY: the image's descriptor that fds::restore kept, borrowed for
+    // this call only (ManuallyDrop: never closed here).
+    let own = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(helpers.image) });
+    let (sources, pieces) = memory::memory_pieces(image, &own).map_err(|e| e.0)?;
+    // The agent's table names at most IMAGES_MAX images.
+    let direct = image.header().version >= 7 && sources.len() <= restore_info::IMAGES_MAX;
+    let pieces: Vec<_> = pieces.into_iter().filter(|p| filled_from_image(&meta.regions[p.region])).collect();
+    let layout = memory::lay_out(meta, &pieces, direct);
+    let staging: u64 = layout.staged.iter().map(|r| r.len.next_multiple_of(PAGE) + PAGE).sum();
     let threads = &meta.threads;
     let frames: u64 = threads.iter().map(|t| layout::frame_len(t) + 64).sum();
     // Every array of the plan, each padded to its alignment.
@@ -174,20 +200,13 @@ pub fn build_and_jump(
         + record(meta.chunks.len(), std::mem::size_of::<ReadOp>())
         + record(7 + 3 * restore_info::IMAGES_MAX, std::mem::size_of::<Poke>())
         + record(meta.chunks.len(), std::mem::size_of::<MapOp>())
+        + record(layout.staged.len(), std::mem::size_of::<RemapOp>())
         + record(threads.len(), std::mem::size_of::<ThreadPlan>())
         + record(meta.posix_timers.len(), std::mem::size_of::<TimerPlan>())
         + record(meta.mm.auxv.len(), 8);
     let code = RESTORER.len() as u64;
-    // Compressed chunks are read here before being decompressed into place.
-    let scratch_len = meta
-        .chunks
-        .iter()
-        .filter(|c| c.compression != stasis_image::Compression::None)
-        .map(|c| c.len)
-        .max()
-        .unwrap_or(0);
     let size = (code
-        + scratch_len
+        + staging
         + std::mem::size_of::<Plan>() as u64
         + arrays
         + frames
@@ -209,25 +228,13 @@ pub fn build_and_jump(
 
     // Memory.
     let mut maps = Vec::new();
-    let mut region_reads = vec![true; meta.regions.len()];
-    for (i, r) in meta.regions.iter().enumerate() {
+    for r in &meta.regions {
         let (fd, offset) = match &r.kind {
-            RegionKind::Vdso | RegionKind::Vvar => {
-                region_reads[i] = false;
-                continue;
-            }
+            RegionKind::Vdso | RegionKind::Vvar => continue,
             RegionKind::Anonymous => (-1, 0),
-            // Filled by restart before any process started.
-            RegionKind::SharedMemory { dev, inode, offset } => {
-                region_reads[i] = false;
-                (helpers.shm_fd(*dev, *inode)?, *offset)
-            }
+            RegionKind::SharedMemory { dev, inode, offset } => (helpers.shm_fd(*dev, *inode)?, *offset),
             RegionKind::File { path, offset, id } => {
                 let write = r.shared && r.prot & stasis_image::PROT_WRITE != 0;
-                if r.shared {
-                    // Written back into the file already.
-                    region_reads[i] = false;
-                }
                 (helpers.map_fd(path, write, (!r.shared).then_some(id))?, *offset)
             }
         };
@@ -241,18 +248,16 @@ pub fn build_and_jump(
             offset,
         });
     }
-    // The process's memory (`memory`): mapped from the images where it
-    // can be, read otherwise. Only an agent of image version 7 or later
-    // knows image mappings (its madvise and its next checkpoint treat them
-    // as the anonymous memory they stand for): older ones get everything read.
-    // SAFETY: the image's descriptor that fds::restore kept, borrowed for
-    // this call only (ManuallyDrop: never closed here).
-    let own = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(helpers.image) });
-    let (sources, pieces) = memory::memory_pieces(image, &own).map_err(|e| e.0)?;
-    // The agent's table names at most IMAGES_MAX images.
-    let direct = image.header().version >= 7 && sources.len() <= restore_info::IMAGES_MAX;
-    let pieces: Vec<_> = pieces.into_iter().filter(|p| region_reads[p.region]).collect();
-    let layout = memory::lay_out(meta, &pieces, direct);
+    // Compressed pieces, decompressed now (in parallel, each checked as it
+    // is read) into the restorer's area, whence the restorer moves them.
+    let mut remaps = Vec::with_capacity(layout.staged.len());
+    let mut dest = Vec::with_capacity(layout.staged.len());
+    for run in &layout.staged {
+        let from = arena.alloc(run.len as usize, PAGE as usize)?;
+        dest.push(from);
+        remaps.push(RemapOp { from, to: run.addr, len: run.len, copy: u64::from(!run.moved) });
+    }
+    memory::decompress_staged(&sources, &layout.staged, &dest)?;
     // Each image's descriptor goes to the range the restorer closes; the
     // files are dropped here, as nothing after the jump would close them.
     let mut image_fds = Vec::with_capacity(sources.len());
@@ -278,14 +283,7 @@ pub fn build_and_jump(
     let reads: Vec<ReadOp> = layout
         .reads
         .iter()
-        .map(|p| ReadOp {
-            addr: p.addr,
-            len: p.len,
-            file_offset: p.file_offset,
-            stored_len: p.stored_len,
-            compressed: u32::from(p.compression == stasis_image::Compression::Lz4),
-            fd: image_fds[p.image],
-        })
+        .map(|p| ReadOp { addr: p.addr, len: p.len, file_offset: p.file_offset, fd: image_fds[p.image], _pad: 0 })
         .collect();
 
     // The agent's block, and what to tell it.
@@ -339,7 +337,6 @@ pub fn build_and_jump(
         });
     }
     let main_stack_top = arena.alloc(MAIN_STACK as usize, 16)? + MAIN_STACK;
-    let scratch = Slice { addr: arena.alloc(scratch_len.max(1) as usize, 64)?, len: scratch_len };
 
     let timers: Vec<TimerPlan> = meta
         .posix_timers
@@ -437,7 +434,7 @@ pub fn build_and_jump(
         maps: arena.put(&maps)?,
         image_maps: arena.put(&image_maps)?,
         reads: arena.put(&reads)?,
-        remaps: arena.put::<RemapOp>(&[])?,
+        remaps: arena.put(&remaps)?,
         pokes: arena.put(&pokes)?,
         threads: arena.put(&tplans)?,
         timers: arena.put(&timers)?,
@@ -446,7 +443,6 @@ pub fn build_and_jump(
         itimers,
         mm_map,
         shared_pending: meta.shared_pending,
-        scratch,
         image_fd: helpers.image,
         log_fd: helpers.log,
         ckpt_signal: meta.agent.ckpt_signal,
