@@ -54,9 +54,7 @@ fn table() -> &'static Table {
 pub fn image_backed(dev: u64, inode: u64) -> bool {
     let t = table();
     let n = (t.count.load(Ordering::Acquire) as usize).min(IMAGES_MAX);
-    t.entries[..n]
-        .iter()
-        .any(|e| e[0].load(Ordering::Relaxed) == dev && e[1].load(Ordering::Relaxed) == inode)
+    t.entries[..n].iter().any(|e| e[0].load(Ordering::Relaxed) == dev && e[1].load(Ordering::Relaxed) == inode)
 }
 
 /// Whether any memory of this process may be mapped from an image.
@@ -165,7 +163,7 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -
 /// MADV_DONTNEED leaves of anonymous memory: zeros). The rest is left to
 /// the real madvise. None: it could not be done.
 fn zero_image_ranges(start: u64, end: u64) -> Option<()> {
-    if start % 4096 != 0 {
+    if !start.is_multiple_of(4096) {
         return Some(()); // the real madvise refuses it (EINVAL)
     }
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;

@@ -204,7 +204,8 @@ pub fn lay_out(meta: &ProcessMeta, pieces: &[MemoryPiece], direct: bool) -> Layo
     let mut runs: Vec<(usize, u64, u64, u64)> = Vec::new();
     let mut read = Vec::new();
     for p in pieces {
-        let page_aligned = p.addr % 4096 == 0 && p.file_offset % 4096 == 0 && p.len % 4096 == 0;
+        let page_aligned =
+            p.addr.is_multiple_of(4096) && p.file_offset.is_multiple_of(4096) && p.len.is_multiple_of(4096);
         if p.compression != Compression::None {
             // Whole pages (the writer saves pages) so that they can be moved.
             match out.staged.last_mut() {
@@ -302,7 +303,8 @@ mod tests {
     fn contiguous_pieces_become_one_mapping() {
         let m = meta(vec![anon(0x10_0000_0000, 0x10_0000_0000 + 4 * M)]);
         let base = 0x10_0000_0000;
-        let pieces = [piece(0, base, M, 8192), piece(0, base + M, M, 8192 + M), piece(0, base + 3 * M, M, 8192 + 2 * M)];
+        let pieces =
+            [piece(0, base, M, 8192), piece(0, base + M, M, 8192 + M), piece(0, base + 3 * M, M, 8192 + 2 * M)];
         let l = lay_out(&m, &pieces, true);
         assert_eq!(l.maps, vec![(0, base, 2 * M, 8192), (0, base + 3 * M, M, 8192 + 2 * M)]);
         assert!(l.reads.is_empty());
@@ -318,12 +320,8 @@ mod tests {
         let m = meta(vec![anon(base, base + 4 * M), stack, heap]);
         let mut z = piece(0, base + M, M, 4096 + M);
         z.compression = Compression::Lz4;
-        let pieces = [
-            piece(0, base, 4096, 4096),
-            z,
-            piece(1, base + 8 * M, M, 8 * M),
-            piece(2, base + 10 * M, M, 10 * M),
-        ];
+        let pieces =
+            [piece(0, base, 4096, 4096), z, piece(1, base + 8 * M, M, 8 * M), piece(2, base + 10 * M, M, 10 * M)];
         let l = lay_out(&m, &pieces, true);
         assert!(l.maps.is_empty());
         assert_eq!(l.reads.len(), 3);

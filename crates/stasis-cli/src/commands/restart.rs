@@ -178,9 +178,13 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     // verified in the background (docs/image-format.md, "What restart
     // checks"), unless asked to before anything runs.
     let gate = if opts.verify_first { None } else { Some(Gate::new().context("cannot make a pipe")?) };
-    let spawned =
-        stasis_restore::spawn_computation(&images, conns, pty.as_ref().map(|p| &p.slave), gate.as_ref().map(|g| &g.read))
-            .map_err(|e| anyhow!("cannot restart {}: {e}", restart_label(&paths)))?;
+    let spawned = stasis_restore::spawn_computation(
+        &images,
+        conns,
+        pty.as_ref().map(|p| &p.slave),
+        gate.as_ref().map(|g| &g.read),
+    )
+    .map_err(|e| anyhow!("cannot restart {}: {e}", restart_label(&paths)))?;
     let verifier = match gate {
         None => None,
         Some(Gate { read, write }) => {

@@ -114,14 +114,13 @@ fn madvise_dontneed_on_restored_memory_gives_zeros() {
 fn damage_a_memory_chunk(sb: &Sandbox, generation: &Path) -> PathBuf {
     let image = images_in(sb, generation).into_iter().next().unwrap_or_else(|| sb.fail("no image"));
     let reader = stasis_image::ImageReader::open(&image).unwrap_or_else(|e| sb.fail(e));
-    let chunk = reader
+    let chunk = *reader
         .meta()
         .chunks
         .iter()
         .filter(|c| matches!(c.kind, stasis_image::ChunkKind::Memory { .. }))
         .max_by_key(|c| c.len)
-        .unwrap_or_else(|| sb.fail("the image holds no memory chunk"))
-        .clone();
+        .unwrap_or_else(|| sb.fail("the image holds no memory chunk"));
     drop(reader);
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&image).unwrap_or_else(|e| sb.fail(e));
     let at = chunk.file_offset + chunk.len / 2;
@@ -149,9 +148,9 @@ fn a_damaged_chunk_is_found_and_the_restarted_computation_killed() {
     let image = damage_a_memory_chunk(&sb, &newest_generation(&sb, &ck));
     let name = image.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let says_so = |stderr: &str| {
-        stderr.lines().any(|l| {
-            l.starts_with("stasis:") && l.contains(&name) && l.contains("checksum mismatch in memory chunk")
-        })
+        stderr
+            .lines()
+            .any(|l| l.starts_with("stasis:") && l.contains(&name) && l.contains("checksum mismatch in memory chunk"))
     };
 
     // With --verify-first: refused before anything runs.
