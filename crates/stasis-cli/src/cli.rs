@@ -863,4 +863,16 @@ mod tests {
         assert!(parse_str(&["restart", "--fallback", "--generation", "4", "ck"]).is_err());
         assert!(parse_str(&["restart", "--generation", "x", "ck"]).is_err());
     }
+
+    #[test]
+    fn restart_verifies_in_the_background_unless_told() {
+        let Ok(Verb::Restart(o)) = parse_str(&["restart", "ck"]) else { panic!() };
+        assert!(!o.verify_first);
+        let Ok(Verb::Restart(o)) = parse_str(&["restart", "--verify-first", "ck"]) else { panic!() };
+        assert!(o.verify_first);
+        let Ok(Verb::Restart(o)) = parse_env(&["restart", "ck"], &[("STASIS_VERIFY_FIRST", "1")]) else { panic!() };
+        assert!(o.verify_first);
+        let Ok(Verb::Restart(o)) = parse_env(&["restart", "ck"], &[("STASIS_VERIFY_FIRST", "0")]) else { panic!() };
+        assert!(!o.verify_first);
+    }
 }
