@@ -291,14 +291,31 @@ pub fn spawn_computation(
     let barrier = tree::Barrier::new(images.len()).map_err(RestoreError)?;
     let conns: Vec<i32> = agent_conns.iter().map(AsRawFd::as_raw_fd).collect();
     let terminal = terminal.map(AsRawFd::as_raw_fd);
-    let gate = gate.map(AsRawFd::as_raw_fd);
+    // Above every number a program uses, like the objects above: each
+    // process keeps it through its descriptors' restore (`fds`).
+    let gate = match gate {
+        // SAFETY: F_DUPFD_CLOEXEC of a descriptor the caller holds.
+        Some(g) => match unsafe { libc::fcntl(g.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min_fd) } {
+            // SAFETY: just made, owned here (closed once the processes have it).
+            fd if fd >= 0 => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+            _ => {
+                pipes.close();
+                shm.close();
+                socks.close();
+                ptys.close();
+                return Err(RestoreError(format!("the verification pipe: {}", io::Error::last_os_error())));
+            }
+        },
+        None => None,
+    };
+    let gate_fd = gate.as_ref().map(AsRawFd::as_raw_fd);
     let ctx = Ctx {
         images,
         shape: &shape,
-        shared: fds::Shared { pipes: &pipes, shm: &shm, sockets: &socks, terminal, ptys: &ptys, gate },
+        shared: fds::Shared { pipes: &pipes, shm: &shm, sockets: &socks, terminal, ptys: &ptys, gate: gate_fd },
         barrier: &barrier,
         conns: &conns,
-        gate,
+        gate: gate_fd,
     };
     let root_pids: Vec<i32> = shape.roots.iter().map(|&i| shape.pids[i]).collect();
     // The first root's outside (its launcher, group and session) comes
@@ -312,6 +329,7 @@ pub fn spawn_computation(
     shm.close();
     socks.close();
     ptys.close();
+    drop(gate);
     drop(agent_conns);
     let (init_pid, status) = spawned?;
     Ok(Spawned { init_pid, status })
