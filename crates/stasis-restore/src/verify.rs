@@ -98,10 +98,6 @@ impl Verifier {
             let (shared, failure, on_failure, left, on_success) =
                 (shared.clone(), failure.clone(), on_failure.clone(), left.clone(), on_success.clone());
             handles.push(std::thread::Builder::new().name("stasis-verify".into()).spawn(move || {
-                // Behind the program (and the decompression before it runs)
-                // for the CPUs: it has all the time it needs.
-                // SAFETY: setpriority on this thread (a tid) only.
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
                 let (jobs, work, next, failed) = &*shared;
                 let mut buf = vec![0u8; BLOCK];
                 while !failed.load(Ordering::Acquire) {
