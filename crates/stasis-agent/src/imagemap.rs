@@ -114,7 +114,12 @@ pub fn wait_verified(limit: Duration) -> Result<(), String> {
             GATE_FD.store(-1, Ordering::Release);
             return Ok(());
         }
-        if r == 0 || (r > 0 && p.revents & libc::POLLHUP != 0) || start.elapsed() >= limit {
+        if r > 0 && p.revents & libc::POLLHUP != 0 {
+            // Restart ended (killed) before it could say: the memory this
+            // process runs on was never verified, and is not saved.
+            return Err("restart ended before it verified the checkpoint this process was restored from".into());
+        }
+        if r == 0 || start.elapsed() >= limit {
             return Err("restart has not finished verifying the checkpoint this process was restored from".into());
         }
     }
