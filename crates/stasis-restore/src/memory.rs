@@ -81,6 +81,17 @@ fn source(file: &File, path: &std::path::Path, generation: u64) -> std::io::Resu
     Ok(ImageSource { file: file.try_clone()?, path: path.to_path_buf(), dev, inode: md.ino(), generation })
 }
 
+/// Whether `file` lies on a filesystem mounted noexec (where memory mapped
+/// from it could not be made executable, as anonymous memory can).
+pub fn on_noexec_mount(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed statvfs is valid; fstatvfs fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatvfs on an open descriptor, writing `st`.
+    let r = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) };
+    r != 0 || st.f_flag & libc::ST_NOEXEC != 0
+}
+
 /// Decompresses a chunk's stored bytes into `out` (exactly its size).
 /// Stands in for `stasis_image::decompress_chunk` (same arguments) until
 /// that lands with zstd: then this body becomes a call to it.

@@ -187,8 +187,12 @@ pub fn build_and_jump(
     // this call only (ManuallyDrop: never closed here).
     let own = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(helpers.image) });
     let (sources, pieces) = memory::memory_pieces(image, &own).map_err(|e| e.0)?;
-    // The agent's table names at most IMAGES_MAX images.
-    let direct = image.header().version >= 7 && sources.len() <= restore_info::IMAGES_MAX;
+    // The agent's table names at most IMAGES_MAX images. On a filesystem
+    // mounted noexec, a mapping of the image could never be made executable
+    // (a JIT's memory): nothing is mapped from it then.
+    let direct = image.header().version >= 7
+        && sources.len() <= restore_info::IMAGES_MAX
+        && sources.iter().all(|s| !memory::on_noexec_mount(&s.file));
     let pieces: Vec<_> = pieces.into_iter().filter(|p| filled_from_image(&meta.regions[p.region])).collect();
     let layout = memory::lay_out(meta, &pieces, direct);
     let staging: u64 = layout.staged.iter().map(|r| r.len.next_multiple_of(PAGE) + PAGE).sum();
