@@ -10,7 +10,9 @@
 //! - `madvise(MADV_DONTNEED | MADV_DONTNEED_LOCKED | MADV_FREE)` on such
 //!   memory would bring the image's bytes back where anonymous memory reads
 //!   zeros (allocators rely on it): the wrapper here replaces those ranges
-//!   with fresh anonymous memory instead;
+//!   with fresh anonymous memory instead; `MADV_WIPEONFORK`, which takes
+//!   anonymous memory only, gets an anonymous copy first. (A program that
+//!   makes the madvise system call itself, not through libc, is not seen.)
 //! - the next checkpoint saves them as the anonymous memory they stand for
 //!   (`collect`);
 //! - restart verifies the images' checksums in the background: the agent
@@ -147,12 +149,13 @@ fn real_madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
 /// Same contract as libc's madvise.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
-    if !zeroes(advice) || !any_images() || len == 0 {
+    let wipe = advice == libc::MADV_WIPEONFORK;
+    if !(zeroes(advice) || wipe) || !any_images() || len == 0 {
         return real_madvise(addr, len, advice);
     }
     let start = addr as u64;
     let end = start.saturating_add(len as u64).next_multiple_of(4096);
-    let r = crate::signals::unstoppable(|| zero_image_ranges(start, end));
+    let r = crate::signals::unstoppable(|| replace_image_ranges(start, end, wipe));
     match r {
         Some(()) => real_madvise(addr, len, advice),
         None => {
@@ -164,10 +167,11 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -
 }
 
 /// Replaces the parts of [start, end) that are private mappings of an
-/// image with fresh anonymous memory of the same protection (what
-/// MADV_DONTNEED leaves of anonymous memory: zeros). The rest is left to
-/// the real madvise. None: it could not be done.
-fn zero_image_ranges(start: u64, end: u64) -> Option<()> {
+/// image with anonymous memory of the same protection: zero pages (what
+/// MADV_DONTNEED leaves of anonymous memory), or with `keep` a copy of
+/// their contents (MADV_WIPEONFORK takes anonymous memory only). The rest
+/// is left to the real madvise. None: it could not be done.
+fn replace_image_ranges(start: u64, end: u64, keep: bool) -> Option<()> {
     if !start.is_multiple_of(4096) {
         return Some(()); // the real madvise refuses it (EINVAL)
     }
@@ -178,17 +182,50 @@ fn zero_image_ranges(start: u64, end: u64) -> Option<()> {
             continue;
         }
         let (lo, hi) = (e.start.max(start), e.end.min(end));
+        let len = (hi - lo) as usize;
         let prot = (if e.read { libc::PROT_READ } else { 0 })
             | (if e.write { libc::PROT_WRITE } else { 0 })
             | (if e.exec { libc::PROT_EXEC } else { 0 });
+        if keep {
+            anonymous_copy(lo, len, prot)?;
+            continue;
+        }
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
         // SAFETY: replaces memory the program asked to discard, within one
         // mapping of its own, by zero pages: what it will read is what
         // MADV_DONTNEED would have left of anonymous memory.
-        let p = unsafe { libc::mmap(lo as *mut c_void, (hi - lo) as usize, prot, flags, -1, 0) };
+        let p = unsafe { libc::mmap(lo as *mut c_void, len, prot, flags, -1, 0) };
         if p == libc::MAP_FAILED {
             return None;
         }
+    }
+    Some(())
+}
+
+/// Puts anonymous memory holding the same bytes in place of `len` bytes
+/// at `at` (built aside, then moved over in one mremap).
+fn anonymous_copy(at: u64, len: usize, prot: c_int) -> Option<()> {
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: a fresh private anonymous mapping, ours alone.
+    let tmp = unsafe { libc::mmap(std::ptr::null_mut(), len, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    if tmp == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: reads the program's mapping (made readable for the copy if it
+    // is not) into ours; both are `len` bytes and distinct.
+    unsafe {
+        if prot & libc::PROT_READ == 0 {
+            libc::mprotect(at as *mut c_void, len, libc::PROT_READ);
+        }
+        std::ptr::copy_nonoverlapping(at as *const u8, tmp as *mut u8, len);
+        libc::mprotect(tmp, len, prot);
+    }
+    // SAFETY: moves our copy over the program's range, replacing it whole.
+    let r = unsafe { libc::mremap(tmp, len, len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, at as *mut c_void) };
+    if r == libc::MAP_FAILED {
+        // SAFETY: our own mapping, not moved.
+        unsafe { libc::munmap(tmp, len) };
+        return None;
     }
     Some(())
 }
