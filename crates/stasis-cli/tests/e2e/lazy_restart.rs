@@ -219,3 +219,49 @@ fn an_lz4_image_restarts_and_verify_first_restarts_an_intact_image() {
     let reference = finish_reference(&sb, reference);
     verify_history(&sb, &reference, &pieces);
 }
+
+/// A version 6 image, compressed (its header says 6: the encoding is the
+/// same), restarted alone from a directory of its own: its agent knows no
+/// image mappings, so everything is read and verified before it runs, and
+/// the history is the uninterrupted run's.
+#[test]
+fn a_version_6_lz4_image_is_read_not_mapped() {
+    let sb = Sandbox::new("lazy-v6");
+    let prog = Program::c("discard", &["40"]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let ck = sb.join("ck");
+    let sock = sb.socket();
+    let mut cmd = Command::new(stasis());
+    cmd.arg("launch")
+        .arg("--compress")
+        .arg("--ckptdir")
+        .arg(&ck)
+        .arg("--coord-socket")
+        .arg(&sock)
+        .arg("--")
+        .args(&prog.argv)
+        .current_dir(sb.mkdir("run"));
+    let mut app = Proc::spawn(&sb, &sb.label("launch"), cmd, Out::Pipe);
+    app.wait_lines(&sb, 3);
+    let w = checkpoint(&sb, &sock, &mut app);
+    crate::carry_on(&sb, &mut app, w, 2);
+    app.kill();
+    let mut pieces = vec![Piece::new(&app.label, app.lines(), vec![w])];
+    let image = images_in(&sb, &newest_generation(&sb, &ck)).into_iter().next().unwrap_or_else(|| sb.fail("no image"));
+    let alone = sb.mkdir("alone").join(image.file_name().unwrap_or_default());
+    std::fs::copy(&image, &alone).unwrap_or_else(|e| sb.fail(e));
+    let mut header = *stasis_image::ImageReader::open(&alone).unwrap_or_else(|e| sb.fail(e)).header();
+    header.version = 6;
+    let f = std::fs::OpenOptions::new().write(true).open(&alone).unwrap_or_else(|e| sb.fail(e));
+    f.write_all_at(&header.encode(), 0).unwrap_or_else(|e| sb.fail(e));
+    drop(f);
+    let mut app = restart(&sb, &sb.socket(), &alone, Out::Pipe);
+    sb.check(!maps_from(&app, prog.exe(), alone.parent().unwrap_or(&alone)), || {
+        "memory of a version 6 image was mapped from it".into()
+    });
+    let status = app.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}: {}", app.label, app.stderr_text()));
+    pieces.push(Piece::new(&app.label, app.lines(), vec![]));
+    let reference = finish_reference(&sb, reference);
+    verify_history(&sb, &reference, &pieces);
+}
