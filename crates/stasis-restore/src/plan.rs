@@ -261,13 +261,6 @@ pub fn build_and_jump(
         dest.push(from);
         remaps.push(RemapOp { from, to: run.addr, len: run.len, copy: u64::from(!run.moved) });
     }
-    if let (Some(&first), Some(last)) = (dest.first(), layout.staged.last()) {
-        let end = dest[dest.len() - 1] + last.len;
-        // Huge pages where they fit: fewer faults while decompressing; a
-        // move to an address that is not 2 MiB aligned splits them.
-        // SAFETY: advice on part of our own area.
-        unsafe { libc::madvise(first as *mut _, (end - first) as usize, libc::MADV_HUGEPAGE) };
-    }
     memory::decompress_staged(&sources, &layout.staged, &dest)?;
     // Each image's descriptor goes to the range the restorer closes; the
     // files are dropped here, as nothing after the jump would close them.
