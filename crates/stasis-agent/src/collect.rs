@@ -391,6 +391,12 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
         let (kind, plan) = match e.name.as_str() {
             "[vdso]" => (RegionKind::Vdso, RegionPlan { pages: Pages::Prefix(len), skip_zero: false }),
             "[vvar]" | "[vvar_vclock]" => (RegionKind::Vvar, RegionPlan { pages: Pages::None, skip_zero: false }),
+            // Memory a restart mapped from an image (`imagemap`): the
+            // anonymous memory it stands for, every page of it (pages not
+            // touched since are the image's bytes, not zeros).
+            _ if !e.shared && crate::imagemap::image_backed(e.dev, e.inode) => {
+                (RegionKind::Anonymous, RegionPlan { pages: Pages::Prefix(len), skip_zero: true })
+            }
             _ => match e.path() {
                 Some(path) if !e.is_deleted() && !path.starts_with("/SYSV") && !path.starts_with("/memfd:") => {
                     let md = fs::metadata(path).map_err(|err| format!("stat {path}: {err}"))?;

@@ -30,6 +30,10 @@ use crate::{signals, sys, tree};
 /// How long the program may stay stopped waiting for the coordinator's
 /// next step before the agent resumes it on its own.
 const STOPPED_LIMIT: Duration = Duration::from_secs(60);
+/// How long a checkpoint request waits for restart to finish verifying
+/// the images this process came from: within the coordinator's deadline
+/// for an answer (its PHASE_LIMIT).
+const VERIFY_WAIT: Duration = Duration::from_secs(30);
 /// Pause between attempts to reach a coordinator that went away.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -222,6 +226,7 @@ fn addr_text(a: &Addr) -> String {
 pub fn restored(agent_fd: i32) {
     // Restart's socket, at the number the image saw ours at.
     let _ = Link::adopt(agent_fd);
+    crate::imagemap::restored();
     crate::stdio::restored();
     let Some(addr) = peer_addr(agent_fd) else { return };
     crate::exec::set_current(&addr_text(&addr));
@@ -687,6 +692,9 @@ fn obey(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, msg: Messag
                     return None;
                 };
                 let g = req.generation;
+                if let Err(e) = crate::imagemap::wait_verified(VERIFY_WAIT) {
+                    return (!send(conn, failed(g, &e))).then_some(End::Closed);
+                }
                 let result = ckpt::checkpoint(req);
                 if let Ok(Outcome::Restored { generation }) = result {
                     s.generation = generation;
@@ -748,6 +756,11 @@ fn suspended(generation: u64) -> Message {
 /// it. Returns `Some` when the connection ended or this is a restored process.
 fn phased(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, req: Request) -> Option<End> {
     let g = req.generation;
+    // Memory restored from an image whose checksums restart is still
+    // verifying must not go into a checkpoint yet (`imagemap`).
+    if let Err(e) = crate::imagemap::wait_verified(VERIFY_WAIT) {
+        return (!send(conn, failed(g, &e))).then_some(End::Closed);
+    }
     if let Err(e) = ckpt::suspend() {
         return (!send(conn, failed(g, &e))).then_some(End::Closed);
     }

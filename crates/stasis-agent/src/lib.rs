@@ -17,6 +17,7 @@ mod control;
 mod eintr;
 mod exec;
 mod fork_advice;
+mod imagemap;
 mod inotify;
 mod pending;
 mod progsig;

@@ -133,6 +133,8 @@ pub struct RestoreInfo {
     pub blob_len: AtomicU64,
     pub restored: AtomicU64,
     pub generation: AtomicU64,
+    /// The images memory is mapped from (`imagemap`).
+    pub images: crate::imagemap::Table,
 }
 
 pub static RESTORE_INFO: RestoreInfo = RestoreInfo {
@@ -143,6 +145,7 @@ pub static RESTORE_INFO: RestoreInfo = RestoreInfo {
     blob_len: AtomicU64::new(0),
     restored: AtomicU64::new(0),
     generation: AtomicU64::new(0),
+    images: crate::imagemap::Table::new(),
 };
 
 /// Runs the checkpoint itself when the checkpoint thread signals itself.

@@ -70,6 +70,12 @@ pub fn real_env(name: &str) -> Option<String> {
 }
 
 /// The first of `names` set in the environment, with its name.
+/// STASIS_VERIFY_FIRST=1: restart verifies every chunk before the program
+/// runs (as `--verify-first`), for either command name.
+pub fn verify_first_env(env: Env) -> bool {
+    env("STASIS_VERIFY_FIRST").is_some_and(|v| v.trim() == "1")
+}
+
 pub fn first_env(env: Env, names: &[&'static str]) -> Option<(&'static str, String)> {
     names.iter().find_map(|&n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (n, v.trim().to_string())))
 }
@@ -325,6 +331,9 @@ struct RestartArgs {
     /// If the newest generation is damaged, restart the newest intact one (and say so)
     #[arg(long)]
     fallback: bool,
+    /// Verify every chunk's checksum before the program runs (or STASIS_VERIFY_FIRST=1); default: in the background, while it runs
+    #[arg(long = "verify-first")]
+    verify_first: bool,
     /// Print no notes, only errors
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
@@ -523,6 +532,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
                 fallback: a.fallback,
                 quiet: a.quiet,
                 usr2_checkpoints: false,
+                verify_first: a.verify_first || verify_first_env(env),
                 targets: a.targets,
             })
         }
@@ -852,5 +862,17 @@ mod tests {
         assert_eq!((o.generation, o.fallback), (None, true));
         assert!(parse_str(&["restart", "--fallback", "--generation", "4", "ck"]).is_err());
         assert!(parse_str(&["restart", "--generation", "x", "ck"]).is_err());
+    }
+
+    #[test]
+    fn restart_verifies_in_the_background_unless_told() {
+        let Ok(Verb::Restart(o)) = parse_str(&["restart", "ck"]) else { panic!() };
+        assert!(!o.verify_first);
+        let Ok(Verb::Restart(o)) = parse_str(&["restart", "--verify-first", "ck"]) else { panic!() };
+        assert!(o.verify_first);
+        let Ok(Verb::Restart(o)) = parse_env(&["restart", "ck"], &[("STASIS_VERIFY_FIRST", "1")]) else { panic!() };
+        assert!(o.verify_first);
+        let Ok(Verb::Restart(o)) = parse_env(&["restart", "ck"], &[("STASIS_VERIFY_FIRST", "0")]) else { panic!() };
+        assert!(!o.verify_first);
     }
 }

@@ -502,6 +502,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 fallback: a.fallback,
                 quiet: a.quiet > 0 || env_quiet(env),
                 usr2_checkpoints: true,
+                verify_first: cli::verify_first_env(env),
                 targets: a.targets,
             })
         }

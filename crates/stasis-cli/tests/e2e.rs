@@ -68,6 +68,9 @@ mod pty;
 // stopped on request (a real SLURM: tests/slurm.rs).
 #[path = "e2e/batch.rs"]
 mod batch;
+// Restart that maps memory from the image and verifies it in the background.
+#[path = "e2e/lazy_restart.rs"]
+mod lazy_restart;
 
 use std::fs;
 use std::path::{Path, PathBuf};

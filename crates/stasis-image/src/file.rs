@@ -74,7 +74,7 @@ impl Header {
         let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
         let u64_at = |o: usize| (u64::from(u32_at(o + 4)) << 32) | u64::from(u32_at(o));
         let version = u32_at(8);
-        if version != VERSION {
+        if !(crate::OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion { path: path.into(), version });
         }
         if u64_at(HEADER_SUMMED) != xxh3_64(&h[..HEADER_SUMMED]) {

@@ -45,8 +45,11 @@ pub use trust::{open_checkpoint_dir, open_image_dir, untrusted};
 
 /// First eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"STASISIM";
-/// Format version written by this build; readers refuse any other.
-pub const VERSION: u32 = 6;
+/// Format version written by this build.
+pub const VERSION: u32 = 7;
+/// The oldest version readers accept: 6 differs from 7 only in what its
+/// writer's agent can do at restart (no memory mapped from the image).
+pub const OLDEST_VERSION: u32 = 6;
 /// Alignment of the payload and of memory chunks.
 pub const PAGE_SIZE: u64 = 4096;
 /// Upper bound on the encoded metadata, so a hostile file cannot make a

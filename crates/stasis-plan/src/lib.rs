@@ -44,17 +44,27 @@ pub struct MapOp {
 pub const FORK_DONTFORK: u32 = 1;
 pub const FORK_WIPEONFORK: u32 = 2;
 
-/// Read `len` bytes at `file_offset` of the image into `addr`; when
-/// `compressed` is 1, they are an LZ4 block of `stored_len` bytes,
-/// read into the plan's scratch buffer and decompressed into place.
+/// Read `len` bytes at `file_offset` of image `fd` into `addr`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadOp {
     pub addr: u64,
     pub len: u64,
     pub file_offset: u64,
-    pub stored_len: u64,
-    pub compressed: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+
+/// Put `len` bytes of memory that restart filled (decompressed pages in
+/// the restorer's area, at `from`) at `to`: moved with mremap (no copy)
+/// when `copy` is 0, copied otherwise.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemapOp {
+    pub from: u64,
+    pub to: u64,
+    pub len: u64,
+    pub copy: u64,
 }
 
 /// Store `value` at `addr` once memory is in place (tells the agent it was restored).
@@ -180,7 +190,12 @@ pub struct Plan {
     pub moves: [Move; 8],
     pub n_moves: u64,
     pub maps: Slice,
+    /// `MapOp`s of image files (MAP_PRIVATE), laid over the anonymous
+    /// regions of `maps` once those exist, before `reads`.
+    pub image_maps: Slice,
     pub reads: Slice,
+    /// `RemapOp`s, done after `image_maps`.
+    pub remaps: Slice,
     pub pokes: Slice,
     pub threads: Slice,
     pub timers: Slice,
@@ -192,8 +207,6 @@ pub struct Plan {
     pub mm_map: PrctlMmMap,
     /// Process-directed signals to queue again (bit n-1 is signal n).
     pub shared_pending: u64,
-    /// Where compressed chunks are read before being decompressed.
-    pub scratch: Slice,
     pub image_fd: i32,
     /// Where the restorer reports a failure before exiting.
     pub log_fd: i32,
@@ -232,6 +245,18 @@ pub mod restore_info {
     pub const RESTORED_OFFSET: u64 = 32;
     /// `u64`: the generation the process was restored from.
     pub const GENERATION_OFFSET: u64 = 40;
+    /// `u64`: 1 + the descriptor that becomes readable once restart has
+    /// verified every chunk of the images (0: nothing to wait for). Only in
+    /// agents of image version 7 and later, as is what follows.
+    pub const VERIFY_GATE_OFFSET: u64 = 48;
+    /// `u64`: how many entries of the image table follow.
+    pub const IMAGES_COUNT_OFFSET: u64 = 56;
+    /// The image table: `IMAGES_MAX` entries of `IMAGE_ENTRY_LEN` bytes,
+    /// each (dev as /proc/PID/maps prints it, major << 32 | minor; inode;
+    /// generation), the image files the process's memory is mapped from.
+    pub const IMAGES_OFFSET: u64 = 64;
+    pub const IMAGE_ENTRY_LEN: u64 = 24;
+    pub const IMAGES_MAX: usize = 32;
     pub const MAGIC: u64 = u64::from_le_bytes(*b"STASRINF");
     pub const PHASE_RESTORING: u32 = 1;
 }

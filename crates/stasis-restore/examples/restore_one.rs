@@ -14,7 +14,7 @@ fn main() {
     let generation = image.meta().generation + 1;
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let spawned =
-        stasis_restore::spawn_computation(&[&image], vec![theirs.into()], None).unwrap_or_else(|e| panic!("{e}"));
+        stasis_restore::spawn_computation(&[&image], vec![theirs.into()], None, None).unwrap_or_else(|e| panic!("{e}"));
     let init = spawned.pid();
     std::thread::spawn(move || {
         let mut w = ours.try_clone().expect("clone");

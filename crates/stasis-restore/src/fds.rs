@@ -248,6 +248,8 @@ pub struct Shared<'a> {
     pub terminal: Option<i32>,
     /// Pseudo-terminal pairs of the computation, made again.
     pub ptys: &'a crate::pty::SharedPtys,
+    /// The verification gate (`verify::Gate`): kept open for `plan`.
+    pub gate: Option<i32>,
 }
 
 /// What a descriptor that led outside the computation becomes: at 0-2 the
@@ -318,7 +320,7 @@ pub fn restore(
     shared: &Shared<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<Helpers, String> {
-    let Shared { pipes, shm, sockets, terminal, ptys } = *shared;
+    let Shared { pipes, shm, sockets, terminal, ptys, gate } = *shared;
     // Contents of deleted files, read while the image's descriptor is open.
     let mut saved_contents: HashMap<i32, Vec<(u64, Vec<u8>)>> = HashMap::new();
     for c in &meta.chunks {
@@ -333,6 +335,7 @@ pub fn restore(
     inherited.extend(sockets.fds());
     inherited.extend(terminal);
     inherited.extend(ptys.fds());
+    inherited.extend(gate);
     let base = base.max(16).max(inherited.iter().max().map_or(0, |m| m + 1));
     // Our own descriptors go above the program's first.
     let stdio: Vec<i32> = (0..3).map(|fd| dup_at_least(fd, base).unwrap_or(-1)).collect();

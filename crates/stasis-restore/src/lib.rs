@@ -15,6 +15,7 @@
 mod fds;
 mod kobj;
 mod layout;
+pub mod memory;
 mod ns;
 mod plan;
 mod pty;
@@ -22,6 +23,7 @@ mod shm;
 mod sockets;
 mod tree;
 mod vdso;
+pub mod verify;
 
 use std::fs::File;
 use std::io;
@@ -94,8 +96,17 @@ impl Spawned {
     }
 }
 
-/// Everything that can be checked before anything starts.
-fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
+/// Whether an image's memory chunks must be verified before its process
+/// runs: asked for, or an image whose agent cannot wait for restart's
+/// background check (written before version 7) and gets no image mappings.
+pub fn verify_first(image: &ImageReader, asked: bool) -> bool {
+    asked || image.header().version < 7
+}
+
+/// Everything that can be checked before anything starts. The memory
+/// chunks' checksums are checked here only with `verify_first`; otherwise
+/// restart checks them in the background (`verify`).
+fn precheck(image: &ImageReader, verify_first: bool) -> Result<(), RestoreError> {
     let meta = image.meta();
     let err = |m: String| Err(RestoreError(m));
     if meta.threads.first().map(|t| t.tid) != Some(meta.pid) {
@@ -145,7 +156,10 @@ fn precheck(image: &ImageReader) -> Result<(), RestoreError> {
         }
     }
     vdso::check_compatible(meta, image).map_err(RestoreError)?;
-    image.verify_payload().map_err(|e| RestoreError(e.to_string()))
+    if verify_first {
+        image.verify_payload().map_err(|e| RestoreError(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Compares the file `f` found at `path` with the identity the image holds
@@ -225,13 +239,21 @@ pub fn needs_terminal(images: &[&ImageReader], stdin_terminal: bool) -> bool {
 /// `terminal`, when given, is the terminal (a pseudo-terminal's slave) that
 /// the processes' terminal descriptors become: the controlling terminal of
 /// their session, with the foreground process group they had.
+///
+/// `gate`: None to verify every image's memory chunks before anything
+/// runs; otherwise the read end of `verify::Gate`, which the restored
+/// agents wait on before any checkpoint while restart verifies in the
+/// background (images for which `verify_first` holds are verified first
+/// anyway).
 pub fn spawn_computation(
     images: &[&ImageReader],
     agent_conns: Vec<OwnedFd>,
     terminal: Option<&OwnedFd>,
+    gate: Option<&OwnedFd>,
 ) -> Result<Spawned, RestoreError> {
     for image in images {
-        precheck(image).map_err(|e| RestoreError(format!("process {}: {e}", image.meta().pid)))?;
+        precheck(image, verify_first(image, gate.is_none()))
+            .map_err(|e| RestoreError(format!("process {}: {e}", image.meta().pid)))?;
     }
     let metas: Vec<&stasis_image::ProcessMeta> = images.iter().map(|i| i.meta()).collect();
     tree::check(&metas).map_err(RestoreError)?;
@@ -269,12 +291,31 @@ pub fn spawn_computation(
     let barrier = tree::Barrier::new(images.len()).map_err(RestoreError)?;
     let conns: Vec<i32> = agent_conns.iter().map(AsRawFd::as_raw_fd).collect();
     let terminal = terminal.map(AsRawFd::as_raw_fd);
+    // Above every number a program uses, like the objects above: each
+    // process keeps it through its descriptors' restore (`fds`).
+    let gate = match gate {
+        // SAFETY: F_DUPFD_CLOEXEC of a descriptor the caller holds.
+        Some(g) => match unsafe { libc::fcntl(g.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min_fd) } {
+            // SAFETY: just made, owned here (closed once the processes have it).
+            fd if fd >= 0 => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+            _ => {
+                pipes.close();
+                shm.close();
+                socks.close();
+                ptys.close();
+                return Err(RestoreError(format!("the verification pipe: {}", io::Error::last_os_error())));
+            }
+        },
+        None => None,
+    };
+    let gate_fd = gate.as_ref().map(AsRawFd::as_raw_fd);
     let ctx = Ctx {
         images,
         shape: &shape,
-        shared: fds::Shared { pipes: &pipes, shm: &shm, sockets: &socks, terminal, ptys: &ptys },
+        shared: fds::Shared { pipes: &pipes, shm: &shm, sockets: &socks, terminal, ptys: &ptys, gate: gate_fd },
         barrier: &barrier,
         conns: &conns,
+        gate: gate_fd,
     };
     let root_pids: Vec<i32> = shape.roots.iter().map(|&i| shape.pids[i]).collect();
     // The first root's outside (its launcher, group and session) comes
@@ -288,6 +329,7 @@ pub fn spawn_computation(
     shm.close();
     socks.close();
     ptys.close();
+    drop(gate);
     drop(agent_conns);
     let (init_pid, status) = spawned?;
     Ok(Spawned { init_pid, status })
@@ -300,6 +342,8 @@ struct Ctx<'a> {
     shared: fds::Shared<'a>,
     barrier: &'a tree::Barrier,
     conns: &'a [i32],
+    /// The read end of `verify::Gate`, when restart verifies in the background.
+    gate: Option<i32>,
 }
 
 /// Where the process being restored reports: the restart command's stderr
@@ -405,7 +449,7 @@ fn prepare_and_jump(
             libc::setrlimit(l.resource as _, &want);
         }
     }
-    step("preparing its memory", plan::build_and_jump(meta, helpers, ready))
+    step("preparing its memory", plan::build_and_jump(image, ctx.gate, helpers, ready))
 }
 
 #[cfg(test)]

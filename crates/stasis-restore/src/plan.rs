@@ -2,14 +2,17 @@
 
 use std::arch::asm;
 
-use stasis_image::{ChunkKind, ProcessMeta, RegionKind};
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use stasis_image::{ImageReader, ProcessMeta, RegionKind};
 use stasis_plan::{
-    Itimerval, KernelSigaction, MapOp, Move, Plan, Poke, PrctlMmMap, RESTORER_THREAD_STACK, ReadOp, Slice, ThreadPlan,
-    TimerPlan, restore_info,
+    Itimerval, KernelSigaction, MapOp, Move, Plan, Poke, PrctlMmMap, RESTORER_THREAD_STACK, ReadOp, RemapOp, Slice,
+    ThreadPlan, TimerPlan, restore_info,
 };
 
 use crate::fds::Helpers;
 use crate::layout::{self, PAGE};
+use crate::memory;
 use crate::vdso::{self, VdsoArea};
 
 static RESTORER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/restorer.bin"));
@@ -60,6 +63,18 @@ fn map_flags(r: &stasis_image::Region) -> u32 {
         f |= libc::MAP_GROWSDOWN as u32;
     }
     f
+}
+
+/// Whether the region's saved pages are put in from the image: not the
+/// vdso or vvar (the kernel's), not shared memory (filled by restart before
+/// any process started), not a shared file mapping (written back into the
+/// file already).
+fn filled_from_image(r: &stasis_image::Region) -> bool {
+    match r.kind {
+        RegionKind::Vdso | RegionKind::Vvar | RegionKind::SharedMemory { .. } => false,
+        RegionKind::File { .. } => !r.shared,
+        RegionKind::Anonymous => true,
+    }
 }
 
 fn fork_advice(a: u8) -> u32 {
@@ -156,32 +171,46 @@ fn place_area(meta: &ProcessMeta, current_vdso: &[VdsoArea], size: u64) -> Resul
 /// `ready` is the last word: it returns once every process of the
 /// computation is as far, or fails, and then nothing has been changed yet.
 pub fn build_and_jump(
-    meta: &ProcessMeta,
+    image: &ImageReader,
+    gate: Option<i32>,
     mut helpers: Helpers,
     ready: &dyn Fn() -> Result<(), String>,
 ) -> Result<(), String> {
+    let meta = image.meta();
     let current_vdso = vdso::current()?;
+    // The process's memory (`memory`): mapped from the images where it
+    // can be, compressed pieces decompressed here (below), the rest read
+    // by the restorer. Only an agent of image version 7 or later knows
+    // image mappings (its madvise and its next checkpoint treat them as the
+    // anonymous memory they stand for): older ones get nothing mapped.
+    // SAFETY: the image's descriptor that fds::restore kept, borrowed for
+    // this call only (ManuallyDrop: never closed here).
+    let own = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(helpers.image) });
+    let (sources, pieces) = memory::memory_pieces(image, &own).map_err(|e| e.0)?;
+    // The agent's table names at most IMAGES_MAX images. On a filesystem
+    // mounted noexec, a mapping of the image could never be made executable
+    // (a JIT's memory): nothing is mapped from it then.
+    let direct = image.header().version >= 7
+        && sources.len() <= restore_info::IMAGES_MAX
+        && sources.iter().all(|s| !memory::on_noexec_mount(&s.file));
+    let pieces: Vec<_> = pieces.into_iter().filter(|p| filled_from_image(&meta.regions[p.region])).collect();
+    let layout = memory::lay_out(meta, &pieces, direct);
+    let staging: u64 = layout.staged.iter().map(|r| r.len.next_multiple_of(PAGE) + PAGE).sum();
     let threads = &meta.threads;
     let frames: u64 = threads.iter().map(|t| layout::frame_len(t) + 64).sum();
     // Every array of the plan, each padded to its alignment.
     let record = |n: usize, size: usize| (n * size + 16) as u64;
     let arrays = record(meta.regions.len(), std::mem::size_of::<MapOp>())
         + record(meta.chunks.len(), std::mem::size_of::<ReadOp>())
-        + record(5, std::mem::size_of::<Poke>())
+        + record(7 + 3 * restore_info::IMAGES_MAX, std::mem::size_of::<Poke>())
+        + record(meta.chunks.len(), std::mem::size_of::<MapOp>())
+        + record(layout.staged.len(), std::mem::size_of::<RemapOp>())
         + record(threads.len(), std::mem::size_of::<ThreadPlan>())
         + record(meta.posix_timers.len(), std::mem::size_of::<TimerPlan>())
         + record(meta.mm.auxv.len(), 8);
     let code = RESTORER.len() as u64;
-    // Compressed chunks are read here before being decompressed into place.
-    let scratch_len = meta
-        .chunks
-        .iter()
-        .filter(|c| c.compression != stasis_image::Compression::None)
-        .map(|c| c.len)
-        .max()
-        .unwrap_or(0);
     let size = (code
-        + scratch_len
+        + staging
         + std::mem::size_of::<Plan>() as u64
         + arrays
         + frames
@@ -203,25 +232,13 @@ pub fn build_and_jump(
 
     // Memory.
     let mut maps = Vec::new();
-    let mut region_reads = vec![true; meta.regions.len()];
-    for (i, r) in meta.regions.iter().enumerate() {
+    for r in &meta.regions {
         let (fd, offset) = match &r.kind {
-            RegionKind::Vdso | RegionKind::Vvar => {
-                region_reads[i] = false;
-                continue;
-            }
+            RegionKind::Vdso | RegionKind::Vvar => continue,
             RegionKind::Anonymous => (-1, 0),
-            // Filled by restart before any process started.
-            RegionKind::SharedMemory { dev, inode, offset } => {
-                region_reads[i] = false;
-                (helpers.shm_fd(*dev, *inode)?, *offset)
-            }
+            RegionKind::SharedMemory { dev, inode, offset } => (helpers.shm_fd(*dev, *inode)?, *offset),
             RegionKind::File { path, offset, id } => {
                 let write = r.shared && r.prot & stasis_image::PROT_WRITE != 0;
-                if r.shared {
-                    // Written back into the file already.
-                    region_reads[i] = false;
-                }
                 (helpers.map_fd(path, write, (!r.shared).then_some(id))?, *offset)
             }
         };
@@ -235,24 +252,47 @@ pub fn build_and_jump(
             offset,
         });
     }
-    let reads: Vec<ReadOp> = meta
-        .chunks
+    // Compressed pieces, decompressed now (in parallel, each checked as it
+    // is read) into the restorer's area, whence the restorer moves them.
+    let mut remaps = Vec::with_capacity(layout.staged.len());
+    let mut dest = Vec::with_capacity(layout.staged.len());
+    for run in &layout.staged {
+        let from = arena.alloc(run.len as usize, PAGE as usize)?;
+        dest.push(from);
+        remaps.push(RemapOp { from, to: run.addr, len: run.len, copy: u64::from(!run.moved) });
+    }
+    memory::decompress_staged(&sources, &layout.staged, &dest)?;
+    // Each image's descriptor goes to the range the restorer closes; the
+    // files are dropped here, as nothing after the jump would close them.
+    let mut image_fds = Vec::with_capacity(sources.len());
+    let mut images = Vec::with_capacity(sources.len());
+    for s in sources {
+        image_fds.push(helpers.keep(s.file.into_raw_fd())?);
+        images.push((s.dev, s.inode, s.generation));
+    }
+    let image_maps: Vec<MapOp> = layout
+        .maps
         .iter()
-        .filter_map(|c| match c.kind {
-            ChunkKind::Memory { region, offset } if region_reads[region as usize] => Some(ReadOp {
-                addr: meta.regions[region as usize].start + offset,
-                len: c.data_len,
-                file_offset: c.file_offset,
-                stored_len: c.len,
-                compressed: u64::from(c.compression == stasis_image::Compression::Lz4),
-            }),
-            _ => None,
+        .map(|&(img, start, len, offset)| MapOp {
+            start,
+            len,
+            // The region's final protection comes with its mprotect.
+            prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
+            flags: libc::MAP_PRIVATE as u32,
+            fd: image_fds[img],
+            fork_advice: 0,
+            offset,
         })
+        .collect();
+    let reads: Vec<ReadOp> = layout
+        .reads
+        .iter()
+        .map(|p| ReadOp { addr: p.addr, len: p.len, file_offset: p.file_offset, fd: image_fds[p.image], _pad: 0 })
         .collect();
 
     // The agent's block, and what to tell it.
     let ri = meta.agent.restore_info_addr;
-    let pokes = [
+    let mut pokes = vec![
         Poke {
             addr: ri + restore_info::CHECKOUT_OFFSET,
             value: threads.len() as u64 | (u64::from(restore_info::PHASE_RESTORING) << 32),
@@ -262,6 +302,18 @@ pub fn build_and_jump(
         Poke { addr: ri + restore_info::RESTORED_OFFSET, value: 1 },
         Poke { addr: ri + restore_info::GENERATION_OFFSET, value: meta.generation },
     ];
+    if direct {
+        // The image files its memory is mapped from, and the descriptor that
+        // says when restart has verified them (`gate`, placed below).
+        let n = images.len();
+        pokes.push(Poke { addr: ri + restore_info::IMAGES_COUNT_OFFSET, value: n as u64 });
+        for (i, &(dev, inode, generation)) in images.iter().enumerate() {
+            let at = ri + restore_info::IMAGES_OFFSET + i as u64 * restore_info::IMAGE_ENTRY_LEN;
+            pokes.push(Poke { addr: at, value: dev });
+            pokes.push(Poke { addr: at + 8, value: inode });
+            pokes.push(Poke { addr: at + 16, value: generation });
+        }
+    }
 
     // Threads: a frame each, and a small stack for all but the leader.
     let mut tplans = Vec::new();
@@ -289,7 +341,6 @@ pub fn build_and_jump(
         });
     }
     let main_stack_top = arena.alloc(MAIN_STACK as usize, 16)? + MAIN_STACK;
-    let scratch = Slice { addr: arena.alloc(scratch_len.max(1) as usize, 64)?, len: scratch_len };
 
     let timers: Vec<TimerPlan> = meta
         .posix_timers
@@ -359,6 +410,21 @@ pub fn build_and_jump(
         exe_fd,
     };
 
+    // Above the range the restorer closes: the agent takes it over.
+    let close_to = helpers.end();
+    if let Some(g) = gate.filter(|_| direct) {
+        // SAFETY: F_DUPFD_CLOEXEC of a descriptor this process holds.
+        let fd = unsafe { libc::fcntl(g, libc::F_DUPFD_CLOEXEC, close_to) };
+        if fd < 0 {
+            return Err(format!("the verification descriptor: {}", std::io::Error::last_os_error()));
+        }
+        pokes.push(Poke { addr: ri + restore_info::VERIFY_GATE_OFFSET, value: fd as u64 + 1 });
+    }
+    if let Some(g) = gate {
+        // SAFETY: closing the inherited copy, which nothing else uses.
+        unsafe { libc::close(g) };
+    }
+
     let (keep, moves) = vdso::plan_moves(meta, &current_vdso, base, size)?;
     let (open_files_limit, set_open_files_limit) = open_files_limit(meta);
     let mut plan = Plan {
@@ -370,7 +436,9 @@ pub fn build_and_jump(
         moves: [Move::default(); 8],
         n_moves: moves.len() as u64,
         maps: arena.put(&maps)?,
+        image_maps: arena.put(&image_maps)?,
         reads: arena.put(&reads)?,
+        remaps: arena.put(&remaps)?,
         pokes: arena.put(&pokes)?,
         threads: arena.put(&tplans)?,
         timers: arena.put(&timers)?,
@@ -379,13 +447,12 @@ pub fn build_and_jump(
         itimers,
         mm_map,
         shared_pending: meta.shared_pending,
-        scratch,
         image_fd: helpers.image,
         log_fd: helpers.log,
         ckpt_signal: meta.agent.ckpt_signal,
         go: 0,
         close_from: helpers.base,
-        close_to: helpers.end(),
+        close_to,
         open_files_limit,
         set_open_files_limit: u64::from(set_open_files_limit),
     };

@@ -218,27 +218,30 @@ fn map_memory(p: &Plan) {
             fail(b"mmap", r);
         }
     }
-    for r in slice::<stasis_plan::ReadOp>(p.reads) {
-        if r.compressed == 0 {
-            read_fully(p.image_fd, r.addr, r.len, r.file_offset);
+    // Pages that come straight from an image: mapped over the anonymous
+    // region, read by the kernel when first touched.
+    for m in slice::<stasis_plan::MapOp>(p.image_maps) {
+        let r = mmap(m.start, m.len, m.prot, m.flags | MAP_FIXED, m.fd, m.offset);
+        if r as u64 != m.start {
+            fail(b"mmap of the image", r);
+        }
+    }
+    // Pages restart decompressed in our area: moved, or copied where a move
+    // would split a mapping that must stay one (a stack, the heap).
+    for m in slice::<stasis_plan::RemapOp>(p.remaps) {
+        if m.copy != 0 {
+            // SAFETY: restart filled `len` bytes at `from` in our area, and
+            // `to` lies in a region mapped writable above; they are disjoint.
+            unsafe { core::ptr::copy_nonoverlapping(m.from as *const u8, m.to as *mut u8, m.len as usize) };
             continue;
         }
-        if r.stored_len > p.scratch.len {
-            fail(b"compressed chunk larger than the scratch buffer", -22);
+        let r = mremap_fixed(m.from, m.len, m.to);
+        if r as u64 != m.to {
+            fail(b"mremap of decompressed memory", r);
         }
-        read_fully(p.image_fd, p.scratch.addr, r.stored_len, r.file_offset);
-        // SAFETY: the scratch buffer and the target range are mapped,
-        // writable and disjoint (restart placed the scratch in our area).
-        let (src, dst) = unsafe {
-            (
-                core::slice::from_raw_parts(p.scratch.addr as *const u8, r.stored_len as usize),
-                core::slice::from_raw_parts_mut(r.addr as *mut u8, r.len as usize),
-            )
-        };
-        match lz4_flex::block::decompress_into(src, dst) {
-            Ok(n) if n as u64 == r.len => {}
-            _ => fail(b"decompressing a chunk", -22),
-        }
+    }
+    for r in slice::<stasis_plan::ReadOp>(p.reads) {
+        read_fully(r.fd, r.addr, r.len, r.file_offset);
     }
     for m in maps {
         let direct = m.fd >= 0 && m.flags & MAP_SHARED != 0;

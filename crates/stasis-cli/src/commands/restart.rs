@@ -28,6 +28,7 @@ use crate::coord_socket::CoordOpts;
 use crate::exit::Exit;
 use crate::pty::Pty;
 use crate::signals;
+use stasis_restore::verify::{self, Gate, Verifier};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartOpts {
@@ -51,6 +52,8 @@ pub struct RestartOpts {
     pub generation: Option<u64>,
     /// Restart the newest intact generation when the newest is damaged.
     pub fallback: bool,
+    /// Verify every chunk before the program runs, not in the background.
+    pub verify_first: bool,
     /// Checkpoint directories, generation directories, or images.
     pub targets: Vec<PathBuf>,
 }
@@ -171,8 +174,42 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     let stdin_terminal = unsafe { libc::isatty(0) } == 1;
     let in_terminal = stasis_restore::needs_terminal(&images, stdin_terminal);
     let pty = if in_terminal { Some(Pty::open().context("cannot make a terminal for the program")?) } else { None };
-    let spawned = stasis_restore::spawn_computation(&images, conns, pty.as_ref().map(|p| &p.slave))
-        .map_err(|e| anyhow!("cannot restart {}: {e}", restart_label(&paths)))?;
+    // Memory comes back mapped from the images, unread: their checksums are
+    // verified in the background (docs/image-format.md, "What restart
+    // checks"), unless asked to before anything runs.
+    let gate = if opts.verify_first { None } else { Some(Gate::new().context("cannot make a pipe")?) };
+    let spawned = stasis_restore::spawn_computation(
+        &images,
+        conns,
+        pty.as_ref().map(|p| &p.slave),
+        gate.as_ref().map(|g| &g.read),
+    )
+    .map_err(|e| anyhow!("cannot restart {}: {e}", restart_label(&paths)))?;
+    let verifier = match gate {
+        None => None,
+        Some(Gate { read, write }) => {
+            drop(read);
+            let pid = spawned.pid();
+            let v = Verifier::start(
+                &images,
+                VERIFY_THREADS,
+                // The whole restarted computation: its namespace's init.
+                // SAFETY: kill() of the process restart made.
+                move |_| unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                },
+                move || verify::open_gate(&write),
+            );
+            match v {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    bail!("cannot start checking the images: {e}");
+                }
+            }
+        }
+    };
     drop(images);
     drop(readers);
     let relay = pty.map(Pty::relay).transpose().context("cannot relay the program's terminal")?;
@@ -184,8 +221,16 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         relay.finish();
     }
     drop(found);
+    // A damaged chunk ended the computation: that is what restart says.
+    if let Some(damaged) = verifier.and_then(|v| if exit.is_err() { v.failure() } else { v.finish() }) {
+        bail!("{damaged}; the restarted program was killed");
+    }
     exit
 }
+
+/// Threads that verify the images in the background: enough to keep
+/// ahead of a disk, few enough to leave the program its CPUs.
+const VERIFY_THREADS: usize = 2;
 
 /// The checkpoint named in messages: its one image, or its directory.
 fn restart_label(paths: &[PathBuf]) -> String {
