@@ -31,6 +31,7 @@ mod sys;
 mod threads;
 mod threadstart;
 mod timeouts;
+mod track;
 mod tree;
 mod writer;
 

@@ -380,11 +380,24 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
         });
         e.u64(c.data_len);
     });
+    e.vec(&meta.inherited, |e, r| {
+        e.u32(r.region);
+        e.u64(r.offset);
+        e.u64(r.len);
+        e.u64(r.generation);
+    });
     e.0
 }
 
-/// Decodes the metadata section; never panics, whatever the bytes.
+/// Decodes the metadata section of this build's version; never panics,
+/// whatever the bytes.
 pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
+    decode_meta_version(bytes, crate::VERSION)
+}
+
+/// Decodes the metadata section of an image of format `version` (6 or 7:
+/// version 6 has no `inherited` list).
+pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
     let mut d = Dec { data: bytes, pos: 0 };
     let mut m = ProcessMeta {
         generation: d.u64()?,
@@ -578,6 +591,11 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
         };
         Ok(Chunk { kind, file_offset, len, checksum, compression, data_len: d.u64()? })
     })?;
+    if version >= 7 {
+        m.inherited = d.vec(28, |d| {
+            Ok(Inherited { region: d.u32()?, offset: d.u64()?, len: d.u64()?, generation: d.u64()? })
+        })?;
+    }
     if d.pos != bytes.len() {
         return Err(corrupt(format!("{} unexpected bytes after the metadata", bytes.len() - d.pos)));
     }
@@ -665,6 +683,24 @@ pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
                     return Err(corrupt(format!("file contents chunk {i} ends past the largest file offset")));
                 }
             }
+        }
+    }
+    for (i, r) in m.inherited.iter().enumerate() {
+        let region = m.regions.get(r.region as usize).ok_or_else(|| {
+            corrupt(format!("inherited memory {i} names region {}, which does not exist", r.region))
+        })?;
+        let end = r.offset.checked_add(r.len).and_then(|e| region.start.checked_add(e));
+        if r.offset % page != 0 || r.len % page != 0 || r.len == 0 || end.is_none_or(|e| e > region.end) {
+            return Err(corrupt(format!(
+                "inherited memory {i} ({} bytes at offset {:#x}) is not whole pages of region {}",
+                r.len, r.offset, r.region
+            )));
+        }
+        if r.generation == 0 || r.generation >= m.generation {
+            return Err(corrupt(format!(
+                "inherited memory {i} refers to generation {}, not an earlier one than {}",
+                r.generation, m.generation
+            )));
         }
     }
     Ok(())

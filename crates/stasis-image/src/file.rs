@@ -74,7 +74,7 @@ impl Header {
         let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
         let u64_at = |o: usize| (u64::from(u32_at(o + 4)) << 32) | u64::from(u32_at(o));
         let version = u32_at(8);
-        if version != VERSION {
+        if !(crate::OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion { path: path.into(), version });
         }
         if u64_at(HEADER_SUMMED) != xxh3_64(&h[..HEADER_SUMMED]) {
@@ -325,7 +325,7 @@ fn load(
     if xxh3_64(&meta_bytes) != header.meta_checksum {
         return Err(Error::Checksum { path: path.into(), what: "the metadata".into() });
     }
-    let meta = crate::decode_meta(&meta_bytes).map_err(|e| e.at(path))?;
+    let meta = crate::codec::decode_meta_version(&meta_bytes, header.version).map_err(|e| e.at(path))?;
     let digest = Digest::of(&h, &meta_bytes);
     for (i, c) in meta.chunks.iter().enumerate() {
         let inside =

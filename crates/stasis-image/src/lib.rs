@@ -33,7 +33,7 @@ pub mod savedfiles;
 mod store;
 mod trust;
 
-pub use codec::{decode_meta, encode_meta};
+pub use codec::{decode_meta, decode_meta_version, encode_meta};
 pub use dirfd::{Dir, Stat, euid};
 pub use error::{Error, Result};
 pub use file::{Header, ImageReader, ImageWriter, parse_image, parse_image_digest};
@@ -45,8 +45,10 @@ pub use trust::{open_checkpoint_dir, open_image_dir, untrusted};
 
 /// First eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"STASISIM";
-/// Format version written by this build; readers refuse any other.
-pub const VERSION: u32 = 6;
+/// Format version written by this build.
+pub const VERSION: u32 = 7;
+/// The oldest version readers still accept (6: no `inherited` list).
+pub const OLDEST_VERSION: u32 = 6;
 /// Alignment of the payload and of memory chunks.
 pub const PAGE_SIZE: u64 = 4096;
 /// Upper bound on the encoded metadata, so a hostile file cannot make a

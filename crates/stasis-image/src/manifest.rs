@@ -75,6 +75,10 @@ pub struct Manifest {
     pub created_unix: u64,
     pub interval_s: u32,
     pub processes: Vec<ManifestProcess>,
+    /// Earlier generations whose images this one's refer to (incremental
+    /// checkpoints), ascending: they must be kept, and intact, as long as
+    /// this one is. The line `needs 3 5`, absent when empty.
+    pub needs: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -111,6 +115,10 @@ impl Manifest {
         for p in &self.processes {
             s.push_str(&format!("process {} {} {} {} {}\n", p.pid, word(&p.image), word(&p.name), p.size, p.digest));
         }
+        if !self.needs.is_empty() {
+            let list: Vec<String> = self.needs.iter().map(u64::to_string).collect();
+            s.push_str(&format!("needs {}\n", list.join(" ")));
+        }
         let sum = xxh3_64(s.as_bytes());
         s.push_str(&format!("checksum {sum:016x}\n"));
         s
@@ -143,6 +151,7 @@ impl Manifest {
         }
         let mut m = Manifest::default();
         let mut seen = [false; 4];
+        let mut needs_seen = false;
         for line in lines {
             let words: Vec<&str> = line.split(' ').collect();
             let want = |n: usize| {
@@ -180,6 +189,23 @@ impl Manifest {
                     });
                     continue;
                 }
+                "needs" => {
+                    if needs_seen {
+                        return Err(format!("repeated line {line:?}"));
+                    }
+                    needs_seen = true;
+                    if words.len() < 2 {
+                        return Err(format!("expected generations in {line:?}"));
+                    }
+                    for w in &words[1..] {
+                        let g = num(w)?;
+                        if g == 0 || m.needs.last().is_some_and(|&last| last >= g) {
+                            return Err(format!("generations not ascending in {line:?}"));
+                        }
+                        m.needs.push(g);
+                    }
+                    continue;
+                }
                 _ => return Err(format!("unknown line {line:?}")),
             };
             want(2)?;
@@ -198,6 +224,9 @@ impl Manifest {
         }
         if let Some(i) = seen.iter().position(|s| !s) {
             return Err(format!("no {} line", ["generation", "computation", "created", "interval"][i]));
+        }
+        if m.needs.last().is_some_and(|&g| g >= m.generation) {
+            return Err(format!("generation {} needs a later one", m.generation));
         }
         Ok(m)
     }

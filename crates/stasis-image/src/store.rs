@@ -299,7 +299,36 @@ impl CheckpointDir {
             check_image(&m, p, r.meta(), r.len(), r.digest()).map_err(|why| Damage::file(&p.image, why))?;
             images.push(r);
         }
+        // An incremental generation is only as good as those it refers to.
+        for &g in &m.needs {
+            let name = committed_name(g);
+            let broken = match self.dir.stat(&name) {
+                Err(_) => "is missing".to_string(),
+                Ok(_) => match self.verify_alone(g) {
+                    Ok(()) => continue,
+                    Err(d) => format!("is damaged ({})", d.short()),
+                },
+            };
+            return Err(Damage::dir(format!(": it needs {name}, which {broken}")));
+        }
         Ok((m, images))
+    }
+
+    /// A needed generation: its MANIFEST and images intact (what it needs
+    /// in turn is listed by whoever needs it: references are flattened).
+    fn verify_alone(&self, number: u64) -> std::result::Result<(), Damage> {
+        let (gdir, m) = self.inspect(number)?;
+        for p in &m.processes {
+            let path = gdir.path().join(&p.image);
+            let f = gdir.open_file(&p.image).map_err(|e| Damage::file(&p.image, open_error(e)))?;
+            let md = f.metadata().map_err(|e| Damage::file(&p.image, format!(": {e}")))?;
+            if let Some(why) = untrusted(&path, md.uid(), md.mode()) {
+                return Err(Damage::file(&p.image, why));
+            }
+            let r = ImageReader::from_file(f, &path).map_err(|e| Damage::file(&p.image, after_path(&e, &path)))?;
+            check_image(&m, p, r.meta(), r.len(), r.digest()).map_err(|why| Damage::file(&p.image, why))?;
+        }
+        Ok(())
     }
 
     /// Committed generations whose MANIFEST is intact (and ours), oldest
@@ -432,14 +461,21 @@ impl CheckpointDir {
         self.dir.remove_tree(&partial_name(pending.number)).map_err(io(&pending.path, "remove partial generation"))
     }
 
-    /// Keeps the newest `keep` intact generations (at least one) and
-    /// removes older intact ones, and partial directories older than the
+    /// Keeps the newest `keep` intact generations (at least one), and the
+    /// generations they need (`Manifest::needs`), and removes older intact
+    /// ones, and partial directories older than the
     /// newest. A damaged `gen-N` is never removed: it is evidence.
     pub fn prune(&self, keep: usize) -> Result<()> {
         let committed = self.generations()?;
         let Some(newest) = committed.last().map(|g| g.number) else { return Ok(()) };
         let cut = committed.len().saturating_sub(keep.max(1));
-        for g in &committed[..cut] {
+        // What the kept generations refer to stays with them.
+        let needed: Vec<u64> = committed[cut..]
+            .iter()
+            .filter_map(|g| self.inspect(g.number).ok())
+            .flat_map(|(_, m)| m.needs)
+            .collect();
+        for g in committed[..cut].iter().filter(|g| !needed.contains(&g.number)) {
             let name = committed_name(g.number);
             self.dir.remove_tree(&name).map_err(io(&g.path, "remove old generation"))?;
         }

@@ -50,6 +50,9 @@ pub const FORK_WIPEONFORK: u32 = 2;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadOp {
+    /// The image to read from (this process's own, or an earlier
+    /// generation's for an incremental checkpoint).
+    pub fd: i64,
     pub addr: u64,
     pub len: u64,
     pub file_offset: u64,

@@ -15,6 +15,7 @@
 mod fds;
 mod kobj;
 mod layout;
+mod memory;
 mod ns;
 mod plan;
 mod pty;
@@ -405,7 +406,7 @@ fn prepare_and_jump(
             libc::setrlimit(l.resource as _, &want);
         }
     }
-    step("preparing its memory", plan::build_and_jump(meta, helpers, ready))
+    step("preparing its memory", plan::build_and_jump(meta, image.path(), helpers, ready))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::arch::asm;
 
-use stasis_image::{ChunkKind, ProcessMeta, RegionKind};
+use stasis_image::{ProcessMeta, RegionKind};
 use stasis_plan::{
     Itimerval, KernelSigaction, MapOp, Move, Plan, Poke, PrctlMmMap, RESTORER_THREAD_STACK, ReadOp, Slice, ThreadPlan,
     TimerPlan, restore_info,
@@ -157,27 +157,28 @@ fn place_area(meta: &ProcessMeta, current_vdso: &[VdsoArea], size: u64) -> Resul
 /// computation is as far, or fails, and then nothing has been changed yet.
 pub fn build_and_jump(
     meta: &ProcessMeta,
+    image_path: &std::path::Path,
     mut helpers: Helpers,
     ready: &dyn Fn() -> Result<(), String>,
 ) -> Result<(), String> {
     let current_vdso = vdso::current()?;
+    let (files, pieces) = crate::memory::memory_pieces(meta, image_path).map_err(|e| e.0)?;
     let threads = &meta.threads;
     let frames: u64 = threads.iter().map(|t| layout::frame_len(t) + 64).sum();
     // Every array of the plan, each padded to its alignment.
     let record = |n: usize, size: usize| (n * size + 16) as u64;
     let arrays = record(meta.regions.len(), std::mem::size_of::<MapOp>())
-        + record(meta.chunks.len(), std::mem::size_of::<ReadOp>())
+        + record(pieces.len(), std::mem::size_of::<ReadOp>())
         + record(5, std::mem::size_of::<Poke>())
         + record(threads.len(), std::mem::size_of::<ThreadPlan>())
         + record(meta.posix_timers.len(), std::mem::size_of::<TimerPlan>())
         + record(meta.mm.auxv.len(), 8);
     let code = RESTORER.len() as u64;
     // Compressed chunks are read here before being decompressed into place.
-    let scratch_len = meta
-        .chunks
+    let scratch_len = pieces
         .iter()
-        .filter(|c| c.compression != stasis_image::Compression::None)
-        .map(|c| c.len)
+        .filter(|p| p.compression != stasis_image::Compression::None)
+        .map(|p| p.stored_len)
         .max()
         .unwrap_or(0);
     let size = (code
@@ -235,18 +236,23 @@ pub fn build_and_jump(
             offset,
         });
     }
-    let reads: Vec<ReadOp> = meta
-        .chunks
+    let mut fds = Vec::with_capacity(files.len());
+    for f in files {
+        fds.push(helpers.keep(std::os::fd::IntoRawFd::into_raw_fd(f))?);
+    }
+    let reads: Vec<ReadOp> = pieces
         .iter()
-        .filter_map(|c| match c.kind {
-            ChunkKind::Memory { region, offset } if region_reads[region as usize] => Some(ReadOp {
-                addr: meta.regions[region as usize].start + offset,
-                len: c.data_len,
-                file_offset: c.file_offset,
-                stored_len: c.len,
-                compressed: u64::from(c.compression == stasis_image::Compression::Lz4),
-            }),
-            _ => None,
+        .filter(|p| {
+            let i = meta.regions.partition_point(|r| r.end <= p.addr);
+            i < meta.regions.len() && region_reads[i]
+        })
+        .map(|p| ReadOp {
+            fd: i64::from(fds[p.image]),
+            addr: p.addr,
+            len: p.len,
+            file_offset: p.file_offset,
+            stored_len: p.stored_len,
+            compressed: u64::from(p.compression == stasis_image::Compression::Lz4),
         })
         .collect();
 

@@ -220,13 +220,13 @@ fn map_memory(p: &Plan) {
     }
     for r in slice::<stasis_plan::ReadOp>(p.reads) {
         if r.compressed == 0 {
-            read_fully(p.image_fd, r.addr, r.len, r.file_offset);
+            read_fully(r.fd as i32, r.addr, r.len, r.file_offset);
             continue;
         }
         if r.stored_len > p.scratch.len {
             fail(b"compressed chunk larger than the scratch buffer", -22);
         }
-        read_fully(p.image_fd, p.scratch.addr, r.stored_len, r.file_offset);
+        read_fully(r.fd as i32, p.scratch.addr, r.stored_len, r.file_offset);
         // SAFETY: the scratch buffer and the target range are mapped,
         // writable and disjoint (restart placed the scratch in our area).
         let (src, dst) = unsafe {
