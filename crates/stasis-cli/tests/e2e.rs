@@ -65,6 +65,10 @@ mod pty;
 // stopped on request (a real SLURM: tests/slurm.rs).
 #[path = "e2e/batch.rs"]
 mod batch;
+// Incremental checkpoints: only what changed, references to earlier
+// generations, prune and --full-every.
+#[path = "e2e/incremental.rs"]
+mod incremental;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -435,7 +435,15 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
         // Size and digest: filled from the image itself (vouch).
         processes.push(ManifestProcess { pid: p.pid, name: p.name, image, ..Default::default() });
     }
-    Ok(Manifest { generation, computation_id, created_unix: 0, interval_s, processes, needs: Vec::new() })
+    Ok(Manifest {
+        generation,
+        computation_id,
+        created_unix: 0,
+        interval_s,
+        processes,
+        needs: Vec::new(),
+        full_every: shared.full_every,
+    })
 }
 
 /// Fills each process's image size and digest, reading only the header

@@ -79,6 +79,9 @@ pub struct Manifest {
     /// checkpoints), ascending: they must be kept, and intact, as long as
     /// this one is. The line `needs 3 5`, absent when empty.
     pub needs: Vec<u64>,
+    /// The coordinator's `--full-every`, which a restart keeps (0: not
+    /// said). The line `full-every 8`, absent when 0.
+    pub full_every: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -114,6 +117,9 @@ impl Manifest {
         );
         for p in &self.processes {
             s.push_str(&format!("process {} {} {} {} {}\n", p.pid, word(&p.image), word(&p.name), p.size, p.digest));
+        }
+        if self.full_every != 0 {
+            s.push_str(&format!("full-every {}\n", self.full_every));
         }
         if !self.needs.is_empty() {
             let list: Vec<String> = self.needs.iter().map(u64::to_string).collect();
@@ -187,6 +193,14 @@ impl Manifest {
                         size,
                         digest,
                     });
+                    continue;
+                }
+                "full-every" => {
+                    want(2)?;
+                    if m.full_every != 0 {
+                        return Err(format!("repeated line {line:?}"));
+                    }
+                    m.full_every = num(words[1])?.try_into().ok().filter(|&n| n != 0).ok_or_else(|| format!("bad number in {line:?}"))?;
                     continue;
                 }
                 "needs" => {

@@ -224,6 +224,20 @@ pub fn render(m: &ProcessMeta) -> String {
         m.chunks.iter().filter(|c| matches!(c.kind, ChunkKind::Memory { .. })).count(),
         size(files)
     );
+    if !m.inherited.is_empty() {
+        let mut gens: Vec<u64> = m.inherited.iter().map(|r| r.generation).collect();
+        gens.sort_unstable();
+        gens.dedup();
+        let list: Vec<String> = gens.iter().map(u64::to_string).collect();
+        let bytes = m.inherited.iter().fold(0u64, |a, r| a.saturating_add(r.len));
+        let _ = writeln!(
+            o,
+            "  inherited {} (unchanged since, in {} ranges) from generations {}",
+            size(bytes),
+            m.inherited.len(),
+            list.join(" ")
+        );
+    }
 
     // What restart checks each mapped file against (once per file).
     let mut seen: Vec<(&str, &crate::FileId)> = Vec::new();

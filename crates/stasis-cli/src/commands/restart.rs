@@ -40,6 +40,8 @@ pub struct RestartOpts {
     pub keep: usize,
     /// Compress images with LZ4 (a coordinator started here, or this one).
     pub compress: bool,
+    /// None: the one the checkpoint was taken with (its MANIFEST).
+    pub full_every: Option<u32>,
     pub port_file: Option<PathBuf>,
     pub coord_logfile: Option<PathBuf>,
     /// Where relative image names are; with no target, what to restart.
@@ -137,6 +139,10 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         keep: opts.keep,
         // Asked for now, or by the launch (or restart) that wrote these.
         compress: opts.compress || metas.iter().any(|m| m.agent.compress),
+        full_every: opts
+            .full_every
+            .or_else(|| checked.manifest.as_ref().map(|m| m.full_every).filter(|&n| n != 0))
+            .unwrap_or(stasis_coord::DEFAULT_FULL_EVERY),
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };
