@@ -805,6 +805,28 @@ mod tests {
     }
 
     #[test]
+    fn inherited_memory() {
+        let mut m = valid();
+        m.generation = 5;
+        m.inherited = vec![Inherited { region: 0, offset: 0, len: 0x1000, generation: 3 }];
+        let bytes = encode_meta(&m);
+        assert_eq!(decode_meta(&bytes).unwrap(), m);
+        // Version 6 has no list: its bytes end before it.
+        let v6 = &bytes[..bytes.len() - 4 - 28];
+        let back = decode_meta_version(v6, 6).unwrap();
+        assert!(back.inherited.is_empty());
+        assert!(decode_meta_version(&bytes, 6).is_err());
+        refused(|m| m.inherited = vec![Inherited { region: 9, offset: 0, len: 0x1000, generation: 1 }], "region 9");
+        refused(|m| m.inherited = vec![Inherited { region: 0, offset: 0x800, len: 0x1000, generation: 1 }], "whole pages");
+        refused(|m| m.inherited = vec![Inherited { region: 0, offset: 0, len: 0, generation: 1 }], "whole pages");
+        refused(|m| m.inherited = vec![Inherited { region: 0, offset: 0, len: 1 << 40, generation: 1 }], "whole pages");
+        refused(
+            |m| m.inherited = vec![Inherited { region: 0, offset: 0, len: 0x1000, generation: m.generation }],
+            "not an earlier one",
+        );
+    }
+
+    #[test]
     fn encoding_errors() {
         let good = encode_meta(&valid());
         for cut in 0..good.len() {
@@ -844,9 +866,10 @@ mod tests {
             "holds 67108865 bytes in 9 stored ones",
         );
         refused(|m| m.chunks[1].data_len = 10, "holds 10 bytes in 9 stored ones");
-        // The compression tag is the second last field of the last chunk.
+        // The compression tag is the second last field of the last chunk
+        // (an empty inherited list follows).
         let mut v = encode_meta(&valid());
-        let at = v.len() - 9;
+        let at = v.len() - 9 - 4;
         v[at] = 2;
         assert_eq!(what(decode_meta(&v).unwrap_err()), "unknown compression 2");
     }
@@ -869,10 +892,10 @@ mod tests {
             let w = what(decode_meta(&v).unwrap_err());
             assert!(w.contains(want), "{w:?} should mention {want:?}");
         }
-        // The descriptor's tag is followed by its outside-stdio byte and 41
-        // bytes: four empty lists' counts, shared_pending and the agent's 17
-        // bytes.
-        let fd_tag = good.len() - 43;
+        // The descriptor's tag is followed by its outside-stdio byte and 45
+        // bytes: four empty lists' counts, shared_pending, the agent's 17
+        // bytes and the empty inherited list's count.
+        let fd_tag = good.len() - 47;
         let mut v = good.clone();
         v[fd_tag] = 14;
         assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 14"));

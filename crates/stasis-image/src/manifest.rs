@@ -300,6 +300,7 @@ mod tests {
                 },
                 ManifestProcess { pid: -1, name: String::new(), image: "b.img".into(), ..Default::default() },
             ],
+            ..Default::default()
         }
     }
 
@@ -321,6 +322,35 @@ mod tests {
         expected.processes[0].name = "my_prog".into();
         assert_eq!(back, expected);
         assert_eq!(Manifest::decode(&Manifest::default().encode()).unwrap(), Manifest::default());
+    }
+
+    #[test]
+    fn needs_and_full_every() {
+        let mut m = sample();
+        m.processes[0].name = "my_prog".into();
+        m.needs = vec![3, 5];
+        m.full_every = 8;
+        let text = m.encode();
+        assert!(text.contains("\nfull-every 8\nneeds 3 5\n"), "{text}");
+        assert_eq!(Manifest::decode(&text).unwrap(), m);
+        // Absent when empty: older manifests read as before.
+        assert!(!sample().encode().contains("needs"));
+        let body = sample().encode();
+        let body = &body[..body.rfind("checksum").unwrap()];
+        for (line, want) in [
+            ("needs\n", "expected generations"),
+            ("needs 5 3\n", "not ascending"),
+            ("needs 3 3\n", "not ascending"),
+            ("needs 0\n", "not ascending"),
+            ("needs 7\n", "needs a later one"),
+            ("needs 3\nneeds 4\n", "repeated"),
+            ("needs x\n", "bad number"),
+            ("full-every 0\n", "bad number"),
+            ("full-every 2\nfull-every 2\n", "repeated"),
+        ] {
+            let e = Manifest::decode(&signed(&format!("{body}{line}"))).unwrap_err();
+            assert!(e.contains(want), "{line:?}: {e}");
+        }
     }
 
     #[test]

@@ -773,6 +773,51 @@ mod tests {
         fs::write(g.join(MANIFEST), m.encode()).unwrap();
     }
 
+    /// Generation `g` whose MANIFEST says it needs `needs`.
+    fn commit_needing(dir: &CheckpointDir, needs: &[u64]) -> Generation {
+        let n = dir.next_number();
+        let p = dir.begin(n).unwrap();
+        let processes = vec![image(&p.path, 1, n)];
+        let m = Manifest { generation: n, computation_id: COMPUTATION, processes, needs: needs.to_vec(), ..Default::default() };
+        dir.commit(p, &m).unwrap()
+    }
+
+    #[test]
+    fn prune_keeps_what_kept_generations_need() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open_or_create(t.path()).unwrap();
+        commit_needing(&dir, &[]); // 1, full
+        commit_needing(&dir, &[1]);
+        commit_needing(&dir, &[1, 2]);
+        dir.prune(1).unwrap();
+        assert_eq!(numbers(&dir), [1, 2, 3]);
+        commit_needing(&dir, &[]); // 4, full
+        commit_needing(&dir, &[4]);
+        dir.prune(2).unwrap();
+        assert_eq!(numbers(&dir), [4, 5]);
+        dir.prune(1).unwrap();
+        assert_eq!(numbers(&dir), [4, 5]);
+    }
+
+    #[test]
+    fn a_generation_whose_needs_are_gone_is_not_restartable() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open_or_create(t.path()).unwrap();
+        commit_needing(&dir, &[]);
+        commit_needing(&dir, &[]);
+        let g3 = commit_needing(&dir, &[1, 2]);
+        assert!(dir.restartable(Choice::Newest).is_ok());
+        fs::remove_dir_all(t.path().join("gen-000001")).unwrap();
+        let e = dir.restartable(Choice::Exactly(3)).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: it needs gen-000001, which is missing", g3.path.display()));
+        // Damaged, rather than gone: named too; --fallback takes generation 2.
+        fs::write(t.path().join("gen-000002/p1.img"), b"junk").unwrap();
+        let e = dir.restartable(Choice::Newest).unwrap_err().to_string();
+        assert!(e.contains("it needs gen-000001, which is missing"), "{e}");
+        let e = dir.restartable(Choice::Exactly(2)).unwrap_err().to_string();
+        assert!(e.contains("p1.img"), "{e}");
+    }
+
     #[test]
     fn names() {
         assert_eq!(parse_name("gen-000001"), Some((1, false)));
