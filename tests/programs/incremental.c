@@ -1,5 +1,7 @@
-/* incremental.c: a large buffer of which about 1% of the pages change each
- * step, for incremental checkpoints.  Every fifth step a few pages are
+/* incremental.c: a large buffer of which only a fixed 1% of the pages (one
+ * in a hundred) ever change, a quarter of those each step, for incremental
+ * checkpoints: however many steps lie between two checkpoints, at most 1%
+ * of the pages changed.  Every fifth step a few pages are
  * dropped with MADV_DONTNEED (they must come back as zeros).  A forked
  * child does the same with its own buffer and seed; the parent prints the
  * child's final hash at the end.
@@ -40,9 +42,9 @@ static uint64_t work(int steps, int pause, size_t bytes, uint64_t seed, int loud
 	uint64_t running = seed;
 	for (int step = 1; step <= steps; step++) {
 		uint64_t h = (uint64_t)step;
-		/* About 1% of the pages, a different set each step. */
-		for (size_t k = 0; k < pages / 100 + 1; k++) {
-			size_t p = mix64(seed ^ ((uint64_t)step << 32) ^ k) % pages;
+		/* A quarter of the hot pages (one page in a hundred). */
+		for (size_t k = 0; k < pages / 400 + 1; k++) {
+			size_t p = mix64(seed ^ ((uint64_t)step << 32) ^ k) % (pages / 100) * 100;
 			uint64_t *w = buf + p * per_page;
 			w[step % per_page] = mix64(w[0] + (uint64_t)step);
 			w[0] ^= (uint64_t)step;

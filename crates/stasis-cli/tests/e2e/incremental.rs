@@ -1,6 +1,6 @@
 //! Incremental checkpoints (tests/programs/incremental.c: a 32 MiB buffer,
-//! and a forked child's 16 MiB, of which about 1% of the pages change each
-//! step, a few dropped with MADV_DONTNEED now and then): the second and
+//! and a forked child's 16 MiB, of which the same 1% of the pages change
+//! step after step, a few others dropped with MADV_DONTNEED now and then): the second and
 //! third images hold only what changed and refer to the earlier
 //! generations, every generation restarts to the uninterrupted run's
 //! output, prune keeps what the kept generations need, and a full
@@ -49,7 +49,7 @@ fn restart_generation(sb: &Sandbox, ck: &Path, g: u64) -> Proc {
 
 #[test]
 fn incremental_checkpoints_refer_to_earlier_generations_and_each_restarts() {
-    let prog = Program::c("incremental", &["80", "80", "32"]);
+    let prog = Program::c("incremental", &["150", "50", "32"]);
     let sb = Sandbox::new("incremental");
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
     let ck = sb.join("ck");
@@ -68,7 +68,8 @@ fn incremental_checkpoints_refer_to_earlier_generations_and_each_restarts() {
     let full = image_bytes(&sb, &gens[0].1);
     for (n, path) in &gens[1..] {
         let bytes = image_bytes(&sb, path);
-        sb.check(bytes * 4 < full, || format!("generation {n} has {bytes} bytes of images, the full one {full}"));
+        // 1% of the pages changed, and a little of the program and agent.
+        sb.check(bytes * 10 < full, || format!("generation {n} has {bytes} bytes of images, the full one {full}"));
         let needs = manifest_line(&sb, path, "needs");
         sb.check(needs.as_deref().is_some_and(|l| l.starts_with("needs 1")), || {
             format!("generation {n}'s MANIFEST: needs line {needs:?}")
@@ -92,7 +93,6 @@ fn incremental_checkpoints_refer_to_earlier_generations_and_each_restarts() {
     sb.check(numbers == [4], || format!("after the full generation 4: generations {numbers:?}, expected [4]"));
     let g4 = newest_generation(&sb, &ck);
     sb.check(manifest_line(&sb, &g4, "needs").is_none(), || "generation 4 (full) needs another".into());
-    app.wait_lines(&sb, fourth.hi + 1);
     app.kill();
     let reference = finish_reference(&sb, reference);
     windows.push(fourth);
