@@ -62,9 +62,11 @@ pub fn memory_pieces(meta: &ProcessMeta, own: &Path) -> Result<(Vec<File>, Vec<M
 /// The image of the same process in generation `g` of the same checkpoint
 /// directory, checked against that generation's MANIFEST.
 fn older_image(meta: &ProcessMeta, own: &Path, g: u64) -> Result<(File, ImageReader), RestoreError> {
-    let gen_dir: PathBuf = own
-        .parent()
-        .and_then(Path::parent)
+    // The image is in its generation's directory, or is one of the DMTCP
+    // names at the top of the checkpoint directory (`ckpt_*.dmtcp`).
+    let parent = own.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let ck = if parent.join(format!("gen-{:06}", meta.generation)).is_dir() { Some(parent) } else { parent.parent() };
+    let gen_dir: PathBuf = ck
         .map(|d| d.join(format!("gen-{g:06}")))
         .ok_or_else(|| RestoreError(format!("{}: not in a checkpoint directory", own.display())))?;
     let bad = |why: String| RestoreError(format!("{} (needed by pid {}'s image): {why}", gen_dir.display(), meta.pid));

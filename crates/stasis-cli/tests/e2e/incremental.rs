@@ -113,6 +113,27 @@ fn incremental_checkpoints_refer_to_earlier_generations_and_each_restarts() {
         );
     }
 
+    // The DMTCP names at the top of the copy are generation 3's images.
+    let mut dmtcp_names: Vec<PathBuf> = fs::read_dir(&copy)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "dmtcp"))
+        .collect();
+    dmtcp_names.sort();
+    sb.check(dmtcp_names.len() == 2, || format!("DMTCP names in {}: {dmtcp_names:?}", copy.display()));
+    let mut cmd = Command::new(stasis());
+    cmd.arg("restart").arg("--coord-socket").arg(sb.socket()).args(&dmtcp_names).current_dir(sb.path());
+    let mut re = Proc::spawn(&sb, &sb.label("restart"), cmd, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} (DMTCP names) exited with {status}: {}", re.label, re.stderr_text()));
+    verify_history(
+        &sb,
+        &reference,
+        &[Piece::new(&app.label, app.lines(), vec![windows[2]]), Piece::new(&re.label, re.lines(), vec![])],
+    );
+
     // A generation an incremental one needs is gone: a clear refusal.
     fs::remove_dir_all(copy.join("gen-000001")).unwrap_or_else(|e| sb.fail(format!("remove gen-000001: {e}")));
     let out = run_stasis(
