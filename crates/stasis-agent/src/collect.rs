@@ -392,7 +392,9 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
         let len = e.end - e.start;
         let (kind, plan) = match e.name.as_str() {
             "[vdso]" => (RegionKind::Vdso, RegionPlan { pages: Pages::Prefix(len), skip_zero: false, uffd_wp: false }),
-            "[vvar]" | "[vvar_vclock]" => (RegionKind::Vvar, RegionPlan { pages: Pages::None, skip_zero: false, uffd_wp: false }),
+            "[vvar]" | "[vvar_vclock]" => {
+                (RegionKind::Vvar, RegionPlan { pages: Pages::None, skip_zero: false, uffd_wp: false })
+            }
             _ => match e.path() {
                 Some(path) if !e.is_deleted() && !path.starts_with("/SYSV") && !path.starts_with("/memfd:") => {
                     let md = fs::metadata(path).map_err(|err| format!("stat {path}: {err}"))?;
@@ -439,7 +441,10 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
                 }
                 None => {
                     let bits = page_bits(&pagemap, e.start, len, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
-                    (RegionKind::Anonymous, RegionPlan { pages: Pages::Bitmap(bits), skip_zero: true, uffd_wp: e.has_flag("uw") })
+                    (
+                        RegionKind::Anonymous,
+                        RegionPlan { pages: Pages::Bitmap(bits), skip_zero: true, uffd_wp: e.has_flag("uw") },
+                    )
                 }
             },
         };

@@ -203,7 +203,9 @@ fn uffd(s: &mut State) -> Option<i32> {
     let wanted = UFFD_FEATURE_WP_ASYNC;
     let mut api = UffdioApi { api: UFFD_API, features: wanted, ioctls: 0 };
     // SAFETY: UFFDIO_API reads and writes one uffdio_api.
-    let r = unsafe { sys::syscall6(libc::SYS_ioctl, [fd as usize, UFFDIO_API as usize, &mut api as *mut _ as usize, 0, 0, 0]) };
+    let r = unsafe {
+        sys::syscall6(libc::SYS_ioctl, [fd as usize, UFFDIO_API as usize, &mut api as *mut _ as usize, 0, 0, 0])
+    };
     if let Err(e) = r {
         sys::close(fd);
         note_once(s, &format!("userfaultfd asynchronous write-protect: {}", std::io::Error::from_raw_os_error(e)));
@@ -249,7 +251,10 @@ pub fn scan(pagemap: i32, start: u64, end: u64, protect: bool) -> Result<Vec<Pag
         // SAFETY: PAGEMAP_SCAN reads `arg`, writes it back (walk_end) and
         // fills at most vec_len page_regions of `buf`.
         let n = unsafe {
-            sys::syscall6(libc::SYS_ioctl, [pagemap as usize, PAGEMAP_SCAN as usize, &mut arg as *mut _ as usize, 0, 0, 0])
+            sys::syscall6(
+                libc::SYS_ioctl,
+                [pagemap as usize, PAGEMAP_SCAN as usize, &mut arg as *mut _ as usize, 0, 0, 0],
+            )
         }?;
         out.extend_from_slice(&buf[..n.min(buf.len())]);
         if arg.walk_end <= at {
@@ -403,18 +408,18 @@ fn select_in(s: &mut State, snap: &mut Snapshot, base: Base) {
         for run in &runs {
             let first = ((run.start.max(r.start) - r.start) / PAGE) as usize;
             let last = ((run.end.min(r.end) - r.start) / PAGE) as usize;
-            for p in first..last {
+            for (p, h) in holder.iter_mut().enumerate().take(last).skip(first) {
                 let v = if bit(dirty, p) { Verdict::Changed } else { verdict(run.categories) };
                 if v == Verdict::Changed {
                     set_bit(dirty, p, true);
                 }
                 let held = if incremental { holder_of(&s.held, r.start + p as u64 * PAGE) } else { None };
                 match decide(v, run.categories, held, swap) {
-                    Decision::Save => holder[p] = if bit(bits, p) { generation } else { NONE },
+                    Decision::Save => *h = if bit(bits, p) { generation } else { NONE },
                     Decision::Zero => set_bit(bits, p, false),
                     Decision::Refer(g) => {
                         set_bit(bits, p, false);
-                        holder[p] = g;
+                        *h = g;
                     }
                 }
             }
@@ -493,8 +498,14 @@ mod tests {
         let len = 16 * PAGE as usize;
         // SAFETY: a fresh private anonymous mapping of our own.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         } as *mut u8;
         assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
         let start = p as u64;

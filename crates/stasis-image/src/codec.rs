@@ -592,9 +592,8 @@ pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
         Ok(Chunk { kind, file_offset, len, checksum, compression, data_len: d.u64()? })
     })?;
     if version >= 7 {
-        m.inherited = d.vec(28, |d| {
-            Ok(Inherited { region: d.u32()?, offset: d.u64()?, len: d.u64()?, generation: d.u64()? })
-        })?;
+        m.inherited =
+            d.vec(28, |d| Ok(Inherited { region: d.u32()?, offset: d.u64()?, len: d.u64()?, generation: d.u64()? }))?;
     }
     if d.pos != bytes.len() {
         return Err(corrupt(format!("{} unexpected bytes after the metadata", bytes.len() - d.pos)));
@@ -686,9 +685,10 @@ pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
         }
     }
     for (i, r) in m.inherited.iter().enumerate() {
-        let region = m.regions.get(r.region as usize).ok_or_else(|| {
-            corrupt(format!("inherited memory {i} names region {}, which does not exist", r.region))
-        })?;
+        let region = m
+            .regions
+            .get(r.region as usize)
+            .ok_or_else(|| corrupt(format!("inherited memory {i} names region {}, which does not exist", r.region)))?;
         let end = r.offset.checked_add(r.len).and_then(|e| region.start.checked_add(e));
         if r.offset % page != 0 || r.len % page != 0 || r.len == 0 || end.is_none_or(|e| e > region.end) {
             return Err(corrupt(format!(
@@ -817,7 +817,10 @@ mod tests {
         assert!(back.inherited.is_empty());
         assert!(decode_meta_version(&bytes, 6).is_err());
         refused(|m| m.inherited = vec![Inherited { region: 9, offset: 0, len: 0x1000, generation: 1 }], "region 9");
-        refused(|m| m.inherited = vec![Inherited { region: 0, offset: 0x800, len: 0x1000, generation: 1 }], "whole pages");
+        refused(
+            |m| m.inherited = vec![Inherited { region: 0, offset: 0x800, len: 0x1000, generation: 1 }],
+            "whole pages",
+        );
         refused(|m| m.inherited = vec![Inherited { region: 0, offset: 0, len: 0, generation: 1 }], "whole pages");
         refused(|m| m.inherited = vec![Inherited { region: 0, offset: 0, len: 1 << 40, generation: 1 }], "whole pages");
         refused(

@@ -200,7 +200,11 @@ impl Manifest {
                     if m.full_every != 0 {
                         return Err(format!("repeated line {line:?}"));
                     }
-                    m.full_every = num(words[1])?.try_into().ok().filter(|&n| n != 0).ok_or_else(|| format!("bad number in {line:?}"))?;
+                    m.full_every = num(words[1])?
+                        .try_into()
+                        .ok()
+                        .filter(|&n| n != 0)
+                        .ok_or_else(|| format!("bad number in {line:?}"))?;
                     continue;
                 }
                 "needs" => {

@@ -470,11 +470,8 @@ impl CheckpointDir {
         let Some(newest) = committed.last().map(|g| g.number) else { return Ok(()) };
         let cut = committed.len().saturating_sub(keep.max(1));
         // What the kept generations refer to stays with them.
-        let needed: Vec<u64> = committed[cut..]
-            .iter()
-            .filter_map(|g| self.inspect(g.number).ok())
-            .flat_map(|(_, m)| m.needs)
-            .collect();
+        let needed: Vec<u64> =
+            committed[cut..].iter().filter_map(|g| self.inspect(g.number).ok()).flat_map(|(_, m)| m.needs).collect();
         for g in committed[..cut].iter().filter(|g| !needed.contains(&g.number)) {
             let name = committed_name(g.number);
             self.dir.remove_tree(&name).map_err(io(&g.path, "remove old generation"))?;
@@ -778,7 +775,13 @@ mod tests {
         let n = dir.next_number();
         let p = dir.begin(n).unwrap();
         let processes = vec![image(&p.path, 1, n)];
-        let m = Manifest { generation: n, computation_id: COMPUTATION, processes, needs: needs.to_vec(), ..Default::default() };
+        let m = Manifest {
+            generation: n,
+            computation_id: COMPUTATION,
+            processes,
+            needs: needs.to_vec(),
+            ..Default::default()
+        };
         dir.commit(p, &m).unwrap()
     }
 

@@ -39,9 +39,10 @@ pub fn memory_pieces(meta: &ProcessMeta, own: &Path) -> Result<(Vec<File>, Vec<M
         for r in meta.inherited.iter().filter(|r| r.generation == g) {
             let region = &meta.regions[r.region as usize];
             let (from, to) = (region.start + r.offset, region.start + r.offset + r.len);
-            pieces.extend(pieces_within(older.meta(), index, from, to).map_err(|e| {
-                err(format!("{}: generation {g}'s image of pid {}: {e}", own.display(), meta.pid))
-            })?);
+            pieces.extend(
+                pieces_within(older.meta(), index, from, to)
+                    .map_err(|e| err(format!("{}: generation {g}'s image of pid {}: {e}", own.display(), meta.pid)))?,
+            );
         }
     }
     for c in &meta.chunks {

@@ -102,7 +102,9 @@ fn incremental_checkpoints_refer_to_earlier_generations_and_each_restarts() {
     for (g, dir) in targets {
         let mut re = restart_generation(&sb, &dir, g);
         let status = re.wait_exit(&sb, RUN_TIMEOUT);
-        sb.check(status.success(), || format!("{} (generation {g}) exited with {status}: {}", re.label, re.stderr_text()));
+        sb.check(status.success(), || {
+            format!("{} (generation {g}) exited with {status}: {}", re.label, re.stderr_text())
+        });
         verify_history(
             &sb,
             &reference,
