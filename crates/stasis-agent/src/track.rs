@@ -363,10 +363,7 @@ fn select_in(s: &mut State, snap: &mut Snapshot, base: Base) {
     let pagemap = std::os::fd::AsRawFd::as_raw_fd(&pagemap);
     // References only to what the base holds, and only when the state is
     // that of the base (a checkpoint that was not committed since: full).
-    // Compressed chunks cannot be cut to a reference (`memory_pieces`):
-    // compressed images are full.
-    let incremental =
-        !base.full && !snap.meta.agent.compress && base.generation != 0 && s.tracked_at == base.generation;
+    let incremental = !base.full && base.generation != 0 && s.tracked_at == base.generation;
     let generation = snap.meta.generation;
     let swap = swap_in_use();
     for (i, (r, plan)) in snap.meta.regions.iter().zip(snap.plans.iter_mut()).enumerate() {

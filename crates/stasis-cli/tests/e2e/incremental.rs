@@ -12,14 +12,15 @@ use std::process::Command;
 
 use crate::support::*;
 
-fn launch_full_every(sb: &Sandbox, prog: &Program, sock: &Path, ck: &Path, cwd: &Path) -> Proc {
+fn launch_with_args(sb: &Sandbox, prog: &Program, sock: &Path, ck: &Path, cwd: &Path, args: &[&str]) -> Proc {
     let mut cmd = Command::new(stasis());
     cmd.arg("launch")
         .arg("--ckptdir")
         .arg(ck)
         .arg("--coord-socket")
         .arg(sock)
-        .args(["--keep", "1", "--full-every", "3", "--"])
+        .args(args)
+        .arg("--")
         .args(&prog.argv)
         .current_dir(cwd);
     Proc::spawn(sb, &sb.label("launch"), cmd, Out::Pipe)
@@ -54,7 +55,7 @@ fn incremental_checkpoints_refer_to_earlier_generations_and_each_restarts() {
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
     let ck = sb.join("ck");
     let sock = sb.socket();
-    let mut app = launch_full_every(&sb, &prog, &sock, &ck, &sb.mkdir("run"));
+    let mut app = launch_with_args(&sb, &prog, &sock, &ck, &sb.mkdir("run"), &["--keep", "1", "--full-every", "3"]);
     let mut windows = Vec::new();
     for k in 0..3 {
         app.wait_lines(&sb, 3 + 4 * k);
@@ -146,4 +147,34 @@ fn incremental_checkpoints_refer_to_earlier_generations_and_each_restarts() {
     );
     expect_clean_error(&sb, "restart of a generation whose base is gone", &out);
     sb.check(out.stderr.contains("gen-000001"), || format!("the refusal does not name gen-000001: {}", out.stderr));
+}
+
+/// With compression: the older images' compressed chunks that references
+/// cover only in part are cut at restart.
+#[test]
+fn compressed_incremental_checkpoints_restart() {
+    let prog = Program::c("incremental", &["200", "40", "32"]);
+    let sb = Sandbox::new("incremental-lz4");
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let ck = sb.join("ck");
+    let sock = sb.socket();
+    let mut app = launch_with_args(&sb, &prog, &sock, &ck, &sb.mkdir("run"), &["--compress"]);
+    let mut windows = Vec::new();
+    for k in 0..3 {
+        app.wait_lines(&sb, 3 + 4 * k);
+        windows.push(checkpoint(&sb, &sock, &mut app));
+    }
+    let gens = committed_generations(&ck);
+    let newest = &gens.last().unwrap_or_else(|| sb.fail("no generation")).1;
+    sb.check(manifest_line(&sb, newest, "needs").is_some(), || "the newest generation needs none".into());
+    app.kill();
+    let reference = finish_reference(&sb, reference);
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let status = re.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}: {}", re.label, re.stderr_text()));
+    verify_history(
+        &sb,
+        &reference,
+        &[Piece::new(&app.label, app.lines(), vec![windows[2]]), Piece::new(&re.label, re.lines(), vec![])],
+    );
 }
