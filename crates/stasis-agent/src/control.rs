@@ -649,6 +649,7 @@ fn request(msg: &Message, s: &mut Session, conn: &Link) -> Option<Request> {
         base: crate::track::Base {
             generation: msg.get_parsed("base").unwrap_or(0),
             full: msg.get("full") != Some("0"),
+            track: msg.get("track") != Some("0"),
         },
     })
 }

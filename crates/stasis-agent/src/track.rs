@@ -137,6 +137,8 @@ pub struct Base {
     pub generation: u64,
     /// Write every page this time (`--full-every`).
     pub full: bool,
+    /// Track written pages at all (`--full-every 1` says no).
+    pub track: bool,
 }
 
 /// After a restart: the registrations and the descriptor are gone (the
@@ -358,6 +360,9 @@ pub fn select(snap: &mut Snapshot, base: Base) {
 fn select_in(s: &mut State, snap: &mut Snapshot, base: Base) {
     snap.meta.inherited.clear();
     s.next.clear();
+    if !base.track {
+        return;
+    }
     let Some(uffd) = uffd(s) else { return };
     let Ok(pagemap) = std::fs::File::open("/proc/self/pagemap") else { return };
     let pagemap = std::os::fd::AsRawFd::as_raw_fd(&pagemap);

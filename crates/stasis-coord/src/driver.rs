@@ -390,7 +390,10 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
             // Incremental checkpoints refer only to a committed generation;
             // a full one every `full_every` bounds the chain.
             .with("base", st.last_generation)
-            .with("full", u8::from(full_due(st.last_generation, st.last_full, generation, shared.full_every)));
+            .with("full", u8::from(full_due(st.last_generation, st.last_full, generation, shared.full_every)))
+            // `--full-every 1`: no tracking at all (a program that uses
+            // userfaultfd itself may need its regions left alone).
+            .with("track", u8::from(shared.full_every > 1));
         let participants: Vec<Participant> = st.agents.iter().map(Participant::new).collect();
         let count = participants.len();
         // The agents connected now get SUSPEND below; from this moment on
@@ -519,4 +522,21 @@ fn check_images(pending: &PendingGeneration, processes: &[ManifestProcess]) -> R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::full_due;
+
+    #[test]
+    fn a_full_checkpoint_every_n_generations() {
+        assert!(full_due(0, 0, 1, 8)); // the first
+        assert!(!full_due(1, 1, 2, 3));
+        assert!(!full_due(2, 1, 3, 3));
+        assert!(full_due(3, 1, 4, 3)); // 4 - 1 >= 3
+        assert!(full_due(7, 0, 8, 3)); // no full one known (a restart)
+        assert!(full_due(5, 5, 6, 1)); // --full-every 1: always
+        assert!(!full_due(9, 5, 10, 8)); // numbers may have gaps
+        assert!(full_due(12, 5, 13, 8));
+    }
 }
