@@ -4,13 +4,15 @@
  * of the pages changed.  Every fifth step a few pages are
  * dropped with MADV_DONTNEED (they must come back as zeros).  A forked
  * child does the same with its own buffer and seed; the parent prints the
- * child's final hash at the end.
+ * child's final hash at the end.  A small second buffer grows with mremap
+ * (moving, or in place) every seventh step.
  *
  * Prints "step N hash H" after each step and "final H child C" at the end,
  * where H covers every byte of the parent's buffer.
  *
  * Usage: incremental [STEPS [PAUSE_MS [MIB]]]
  */
+#define _GNU_SOURCE
 #include "common.h"
 
 #include <string.h>
@@ -39,9 +41,31 @@ static uint64_t work(int steps, int pause, size_t bytes, uint64_t seed, int loud
 	}
 	for (size_t i = 0; i < words; i += 64)
 		buf[i] = mix64(i ^ seed);
+	size_t extra_len = 16 * PAGE;
+	uint64_t *extra = mmap(NULL, extra_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (extra == MAP_FAILED) {
+		perror("mmap");
+		exit(1);
+	}
+	for (size_t i = 0; i < extra_len / 8; i++)
+		extra[i] = mix64(i + seed);
 	uint64_t running = seed;
 	for (int step = 1; step <= steps; step++) {
 		uint64_t h = (uint64_t)step;
+		if (step % 7 == 0) {
+			/* Grows, moving where it must: its old pages come along. */
+			uint64_t *grown = mremap(extra, extra_len, extra_len + 4 * PAGE, MREMAP_MAYMOVE);
+			if (grown == MAP_FAILED) {
+				perror("mremap");
+				exit(1);
+			}
+			extra = grown;
+			extra_len += 4 * PAGE;
+			extra[extra_len / 8 - 1] = (uint64_t)step;
+			extra[(uint64_t)step % (extra_len / 8)] ^= mix64((uint64_t)step);
+		}
+		for (size_t i = 0; i < extra_len / 8; i += 61)
+			h = mix64(h ^ extra[i]);
 		/* A quarter of the hot pages (one page in a hundred). */
 		for (size_t k = 0; k < pages / 400 + 1; k++) {
 			size_t p = mix64(seed ^ ((uint64_t)step << 32) ^ k) % (pages / 100) * 100;
