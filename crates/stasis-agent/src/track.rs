@@ -291,7 +291,7 @@ pub fn verdict(categories: u64) -> Verdict {
 
 /// The generation holding the page at `addr` (Some(NONE): it was zero),
 /// or None if the page was not tracked.
-fn holder_of(held: &[Held], addr: u64) -> Option<u64> {
+fn holder_of(held: &[&Held], addr: u64) -> Option<u64> {
     held.iter().find_map(|h| {
         let end = h.start + h.holder.len() as u64 * PAGE;
         (h.start..end).contains(&addr).then(|| h.holder[((addr - h.start) / PAGE) as usize])
@@ -399,6 +399,9 @@ fn select_in(s: &mut State, snap: &mut Snapshot, base: Base) {
             continue;
         }
         let Ok(runs) = scan(pagemap, r.start, r.end, true) else { continue };
+        // What was tracked of this range (usually one region, the same).
+        let before: Vec<&Held> =
+            s.held.iter().filter(|h| h.start < r.end && h.start + h.holder.len() as u64 * PAGE > r.start).collect();
         // Written pages, kept across a second select of this checkpoint.
         let dirty = match s.dirty.iter().position(|(start, d)| *start == r.start && d.len() == pages.div_ceil(64)) {
             Some(k) => &mut s.dirty[k].1,
@@ -415,7 +418,7 @@ fn select_in(s: &mut State, snap: &mut Snapshot, base: Base) {
                 if v == Verdict::Changed {
                     set_bit(dirty, p, true);
                 }
-                let held = if incremental { holder_of(&s.held, r.start + p as u64 * PAGE) } else { None };
+                let held = if incremental { holder_of(&before, r.start + p as u64 * PAGE) } else { None };
                 match decide(v, run.categories, held, swap) {
                     Decision::Save => *h = if bit(bits, p) { generation } else { NONE },
                     Decision::Zero => set_bit(bits, p, false),
