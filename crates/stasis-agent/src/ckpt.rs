@@ -41,6 +41,8 @@ pub struct Request {
     /// The image writer tells the coordinator WRITTEN (or FAILED) itself
     /// (the phased protocol), rather than this thread.
     pub writer_reports: bool,
+    /// What the image may refer to (incremental checkpoints).
+    pub base: crate::track::Base,
 }
 
 struct InFlight {
@@ -233,6 +235,7 @@ pub fn snapshot(req: Request) -> Result<Snapshotted, String> {
         // The writer's arena was never part of the image.
         crate::ALLOC.drop_child_arena(false);
         crate::ALLOC.release_unmaps();
+        crate::track::forget();
         // Restart put the connection back where the image saw it.
         let now = tree::CONN_FD.load(Ordering::Acquire);
         finish_restore(if now >= 0 { now } else { agent_fd });
@@ -301,12 +304,20 @@ fn fork_writer(req: Request) -> Result<InFlight, String> {
     // if the agent's own allocations mapped or unmapped memory since it was
     // taken (a new slab, say), take it again.
     let mut tries = 0;
-    while crate::ALLOC.epoch() != snap.epoch {
-        tries += 1;
-        if tries > 8 {
-            return Err("the agent's memory kept changing while listing it".into());
+    loop {
+        while crate::ALLOC.epoch() != snap.epoch {
+            tries += 1;
+            if tries > 8 {
+                return Err("the agent's memory kept changing while listing it".into());
+            }
+            collect::refresh_memory(&mut snap)?;
         }
-        collect::refresh_memory(&mut snap)?;
+        // Only the pages written since the base generation (`track`); its
+        // own allocations may change the memory list again.
+        crate::track::select(&mut snap, req.base);
+        if crate::ALLOC.epoch() == snap.epoch {
+            break;
+        }
     }
 
     let mut fds = [0i32; 2];
@@ -330,6 +341,9 @@ fn fork_writer(req: Request) -> Result<InFlight, String> {
     let mut lifted = fork_advice::lift(&snap.meta.regions).inspect_err(|_| crate::ALLOC.drop_child_arena(true))?;
     crate::timing::mark("prepare-fork");
     let forked = sys::snapshot_fork();
+    if matches!(forked, Ok(c) if c > 0) {
+        crate::track::selected(req.generation);
+    }
     if !matches!(forked, Ok(0)) {
         // Before anything else: the program must not run changed.
         let put_back = lifted.restore();

@@ -32,6 +32,9 @@ pub struct RegionPlan {
     pub pages: Pages,
     /// Pages that are all zero may be left out (anonymous memory).
     pub skip_zero: bool,
+    /// Registered with the agent's userfaultfd (smaps `uw`): its written
+    /// pages are tracked (`track`).
+    pub uffd_wp: bool,
 }
 
 pub struct Snapshot {
@@ -389,13 +392,17 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
             | bit(e.exec, stasis_image::PROT_EXEC);
         let len = e.end - e.start;
         let (kind, plan) = match e.name.as_str() {
-            "[vdso]" => (RegionKind::Vdso, RegionPlan { pages: Pages::Prefix(len), skip_zero: false }),
-            "[vvar]" | "[vvar_vclock]" => (RegionKind::Vvar, RegionPlan { pages: Pages::None, skip_zero: false }),
+            "[vdso]" => (RegionKind::Vdso, RegionPlan { pages: Pages::Prefix(len), skip_zero: false, uffd_wp: false }),
+            "[vvar]" | "[vvar_vclock]" => {
+                (RegionKind::Vvar, RegionPlan { pages: Pages::None, skip_zero: false, uffd_wp: false })
+            }
             // Memory a restart mapped from an image (`imagemap`): the
             // anonymous memory it stands for, every page of it (pages not
-            // touched since are the image's bytes, not zeros).
+            // touched since are the image's bytes, not zeros). A private
+            // file mapping cannot be write-protected by userfaultfd: not
+            // tracked, saved whole.
             _ if !e.shared && crate::imagemap::image_backed(e.dev, e.inode) => {
-                (RegionKind::Anonymous, RegionPlan { pages: Pages::Prefix(len), skip_zero: true })
+                (RegionKind::Anonymous, RegionPlan { pages: Pages::Prefix(len), skip_zero: true, uffd_wp: false })
             }
             _ => match e.path() {
                 Some(path) if !e.is_deleted() && !path.starts_with("/SYSV") && !path.starts_with("/memfd:") => {
@@ -413,18 +420,18 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
                     // may have changed the file through it.
                     let writable_shared = e.shared && (e.write || e.has_flag("mw"));
                     let plan = if e.shared && !writable_shared {
-                        RegionPlan { pages: Pages::None, skip_zero: false }
+                        RegionPlan { pages: Pages::None, skip_zero: false, uffd_wp: false }
                     } else if e.shared {
                         // The file itself holds these contents: save them
                         // all (up to the file's end) and write them back.
                         let in_file = md.size().saturating_sub(e.offset).next_multiple_of(PAGE).min(len);
-                        RegionPlan { pages: Pages::Prefix(in_file), skip_zero: false }
+                        RegionPlan { pages: Pages::Prefix(in_file), skip_zero: false, uffd_wp: false }
                     } else {
                         // Pages still backed by the file come from it again.
                         let bits = kept_pages(&e, &pagemap, |pm| {
                             pm & PM_SWAPPED != 0 || (pm & PM_PRESENT != 0 && pm & PM_FILE == 0)
                         })?;
-                        RegionPlan { pages: Pages::Bitmap(bits), skip_zero: false }
+                        RegionPlan { pages: Pages::Bitmap(bits), skip_zero: false, uffd_wp: false }
                     };
                     (RegionKind::File { path: path.to_string(), offset: e.offset, id }, plan)
                 }
@@ -433,17 +440,20 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
                 // named, so restart shares it between the processes again.
                 _ if e.shared => (
                     RegionKind::SharedMemory { dev: e.dev, inode: e.inode, offset: e.offset },
-                    RegionPlan { pages: Pages::Prefix(len), skip_zero: true },
+                    RegionPlan { pages: Pages::Prefix(len), skip_zero: true, uffd_wp: false },
                 ),
                 Some(_) => {
                     // A deleted file: nothing to map at restart, so keep
                     // everything that is in memory now.
                     let bits = kept_pages(&e, &pagemap, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
-                    (RegionKind::Anonymous, RegionPlan { pages: Pages::Bitmap(bits), skip_zero: false })
+                    (RegionKind::Anonymous, RegionPlan { pages: Pages::Bitmap(bits), skip_zero: false, uffd_wp: false })
                 }
                 None => {
                     let bits = kept_pages(&e, &pagemap, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
-                    (RegionKind::Anonymous, RegionPlan { pages: Pages::Bitmap(bits), skip_zero: true })
+                    (
+                        RegionKind::Anonymous,
+                        RegionPlan { pages: Pages::Bitmap(bits), skip_zero: true, uffd_wp: e.has_flag("uw") },
+                    )
                 }
             },
         };
@@ -530,6 +540,9 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
     // Read once, when the first socket shows up.
     let mut unix_peers: Option<Vec<(u64, u64)>> = None;
     for fd in nums {
+        if fd == crate::track::own_fd() {
+            continue; // the agent's, made again after a restart
+        }
         let Ok(link) = fs::read_link(format!("/proc/self/fd/{fd}")) else { continue }; // closed meanwhile
         let link = link.to_string_lossy().into_owned();
         let is_pipe = link.starts_with("pipe:[");

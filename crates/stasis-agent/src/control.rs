@@ -651,6 +651,11 @@ fn request(msg: &Message, s: &mut Session, conn: &Link) -> Option<Request> {
         interval_s: s.interval_s,
         // In the phased protocol (SUSPEND) the image writer says WRITTEN.
         writer_reports: msg.verb == proto::SUSPEND,
+        base: crate::track::Base {
+            generation: msg.get_parsed("base").unwrap_or(0),
+            full: msg.get("full") != Some("0"),
+            track: msg.get("track") != Some("0"),
+        },
     })
 }
 

@@ -33,6 +33,7 @@ mod threads;
 mod threadstart;
 mod timeouts;
 mod timing;
+mod track;
 mod tree;
 mod writer;
 

@@ -268,6 +268,9 @@ struct LaunchArgs {
     /// Compress images with LZ4 (about half the size for typical memory; faster checkpoints on a slow disk)
     #[arg(long)]
     compress: bool,
+    /// A full checkpoint every N generations, the others only what changed (bounds how many generations a restart reads; 1: always full; default 8)
+    #[arg(long = "full-every", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    full_every: Option<u32>,
     #[command(flatten)]
     coord: CoordArgs,
     #[command(flatten)]
@@ -312,6 +315,9 @@ struct RestartArgs {
     /// Compress images with LZ4 (about half the size for typical memory; faster checkpoints on a slow disk)
     #[arg(long)]
     compress: bool,
+    /// A full checkpoint every N generations, the others only what changed (bounds how many generations a restart reads; 1: always full; default 8)
+    #[arg(long = "full-every", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    full_every: Option<u32>,
     #[command(flatten)]
     coord: CoordArgs,
     #[command(flatten)]
@@ -411,6 +417,9 @@ struct CoordinatorArgs {
     /// Compress images with LZ4 (about half the size for typical memory; faster checkpoints on a slow disk)
     #[arg(long)]
     compress: bool,
+    /// A full checkpoint every N generations, the others only what changed (bounds how many generations a restart reads; 1: always full; default 8)
+    #[arg(long = "full-every", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    full_every: Option<u32>,
     /// Exit when the last process of the computation is gone
     #[arg(long = "exit-on-last")]
     exit_on_last: bool,
@@ -504,6 +513,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
             ckpt_dir: a.ckpt_dir,
             keep: a.keep as usize,
             compress: a.compress,
+            full_every: a.full_every,
             port_file: a.port_file,
             coord_logfile: a.coord_logfile,
             ckpt_signal: a.ckpt_signal,
@@ -525,6 +535,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
                 ckpt_dir: a.ckpt_dir,
                 keep: a.keep as usize,
                 compress: a.compress,
+                full_every: a.full_every,
                 port_file: a.port_file,
                 coord_logfile: a.coord_logfile,
                 restart_dir: a.restart_dir,
@@ -570,6 +581,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
                 interval_s: a.interval.unwrap_or(0),
                 keep: a.keep as usize,
                 compress: a.compress,
+                full_every: a.full_every.unwrap_or(stasis_coord::DEFAULT_FULL_EVERY),
                 exit_on_last: a.exit_on_last,
                 exit_after_ckpt: a.exit_after_ckpt,
                 idle_timeout: a.timeout,

@@ -71,6 +71,10 @@ mod batch;
 // Restart that maps memory from the image and verifies it in the background.
 #[path = "e2e/lazy_restart.rs"]
 mod lazy_restart;
+// Incremental checkpoints: only what changed, references to earlier
+// generations, prune and --full-every.
+#[path = "e2e/incremental.rs"]
+mod incremental;
 
 use std::fs;
 use std::path::{Path, PathBuf};

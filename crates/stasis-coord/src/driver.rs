@@ -142,6 +142,11 @@ fn checkpoint(
         Ok(vouched) => vouched,
         Err(reason) => return Err(abort(dir, pending, reason)),
     };
+    if let Some(g) = manifest.needs.iter().find(|&&g| !dir.generations().is_ok_and(|c| c.iter().any(|c| c.number == g)))
+    {
+        let reason = format!("an image refers to generation {g}, which is not an intact committed generation");
+        return Err(abort(dir, pending, reason));
+    }
     let committed = dir.commit(pending, &manifest).map_err(|e| e.to_string())?;
     for problem in publish::after_commit(dir, &committed, &manifest, &programs) {
         warn(&problem);
@@ -152,6 +157,9 @@ fn checkpoint(
 
     let mut st = shared.lock();
     st.last_generation = committed.number;
+    if manifest.needs.is_empty() {
+        st.last_full = committed.number;
+    }
     st.last_checkpoint_unix = unix_now();
     Ok((committed.number, committed.path, manifest.processes.len()))
 }
@@ -378,7 +386,14 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
             .with("dir", pending.path.display())
             .with("interval", st.interval_s)
             .with("computation", format!("{:016x}", st.computation_id))
-            .with("compression", if shared.compress { "lz4" } else { "none" });
+            .with("compression", if shared.compress { "lz4" } else { "none" })
+            // Incremental checkpoints refer only to a committed generation;
+            // a full one every `full_every` bounds the chain.
+            .with("base", st.last_generation)
+            .with("full", u8::from(full_due(st.last_generation, st.last_full, generation, shared.full_every)))
+            // `--full-every 1`: no tracking at all (a program that uses
+            // userfaultfd itself may need its regions left alone).
+            .with("track", u8::from(shared.full_every > 1));
         let participants: Vec<Participant> = st.agents.iter().map(Participant::new).collect();
         let count = participants.len();
         // The agents connected now get SUSPEND below; from this moment on
@@ -423,7 +438,15 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
         // Size and digest: filled from the image itself (vouch).
         processes.push(ManifestProcess { pid: p.pid, name: p.name, image, ..Default::default() });
     }
-    Ok(Manifest { generation, computation_id, created_unix: 0, interval_s, processes })
+    Ok(Manifest {
+        generation,
+        computation_id,
+        created_unix: 0,
+        interval_s,
+        processes,
+        needs: Vec::new(),
+        full_every: shared.full_every,
+    })
 }
 
 /// Fills each process's image size and digest, reading only the header
@@ -452,12 +475,25 @@ fn vouch(pending: &PendingGeneration, mut m: Manifest) -> Result<(Manifest, Vec<
                 m.computation_id
             ));
         }
+        for r in &meta.inherited {
+            if let Err(k) = m.needs.binary_search(&r.generation) {
+                m.needs.insert(k, r.generation);
+            }
+        }
         p.name = stasis_image::word(&meta.name);
         p.size = r.len();
         p.digest = r.digest();
         programs.push(publish::program_of(meta));
     }
     Ok((m, programs))
+}
+
+/// Whether generation `generation` must be a full checkpoint: none is
+/// committed yet, or the last full one is `full_every` generations back (or
+/// not known). Agents write a full image on their own too, when what they
+/// tracked is not of `last` (docs/protocol.md).
+fn full_due(last: u64, last_full: u64, generation: u64, full_every: u32) -> bool {
+    last == 0 || last_full == 0 || generation.saturating_sub(last_full) >= u64::from(full_every)
 }
 
 /// Every image is a plain file name, named once, and present: a
@@ -486,4 +522,21 @@ fn check_images(pending: &PendingGeneration, processes: &[ManifestProcess]) -> R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::full_due;
+
+    #[test]
+    fn a_full_checkpoint_every_n_generations() {
+        assert!(full_due(0, 0, 1, 8)); // the first
+        assert!(!full_due(1, 1, 2, 3));
+        assert!(!full_due(2, 1, 3, 3));
+        assert!(full_due(3, 1, 4, 3)); // 4 - 1 >= 3
+        assert!(full_due(7, 0, 8, 3)); // no full one known (a restart)
+        assert!(full_due(5, 5, 6, 1)); // --full-every 1: always
+        assert!(!full_due(9, 5, 10, 8)); // numbers may have gaps
+        assert!(full_due(12, 5, 13, 8));
+    }
 }

@@ -79,7 +79,14 @@ pub struct CoordConfig {
     /// Ask agents to compress their images (LZ4, where it pays): DMTCP's
     /// `--gzip`.
     pub compress: bool,
+    /// Every this many generations a full checkpoint (the others write only
+    /// what changed since the last committed one): bounds how many
+    /// generations a restart reads, and prune keeps. 1: always full.
+    pub full_every: u32,
 }
+
+/// `--full-every` when none is given.
+pub const DEFAULT_FULL_EVERY: u32 = 8;
 
 impl CoordConfig {
     /// A configuration with the defaults: no interval, keep 2, 10 minutes.
@@ -92,6 +99,7 @@ impl CoordConfig {
             checkpoint_timeout: DEFAULT_CHECKPOINT_TIMEOUT,
             computation_id: None,
             compress: false,
+            full_every: DEFAULT_FULL_EVERY,
         }
     }
 }

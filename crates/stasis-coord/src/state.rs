@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub(crate) keep: usize,
     /// Agents compress their images.
     pub(crate) compress: bool,
+    /// A full checkpoint every this many generations (`CoordConfig`).
+    pub(crate) full_every: u32,
     pub(crate) ckpt_dir: PathBuf,
     /// Where agents on this node reach us (told to them after HELLO).
     pub(crate) unix_addr: Addr,
@@ -45,6 +47,7 @@ impl Shared {
             checkpoint_timeout: cfg.checkpoint_timeout,
             keep: cfg.keep,
             compress: cfg.compress,
+            full_every: cfg.full_every.max(1),
             ckpt_dir,
             unix_addr,
             secret: None,
@@ -151,6 +154,9 @@ pub(crate) struct State {
     pub(crate) last_attempt: u64,
     /// The last generation committed (or found in the directory at start).
     pub(crate) last_generation: u64,
+    /// The last generation committed that references no other (0: none
+    /// yet, or not known: a coordinator started on older generations).
+    pub(crate) last_full: u64,
     /// When the last checkpoint was committed, seconds since the epoch (0: never).
     pub(crate) last_checkpoint_unix: u64,
     pub(crate) last_error: Option<String>,
@@ -294,6 +300,7 @@ impl State {
             reported_generation: 0,
             last_attempt: 0,
             last_generation,
+            last_full: 0,
             last_checkpoint_unix: 0,
             last_error: None,
             busy: false,

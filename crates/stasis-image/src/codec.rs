@@ -380,11 +380,24 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
         });
         e.u64(c.data_len);
     });
+    e.vec(&meta.inherited, |e, r| {
+        e.u32(r.region);
+        e.u64(r.offset);
+        e.u64(r.len);
+        e.u64(r.generation);
+    });
     e.0
 }
 
-/// Decodes the metadata section; never panics, whatever the bytes.
+/// Decodes the metadata section of this build's version; never panics,
+/// whatever the bytes.
 pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
+    decode_meta_version(bytes, crate::VERSION)
+}
+
+/// Decodes the metadata section of an image of format `version` (6 or 7:
+/// version 6 has no `inherited` list).
+pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
     let mut d = Dec { data: bytes, pos: 0 };
     let mut m = ProcessMeta {
         generation: d.u64()?,
@@ -578,6 +591,10 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
         };
         Ok(Chunk { kind, file_offset, len, checksum, compression, data_len: d.u64()? })
     })?;
+    if version >= 7 {
+        m.inherited =
+            d.vec(28, |d| Ok(Inherited { region: d.u32()?, offset: d.u64()?, len: d.u64()?, generation: d.u64()? }))?;
+    }
     if d.pos != bytes.len() {
         return Err(corrupt(format!("{} unexpected bytes after the metadata", bytes.len() - d.pos)));
     }
@@ -665,6 +682,25 @@ pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
                     return Err(corrupt(format!("file contents chunk {i} ends past the largest file offset")));
                 }
             }
+        }
+    }
+    for (i, r) in m.inherited.iter().enumerate() {
+        let region = m
+            .regions
+            .get(r.region as usize)
+            .ok_or_else(|| corrupt(format!("inherited memory {i} names region {}, which does not exist", r.region)))?;
+        let end = r.offset.checked_add(r.len).and_then(|e| region.start.checked_add(e));
+        if r.offset % page != 0 || r.len % page != 0 || r.len == 0 || end.is_none_or(|e| e > region.end) {
+            return Err(corrupt(format!(
+                "inherited memory {i} ({} bytes at offset {:#x}) is not whole pages of region {}",
+                r.len, r.offset, r.region
+            )));
+        }
+        if r.generation == 0 || r.generation >= m.generation {
+            return Err(corrupt(format!(
+                "inherited memory {i} refers to generation {}, not an earlier one than {}",
+                r.generation, m.generation
+            )));
         }
     }
     Ok(())
@@ -769,6 +805,31 @@ mod tests {
     }
 
     #[test]
+    fn inherited_memory() {
+        let mut m = valid();
+        m.generation = 5;
+        m.inherited = vec![Inherited { region: 0, offset: 0, len: 0x1000, generation: 3 }];
+        let bytes = encode_meta(&m);
+        assert_eq!(decode_meta(&bytes).unwrap(), m);
+        // Version 6 has no list: its bytes end before it.
+        let v6 = &bytes[..bytes.len() - 4 - 28];
+        let back = decode_meta_version(v6, 6).unwrap();
+        assert!(back.inherited.is_empty());
+        assert!(decode_meta_version(&bytes, 6).is_err());
+        refused(|m| m.inherited = vec![Inherited { region: 9, offset: 0, len: 0x1000, generation: 1 }], "region 9");
+        refused(
+            |m| m.inherited = vec![Inherited { region: 0, offset: 0x800, len: 0x1000, generation: 1 }],
+            "whole pages",
+        );
+        refused(|m| m.inherited = vec![Inherited { region: 0, offset: 0, len: 0, generation: 1 }], "whole pages");
+        refused(|m| m.inherited = vec![Inherited { region: 0, offset: 0, len: 1 << 40, generation: 1 }], "whole pages");
+        refused(
+            |m| m.inherited = vec![Inherited { region: 0, offset: 0, len: 0x1000, generation: m.generation }],
+            "not an earlier one",
+        );
+    }
+
+    #[test]
     fn encoding_errors() {
         let good = encode_meta(&valid());
         for cut in 0..good.len() {
@@ -808,9 +869,10 @@ mod tests {
             "holds 67108865 bytes in 9 stored ones",
         );
         refused(|m| m.chunks[1].data_len = 10, "holds 10 bytes in 9 stored ones");
-        // The compression tag is the second last field of the last chunk.
+        // The compression tag is the second last field of the last chunk
+        // (an empty inherited list follows).
         let mut v = encode_meta(&valid());
-        let at = v.len() - 9;
+        let at = v.len() - 9 - 4;
         v[at] = 2;
         assert_eq!(what(decode_meta(&v).unwrap_err()), "unknown compression 2");
     }
@@ -833,10 +895,10 @@ mod tests {
             let w = what(decode_meta(&v).unwrap_err());
             assert!(w.contains(want), "{w:?} should mention {want:?}");
         }
-        // The descriptor's tag is followed by its outside-stdio byte and 41
-        // bytes: four empty lists' counts, shared_pending and the agent's 17
-        // bytes.
-        let fd_tag = good.len() - 43;
+        // The descriptor's tag is followed by its outside-stdio byte and 45
+        // bytes: four empty lists' counts, shared_pending, the agent's 17
+        // bytes and the empty inherited list's count.
+        let fd_tag = good.len() - 47;
         let mut v = good.clone();
         v[fd_tag] = 14;
         assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 14"));

@@ -325,7 +325,7 @@ fn load(
     if xxh3_64(&meta_bytes) != header.meta_checksum {
         return Err(Error::Checksum { path: path.into(), what: "the metadata".into() });
     }
-    let meta = crate::decode_meta(&meta_bytes).map_err(|e| e.at(path))?;
+    let meta = crate::codec::decode_meta_version(&meta_bytes, header.version).map_err(|e| e.at(path))?;
     let digest = Digest::of(&h, &meta_bytes);
     for (i, c) in meta.chunks.iter().enumerate() {
         let inside =

@@ -33,7 +33,7 @@ pub mod savedfiles;
 mod store;
 mod trust;
 
-pub use codec::{decode_meta, encode_meta};
+pub use codec::{decode_meta, decode_meta_version, encode_meta};
 pub use dirfd::{Dir, Stat, euid};
 pub use error::{Error, Result};
 pub use file::{Header, ImageReader, ImageWriter, parse_image, parse_image_digest};
@@ -47,8 +47,8 @@ pub use trust::{open_checkpoint_dir, open_image_dir, untrusted};
 pub const MAGIC: [u8; 8] = *b"STASISIM";
 /// Format version written by this build.
 pub const VERSION: u32 = 7;
-/// The oldest version readers accept: 6 differs from 7 only in what its
-/// writer's agent can do at restart (no memory mapped from the image).
+/// The oldest version readers accept: 6 has no `inherited` list, and its
+/// writer's agent knew no memory mapped from images at restart.
 pub const OLDEST_VERSION: u32 = 6;
 /// Alignment of the payload and of memory chunks.
 pub const PAGE_SIZE: u64 = 4096;

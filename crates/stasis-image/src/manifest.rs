@@ -75,6 +75,13 @@ pub struct Manifest {
     pub created_unix: u64,
     pub interval_s: u32,
     pub processes: Vec<ManifestProcess>,
+    /// Earlier generations whose images this one's refer to (incremental
+    /// checkpoints), ascending: they must be kept, and intact, as long as
+    /// this one is. The line `needs 3 5`, absent when empty.
+    pub needs: Vec<u64>,
+    /// The coordinator's `--full-every`, which a restart keeps (0: not
+    /// said). The line `full-every 8`, absent when 0.
+    pub full_every: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -111,6 +118,13 @@ impl Manifest {
         for p in &self.processes {
             s.push_str(&format!("process {} {} {} {} {}\n", p.pid, word(&p.image), word(&p.name), p.size, p.digest));
         }
+        if self.full_every != 0 {
+            s.push_str(&format!("full-every {}\n", self.full_every));
+        }
+        if !self.needs.is_empty() {
+            let list: Vec<String> = self.needs.iter().map(u64::to_string).collect();
+            s.push_str(&format!("needs {}\n", list.join(" ")));
+        }
         let sum = xxh3_64(s.as_bytes());
         s.push_str(&format!("checksum {sum:016x}\n"));
         s
@@ -143,6 +157,7 @@ impl Manifest {
         }
         let mut m = Manifest::default();
         let mut seen = [false; 4];
+        let mut needs_seen = false;
         for line in lines {
             let words: Vec<&str> = line.split(' ').collect();
             let want = |n: usize| {
@@ -180,6 +195,35 @@ impl Manifest {
                     });
                     continue;
                 }
+                "full-every" => {
+                    want(2)?;
+                    if m.full_every != 0 {
+                        return Err(format!("repeated line {line:?}"));
+                    }
+                    m.full_every = num(words[1])?
+                        .try_into()
+                        .ok()
+                        .filter(|&n| n != 0)
+                        .ok_or_else(|| format!("bad number in {line:?}"))?;
+                    continue;
+                }
+                "needs" => {
+                    if needs_seen {
+                        return Err(format!("repeated line {line:?}"));
+                    }
+                    needs_seen = true;
+                    if words.len() < 2 {
+                        return Err(format!("expected generations in {line:?}"));
+                    }
+                    for w in &words[1..] {
+                        let g = num(w)?;
+                        if g == 0 || m.needs.last().is_some_and(|&last| last >= g) {
+                            return Err(format!("generations not ascending in {line:?}"));
+                        }
+                        m.needs.push(g);
+                    }
+                    continue;
+                }
                 _ => return Err(format!("unknown line {line:?}")),
             };
             want(2)?;
@@ -198,6 +242,9 @@ impl Manifest {
         }
         if let Some(i) = seen.iter().position(|s| !s) {
             return Err(format!("no {} line", ["generation", "computation", "created", "interval"][i]));
+        }
+        if m.needs.last().is_some_and(|&g| g >= m.generation) {
+            return Err(format!("generation {} needs a later one", m.generation));
         }
         Ok(m)
     }
@@ -257,6 +304,7 @@ mod tests {
                 },
                 ManifestProcess { pid: -1, name: String::new(), image: "b.img".into(), ..Default::default() },
             ],
+            ..Default::default()
         }
     }
 
@@ -278,6 +326,35 @@ mod tests {
         expected.processes[0].name = "my_prog".into();
         assert_eq!(back, expected);
         assert_eq!(Manifest::decode(&Manifest::default().encode()).unwrap(), Manifest::default());
+    }
+
+    #[test]
+    fn needs_and_full_every() {
+        let mut m = sample();
+        m.processes[0].name = "my_prog".into();
+        m.needs = vec![3, 5];
+        m.full_every = 8;
+        let text = m.encode();
+        assert!(text.contains("\nfull-every 8\nneeds 3 5\n"), "{text}");
+        assert_eq!(Manifest::decode(&text).unwrap(), m);
+        // Absent when empty: older manifests read as before.
+        assert!(!sample().encode().contains("needs"));
+        let body = sample().encode();
+        let body = &body[..body.rfind("checksum").unwrap()];
+        for (line, want) in [
+            ("needs\n", "expected generations"),
+            ("needs 5 3\n", "not ascending"),
+            ("needs 3 3\n", "not ascending"),
+            ("needs 0\n", "not ascending"),
+            ("needs 7\n", "needs a later one"),
+            ("needs 3\nneeds 4\n", "repeated"),
+            ("needs x\n", "bad number"),
+            ("full-every 0\n", "bad number"),
+            ("full-every 2\nfull-every 2\n", "repeated"),
+        ] {
+            let e = Manifest::decode(&signed(&format!("{body}{line}"))).unwrap_err();
+            assert!(e.contains(want), "{line:?}: {e}");
+        }
     }
 
     #[test]

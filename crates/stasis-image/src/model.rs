@@ -46,6 +46,23 @@ pub struct ProcessMeta {
     pub agent: AgentInfo,
     /// Where each piece of saved data lies in the payload.
     pub chunks: Vec<Chunk>,
+    /// Memory this image does not hold because it had not changed since an
+    /// earlier generation's image, which holds it (an incremental
+    /// checkpoint). Format version 7.
+    pub inherited: Vec<Inherited>,
+}
+
+/// `len` bytes of `regions[region]` from `offset` are as the image of the
+/// same process in generation `generation` holds them: that image's memory
+/// chunks of the same address range (pages it has no chunk for are zero).
+/// Always the generation that holds the bytes in its own chunks, never one
+/// that refers further: a restart reads at most one image per page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inherited {
+    pub region: u32,
+    pub offset: u64,
+    pub len: u64,
+    pub generation: u64,
 }
 
 /// A child that has exited and not been reaped.

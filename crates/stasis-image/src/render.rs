@@ -224,6 +224,20 @@ pub fn render(m: &ProcessMeta) -> String {
         m.chunks.iter().filter(|c| matches!(c.kind, ChunkKind::Memory { .. })).count(),
         size(files)
     );
+    if !m.inherited.is_empty() {
+        let mut gens: Vec<u64> = m.inherited.iter().map(|r| r.generation).collect();
+        gens.sort_unstable();
+        gens.dedup();
+        let list: Vec<String> = gens.iter().map(u64::to_string).collect();
+        let bytes = m.inherited.iter().fold(0u64, |a, r| a.saturating_add(r.len));
+        let _ = writeln!(
+            o,
+            "  inherited {} (unchanged since, in {} ranges) from generations {}",
+            size(bytes),
+            m.inherited.len(),
+            list.join(" ")
+        );
+    }
 
     // What restart checks each mapped file against (once per file).
     let mut seen: Vec<(&str, &crate::FileId)> = Vec::new();
@@ -468,9 +482,15 @@ mod tests {
                 compression: crate::Compression::None,
                 data_len: 8192,
             }],
+            inherited: vec![
+                crate::Inherited { region: 0, offset: 0x2000, len: 0x1000, generation: 2 },
+                crate::Inherited { region: 0, offset: 0x3000, len: 0x1000, generation: 1 },
+            ],
+            generation: 3,
             ..Default::default()
         };
         let text = render(&m);
+        assert!(text.contains("inherited 8192 B (unchanged since, in 2 ranges) from generations 1 2"), "{text}");
         assert!(text.contains("rip 0x40112233 rsp 0x7ffd0000 fs_base 0x1234 mask 0x4000"), "{text}");
         assert!(text.contains("00000000001000-00000000005000       16K        8K rw-p anon"), "{text}");
         assert!(text.contains("r--s anon /dev/shm/x"), "{text}");

@@ -299,7 +299,36 @@ impl CheckpointDir {
             check_image(&m, p, r.meta(), r.len(), r.digest()).map_err(|why| Damage::file(&p.image, why))?;
             images.push(r);
         }
+        // An incremental generation is only as good as those it refers to.
+        for &g in &m.needs {
+            let name = committed_name(g);
+            let broken = match self.dir.stat(&name) {
+                Err(_) => "is missing".to_string(),
+                Ok(_) => match self.verify_alone(g) {
+                    Ok(()) => continue,
+                    Err(d) => format!("is damaged ({})", d.short()),
+                },
+            };
+            return Err(Damage::dir(format!(": it needs {name}, which {broken}")));
+        }
         Ok((m, images))
+    }
+
+    /// A needed generation: its MANIFEST and images intact (what it needs
+    /// in turn is listed by whoever needs it: references are flattened).
+    fn verify_alone(&self, number: u64) -> std::result::Result<(), Damage> {
+        let (gdir, m) = self.inspect(number)?;
+        for p in &m.processes {
+            let path = gdir.path().join(&p.image);
+            let f = gdir.open_file(&p.image).map_err(|e| Damage::file(&p.image, open_error(e)))?;
+            let md = f.metadata().map_err(|e| Damage::file(&p.image, format!(": {e}")))?;
+            if let Some(why) = untrusted(&path, md.uid(), md.mode()) {
+                return Err(Damage::file(&p.image, why));
+            }
+            let r = ImageReader::from_file(f, &path).map_err(|e| Damage::file(&p.image, after_path(&e, &path)))?;
+            check_image(&m, p, r.meta(), r.len(), r.digest()).map_err(|why| Damage::file(&p.image, why))?;
+        }
+        Ok(())
     }
 
     /// Committed generations whose MANIFEST is intact (and ours), oldest
@@ -432,14 +461,18 @@ impl CheckpointDir {
         self.dir.remove_tree(&partial_name(pending.number)).map_err(io(&pending.path, "remove partial generation"))
     }
 
-    /// Keeps the newest `keep` intact generations (at least one) and
-    /// removes older intact ones, and partial directories older than the
+    /// Keeps the newest `keep` intact generations (at least one), and the
+    /// generations they need (`Manifest::needs`), and removes older intact
+    /// ones, and partial directories older than the
     /// newest. A damaged `gen-N` is never removed: it is evidence.
     pub fn prune(&self, keep: usize) -> Result<()> {
         let committed = self.generations()?;
         let Some(newest) = committed.last().map(|g| g.number) else { return Ok(()) };
         let cut = committed.len().saturating_sub(keep.max(1));
-        for g in &committed[..cut] {
+        // What the kept generations refer to stays with them.
+        let needed: Vec<u64> =
+            committed[cut..].iter().filter_map(|g| self.inspect(g.number).ok()).flat_map(|(_, m)| m.needs).collect();
+        for g in committed[..cut].iter().filter(|g| !needed.contains(&g.number)) {
             let name = committed_name(g.number);
             self.dir.remove_tree(&name).map_err(io(&g.path, "remove old generation"))?;
         }
@@ -735,6 +768,57 @@ mod tests {
         let mut m = Manifest::read_from(g).unwrap();
         f(&mut m);
         fs::write(g.join(MANIFEST), m.encode()).unwrap();
+    }
+
+    /// Generation `g` whose MANIFEST says it needs `needs`.
+    fn commit_needing(dir: &CheckpointDir, needs: &[u64]) -> Generation {
+        let n = dir.next_number();
+        let p = dir.begin(n).unwrap();
+        let processes = vec![image(&p.path, 1, n)];
+        let m = Manifest {
+            generation: n,
+            computation_id: COMPUTATION,
+            processes,
+            needs: needs.to_vec(),
+            ..Default::default()
+        };
+        dir.commit(p, &m).unwrap()
+    }
+
+    #[test]
+    fn prune_keeps_what_kept_generations_need() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open_or_create(t.path()).unwrap();
+        commit_needing(&dir, &[]); // 1, full
+        commit_needing(&dir, &[1]);
+        commit_needing(&dir, &[1, 2]);
+        dir.prune(1).unwrap();
+        assert_eq!(numbers(&dir), [1, 2, 3]);
+        commit_needing(&dir, &[]); // 4, full
+        commit_needing(&dir, &[4]);
+        dir.prune(2).unwrap();
+        assert_eq!(numbers(&dir), [4, 5]);
+        dir.prune(1).unwrap();
+        assert_eq!(numbers(&dir), [4, 5]);
+    }
+
+    #[test]
+    fn a_generation_whose_needs_are_gone_is_not_restartable() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open_or_create(t.path()).unwrap();
+        commit_needing(&dir, &[]);
+        commit_needing(&dir, &[]);
+        let g3 = commit_needing(&dir, &[1, 2]);
+        assert!(dir.restartable(Choice::Newest).is_ok());
+        fs::remove_dir_all(t.path().join("gen-000001")).unwrap();
+        let e = dir.restartable(Choice::Exactly(3)).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: it needs gen-000001, which is missing", g3.path.display()));
+        // Damaged, rather than gone: named too; --fallback takes generation 2.
+        fs::write(t.path().join("gen-000002/p1.img"), b"junk").unwrap();
+        let e = dir.restartable(Choice::Newest).unwrap_err().to_string();
+        assert!(e.contains("it needs gen-000001, which is missing"), "{e}");
+        let e = dir.restartable(Choice::Exactly(2)).unwrap_err().to_string();
+        assert!(e.contains("p1.img"), "{e}");
     }
 
     #[test]

@@ -170,7 +170,10 @@ fn damage_gives_named_errors() {
 
     let mut v = good.to_vec();
     v[8] = 99;
-    check(&v, &format!("image format version 99 is not supported (this stasis reads version {VERSION})"));
+    check(
+        &v,
+        &format!("image format version 99 is not supported (this stasis reads versions {OLDEST_VERSION} to {VERSION})"),
+    );
     for i in [16, 24, 40, 50, 60] {
         let mut v = good.to_vec();
         v[i] ^= 4;
@@ -515,6 +518,7 @@ prop_compose! {
                 compress: ids.4 % 2 == 1,
             },
             chunks,
+            inherited: Vec::new(),
         }
     }
 }

@@ -156,8 +156,14 @@ fn precheck(image: &ImageReader, verify_first: bool) -> Result<(), RestoreError>
         }
     }
     vdso::check_compatible(meta, image).map_err(RestoreError)?;
+    // The earlier generations an incremental image refers to: there,
+    // checked against their MANIFESTs, and verified with it when asked.
+    let older = memory::older_images(image)?;
     if verify_first {
         image.verify_payload().map_err(|e| RestoreError(e.to_string()))?;
+        for o in &older {
+            o.verify_payload().map_err(|e| RestoreError(e.to_string()))?;
+        }
     }
     Ok(())
 }

@@ -10,8 +10,9 @@
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-use stasis_image::{ChunkKind, Compression, ImageReader, ProcessMeta, Region, RegionKind};
+use stasis_image::{ChunkKind, Compression, ImageReader, Manifest, ProcessMeta, Region, RegionKind};
 
 use crate::RestoreError;
 
@@ -32,6 +33,11 @@ pub struct MemoryPiece {
     pub compression: Compression,
     /// xxh3-64 of the stored bytes.
     pub checksum: u64,
+    /// For a compressed chunk that an incremental checkpoint refers to
+    /// only in part: where the piece starts in the decompressed chunk, and
+    /// the chunk's whole decompressed length (`len` and 0 otherwise).
+    pub skip: u64,
+    pub chunk_len: u64,
 }
 
 /// An image file a process's memory comes from, and who it is to the
@@ -47,12 +53,15 @@ pub struct ImageSource {
 
 /// The image files and the pieces of memory that come from them. `own`
 /// is the process's image, open (restart's descriptors are closed by the
-/// time memory is planned; the caller kept this one).
+/// time memory is planned; the caller kept this one). An incremental
+/// image's `inherited` references add the images of the generations that
+/// hold those pages (`older_images`), after the own one; the pieces never
+/// overlap.
 pub fn memory_pieces(image: &ImageReader, own: &File) -> Result<(Vec<ImageSource>, Vec<MemoryPiece>), RestoreError> {
     let meta = image.meta();
     let own = source(own, image.path(), meta.generation)
         .map_err(|e| RestoreError(format!("{}: {e}", image.path().display())))?;
-    let pieces = meta
+    let mut pieces: Vec<MemoryPiece> = meta
         .chunks
         .iter()
         .enumerate()
@@ -67,11 +76,126 @@ pub fn memory_pieces(image: &ImageReader, own: &File) -> Result<(Vec<ImageSource
                 stored_len: c.len,
                 compression: c.compression,
                 checksum: c.checksum,
+                skip: 0,
+                chunk_len: c.data_len,
             }),
             ChunkKind::FileContents { .. } => None,
         })
         .collect();
-    Ok((vec![own], pieces))
+    let mut sources = vec![own];
+    for older in older_images(image)? {
+        let index = sources.len();
+        let g = older.meta().generation;
+        for r in meta.inherited.iter().filter(|r| r.generation == g) {
+            let region = &meta.regions[r.region as usize];
+            let (from, to) = (region.start + r.offset, region.start + r.offset + r.len);
+            let found = pieces_within(older.meta(), index, r.region as usize, from, to);
+            let covered: u64 = found.iter().map(|p| p.len).sum();
+            if covered != r.len {
+                return Err(RestoreError(format!(
+                    "{}: generation {g}'s image {} does not hold the {} bytes at {from:#x} that pid {}'s image refers to",
+                    image.path().display(),
+                    older.path().display(),
+                    r.len,
+                    meta.pid
+                )));
+            }
+            pieces.extend(found);
+        }
+        let file = older.file().try_clone().map_err(|e| RestoreError(format!("{}: {e}", older.path().display())))?;
+        sources.push(
+            source(&file, older.path(), g).map_err(|e| RestoreError(format!("{}: {e}", older.path().display())))?,
+        );
+    }
+    pieces.sort_by_key(|p| p.addr);
+    Ok((sources, pieces))
+}
+
+/// The images of the earlier generations that `image`'s `inherited`
+/// references name, each the same process's image in its generation's
+/// directory of the same checkpoint directory, checked against that
+/// generation's MANIFEST (digest, size, pid, generation) and of the same
+/// computation. References are flattened by the agent: each generation
+/// named holds the bytes itself, so nothing further is followed.
+pub fn older_images(image: &ImageReader) -> Result<Vec<ImageReader>, RestoreError> {
+    let meta = image.meta();
+    let mut generations: Vec<u64> = meta.inherited.iter().map(|r| r.generation).collect();
+    generations.sort_unstable();
+    generations.dedup();
+    generations.into_iter().map(|g| older_image(image, g)).collect()
+}
+
+/// The earlier generations' images that any of `images` refers to, each
+/// once: restart verifies their chunks as it verifies the images' own.
+pub fn referenced_images(images: &[&ImageReader]) -> Result<Vec<ImageReader>, RestoreError> {
+    let mut out: Vec<ImageReader> = Vec::new();
+    for image in images {
+        for older in older_images(image)? {
+            if !out.iter().any(|o| o.path() == older.path()) {
+                out.push(older);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn older_image(image: &ImageReader, g: u64) -> Result<ImageReader, RestoreError> {
+    let meta = image.meta();
+    let own = image.path();
+    // The image is in its generation's directory, or is one of the DMTCP
+    // names at the top of the checkpoint directory (`ckpt_*.dmtcp`).
+    let parent = own.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let ck = if parent.join(format!("gen-{:06}", meta.generation)).is_dir() { Some(parent) } else { parent.parent() };
+    let gen_dir: PathBuf = ck
+        .map(|d| d.join(format!("gen-{g:06}")))
+        .ok_or_else(|| RestoreError(format!("{}: not in a checkpoint directory", own.display())))?;
+    let bad = |why: String| RestoreError(format!("{} (needed by pid {}'s image): {why}", gen_dir.display(), meta.pid));
+    let m = Manifest::read_from(&gen_dir).map_err(|e| bad(e.to_string()))?;
+    let p = m
+        .processes
+        .iter()
+        .find(|p| p.pid == meta.pid)
+        .ok_or_else(|| bad(format!("it has no image of pid {}", meta.pid)))?;
+    let path = gen_dir.join(&p.image);
+    let r = ImageReader::open(&path).map_err(|e| bad(e.to_string()))?;
+    stasis_image::check_image(&m, p, r.meta(), r.len(), r.digest())
+        .map_err(|why| bad(format!("{}{why}", path.display())))?;
+    if r.meta().computation_id != meta.computation_id {
+        return Err(bad("another computation's".into()));
+    }
+    Ok(r)
+}
+
+/// The pieces of `older`'s memory chunks inside [from, to), as pieces of
+/// region `region` of the image that refers to them, from image `image`.
+/// An uncompressed chunk is cut to the range (it stays page aligned); a
+/// compressed one is decompressed whole and the range taken (`skip`).
+fn pieces_within(older: &ProcessMeta, image: usize, region: usize, from: u64, to: u64) -> Vec<MemoryPiece> {
+    let mut out = Vec::new();
+    for (i, c) in older.chunks.iter().enumerate() {
+        let ChunkKind::Memory { region: r, offset } = c.kind else { continue };
+        let start = older.regions[r as usize].start + offset;
+        let end = start + c.data_len;
+        let (a, b) = (start.max(from), end.min(to));
+        if a >= b {
+            continue;
+        }
+        let compressed = c.compression != Compression::None;
+        out.push(MemoryPiece {
+            image,
+            chunk: i,
+            region,
+            addr: a,
+            len: b - a,
+            file_offset: if compressed { c.file_offset } else { c.file_offset + (a - start) },
+            stored_len: if compressed { c.len } else { b - a },
+            compression: c.compression,
+            checksum: c.checksum,
+            skip: if compressed { a - start } else { 0 },
+            chunk_len: if compressed { c.data_len } else { b - a },
+        });
+    }
+    out
 }
 
 fn source(file: &File, path: &std::path::Path, generation: u64) -> std::io::Result<ImageSource> {
@@ -124,7 +248,7 @@ pub fn decompress_staged(sources: &[ImageSource], staged: &[Staged], dest: &[u64
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let one = |buf: &mut Vec<u8>, (p, at): (MemoryPiece, u64)| -> Result<(), String> {
+    let one = |(buf, whole): &mut (Vec<u8>, Vec<u8>), (p, at): (MemoryPiece, u64)| -> Result<(), String> {
         let src = &sources[p.image];
         let name = || format!("{}: memory chunk {} ({} bytes at {:#x})", src.path.display(), p.chunk, p.len, p.addr);
         buf.resize(p.stored_len as usize, 0);
@@ -143,13 +267,21 @@ pub fn decompress_staged(sources: &[ImageSource], staged: &[Staged], dest: &[u64
         // SAFETY: `at` lies in the staging area restart mapped writable for
         // this run, and the pieces of the work list do not overlap.
         let out = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, p.len as usize) };
-        decompress_chunk(p.compression, buf, out).map_err(|e| format!("{} {e}", name()))
+        if p.skip == 0 && p.len == p.chunk_len {
+            return decompress_chunk(p.compression, buf, out).map_err(|e| format!("{} {e}", name()));
+        }
+        // Part of a chunk (an incremental checkpoint refers to the rest
+        // elsewhere): the chunk whole, then the part.
+        whole.resize(p.chunk_len as usize, 0);
+        decompress_chunk(p.compression, buf, whole).map_err(|e| format!("{} {e}", name()))?;
+        out.copy_from_slice(&whole[p.skip as usize..(p.skip + p.len) as usize]);
+        Ok(())
     };
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut buf = Vec::new();
+                    let mut buf = (Vec::new(), Vec::new());
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(&item) = work.get(i) else { return Ok(()) };
@@ -305,6 +437,8 @@ mod tests {
             stored_len: len,
             compression: Compression::None,
             checksum: 0,
+            skip: 0,
+            chunk_len: len,
         }
     }
 

@@ -201,9 +201,9 @@ pub fn build_and_jump(
     // Every array of the plan, each padded to its alignment.
     let record = |n: usize, size: usize| (n * size + 16) as u64;
     let arrays = record(meta.regions.len(), std::mem::size_of::<MapOp>())
-        + record(meta.chunks.len(), std::mem::size_of::<ReadOp>())
+        + record(pieces.len(), std::mem::size_of::<ReadOp>())
         + record(7 + 3 * restore_info::IMAGES_MAX, std::mem::size_of::<Poke>())
-        + record(meta.chunks.len(), std::mem::size_of::<MapOp>())
+        + record(pieces.len(), std::mem::size_of::<MapOp>())
         + record(layout.staged.len(), std::mem::size_of::<RemapOp>())
         + record(threads.len(), std::mem::size_of::<ThreadPlan>())
         + record(meta.posix_timers.len(), std::mem::size_of::<TimerPlan>())

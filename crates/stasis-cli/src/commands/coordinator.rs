@@ -39,6 +39,8 @@ pub struct CoordinatorOpts {
     pub keep: usize,
     /// Compress images with LZ4 (a coordinator started here, or this one).
     pub compress: bool,
+    /// A full checkpoint every this many generations.
+    pub full_every: u32,
     pub exit_on_last: bool,
     pub exit_after_ckpt: bool,
     /// Seconds without any process after which it exits.
@@ -103,6 +105,7 @@ fn bind(opts: &CoordinatorOpts) -> Result<Bound> {
     cfg.interval_s = opts.interval_s;
     cfg.keep = opts.keep;
     cfg.compress = opts.compress;
+    cfg.full_every = opts.full_every;
     let mut coord = Coordinator::bind(cfg).map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::AddrInUse { " (choose another port with -p PORT)" } else { "" };
         anyhow!("{e}{hint}").context(format!("cannot start the coordinator at {}", socket.display()))

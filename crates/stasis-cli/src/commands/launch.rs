@@ -30,6 +30,8 @@ pub struct LaunchOpts {
     pub keep: usize,
     /// Compress images with LZ4 (a coordinator started here, or this one).
     pub compress: bool,
+    /// `--full-every` of a coordinator started here (None: the default).
+    pub full_every: Option<u32>,
     /// Where to write the coordinator's TCP port.
     pub port_file: Option<PathBuf>,
     /// Where a coordinator started in the background logs.
@@ -101,6 +103,7 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
         interval_s: opts.interval_s.unwrap_or(0),
         keep: opts.keep,
         compress: opts.compress,
+        full_every: opts.full_every.unwrap_or(stasis_coord::DEFAULT_FULL_EVERY),
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };

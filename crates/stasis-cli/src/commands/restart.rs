@@ -41,6 +41,8 @@ pub struct RestartOpts {
     pub keep: usize,
     /// Compress images with LZ4 (a coordinator started here, or this one).
     pub compress: bool,
+    /// None: the one the checkpoint was taken with (its MANIFEST).
+    pub full_every: Option<u32>,
     pub port_file: Option<PathBuf>,
     pub coord_logfile: Option<PathBuf>,
     /// Where relative image names are; with no target, what to restart.
@@ -140,6 +142,10 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         keep: opts.keep,
         // Asked for now, or by the launch (or restart) that wrote these.
         compress: opts.compress || metas.iter().any(|m| m.agent.compress),
+        full_every: opts
+            .full_every
+            .or_else(|| checked.manifest.as_ref().map(|m| m.full_every).filter(|&n| n != 0))
+            .unwrap_or(stasis_coord::DEFAULT_FULL_EVERY),
         logfile: opts.coord_logfile.as_deref(),
         quiet: opts.quiet,
     };
@@ -190,8 +196,16 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         Some(Gate { read, write }) => {
             drop(read);
             let pid = spawned.pid();
+            // With the earlier generations' images that incremental ones
+            // refer to (spawn_computation checked they are there).
+            let older = stasis_restore::memory::referenced_images(&images).map_err(|e| {
+                // SAFETY: kill() of the process restart made.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                anyhow!("cannot restart {}: {e}", restart_label(&paths))
+            })?;
+            let all: Vec<&ImageReader> = images.iter().copied().chain(older.iter()).collect();
             let v = Verifier::start(
-                &images,
+                &all,
                 VERIFY_THREADS,
                 // The whole restarted computation: its namespace's init.
                 // SAFETY: kill() of the process restart made.

@@ -57,6 +57,8 @@ pub struct Background<'a> {
     pub interval_s: u32,
     pub keep: usize,
     pub compress: bool,
+    /// A full checkpoint every this many generations.
+    pub full_every: u32,
     pub logfile: Option<&'a Path>,
     pub quiet: bool,
 }
@@ -398,7 +400,8 @@ fn start(target: &Target, bg: &Background) -> Result<Found> {
         .arg("--ckptdir")
         .arg(bg.ckpt_dir)
         .args(["--interval", &bg.interval_s.to_string()])
-        .args(["--keep", &bg.keep.to_string()]);
+        .args(["--keep", &bg.keep.to_string()])
+        .args(["--full-every", &bg.full_every.to_string()]);
     if let Some(s) = &target.socket {
         cmd.arg("--coord-socket").arg(s);
     }

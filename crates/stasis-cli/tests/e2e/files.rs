@@ -144,7 +144,18 @@ fn an_unchanged_file_is_linked_from_the_previous_generation() {
     let prog = Program::c("rewrite", &["12", "600"]);
     let run_dir = sb.mkdir("run");
     let (ck, sock) = (sb.join("ck"), sb.socket());
-    let mut app = launch(&sb, &prog, &sock, &ck, &run_dir, Out::Pipe);
+    // Full checkpoints only: the newer generation must stand alone once
+    // the older one is removed (an incremental one would need it).
+    let mut cmd = Command::new(stasis());
+    cmd.arg("launch")
+        .arg("--ckptdir")
+        .arg(&ck)
+        .arg("--coord-socket")
+        .arg(&sock)
+        .args(["--full-every", "1", "--"])
+        .args(&prog.argv)
+        .current_dir(&run_dir);
+    let mut app = Proc::spawn(&sb, &sb.label("launch"), cmd, Out::Pipe);
     app.wait_lines(&sb, 2);
     checkpoint(&sb, &sock, &mut app);
     app.wait_lines(&sb, 3);
