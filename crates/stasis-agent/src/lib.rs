@@ -32,7 +32,9 @@ mod threads;
 mod threadstart;
 mod timeouts;
 mod tree;
+mod workers;
 mod writer;
+mod zstd_static;
 
 #[global_allocator]
 pub(crate) static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc::new();

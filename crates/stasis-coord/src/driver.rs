@@ -378,7 +378,7 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
             .with("dir", pending.path.display())
             .with("interval", st.interval_s)
             .with("computation", format!("{:016x}", st.computation_id))
-            .with("compression", if shared.compress { "lz4" } else { "none" });
+            .with("compression", if shared.compress { "zstd" } else { "none" });
         let participants: Vec<Participant> = st.agents.iter().map(Participant::new).collect();
         let count = participants.len();
         // The agents connected now get SUSPEND below; from this moment on

@@ -60,8 +60,9 @@ impl fmt::Display for Error {
             Error::NotAnImage { path } => write!(f, "{}: not a stasis image (bad magic)", path.display()),
             Error::UnsupportedVersion { path, version } => write!(
                 f,
-                "{}: image format version {version} is not supported (this stasis reads version {})",
+                "{}: image format version {version} is not supported (this stasis reads versions {} to {})",
                 path.display(),
+                crate::OLDEST_READABLE_VERSION,
                 crate::VERSION
             ),
             Error::Truncated { path, expected, actual } => {

@@ -36,7 +36,10 @@ mod trust;
 pub use codec::{decode_meta, encode_meta};
 pub use dirfd::{Dir, Stat, euid};
 pub use error::{Error, Result};
-pub use file::{Header, ImageReader, ImageWriter, parse_image, parse_image_digest};
+pub use file::{
+    Header, ImageReader, ImageWriter, MIN_COMPRESSED, ZSTD_LEVEL, compression_pays, decompress_chunk, parse_image,
+    parse_image_digest,
+};
 pub use manifest::{Digest, MANIFEST, Manifest, ManifestProcess, word};
 pub use model::*;
 pub use render::{render, render_header, utc};
@@ -45,8 +48,11 @@ pub use trust::{open_checkpoint_dir, open_image_dir, untrusted};
 
 /// First eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"STASISIM";
-/// Format version written by this build; readers refuse any other.
-pub const VERSION: u32 = 6;
+/// Format version written by this build.
+pub const VERSION: u32 = 7;
+/// The oldest version readers accept: version 6 differs from 7 only in
+/// that its chunks are never zstd-compressed.
+pub const OLDEST_READABLE_VERSION: u32 = 6;
 /// Alignment of the payload and of memory chunks.
 pub const PAGE_SIZE: u64 = 4096;
 /// Upper bound on the encoded metadata, so a hostile file cannot make a

@@ -170,7 +170,7 @@ fn damage_gives_named_errors() {
 
     let mut v = good.to_vec();
     v[8] = 99;
-    check(&v, &format!("image format version 99 is not supported (this stasis reads version {VERSION})"));
+    check(&v, &format!("image format version 99 is not supported (this stasis reads versions 6 to {VERSION})"));
     for i in [16, 24, 40, 50, 60] {
         let mut v = good.to_vec();
         v[i] ^= 4;
