@@ -197,6 +197,23 @@ pub fn wait_snapshot(pid: i32) -> Result<i32, i32> {
     }
 }
 
+/// Waits for any child (the image writer's workers, made by `clone_vm`):
+/// its pid and wait status.
+pub fn wait_any() -> Result<(i32, i32), i32> {
+    let mut status: i32 = 0;
+    loop {
+        // SAFETY: wait4 writes one int to `status`.
+        let r = unsafe {
+            syscall6(libc::SYS_wait4, [usize::MAX, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0])
+        };
+        match r {
+            Ok(pid) => return Ok((pid as i32, status)),
+            Err(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub fn exit_group(code: i32) -> ! {
     loop {
         let _ = syscall_nomem(libc::SYS_exit_group, [code as usize, 0, 0, 0, 0, 0]);
@@ -357,6 +374,12 @@ pub fn start_writeback(fd: i32, offset: u64, len: u64) {
 /// copy of the program's memory: see `workers`).
 pub fn mprotect(start: u64, len: u64, prot: i32) -> SysResult {
     syscall_nomem(libc::SYS_mprotect, [start as usize, len as usize, prot as usize, 0, 0, 0])
+}
+
+/// One write(2) of `msg` to `fd` (a message: best effort).
+pub fn write_fd(fd: i32, msg: &[u8]) {
+    // SAFETY: write reads `msg` only.
+    let _ = unsafe { syscall6(libc::SYS_write, [fd as usize, msg.as_ptr() as usize, msg.len(), 0, 0, 0]) };
 }
 
 pub fn getppid() -> i32 {

@@ -119,6 +119,8 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
             offset += piece.len() as u64;
         }
     }
+    // For measuring: a copy of stderr, which is closed below with the rest.
+    let timing = std::env::var_os("STASIS_WRITER_TIMING").and_then(|_| crate::sys::dup_high(2));
     // The program's descriptors are of no more use here, and a pipe's write
     // end held by this copy would keep its reader from seeing end of file.
     // The coordinator connection stays: see `ckpt::writer_main`.
@@ -127,8 +129,22 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     }
     shared_done();
     identify_mapped_files(&mut meta.regions)?;
+    let started = std::time::Instant::now();
     write_memory(&mut w, &mem, &meta.regions, &plans, &|i| !first_pass(i), workers, compress)?;
-    w.finish(meta).map_err(err)
+    let written = started.elapsed();
+    let size = w.finish(meta).map_err(err)?;
+    // For measuring (docs/image-format.md): how long the private memory
+    // took, and the final fsync.
+    if let Some(fd) = timing {
+        let synced = started.elapsed() - written;
+        crate::sys::write_fd(fd, format!(
+            "stasis agent[{pid}]: checkpoint {generation}: {workers} workers wrote private memory in {} ms, \
+             then fsync {} ms\n",
+            written.as_millis(),
+            synced.as_millis()
+        ).as_bytes());
+    }
+    Ok(size)
 }
 
 /// A line on the program's stderr, where the agent's other messages go.

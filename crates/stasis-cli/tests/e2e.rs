@@ -65,6 +65,9 @@ mod pty;
 // stopped on request (a real SLURM: tests/slurm.rs).
 #[path = "e2e/batch.rs"]
 mod batch;
+// The image writer: parallel workers, one copy, zstd chunks.
+#[path = "e2e/speed_writer.rs"]
+mod speed_writer;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -38,7 +38,7 @@ pub struct RestartOpts {
     /// None: the checkpoint directory the images belong to.
     pub ckpt_dir: Option<PathBuf>,
     pub keep: usize,
-    /// Compress images with LZ4 (a coordinator started here, or this one).
+    /// Compress images with zstd (a coordinator started here, or this one).
     pub compress: bool,
     pub port_file: Option<PathBuf>,
     pub coord_logfile: Option<PathBuf>,
