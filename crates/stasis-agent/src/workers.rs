@@ -168,13 +168,7 @@ pub fn write_units(
         let via_mem = units.iter().any(|u| u.via_mem);
         let bounce =
             map_buffer(if via_mem { MAX_CHUNK as usize } else { 0 }).ok_or_else(|| start_failed(libc::ENOMEM))?;
-        pool.push(Worker {
-            shared: &shared,
-            zstd,
-            out,
-            bounce,
-            current: AtomicUsize::new(0),
-        });
+        pool.push(Worker { shared: &shared, zstd, out, bounce, current: AtomicUsize::new(0) });
     }
     if workers == 1 {
         pool[0].run();
@@ -250,10 +244,10 @@ fn run_parallel(pool: &mut [Worker], shared: &Shared) -> Result<(), Failed> {
             shared.fail(unit, Failure::Died { signal });
         }
     }
-    if let Some(errno) = start_error {
-        if !shared.failed_by_worker() {
-            return Err(Failed { unit: shared.units.first().copied().unwrap_or(EMPTY), why: Failure::Start { errno } });
-        }
+    if let Some(errno) = start_error
+        && !shared.failed_by_worker()
+    {
+        return Err(Failed { unit: shared.units.first().copied().unwrap_or(EMPTY), why: Failure::Start { errno } });
     }
     Ok(())
 }
@@ -462,6 +456,9 @@ fn is_zero(page: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+
     use super::*;
 
     #[test]
@@ -470,5 +467,97 @@ mod tests {
         assert!(is_zero(&p));
         p[4095] = 1;
         assert!(!is_zero(&p));
+    }
+
+    /// Memory for units: `pages` pages, mapped apart (page aligned).
+    fn pages(n: usize, fill: impl Fn(usize) -> u8) -> &'static mut [u8] {
+        let m = map_buffer(n * PAGE as usize).unwrap();
+        for (i, page) in m.chunks_mut(PAGE as usize).enumerate() {
+            page.iter_mut().enumerate().for_each(|(k, b)| *b = if fill(i) == 0 { 0 } else { fill(i) ^ (k % 7) as u8 });
+        }
+        m
+    }
+
+    fn unit(region: u32, mem: &[u8], skip_zero: bool) -> Unit {
+        Unit { region, addr: mem.as_ptr() as u64, offset: 0, len: mem.len() as u64, skip_zero, via_mem: false }
+    }
+
+    #[test]
+    fn workers_write_every_chunk_once_in_order() {
+        // Region 0: zero pages every third (left out); region 1: kept whole.
+        let a = pages(1500, |i| if i % 3 == 0 { 0 } else { (i % 250 + 1) as u8 });
+        let b = pages(9, |_| 0);
+        let mut units = Vec::new();
+        for (k, piece) in a.chunks(1024 * PAGE as usize).enumerate() {
+            let mut u = unit(0, piece, true);
+            u.offset = (k * 1024) as u64 * PAGE;
+            units.push(u);
+        }
+        units.push(unit(1, b, false));
+        let t = tempfile::tempfile().unwrap();
+        let mem = std::fs::File::open("/proc/self/mem").unwrap();
+        for (workers, compress) in [(3, true), (1, false), (2, false)] {
+            let (chunks, end) = write_units(&units, t.as_raw_fd(), mem.as_raw_fd(), PAGE, workers, compress)
+                .unwrap_or_else(|f| panic!("{:?}", f.why));
+            // 1000 runs of two pages in region 0 (one per unit boundary too),
+            // one chunk for region 1.
+            let keys: Vec<(u32, u64)> = chunks
+                .iter()
+                .map(|c| match c.kind {
+                    ChunkKind::Memory { region, offset } => (region, offset),
+                    _ => panic!(),
+                })
+                .collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(keys, sorted);
+            assert_eq!(chunks.iter().filter(|c| matches!(c.kind, ChunkKind::Memory { region: 1, .. })).count(), 1);
+            let saved: u64 = chunks.iter().map(|c| c.data_len).sum();
+            assert_eq!(saved, (1000 + 9) * PAGE);
+            assert_eq!(chunks.iter().any(|c| c.compression == Compression::Zstd), compress);
+            for c in &chunks {
+                assert_eq!(c.file_offset % PAGE, 0);
+                assert!(c.file_offset + c.len <= end);
+                let mut stored = vec![0u8; c.len as usize];
+                t.read_exact_at(&mut stored, c.file_offset).unwrap();
+                assert_eq!(xxhash_rust::xxh3::xxh3_64(&stored), c.checksum);
+                let mut data = vec![0u8; c.data_len as usize];
+                stasis_image::decompress_chunk(c.compression, &stored, &mut data).unwrap();
+                let ChunkKind::Memory { region, offset } = c.kind else { panic!() };
+                let src = if region == 0 { &a[..] } else { &b[..] };
+                assert_eq!(&src[offset as usize..offset as usize + data.len()], &data[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_that_cannot_be_read_is_named() {
+        let a = pages(8, |i| i as u8 + 1);
+        sys::mprotect(a.as_ptr() as u64 + 4 * PAGE, PAGE, libc::PROT_NONE).unwrap();
+        let t = tempfile::tempfile().unwrap();
+        let mem = std::fs::File::open("/proc/self/mem").unwrap();
+        // Through /proc/self/mem, protection does not matter: pages
+        // unmapped do.
+        sys::munmap((a.as_ptr() as u64 + 6 * PAGE) as *mut u8, PAGE as usize);
+        let mut u = unit(0, a, false);
+        u.via_mem = true;
+        let f = write_units(&[u], t.as_raw_fd(), mem.as_raw_fd(), PAGE, 1, false).err().unwrap();
+        assert_eq!(f.why, Failure::Read { addr: a.as_ptr() as u64 + 6 * PAGE, errno: libc::EIO });
+    }
+
+    /// A worker that faults dies; the pass fails naming the unit, and
+    /// the other workers stop: nothing hangs.
+    #[test]
+    fn a_worker_that_dies_fails_the_pass() {
+        let good = pages(4096, |i| (i % 200 + 1) as u8);
+        let bad = pages(4, |_| 1);
+        sys::mprotect(bad.as_ptr() as u64, 4 * PAGE, libc::PROT_NONE).unwrap();
+        let mut units: Vec<Unit> = good.chunks(256 * PAGE as usize).map(|p| unit(0, p, true)).collect();
+        units.insert(3, unit(1, bad, true));
+        let t = tempfile::tempfile().unwrap();
+        let mem = std::fs::File::open("/proc/self/mem").unwrap();
+        let f = write_units(&units, t.as_raw_fd(), mem.as_raw_fd(), PAGE, 3, true).err().unwrap();
+        assert_eq!(f.why, Failure::Died { signal: libc::SIGSEGV });
+        assert_eq!((f.unit.region, f.unit.addr), (1, bad.as_ptr() as u64));
     }
 }

@@ -43,13 +43,17 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     let mut bounce = vec![0u8; MAX_CHUNK as usize];
     let mut scratch = if compress { vec![0u8; zstd_static::bound(MAX_CHUNK as usize)] } else { Vec::new() };
     let mut append = |w: &mut ImageWriter, kind: ChunkKind, data: &[u8]| -> Result<(), String> {
-        if let Some(z) = zstd.as_mut().filter(|_| data.len() >= stasis_image::MIN_COMPRESSED) {
-            if let Some(n) = z.compress(data, &mut scratch).filter(|&n| stasis_image::compression_pays(n, data.len())) {
-                let stored = &scratch[..n];
-                let sum = xxhash_rust::xxh3::xxh3_64(stored);
-                w.append_prepared(kind, stored, sum, Compression::Zstd, data.len() as u64).map_err(err)?;
-                return Ok(());
+        let compressed = match zstd.as_mut() {
+            Some(z) if data.len() >= stasis_image::MIN_COMPRESSED => {
+                z.compress(data, &mut scratch).filter(|&n| stasis_image::compression_pays(n, data.len()))
             }
+            _ => None,
+        };
+        if let Some(n) = compressed {
+            let stored = &scratch[..n];
+            let sum = xxhash_rust::xxh3::xxh3_64(stored);
+            w.append_prepared(kind, stored, sum, Compression::Zstd, data.len() as u64).map_err(err)?;
+            return Ok(());
         }
         w.append_chunk(kind, data).map_err(err)?;
         Ok(())
@@ -137,12 +141,16 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     // took, and the final fsync.
     if let Some(fd) = timing {
         let synced = started.elapsed() - written;
-        crate::sys::write_fd(fd, format!(
-            "stasis agent[{pid}]: checkpoint {generation}: {workers} workers wrote private memory in {} ms, \
+        crate::sys::write_fd(
+            fd,
+            format!(
+                "stasis agent[{pid}]: checkpoint {generation}: {workers} workers wrote private memory in {} ms, \
              then fsync {} ms\n",
-            written.as_millis(),
-            synced.as_millis()
-        ).as_bytes());
+                written.as_millis(),
+                synced.as_millis()
+            )
+            .as_bytes(),
+        );
     }
     Ok(size)
 }
