@@ -126,7 +126,7 @@ struct Worker<'a> {
 }
 
 /// Writes `units` into the image `image_fd`, chunks from file offset
-/// `start` on (page aligned) with `workers` workers. Returns the chunk
+/// `start` on, with `workers` workers. Returns the chunk
 /// records sorted by region and offset, and where the written payload
 /// ends.
 pub fn write_units(
@@ -284,11 +284,13 @@ impl Shared<'_> {
     }
 
     /// Waits for this caller's turn, writes `stored` at the next offset
-    /// of the file and returns it; starts writeback every
+    /// of the file (the next page boundary if `aligned`: bytes as they are,
+    /// which a restart could map; compressed ones are packed) and returns
+    /// it; starts writeback every
     /// `WRITEBACK_EVERY` bytes. A failure (this worker's or another's)
     /// ends the wait: a worker that died holding a ticket must not hang
     /// the others.
-    fn write_in_turn(&self, stored: &[u8]) -> Result<u64, i32> {
+    fn write_in_turn(&self, stored: &[u8], aligned: bool) -> Result<u64, i32> {
         let ticket = self.tickets.fetch_add(1, Ordering::AcqRel);
         loop {
             let turn = self.turn.load(Ordering::Acquire);
@@ -300,10 +302,11 @@ impl Shared<'_> {
             }
             sys::futex_wait(&self.turn, turn, 100);
         }
-        let at = self.next_offset.load(Ordering::Acquire);
+        let end = self.next_offset.load(Ordering::Acquire);
+        let at = if aligned { end.next_multiple_of(PAGE) } else { end };
         let written = sys::pwrite_from(self.image_fd, stored.as_ptr() as usize, stored.len(), at);
         if written.is_ok() {
-            let end = at + (stored.len() as u64).next_multiple_of(PAGE);
+            let end = at + stored.len() as u64;
             self.next_offset.store(end, Ordering::Release);
             let from = self.written_back.load(Ordering::Acquire);
             if end >= from + WRITEBACK_EVERY {
@@ -406,7 +409,7 @@ impl Worker<'_> {
         };
         let checksum = xxhash_rust::xxh3::xxh3_64(stored);
         let len = stored.len() as u64;
-        let at = shared.write_in_turn(stored).map_err(|errno| {
+        let at = shared.write_in_turn(stored, compression == Compression::None).map_err(|errno| {
             if errno == libc::EFAULT {
                 Failure::Read { addr: u.addr + (offset - u.offset), errno }
             } else {
@@ -516,7 +519,7 @@ mod tests {
             assert_eq!(saved, (1000 + 9) * PAGE);
             assert_eq!(chunks.iter().any(|c| c.compression == Compression::Zstd), compress);
             for c in &chunks {
-                assert_eq!(c.file_offset % PAGE, 0);
+                assert!(c.file_offset % PAGE == 0 || c.compression != Compression::None);
                 assert!(c.file_offset + c.len <= end);
                 let mut stored = vec![0u8; c.len as usize];
                 t.read_exact_at(&mut stored, c.file_offset).unwrap();

@@ -281,10 +281,11 @@ impl ImageWriter {
         &self.file
     }
 
-    /// Where the next chunk would start: writers that fill the payload
-    /// themselves take their offsets from here on, page aligned.
+    /// Where the payload written so far ends: writers that fill the
+    /// payload themselves take their offsets from here on (an uncompressed
+    /// chunk at the next page boundary).
     pub fn next_offset(&self) -> u64 {
-        self.pos.next_multiple_of(PAGE_SIZE)
+        self.pos
     }
 
     /// Records chunks written to the file by someone else, between
@@ -294,7 +295,7 @@ impl ImageWriter {
         let from = self.next_offset();
         for c in chunks {
             let inside = c.file_offset >= from && c.file_offset.saturating_add(c.len) <= end;
-            if !inside || c.file_offset % PAGE_SIZE != 0 {
+            if !inside || (c.compression == Compression::None && c.file_offset % PAGE_SIZE != 0) {
                 let what = format!("a chunk written at {} ({} bytes), outside {from}..{end}", c.file_offset, c.len);
                 return Err(Error::Invalid { path: self.path.clone(), what });
             }
@@ -321,9 +322,10 @@ impl ImageWriter {
         data_len: u64,
     ) -> Result<Chunk> {
         self.usable()?;
-        // Skipping to the page boundary leaves a hole, which reads as
-        // zeros and costs no write.
-        let start = self.pos.next_multiple_of(PAGE_SIZE);
+        // Bytes as they are start on a page boundary, so that a restart
+        // could map them (skipping to it leaves a hole, which reads as
+        // zeros and costs no write); compressed ones follow on directly.
+        let start = if compression == Compression::None { self.pos.next_multiple_of(PAGE_SIZE) } else { self.pos };
         if let Err(e) = self.file.write_all_at(stored, start) {
             self.failed = true;
             return Err(io(&self.path, "write")(e));
@@ -416,7 +418,8 @@ fn load(
                 what: format!("chunk {i} ({} bytes at {}) lies outside the payload", c.len, c.file_offset),
             });
         }
-        if matches!(c.kind, ChunkKind::Memory { .. }) && c.file_offset % PAGE_SIZE != 0 {
+        let mappable = c.compression == Compression::None && matches!(c.kind, ChunkKind::Memory { .. });
+        if mappable && c.file_offset % PAGE_SIZE != 0 {
             return Err(Error::Corrupt {
                 path: path.into(),
                 what: format!("memory chunk {i} starts at {}, not on a page boundary", c.file_offset),
@@ -855,16 +858,23 @@ mod tests {
             .collect();
         let a = w.append_chunk(ChunkKind::Memory { region: 0, offset: 0 }, &text).unwrap();
         let b = w.append_chunk(ChunkKind::Memory { region: 0, offset: 8192 }, &random).unwrap();
+        let c = w.append_chunk(ChunkKind::FileContents { fd_index: 0, offset: 0 }, &text).unwrap();
+        let d = w.append_chunk(ChunkKind::FileContents { fd_index: 0, offset: 8192 }, &text).unwrap();
         assert_eq!((a.compression, b.compression), (Compression::Zstd, Compression::None));
         assert!(a.len < 1000 && a.data_len == 8192);
+        // Bytes as they are start on a page; compressed ones are packed.
+        assert_eq!((a.file_offset, b.file_offset), (PAGE_SIZE, 2 * PAGE_SIZE));
+        assert_eq!(c.file_offset, b.file_offset + b.len);
+        assert_eq!(d.file_offset, c.file_offset + c.len);
         w.finish(meta()).unwrap();
         let r = ImageReader::open(&path).unwrap();
         assert_eq!(r.header().version, VERSION);
         r.verify_payload().unwrap();
         assert_eq!(r.chunk_data(&r.meta().chunks[0]).unwrap(), text);
         assert_eq!(r.chunk_data(&r.meta().chunks[1]).unwrap(), random);
+        assert_eq!(r.chunk_data(&r.meta().chunks[3]).unwrap(), text);
         parse_image(&std::fs::read(&path).unwrap()).unwrap();
-        assert!(crate::render(r.meta()).contains("1 chunks compressed"), "{}", crate::render(r.meta()));
+        assert!(crate::render(r.meta()).contains("3 chunks compressed"), "{}", crate::render(r.meta()));
     }
 
     #[test]
@@ -887,6 +897,15 @@ mod tests {
         let mut w = ImageWriter::create(&path).unwrap();
         let at = w.next_offset();
         assert_eq!(at, PAGE_SIZE);
+        let misaligned = Chunk {
+            kind: ChunkKind::Memory { region: 0, offset: 0 },
+            file_offset: at + 8,
+            len: 8,
+            checksum: 0,
+            compression: Compression::None,
+            data_len: 8,
+        };
+        assert!(w.adopt(&[misaligned], at + PAGE_SIZE).is_err());
         w.file().write_all_at(&[7u8; 4096], at + PAGE_SIZE).unwrap();
         w.file().write_all_at(&[6u8; 4096], at).unwrap();
         let chunk = |offset: u64, file_offset: u64, byte: u8| Chunk {
