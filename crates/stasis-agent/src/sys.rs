@@ -382,6 +382,15 @@ pub fn write_fd(fd: i32, msg: &[u8]) {
     let _ = unsafe { syscall6(libc::SYS_write, [fd as usize, msg.as_ptr() as usize, msg.len(), 0, 0, 0]) };
 }
 
+/// Puts `sig` back to its default action (in a process of the agent's
+/// own, e.g. a writer's worker, that must die of a fault rather than run
+/// the program's handler).
+pub fn default_action(sig: i32) {
+    let act = [0u64; 4]; // SIG_DFL, no flags, no restorer, empty mask
+    // SAFETY: the kernel reads one 32-byte kernel sigaction from `act`.
+    let _ = unsafe { syscall6(libc::SYS_rt_sigaction, [sig as usize, act.as_ptr() as usize, 0, 8, 0, 0]) };
+}
+
 pub fn getppid() -> i32 {
     syscall_nomem(libc::SYS_getppid, [0; 6]).unwrap_or(0) as i32
 }

@@ -87,6 +87,8 @@ pub fn worker_count() -> usize {
 
 /// What workers share; lives in the writer's memory, which they share.
 struct Shared<'a> {
+    /// The writer's pid: the workers' parent.
+    writer: i32,
     units: &'a [Unit],
     image_fd: i32,
     mem_fd: i32,
@@ -142,6 +144,7 @@ pub fn write_units(
     let capacity: usize = units.iter().map(|u| (u.len / PAGE) as usize).sum();
     let mut records: Vec<Chunk> = Vec::with_capacity(capacity);
     let shared = Shared {
+        writer: sys::getpid(),
         units,
         image_fd,
         mem_fd,
@@ -258,8 +261,13 @@ extern "C" fn worker_main(worker: usize) -> ! {
     let w = unsafe { &mut *(worker as *mut Worker) };
     sys::kill_with_parent();
     // The writer may already be gone (then its death signal came first).
-    if sys::getppid() <= 1 {
+    if sys::getppid() != w.shared.writer {
         sys::exit_group(1);
+    }
+    // A page that faults kills this worker, which the writer reports:
+    // the program's handlers (copied here with the writer's) must not run.
+    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+        sys::default_action(sig);
     }
     w.run();
     sys::exit_group(0)
