@@ -78,10 +78,15 @@ pub struct Failed {
 }
 
 /// The number of workers: `STASIS_WRITER_THREADS` if set (for
-/// measurement), else the CPUs this process may run on, at most four.
-pub fn worker_count() -> usize {
+/// measurement); else, when compressing, the CPUs this process may run on,
+/// at most four; else one. Uncompressed, a worker's own work per byte (the
+/// zero check, the checksum) is small beside the write, which takes turns
+/// anyway: measured on ext4 (bench/run.sh, 1 GiB), a second worker only
+/// doubled the CPU time and slowed the checkpoint.
+pub fn worker_count(compress: bool) -> usize {
     let asked = std::env::var("STASIS_WRITER_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok());
-    let n = asked.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS));
+    let cpus = || std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
+    let n = asked.unwrap_or_else(|| if compress { cpus() } else { 1 });
     n.clamp(1, MAX_ASKED)
 }
 

@@ -38,7 +38,7 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
         None
     };
     let Snapshot { mut meta, plans, deleted_files, pipes, sockets, .. } = snap;
-    let workers = workers::worker_count();
+    let workers = workers::worker_count(compress);
     // Deleted files' contents are read into this buffer, one chunk at a time.
     let mut bounce = vec![0u8; MAX_CHUNK as usize];
     let mut scratch = if compress { vec![0u8; zstd_static::bound(MAX_CHUNK as usize)] } else { Vec::new() };
