@@ -197,17 +197,21 @@ pub fn wait_snapshot(pid: i32) -> Result<i32, i32> {
     }
 }
 
-/// Waits for any child (the image writer's workers, made by `clone_vm`):
-/// its pid and wait status.
-pub fn wait_any() -> Result<(i32, i32), i32> {
+/// The wait status of child `pid` (made by `clone_vm`) if it has ended,
+/// without waiting.
+pub fn wait_done(pid: i32) -> Result<Option<i32>, i32> {
     let mut status: i32 = 0;
     loop {
         // SAFETY: wait4 writes one int to `status`.
         let r = unsafe {
-            syscall6(libc::SYS_wait4, [usize::MAX, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0])
+            syscall6(
+                libc::SYS_wait4,
+                [pid as usize, &mut status as *mut i32 as usize, (libc::__WALL | libc::WNOHANG) as usize, 0, 0, 0],
+            )
         };
         match r {
-            Ok(pid) => return Ok((pid as i32, status)),
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(status)),
             Err(libc::EINTR) => continue,
             Err(e) => return Err(e),
         }

@@ -42,6 +42,9 @@ const MAX_ASKED: usize = 16;
 /// A worker starts writeback of what it wrote after this many bytes.
 const WRITEBACK_EVERY: u64 = 32 << 20;
 const WORKER_STACK: usize = 1 << 20;
+/// Chunks are checksummed and written in pieces of this size, which stay
+/// in the cache between the two.
+const HASH_PIECE: usize = 256 << 10;
 
 /// A run of wanted pages of one region, at most a chunk long.
 #[derive(Clone, Copy)]
@@ -103,6 +106,8 @@ struct Shared<'a> {
     chunks: *mut Chunk,
     capacity: usize,
     n_chunks: AtomicUsize,
+    /// Units written completely.
+    units_done: AtomicUsize,
     /// Tickets for writing, and the one whose turn it is.
     tickets: AtomicU32,
     turn: AtomicU32,
@@ -158,6 +163,7 @@ pub fn write_units(
         chunks: records.as_mut_ptr(),
         capacity,
         n_chunks: AtomicUsize::new(0),
+        units_done: AtomicUsize::new(0),
         tickets: AtomicU32::new(0),
         turn: AtomicU32::new(0),
         written_back: AtomicU64::new(start),
@@ -186,6 +192,10 @@ pub fn write_units(
     drop(pool);
     if shared.failed.load(Ordering::Acquire) {
         return Err(shared.failure());
+    }
+    // Every unit done, or the pass failed: never an image with a hole.
+    if shared.units_done.load(Ordering::Acquire) != units.len() {
+        return Err(Failed { unit: EMPTY, why: Failure::Died { signal: 0 } });
     }
     let n = shared.n_chunks.load(Ordering::Acquire).min(capacity);
     // SAFETY: workers filled records 0..n (each index once) and have all
@@ -237,11 +247,19 @@ fn run_parallel(pool: &mut [Worker], shared: &Shared) -> Result<(), Failed> {
         // Those started stop at their next unit.
         shared.failed.store(true, Ordering::Release);
     }
-    // In the order they end: one that dies fails the pass at once, so
-    // that the others stop waiting for its turn.
+    // In the order they end (looked at every millisecond): one that dies
+    // fails the pass at once, so that the others stop waiting for its turn.
     while !pids.is_empty() {
-        let Ok((pid, status)) = sys::wait_any() else { break };
-        let Some(k) = pids.iter().position(|&(p, _)| p == pid) else { continue };
+        let ended = pids.iter().enumerate().find_map(|(k, &(pid, _))| match sys::wait_done(pid) {
+            Ok(Some(status)) => Some((k, status)),
+            Ok(None) => None,
+            // Not ours to wait for (cannot happen): count it as dead.
+            Err(_) => Some((k, 0x7f)),
+        });
+        let Some((k, status)) = ended else {
+            sys::sleep_ms(1);
+            continue;
+        };
         let (_, w) = pids.swap_remove(k);
         // SAFETY: the worker has ended; its record is ours again.
         let w = unsafe { &*w };
@@ -303,7 +321,7 @@ impl Shared<'_> {
     /// `WRITEBACK_EVERY` bytes. A failure (this worker's or another's)
     /// ends the wait: a worker that died holding a ticket must not hang
     /// the others.
-    fn write_in_turn(&self, stored: &[u8], aligned: bool) -> Result<u64, i32> {
+    fn write_in_turn(&self, stored: &[u8], aligned: bool) -> Result<(u64, u64), i32> {
         let ticket = self.tickets.fetch_add(1, Ordering::AcqRel);
         loop {
             let turn = self.turn.load(Ordering::Acquire);
@@ -317,7 +335,14 @@ impl Shared<'_> {
         }
         let end = self.next_offset.load(Ordering::Acquire);
         let at = if aligned { end.next_multiple_of(PAGE) } else { end };
-        let written = sys::pwrite_from(self.image_fd, stored.as_ptr() as usize, stored.len(), at);
+        // Checksummed piece by piece just before each piece is written, so
+        // that the write copies from the cache: memory is read once.
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        let written = stored.chunks(HASH_PIECE).try_fold(at, |piece_at, piece| {
+            hasher.update(piece);
+            sys::pwrite_from(self.image_fd, piece.as_ptr() as usize, piece.len(), piece_at)?;
+            Ok(piece_at + piece.len() as u64)
+        });
         if written.is_ok() {
             let end = at + stored.len() as u64;
             self.next_offset.store(end, Ordering::Release);
@@ -329,7 +354,7 @@ impl Shared<'_> {
         }
         self.turn.fetch_add(1, Ordering::AcqRel);
         sys::futex_wake(&self.turn);
-        written.map(|()| at)
+        written.map(|_| (at, hasher.digest()))
     }
 
     /// Whether a worker (not the start) recorded the failure.
@@ -365,6 +390,7 @@ impl Worker<'_> {
                 shared.fail(i, why);
                 break;
             }
+            shared.units_done.fetch_add(1, Ordering::AcqRel);
         }
         self.current.store(0, Ordering::Release);
     }
@@ -420,9 +446,8 @@ impl Worker<'_> {
             Some(n) => (&self.out[..n], Compression::Zstd),
             None => (data, Compression::None),
         };
-        let checksum = xxhash_rust::xxh3::xxh3_64(stored);
         let len = stored.len() as u64;
-        let at = shared.write_in_turn(stored, compression == Compression::None).map_err(|errno| {
+        let (at, checksum) = shared.write_in_turn(stored, compression == Compression::None).map_err(|errno| {
             if errno == libc::EFAULT {
                 Failure::Read { addr: u.addr + (offset - u.offset), errno }
             } else {

@@ -309,6 +309,9 @@ fn explain(f: Failed, regions: &[stasis_image::Region], mem: &File, image: &Path
         Failure::Write { errno } => {
             format!("{}: write: {}", image.display(), std::io::Error::from_raw_os_error(errno))
         }
+        Failure::Died { .. } if f.unit.len == 0 => {
+            "the image writer's workers ended before saving all the memory".into()
+        }
         Failure::Died { signal } => {
             // A page that faults (a file cut short under a mapping, say)
             // kills the worker that reads it: find it and name it.
