@@ -7,9 +7,9 @@
 //! of wanted pages of one region, at most a chunk long), then N workers
 //! take units in turn from a shared index. A worker leaves out all-zero
 //! pages where the region allows, compresses where asked and where it
-//! pays, and checksums, all in parallel; then it takes a ticket and, at
-//! its turn, reserves the next page-aligned range of the file and writes
-//! the chunk there, and files the chunk's record in a shared array; the
+//! pays, in parallel; then it takes a ticket and, at its turn, writes the
+//! chunk at the payload's end (checksumming it piece by piece as it goes),
+//! and files the chunk's record in a shared array; the
 //! writer sorts the records into a deterministic order. Writes take turns
 //! because they would anyway (a file's writes hold its inode lock), and
 //! a file written in order is written back in order: concurrent writers
@@ -84,8 +84,8 @@ pub struct Failed {
 /// measurement); else, when compressing, the CPUs this process may run on,
 /// at most four; else one. Uncompressed, a worker's own work per byte (the
 /// zero check, the checksum) is small beside the write, which takes turns
-/// anyway: measured on ext4 (bench/run.sh, 1 GiB), a second worker only
-/// doubled the CPU time and slowed the checkpoint.
+/// anyway: measured on ext4 (1 GiB, 2 CPUs), a second worker gained
+/// nothing and cost a little more CPU.
 pub fn worker_count(compress: bool) -> usize {
     let asked = std::env::var("STASIS_WRITER_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok());
     let cpus = || std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
