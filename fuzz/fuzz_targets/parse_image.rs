@@ -9,6 +9,14 @@ fn u64_at(v: &[u8], at: usize) -> u64 {
 
 fuzz_target!(|data: &[u8]| {
     let _ = stasis_image::parse_image(data);
+    // The bytes as one stored chunk of each kind, decompressed into a
+    // buffer of the length the first two bytes say.
+    if let [a, b, rest @ ..] = data {
+        let mut out = vec![0u8; usize::from(u16::from_le_bytes([*a, *b]))];
+        for c in [stasis_image::Compression::Lz4, stasis_image::Compression::Zstd] {
+            let _ = stasis_image::decompress_chunk(c, rest, &mut out);
+        }
+    }
 
     // Almost every mutation stops at a checksum. Sign the bytes again
     // (metadata checksum, then header checksum) so that the checks behind

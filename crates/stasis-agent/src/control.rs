@@ -645,7 +645,9 @@ fn request(msg: &Message, s: &mut Session, conn: &Link) -> Option<Request> {
     Some(Request {
         generation,
         computation: s.computation,
-        compress: msg.get("compression") == Some("lz4"),
+        // `lz4` from a coordinator of the release before, which compressed
+        // with it: compressing is what it asked for.
+        compress: matches!(msg.get("compression"), Some("zstd" | "lz4")),
         dir: PathBuf::from(dir),
         agent_fd: conn.fd(),
         interval_s: s.interval_s,

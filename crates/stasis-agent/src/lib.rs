@@ -35,7 +35,9 @@ mod timeouts;
 mod timing;
 mod track;
 mod tree;
+mod workers;
 mod writer;
+mod zstd_static;
 
 #[global_allocator]
 pub(crate) static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc::new();

@@ -223,6 +223,27 @@ pub fn wait_snapshot(pid: i32) -> Result<i32, i32> {
     }
 }
 
+/// The wait status of child `pid` (made by `clone_vm`) if it has ended,
+/// without waiting.
+pub fn wait_done(pid: i32) -> Result<Option<i32>, i32> {
+    let mut status: i32 = 0;
+    loop {
+        // SAFETY: wait4 writes one int to `status`.
+        let r = unsafe {
+            syscall6(
+                libc::SYS_wait4,
+                [pid as usize, &mut status as *mut i32 as usize, (libc::__WALL | libc::WNOHANG) as usize, 0, 0, 0],
+            )
+        };
+        match r {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(status)),
+            Err(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub fn exit_group(code: i32) -> ! {
     loop {
         let _ = syscall_nomem(libc::SYS_exit_group, [code as usize, 0, 0, 0, 0, 0]);
@@ -346,6 +367,102 @@ pub fn pread(fd: i32, buf: &mut [u8], offset: u64) -> Result<usize, i32> {
             return r;
         }
     }
+}
+
+/// pwrite(2) of `len` bytes at address `addr` of this process, retried on
+/// EINTR and short writes. The kernel reads the memory: an address that
+/// cannot be read is EFAULT, never a fault here.
+pub fn pwrite_from(fd: i32, addr: usize, len: usize, offset: u64) -> Result<(), i32> {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: pwrite only reads `len - done` bytes at the address, and
+        // reports memory it cannot read as EFAULT.
+        let r = unsafe {
+            syscall6(libc::SYS_pwrite64, [fd as usize, addr + done, len - done, offset as usize + done, 0, 0])
+        };
+        match r {
+            Ok(0) => return Err(libc::EIO),
+            Ok(n) => done += n,
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Starts writeback of a file range without waiting for it
+/// (sync_file_range with SYNC_FILE_RANGE_WRITE): the final fsync then
+/// finds little left to do.
+pub fn start_writeback(fd: i32, offset: u64, len: u64) {
+    let _ = syscall_nomem(
+        libc::SYS_sync_file_range,
+        [fd as usize, offset as usize, len as usize, libc::SYNC_FILE_RANGE_WRITE as usize, 0, 0],
+    );
+}
+
+/// mprotect(2) of a range this process maps (the image writer, on its own
+/// copy of the program's memory: see `workers`).
+pub fn mprotect(start: u64, len: u64, prot: i32) -> SysResult {
+    syscall_nomem(libc::SYS_mprotect, [start as usize, len as usize, prot as usize, 0, 0, 0])
+}
+
+/// One write(2) of `msg` to `fd` (a message: best effort).
+pub fn write_fd(fd: i32, msg: &[u8]) {
+    // SAFETY: write reads `msg` only.
+    let _ = unsafe { syscall6(libc::SYS_write, [fd as usize, msg.as_ptr() as usize, msg.len(), 0, 0, 0]) };
+}
+
+/// Puts `sig` back to its default action (in a process of the agent's
+/// own, e.g. a writer's worker, that must die of a fault rather than run
+/// the program's handler).
+pub fn default_action(sig: i32) {
+    let act = [0u64; 4]; // SIG_DFL, no flags, no restorer, empty mask
+    // SAFETY: the kernel reads one 32-byte kernel sigaction from `act`.
+    let _ = unsafe { syscall6(libc::SYS_rt_sigaction, [sig as usize, act.as_ptr() as usize, 0, 8, 0, 0]) };
+}
+
+pub fn getppid() -> i32 {
+    syscall_nomem(libc::SYS_getppid, [0; 6]).unwrap_or(0) as i32
+}
+
+/// Asks for SIGKILL when the parent dies (PR_SET_PDEATHSIG).
+pub fn kill_with_parent() {
+    let _ = syscall_nomem(libc::SYS_prctl, [libc::PR_SET_PDEATHSIG as usize, libc::SIGKILL as usize, 0, 0, 0, 0]);
+}
+
+/// Starts `f(arg)` in a new process that shares this one's memory and
+/// descriptor table (clone with CLONE_VM | CLONE_FILES, no exit signal,
+/// so only `wait_snapshot` sees it end), on the stack ending at
+/// `stack_top`. `f` must not return, and must touch neither thread-local
+/// storage (it runs with this thread's) nor the allocator.
+///
+/// # Safety
+/// `stack_top` is the 16-byte aligned end of a mapping used by nothing
+/// else while the child runs, and `arg` stays valid until it exits.
+pub unsafe fn clone_vm(stack_top: usize, f: extern "C" fn(usize) -> !, arg: usize) -> SysResult {
+    let flags = (libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_FS) as usize;
+    let ret: isize;
+    // SAFETY: clone with a fresh stack: the child, with rax 0, calls `f`
+    // on that stack and never comes back (r12/r13 are preserved across
+    // the system call in both processes); the parent falls through.
+    unsafe {
+        asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone as isize => ret,
+            in("rdi") flags, in("rsi") stack_top, in("rdx") 0usize, in("r10") 0usize, in("r8") 0usize,
+            in("r12") arg, in("r13") f as usize,
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack)
+        );
+    }
+    check(ret)
 }
 
 /// Sleeps `ms` milliseconds (interrupted early by a signal: callers loop).

@@ -6,22 +6,21 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use stasis_image::{ChunkKind, ImageWriter, RegionKind};
+use stasis_image::{ChunkKind, Compression, ImageWriter, RegionKind};
 
 use crate::collect::{PAGE, Pages, RegionPlan, Snapshot, reopen_fd};
-
-/// Chunks are cut at this size, so a damaged chunk costs little and
-/// incremental checkpoints can compare chunk checksums.
-const MAX_CHUNK: u64 = 4 << 20;
+use crate::workers::{self, Failed, Failure, MAX_CHUNK, Unit};
+use crate::zstd_static::{self, StaticZstd};
 
 /// Writes `snap` to `path`. `shared_done` is called once everything that
 /// the running program could still change (shared memory, deleted files'
 /// contents) is in the image; private memory follows.
 pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mut dyn FnMut()) -> Result<u64, String> {
     let err = |e: stasis_image::Error| e.to_string();
-    // Memory is read through /proc/self/mem: protection does not stop it,
-    // and a page that cannot be read is an error naming its region, not a
-    // crash (nor a page quietly left out: see `write_region`).
+    // Pages the kernel cannot hand over otherwise (their region could not
+    // be made readable here) are read through /proc/self/mem: protection
+    // does not stop it, and a page that cannot be read is an error naming
+    // its region, not a crash (nor a page quietly left out).
     let mem = std::fs::File::open("/proc/self/mem").map_err(|e| format!("open /proc/self/mem: {e}"))?;
     // Only into a directory of ours that nobody else can write, whoever
     // sent the SUSPEND; created afresh there, never through a link.
@@ -31,21 +30,38 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     };
     let dir = stasis_image::open_image_dir(dir)?;
     let mut w = ImageWriter::create_in(&dir, name).map_err(err)?;
-    if compress {
-        w.set_compression(stasis_image::Compression::Lz4);
-    }
+    // Compressed here with a context of our own (no libc malloc); the
+    // memory's workers have theirs.
+    let mut zstd = if compress {
+        Some(StaticZstd::new().ok_or("cannot map memory for the image writer's compressor")?)
+    } else {
+        None
+    };
     let Snapshot { mut meta, plans, deleted_files, pipes, sockets, .. } = snap;
-    // One buffer for the whole image: a program with hundreds of regions
-    // (a stack per thread) must not cost hundreds of fresh 4 MiB buffers.
+    let workers = workers::worker_count(compress);
+    // Deleted files' contents are read into this buffer, one chunk at a time.
     let mut bounce = vec![0u8; MAX_CHUNK as usize];
+    let mut scratch = if compress { vec![0u8; zstd_static::bound(MAX_CHUNK as usize)] } else { Vec::new() };
+    let mut append = |w: &mut ImageWriter, kind: ChunkKind, data: &[u8]| -> Result<(), String> {
+        let compressed = match zstd.as_mut() {
+            Some(z) if data.len() >= stasis_image::MIN_COMPRESSED => {
+                z.compress(data, &mut scratch).filter(|&n| stasis_image::compression_pays(n, data.len()))
+            }
+            _ => None,
+        };
+        if let Some(n) = compressed {
+            let stored = &scratch[..n];
+            let sum = xxhash_rust::xxh3::xxh3_64(stored);
+            w.append_prepared(kind, stored, sum, Compression::Zstd, data.len() as u64).map_err(err)?;
+            return Ok(());
+        }
+        w.append_chunk(kind, data).map_err(err)?;
+        Ok(())
+    };
 
     let first: Vec<bool> = meta.regions.iter().map(|r| r.shared || r.kind == RegionKind::Vdso).collect();
     let first_pass = |i: usize| first[i];
-    for (i, plan) in plans.iter().enumerate() {
-        if first_pass(i) {
-            write_region(&mut w, &mem, &mut bounce, i as u32, &meta.regions[i], plan)?;
-        }
-    }
+    write_memory(&mut w, &mem, &meta.regions, &plans, &first_pass, workers, compress)?;
     // Files open for writing, as they are at this instant (docs/files.md).
     let (generation, pid) = (meta.generation, meta.pid);
     crate::savefiles::save(&mut meta, &dir, &mut |note| {
@@ -71,7 +87,7 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
             if n == 0 {
                 break;
             }
-            w.append_chunk(ChunkKind::FileContents { fd_index: fd_index as u32, offset }, &buf[..n]).map_err(err)?;
+            append(&mut w, ChunkKind::FileContents { fd_index: fd_index as u32, offset }, &buf[..n])?;
             offset += n as u64;
         }
     }
@@ -83,7 +99,7 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
         let bytes = crate::sys::pipe_peek(fd).map_err(|e| format!("save the bytes in the pipe on fd {fd}: {e}"))?;
         let mut offset = 0u64;
         for piece in bytes.chunks(MAX_CHUNK as usize) {
-            w.append_chunk(ChunkKind::FileContents { fd_index: fd_index as u32, offset }, piece).map_err(err)?;
+            append(&mut w, ChunkKind::FileContents { fd_index: fd_index as u32, offset }, piece)?;
             offset += piece.len() as u64;
         }
     }
@@ -103,10 +119,12 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
         };
         let mut offset = 0u64;
         for piece in &pieces {
-            w.append_chunk(ChunkKind::FileContents { fd_index: fd_index as u32, offset }, piece).map_err(err)?;
+            append(&mut w, ChunkKind::FileContents { fd_index: fd_index as u32, offset }, piece)?;
             offset += piece.len() as u64;
         }
     }
+    // For measuring: a copy of stderr, which is closed below with the rest.
+    let timing = std::env::var_os("STASIS_WRITER_TIMING").and_then(|_| crate::sys::dup_high(2));
     // The program's descriptors are of no more use here, and a pipe's write
     // end held by this copy would keep its reader from seeing end of file.
     // The coordinator connection stays: see `ckpt::writer_main`.
@@ -115,12 +133,40 @@ pub fn write_image(snap: Snapshot, path: &Path, compress: bool, shared_done: &mu
     }
     shared_done();
     identify_mapped_files(&mut meta.regions)?;
-    for (i, plan) in plans.iter().enumerate() {
-        if !first_pass(i) {
-            write_region(&mut w, &mem, &mut bounce, i as u32, &meta.regions[i], plan)?;
-        }
+    let started = std::time::Instant::now();
+    write_memory(&mut w, &mem, &meta.regions, &plans, &|i| !first_pass(i), workers, compress)?;
+    let written = started.elapsed();
+    let size = w.finish(meta).map_err(err)?;
+    // For measuring (docs/image-format.md): how long the private memory
+    // took, and the final fsync.
+    if let Some(fd) = timing {
+        let synced = started.elapsed() - written;
+        crate::sys::write_fd(
+            fd,
+            format!(
+                "stasis agent[{pid}]: checkpoint {generation}: {workers} workers wrote private memory in {} ms, \
+                 then fsync {} ms; the writer used {} ms of CPU\n",
+                written.as_millis(),
+                synced.as_millis(),
+                cpu_ms()
+            )
+            .as_bytes(),
+        );
     }
-    w.finish(meta).map_err(err)
+    Ok(size)
+}
+
+/// CPU time of this process and of its ended children (the workers).
+fn cpu_ms() -> u128 {
+    let ms = |who| {
+        // SAFETY: a zeroed rusage is valid; getrusage fills it.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `u` is a valid rusage to write.
+        unsafe { libc::getrusage(who, &mut u) };
+        let tv = |t: libc::timeval| t.tv_sec as u128 * 1000 + t.tv_usec as u128 / 1000;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    ms(libc::RUSAGE_SELF) + ms(libc::RUSAGE_CHILDREN)
 }
 
 /// A line on the program's stderr, where the agent's other messages go.
@@ -177,47 +223,45 @@ fn page_wanted(plan: &RegionPlan, page: u64) -> bool {
     }
 }
 
-fn is_zero(page: &[u8]) -> bool {
-    page.iter().all(|&b| b == 0)
-}
-
-/// Writes the wanted pages of one region as chunks of runs of pages.
-fn write_region(
+/// Writes the wanted pages of the regions `pass` selects, in parallel
+/// (`workers`), straight from this process's memory.
+fn write_memory(
     w: &mut ImageWriter,
     mem: &File,
-    bounce: &mut [u8],
-    region: u32,
-    r: &stasis_image::Region,
-    plan: &RegionPlan,
+    regions: &[stasis_image::Region],
+    plans: &[RegionPlan],
+    pass: &dyn Fn(usize) -> bool,
+    workers: usize,
+    compress: bool,
 ) -> Result<(), String> {
-    let start = r.start;
+    let mut units = Vec::new();
+    for (i, (r, plan)) in regions.iter().zip(plans).enumerate() {
+        if pass(i) && !matches!(plan.pages, Pages::None) {
+            plan_units(&mut units, i as u32, r, plan);
+        }
+    }
+    if units.is_empty() {
+        return Ok(());
+    }
+    let start = w.next_offset();
+    let (chunks, end) = workers::write_units(&units, w.file().as_raw_fd(), mem.as_raw_fd(), start, workers, compress)
+        .map_err(|f| explain(f, regions, mem, w.path()))?;
+    w.adopt(&chunks, end).map_err(|e| e.to_string())
+}
+
+/// Cuts a region's wanted pages into units of at most a chunk. A region
+/// the program made unreadable is made readable in this process first
+/// (its own copy: the program is not affected); where that fails, its
+/// units are read through /proc/self/mem.
+fn plan_units(units: &mut Vec<Unit>, region: u32, r: &stasis_image::Region, plan: &RegionPlan) {
+    let first = units.len();
     let pages = match &plan.pages {
-        Pages::None => return Ok(()),
+        Pages::None => return,
         Pages::Prefix(len) => len / PAGE,
         Pages::Bitmap(bits) => bits.len() as u64 * 64,
     };
-    let max_run = bounce.len() as u64 / PAGE;
-    let emit = |w: &mut ImageWriter, first: u64, data: &[u8]| -> Result<(), String> {
-        // Runs of pages, split where all-zero pages may be left out.
-        let n = data.len() / PAGE as usize;
-        let page = |i: usize| &data[i * PAGE as usize..(i + 1) * PAGE as usize];
-        let mut i = 0;
-        while i < n {
-            if plan.skip_zero && is_zero(page(i)) {
-                i += 1;
-                continue;
-            }
-            let mut j = i + 1;
-            while j < n && !(plan.skip_zero && is_zero(page(j))) {
-                j += 1;
-            }
-            let bytes = &data[i * PAGE as usize..j * PAGE as usize];
-            w.append_chunk(ChunkKind::Memory { region, offset: (first + i as u64) * PAGE }, bytes)
-                .map_err(|e| e.to_string())?;
-            i = j;
-        }
-        Ok(())
-    };
+    let pages = pages.min((r.end - r.start) / PAGE);
+    let max_run = MAX_CHUNK / PAGE;
     let mut p = 0;
     while p < pages {
         if !page_wanted(plan, p) {
@@ -228,22 +272,63 @@ fn write_region(
         while q < pages && q - p < max_run && page_wanted(plan, q) {
             q += 1;
         }
-        let len = ((q - p) * PAGE) as usize;
-        // Every page read here was in memory when the program stopped (the
-        // memory list and this fork hold the same pages: `fork_advice`,
-        // `AgentAlloc::hold_unmaps`), so one that cannot be read fails the
-        // checkpoint: an image quietly missing a page restores wrong.
-        if let Err(e) = mem.read_exact_at(&mut bounce[..len], start + p * PAGE) {
-            let bad = (p..q).find(|k| mem.read_exact_at(&mut bounce[..PAGE as usize], start + k * PAGE).is_err());
-            return Err(format!(
-                "cannot read page {:#x} of region {}: {}; the checkpoint would lose it",
-                start + bad.unwrap_or(p) * PAGE,
-                crate::fork_advice::describe(r),
-                e
-            ));
-        }
-        emit(w, p, &bounce[..len])?;
+        units.push(Unit {
+            region,
+            addr: r.start + p * PAGE,
+            offset: p * PAGE,
+            len: (q - p) * PAGE,
+            skip_zero: plan.skip_zero,
+            via_mem: false,
+        });
         p = q;
     }
-    Ok(())
+    // Only a region with pages to save (a large PROT_NONE reservation
+    // usually has none).
+    let readable = units.len() == first || r.prot & stasis_image::PROT_READ != 0 || {
+        let prot = i32::from(r.prot) | libc::PROT_READ;
+        crate::sys::mprotect(r.start, r.end - r.start, prot).is_ok()
+    };
+    if !readable {
+        units[first..].iter_mut().for_each(|u| u.via_mem = true);
+    }
+}
+
+/// The message for a failed memory pass. Every page saved was in memory
+/// when the program stopped (the memory list and this fork hold the same
+/// pages: `fork_advice`, `AgentAlloc::hold_unmaps`), so one that cannot
+/// be read fails the checkpoint: an image quietly missing a page
+/// restores wrong.
+fn explain(f: Failed, regions: &[stasis_image::Region], mem: &File, image: &Path) -> String {
+    let region = regions.get(f.unit.region as usize);
+    let name = region.map_or_else(|| format!("{}", f.unit.region), crate::fork_advice::describe);
+    let unreadable = |addr: u64, e: std::io::Error| {
+        format!("cannot read page {addr:#x} of region {name}: {e}; the checkpoint would lose it")
+    };
+    match f.why {
+        Failure::Read { addr, errno } => unreadable(addr, std::io::Error::from_raw_os_error(errno)),
+        Failure::Write { errno } => {
+            format!("{}: write: {}", image.display(), std::io::Error::from_raw_os_error(errno))
+        }
+        Failure::Died { .. } if f.unit.len == 0 => {
+            "the image writer's workers ended before saving all the memory".into()
+        }
+        Failure::Died { signal } => {
+            // A page that faults (a file cut short under a mapping, say)
+            // kills the worker that reads it: find it and name it.
+            let mut page = [0u8; PAGE as usize];
+            let bad = (0..f.unit.len / PAGE)
+                .map(|k| f.unit.addr + k * PAGE)
+                .find_map(|addr| mem.read_exact_at(&mut page, addr).err().map(|e| (addr, e)));
+            match bad {
+                Some((addr, e)) => unreadable(addr, e),
+                None => format!(
+                    "an image writer worker died (signal {signal}) while saving {} bytes at {:#x} of region {name}",
+                    f.unit.len, f.unit.addr
+                ),
+            }
+        }
+        Failure::Start { errno } => {
+            format!("cannot start the image writer's workers: {}", std::io::Error::from_raw_os_error(errno))
+        }
+    }
 }

@@ -265,7 +265,7 @@ struct LaunchArgs {
     /// How many committed generations to keep
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     keep: u32,
-    /// Compress images with LZ4 (about half the size for typical memory; faster checkpoints on a slow disk)
+    /// Compress images with zstd (about half the size for typical memory; faster checkpoints on a slow disk)
     #[arg(long)]
     compress: bool,
     /// A full checkpoint every N generations, the others only what changed (bounds how many generations a restart reads; 1: always full; default 8)
@@ -312,7 +312,7 @@ struct RestartArgs {
     /// How many committed generations to keep
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     keep: u32,
-    /// Compress images with LZ4 (about half the size for typical memory; faster checkpoints on a slow disk)
+    /// Compress images with zstd (about half the size for typical memory; faster checkpoints on a slow disk)
     #[arg(long)]
     compress: bool,
     /// A full checkpoint every N generations, the others only what changed (bounds how many generations a restart reads; 1: always full; default 8)
@@ -414,7 +414,7 @@ struct CoordinatorArgs {
     /// How many committed generations to keep
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     keep: u32,
-    /// Compress images with LZ4 (about half the size for typical memory; faster checkpoints on a slow disk)
+    /// Compress images with zstd (about half the size for typical memory; faster checkpoints on a slow disk)
     #[arg(long)]
     compress: bool,
     /// A full checkpoint every N generations, the others only what changed (bounds how many generations a restart reads; 1: always full; default 8)
@@ -460,7 +460,7 @@ struct JobArgs {
     /// How many committed generations to keep
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     keep: u32,
-    /// Compress images with LZ4
+    /// Compress images with zstd
     #[arg(long)]
     compress: bool,
     /// Another signal that checkpoints and stops (besides SIGTERM, USR1 and USR2; a name or a number; repeatable)

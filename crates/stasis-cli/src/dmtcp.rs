@@ -121,7 +121,7 @@ struct LaunchArgs {
     /// Where a coordinator started in the background writes its messages
     #[arg(long = "coord-logfile", value_name = "FILE")]
     coord_logfile: Option<PathBuf>,
-    /// Compress images (the default; DMTCP_GZIP=0 turns it off): stasis compresses with LZ4, not gzip
+    /// Compress images (the default; DMTCP_GZIP=0 turns it off): stasis compresses with zstd, not gzip
     #[arg(long)]
     gzip: bool,
     /// Do not compress images
@@ -387,7 +387,7 @@ fn env_path(env: cli::Env, names: &[&'static str]) -> Option<PathBuf> {
 
 /// Whether images are compressed: as DMTCP, yes unless --no-gzip or
 /// DMTCP_GZIP=0 says otherwise (a flag wins over the variable). Stasis
-/// compresses with LZ4, which keeps up with a disk where gzip would not.
+/// compresses with zstd at level 1, in parallel, which keeps up with a disk where gzip would not.
 fn compress(flag: bool, no_flag: bool, env: cli::Env) -> bool {
     if flag || no_flag {
         return flag;

@@ -75,6 +75,9 @@ mod lazy_restart;
 // generations, prune and --full-every.
 #[path = "e2e/incremental.rs"]
 mod incremental;
+// The image writer: parallel workers, one copy, zstd chunks.
+#[path = "e2e/speed_writer.rs"]
+mod speed_writer;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -386,7 +386,7 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
             .with("dir", pending.path.display())
             .with("interval", st.interval_s)
             .with("computation", format!("{:016x}", st.computation_id))
-            .with("compression", if shared.compress { "lz4" } else { "none" })
+            .with("compression", if shared.compress { "zstd" } else { "none" })
             // Incremental checkpoints refer only to a committed generation;
             // a full one every `full_every` bounds the chain.
             .with("base", st.last_generation)

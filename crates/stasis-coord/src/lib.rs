@@ -76,7 +76,7 @@ pub struct CoordConfig {
     /// The computation's id; `None` draws a random one. A restored agent
     /// that reports an id overrides it.
     pub computation_id: Option<u64>,
-    /// Ask agents to compress their images (LZ4, where it pays): DMTCP's
+    /// Ask agents to compress their images (zstd, where it pays): DMTCP's
     /// `--gzip`.
     pub compress: bool,
     /// Every this many generations a full checkpoint (the others write only

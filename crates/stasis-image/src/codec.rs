@@ -377,6 +377,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
         e.u8(match c.compression {
             Compression::None => 0,
             Compression::Lz4 => 1,
+            Compression::Zstd => 2,
         });
         e.u64(c.data_len);
     });
@@ -587,6 +588,7 @@ pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
         let compression = match d.u8()? {
             0 => Compression::None,
             1 => Compression::Lz4,
+            2 => Compression::Zstd,
             t => return Err(corrupt(format!("unknown compression {t}"))),
         };
         Ok(Chunk { kind, file_offset, len, checksum, compression, data_len: d.u64()? })
@@ -648,7 +650,7 @@ pub(crate) fn validate(m: &ProcessMeta) -> Result<()> {
     for (i, c) in m.chunks.iter().enumerate() {
         let lengths_agree = match c.compression {
             Compression::None => c.data_len == c.len,
-            Compression::Lz4 => c.data_len <= crate::MAX_CHUNK_LEN,
+            Compression::Lz4 | Compression::Zstd => c.data_len <= crate::MAX_CHUNK_LEN,
         };
         if !lengths_agree {
             return Err(corrupt(format!("chunk {i} holds {} bytes in {} stored ones", c.data_len, c.len)));
@@ -874,7 +876,9 @@ mod tests {
         let mut v = encode_meta(&valid());
         let at = v.len() - 9 - 4;
         v[at] = 2;
-        assert_eq!(what(decode_meta(&v).unwrap_err()), "unknown compression 2");
+        assert_eq!(decode_meta(&v).unwrap().chunks[1].compression, Compression::Zstd);
+        v[at] = 3;
+        assert_eq!(what(decode_meta(&v).unwrap_err()), "unknown compression 3");
     }
 
     #[test]

@@ -1,15 +1,15 @@
 //! Image files: the header, chunk payload and metadata described in lib.rs.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use crate::{
-    Chunk, ChunkKind, Compression, Digest, Error, MAGIC, MAX_CHUNK_LEN, MAX_META_LEN, PAGE_SIZE, ProcessMeta, Result,
-    VERSION,
+    Chunk, ChunkKind, Compression, Digest, Error, MAGIC, MAX_CHUNK_LEN, MAX_META_LEN, OLDEST_VERSION, PAGE_SIZE,
+    ProcessMeta, Result, VERSION,
 };
 
 const HEADER_LEN: usize = 64;
@@ -74,7 +74,7 @@ impl Header {
         let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
         let u64_at = |o: usize| (u64::from(u32_at(o + 4)) << 32) | u64::from(u32_at(o));
         let version = u32_at(8);
-        if !(crate::OLDEST_VERSION..=VERSION).contains(&version) {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion { path: path.into(), version });
         }
         if u64_at(HEADER_SUMMED) != xxh3_64(&h[..HEADER_SUMMED]) {
@@ -128,13 +128,55 @@ pub struct ImageWriter {
     compression: Compression,
     /// Where compressed chunks are built.
     scratch: Vec<u8>,
+    /// The zstd context, made on first use (it allocates through libc:
+    /// the agent's image writer compresses with its own, see
+    /// `append_prepared`).
+    zstd: Option<zstd_safe::CCtx<'static>>,
     file: File,
     path: PathBuf,
-    /// End of the bytes written so far (the file cursor is there too).
+    /// End of the bytes written so far.
     pos: u64,
     chunks: Vec<Chunk>,
-    /// A write failed: the cursor and `pos` may disagree, so refuse more.
+    /// A write failed: refuse more.
     failed: bool,
+}
+
+/// zstd level for chunks: the fastest that still compresses (`zstd -1`).
+pub const ZSTD_LEVEL: i32 = 1;
+
+/// Whether a chunk of `data_len` bytes is stored compressed in `stored_len`
+/// bytes: only when that saves at least an eighth, so that random data
+/// stays as it is, page aligned and cheaper to restore.
+pub fn compression_pays(stored_len: usize, data_len: usize) -> bool {
+    stored_len < data_len - data_len / 8
+}
+
+/// Chunks shorter than this are never compressed.
+pub const MIN_COMPRESSED: usize = 512;
+
+/// Decompresses one stored chunk into `out`, which must be exactly the
+/// chunk's decompressed length (`Chunk::data_len`); anything else, or
+/// bytes that do not decompress, is an error naming the problem. For
+/// readers of chunks outside `ImageReader` (restart decompresses in
+/// parallel with this).
+pub fn decompress_chunk(compression: Compression, stored: &[u8], out: &mut [u8]) -> Result<()> {
+    let bad = |what: String| Error::Corrupt { path: PathBuf::from("<chunk>"), what };
+    let n = match compression {
+        Compression::None => {
+            if stored.len() != out.len() {
+                return Err(bad(format!("{} stored bytes for {} bytes", stored.len(), out.len())));
+            }
+            out.copy_from_slice(stored);
+            return Ok(());
+        }
+        Compression::Lz4 => lz4_flex::block::decompress_into(stored, out).map_err(|e| bad(format!("lz4: {e}")))?,
+        Compression::Zstd => zstd_safe::decompress(out, stored)
+            .map_err(|code| bad(format!("zstd: {}", zstd_safe::get_error_name(code))))?,
+    };
+    if n != out.len() {
+        return Err(bad(format!("{} decompresses to {n} bytes, not {}", compression.name(), out.len())));
+    }
+    Ok(())
 }
 
 impl ImageWriter {
@@ -165,6 +207,7 @@ impl ImageWriter {
         Ok(ImageWriter {
             compression: Compression::None,
             scratch: Vec::new(),
+            zstd: None,
             file,
             path: path.into(),
             pos: PAGE_SIZE,
@@ -192,19 +235,14 @@ impl ImageWriter {
 
     /// Appends `data` as one chunk starting on a page boundary.
     pub fn append_chunk(&mut self, kind: ChunkKind, data: &[u8]) -> Result<Chunk> {
-        if self.compression == Compression::Lz4 && data.len() >= 512 && data.len() as u64 <= MAX_CHUNK_LEN {
+        if self.compression != Compression::None && data.len() >= MIN_COMPRESSED && data.len() as u64 <= MAX_CHUNK_LEN {
             let mut scratch = std::mem::take(&mut self.scratch);
-            scratch.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
-            // Kept only if it saves at least an eighth: random data stays
-            // as it is, page aligned and cheaper to restore.
-            let result = match lz4_flex::block::compress_into(data, &mut scratch) {
-                Ok(n) if n < data.len() - data.len() / 8 => Some(self.append_stored(
-                    kind,
-                    &scratch[..n],
-                    xxh3_64(&scratch[..n]),
-                    Compression::Lz4,
-                    data.len() as u64,
-                )),
+            let n = self.compress(data, &mut scratch);
+            let result = match n {
+                Some(n) if compression_pays(n, data.len()) => {
+                    let stored = &scratch[..n];
+                    Some(self.append_prepared(kind, stored, xxh3_64(stored), self.compression, data.len() as u64))
+                }
                 _ => None,
             };
             self.scratch = scratch;
@@ -216,40 +254,84 @@ impl ImageWriter {
         self.append_chunk_checksummed(kind, data, checksum)
     }
 
+    /// `data` compressed into `out` (resized to fit), or None if it fails.
+    fn compress(&mut self, data: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        match self.compression {
+            Compression::None => None,
+            Compression::Lz4 => {
+                out.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
+                lz4_flex::block::compress_into(data, out).ok()
+            }
+            Compression::Zstd => {
+                out.resize(zstd_safe::compress_bound(data.len()), 0);
+                let cctx = self.zstd.get_or_insert_with(zstd_safe::CCtx::create);
+                cctx.compress(&mut out[..], data, ZSTD_LEVEL).ok()
+            }
+        }
+    }
+
     /// Compresses the chunks appended from now on, where that pays.
     pub fn set_compression(&mut self, c: Compression) {
         self.compression = c;
     }
 
-    /// Same, for a caller that computed the xxh3-64 of `data` already.
-    pub fn append_chunk_checksummed(&mut self, kind: ChunkKind, data: &[u8], checksum: u64) -> Result<Chunk> {
-        self.append_stored(kind, data, checksum, Compression::None, data.len() as u64)
+    /// The image file, for writers that fill the payload themselves (in
+    /// parallel, at offsets from `reserve`), then `adopt` what they wrote.
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
-    fn append_stored(
+    /// Where the payload written so far ends: writers that fill the
+    /// payload themselves take their offsets from here on (an uncompressed
+    /// chunk at the next page boundary).
+    pub fn next_offset(&self) -> u64 {
+        self.pos
+    }
+
+    /// Records chunks written to the file by someone else, between
+    /// `next_offset()` and `end`, which becomes the payload's end so far.
+    pub fn adopt(&mut self, chunks: &[Chunk], end: u64) -> Result<()> {
+        self.usable()?;
+        let from = self.next_offset();
+        for c in chunks {
+            let inside = c.file_offset >= from && c.file_offset.saturating_add(c.len) <= end;
+            if !inside || (c.compression == Compression::None && c.file_offset % PAGE_SIZE != 0) {
+                let what = format!("a chunk written at {} ({} bytes), outside {from}..{end}", c.file_offset, c.len);
+                return Err(Error::Invalid { path: self.path.clone(), what });
+            }
+        }
+        self.pos = self.pos.max(end);
+        self.chunks.extend_from_slice(chunks);
+        Ok(())
+    }
+
+    /// Same, for a caller that computed the xxh3-64 of `data` already.
+    pub fn append_chunk_checksummed(&mut self, kind: ChunkKind, data: &[u8], checksum: u64) -> Result<Chunk> {
+        self.append_prepared(kind, data, checksum, Compression::None, data.len() as u64)
+    }
+
+    /// Appends bytes as they are to be stored: compressed by the caller
+    /// (`compression`, holding `data_len` bytes once decompressed), with
+    /// `checksum` the xxh3-64 of `stored`.
+    pub fn append_prepared(
         &mut self,
         kind: ChunkKind,
-        data: &[u8],
+        stored: &[u8],
         checksum: u64,
         compression: Compression,
         data_len: u64,
     ) -> Result<Chunk> {
         self.usable()?;
-        let start = self.pos.next_multiple_of(PAGE_SIZE);
-        // Seeking past the end leaves a hole, which reads as zeros and
-        // costs no write.
-        let written = (|| {
-            if start > self.pos {
-                self.file.seek(SeekFrom::Start(start)).map_err(io(&self.path, "seek"))?;
-            }
-            self.file.write_all(data).map_err(io(&self.path, "write"))
-        })();
-        if let Err(e) = written {
+        // Bytes as they are start on a page boundary, so that a restart
+        // could map them (skipping to it leaves a hole, which reads as
+        // zeros and costs no write); compressed ones follow on directly.
+        let start = if compression == Compression::None { self.pos.next_multiple_of(PAGE_SIZE) } else { self.pos };
+        if let Err(e) = self.file.write_all_at(stored, start) {
             self.failed = true;
-            return Err(e);
+            return Err(io(&self.path, "write")(e));
         }
-        self.pos = start + data.len() as u64;
-        let c = Chunk { kind, file_offset: start, len: data.len() as u64, checksum, compression, data_len };
+        self.pos = start + stored.len() as u64;
+        let c = Chunk { kind, file_offset: start, len: stored.len() as u64, checksum, compression, data_len };
         self.chunks.push(c);
         Ok(c)
     }
@@ -336,7 +418,8 @@ fn load(
                 what: format!("chunk {i} ({} bytes at {}) lies outside the payload", c.len, c.file_offset),
             });
         }
-        if matches!(c.kind, ChunkKind::Memory { .. }) && c.file_offset % PAGE_SIZE != 0 {
+        let mappable = c.compression == Compression::None && matches!(c.kind, ChunkKind::Memory { .. });
+        if mappable && c.file_offset % PAGE_SIZE != 0 {
             return Err(Error::Corrupt {
                 path: path.into(),
                 what: format!("memory chunk {i} starts at {}, not on a page boundary", c.file_offset),
@@ -351,7 +434,7 @@ fn describe(meta: &ProcessMeta, c: &Chunk) -> String {
     let index = meta.chunks.iter().position(|x| x == c).map_or_else(|| "?".into(), |i| i.to_string());
     let index = match c.compression {
         Compression::None => index,
-        Compression::Lz4 => format!("{index} (lz4, {} bytes stored)", c.len),
+        other => format!("{index} ({}, {} bytes stored)", other.name(), c.len),
     };
     match c.kind {
         ChunkKind::Memory { region, offset } => match meta.regions.get(region as usize) {
@@ -454,28 +537,23 @@ impl ImageReader {
             let msg = format!("a {}-byte buffer for a {}-byte chunk", buf.len(), chunk.data_len);
             return Err(io(&self.path, "read")(io::Error::new(io::ErrorKind::InvalidInput, msg)));
         }
-        let mut stored_buf = Vec::new();
-        let stored: &mut [u8] = match chunk.compression {
-            Compression::None => buf,
-            Compression::Lz4 => {
-                stored_buf.resize(chunk.len as usize, 0);
-                &mut stored_buf
+        if chunk.compression == Compression::None {
+            read_exact_at(&self.file, &self.path, buf, chunk.file_offset)?;
+            if xxh3_64(buf) != chunk.checksum {
+                return Err(Error::Checksum { path: self.path.clone(), what: describe(&self.meta, chunk) });
             }
-        };
-        read_exact_at(&self.file, &self.path, stored, chunk.file_offset)?;
-        if xxh3_64(stored) != chunk.checksum {
+            return Ok(());
+        }
+        let mut stored = vec![0u8; chunk.len as usize];
+        read_exact_at(&self.file, &self.path, &mut stored, chunk.file_offset)?;
+        if xxh3_64(&stored) != chunk.checksum {
             return Err(Error::Checksum { path: self.path.clone(), what: describe(&self.meta, chunk) });
         }
-        if chunk.compression == Compression::Lz4 {
-            match lz4_flex::block::decompress_into(&stored_buf, buf) {
-                Ok(n) if n == buf.len() => {}
-                _ => {
-                    let what = format!("{} does not decompress", describe(&self.meta, chunk));
-                    return Err(Error::Corrupt { path: self.path.clone(), what });
-                }
-            }
-        }
-        Ok(())
+        decompress_chunk(chunk.compression, &stored, buf).map_err(|e| self.undecompressible(chunk, e))
+    }
+
+    fn undecompressible(&self, chunk: &Chunk, e: Error) -> Error {
+        undecompressible(&self.path, &self.meta, chunk, e)
     }
 
     /// A chunk's bytes, checked.
@@ -505,6 +583,16 @@ impl ImageReader {
         }
         Ok(())
     }
+}
+
+/// A chunk that does not decompress, named: `memory chunk 0 (zstd, 12
+/// bytes stored) ...: does not decompress (zstd: ...)`.
+fn undecompressible(path: &Path, meta: &ProcessMeta, c: &Chunk, e: Error) -> Error {
+    let why = match e {
+        Error::Corrupt { what, .. } => what,
+        other => other.to_string(),
+    };
+    Error::Corrupt { path: path.into(), what: format!("{} does not decompress ({why})", describe(meta, c)) }
 }
 
 /// read_exact_at, with a file that ends early reported as truncated.
@@ -551,13 +639,10 @@ pub fn parse_image_digest(bytes: &[u8]) -> Result<(Header, ProcessMeta, Digest)>
         if data.len() as u64 != c.len || xxh3_64(data) != c.checksum {
             return Err(Error::Checksum { path: path.into(), what: describe(&meta, c) });
         }
-        if c.compression == Compression::Lz4 {
+        if c.compression != Compression::None {
             // Bounded: validate() capped data_len at MAX_CHUNK_LEN.
             let mut out = vec![0u8; c.data_len as usize];
-            if lz4_flex::block::decompress_into(data, &mut out).ok() != Some(out.len()) {
-                let what = format!("{} does not decompress", describe(&meta, c));
-                return Err(Error::Corrupt { path: path.into(), what });
-            }
+            decompress_chunk(c.compression, data, &mut out).map_err(|e| undecompressible(path, &meta, c, e))?;
         }
     }
     Ok((header, meta, digest))
@@ -693,34 +778,157 @@ mod tests {
 
     #[test]
     fn compressed_chunks_that_do_not_decompress() {
+        for (compression, name) in [(Compression::Lz4, "lz4"), (Compression::Zstd, "zstd")] {
+            let t = tempfile::tempdir().unwrap();
+            let path = t.path().join("z.img");
+            let mut w = ImageWriter::create(&path).unwrap();
+            w.set_compression(compression);
+            let c = w.append_chunk(ChunkKind::Memory { region: 0, offset: 0 }, &[5u8; 8192]).unwrap();
+            assert_eq!(c.compression, compression);
+            w.finish(meta()).unwrap();
+            let good = std::fs::read(&path).unwrap();
+            let (h, mut m) = parse_image(&good).unwrap();
+            // Claims one byte more than the block holds; checksums all valid.
+            m.chunks[0].data_len += 1;
+            let enc = crate::encode_meta(&m);
+            let mut v = good[..h.meta_offset as usize].to_vec();
+            v.extend_from_slice(&enc);
+            forge(&mut v, |h| {
+                h.meta_len = enc.len() as u64;
+                h.meta_checksum = xxh3_64(&enc);
+            });
+            let e = err(&v);
+            assert!(e.contains(&format!("memory chunk 0 ({name}, ")) && e.contains("does not decompress"), "{e}");
+            std::fs::write(t.path().join("y.img"), &v).unwrap();
+            let r = ImageReader::open(&t.path().join("y.img")).unwrap();
+            let e = r.chunk_data(&r.meta().chunks[0]).unwrap_err().to_string();
+            assert!(e.contains("does not decompress"), "{e}");
+            // A chunk handed in that claims more than any reader decompresses.
+            let mut huge = r.meta().chunks[0];
+            huge.data_len = crate::MAX_CHUNK_LEN + 1;
+            assert!(matches!(r.chunk_data(&huge), Err(Error::Corrupt { .. })));
+        }
+    }
+
+    #[test]
+    fn decompress_chunk_checks_lengths_and_bytes() {
+        let data: Vec<u8> = (0..65536u32).map(|i| (i % 7) as u8).collect();
+        let zstd = zstd_safe::compress(&mut vec![0u8; zstd_safe::compress_bound(data.len())][..], &data, 1).unwrap();
+        let mut frame = vec![0u8; zstd_safe::compress_bound(data.len())];
+        let n = zstd_safe::compress(&mut frame[..], &data, 1).unwrap();
+        assert_eq!(n, zstd);
+        let frame = &frame[..n];
+        let lz4 = lz4_flex::block::compress(&data);
+        for (c, stored) in [(Compression::Zstd, frame), (Compression::Lz4, &lz4[..]), (Compression::None, &data[..])] {
+            let mut out = vec![0u8; data.len()];
+            decompress_chunk(c, stored, &mut out).unwrap();
+            assert_eq!(out, data, "{c:?}");
+            // Too short and too long an output are both refused.
+            let e = decompress_chunk(c, stored, &mut vec![0u8; data.len() - 1]).unwrap_err().to_string();
+            assert!(!e.is_empty());
+            let e = decompress_chunk(c, stored, &mut vec![0u8; data.len() + 1]).unwrap_err().to_string();
+            assert!(!e.is_empty(), "{c:?}");
+        }
+        let mut out = vec![0u8; data.len()];
+        let e = decompress_chunk(Compression::Zstd, &frame[..n - 3], &mut out).unwrap_err().to_string();
+        assert!(e.contains("zstd"), "{e}");
+        let e = decompress_chunk(Compression::Zstd, &lz4, &mut out).unwrap_err().to_string();
+        assert!(e.contains("zstd: "), "{e}");
+        let e = decompress_chunk(Compression::Lz4, frame, &mut out).unwrap_err().to_string();
+        assert!(e.contains("lz4"), "{e}");
+        let e = decompress_chunk(Compression::None, &data[1..], &mut out).unwrap_err().to_string();
+        assert!(e.contains("65535 stored bytes for 65536 bytes"), "{e}");
+    }
+
+    #[test]
+    fn zstd_images_read_back() {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("z.img");
         let mut w = ImageWriter::create(&path).unwrap();
-        w.set_compression(Compression::Lz4);
-        let c = w.append_chunk(ChunkKind::Memory { region: 0, offset: 0 }, &[5u8; 8192]).unwrap();
-        assert_eq!(c.compression, Compression::Lz4);
+        w.set_compression(Compression::Zstd);
+        let text: Vec<u8> = (0..8192u32).map(|i| (i % 13) as u8).collect();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let random: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let a = w.append_chunk(ChunkKind::Memory { region: 0, offset: 0 }, &text).unwrap();
+        let b = w.append_chunk(ChunkKind::Memory { region: 0, offset: 8192 }, &random).unwrap();
+        let c = w.append_chunk(ChunkKind::FileContents { fd_index: 0, offset: 0 }, &text).unwrap();
+        let d = w.append_chunk(ChunkKind::FileContents { fd_index: 0, offset: 8192 }, &text).unwrap();
+        assert_eq!((a.compression, b.compression), (Compression::Zstd, Compression::None));
+        assert!(a.len < 1000 && a.data_len == 8192);
+        // Bytes as they are start on a page; compressed ones are packed.
+        assert_eq!((a.file_offset, b.file_offset), (PAGE_SIZE, 2 * PAGE_SIZE));
+        assert_eq!(c.file_offset, b.file_offset + b.len);
+        assert_eq!(d.file_offset, c.file_offset + c.len);
         w.finish(meta()).unwrap();
-        let good = std::fs::read(&path).unwrap();
-        let (h, mut m) = parse_image(&good).unwrap();
-        // Claims one byte more than the block holds; checksums all valid.
-        m.chunks[0].data_len += 1;
-        let enc = crate::encode_meta(&m);
-        let mut v = good[..h.meta_offset as usize].to_vec();
-        v.extend_from_slice(&enc);
-        forge(&mut v, |h| {
-            h.meta_len = enc.len() as u64;
-            h.meta_checksum = xxh3_64(&enc);
-        });
-        let e = err(&v);
-        assert!(e.contains("memory chunk 0 (lz4, ") && e.ends_with("does not decompress"), "{e}");
-        std::fs::write(t.path().join("y.img"), &v).unwrap();
-        let r = ImageReader::open(&t.path().join("y.img")).unwrap();
-        let e = r.chunk_data(&r.meta().chunks[0]).unwrap_err().to_string();
-        assert!(e.ends_with("does not decompress"), "{e}");
-        // A chunk handed in that claims more than any reader decompresses.
-        let mut huge = r.meta().chunks[0];
-        huge.data_len = crate::MAX_CHUNK_LEN + 1;
-        assert!(matches!(r.chunk_data(&huge), Err(Error::Corrupt { .. })));
+        let r = ImageReader::open(&path).unwrap();
+        assert_eq!(r.header().version, VERSION);
+        r.verify_payload().unwrap();
+        assert_eq!(r.chunk_data(&r.meta().chunks[0]).unwrap(), text);
+        assert_eq!(r.chunk_data(&r.meta().chunks[1]).unwrap(), random);
+        assert_eq!(r.chunk_data(&r.meta().chunks[3]).unwrap(), text);
+        parse_image(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(crate::render(r.meta()).contains("3 chunks compressed"), "{}", crate::render(r.meta()));
+    }
+
+    #[test]
+    fn version_6_images_are_read() {
+        let t = tempfile::tempdir().unwrap();
+        let (path, mut bytes) = image(t.path());
+        forge(&mut bytes, |h| h.version = 6);
+        std::fs::write(&path, &bytes).unwrap();
+        let r = ImageReader::open(&path).unwrap();
+        assert_eq!(r.header().version, 6);
+        assert_eq!(r.chunk_data(&r.meta().chunks[1]).unwrap(), [2u8; 8192]);
+        forge(&mut bytes, |h| h.version = 5);
+        assert!(matches!(parse_image(&bytes), Err(Error::UnsupportedVersion { version: 5, .. })));
+    }
+
+    #[test]
+    fn chunks_written_elsewhere_are_adopted() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("p.img");
+        let mut w = ImageWriter::create(&path).unwrap();
+        let at = w.next_offset();
+        assert_eq!(at, PAGE_SIZE);
+        let misaligned = Chunk {
+            kind: ChunkKind::Memory { region: 0, offset: 0 },
+            file_offset: at + 8,
+            len: 8,
+            checksum: 0,
+            compression: Compression::None,
+            data_len: 8,
+        };
+        assert!(w.adopt(&[misaligned], at + PAGE_SIZE).is_err());
+        w.file().write_all_at(&[7u8; 4096], at + PAGE_SIZE).unwrap();
+        w.file().write_all_at(&[6u8; 4096], at).unwrap();
+        let chunk = |offset: u64, file_offset: u64, byte: u8| Chunk {
+            kind: ChunkKind::Memory { region: 0, offset },
+            file_offset,
+            len: 4096,
+            checksum: xxh3_64(&[byte; 4096]),
+            compression: Compression::None,
+            data_len: 4096,
+        };
+        let mut outside = chunk(0, at + 100, 6);
+        assert!(w.adopt(&[outside], at + 2 * PAGE_SIZE).unwrap_err().to_string().contains("outside"));
+        outside.file_offset = at + 2 * PAGE_SIZE;
+        assert!(w.adopt(&[outside], at + 2 * PAGE_SIZE).is_err());
+        w.adopt(&[chunk(0, at, 6), chunk(4096, at + PAGE_SIZE, 7)], at + 2 * PAGE_SIZE).unwrap();
+        // Appending goes on after what was adopted.
+        let c = w.append_chunk(ChunkKind::FileContents { fd_index: 0, offset: 0 }, b"xyz").unwrap();
+        assert_eq!(c.file_offset, at + 2 * PAGE_SIZE);
+        w.finish(meta()).unwrap();
+        let r = ImageReader::open(&path).unwrap();
+        r.verify_payload().unwrap();
+        assert_eq!(r.chunk_data(&r.meta().chunks[1]).unwrap(), [7u8; 4096]);
+        assert_eq!(r.chunk_data(&r.meta().chunks[2]).unwrap(), b"xyz");
     }
 
     #[test]

@@ -36,7 +36,10 @@ mod trust;
 pub use codec::{decode_meta, decode_meta_version, encode_meta};
 pub use dirfd::{Dir, Stat, euid};
 pub use error::{Error, Result};
-pub use file::{Header, ImageReader, ImageWriter, parse_image, parse_image_digest};
+pub use file::{
+    Header, ImageReader, ImageWriter, MIN_COMPRESSED, ZSTD_LEVEL, compression_pays, decompress_chunk, parse_image,
+    parse_image_digest,
+};
 pub use manifest::{Digest, MANIFEST, Manifest, ManifestProcess, word};
 pub use model::*;
 pub use render::{render, render_header, utc};
@@ -47,8 +50,9 @@ pub use trust::{open_checkpoint_dir, open_image_dir, untrusted};
 pub const MAGIC: [u8; 8] = *b"STASISIM";
 /// Format version written by this build.
 pub const VERSION: u32 = 7;
-/// The oldest version readers accept: 6 has no `inherited` list, and its
-/// writer's agent knew no memory mapped from images at restart.
+/// The oldest version readers accept: 6 has no `inherited` list, no zstd
+/// chunks, and its writer's agent knew no memory mapped from images at
+/// restart.
 pub const OLDEST_VERSION: u32 = 6;
 /// Alignment of the payload and of memory chunks.
 pub const PAGE_SIZE: u64 = 4096;

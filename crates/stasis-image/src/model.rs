@@ -491,6 +491,19 @@ pub enum Compression {
     /// As they are: page aligned, so a restart could map them directly.
     #[default]
     None,
-    /// One LZ4 block (the `--gzip` of DMTCP's command line).
+    /// One LZ4 block (written by images of format version 6).
     Lz4,
+    /// One zstd frame (the `--gzip` of DMTCP's command line).
+    Zstd,
+}
+
+impl Compression {
+    /// The name messages and `stasis inspect` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
 }

@@ -207,21 +207,13 @@ pub fn on_noexec_mount(file: &File) -> bool {
     r != 0 || st.f_flag & libc::ST_NOEXEC != 0
 }
 
-/// Decompresses a chunk's stored bytes into `out` (exactly its size).
-/// Stands in for `stasis_image::decompress_chunk` (same arguments) until
-/// that lands with zstd: then this body becomes a call to it.
+/// Decompresses a chunk's stored bytes into `out` (exactly its size):
+/// zstd, or LZ4 in version 6 images.
 fn decompress_chunk(compression: Compression, stored: &[u8], out: &mut [u8]) -> Result<(), String> {
-    match compression {
-        Compression::None if stored.len() == out.len() => {
-            out.copy_from_slice(stored);
-            Ok(())
-        }
-        Compression::Lz4 => match lz4_flex::block::decompress_into(stored, out) {
-            Ok(n) if n == out.len() => Ok(()),
-            _ => Err("does not decompress".into()),
-        },
-        _ => Err("does not decompress".into()),
-    }
+    stasis_image::decompress_chunk(compression, stored, out).map_err(|e| match e {
+        stasis_image::Error::Corrupt { what, .. } => what,
+        other => other.to_string(),
+    })
 }
 
 /// Decompresses every staged run into its staging place (`dest[i]` for

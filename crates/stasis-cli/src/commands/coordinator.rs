@@ -37,7 +37,7 @@ pub struct CoordinatorOpts {
     pub ckpt_dir: Option<PathBuf>,
     pub interval_s: u32,
     pub keep: usize,
-    /// Compress images with LZ4 (a coordinator started here, or this one).
+    /// Compress images with zstd (a coordinator started here, or this one).
     pub compress: bool,
     /// A full checkpoint every this many generations.
     pub full_every: u32,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use stasis_image::ImageReader;
+use stasis_image::{Compression, ImageReader};
 
 use crate::exit::Exit;
 use crate::output::print;
@@ -25,6 +25,10 @@ pub fn run(opts: InspectOpts) -> Result<Exit> {
     print(&text)?;
     if opts.verify {
         reader.verify_payload()?;
+        // A compressed chunk must also decompress to its length.
+        for c in reader.meta().chunks.iter().filter(|c| c.compression != Compression::None) {
+            reader.chunk_data(c)?;
+        }
         print("payload: every checksum matches\n")?;
     }
     Ok(Exit::Code(0))

@@ -28,7 +28,7 @@ pub struct LaunchOpts {
     /// None: the current directory.
     pub ckpt_dir: Option<PathBuf>,
     pub keep: usize,
-    /// Compress images with LZ4 (a coordinator started here, or this one).
+    /// Compress images with zstd (a coordinator started here, or this one).
     pub compress: bool,
     /// `--full-every` of a coordinator started here (None: the default).
     pub full_every: Option<u32>,

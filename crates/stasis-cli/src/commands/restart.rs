@@ -39,7 +39,7 @@ pub struct RestartOpts {
     /// None: the checkpoint directory the images belong to.
     pub ckpt_dir: Option<PathBuf>,
     pub keep: usize,
-    /// Compress images with LZ4 (a coordinator started here, or this one).
+    /// Compress images with zstd (a coordinator started here, or this one).
     pub compress: bool,
     /// None: the one the checkpoint was taken with (its MANIFEST).
     pub full_every: Option<u32>,
