@@ -13,6 +13,10 @@
 //!   with fresh anonymous memory instead; `MADV_WIPEONFORK`, which takes
 //!   anonymous memory only, gets an anonymous copy first. (A program that
 //!   makes the madvise system call itself, not through libc, is not seen.)
+//! - `mremap` of memory a restart left as several mappings (image pages,
+//!   pages moved in after decompression, zero pages) or as a mapping of an
+//!   image (which would grow by the image's next bytes) first makes the
+//!   range one anonymous mapping with the same bytes;
 //! - the next checkpoint saves them as the anonymous memory they stand for
 //!   (`collect`);
 //! - restart verifies the images' checksums in the background: the agent
@@ -200,6 +204,81 @@ fn replace_image_ranges(start: u64, end: u64, keep: bool) -> Option<()> {
         }
     }
     Some(())
+}
+
+fn real_mremap(old: *mut c_void, old_len: usize, new_len: usize, flags: c_int, new_addr: *mut c_void) -> *mut c_void {
+    // SAFETY: the mremap system call with the caller's arguments.
+    unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) as *mut c_void }
+}
+
+/// mremap(2), with memory a restart put in place made to behave as the one
+/// anonymous mapping it stands for. Restart may leave an anonymous region
+/// as several mappings (pages mapped from an image, pages moved in after
+/// decompression, zero pages between them), where the kernel's mremap
+/// wants one (EFAULT otherwise), and growing a mapping of an image would
+/// map the image's next bytes (or nothing: SIGBUS) where anonymous memory
+/// grows by zeros. So in a process that has such memory, the range is
+/// first made one anonymous mapping holding the same bytes
+/// ([`make_one_anonymous`]). (glibc's realloc calls the system call itself,
+/// not through here: on failure it falls back to copying, and the part it
+/// grows is uninitialised for the program anyway.)
+///
+/// Declared with the optional fifth argument (`new_address`): on x86_64 a
+/// variadic argument travels as a fixed one would, and the kernel reads it
+/// only with MREMAP_FIXED or MREMAP_DONTUNMAP, when the caller passed it.
+///
+/// # Safety
+/// Same contract as libc's mremap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_len: usize,
+    new_len: usize,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
+    if any_images() && old_len != 0 && (old as u64).is_multiple_of(4096) {
+        let start = old as u64;
+        let end = start.saturating_add(old_len as u64).next_multiple_of(4096);
+        let _ = crate::signals::unstoppable(|| make_one_anonymous(start, end));
+    }
+    real_mremap(old, old_len, new_len, flags, new_addr)
+}
+
+/// Makes [start, end) one private anonymous mapping with the same bytes
+/// when it is made of several private mappings, anonymous or of an image,
+/// of one protection, with no gap, at least one of them of an image or
+/// more than one: what a restart leaves. Anything else (a gap, a file, a
+/// shared mapping, mixed protections) is left for the kernel to refuse as
+/// it would have. None: it could not be done.
+fn make_one_anonymous(start: u64, end: u64) -> Option<()> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let mut covered = start;
+    let mut parts = 0;
+    let mut from_image = false;
+    let mut prot = None;
+    for line in maps.lines() {
+        let Some(e) = stasis_procfs::parse_map_line(line) else { continue };
+        if e.end <= start || e.start >= end {
+            continue;
+        }
+        let image = !e.shared && image_backed(e.dev, e.inode);
+        let anonymous = !e.shared && e.inode == 0 && (e.name.is_empty() || e.name.starts_with("[anon:"));
+        let p = (if e.read { libc::PROT_READ } else { 0 })
+            | (if e.write { libc::PROT_WRITE } else { 0 })
+            | (if e.exec { libc::PROT_EXEC } else { 0 });
+        if e.start > covered || !(image || anonymous) || prot.is_some_and(|q| q != p) {
+            return Some(());
+        }
+        prot = Some(p);
+        parts += 1;
+        from_image |= image;
+        covered = e.end;
+    }
+    if covered < end || !(from_image || parts > 1) {
+        return Some(());
+    }
+    anonymous_copy(start, (end - start) as usize, prot?)
 }
 
 /// Puts anonymous memory holding the same bytes in place of `len` bytes
