@@ -4,7 +4,7 @@
 # under `stasis launch`, checkpoints it a few times, and reports that gap
 # beside the pause the agent measured itself.
 #
-#   bench/pause.sh MIB THREADS [plain|lz4] [ROUNDS]   (release binaries)
+#   bench/pause.sh MIB THREADS [plain|compressed] [ROUNDS]   (release binaries)
 #
 # Figures are printed, never asserted: machines are shared and noisy.
 set -euo pipefail
@@ -16,7 +16,7 @@ trap 'kill -9 -- -$pg 2>/dev/null || true; rm -rf "$work"' EXIT
 pg=0
 cc -O2 -pthread -o "$work/ticks" bench/ticks.c
 flags=()
-[ "$mode" = lz4 ] && flags=(--compress)
+[ "$mode" != plain ] && flags=(--compress)
 sock=$work/c.sock
 setsid bash -c 'exec "$@"' _ "$stasis" launch -q "${flags[@]}" --ckptdir "$work/ck" --coord-socket "$sock" \
   -- "$work/ticks" "$mib" "$threads" >"$work/out" 2>"$work/err" &
