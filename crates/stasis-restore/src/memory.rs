@@ -321,7 +321,8 @@ pub fn mappable(r: &Region) -> bool {
         && r.fork_advice & stasis_image::ADVICE_WIPEONFORK == 0
 }
 
-/// Decides, for `pieces` of `meta`, what is mapped and what is read.
+/// Decides, for `pieces` of `meta` (sorted by address, as `memory_pieces`
+/// returns them), what is mapped and what is read.
 /// `direct` says whether this process's agent can hold memory mapped from
 /// images (it must know them: `imagemap` in the agent); when false,
 /// everything is read as before.
@@ -369,6 +370,7 @@ pub fn lay_out(meta: &ProcessMeta, pieces: &[MemoryPiece], direct: bool) -> Layo
             _ => runs.push((p.image, p.addr, p.len, p.file_offset)),
         }
     }
+    let runs = bridge(meta, pieces, runs);
     // The longest runs are mapped; the rest is read.
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(runs[i].2));
@@ -382,13 +384,70 @@ pub fn lay_out(meta: &ProcessMeta, pieces: &[MemoryPiece], direct: bool) -> Layo
         } else {
             // Back into the pieces it was made of.
             let (img, addr, len, off) = *run;
-            read.extend(pieces.iter().filter(|p| p.image == img && p.addr >= addr && p.addr < addr + len).copied());
             let _ = off;
+            read.extend(within(pieces, addr, addr + len).filter(|p| p.image == img && p.addr >= addr).copied());
         }
     }
     read.sort_by_key(|p| p.addr);
     out.reads = read;
     out
+}
+
+/// Joins runs of one image that only pieces of other images interrupt:
+/// the unchanged pages an incremental image refers to, with its own
+/// changed pages between them. The joined run is mapped whole, older bytes
+/// in the gaps included, and the pieces of the gaps are read or moved over
+/// them afterwards (the restorer maps first): one mapping instead of one
+/// per gap, and the region stays one mapping. Only where the gap's pieces
+/// cover every byte of it: a page none covers is zero now, and the older
+/// image's bytes must not show there.
+fn bridge(
+    meta: &ProcessMeta,
+    pieces: &[MemoryPiece],
+    runs: Vec<(usize, u64, u64, u64)>,
+) -> Vec<(usize, u64, u64, u64)> {
+    let mut out: Vec<(usize, u64, u64, u64)> = Vec::with_capacity(runs.len());
+    for run in runs {
+        // The image's previous run; the runs after it are other images'
+        // (pieces in the gap, if it is one).
+        if let Some(last) = out.iter_mut().rev().find(|r| r.0 == run.0) {
+            let (img, addr, len, off) = *last;
+            let (gap_start, gap_end) = (addr + len, run.1);
+            let bridgeable = run.0 == img
+                && gap_end > gap_start
+                && run.3.checked_sub(off + len) == Some(gap_end - gap_start)
+                && same_region(meta, addr, region_of(meta, run.1))
+                && {
+                    let inside = within(pieces, gap_start, gap_end);
+                    let mut covered = 0;
+                    let mut others = true;
+                    for p in inside {
+                        others &= p.image != img && p.addr >= gap_start && p.addr + p.len <= gap_end;
+                        covered += p.len;
+                    }
+                    others && covered == gap_end - gap_start
+                };
+            if bridgeable {
+                last.2 = run.1 + run.2 - addr;
+                continue;
+            }
+        }
+        out.push(run);
+    }
+    out
+}
+
+/// The pieces that overlap [from, to), of `pieces` sorted by address
+/// (`memory_pieces` sorts them; they do not overlap): found by bisection,
+/// since an incremental image has thousands.
+fn within(pieces: &[MemoryPiece], from: u64, to: u64) -> impl Iterator<Item = &MemoryPiece> {
+    let first = pieces.partition_point(|p| p.addr + p.len <= from);
+    pieces[first..].iter().take_while(move |p| p.addr < to)
+}
+
+/// The index of the region `addr` lies in (or past the last).
+fn region_of(meta: &ProcessMeta, addr: u64) -> usize {
+    meta.regions.partition_point(|r| r.end <= addr)
 }
 
 /// Whether `addr` lies in region `region` (a run never spans two regions:
@@ -457,6 +516,21 @@ mod tests {
         // An agent that cannot know image mappings: all read.
         let l = lay_out(&m, &[piece(0, base, M, 4096)], false);
         assert!(l.maps.is_empty() && l.reads.len() == 1);
+    }
+
+    #[test]
+    fn runs_of_an_older_image_are_mapped_across_the_newer_pieces_between_them() {
+        let base = 0x10_0000_0000;
+        let m = meta(vec![anon(base, base + 4 * M)]);
+        let older = |addr: u64, len: u64| MemoryPiece { image: 1, ..piece(0, addr, len, 4096 + (addr - base)) };
+        let changed = piece(0, base + M, 4096, 8192);
+        let pieces = [older(base, M), changed, older(base + M + 4096, M - 4096)];
+        let l = lay_out(&m, &pieces, true);
+        assert_eq!(l.maps, vec![(1, base, 2 * M, 4096)]);
+        assert_eq!(l.reads, vec![changed]);
+        // A page between them that no piece holds is zero now: not bridged.
+        let l = lay_out(&m, &[older(base, M), older(base + M + 4096, M - 4096)], true);
+        assert_eq!(l.maps.len(), 2);
     }
 
     #[test]
