@@ -568,21 +568,28 @@ impl ImageReader {
     /// 1 MiB whatever the chunks' sizes.
     pub fn verify_payload(&self) -> Result<()> {
         let mut buf = vec![0u8; VERIFY_BLOCK];
-        for c in &self.meta.chunks {
-            let mut hasher = Xxh3Default::new();
-            let mut done = 0u64;
-            while done < c.len {
-                let n = (c.len - done).min(VERIFY_BLOCK as u64) as usize;
-                read_exact_at(&self.file, &self.path, &mut buf[..n], c.file_offset + done)?;
-                hasher.update(&buf[..n]);
-                done += n as u64;
-            }
-            if hasher.digest() != c.checksum {
-                return Err(Error::Checksum { path: self.path.clone(), what: describe(&self.meta, c) });
-            }
-        }
-        Ok(())
+        (0..self.meta.chunks.len()).try_for_each(|i| verify_chunk(&self.file, &self.path, &self.meta, i, &mut buf))
     }
+}
+
+/// Checks the stored bytes of chunk `index` of `meta`, in the image `file`
+/// at `path`, against the chunk's checksum, reading them in blocks of
+/// `buf`'s length (not empty). Restart's background verifier checks
+/// chunks one by one through this too.
+pub fn verify_chunk(file: &File, path: &Path, meta: &ProcessMeta, index: usize, buf: &mut [u8]) -> Result<()> {
+    let c = &meta.chunks[index];
+    let mut hasher = Xxh3Default::new();
+    let mut done = 0u64;
+    while done < c.len {
+        let n = (c.len - done).min(buf.len() as u64) as usize;
+        read_exact_at(file, path, &mut buf[..n], c.file_offset + done)?;
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    if hasher.digest() != c.checksum {
+        return Err(Error::Checksum { path: path.into(), what: describe(meta, c) });
+    }
+    Ok(())
 }
 
 /// A chunk that does not decompress, named: `memory chunk 0 (zstd, 12

@@ -38,7 +38,7 @@ pub use dirfd::{Dir, Stat, euid};
 pub use error::{Error, Result};
 pub use file::{
     Header, ImageReader, ImageWriter, MIN_COMPRESSED, ZSTD_LEVEL, compression_pays, decompress_chunk, parse_image,
-    parse_image_digest,
+    parse_image_digest, verify_chunk,
 };
 pub use manifest::{Digest, MANIFEST, Manifest, ManifestProcess, word};
 pub use model::*;

@@ -11,14 +11,12 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use stasis_image::{Chunk, ChunkKind, Compression, ImageReader, ProcessMeta};
-use xxhash_rust::xxh3::Xxh3Default;
+use stasis_image::{ChunkKind, ImageReader, ProcessMeta};
 
 /// Blocks read at once: large enough for sequential reads, small enough
 /// for two threads' buffers not to matter.
@@ -138,46 +136,10 @@ impl Verifier {
     }
 }
 
-/// Checks chunk `c` of `job` against its checksum, streaming.
+/// Checks chunk `c` of `job` against its checksum, streaming; the error
+/// names the chunk as stasis-image's own checks do.
 fn check_chunk(job: &Job, c: usize, buf: &mut [u8]) -> Result<(), String> {
-    let chunk = &job.meta.chunks[c];
-    let mut hasher = Xxh3Default::new();
-    let mut done = 0u64;
-    while done < chunk.len {
-        let n = (chunk.len - done).min(buf.len() as u64) as usize;
-        job.file
-            .read_exact_at(&mut buf[..n], chunk.file_offset + done)
-            .map_err(|e| format!("{}: reading {}: {e}", job.path.display(), describe(&job.meta, c, chunk)))?;
-        hasher.update(&buf[..n]);
-        done += n as u64;
-    }
-    if hasher.digest() != chunk.checksum {
-        return Err(format!("{}: checksum mismatch in {}", job.path.display(), describe(&job.meta, c, chunk)));
-    }
-    Ok(())
-}
-
-/// The chunk as stasis-image's own checks name it.
-fn describe(meta: &ProcessMeta, index: usize, c: &Chunk) -> String {
-    let index = match c.compression {
-        Compression::None => index.to_string(),
-        other => format!("{index} ({}, {} bytes stored)", format!("{other:?}").to_lowercase(), c.len),
-    };
-    match c.kind {
-        ChunkKind::Memory { region, offset } => match meta.regions.get(region as usize) {
-            Some(r) => format!(
-                "memory chunk {index} (region {:#x}-{:#x}, {} bytes at {:#x})",
-                r.start,
-                r.end,
-                c.data_len,
-                r.start.saturating_add(offset)
-            ),
-            None => format!("memory chunk {index} (region {region}, {} bytes)", c.data_len),
-        },
-        ChunkKind::FileContents { fd_index, offset } => {
-            format!("file contents chunk {index} (descriptor #{fd_index}, {} bytes at offset {offset})", c.data_len)
-        }
-    }
+    stasis_image::verify_chunk(&job.file, &job.path, &job.meta, c, buf).map_err(|e| e.to_string())
 }
 
 /// Opens the gate: every restored agent may checkpoint from now on.
@@ -189,13 +151,13 @@ pub fn open_gate(write: &OwnedFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::{Chunk, Compression};
 
     #[test]
     fn chunks_are_named_as_stasis_image_names_them() {
-        let meta = ProcessMeta {
-            regions: vec![stasis_image::Region { start: 0x1000, end: 0x5000, ..Default::default() }],
-            ..Default::default()
-        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.img");
+        std::fs::write(&path, vec![7u8; 8192 + 4096]).unwrap();
         let c = Chunk {
             kind: ChunkKind::Memory { region: 0, offset: 0x1000 },
             file_offset: 8192,
@@ -204,6 +166,19 @@ mod tests {
             compression: Compression::None,
             data_len: 4096,
         };
-        assert_eq!(describe(&meta, 3, &c), "memory chunk 3 (region 0x1000-0x5000, 4096 bytes at 0x2000)");
+        let meta = ProcessMeta {
+            regions: vec![stasis_image::Region { start: 0x1000, end: 0x5000, ..Default::default() }],
+            chunks: vec![c],
+            ..Default::default()
+        };
+        let job = Job { file: File::open(&path).unwrap(), path: path.clone(), meta };
+        let e = check_chunk(&job, 0, &mut [0u8; 1024]).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "{}: checksum mismatch in memory chunk 0 (region 0x1000-0x5000, 4096 bytes at 0x2000)",
+                path.display()
+            )
+        );
     }
 }
