@@ -12,20 +12,6 @@ use std::process::Command;
 
 use crate::support::*;
 
-fn launch_with_args(sb: &Sandbox, prog: &Program, sock: &Path, ck: &Path, cwd: &Path, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(stasis());
-    cmd.arg("launch")
-        .arg("--ckptdir")
-        .arg(ck)
-        .arg("--coord-socket")
-        .arg(sock)
-        .args(args)
-        .arg("--")
-        .args(&prog.argv)
-        .current_dir(cwd);
-    Proc::spawn(sb, &sb.label("launch"), cmd, Out::Pipe)
-}
-
 fn manifest_line(sb: &Sandbox, generation: &Path, word: &str) -> Option<String> {
     let text = fs::read_to_string(generation.join("MANIFEST"))
         .unwrap_or_else(|e| sb.fail(format!("read {}/MANIFEST: {e}", generation.display())));
@@ -37,15 +23,7 @@ fn image_bytes(sb: &Sandbox, generation: &Path) -> u64 {
 }
 
 fn restart_generation(sb: &Sandbox, ck: &Path, g: u64) -> Proc {
-    require_user_namespaces();
-    let mut cmd = Command::new(stasis());
-    cmd.arg("restart")
-        .arg("--coord-socket")
-        .arg(sb.socket())
-        .args(["--generation", &g.to_string()])
-        .arg(ck)
-        .current_dir(sb.path());
-    Proc::spawn(sb, &sb.label("restart"), cmd, Out::Pipe)
+    restart_args(sb, &["--generation", &g.to_string()], &sb.socket(), ck, Out::Pipe)
 }
 
 #[test]
@@ -55,7 +33,8 @@ fn incremental_checkpoints_refer_to_earlier_generations_and_each_restarts() {
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
     let ck = sb.join("ck");
     let sock = sb.socket();
-    let mut app = launch_with_args(&sb, &prog, &sock, &ck, &sb.mkdir("run"), &["--keep", "1", "--full-every", "3"]);
+    let mut app =
+        launch_args(&sb, &prog, &sock, &ck, &sb.mkdir("run"), &["--keep", "1", "--full-every", "3"], Out::Pipe);
     let mut windows = Vec::new();
     for k in 0..3 {
         app.wait_lines(&sb, 3 + 4 * k);
@@ -158,7 +137,7 @@ fn compressed_incremental_checkpoints_restart() {
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
     let ck = sb.join("ck");
     let sock = sb.socket();
-    let mut app = launch_with_args(&sb, &prog, &sock, &ck, &sb.mkdir("run"), &["--compress"]);
+    let mut app = launch_args(&sb, &prog, &sock, &ck, &sb.mkdir("run"), &["--compress"], Out::Pipe);
     let mut windows = Vec::new();
     for k in 0..3 {
         app.wait_lines(&sb, 3 + 4 * k);

@@ -8,7 +8,6 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -25,14 +24,6 @@ fn maps_from(restart: &Proc, exe: &Path, generation: &Path) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
-}
-
-/// `stasis restart ARGS... --coord-socket SOCK TARGET`.
-fn restart_with(sb: &Sandbox, args: &[&str], sock: &Path, target: &Path) -> Proc {
-    require_user_namespaces();
-    let mut cmd = Command::new(stasis());
-    cmd.arg("restart").args(args).arg("--coord-socket").arg(sock).arg(target).current_dir(sb.path());
-    Proc::spawn(sb, &sb.label("restart"), cmd, Out::Pipe)
 }
 
 /// Restart, checkpoint twice (the second prunes the generation restarted
@@ -154,7 +145,7 @@ fn a_damaged_chunk_is_found_and_the_restarted_computation_killed() {
     };
 
     // With --verify-first: refused before anything runs.
-    let mut first = restart_with(&sb, &["--verify-first"], &sb.socket(), &ck);
+    let mut first = restart_args(&sb, &["--verify-first"], &sb.socket(), &ck, Out::Pipe);
     let status = first.wait_exit(&sb, QUICK_TIMEOUT);
     sb.check(!status.success() && says_so(&first.stderr_text()), || {
         format!("restart --verify-first of a damaged image exited with {status}: {}", first.stderr_text())
@@ -189,17 +180,7 @@ fn an_lz4_image_restarts_and_verify_first_restarts_an_intact_image() {
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
     let ck = sb.join("ck");
     let sock = sb.socket();
-    let mut cmd = Command::new(stasis());
-    cmd.arg("launch")
-        .arg("--compress")
-        .arg("--ckptdir")
-        .arg(&ck)
-        .arg("--coord-socket")
-        .arg(&sock)
-        .arg("--")
-        .args(&prog.argv)
-        .current_dir(sb.mkdir("run"));
-    let mut app = Proc::spawn(&sb, &sb.label("launch"), cmd, Out::Pipe);
+    let mut app = launch_args(&sb, &prog, &sock, &ck, &sb.mkdir("run"), &["--compress"], Out::Pipe);
     app.wait_lines(&sb, 3);
     let w = checkpoint(&sb, &sock, &mut app);
     crate::carry_on(&sb, &mut app, w, 2);
@@ -212,7 +193,7 @@ fn an_lz4_image_restarts_and_verify_first_restarts_an_intact_image() {
         "--compress wrote no compressed chunk".into()
     });
     drop(reader);
-    let mut app = restart_with(&sb, &["--verify-first"], &sb.socket(), &ck);
+    let mut app = restart_args(&sb, &["--verify-first"], &sb.socket(), &ck, Out::Pipe);
     let status = app.wait_exit(&sb, RUN_TIMEOUT);
     sb.check(status.success(), || format!("{} exited with {status}: {}", app.label, app.stderr_text()));
     pieces.push(Piece::new(&app.label, app.lines(), vec![]));
@@ -231,17 +212,7 @@ fn a_version_6_lz4_image_is_read_not_mapped() {
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
     let ck = sb.join("ck");
     let sock = sb.socket();
-    let mut cmd = Command::new(stasis());
-    cmd.arg("launch")
-        .arg("--compress")
-        .arg("--ckptdir")
-        .arg(&ck)
-        .arg("--coord-socket")
-        .arg(&sock)
-        .arg("--")
-        .args(&prog.argv)
-        .current_dir(sb.mkdir("run"));
-    let mut app = Proc::spawn(&sb, &sb.label("launch"), cmd, Out::Pipe);
+    let mut app = launch_args(&sb, &prog, &sock, &ck, &sb.mkdir("run"), &["--compress"], Out::Pipe);
     app.wait_lines(&sb, 3);
     let w = checkpoint(&sb, &sock, &mut app);
     crate::carry_on(&sb, &mut app, w, 2);

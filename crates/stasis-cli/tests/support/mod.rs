@@ -958,12 +958,32 @@ pub fn launch(sb: &Sandbox, prog: &Program, sock: &Path, ck: &Path, cwd: &Path, 
 
 /// Like [`launch`], with another stasis binary.
 pub fn launch_with(sb: &Sandbox, bin: &Path, prog: &Program, sock: &Path, ck: &Path, cwd: &Path, out: Out) -> Proc {
+    launch_command(sb, bin, prog, sock, ck, cwd, &[], out)
+}
+
+/// Like [`launch`], with launch options `args` before the `--`.
+pub fn launch_args(sb: &Sandbox, prog: &Program, sock: &Path, ck: &Path, cwd: &Path, args: &[&str], out: Out) -> Proc {
+    launch_command(sb, stasis(), prog, sock, ck, cwd, args, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_command(
+    sb: &Sandbox,
+    bin: &Path,
+    prog: &Program,
+    sock: &Path,
+    ck: &Path,
+    cwd: &Path,
+    args: &[&str],
+    out: Out,
+) -> Proc {
     let mut cmd = Command::new(bin);
     cmd.arg("launch")
         .arg("--ckptdir")
         .arg(ck)
         .arg("--coord-socket")
         .arg(sock)
+        .args(args)
         .arg("--")
         .args(&prog.argv)
         .current_dir(cwd);
@@ -972,9 +992,14 @@ pub fn launch_with(sb: &Sandbox, bin: &Path, prog: &Program, sock: &Path, ck: &P
 
 /// `stasis restart --coord-socket SOCK TARGET`, run in the sandbox.
 pub fn restart(sb: &Sandbox, sock: &Path, target: &Path, out: Out) -> Proc {
+    restart_args(sb, &[], sock, target, out)
+}
+
+/// Like [`restart`], with restart options `args` before the target.
+pub fn restart_args(sb: &Sandbox, args: &[&str], sock: &Path, target: &Path, out: Out) -> Proc {
     require_user_namespaces();
     let mut cmd = Command::new(stasis());
-    cmd.arg("restart").arg("--coord-socket").arg(sock).arg(target).current_dir(sb.path());
+    cmd.arg("restart").arg("--coord-socket").arg(sock).args(args).arg(target).current_dir(sb.path());
     Proc::spawn(sb, &sb.label("restart"), cmd, out)
 }
 
