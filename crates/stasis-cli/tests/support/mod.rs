@@ -582,6 +582,21 @@ pub fn tcp_listening(pid: u32) -> Vec<String> {
 /// SIGKILLs `root`'s descendants, then its process group, then `root`.
 /// `root` must not have been reaped yet (so its pid and group are still ours).
 fn kill_tree(root: i32) {
+    // Stop the whole tree before killing any of it: a parent that outlived
+    // its killed children by a moment would go on and print (a script's
+    // next line after its pipeline died), which no run of the program
+    // would ever print at that point.
+    signal(root, libc::SIGSTOP);
+    let mut stopped = HashSet::new();
+    for _ in 0..3 {
+        let fresh: Vec<i32> = descendants(root).into_iter().filter(|&p| stopped.insert(p)).collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for p in fresh {
+            signal(p, libc::SIGSTOP);
+        }
+    }
     for _ in 0..3 {
         let below = descendants(root);
         for &p in below.iter().rev() {
