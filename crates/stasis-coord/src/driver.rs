@@ -49,6 +49,8 @@ const CHILDREN_EVERY: Duration = Duration::from_millis(500);
 /// joined (a static program, one run without the agent, never will): far
 /// less than the whole phase, since the program pays it at every attempt.
 const CHILDREN_LIMIT: Duration = Duration::from_secs(10);
+/// How long a checkpoint waits for processes still being restored to join.
+const RESTORING_LIMIT: Duration = Duration::from_secs(20);
 
 pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
     loop {
@@ -106,6 +108,24 @@ pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
     }
 }
 
+/// Waits (up to RESTORING_LIMIT) until no connection is silent: those
+/// `stasis restart` opened for the processes it is still restoring say
+/// HELLO once their process runs. A checkpoint asked for meanwhile (the
+/// program may print before its agent has said HELLO) would otherwise miss
+/// them, or find no process at all.
+fn wait_for_restoring(shared: &Shared) -> std::sync::MutexGuard<'_, crate::state::State> {
+    let deadline = Instant::now() + RESTORING_LIMIT;
+    let mut st = shared.lock();
+    loop {
+        let silent = st.conns.keys().any(|c| !st.identified.contains(c) && !st.authenticating.contains(c));
+        if !silent || st.shutdown || Instant::now() >= deadline {
+            return st;
+        }
+        // Connections end without a word to the condition variable: poll.
+        st = shared.wait_timeout(st, Duration::from_millis(20));
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -118,7 +138,7 @@ fn checkpoint(
     waiters: &mut Vec<Waiter>,
 ) -> Result<(u64, PathBuf, usize), String> {
     let floor = {
-        let st = shared.lock();
+        let st = wait_for_restoring(shared);
         if st.agents.is_empty() {
             return Err(NO_PROCESS.into());
         }
