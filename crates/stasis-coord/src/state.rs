@@ -128,6 +128,9 @@ pub(crate) struct Waiter {
     /// True: answer as soon as the checkpoint has begun; false: once it
     /// is committed (or failed).
     pub(crate) started_only: bool,
+    /// Kill the computation once the checkpoint is committed, the
+    /// programs held stopped from their snapshot on (`then=kill`).
+    pub(crate) then_kill: bool,
 }
 
 pub(crate) struct State {
