@@ -65,6 +65,7 @@ const RESTART_DIR_ENV: &[&str] = &["DMTCP_RESTART_DIR"];
 const SIGNAL_ENV: &[&str] = &["DMTCP_SIGCKPT"];
 const GZIP_ENV: &[&str] = &["DMTCP_GZIP"];
 const QUIET_ENV: &[&str] = &["DMTCP_QUIET"];
+const COORD_LOG_ENV: &[&str] = &["DMTCP_COORD_LOG_FILENAME"];
 
 /// What `--version` prints after the name: the DMTCP release whose
 /// command line these names answer to, then stasis's own version.
@@ -165,6 +166,30 @@ struct LaunchArgs {
     /// Ignored: stasis has no plugins
     #[arg(long = "disable-dl-plugin")]
     disable_dl_plugin: bool,
+    /// Ignored: stasis has no plugins (the rest of DMTCP's built-in plugin switches)
+    #[arg(long = "disable-ssh-plugin")]
+    disable_ssh_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-event-plugin")]
+    disable_event_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-file-plugin")]
+    disable_file_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-pty-plugin")]
+    disable_pty_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-socket-plugin")]
+    disable_socket_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-svipc-plugin")]
+    disable_svipc_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-timer-plugin")]
+    disable_timer_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-pid-plugin")]
+    disable_pid_plugin: bool,
     /// Ignored: stasis finds its agent next to its own binary
     #[arg(long = "prefix", value_name = "PATH")]
     prefix: Option<PathBuf>,
@@ -303,6 +328,9 @@ struct CoordinatorArgs {
     /// Exit after SECONDS without any process
     #[arg(long = "timeout", value_name = "SECONDS")]
     timeout: Option<u32>,
+    /// The same as --timeout, under DMTCP's other name for it (-1 or 0: never; DMTCP's default of 8 hours is not stasis's)
+    #[arg(long = "stale-timeout", value_name = "SECONDS", allow_negative_numbers = true)]
+    stale_timeout: Option<i64>,
     /// Listen on TCP at this address (default: DMTCP_COORD_HOST's address, else 127.0.0.1; stasis)
     #[arg(long = "listen", value_name = "ADDRESS")]
     listen: Option<IpAddr>,
@@ -373,6 +401,14 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 (a.disable_all_plugins, "--disable-all-plugins"),
                 (a.disable_alloc_plugin, "--disable-alloc-plugin"),
                 (a.disable_dl_plugin, "--disable-dl-plugin"),
+                (a.disable_ssh_plugin, "--disable-ssh-plugin"),
+                (a.disable_event_plugin, "--disable-event-plugin"),
+                (a.disable_file_plugin, "--disable-file-plugin"),
+                (a.disable_pty_plugin, "--disable-pty-plugin"),
+                (a.disable_socket_plugin, "--disable-socket-plugin"),
+                (a.disable_svipc_plugin, "--disable-svipc-plugin"),
+                (a.disable_timer_plugin, "--disable-timer-plugin"),
+                (a.disable_pid_plugin, "--disable-pid-plugin"),
             ] {
                 if set {
                     notes.push(format!("{option} is ignored: {PLUGINS}"));
@@ -468,10 +504,12 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 compress: compress(false, false, env),
                 exit_on_last: a.exit_on_last,
                 exit_after_ckpt: a.exit_after_ckpt,
-                idle_timeout: a.timeout,
+                idle_timeout: a
+                    .timeout
+                    .or_else(|| a.stale_timeout.filter(|&t| t > 0).map(|t| t.try_into().unwrap_or(u32::MAX))),
                 daemon: a.daemon,
                 port_file: a.port_file,
-                coord_logfile: a.coord_logfile,
+                coord_logfile: a.coord_logfile.or_else(|| env_path(env, COORD_LOG_ENV)),
                 quiet: a.quiet > 0 || env_quiet(env),
                 ready_fd: None,
             })
