@@ -9,6 +9,7 @@ use stasis_coord::client;
 use stasis_proto::{self as proto, Message};
 
 use crate::coord_socket::{self, CoordOpts, Target};
+use super::WithCode;
 use crate::exit::Exit;
 use crate::output::print;
 use crate::reach::{self, Reached};
@@ -82,7 +83,9 @@ pub fn run(opts: CommandOpts) -> Result<Exit> {
     if opts.dmtcp && opts.json {
         return dmtcp_json::run(&opts);
     }
-    let reached = find(&opts)?;
+    // DMTCP's dmtcp_command exits 2 when the command did not succeed.
+    let failure = if opts.dmtcp { 2 } else { 1 };
+    let reached = find(&opts).map_err(|e| WithCode(failure, format!("{e:#}")))?;
     let action = opts.action;
     let reply = client::ask(&reached.stream, &action.request())
         .with_context(|| format!("talking to the coordinator at {}", reached.addr))?;
@@ -100,12 +103,12 @@ pub fn run(opts: CommandOpts) -> Result<Exit> {
         eprintln!("stasis: {} failed: {reason}", action.what());
     }
     if !ok {
-        return Ok(Exit::Code(1));
+        return Ok(Exit::Code(failure));
     }
     // A kill or quit that could not confirm every process gone.
     if let Some(n) = reply.get("survivors").filter(|n| *n != "0") {
         eprintln!("stasis: {n} process(es) of the computation did not end when told (still connected)");
-        return Ok(Exit::Code(1));
+        return Ok(Exit::Code(failure));
     }
     Ok(Exit::Code(0))
 }
