@@ -608,7 +608,9 @@ fn command(args: impl IntoIterator<Item = OsString>, env: cli::Env) -> Result<Ve
             w if w.len() > 2 && w.starts_with("-p") && w.as_bytes()[2].is_ascii_digit() => port = Some(w[2..].into()),
             _ => {
                 let cmd = w.trim_start_matches('-');
-                if let Some(n) = cmd.strip_prefix(['i']).filter(|n| n.is_empty() || n.as_bytes()[0].is_ascii_digit())
+                if let Some(n) = cmd
+                    .strip_prefix(['i'])
+                    .filter(|n| n.is_empty() || n.as_bytes()[0].is_ascii_digit())
                     .or_else(|| cmd.strip_prefix("interval").filter(|n| n.is_empty()))
                 {
                     let n = if n.is_empty() {

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use stasis_coord::client;
 use stasis_proto::{self as proto, Message};
 
-use crate::coord_socket::{self, CoordOpts, Target};
 use super::WithCode;
+use crate::coord_socket::{self, CoordOpts, Target};
 use crate::exit::Exit;
 use crate::output::print;
 use crate::reach::{self, Reached};

@@ -90,7 +90,9 @@ fn restart_while_the_computation_runs_is_refused() {
         format!("{}: the refusal does not say the computation still runs: {}", refused.label, refused.stderr)
     });
     // The original runs on, alone.
-    sb.check(connected(&sb, &sock) == 1, || format!("{} processes connected, not the original alone", connected(&sb, &sock)));
+    sb.check(connected(&sb, &sock) == 1, || {
+        format!("{} processes connected, not the original alone", connected(&sb, &sock))
+    });
     let before = app.line_count();
     app.wait_lines(&sb, before + 3);
     app.kill_computation(&sb, &run);

@@ -211,7 +211,11 @@ mod tests {
         assert_eq!(code, 2);
         has(
             &line,
-            &["\"DMT_KILL_AFTER_CKPT\"", "\"command_status\":\"DMT_COORD_ERROR\"", "\"reason\":\"pid 4 (a) failed: disk full\""],
+            &[
+                "\"DMT_KILL_AFTER_CKPT\"",
+                "\"command_status\":\"DMT_COORD_ERROR\"",
+                "\"reason\":\"pid 4 (a) failed: disk full\"",
+            ],
         );
         // A kill that left a process behind is no success.
         let kill = Message::new(proto::OK).with("processes", 2).with("survivors", 1);
@@ -246,8 +250,16 @@ mod tests {
     fn help_version_and_hosts_escaped() {
         has(
             &help("bad\"host\nname", 1),
-            &["\"DMT_HELP\"", "\"DMT_COORD_SUCCESS\"", "\"coordinator_host\":\"bad\\\"host\\nname\"", "\"coordinator_port\":1"],
+            &[
+                "\"DMT_HELP\"",
+                "\"DMT_COORD_SUCCESS\"",
+                "\"coordinator_host\":\"bad\\\"host\\nname\"",
+                "\"coordinator_port\":1",
+            ],
         );
-        has(&version("dmtcp_command (DMTCP) 5.0"), &["\"command\":\"DMT_VERSION\"", "\"version\":\"dmtcp_command (DMTCP) 5.0\""]);
+        has(
+            &version("dmtcp_command (DMTCP) 5.0"),
+            &["\"command\":\"DMT_VERSION\"", "\"version\":\"dmtcp_command (DMTCP) 5.0\""],
+        );
     }
 }
