@@ -647,7 +647,12 @@ fn command(args: impl IntoIterator<Item = OsString>, env: cli::Env) -> Result<Ve
         bad = Some("give one command at a time".into());
     }
     if bad.is_none() && actions.is_empty() && !help {
-        bad = Some("no command given".into());
+        // DMTCP's --json alone answers as help does.
+        if json {
+            help = true;
+        } else {
+            bad = Some("no command given".into());
+        }
     }
     let ckpt_env = env_path(env, CKPT_DIR_ENV);
     let secret_dirs = ckpt_dir.iter().cloned().chain(ckpt_env.clone()).chain(cwd()).collect();
@@ -918,6 +923,7 @@ mod tests {
                 other => panic!("{h:?}: {other:?}"),
             }
         }
+        assert!(matches!(parse_env(Name::Command, &["--json"], &[]), Err(NotRun::Asked(t)) if t.contains("DMT_HELP")));
         match parse_env(Name::Command, &["--json", "--version"], &[]) {
             Err(NotRun::Asked(t)) => assert!(t.contains("\"DMT_VERSION\"") && t.contains("(DMTCP) 5.0"), "{t}"),
             other => panic!("{other:?}"),
