@@ -75,7 +75,7 @@ pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
         let mut waiters = std::mem::take(&mut st.waiters);
         // `dmtcp_command -kc`: the program must not run between its
         // snapshot and its end, so the round holds it stopped.
-        let then_kill = waiters.iter().any(|w| w.then_kill);
+        let then_kill = st.kill_after_checkpoint || waiters.iter().any(|w| w.then_kill);
         st.busy = true;
         drop(st);
 

@@ -705,7 +705,7 @@ fn quit_kills_and_ends_the_coordinator() {
 #[test]
 fn exit_after_checkpoint_kills_once_a_generation_is_committed() {
     let t = Test::new();
-    let coord = t.start();
+    let coord = t.start_with(|c| c.kill_after_checkpoint = true);
     let a = t.agent(101, "alpha", Behaviour::Write);
     t.wait_processes(1);
     let sock = t.sock.clone();
@@ -714,6 +714,10 @@ fn exit_after_checkpoint_kills_once_a_generation_is_committed() {
     assert_eq!(coord.wait_end(when), End::AfterCheckpoint);
     ok(&client.join().unwrap());
     assert_eq!(a.kills.recv_timeout(Duration::from_secs(5)), Ok(101));
+    // Held from the snapshot to the kill, as for a checkpoint then kill.
+    let ev = t.events();
+    assert!(at(&ev, "101 got RESUME hold") < at(&ev, "101 got KILL"), "{ev:?}");
+    assert!(!ev.contains(&"101 got RESUME".to_string()), "{ev:?}");
 }
 
 #[test]

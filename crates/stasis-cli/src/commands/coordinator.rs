@@ -102,6 +102,7 @@ fn bind(opts: &CoordinatorOpts) -> Result<Bound> {
     };
     let socket = std::path::absolute(&socket).with_context(|| format!("cannot make {} absolute", socket.display()))?;
     let mut cfg = CoordConfig::new(socket.clone(), ckpt_dir);
+    cfg.kill_after_checkpoint = opts.exit_after_ckpt;
     cfg.interval_s = opts.interval_s;
     cfg.keep = opts.keep;
     cfg.compress = opts.compress;
