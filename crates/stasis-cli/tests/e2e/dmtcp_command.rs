@@ -49,6 +49,8 @@ fn kcheckpoint_kills_without_resuming_the_program() {
     let sock = sb.socket();
     let mut app = launch(&sb, &prog, &sock, &ck, &sb.mkdir("run"), Out::Pipe);
     app.wait_lines(&sb, 20);
+    // The program may print before its agent has connected.
+    crate::wait_until(&sb, "the program connected", LINES_TIMEOUT, || connected(&sb, &sock) == 1);
 
     let out = dmtcp_command(&sb, &sock, &["-kc"]);
     expect_success(&sb, "dmtcp_command -kc", &out);
@@ -79,6 +81,7 @@ fn restart_while_the_computation_runs_is_refused() {
     let run = sb.mkdir("run");
     let mut app = launch(&sb, &prog, &sock, &ck, &run, Out::Pipe);
     app.wait_lines(&sb, 3);
+    crate::wait_until(&sb, "the program connected", LINES_TIMEOUT, || connected(&sb, &sock) == 1);
     checkpoint(&sb, &sock, &mut app);
 
     // Into the same coordinator, the original still connected.
