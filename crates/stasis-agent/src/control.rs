@@ -827,20 +827,30 @@ fn phased(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, req: Requ
     let step = next(reader, &mut timed_out);
     set_read_timeout(conn, None);
     crate::timing::mark("coord-resume");
-    ckpt::resume();
+    // `RESUME hold=1` (dmtcp_command -kc): write the image with the program
+    // still stopped; the coordinator kills it once the checkpoint commits.
+    let hold = matches!(&step, Some(m) if m.verb == proto::RESUME && m.get("hold") == Some("1"));
+    if !hold {
+        ckpt::resume();
+    }
     match step {
         Some(m) if m.verb == proto::RESUME => {
             let (result, reported) = pending.finish();
             if result.is_ok() {
                 s.generation = g;
             }
-            if reported {
+            let said = if reported {
                 if let Err(e) = &result {
                     log(&format!("checkpoint {g} failed: {e}"));
                 }
-                return None;
+                true
+            } else {
+                send(conn, written(g, result))
+            };
+            if hold {
+                return held(conn, reader, said);
             }
-            (!send(conn, written(g, result))).then_some(End::Closed)
+            (!said).then_some(End::Closed)
         }
         other => {
             pending.cancel();
@@ -850,6 +860,25 @@ fn phased(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, req: Requ
             (!send(conn, failed(g, "the coordinator did not go on; the program was resumed"))).then_some(End::Closed)
         }
     }
+}
+
+/// A held process, its image written: `KILL` (the checkpoint committed)
+/// ends it without its running again; anything else, silence or a lost
+/// connection resumes it, as every other step does.
+fn held(conn: &Link, reader: &mut BufReader<&Link>, said: bool) -> Option<End> {
+    if !said {
+        ckpt::resume();
+        return Some(End::Closed);
+    }
+    set_read_timeout(conn, Some(STOPPED_LIMIT));
+    let mut timed_out = false;
+    let step = next(reader, &mut timed_out);
+    set_read_timeout(conn, None);
+    if step.as_ref().is_some_and(|m| m.verb == proto::KILL) {
+        let _ = sys::kill(sys::getpid(), libc::SIGKILL);
+    }
+    ckpt::resume();
+    (step.is_none() && !timed_out).then_some(End::Closed)
 }
 
 #[cfg(test)]

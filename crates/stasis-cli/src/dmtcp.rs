@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, ArgGroup, Parser};
 
 use crate::cli::{self, EnvNames, NotRun, Parsed, Verb, cwd, env_number, first_env};
-use crate::commands::command::{Action, CommandOpts};
+use crate::commands::command::{self, Action, CommandOpts};
 use crate::commands::coordinator::CoordinatorOpts;
 use crate::commands::launch::LaunchOpts;
 use crate::commands::restart::RestartOpts;
@@ -65,8 +65,11 @@ const RESTART_DIR_ENV: &[&str] = &["DMTCP_RESTART_DIR"];
 const SIGNAL_ENV: &[&str] = &["DMTCP_SIGCKPT"];
 const GZIP_ENV: &[&str] = &["DMTCP_GZIP"];
 const QUIET_ENV: &[&str] = &["DMTCP_QUIET"];
+const COORD_LOG_ENV: &[&str] = &["DMTCP_COORD_LOG_FILENAME"];
 
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (stasis)");
+/// What `--version` prints after the name: the DMTCP release whose
+/// command line these names answer to, then stasis's own version.
+const VERSION: &str = concat!("(DMTCP) 5.0 compatible: stasis ", env!("CARGO_PKG_VERSION"));
 
 /// Refusals: the options DMTCP has that Stasis cannot honour.
 fn refuse(option: &str, why: &str) -> NotRun {
@@ -163,6 +166,30 @@ struct LaunchArgs {
     /// Ignored: stasis has no plugins
     #[arg(long = "disable-dl-plugin")]
     disable_dl_plugin: bool,
+    /// Ignored: stasis has no plugins (the rest of DMTCP's built-in plugin switches)
+    #[arg(long = "disable-ssh-plugin")]
+    disable_ssh_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-event-plugin")]
+    disable_event_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-file-plugin")]
+    disable_file_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-pty-plugin")]
+    disable_pty_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-socket-plugin")]
+    disable_socket_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-svipc-plugin")]
+    disable_svipc_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-timer-plugin")]
+    disable_timer_plugin: bool,
+    /// Ignored: stasis has no plugins
+    #[arg(long = "disable-pid-plugin")]
+    disable_pid_plugin: bool,
     /// Ignored: stasis finds its agent next to its own binary
     #[arg(long = "prefix", value_name = "PATH")]
     prefix: Option<PathBuf>,
@@ -264,65 +291,6 @@ struct RestartArgs {
 
 #[derive(Parser, Debug)]
 #[command(
-    name = "dmtcp_command",
-    version = VERSION,
-    about = "Send a command to a computation's coordinator (Stasis, answering to DMTCP's command line)",
-    override_usage = "dmtcp_command [OPTIONS] COMMAND",
-    after_help = "The command may also be written without dashes, as DMTCP allows: s, l, c, bc, kc, k, q, i N.",
-    disable_help_flag = true,
-    color = clap::ColorChoice::Never,
-    group(ArgGroup::new("action").required(true).multiple(false))
-)]
-struct CommandArgs {
-    /// The coordinator's host (DMTCP_COORD_HOST)
-    #[arg(short = 'h', long = "coord-host", value_name = "HOST")]
-    host: Option<String>,
-    /// The coordinator's port (DMTCP_COORD_PORT)
-    #[arg(short = 'p', long = "coord-port", value_name = "PORT")]
-    port: Option<u16>,
-    /// The computation's checkpoint directory: its coordinator, unless one is named, and where its secret is (DMTCP_CHECKPOINT_DIR; stasis)
-    #[arg(long = "ckptdir", value_name = "DIR")]
-    ckpt_dir: Option<PathBuf>,
-    /// The coordinator's Unix socket, instead of the one its port names (stasis)
-    #[arg(long = "coord-socket", value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Where the coordinator's socket directory is (DMTCP_TMPDIR; default /tmp)
-    #[arg(long = "tmpdir", value_name = "DIR")]
-    tmpdir: Option<PathBuf>,
-    /// Report the computation's state
-    #[arg(short = 's', long, group = "action")]
-    status: bool,
-    /// List the computation's processes
-    #[arg(short = 'l', long, group = "action")]
-    list: bool,
-    /// Start a checkpoint and return once it has begun
-    #[arg(short = 'c', long, group = "action")]
-    checkpoint: bool,
-    /// Checkpoint and return once the checkpoint is committed (also -bc)
-    #[arg(long, group = "action")]
-    bcheckpoint: bool,
-    /// Checkpoint, wait for the commit, then kill the computation (also -kc)
-    #[arg(long, group = "action")]
-    kcheckpoint: bool,
-    /// Checkpoint every SECONDS from now on (0: only on request)
-    #[arg(short = 'i', long, value_name = "SECONDS", group = "action")]
-    interval: Option<u32>,
-    /// Kill every process of the computation
-    #[arg(short = 'k', long, group = "action")]
-    kill: bool,
-    /// Kill every process of the computation and end the coordinator
-    #[arg(short = 'q', long, group = "action")]
-    quit: bool,
-    /// Print the answer as one JSON object (stasis)
-    #[arg(long)]
-    json: bool,
-    /// Print help
-    #[arg(long, action = ArgAction::Help)]
-    help: Option<bool>,
-}
-
-#[derive(Parser, Debug)]
-#[command(
     name = "dmtcp_coordinator",
     version = VERSION,
     about = "Run a computation's coordinator (Stasis, answering to DMTCP's command line)",
@@ -360,6 +328,9 @@ struct CoordinatorArgs {
     /// Exit after SECONDS without any process
     #[arg(long = "timeout", value_name = "SECONDS")]
     timeout: Option<u32>,
+    /// The same as --timeout, under DMTCP's other name for it (-1 or 0: never; DMTCP's default of 8 hours is not stasis's)
+    #[arg(long = "stale-timeout", value_name = "SECONDS", allow_negative_numbers = true)]
+    stale_timeout: Option<i64>,
     /// Listen on TCP at this address (default: DMTCP_COORD_HOST's address, else 127.0.0.1; stasis)
     #[arg(long = "listen", value_name = "ADDRESS")]
     listen: Option<IpAddr>,
@@ -430,6 +401,14 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 (a.disable_all_plugins, "--disable-all-plugins"),
                 (a.disable_alloc_plugin, "--disable-alloc-plugin"),
                 (a.disable_dl_plugin, "--disable-dl-plugin"),
+                (a.disable_ssh_plugin, "--disable-ssh-plugin"),
+                (a.disable_event_plugin, "--disable-event-plugin"),
+                (a.disable_file_plugin, "--disable-file-plugin"),
+                (a.disable_pty_plugin, "--disable-pty-plugin"),
+                (a.disable_socket_plugin, "--disable-socket-plugin"),
+                (a.disable_svipc_plugin, "--disable-svipc-plugin"),
+                (a.disable_timer_plugin, "--disable-timer-plugin"),
+                (a.disable_pid_plugin, "--disable-pid-plugin"),
             ] {
                 if set {
                     notes.push(format!("{option} is ignored: {PLUGINS}"));
@@ -509,33 +488,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 targets: a.targets,
             })
         }
-        Name::Command => {
-            let a = CommandArgs::try_parse_from(command_words(args)).map_err(err)?;
-            let action = if a.checkpoint {
-                Action::StartCheckpoint
-            } else if a.bcheckpoint {
-                Action::BlockingCheckpoint
-            } else if a.kcheckpoint {
-                Action::CheckpointThenKill
-            } else if a.status {
-                Action::Status
-            } else if a.list {
-                Action::List
-            } else if a.kill {
-                Action::Kill
-            } else if a.quit {
-                Action::Quit
-            } else if let Some(s) = a.interval {
-                Action::Interval(s)
-            } else {
-                unreachable!("clap requires one action")
-            };
-            let ckpt_env = env_path(env, CKPT_DIR_ENV);
-            let secret_dirs = a.ckpt_dir.iter().cloned().chain(ckpt_env.clone()).chain(cwd()).collect();
-            let coord =
-                cli::command_coord_opts(a.socket, a.host, a.port, a.tmpdir, a.ckpt_dir, ckpt_env, env, &DMTCP_ENV)?;
-            Verb::Command(CommandOpts { coord, action, json: a.json, secret_dirs, dmtcp: true })
-        }
+        Name::Command => command(args, env)?,
         Name::Coordinator => {
             let a = CoordinatorArgs::try_parse_from(args).map_err(err)?;
             Verb::Coordinator(CoordinatorOpts {
@@ -551,10 +504,12 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 compress: compress(false, false, env),
                 exit_on_last: a.exit_on_last,
                 exit_after_ckpt: a.exit_after_ckpt,
-                idle_timeout: a.timeout,
+                idle_timeout: a
+                    .timeout
+                    .or_else(|| a.stale_timeout.filter(|&t| t > 0).map(|t| t.try_into().unwrap_or(u32::MAX))),
                 daemon: a.daemon,
                 port_file: a.port_file,
-                coord_logfile: a.coord_logfile,
+                coord_logfile: a.coord_logfile.or_else(|| env_path(env, COORD_LOG_ENV)),
                 quiet: a.quiet > 0 || env_quiet(env),
                 ready_fd: None,
             })
@@ -563,52 +518,162 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
     Ok(Parsed { verb, notes })
 }
 
-/// dmtcp_command's commands as DMTCP also takes them: `-bc`, `-kc`, and
-/// bare words (`s`, `c`, `i 60`...), rewritten into long options.
-fn command_words(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    const TAKES_VALUE: [&str; 10] = [
-        "-h",
-        "--coord-host",
-        "-p",
-        "--coord-port",
-        "--ckptdir",
-        "--coord-socket",
-        "--tmpdir",
-        "-i",
-        "--interval",
-        "i",
-    ];
-    let mut out = Vec::new();
-    let mut value_next = false;
-    for (n, a) in args.into_iter().enumerate() {
-        if n == 0 || value_next {
-            value_next = false;
-            out.push(a);
-            continue;
-        }
-        let word = a.to_str().unwrap_or("");
-        // DMTCP reads a command with any number of leading dashes.
-        let long = match word.trim_start_matches('-') {
-            "s" | "status" => "--status",
-            "l" | "list" => "--list",
-            "c" | "checkpoint" => "--checkpoint",
-            "bc" | "bcheckpoint" => "--bcheckpoint",
-            "kc" | "kcheckpoint" => "--kcheckpoint",
-            "k" | "kill" => "--kill",
-            "q" | "quit" => "--quit",
-            "i" | "interval" => "--interval",
-            "host" => "--coord-host",
-            "port" => "--coord-port",
-            _ => {
-                value_next = TAKES_VALUE.contains(&word);
-                out.push(a);
-                continue;
+const COMMAND_HELP: &str = "\
+Send a command to a computation's coordinator (Stasis, answering to DMTCP's command line)
+
+Usage: dmtcp_command [OPTIONS] COMMAND
+
+Options:
+  -h, --coord-host HOST  The coordinator's host (DMTCP_COORD_HOST; default: localhost)
+  -p, --coord-port PORT  The coordinator's port (DMTCP_COORD_PORT; -pPORT too)
+      --ckptdir DIR      The computation's checkpoint directory: its coordinator, unless one is named,
+                         and where its secret is (DMTCP_CHECKPOINT_DIR; stasis)
+      --coord-socket PATH
+                         The coordinator's Unix socket, instead of the one its port names (stasis)
+      --tmpdir DIR       Where the coordinator's socket directory is (DMTCP_TMPDIR; default /tmp)
+      --json             The answer as one JSON object, in DMTCP's schema
+      --help             Print help (-h, h and ? too, alone)
+  -V, --version          Print version
+
+Commands (one; any number of leading dashes, as DMTCP reads them):
+  -s, --status           Report the computation's state
+  -l, --list             List the computation's processes (also t)
+  -c, --checkpoint       Start a checkpoint and return once it has begun
+  -bc, --bcheckpoint     Checkpoint and return once the checkpoint is committed
+  -kc, --kcheckpoint     Checkpoint, commit, then kill the computation, which does not run in between
+                         (also ck, K, Kc)
+  -i, --interval SECONDS Checkpoint every SECONDS from now on (0: only on request; -i5 and i5 too)
+  -k, --kill             Kill every process of the computation
+  -q, --quit             Kill every process of the computation and end the coordinator
+";
+
+/// A dmtcp_command word that names a command (after its leading dashes),
+/// as DMTCP reads them; `None` for help, which is no request.
+fn command_named(word: &str) -> Option<Option<Action>> {
+    Some(Some(match word {
+        "s" | "status" => Action::Status,
+        "l" | "t" | "list" => Action::List,
+        "c" | "checkpoint" => Action::StartCheckpoint,
+        "bc" | "bcheckpoint" => Action::BlockingCheckpoint,
+        "kc" | "ck" | "K" | "Kc" | "kcheckpoint" => Action::CheckpointThenKill,
+        "k" | "kill" => Action::Kill,
+        "q" | "quit" => Action::Quit,
+        "h" | "help" | "?" => return Some(None),
+        _ => return None,
+    }))
+}
+
+/// dmtcp_command's command line, read as DMTCP reads it: options and one
+/// command, the command with any number of leading dashes (`-bc`, `bc`,
+/// `--bc`), `-i5`/`i5`, `-p7779`; `-h` alone is help, `-h HOST` the host.
+/// With `--json`, help, version and a line that cannot be read answer in
+/// DMTCP's JSON schema on stdout.
+fn command(args: impl IntoIterator<Item = OsString>, env: cli::Env) -> Result<Verb, NotRun> {
+    let words: Vec<String> = args.into_iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    let (mut host, mut port, mut ckpt_dir, mut socket, mut tmpdir) = (None, None, None, None, None);
+    let mut json = false;
+    let mut actions = Vec::new();
+    let mut bad: Option<String> = None;
+    let mut help = false;
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i].as_str();
+        let last = i + 1 == words.len();
+        let value = words.get(i + 1).cloned();
+        i += 1;
+        match w {
+            "--help" | "-h" if last => help = true,
+            "--version" | "-V" if last => {
+                let text = format!("dmtcp_command {VERSION}\n");
+                return Err(NotRun::Asked(if json { command::dmtcp_json::version(text.trim_end()) } else { text }));
             }
-        };
-        value_next = TAKES_VALUE.contains(&long);
-        out.push(long.into());
+            "--json" => json = true,
+            "-h" | "--coord-host" | "--host" => {
+                host = value;
+                i += 1;
+            }
+            "-p" | "--coord-port" | "--port" => {
+                port = value;
+                i += 1;
+            }
+            "--ckptdir" | "--coord-socket" | "--tmpdir" if !last => {
+                let v = value.map(PathBuf::from);
+                match w {
+                    "--ckptdir" => ckpt_dir = v,
+                    "--coord-socket" => socket = v,
+                    _ => tmpdir = v,
+                }
+                i += 1;
+            }
+            w if w.len() > 2 && w.starts_with("-p") && w.as_bytes()[2].is_ascii_digit() => port = Some(w[2..].into()),
+            _ => {
+                let cmd = w.trim_start_matches('-');
+                if let Some(n) = cmd
+                    .strip_prefix(['i'])
+                    .filter(|n| n.is_empty() || n.as_bytes()[0].is_ascii_digit())
+                    .or_else(|| cmd.strip_prefix("interval").filter(|n| n.is_empty()))
+                {
+                    let n = if n.is_empty() {
+                        i += 1;
+                        value
+                    } else {
+                        Some(n.to_string())
+                    };
+                    match n.as_deref().map(str::parse::<u32>) {
+                        Some(Ok(s)) => actions.push(Action::Interval(s)),
+                        _ => bad = bad.or_else(|| Some(format!("{w} needs a whole number of seconds"))),
+                    }
+                    continue;
+                }
+                match command_named(cmd) {
+                    Some(Some(a)) => actions.push(a),
+                    Some(None) => help = true,
+                    None => bad = bad.or_else(|| Some(format!("unknown command or option {w:?}"))),
+                }
+            }
+        }
     }
-    out
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                bad = bad.or_else(|| Some(format!("{p:?} is not a port number")));
+                None
+            }
+        },
+    };
+    if bad.is_none() && actions.len() > 1 {
+        bad = Some("give one command at a time".into());
+    }
+    if bad.is_none() && actions.is_empty() && !help {
+        // DMTCP's --json alone answers as help does.
+        if json {
+            help = true;
+        } else {
+            bad = Some("no command given".into());
+        }
+    }
+    let ckpt_env = env_path(env, CKPT_DIR_ENV);
+    let secret_dirs = ckpt_dir.iter().cloned().chain(ckpt_env.clone()).chain(cwd()).collect();
+    let coord = cli::command_coord_opts(socket, host, port, tmpdir, ckpt_dir, ckpt_env, env, &DMTCP_ENV);
+    if help {
+        if !json {
+            return Err(NotRun::Asked(COMMAND_HELP.into()));
+        }
+        let c = coord.unwrap_or_default();
+        return Err(NotRun::Asked(command::dmtcp_json::help(
+            c.host.as_deref().unwrap_or("localhost"),
+            c.port.unwrap_or(7779),
+        )));
+    }
+    let (coord, action) = match (bad, json) {
+        (None, _) => (coord?, actions[0]),
+        (Some(why), false) => return Err(NotRun::Usage(format!("{why} (see dmtcp_command --help)"))),
+        // Answered in JSON, exit status 2, as DMTCP does.
+        (Some(_), true) => (coord.unwrap_or_default(), Action::Invalid),
+    };
+    Ok(Verb::Command(CommandOpts { coord, action, json, secret_dirs, dmtcp: true }))
 }
 
 #[cfg(test)]
@@ -836,6 +901,41 @@ mod tests {
         refused(Name::Command, &[], &["dmtcp_command --help"]);
         refused(Name::Command, &["-s", "-k"], &["dmtcp_command --help"]);
         refused(Name::Command, &["x"], &["dmtcp_command --help"]);
+    }
+
+    #[test]
+    fn command_takes_dmtcp_compact_and_help_spellings() {
+        let action = |args: &[&str]| command(args, &[]).action;
+        assert_eq!(action(&["-i7"]), Action::Interval(7));
+        assert_eq!(action(&["i9"]), Action::Interval(9));
+        assert_eq!(action(&["t"]), Action::List);
+        for kc in ["-kc", "-ck", "-K", "Kc", "--kcheckpoint"] {
+            assert_eq!(action(&[kc]), Action::CheckpointThenKill, "{kc}");
+        }
+        let o = command(&["-p0", "s"], &[]);
+        assert_eq!((o.coord.port, o.action), (Some(0), Action::Status));
+        // Help: -h alone, h, ?; with --json, DMTCP's JSON on stdout.
+        for h in [&["-h"][..], &["h"], &["?"], &["--help"]] {
+            assert!(matches!(parse_env(Name::Command, h, &[]), Err(NotRun::Asked(t)) if t.contains("--kcheckpoint")));
+            let with_json: Vec<&str> = std::iter::once("--json").chain(h.iter().copied()).collect();
+            match parse_env(Name::Command, &with_json, &[]) {
+                Err(NotRun::Asked(t)) => assert!(t.contains("\"command\":\"DMT_HELP\""), "{t}"),
+                other => panic!("{h:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse_env(Name::Command, &["--json"], &[]), Err(NotRun::Asked(t)) if t.contains("DMT_HELP")));
+        match parse_env(Name::Command, &["--json", "--version"], &[]) {
+            Err(NotRun::Asked(t)) => assert!(t.contains("\"DMT_VERSION\"") && t.contains("(DMTCP) 5.0"), "{t}"),
+            other => panic!("{other:?}"),
+        }
+        // A line that cannot be read: a usage error, or with --json an
+        // answer that says so (exit status 2).
+        refused(Name::Command, &["--interval"], &["--interval", "dmtcp_command --help"]);
+        refused(Name::Command, &["-p", "x", "s"], &["port", "dmtcp_command --help"]);
+        for bad in [&["--json", "--not-a-command"][..], &["--json", "--interval"], &["--json", "-s", "-k"]] {
+            let o = command(bad, &[]);
+            assert_eq!((o.action, o.json), (Action::Invalid, true), "{bad:?}");
+        }
     }
 
     #[test]

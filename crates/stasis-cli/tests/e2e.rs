@@ -15,6 +15,9 @@ mod support;
 mod console;
 #[path = "e2e/dmtcp.rs"]
 mod dmtcp;
+// dmtcp_command -kc in one step; a restart beside its running original.
+#[path = "e2e/dmtcp_command.rs"]
+mod dmtcp_command;
 // The coordinator a computation gets when it names none.
 #[path = "e2e/default_coordinator.rs"]
 mod default_coordinator;

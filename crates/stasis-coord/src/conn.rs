@@ -525,13 +525,21 @@ pub(crate) fn command(shared: &Shared, msg: &Message) -> Message {
     match msg.get("what") {
         Some("checkpoint") => {
             let started_only = msg.get("wait") == Some("started");
+            let then_kill = match msg.get("then") {
+                None => false,
+                Some("kill") => true,
+                Some(other) => return error(format!("unknown then={other:?} (then=kill is the one known)")),
+            };
+            if started_only && then_kill {
+                return error("then=kill answers once the computation is killed: not with wait=started");
+            }
             let (tx, rx) = mpsc::channel();
             {
                 let mut st = shared.lock();
                 if st.shutdown {
                     return error("the coordinator is shutting down");
                 }
-                st.waiters.push(Waiter { tx, started_only });
+                st.waiters.push(Waiter { tx, started_only, then_kill });
                 shared.changed.notify_all();
             }
             rx.recv().unwrap_or_else(|_| error("the coordinator is shutting down"))
@@ -584,7 +592,7 @@ const KILL_DEADLINE: Duration = Duration::from_secs(10);
 /// closing its connection as it dies) or `KILL_DEADLINE` passes. Returns
 /// how many processes were told, and how many were still connected at the
 /// end.
-fn kill_all(shared: &Shared) -> (usize, usize) {
+pub(crate) fn kill_all(shared: &Shared) -> (usize, usize) {
     let line = Message::new(KILL);
     let mut told: Vec<u64> = Vec::new();
     let deadline = Instant::now() + KILL_DEADLINE;

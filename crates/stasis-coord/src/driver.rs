@@ -75,10 +75,22 @@ pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
             st = shared.wait_timeout(st, due - now);
         };
         let mut waiters = std::mem::take(&mut st.waiters);
+        // `dmtcp_command -kc`: the program must not run between its
+        // snapshot and its end, so the round holds it stopped.
+        let then_kill = st.kill_after_checkpoint || waiters.iter().any(|w| w.then_kill);
         st.busy = true;
         drop(st);
 
-        let outcome = checkpoint(&shared, &dir, &mut waiters);
+        let outcome = checkpoint(&shared, &dir, &mut waiters, then_kill);
+        let killed = match (&outcome, then_kill) {
+            (Ok(_), true) => Some(crate::conn::kill_all(&shared)),
+            // Held processes resume (one resumed already ignores it).
+            (Err(_), true) => {
+                release_held(&shared);
+                None
+            }
+            _ => None,
+        };
 
         let mut st = shared.lock();
         st.busy = false;
@@ -86,10 +98,14 @@ pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
         let reply = match outcome {
             Ok((generation, path, processes)) => {
                 st.last_error = None;
-                Message::new(proto::OK)
+                let ok = Message::new(proto::OK)
                     .with("generation", generation)
                     .with("dir", path.display())
-                    .with("processes", processes)
+                    .with("processes", processes);
+                match killed {
+                    Some((told, left)) => ok.with("killed", told).with("survivors", left),
+                    None => ok,
+                }
             }
             Err(reason) => {
                 if reason != NO_PROCESS && reason != SHUTTING_DOWN {
@@ -136,6 +152,7 @@ fn checkpoint(
     shared: &Shared,
     dir: &CheckpointDir,
     waiters: &mut Vec<Waiter>,
+    hold: bool,
 ) -> Result<(u64, PathBuf, usize), String> {
     let floor = {
         let st = wait_for_restoring(shared);
@@ -149,7 +166,7 @@ fn checkpoint(
     let created_unix = unix_now();
     let pending = dir.begin(generation).map_err(|e| e.to_string())?;
 
-    let gathered = gather(shared, &pending, waiters);
+    let gathered = gather(shared, &pending, waiters, hold);
     shared.lock().round = None;
     let manifest = match gathered {
         Ok(m) => Manifest { created_unix, ..m },
@@ -190,6 +207,14 @@ fn abort(dir: &CheckpointDir, pending: PendingGeneration, reason: String) -> Str
         warn(&format!("cannot remove {}: {e}", path.display()));
     }
     reason
+}
+
+/// After a held round failed: `RESUME` to every agent, so that none stays
+/// stopped waiting for a kill that will not come.
+fn release_held(shared: &Shared) {
+    let links: Vec<_> = shared.lock().agents.iter().map(|a| (a.conn, a.link.clone())).collect();
+    let generation = shared.lock().last_attempt;
+    send_all(shared, links, &Message::new(proto::RESUME).with("generation", generation));
 }
 
 /// Moves the round to `phase` and sends `m` to every participant.
@@ -388,8 +413,14 @@ fn announce_start(waiters: &mut Vec<Waiter>, generation: u64, processes: usize) 
 
 /// Takes every agent through the barriers and waits until all have
 /// written, one has failed, or the time is up. Returns the manifest less
-/// its time.
-fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter>) -> Result<Manifest, String> {
+/// its time. With `hold`, the programs stay stopped while their images
+/// are written (`RESUME hold=1`), for a kill after the commit.
+fn gather(
+    shared: &Shared,
+    pending: &PendingGeneration,
+    waiters: &mut Vec<Waiter>,
+    hold: bool,
+) -> Result<Manifest, String> {
     let generation = pending.number;
     let deadline = Instant::now() + shared.checkpoint_timeout;
     let phase_deadline = || deadline.min(Instant::now() + PHASE_LIMIT);
@@ -439,8 +470,10 @@ fn gather(shared: &Shared, pending: &PendingGeneration, waiters: &mut Vec<Waiter
         settle(shared, deadline.min(Instant::now() + SETTLE_LIMIT));
         return Err(why);
     }
-    // 3. Every snapshot is taken: resume, and wait for the images.
-    broadcast(shared, Phase::Writing, &resume);
+    // 3. Every snapshot is taken: resume (or, held, only write), and wait
+    // for the images.
+    let write = if hold { resume.clone().with("hold", 1) } else { resume };
+    broadcast(shared, Phase::Writing, &write);
     if let Err(why) = wait_for(shared, Stage::Written { image: String::new(), stats: Vec::new() }, deadline, "write") {
         settle(shared, deadline.min(Instant::now() + SETTLE_LIMIT));
         return Err(why);

@@ -83,6 +83,10 @@ pub struct CoordConfig {
     /// what changed since the last committed one): bounds how many
     /// generations a restart reads, and prune keeps. 1: always full.
     pub full_every: u32,
+    /// Every checkpoint ends in a kill of the computation, the programs
+    /// held stopped from their snapshot on (`--exit-after-ckpt`; also set
+    /// by [`CoordHandle::wait_end`] with `after_checkpoint`).
+    pub kill_after_checkpoint: bool,
 }
 
 /// `--full-every` when none is given.
@@ -100,6 +104,7 @@ impl CoordConfig {
             computation_id: None,
             compress: false,
             full_every: DEFAULT_FULL_EVERY,
+            kill_after_checkpoint: false,
         }
     }
 }
@@ -131,7 +136,8 @@ impl Coordinator {
             None => random::computation_id()?,
         };
         let (listener, socket) = socket::bind(&cfg.socket_path)?;
-        let state = State::new(computation_id, cfg.interval_s, last_generation);
+        let mut state = State::new(computation_id, cfg.interval_s, last_generation);
+        state.kill_after_checkpoint = cfg.kill_after_checkpoint;
         let unix_addr = Addr::Unix(std::path::absolute(socket.path()).unwrap_or_else(|_| socket.path().into()));
         let shared = Shared::new(state, &cfg, dir.path.clone(), unix_addr);
         Ok(Coordinator { listener, socket, tcp: None, dir, shared, adopted: Vec::new() })
@@ -340,6 +346,7 @@ impl CoordHandle {
     /// connections that have not proven the secret do not.
     pub fn wait_end(&self, when: EndWhen) -> End {
         let mut st = self.shared.lock();
+        st.kill_after_checkpoint |= when.after_checkpoint;
         loop {
             if st.quit {
                 return End::Quit;

@@ -128,6 +128,9 @@ pub(crate) struct Waiter {
     /// True: answer as soon as the checkpoint has begun; false: once it
     /// is committed (or failed).
     pub(crate) started_only: bool,
+    /// Kill the computation once the checkpoint is committed, the
+    /// programs held stopped from their snapshot on (`then=kill`).
+    pub(crate) then_kill: bool,
 }
 
 pub(crate) struct State {
@@ -175,6 +178,9 @@ pub(crate) struct State {
     /// The computation was killed on request (kill, quit): launch and
     /// restart then exit 75 rather than as killed by SIGKILL.
     pub(crate) killed_on_request: bool,
+    /// `--exit-after-ckpt`: every checkpoint ends in a kill, the programs
+    /// held stopped from their snapshot on, as for `then=kill`.
+    pub(crate) kill_after_checkpoint: bool,
     /// The coordinator's owner asked it to end (a signal).
     pub(crate) stop: bool,
     /// Since when no agent has been connected (None: one is).
@@ -310,6 +316,7 @@ impl State {
             quit: false,
             killing: 0,
             killed_on_request: false,
+            kill_after_checkpoint: false,
             stop: false,
             empty_since: Some(Instant::now()),
             shutdown: false,

@@ -231,7 +231,9 @@ fn agent_loop(
             return;
         }
         let m = Message::decode(&line).unwrap();
-        note(format!("{pid} got {}", m.verb));
+        // `RESUME hold=1` (checkpoint then kill) logs as "got RESUME hold".
+        let held = if m.get("hold") == Some("1") { " hold" } else { "" };
+        note(format!("{pid} got {}{held}", m.verb));
         let generation: u64 = m.get_parsed("generation").unwrap_or(0);
         let failed = |why: &str| Message::new("FAILED").with("generation", generation).with("reason", why);
         match m.verb.as_str() {
@@ -703,7 +705,7 @@ fn quit_kills_and_ends_the_coordinator() {
 #[test]
 fn exit_after_checkpoint_kills_once_a_generation_is_committed() {
     let t = Test::new();
-    let coord = t.start();
+    let coord = t.start_with(|c| c.kill_after_checkpoint = true);
     let a = t.agent(101, "alpha", Behaviour::Write);
     t.wait_processes(1);
     let sock = t.sock.clone();
@@ -712,6 +714,61 @@ fn exit_after_checkpoint_kills_once_a_generation_is_committed() {
     assert_eq!(coord.wait_end(when), End::AfterCheckpoint);
     ok(&client.join().unwrap());
     assert_eq!(a.kills.recv_timeout(Duration::from_secs(5)), Ok(101));
+    // Held from the snapshot to the kill, as for a checkpoint then kill.
+    let ev = t.events();
+    assert!(at(&ev, "101 got RESUME hold") < at(&ev, "101 got KILL"), "{ev:?}");
+    assert!(!ev.contains(&"101 got RESUME".to_string()), "{ev:?}");
+}
+
+#[test]
+fn checkpoint_then_kill_holds_the_programs_until_the_kill() {
+    let t = Test::new();
+    let _coord = t.start();
+    let a = t.agent(101, "alpha", Behaviour::Write);
+    let b = t.agent(102, "beta", Behaviour::Write);
+    t.wait_processes(2);
+    let r = t.command(&[("what", "checkpoint"), ("then", "kill")]);
+    assert_eq!((ok(&r).get("generation"), r.get("processes"), r.get("killed")), (Some("1"), Some("2"), Some("2")));
+    assert_eq!(t.latest(), Some(1));
+    let timeout = Duration::from_secs(5);
+    assert_eq!(a.kills.recv_timeout(timeout), Ok(101));
+    assert_eq!(b.kills.recv_timeout(timeout), Ok(102));
+    let ev = t.events();
+    for p in [101, 102] {
+        // Written while held, killed after the commit, never resumed.
+        assert!(at(&ev, &format!("{p} got RESUME hold")) < at(&ev, &format!("{p} sent WRITTEN")), "{ev:?}");
+        assert!(at(&ev, &format!("{p} sent WRITTEN")) < at(&ev, &format!("{p} got KILL")), "{ev:?}");
+        assert!(!ev.contains(&format!("{p} got RESUME")), "{ev:?}");
+    }
+}
+
+#[test]
+fn a_failed_checkpoint_then_kill_resumes_and_kills_nothing() {
+    let t = Test::new();
+    let _coord = t.start();
+    let a = t.agent(101, "alpha", Behaviour::Write);
+    let _b = t.agent(102, "beta", Behaviour::FailWrite);
+    t.wait_processes(2);
+    let why = err(&t.command(&[("what", "checkpoint"), ("then", "kill")]));
+    assert!(why.contains("102") && why.contains("disk on fire"), "{why}");
+    assert_eq!(t.latest(), None);
+    // Alpha, held while it wrote, is told to resume.
+    let held = at(&t.events(), "101 got RESUME hold");
+    t.wait_event(held, "101 got RESUME");
+    assert!(a.kills.recv_timeout(Duration::from_millis(200)).is_err(), "{:?}", t.events());
+    assert_eq!(t.command(&[("what", "status")]).get("processes"), Some("2"));
+}
+
+#[test]
+fn then_kill_is_checked() {
+    let t = Test::new();
+    let _coord = t.start();
+    let why = err(&t.command(&[("what", "checkpoint"), ("then", "kill"), ("wait", "started")]));
+    assert!(why.contains("wait=started"), "{why}");
+    let why = err(&t.command(&[("what", "checkpoint"), ("then", "quit")]));
+    assert!(why.contains("then=kill"), "{why}");
+    // No process: nothing to checkpoint, nothing killed.
+    assert_eq!(err(&t.command(&[("what", "checkpoint"), ("then", "kill")])), "no process connected");
 }
 
 #[test]

@@ -8,10 +8,13 @@ use anyhow::{Context, Result, bail};
 use stasis_coord::client;
 use stasis_proto::{self as proto, Message};
 
+use super::WithCode;
 use crate::coord_socket::{self, CoordOpts, Target};
 use crate::exit::Exit;
 use crate::output::print;
 use crate::reach::{self, Reached};
+
+pub(crate) mod dmtcp_json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -30,6 +33,10 @@ pub enum Action {
     Kill,
     /// Kill the computation and end the coordinator.
     Quit,
+    /// A command line dmtcp_command could not read, with `--json`: the
+    /// answer says so in DMTCP's schema (without `--json` it is a usage
+    /// error before anything runs).
+    Invalid,
 }
 
 impl Action {
@@ -42,6 +49,7 @@ impl Action {
             Action::Interval(_) => "interval",
             Action::Kill => "kill",
             Action::Quit => "quit",
+            Action::Invalid => "invalid",
         }
     }
 
@@ -50,6 +58,9 @@ impl Action {
         match self {
             Action::Interval(s) => m.with("seconds", s),
             Action::StartCheckpoint => m.with("wait", "started"),
+            // One step in the coordinator: the program is held stopped from
+            // its snapshot until it is killed.
+            Action::CheckpointThenKill => m.with("then", "kill"),
             _ => m,
         }
     }
@@ -69,35 +80,35 @@ pub struct CommandOpts {
 }
 
 pub fn run(opts: CommandOpts) -> Result<Exit> {
-    let reached = find(&opts)?;
-    let actions: &[Action] = match opts.action {
-        Action::CheckpointThenKill => &[Action::Checkpoint, Action::Kill],
-        _ => std::slice::from_ref(&opts.action),
-    };
-    for &action in actions {
-        let reply = client::ask(&reached.stream, &action.request())
-            .with_context(|| format!("talking to the coordinator at {}", reached.addr))?;
-        let ok = reply.verb == proto::OK;
-        if opts.json {
-            print(&format!("{}\n", to_json(&reply)))?;
-        } else if ok {
-            let mut text = human(action, &reply, unix_now());
-            if opts.dmtcp && action == Action::Status {
-                text = format!("{}{text}", dmtcp_keys(&reply));
-            }
-            print(&text)?;
-        } else {
-            let reason = reply.get("reason").unwrap_or("no reason given");
-            eprintln!("stasis: {} failed: {reason}", action.what());
+    if opts.dmtcp && opts.json {
+        return dmtcp_json::run(&opts);
+    }
+    // DMTCP's dmtcp_command exits 2 when the command did not succeed.
+    let failure = if opts.dmtcp { 2 } else { 1 };
+    let reached = find(&opts).map_err(|e| WithCode(failure, format!("{e:#}")))?;
+    let action = opts.action;
+    let reply = client::ask(&reached.stream, &action.request())
+        .with_context(|| format!("talking to the coordinator at {}", reached.addr))?;
+    let ok = reply.verb == proto::OK;
+    if opts.json {
+        print(&format!("{}\n", to_json(&reply)))?;
+    } else if ok {
+        let mut text = human(action, &reply, unix_now());
+        if opts.dmtcp && action == Action::Status {
+            text = format!("{}{text}", dmtcp_keys(&reply));
         }
-        if !ok {
-            return Ok(Exit::Code(1));
-        }
-        // A kill or quit that could not confirm every process gone.
-        if let Some(n) = reply.get("survivors").filter(|n| *n != "0") {
-            eprintln!("stasis: {n} process(es) of the computation did not end when told (still connected)");
-            return Ok(Exit::Code(1));
-        }
+        print(&text)?;
+    } else {
+        let reason = reply.get("reason").unwrap_or("no reason given");
+        eprintln!("stasis: {} failed: {reason}", action.what());
+    }
+    if !ok {
+        return Ok(Exit::Code(failure));
+    }
+    // A kill or quit that could not confirm every process gone.
+    if let Some(n) = reply.get("survivors").filter(|n| *n != "0") {
+        eprintln!("stasis: {n} process(es) of the computation did not end when told (still connected)");
+        return Ok(Exit::Code(failure));
     }
     Ok(Exit::Code(0))
 }
@@ -105,7 +116,7 @@ pub fn run(opts: CommandOpts) -> Result<Exit> {
 /// The computation's coordinator, where coord_socket.rs says to look:
 /// what is named, else the checkpoint directory's (`--ckptdir`), else the
 /// current directory's, then port 7779's socket.
-fn find(opts: &CommandOpts) -> Result<Reached> {
+pub(crate) fn find(opts: &CommandOpts) -> Result<Reached> {
     let ckpt = opts.coord.ckpt_dir.as_deref().map(coord_socket::canonical_dir).transpose()?;
     let cwd = std::env::current_dir().ok().and_then(|d| d.canonicalize().ok());
     let targets = coord_socket::command_targets(&opts.coord, ckpt.as_deref(), cwd.as_deref())?;
@@ -194,13 +205,22 @@ pub(crate) fn human(action: Action, reply: &Message, now: u64) -> String {
             }
             procs.iter().map(|p| process_line(p)).collect()
         }
-        Action::Checkpoint | Action::BlockingCheckpoint | Action::CheckpointThenKill => format!(
+        Action::Checkpoint | Action::BlockingCheckpoint => format!(
             "checkpoint committed: generation {} in {} ({} process{})\n",
             get("generation"),
             get("dir"),
             get("processes"),
             if get("processes") == "1" { "" } else { "es" }
         ),
+        Action::CheckpointThenKill => format!(
+            "checkpoint committed: generation {} in {} ({} process{}); kill sent to {} process(es)\n",
+            get("generation"),
+            get("dir"),
+            get("processes"),
+            if get("processes") == "1" { "" } else { "es" },
+            get("killed")
+        ),
+        Action::Invalid => String::new(),
         Action::Interval(_) => match get("interval") {
             "0" => "checkpoint interval: none (checkpoints on request only)\n".to_string(),
             s => format!("checkpoint interval: {s} s\n"),

@@ -102,6 +102,7 @@ fn bind(opts: &CoordinatorOpts) -> Result<Bound> {
     };
     let socket = std::path::absolute(&socket).with_context(|| format!("cannot make {} absolute", socket.display()))?;
     let mut cfg = CoordConfig::new(socket.clone(), ckpt_dir);
+    cfg.kill_after_checkpoint = opts.exit_after_ckpt;
     cfg.interval_s = opts.interval_s;
     cfg.keep = opts.keep;
     cfg.compress = opts.compress;
@@ -149,6 +150,8 @@ pub fn run(opts: CoordinatorOpts) -> Result<Exit> {
     };
     if opts.daemon {
         daemonize(&opts, &where_)?;
+    } else if let Some(f) = &opts.coord_logfile {
+        log_to(f)?;
     }
     let console = !opts.daemon && io::stdin().is_terminal();
     let signals = block_end_signals().context("cannot block signals")?;
@@ -175,7 +178,8 @@ pub fn run(opts: CoordinatorOpts) -> Result<Exit> {
         idle: opts.idle_timeout.map(|s| Duration::from_secs(s.into())),
     };
     let end = handle.wait_end(when);
-    if chatty {
+    // A log file gets the line even when quiet: it is the record asked for.
+    if chatty || stderr_is_a_file() {
         let why = match end {
             End::Quit => "told to quit",
             End::LastGone => "the last process is gone",
@@ -183,10 +187,30 @@ pub fn run(opts: CoordinatorOpts) -> Result<Exit> {
             End::AfterCheckpoint => "the checkpoint is written and the computation killed",
             End::Stopped => "stopped by a signal; the computation runs on",
         };
-        eprintln!("stasis: coordinator exits: {why}");
+        // DMTCP's words too: scripts written for DMTCP wait for them.
+        eprintln!("stasis: coordinator exits (DMTCP coordinator exiting): {why}");
     }
     handle.shutdown();
     Ok(Exit::Code(0))
+}
+
+/// Messages (stderr) go to `file` from now on, appended.
+fn log_to(file: &std::path::Path) -> Result<()> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .with_context(|| format!("cannot open the log file {}", file.display()))?;
+    // SAFETY: dup2 on descriptors this process owns; no thread runs yet.
+    if unsafe { libc::dup2(log.as_raw_fd(), 2) } < 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("cannot log to {}", file.display()));
+    }
+    Ok(())
+}
+
+/// Whether messages go to a file (`--coord-logfile`), not a terminal or pipe.
+fn stderr_is_a_file() -> bool {
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.is_file())
 }
 
 /// Leaves the foreground: the parent returns once the child listens.

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use stasis_coord::client;
 use stasis_image::{Choice, ImageReader};
+use stasis_proto::{self as proto, Message};
 
 use super::note;
 use super::start::{self, Background, Mode};
@@ -150,6 +151,9 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         quiet: opts.quiet,
     };
     let mut found = start::find_or_start(&opts.coord, opts.mode, &bg, &[ckpt_dir.clone(), origin_dir])?;
+    if found.started.is_none() {
+        refuse_if_running(&found, first.computation_id)?;
+    }
     if found.started.is_none()
         && let Some(i) = opts.interval_s
     {
@@ -247,6 +251,23 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
 const VERIFY_THREADS: usize = 2;
 
 /// The checkpoint named in messages: its one image, or its directory.
+/// A joined coordinator whose computation is this checkpoint's and still
+/// has processes: restarting would run a second copy beside the first
+/// (the same pids, files and connections), so it is refused.
+fn refuse_if_running(found: &start::Found, computation_id: u64) -> Result<()> {
+    let status = found.ask(&Message::new(proto::COMMAND).with("what", "status"))?;
+    let theirs = status.get("computation").and_then(|c| u64::from_str_radix(c, 16).ok());
+    let live = status.get_parsed::<u64>("processes").unwrap_or(0);
+    if theirs == Some(computation_id) && live > 0 {
+        bail!(
+            "computation {computation_id:016x} is still running ({live} process(es) connected to the coordinator at {}): \
+             restarting it would run a second copy; end it first (dmtcp_command --kill, stasis command --kill)",
+            found.addr
+        );
+    }
+    Ok(())
+}
+
 fn restart_label(paths: &[PathBuf]) -> String {
     match paths {
         [one] => one.display().to_string(),
