@@ -361,15 +361,88 @@ fn peek_messages_locked(fd: i32) -> Result<Vec<Vec<u8>>, String> {
     result.map(|()| out)
 }
 
-/// Bytes a TCP socket sent that its peer has not taken in yet (no room
-/// there): they cannot be read back, so a checkpoint must not go on.
-pub fn unsent(fd: i32) -> usize {
+/// `SIOCOUTQNSD` (linux/sockios.h): bytes of a TCP socket's send queue not
+/// sent yet. `SIOCOUTQ` counts those not acknowledged yet as well, among
+/// them bytes a loopback peer already holds (it acknowledges them later,
+/// or with its answer: a stopped peer's delayed ACK) and a FIN.
+const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+
+fn ioctl_int(fd: i32, request: libc::c_ulong) -> Option<usize> {
     let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int.
-    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) } != 0 {
-        return 0;
+    // SAFETY: both requests used here write one int.
+    (unsafe { libc::ioctl(fd, request, &mut n) } == 0).then_some(n.max(0) as usize)
+}
+
+/// Bytes a TCP socket holds that it has not sent at all: held back by
+/// Nagle or TCP_CORK (`push` sends them), or by a peer whose receive buffer
+/// is full. Bytes sent and not yet acknowledged are not counted: on
+/// loopback they are in the peer's receive queue already, where its own
+/// checkpoint saves them.
+pub fn unsent(fd: i32) -> usize {
+    ioctl_int(fd, SIOCOUTQNSD).unwrap_or(0)
+}
+
+/// Bytes sent and not acknowledged yet, plus those not sent.
+fn unacknowledged(fd: i32) -> usize {
+    ioctl_int(fd, libc::TIOCOUTQ).unwrap_or(0)
+}
+
+fn set_int(fd: i32, level: i32, name: i32, v: libc::c_int) -> bool {
+    // SAFETY: setsockopt reads one int.
+    unsafe {
+        libc::setsockopt(fd, level, name, &v as *const libc::c_int as *const c_void, std::mem::size_of::<libc::c_int>() as u32)
+            == 0
     }
-    n.max(0) as usize
+}
+
+/// Sends what Nagle's algorithm or TCP_CORK holds back on `fd`, leaving
+/// both options as the program set them: turning TCP_NODELAY on, or
+/// TCP_CORK off, pushes the pending segments out at once.
+fn push(fd: i32) {
+    use libc::{IPPROTO_TCP, TCP_CORK, TCP_NODELAY};
+    if sockopt(fd, IPPROTO_TCP, TCP_CORK) == Some(1) && set_int(fd, IPPROTO_TCP, TCP_CORK, 0) {
+        set_int(fd, IPPROTO_TCP, TCP_CORK, 1);
+    }
+    if sockopt(fd, IPPROTO_TCP, TCP_NODELAY) == Some(0) && set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1) {
+        set_int(fd, IPPROTO_TCP, TCP_NODELAY, 0);
+    }
+}
+
+/// The connected TCP sockets among this process's descriptors.
+fn tcp_connections() -> Vec<i32> {
+    let Ok(fds) = crate::sys::numeric_entries(c"/proc/self/fd") else { return Vec::new() };
+    fds.into_iter()
+        .filter(|&fd| {
+            matches!(sockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6))
+                && sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+                && sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0)
+                && !address(fd, true).is_empty()
+        })
+        .collect()
+}
+
+/// How long phase 1 waits for the bytes a process sent to reach its peers.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Phase 1, the program's threads stopped: sends what the process's TCP
+/// connections hold back (Nagle, TCP_CORK) and waits a moment for their
+/// peers to acknowledge it, so that every byte written is in a receive
+/// queue, where the receiver's checkpoint (phase 2, once every process of
+/// the computation is through phase 1) peeks it. Bytes a full receive
+/// buffer holds back stay unsent; the checkpoint saves them from the send
+/// queue where it can (`send_queue`).
+pub fn flush_tcp() {
+    let fds: Vec<i32> = tcp_connections().into_iter().filter(|&fd| unacknowledged(fd) > 0).collect();
+    if fds.is_empty() {
+        return;
+    }
+    for &fd in &fds {
+        push(fd);
+    }
+    let deadline = std::time::Instant::now() + FLUSH_WAIT;
+    while fds.iter().any(|&fd| unacknowledged(fd) > 0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 #[cfg(test)]
