@@ -155,6 +155,17 @@ fn address(fd: i32, peer: bool) -> Vec<u8> {
     if bytes.len() <= 2 && sa.ss_family == libc::AF_UNIX as u16 { Vec::new() } else { bytes.to_vec() }
 }
 
+/// Whether a Unix stream or seqpacket socket is connected (getpeername
+/// answers) though the kernel names no peer inode: its peer was closed, and
+/// what it had sent may still wait to be read, before end of file.
+fn peer_closed(fd: i32) -> bool {
+    // SAFETY: a zeroed sockaddr_storage is valid; getpeername fills `len` bytes.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getpeername writes at most `len` bytes at `sa`.
+    unsafe { libc::getpeername(fd, &mut sa as *mut libc::sockaddr_storage as *mut libc::sockaddr, &mut len) == 0 }
+}
+
 /// Describes socket `fd` (inode `id`); `unix_peers` maps Unix socket
 /// inodes to their peers'.
 pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Option<FdKind> {
@@ -167,7 +178,14 @@ pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Opti
     let listening = sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
     let peer_id =
         if domain == libc::AF_UNIX { unix_peers.iter().find(|(s, _)| *s == id).map_or(0, |(_, p)| *p) } else { 0 };
-    let connected = !address(fd, true).is_empty();
+    let mut peer = address(fd, true);
+    if domain == libc::AF_UNIX && kind != libc::SOCK_DGRAM && peer_id == 0 && peer.is_empty() && peer_closed(fd) {
+        // Connected to an unnamed socket that is gone: its family alone
+        // says so (restart makes it again as a connection whose peer
+        // closed, docs/sockets.md).
+        peer = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    }
+    let connected = !peer.is_empty();
     let options = options(fd, domain, kind, protocol, listening || connected);
     if domain != libc::AF_UNIX && kind == libc::SOCK_STREAM && (connected || listening) {
         crate::reuse_addr::reuse_after_kill(fd, id);
@@ -180,7 +198,7 @@ pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Opti
         flags,
         listening,
         local: address(fd, false),
-        peer: address(fd, true),
+        peer,
         peer_id,
         options,
     })

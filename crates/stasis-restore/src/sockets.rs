@@ -418,6 +418,11 @@ impl SharedSockets {
                     paired[i] = true;
                     paired[j] = true;
                 }
+                // A Unix stream or seqpacket socket whose peer was closed.
+                _ if s.domain == libc::AF_UNIX && !dgram && s.peer_id == 0 && !s.peer.is_empty() => {
+                    let fd = orphan(s, &contents(images, s.id)?, warn)?;
+                    self.keep(s.id, fd, min_fd)?;
+                }
                 // A stream connected to outside the computation.
                 _ if !dgram && (!s.peer.is_empty() || s.peer_id != 0) => {}
                 _ => {
@@ -487,6 +492,24 @@ fn unix_pair(s: &Seen<'_>) -> Result<(i32, i32), String> {
         return Err(err("socketpair"));
     }
     Ok((pair[0], pair[1]))
+}
+
+/// A connected Unix socket like `s` whose peer is gone: one end of a new
+/// pair, given `unread` (the bytes, or messages, `s` had not read) by the
+/// other end, which is then closed. Reads get them, then end of file;
+/// writes fail with EPIPE, as before the checkpoint.
+fn orphan(s: &Seen<'_>, unread: &[Vec<u8>], warn: &mut dyn FnMut(String)) -> Result<i32, String> {
+    let (mine, other) = unix_pair(s)?;
+    apply(mine, s, warn);
+    if s.kind == libc::SOCK_STREAM {
+        fill(other, &unread.concat(), s.id, warn);
+    } else {
+        for m in unread {
+            send_message(other, None, m, s.id, warn);
+        }
+    }
+    close(other);
+    Ok(mine)
 }
 
 /// A new connection from `client`'s address to `server`'s, accepted
