@@ -12,6 +12,12 @@
  *   ends belonged to the child "gone": it wrote 256 bytes and 12 messages,
  *   then exited before the first step. The parent reads 8 bytes and one
  *   message a step, then sees end of file on both (read returns 0).
+ * - Half-closed connections: the child "echo" also wrote 240 bytes on a
+ *   second TCP connection and 160 on a Unix socketpair, then shut both
+ *   down for writing (shutdown SHUT_WR) and kept them open. The parent
+ *   reads 8 bytes of each a step, sees end of file, then answers on the
+ *   same socket (its own direction still open) with the sum of the bytes;
+ *   the child checks both answers before it exits.
  *
  * Prints "step N ..." each step, with what was read, then "final H".
  *
@@ -33,6 +39,13 @@
 #define BURST 5
 #define ORPHAN_BYTES 256
 #define ORPHAN_MSGS 12
+#define HALF_TCP 240
+#define HALF_UNIX 160
+
+static unsigned char half_byte(int i)
+{
+	return (unsigned char)(i * 11 + 5);
+}
 
 static void die(const char *what)
 {
@@ -74,12 +87,21 @@ static size_t get(int fd, void *buf, size_t len)
 
 /* The child at the other end of the TCP connection: answers each byte with
  * the byte plus one, and each burst with its sum. */
-static void echo(int fd)
+static void echo(int fd, int half_tcp, int half_unix)
 {
 	for (;;) {
 		unsigned char b;
-		if (get(fd, &b, 1) == 0)
+		if (get(fd, &b, 1) == 0) {
+			/* The parent's answers on the half-closed connections. */
+			unsigned char a = 0, u = 0, want_a = 0, want_u = 0;
+			for (int i = 0; i < HALF_TCP; i++)
+				want_a = (unsigned char)(want_a + half_byte(i));
+			for (int i = 0; i < HALF_UNIX; i++)
+				want_u = (unsigned char)(want_u + half_byte(i));
+			if (get(half_tcp, &a, 1) != 1 || a != want_a || get(half_unix, &u, 1) != 1 || u != want_u)
+				_exit(4);
 			_exit(0);
+		}
 		if (b == 0xff) {
 			unsigned char burst[BURST], sum = 0;
 			if (get(fd, burst, BURST) != BURST)
@@ -128,7 +150,11 @@ int main(int argc, char **argv)
 	if (waitpid(gone, &status, 0) != gone || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		die("gone");
 
-	/* The TCP connection. */
+	int half[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, half))
+		die("socketpair");
+
+	/* The TCP connections. */
 	int listener = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t alen = sizeof addr;
@@ -142,15 +168,33 @@ int main(int argc, char **argv)
 		close(listener);
 		close(stream[0]);
 		close(seq[0]);
+		close(half[0]);
 		int c = socket(AF_INET, SOCK_STREAM, 0);
 		if (c < 0 || connect(c, (struct sockaddr *)&addr, sizeof addr))
 			die("connect");
-		echo(c);
+		int c2 = socket(AF_INET, SOCK_STREAM, 0);
+		if (c2 < 0 || connect(c2, (struct sockaddr *)&addr, sizeof addr))
+			die("connect");
+		unsigned char bytes[HALF_TCP];
+		for (int i = 0; i < HALF_TCP; i++)
+			bytes[i] = half_byte(i);
+		put(c2, bytes, HALF_TCP);
+		put(half[1], bytes, HALF_UNIX);
+		if (shutdown(c2, SHUT_WR) || shutdown(half[1], SHUT_WR))
+			die("shutdown");
+		echo(c, c2, half[1]);
 	}
+	close(half[1]);
 	int conn = accept(listener, NULL, NULL);
-	if (conn < 0)
+	int conn2 = accept(listener, NULL, NULL);
+	if (conn < 0 || conn2 < 0)
 		die("accept");
 	close(listener);
+	struct half_closed {
+		const char *name;
+		int fd, read, eof;
+		unsigned char sum;
+	} halves[2] = { { "half-tcp", conn2, 0, 0, 0 }, { "half-unix", half[0], 0, 0, 0 } };
 
 	uint64_t h = 0;
 	int stream_eof = 0, seq_eof = 0, stream_read = 0, msgs = 0;
@@ -183,7 +227,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 
-		char line[128] = "";
+		char line[256] = "";
 		if (!stream_eof) {
 			unsigned char chunk[8];
 			size_t n = get(stream[0], chunk, sizeof chunk);
@@ -221,6 +265,28 @@ int main(int argc, char **argv)
 				snprintf(line + strlen(line), sizeof line - strlen(line), " seq %d", msgs);
 			}
 		}
+		for (int k = 0; k < 2; k++) {
+			struct half_closed *hc = &halves[k];
+			if (hc->eof)
+				continue;
+			unsigned char chunk[8];
+			size_t n = get(hc->fd, chunk, sizeof chunk);
+			for (size_t i = 0; i < n; i++) {
+				if (chunk[i] != half_byte(hc->read + (int)i)) {
+					printf("FAIL %s byte %zu\n", hc->name, hc->read + i);
+					return 1;
+				}
+				hc->sum = (unsigned char)(hc->sum + chunk[i]);
+			}
+			hc->read += (int)n;
+			if (n < sizeof chunk) {
+				/* End of file: answer on our own direction. */
+				hc->eof = 1;
+				put(hc->fd, &hc->sum, 1);
+			}
+			snprintf(line + strlen(line), sizeof line - strlen(line), " %s %d%s", hc->name, hc->read,
+				 hc->eof ? " eof" : "");
+		}
 		printf("step %d tcp %016llx%s\n", step, (unsigned long long)h, line);
 		sleep_ms(step_pause_ms(step, pause));
 	}
@@ -229,7 +295,7 @@ int main(int argc, char **argv)
 		printf("FAIL echo exit\n");
 		return 1;
 	}
-	printf("final %016llx stream %d seq %d eof %d %d\n", (unsigned long long)h, stream_read, msgs, stream_eof,
-	       seq_eof);
+	printf("final %016llx stream %d seq %d eof %d %d half %d %d eof %d %d\n", (unsigned long long)h, stream_read,
+	       msgs, stream_eof, seq_eof, halves[0].read, halves[1].read, halves[0].eof, halves[1].eof);
 	return 0;
 }

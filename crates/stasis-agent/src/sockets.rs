@@ -379,6 +379,16 @@ fn peek_messages_locked(fd: i32) -> Result<Vec<Vec<u8>>, String> {
     result.map(|()| out)
 }
 
+/// Whether the peer of connected stream or seqpacket socket `fd` has shut
+/// down writing (or closed): its reader gets end of file once the bytes
+/// waiting are read. poll reports POLLRDHUP for both TCP and Unix sockets.
+pub fn peer_shut_down(fd: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: poll reads and writes one pollfd; a zero timeout never blocks.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r == 1 && p.revents & libc::POLLRDHUP != 0
+}
+
 /// `SIOCOUTQNSD` (linux/sockios.h): bytes of a TCP socket's send queue not
 /// sent yet. `SIOCOUTQ` counts those not acknowledged yet as well, among
 /// them bytes a loopback peer already holds (it acknowledges them later,

@@ -314,6 +314,8 @@ impl SharedSockets {
 
     fn make_all(&mut self, images: &[&ImageReader], min_fd: i32, warn: &mut dyn FnMut(String)) -> Result<(), String> {
         let mut seen: Vec<Seen<'_>> = Vec::new();
+        // Sockets whose peer had shut down writing (images of version 8).
+        let peer_shut: Vec<u64> = images.iter().flat_map(|i| i.meta().sockets_peer_shut.iter().copied()).collect();
         for image in images {
             let meta = image.meta();
             // The launch's stdio from outside becomes restart's own.
@@ -353,6 +355,11 @@ impl SharedSockets {
             listeners.push((i, fd));
         }
         let mut paired = vec![false; seen.len()];
+        // Bound sockets keep SO_REUSEADDR on until every socket is made:
+        // two connections a listener accepted share its port, and the
+        // second one's listener of the moment binds it while the first
+        // holds it (it then gets the program's value, `settle`).
+        let mut unsettled: Vec<usize> = Vec::new();
         // Datagram sockets to connect once every socket is bound.
         let mut later: Vec<usize> = Vec::new();
         for i in 0..seen.len() {
@@ -399,8 +406,9 @@ impl SharedSockets {
                     };
                     // Accepted ends got their listener's options, socketpairs
                     // none: each gets its own (again, for the one made with them).
-                    apply(a, s, warn);
-                    apply(b, t, warn);
+                    prepare(a, s.options, s.id, warn);
+                    prepare(b, t.options, t.id, warn);
+                    unsettled.extend([i, j]);
 
                     if s.kind == libc::SOCK_STREAM {
                         fill(a, &contents(images, seen[j].id)?.concat(), s.id, warn);
@@ -412,6 +420,15 @@ impl SharedSockets {
                         for m in contents(images, s.id)? {
                             send_message(b, None, &m, s.id, warn);
                         }
+                    }
+                    // A half-closed connection: the end that had shut down
+                    // writing does so again, after what its peer had not
+                    // read (which then reads end of file after it).
+                    if peer_shut.contains(&seen[j].id) {
+                        shut_write(a);
+                    }
+                    if peer_shut.contains(&s.id) {
+                        shut_write(b);
                     }
                     self.keep(s.id, a, min_fd)?;
                     self.keep(seen[j].id, b, min_fd)?;
@@ -432,12 +449,17 @@ impl SharedSockets {
                     {
                         warn(format!("socket {} comes back unbound ({e})", s.id));
                     }
-                    settle(fd, s.options);
+                    unsettled.push(i);
                     self.keep(s.id, fd, min_fd)?;
                     if dgram && !s.peer.is_empty() {
                         later.push(i);
                     }
                 }
+            }
+        }
+        for i in unsettled {
+            if let Some(&fd) = self.fds.get(&seen[i].id) {
+                settle(fd, seen[i].options);
             }
         }
         for i in later {
@@ -654,6 +676,11 @@ fn send_message(from: i32, dest: Option<&[u8]>, msg: &[u8], to: u64, warn: &mut 
     if n < 0 || n as usize != msg.len() {
         warn(format!("socket {to}: a message of {} bytes it had not read could not be put back", msg.len()));
     }
+}
+
+fn shut_write(fd: i32) {
+    // SAFETY: shutdown on a socket this code made.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
 
 /// Sends `bytes` from `from`, for its peer (socket `to`) to read.
