@@ -202,12 +202,17 @@ fn bind_as(s: &Seen<'_>, fd: i32, addr: &[u8]) -> Result<(), String> {
 /// and a margin.
 const TIME_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(65);
 
+/// How long a port held by other sockets (a listener among them) may take
+/// to be let go: a restart at once after a kill can come while the killed
+/// processes' descriptors are still being closed.
+const CLOSING_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds a server's address (a listener's, or the accepting end of a
 /// connection). SO_REUSEADDR lets it past the connections the kill left in
 /// TIME_WAIT when the program had set it on them too; when it had not,
 /// the kernel keeps the port until they end (at most a minute): restart
 /// waits for that, saying so, rather than fail. A port a live socket holds
-/// fails at once.
+/// fails after a moment (`CLOSING_GRACE`).
 fn bind_server(s: &Seen<'_>, fd: i32, warn: &mut dyn FnMut(String)) -> Result<(), String> {
     let start = std::time::Instant::now();
     let mut told = false;
@@ -215,19 +220,47 @@ fn bind_server(s: &Seen<'_>, fd: i32, warn: &mut dyn FnMut(String)) -> Result<()
         let r = bind_as(s, fd, s.local);
         let in_use = std::io::Error::last_os_error().raw_os_error() == Some(libc::EADDRINUSE);
         let Some(port) = inet_port(s.local).filter(|_| r.is_err() && in_use) else { return r };
-        if !only_time_wait_on(port) || start.elapsed() > TIME_WAIT_LIMIT {
-            return r;
+        let states = tcp_states(port);
+        let closing = !states.is_empty() && states.iter().all(|&st| CLOSING_STATES.contains(&st));
+        let limit = if closing { TIME_WAIT_LIMIT } else { CLOSING_GRACE };
+        if start.elapsed() > limit {
+            let names: Vec<&str> = states.iter().map(|&st| state_name(st)).collect();
+            return r.map_err(|e| format!("{e} (port {port}: sockets in {})", names.join(", ")));
         }
-        if !told {
+        if closing && !told {
             warn(format!(
-                "socket {}: port {port} is held by the killed program's connections in TIME_WAIT (made without \
+                "socket {}: port {port} is held by the killed program's connections closing (made without \
                  SO_REUSEADDR); waiting for the kernel to let it go (at most a minute)",
                 s.id
             ));
             told = true;
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(std::time::Duration::from_millis(if closing { 200 } else { 50 }));
     }
+}
+
+/// TCP states of a connection on its way out, which the kernel ends by
+/// itself within about a minute: FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE,
+/// LAST_ACK, CLOSING (include/net/tcp_states.h).
+const CLOSING_STATES: [u8; 6] = [4, 5, 6, 7, 9, 11];
+
+fn state_name(st: u8) -> &'static str {
+    const NAMES: [&str; 13] = [
+        "?",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+    ];
+    NAMES.get(st as usize).copied().unwrap_or("?")
 }
 
 /// The port of an IPv4 or IPv6 address.
@@ -237,15 +270,14 @@ fn inet_port(addr: &[u8]) -> Option<u16> {
     (family == libc::AF_INET || family == libc::AF_INET6).then_some(port)
 }
 
-/// Whether every TCP socket of this network namespace on local port
-/// `port` is in TIME_WAIT (and there is at least one).
-fn only_time_wait_on(port: u16) -> bool {
+/// The states of the TCP sockets of this network namespace on local port
+/// `port`.
+fn tcp_states(port: u16) -> Vec<u8> {
     let mut states = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         states.extend(tcp_states_on(&std::fs::read_to_string(table).unwrap_or_default(), port));
     }
-    const TIME_WAIT: u8 = 6;
-    !states.is_empty() && states.iter().all(|&st| st == TIME_WAIT)
+    states
 }
 
 /// The states of the sockets of a /proc/net/tcp table bound to local port
