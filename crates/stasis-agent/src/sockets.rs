@@ -418,8 +418,13 @@ fn unacknowledged(fd: i32) -> usize {
 fn set_int(fd: i32, level: i32, name: i32, v: libc::c_int) -> bool {
     // SAFETY: setsockopt reads one int.
     unsafe {
-        libc::setsockopt(fd, level, name, &v as *const libc::c_int as *const c_void, std::mem::size_of::<libc::c_int>() as u32)
-            == 0
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &v as *const libc::c_int as *const c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        ) == 0
     }
 }
 
@@ -484,6 +489,81 @@ mod tests {
 
     fn saved(options: &[SockOpt], level: i32, name: i32) -> Option<Vec<u8>> {
         options.iter().find(|o| o.level == level && o.name == name).map(|o| o.value.clone())
+    }
+
+    fn pair(kind: i32) -> [i32; 2] {
+        let mut p = [0; 2];
+        // SAFETY: socketpair writes two descriptors.
+        assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, p.as_mut_ptr()) }, 0);
+        p
+    }
+
+    fn close(fd: i32) {
+        // SAFETY: closing a descriptor of the test's own.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn a_unix_socket_whose_peer_closed_is_told_from_an_unconnected_one() {
+        for kind in [libc::SOCK_STREAM, libc::SOCK_SEQPACKET] {
+            let [a, b] = pair(kind);
+            assert!(peer_closed(a) && !peer_shut_down(a));
+            // SAFETY: shutdown on the test's socket.
+            unsafe { libc::shutdown(b, libc::SHUT_WR) };
+            assert!(peer_shut_down(a), "a half-closed connection");
+            close(b);
+            assert!(peer_closed(a), "still connected to its gone peer");
+            assert!(peer_shut_down(a));
+            close(a);
+            // SAFETY: plain socket creation.
+            let lone = unsafe { libc::socket(libc::AF_UNIX, kind, 0) };
+            assert!(!peer_closed(lone));
+            close(lone);
+        }
+    }
+
+    #[test]
+    fn bytes_a_loopback_peer_holds_unread_are_not_counted_as_unsent() {
+        // SAFETY: plain socket calls on the test's own sockets.
+        unsafe {
+            let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            let mut a: libc::sockaddr_in = std::mem::zeroed();
+            a.sin_family = libc::AF_INET as u16;
+            a.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            let p = &mut a as *mut libc::sockaddr_in as *mut libc::sockaddr;
+            assert_eq!(libc::bind(l, p, len), 0);
+            assert_eq!(libc::listen(l, 1), 0);
+            assert_eq!(libc::getsockname(l, p, &mut len), 0);
+            let c = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert_eq!(libc::connect(c, p, len), 0);
+            let s = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
+            assert!(s >= 0);
+            assert_eq!(libc::write(c, b"x".as_ptr().cast(), 1), 1);
+            // In the peer's queue, whether acknowledged yet or not.
+            for _ in 0..100 {
+                if ioctl_int(s, libc::FIONREAD) == Some(1) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(unsent(c), 0);
+            assert_eq!(peek(s).unwrap(), b"x");
+            assert!(tcp_connections().contains(&c) && !tcp_connections().contains(&l));
+            flush_tcp();
+            assert_eq!(unacknowledged(c), 0, "acknowledged within the flush's wait");
+            libc::shutdown(c, libc::SHUT_WR);
+            for _ in 0..100 {
+                if peer_shut_down(s) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(peer_shut_down(s) && !peer_shut_down(c));
+            for fd in [l, c, s] {
+                libc::close(fd);
+            }
+        }
     }
 
     #[test]

@@ -769,6 +769,15 @@ mod tests {
     }
 
     #[test]
+    fn closing_states_are_those_of_connections_on_their_way_out() {
+        let closing: Vec<&str> = CLOSING_STATES.iter().map(|&st| state_name(st)).collect();
+        assert_eq!(closing, ["FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE", "LAST_ACK", "CLOSING"]);
+        assert_eq!(state_name(0x0a), "LISTEN");
+        assert_eq!(state_name(0x08), "CLOSE_WAIT");
+        assert_eq!(state_name(99), "?");
+    }
+
+    #[test]
     fn unix_paths() {
         let mut named = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
         named.extend(b"srv.sock\0");
