@@ -169,6 +169,9 @@ pub fn suspend() -> Result<(), String> {
         return Err("the main thread has exited; cannot checkpoint".into());
     }
     crate::timing::mark("stop");
+    // Before the coordinator's barrier: bytes held back now could reach a
+    // peer after it saved its receive queue (docs/sockets.md).
+    crate::sockets::flush_tcp();
     Ok(())
 }
 

@@ -112,8 +112,9 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
         }
     }
     let mut sockets: Vec<usize> = Vec::new();
+    let mut sockets_peer_shut: Vec<u64> = Vec::new();
     for (i, f) in fds.iter().enumerate() {
-        let FdKind::Socket { id, domain, kind, listening: false, ref peer, .. } = f.kind else { continue };
+        let FdKind::Socket { id, domain, kind, listening: false, ref peer, peer_id, .. } = f.kind else { continue };
         if f.outside_stdio.is_some() {
             continue; // the outside's, never peeked
         }
@@ -126,6 +127,11 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
         }
         if sockets.iter().any(|&s| matches!(fds[s].kind, FdKind::Socket { id: other, .. } if other == id)) {
             continue;
+        }
+        // A half-closed connection: end of file after the bytes waiting.
+        let connected = !peer.is_empty() || peer_id != 0;
+        if kind != libc::SOCK_DGRAM && connected && crate::sockets::peer_shut_down(f.fd) {
+            sockets_peer_shut.push(id);
         }
         if domain != libc::AF_UNIX {
             let stuck = crate::sockets::unsent(f.fd);
@@ -169,6 +175,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
         shared_pending,
         itimers,
         posix_timers,
+        sockets_peer_shut,
         agent: AgentInfo {
             restore_info_addr: &signals::RESTORE_INFO as *const _ as u64,
             ckpt_signal,

@@ -155,6 +155,17 @@ fn address(fd: i32, peer: bool) -> Vec<u8> {
     if bytes.len() <= 2 && sa.ss_family == libc::AF_UNIX as u16 { Vec::new() } else { bytes.to_vec() }
 }
 
+/// Whether a Unix stream or seqpacket socket is connected (getpeername
+/// answers) though the kernel names no peer inode: its peer was closed, and
+/// what it had sent may still wait to be read, before end of file.
+fn peer_closed(fd: i32) -> bool {
+    // SAFETY: a zeroed sockaddr_storage is valid; getpeername fills `len` bytes.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getpeername writes at most `len` bytes at `sa`.
+    unsafe { libc::getpeername(fd, &mut sa as *mut libc::sockaddr_storage as *mut libc::sockaddr, &mut len) == 0 }
+}
+
 /// Describes socket `fd` (inode `id`); `unix_peers` maps Unix socket
 /// inodes to their peers'.
 pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Option<FdKind> {
@@ -167,7 +178,14 @@ pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Opti
     let listening = sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
     let peer_id =
         if domain == libc::AF_UNIX { unix_peers.iter().find(|(s, _)| *s == id).map_or(0, |(_, p)| *p) } else { 0 };
-    let connected = !address(fd, true).is_empty();
+    let mut peer = address(fd, true);
+    if domain == libc::AF_UNIX && kind != libc::SOCK_DGRAM && peer_id == 0 && peer.is_empty() && peer_closed(fd) {
+        // Connected to an unnamed socket that is gone: its family alone
+        // says so (restart makes it again as a connection whose peer
+        // closed, docs/sockets.md).
+        peer = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    }
+    let connected = !peer.is_empty();
     let options = options(fd, domain, kind, protocol, listening || connected);
     if domain != libc::AF_UNIX && kind == libc::SOCK_STREAM && (connected || listening) {
         crate::reuse_addr::reuse_after_kill(fd, id);
@@ -180,7 +198,7 @@ pub fn describe(fd: i32, id: u64, flags: u32, unix_peers: &[(u64, u64)]) -> Opti
         flags,
         listening,
         local: address(fd, false),
-        peer: address(fd, true),
+        peer,
         peer_id,
         options,
     })
@@ -361,15 +379,103 @@ fn peek_messages_locked(fd: i32) -> Result<Vec<Vec<u8>>, String> {
     result.map(|()| out)
 }
 
-/// Bytes a TCP socket sent that its peer has not taken in yet (no room
-/// there): they cannot be read back, so a checkpoint must not go on.
-pub fn unsent(fd: i32) -> usize {
+/// Whether the peer of connected stream or seqpacket socket `fd` has shut
+/// down writing (or closed): its reader gets end of file once the bytes
+/// waiting are read. poll reports POLLRDHUP for both TCP and Unix sockets.
+pub fn peer_shut_down(fd: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: poll reads and writes one pollfd; a zero timeout never blocks.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r == 1 && p.revents & libc::POLLRDHUP != 0
+}
+
+/// `SIOCOUTQNSD` (linux/sockios.h): bytes of a TCP socket's send queue not
+/// sent yet. `SIOCOUTQ` counts those not acknowledged yet as well, among
+/// them bytes a loopback peer already holds (it acknowledges them later,
+/// or with its answer: a stopped peer's delayed ACK) and a FIN.
+const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+
+fn ioctl_int(fd: i32, request: libc::c_ulong) -> Option<usize> {
     let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int.
-    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) } != 0 {
-        return 0;
+    // SAFETY: both requests used here write one int.
+    (unsafe { libc::ioctl(fd, request, &mut n) } == 0).then_some(n.max(0) as usize)
+}
+
+/// Bytes a TCP socket holds that it has not sent at all: held back by
+/// Nagle or TCP_CORK (`push` sends them), or by a peer whose receive buffer
+/// is full. Bytes sent and not yet acknowledged are not counted: on
+/// loopback they are in the peer's receive queue already, where its own
+/// checkpoint saves them.
+pub fn unsent(fd: i32) -> usize {
+    ioctl_int(fd, SIOCOUTQNSD).unwrap_or(0)
+}
+
+/// Bytes sent and not acknowledged yet, plus those not sent.
+fn unacknowledged(fd: i32) -> usize {
+    ioctl_int(fd, libc::TIOCOUTQ).unwrap_or(0)
+}
+
+fn set_int(fd: i32, level: i32, name: i32, v: libc::c_int) -> bool {
+    // SAFETY: setsockopt reads one int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &v as *const libc::c_int as *const c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        ) == 0
     }
-    n.max(0) as usize
+}
+
+/// Sends what Nagle's algorithm or TCP_CORK holds back on `fd`, leaving
+/// both options as the program set them: turning TCP_NODELAY on, or
+/// TCP_CORK off, pushes the pending segments out at once.
+fn push(fd: i32) {
+    use libc::{IPPROTO_TCP, TCP_CORK, TCP_NODELAY};
+    if sockopt(fd, IPPROTO_TCP, TCP_CORK) == Some(1) && set_int(fd, IPPROTO_TCP, TCP_CORK, 0) {
+        set_int(fd, IPPROTO_TCP, TCP_CORK, 1);
+    }
+    if sockopt(fd, IPPROTO_TCP, TCP_NODELAY) == Some(0) && set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1) {
+        set_int(fd, IPPROTO_TCP, TCP_NODELAY, 0);
+    }
+}
+
+/// The connected TCP sockets among this process's descriptors.
+fn tcp_connections() -> Vec<i32> {
+    let Ok(fds) = crate::sys::numeric_entries(c"/proc/self/fd") else { return Vec::new() };
+    fds.into_iter()
+        .filter(|&fd| {
+            matches!(sockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6))
+                && sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+                && sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0)
+                && !address(fd, true).is_empty()
+        })
+        .collect()
+}
+
+/// How long phase 1 waits for the bytes a process sent to reach its peers.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Phase 1, the program's threads stopped: sends what the process's TCP
+/// connections hold back (Nagle, TCP_CORK) and waits a moment for their
+/// peers to acknowledge it, so that every byte written is in a receive
+/// queue, where the receiver's checkpoint (phase 2, once every process of
+/// the computation is through phase 1) peeks it. Bytes a full receive
+/// buffer holds back stay unsent; the checkpoint saves them from the send
+/// queue where it can (`send_queue`).
+pub fn flush_tcp() {
+    let fds: Vec<i32> = tcp_connections().into_iter().filter(|&fd| unacknowledged(fd) > 0).collect();
+    if fds.is_empty() {
+        return;
+    }
+    for &fd in &fds {
+        push(fd);
+    }
+    let deadline = std::time::Instant::now() + FLUSH_WAIT;
+    while fds.iter().any(|&fd| unacknowledged(fd) > 0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 #[cfg(test)]
@@ -383,6 +489,81 @@ mod tests {
 
     fn saved(options: &[SockOpt], level: i32, name: i32) -> Option<Vec<u8>> {
         options.iter().find(|o| o.level == level && o.name == name).map(|o| o.value.clone())
+    }
+
+    fn pair(kind: i32) -> [i32; 2] {
+        let mut p = [0; 2];
+        // SAFETY: socketpair writes two descriptors.
+        assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, p.as_mut_ptr()) }, 0);
+        p
+    }
+
+    fn close(fd: i32) {
+        // SAFETY: closing a descriptor of the test's own.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn a_unix_socket_whose_peer_closed_is_told_from_an_unconnected_one() {
+        for kind in [libc::SOCK_STREAM, libc::SOCK_SEQPACKET] {
+            let [a, b] = pair(kind);
+            assert!(peer_closed(a) && !peer_shut_down(a));
+            // SAFETY: shutdown on the test's socket.
+            unsafe { libc::shutdown(b, libc::SHUT_WR) };
+            assert!(peer_shut_down(a), "a half-closed connection");
+            close(b);
+            assert!(peer_closed(a), "still connected to its gone peer");
+            assert!(peer_shut_down(a));
+            close(a);
+            // SAFETY: plain socket creation.
+            let lone = unsafe { libc::socket(libc::AF_UNIX, kind, 0) };
+            assert!(!peer_closed(lone));
+            close(lone);
+        }
+    }
+
+    #[test]
+    fn bytes_a_loopback_peer_holds_unread_are_not_counted_as_unsent() {
+        // SAFETY: plain socket calls on the test's own sockets.
+        unsafe {
+            let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            let mut a: libc::sockaddr_in = std::mem::zeroed();
+            a.sin_family = libc::AF_INET as u16;
+            a.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            let p = &mut a as *mut libc::sockaddr_in as *mut libc::sockaddr;
+            assert_eq!(libc::bind(l, p, len), 0);
+            assert_eq!(libc::listen(l, 1), 0);
+            assert_eq!(libc::getsockname(l, p, &mut len), 0);
+            let c = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert_eq!(libc::connect(c, p, len), 0);
+            let s = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
+            assert!(s >= 0);
+            assert_eq!(libc::write(c, b"x".as_ptr().cast(), 1), 1);
+            // In the peer's queue, whether acknowledged yet or not.
+            for _ in 0..100 {
+                if ioctl_int(s, libc::FIONREAD) == Some(1) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(unsent(c), 0);
+            assert_eq!(peek(s).unwrap(), b"x");
+            assert!(tcp_connections().contains(&c) && !tcp_connections().contains(&l));
+            flush_tcp();
+            assert_eq!(unacknowledged(c), 0, "acknowledged within the flush's wait");
+            libc::shutdown(c, libc::SHUT_WR);
+            for _ in 0..100 {
+                if peer_shut_down(s) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(peer_shut_down(s) && !peer_shut_down(c));
+            for fd in [l, c, s] {
+                libc::close(fd);
+            }
+        }
     }
 
     #[test]

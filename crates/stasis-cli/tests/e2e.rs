@@ -30,6 +30,9 @@ mod tree;
 // Between processes: shared memory, Unix and TCP sockets.
 #[path = "e2e/ipc.rs"]
 mod ipc;
+// Sockets as DMTCP's autotest left them: bytes in flight, a peer closed.
+#[path = "e2e/dmtcp_sockets.rs"]
+mod dmtcp_sockets;
 // Everyday process trees: a Python multiprocessing pool, make -j2.
 #[path = "e2e/apps.rs"]
 mod apps;

@@ -387,6 +387,7 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
         e.u64(r.len);
         e.u64(r.generation);
     });
+    e.vec(&meta.sockets_peer_shut, |e, id| e.u64(*id));
     e.0
 }
 
@@ -396,8 +397,8 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
     decode_meta_version(bytes, crate::VERSION)
 }
 
-/// Decodes the metadata section of an image of format `version` (6 or 7:
-/// version 6 has no `inherited` list).
+/// Decodes the metadata section of an image of format `version` (6 to 8:
+/// version 6 has no `inherited` list, 6 and 7 no `sockets_peer_shut`).
 pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
     let mut d = Dec { data: bytes, pos: 0 };
     let mut m = ProcessMeta {
@@ -596,6 +597,9 @@ pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
     if version >= 7 {
         m.inherited =
             d.vec(28, |d| Ok(Inherited { region: d.u32()?, offset: d.u64()?, len: d.u64()?, generation: d.u64()? }))?;
+    }
+    if version >= 8 {
+        m.sockets_peer_shut = d.vec(8, |d| d.u64())?;
     }
     if d.pos != bytes.len() {
         return Err(corrupt(format!("{} unexpected bytes after the metadata", bytes.len() - d.pos)));
@@ -807,17 +811,33 @@ mod tests {
     }
 
     #[test]
+    fn half_closed_sockets() {
+        let mut m = valid();
+        m.sockets_peer_shut = vec![7, 1 << 40];
+        let bytes = encode_meta(&m);
+        assert_eq!(decode_meta(&bytes).unwrap(), m);
+        // Version 7 has no list.
+        assert!(decode_meta_version(&bytes, 7).is_err());
+        let v7 = &bytes[..bytes.len() - 4 - 16];
+        assert!(decode_meta_version(v7, 7).unwrap().sockets_peer_shut.is_empty());
+    }
+
+    #[test]
     fn inherited_memory() {
         let mut m = valid();
         m.generation = 5;
         m.inherited = vec![Inherited { region: 0, offset: 0, len: 0x1000, generation: 3 }];
         let bytes = encode_meta(&m);
         assert_eq!(decode_meta(&bytes).unwrap(), m);
-        // Version 6 has no list: its bytes end before it.
-        let v6 = &bytes[..bytes.len() - 4 - 28];
+        // Version 6 has no list: its bytes end before it (and before
+        // version 8's empty sockets_peer_shut list).
+        let v7 = &bytes[..bytes.len() - 4];
+        assert_eq!(decode_meta_version(v7, 7).unwrap(), m);
+        let v6 = &bytes[..bytes.len() - 4 - 4 - 28];
         let back = decode_meta_version(v6, 6).unwrap();
         assert!(back.inherited.is_empty());
         assert!(decode_meta_version(&bytes, 6).is_err());
+        assert!(decode_meta_version(&bytes, 7).is_err());
         refused(|m| m.inherited = vec![Inherited { region: 9, offset: 0, len: 0x1000, generation: 1 }], "region 9");
         refused(
             |m| m.inherited = vec![Inherited { region: 0, offset: 0x800, len: 0x1000, generation: 1 }],
@@ -872,9 +892,9 @@ mod tests {
         );
         refused(|m| m.chunks[1].data_len = 10, "holds 10 bytes in 9 stored ones");
         // The compression tag is the second last field of the last chunk
-        // (an empty inherited list follows).
+        // (the empty inherited and sockets_peer_shut lists follow).
         let mut v = encode_meta(&valid());
-        let at = v.len() - 9 - 4;
+        let at = v.len() - 9 - 4 - 4;
         v[at] = 2;
         assert_eq!(decode_meta(&v).unwrap().chunks[1].compression, Compression::Zstd);
         v[at] = 3;
@@ -899,10 +919,10 @@ mod tests {
             let w = what(decode_meta(&v).unwrap_err());
             assert!(w.contains(want), "{w:?} should mention {want:?}");
         }
-        // The descriptor's tag is followed by its outside-stdio byte and 45
+        // The descriptor's tag is followed by its outside-stdio byte and 49
         // bytes: four empty lists' counts, shared_pending, the agent's 17
-        // bytes and the empty inherited list's count.
-        let fd_tag = good.len() - 47;
+        // bytes and the empty inherited and sockets_peer_shut lists' counts.
+        let fd_tag = good.len() - 51;
         let mut v = good.clone();
         v[fd_tag] = 14;
         assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 14"));

@@ -50,6 +50,11 @@ pub struct ProcessMeta {
     /// earlier generation's image, which holds it (an incremental
     /// checkpoint). Format version 7.
     pub inherited: Vec<Inherited>,
+    /// Connected stream and seqpacket sockets (by `FdKind::Socket` id)
+    /// whose peer had shut down writing: once the bytes they had not read
+    /// are read, they read end of file (a half-closed connection). Format
+    /// version 8.
+    pub sockets_peer_shut: Vec<u64>,
 }
 
 /// `len` bytes of `regions[region]` from `offset` are as the image of the

@@ -519,6 +519,7 @@ prop_compose! {
             },
             chunks,
             inherited: Vec::new(),
+            sockets_peer_shut: (0..numbers[5] % 3).map(|i| numbers[5].wrapping_add(i)).collect(),
         }
     }
 }

@@ -202,12 +202,17 @@ fn bind_as(s: &Seen<'_>, fd: i32, addr: &[u8]) -> Result<(), String> {
 /// and a margin.
 const TIME_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(65);
 
+/// How long a port held by other sockets (a listener among them) may take
+/// to be let go: a restart at once after a kill can come while the killed
+/// processes' descriptors are still being closed.
+const CLOSING_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds a server's address (a listener's, or the accepting end of a
 /// connection). SO_REUSEADDR lets it past the connections the kill left in
 /// TIME_WAIT when the program had set it on them too; when it had not,
 /// the kernel keeps the port until they end (at most a minute): restart
 /// waits for that, saying so, rather than fail. A port a live socket holds
-/// fails at once.
+/// fails after a moment (`CLOSING_GRACE`).
 fn bind_server(s: &Seen<'_>, fd: i32, warn: &mut dyn FnMut(String)) -> Result<(), String> {
     let start = std::time::Instant::now();
     let mut told = false;
@@ -215,19 +220,47 @@ fn bind_server(s: &Seen<'_>, fd: i32, warn: &mut dyn FnMut(String)) -> Result<()
         let r = bind_as(s, fd, s.local);
         let in_use = std::io::Error::last_os_error().raw_os_error() == Some(libc::EADDRINUSE);
         let Some(port) = inet_port(s.local).filter(|_| r.is_err() && in_use) else { return r };
-        if !only_time_wait_on(port) || start.elapsed() > TIME_WAIT_LIMIT {
-            return r;
+        let states = tcp_states(port);
+        let closing = !states.is_empty() && states.iter().all(|&st| CLOSING_STATES.contains(&st));
+        let limit = if closing { TIME_WAIT_LIMIT } else { CLOSING_GRACE };
+        if start.elapsed() > limit {
+            let names: Vec<&str> = states.iter().map(|&st| state_name(st)).collect();
+            return r.map_err(|e| format!("{e} (port {port}: sockets in {})", names.join(", ")));
         }
-        if !told {
+        if closing && !told {
             warn(format!(
-                "socket {}: port {port} is held by the killed program's connections in TIME_WAIT (made without \
+                "socket {}: port {port} is held by the killed program's connections closing (made without \
                  SO_REUSEADDR); waiting for the kernel to let it go (at most a minute)",
                 s.id
             ));
             told = true;
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(std::time::Duration::from_millis(if closing { 200 } else { 50 }));
     }
+}
+
+/// TCP states of a connection on its way out, which the kernel ends by
+/// itself within about a minute: FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE,
+/// LAST_ACK, CLOSING (include/net/tcp_states.h).
+const CLOSING_STATES: [u8; 6] = [4, 5, 6, 7, 9, 11];
+
+fn state_name(st: u8) -> &'static str {
+    const NAMES: [&str; 13] = [
+        "?",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+    ];
+    NAMES.get(st as usize).copied().unwrap_or("?")
 }
 
 /// The port of an IPv4 or IPv6 address.
@@ -237,15 +270,14 @@ fn inet_port(addr: &[u8]) -> Option<u16> {
     (family == libc::AF_INET || family == libc::AF_INET6).then_some(port)
 }
 
-/// Whether every TCP socket of this network namespace on local port
-/// `port` is in TIME_WAIT (and there is at least one).
-fn only_time_wait_on(port: u16) -> bool {
+/// The states of the TCP sockets of this network namespace on local port
+/// `port`.
+fn tcp_states(port: u16) -> Vec<u8> {
     let mut states = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         states.extend(tcp_states_on(&std::fs::read_to_string(table).unwrap_or_default(), port));
     }
-    const TIME_WAIT: u8 = 6;
-    !states.is_empty() && states.iter().all(|&st| st == TIME_WAIT)
+    states
 }
 
 /// The states of the sockets of a /proc/net/tcp table bound to local port
@@ -314,6 +346,8 @@ impl SharedSockets {
 
     fn make_all(&mut self, images: &[&ImageReader], min_fd: i32, warn: &mut dyn FnMut(String)) -> Result<(), String> {
         let mut seen: Vec<Seen<'_>> = Vec::new();
+        // Sockets whose peer had shut down writing (images of version 8).
+        let peer_shut: Vec<u64> = images.iter().flat_map(|i| i.meta().sockets_peer_shut.iter().copied()).collect();
         for image in images {
             let meta = image.meta();
             // The launch's stdio from outside becomes restart's own.
@@ -353,6 +387,11 @@ impl SharedSockets {
             listeners.push((i, fd));
         }
         let mut paired = vec![false; seen.len()];
+        // Bound sockets keep SO_REUSEADDR on until every socket is made:
+        // two connections a listener accepted share its port, and the
+        // second one's listener of the moment binds it while the first
+        // holds it (it then gets the program's value, `settle`).
+        let mut unsettled: Vec<usize> = Vec::new();
         // Datagram sockets to connect once every socket is bound.
         let mut later: Vec<usize> = Vec::new();
         for i in 0..seen.len() {
@@ -399,8 +438,9 @@ impl SharedSockets {
                     };
                     // Accepted ends got their listener's options, socketpairs
                     // none: each gets its own (again, for the one made with them).
-                    apply(a, s, warn);
-                    apply(b, t, warn);
+                    prepare(a, s.options, s.id, warn);
+                    prepare(b, t.options, t.id, warn);
+                    unsettled.extend([i, j]);
 
                     if s.kind == libc::SOCK_STREAM {
                         fill(a, &contents(images, seen[j].id)?.concat(), s.id, warn);
@@ -413,10 +453,24 @@ impl SharedSockets {
                             send_message(b, None, &m, s.id, warn);
                         }
                     }
+                    // A half-closed connection: the end that had shut down
+                    // writing does so again, after what its peer had not
+                    // read (which then reads end of file after it).
+                    if peer_shut.contains(&seen[j].id) {
+                        shut_write(a);
+                    }
+                    if peer_shut.contains(&s.id) {
+                        shut_write(b);
+                    }
                     self.keep(s.id, a, min_fd)?;
                     self.keep(seen[j].id, b, min_fd)?;
                     paired[i] = true;
                     paired[j] = true;
+                }
+                // A Unix stream or seqpacket socket whose peer was closed.
+                _ if s.domain == libc::AF_UNIX && !dgram && s.peer_id == 0 && !s.peer.is_empty() => {
+                    let fd = orphan(s, &contents(images, s.id)?, warn)?;
+                    self.keep(s.id, fd, min_fd)?;
                 }
                 // A stream connected to outside the computation.
                 _ if !dgram && (!s.peer.is_empty() || s.peer_id != 0) => {}
@@ -427,12 +481,17 @@ impl SharedSockets {
                     {
                         warn(format!("socket {} comes back unbound ({e})", s.id));
                     }
-                    settle(fd, s.options);
+                    unsettled.push(i);
                     self.keep(s.id, fd, min_fd)?;
                     if dgram && !s.peer.is_empty() {
                         later.push(i);
                     }
                 }
+            }
+        }
+        for i in unsettled {
+            if let Some(&fd) = self.fds.get(&seen[i].id) {
+                settle(fd, seen[i].options);
             }
         }
         for i in later {
@@ -487,6 +546,24 @@ fn unix_pair(s: &Seen<'_>) -> Result<(i32, i32), String> {
         return Err(err("socketpair"));
     }
     Ok((pair[0], pair[1]))
+}
+
+/// A connected Unix socket like `s` whose peer is gone: one end of a new
+/// pair, given `unread` (the bytes, or messages, `s` had not read) by the
+/// other end, which is then closed. Reads get them, then end of file;
+/// writes fail with EPIPE, as before the checkpoint.
+fn orphan(s: &Seen<'_>, unread: &[Vec<u8>], warn: &mut dyn FnMut(String)) -> Result<i32, String> {
+    let (mine, other) = unix_pair(s)?;
+    apply(mine, s, warn);
+    if s.kind == libc::SOCK_STREAM {
+        fill(other, &unread.concat(), s.id, warn);
+    } else {
+        for m in unread {
+            send_message(other, None, m, s.id, warn);
+        }
+    }
+    close(other);
+    Ok(mine)
 }
 
 /// A new connection from `client`'s address to `server`'s, accepted
@@ -633,6 +710,11 @@ fn send_message(from: i32, dest: Option<&[u8]>, msg: &[u8], to: u64, warn: &mut 
     }
 }
 
+fn shut_write(fd: i32) {
+    // SAFETY: shutdown on a socket this code made.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
 /// Sends `bytes` from `from`, for its peer (socket `to`) to read.
 fn fill(from: i32, bytes: &[u8], to: u64, warn: &mut dyn FnMut(String)) {
     let mut done = 0;
@@ -684,6 +766,15 @@ mod tests {
         assert_eq!(tcp_states_on(table, 0xd3a2), vec![0x01]);
         assert!(tcp_states_on(table, 1).is_empty());
         assert_eq!(inet_port(&inet([127, 0, 0, 1], 8080)), Some(8080));
+    }
+
+    #[test]
+    fn closing_states_are_those_of_connections_on_their_way_out() {
+        let closing: Vec<&str> = CLOSING_STATES.iter().map(|&st| state_name(st)).collect();
+        assert_eq!(closing, ["FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE", "LAST_ACK", "CLOSING"]);
+        assert_eq!(state_name(0x0a), "LISTEN");
+        assert_eq!(state_name(0x08), "CLOSE_WAIT");
+        assert_eq!(state_name(99), "?");
     }
 
     #[test]
