@@ -177,6 +177,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
         },
         ..Default::default()
     };
+    meta.sysv_ipc = crate::ipc::sysv_objects()?;
     crate::timing::mark("collect");
     let epoch = crate::ALLOC.epoch();
     let (regions, plans) = memory()?;
@@ -561,6 +562,9 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
             FdKind::Agent
         } else if let Some(kind) = link.strip_prefix("anon_inode:") {
             anon_inode(fd, kind, flags, &info_text).unwrap_or(FdKind::Unsupported)
+        } else if st.st_mode & libc::S_IFMT == libc::S_IFREG && crate::ipc::is_message_queue(fd) {
+            let name = link.strip_suffix(" (deleted)").unwrap_or(&link);
+            crate::ipc::describe_queue(fd, name, &st, flags)?
         } else {
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => {

@@ -1,0 +1,487 @@
+//! Message queues and semaphores: System V message queues and semaphore
+//! sets, POSIX message queues (docs/ipc.md).
+//!
+//! A System V object has no descriptor: the program knows it by the id
+//! msgget or semget returned. The agent wraps those calls, and the calls
+//! that name an id (msgsnd, msgrcv, semop, semtimedop in `timeouts.rs`),
+//! and keeps the ids it saw in a lock-free table inherited across fork;
+//! the checkpoint reads each object's state from the kernel: a queue's
+//! messages with MSG_COPY (read without taking them), a set's values with
+//! GETALL. Every process of the computation is stopped by then, so every
+//! holder reads the same contents.
+//!
+//! A POSIX message queue is a descriptor: its attributes come from
+//! mq_getattr, its mq_notify registration from reading the queue itself.
+//! The kernel cannot read a message without taking it, so the checkpoint
+//! takes them all, in the order mq_receive gives them, and sends them
+//! back at once in the same order (priority first, then arrival: the
+//! order comes back the same), before the program runs again. Processes
+//! holding one queue take their turn under a flock on it.
+
+use std::ffi::{c_int, c_long, c_void};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+
+use stasis_image::{FdKind, MqMessage, MqNotify, SysvMessage, SysvObject};
+
+// ---- which System V objects the process uses --------------------------------
+
+const IDS: usize = 256;
+static MSG_IDS: [AtomicI32; IDS] = [const { AtomicI32::new(-1) }; IDS];
+static SEM_IDS: [AtomicI32; IDS] = [const { AtomicI32::new(-1) }; IDS];
+
+/// Adds `id` to `table` unless it is there (or the table is full: that
+/// object is then not saved). Atomics only: safe from any thread, at any
+/// moment.
+fn note(table: &[AtomicI32; IDS], id: i32) {
+    if id < 0 {
+        return;
+    }
+    for slot in table {
+        match slot.compare_exchange(-1, id, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(v) if v == id => return,
+            Err(_) => {}
+        }
+    }
+}
+
+fn noted(table: &[AtomicI32; IDS]) -> Vec<i32> {
+    let mut ids: Vec<i32> = table.iter().map(|s| s.load(Ordering::Acquire)).filter(|&id| id >= 0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// A semaphore set the program named (semtimedop's wrapper tells it too).
+pub fn note_sem(id: i32) {
+    note(&SEM_IDS, id);
+}
+
+// ---- the wrappers -----------------------------------------------------------
+
+static REAL_MSGGET: AtomicUsize = AtomicUsize::new(0);
+static REAL_MSGSND: AtomicUsize = AtomicUsize::new(0);
+static REAL_MSGRCV: AtomicUsize = AtomicUsize::new(0);
+static REAL_SEMGET: AtomicUsize = AtomicUsize::new(0);
+static REAL_SEMOP: AtomicUsize = AtomicUsize::new(0);
+
+/// Resolves libc's functions at start-up.
+pub fn resolve_real_functions() {
+    for (slot, name) in [
+        (&REAL_MSGGET, c"msgget"),
+        (&REAL_MSGSND, c"msgsnd"),
+        (&REAL_MSGRCV, c"msgrcv"),
+        (&REAL_SEMGET, c"semget"),
+        (&REAL_SEMOP, c"semop"),
+    ] {
+        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+        slot.store(unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize, Ordering::Release);
+    }
+}
+
+/// libc's function in `slot`, or None (errno ENOSYS) if it was not found.
+fn real(slot: &AtomicUsize) -> Option<usize> {
+    let f = slot.load(Ordering::Acquire);
+    if f == 0 {
+        // SAFETY: this thread's errno.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        return None;
+    }
+    Some(f)
+}
+
+/// # Safety
+/// Same contract as libc's msgget.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn msgget(key: libc::key_t, flags: c_int) -> c_int {
+    let Some(f) = real(&REAL_MSGGET) else { return -1 };
+    // SAFETY: dlsym found libc's function of this signature.
+    let real = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(libc::key_t, c_int) -> c_int>(f) };
+    // SAFETY: forwarded unchanged.
+    let id = unsafe { real(key, flags) };
+    note(&MSG_IDS, id);
+    id
+}
+
+/// # Safety
+/// Same contract as libc's msgsnd.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn msgsnd(id: c_int, msg: *const c_void, size: usize, flags: c_int) -> c_int {
+    note(&MSG_IDS, id);
+    let Some(f) = real(&REAL_MSGSND) else { return -1 };
+    type Snd = unsafe extern "C" fn(c_int, *const c_void, usize, c_int) -> c_int;
+    // SAFETY: dlsym found libc's function of this signature.
+    let real = unsafe { std::mem::transmute::<usize, Snd>(f) };
+    // SAFETY: forwarded unchanged.
+    unsafe { real(id, msg, size, flags) }
+}
+
+/// # Safety
+/// Same contract as libc's msgrcv.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn msgrcv(id: c_int, msg: *mut c_void, size: usize, mtype: c_long, flags: c_int) -> isize {
+    note(&MSG_IDS, id);
+    let Some(f) = real(&REAL_MSGRCV) else { return -1 };
+    type Rcv = unsafe extern "C" fn(c_int, *mut c_void, usize, c_long, c_int) -> isize;
+    // SAFETY: dlsym found libc's function of this signature.
+    let real = unsafe { std::mem::transmute::<usize, Rcv>(f) };
+    // SAFETY: forwarded unchanged.
+    unsafe { real(id, msg, size, mtype, flags) }
+}
+
+/// # Safety
+/// Same contract as libc's semget.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn semget(key: libc::key_t, nsems: c_int, flags: c_int) -> c_int {
+    let Some(f) = real(&REAL_SEMGET) else { return -1 };
+    // SAFETY: dlsym found libc's function of this signature.
+    let real = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(libc::key_t, c_int, c_int) -> c_int>(f) };
+    // SAFETY: forwarded unchanged.
+    let id = unsafe { real(key, nsems, flags) };
+    note(&SEM_IDS, id);
+    id
+}
+
+/// # Safety
+/// Same contract as libc's semop.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn semop(id: c_int, ops: *mut libc::sembuf, n: usize) -> c_int {
+    note(&SEM_IDS, id);
+    let Some(f) = real(&REAL_SEMOP) else { return -1 };
+    // SAFETY: dlsym found libc's function of this signature.
+    let real = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(c_int, *mut libc::sembuf, usize) -> c_int>(f) };
+    // SAFETY: forwarded unchanged.
+    unsafe { real(id, ops, n) }
+}
+
+// ---- System V objects at the checkpoint --------------------------------------
+
+/// MSG_COPY (linux/msg.h): msgrcv copies message number `msgtyp` and
+/// leaves it in the queue.
+const MSG_COPY: c_long = 0o40000;
+
+/// Raw system calls: the agent's own msgrcv above must not call itself.
+fn syscall(nr: c_long, a: [c_long; 5]) -> Result<c_long, i32> {
+    // SAFETY: the callers pass numbers and pointers to live buffers of the
+    // sizes they name.
+    let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4]) };
+    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)) } else { Ok(r) }
+}
+
+/// The message queues and semaphore sets the process used that still
+/// exist, with their contents; or why one could not be read.
+pub fn sysv_objects() -> Result<Vec<SysvObject>, String> {
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    let mut out = Vec::new();
+    for id in noted(&MSG_IDS) {
+        if let Some(q) = message_queue(id)? {
+            out.push(q);
+        }
+    }
+    for id in noted(&SEM_IDS) {
+        if let Some(s) = semaphores(id)? {
+            out.push(s);
+        }
+    }
+    if let Some(e) = errno {
+        // SAFETY: this thread's errno, as it was.
+        unsafe { *libc::__errno_location() = e };
+    }
+    Ok(out)
+}
+
+fn message_queue(id: i32) -> Result<Option<SysvObject>, String> {
+    // SAFETY: msqid_ds is plain data.
+    let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    match syscall(libc::SYS_msgctl, [id as c_long, libc::IPC_STAT as c_long, &mut ds as *mut _ as c_long, 0, 0]) {
+        Ok(_) => {}
+        // Removed since (or never ours to read): nothing to save.
+        Err(libc::EINVAL | libc::EIDRM) => return Ok(None),
+        Err(e) => return Err(format!("System V message queue {id}: IPC_STAT: errno {e}")),
+    }
+    // No message is longer than what the queue holds in all.
+    let longest = (ds.__msg_cbytes as usize).max(1);
+    let mut buf = vec![0u8; 8 + longest];
+    let mut messages = Vec::with_capacity(ds.msg_qnum as usize);
+    for i in 0..ds.msg_qnum as c_long {
+        let flags = (libc::IPC_NOWAIT as c_long) | MSG_COPY;
+        let n = syscall(libc::SYS_msgrcv, [id as c_long, buf.as_mut_ptr() as c_long, longest as c_long, i, flags])
+            .map_err(|e| {
+                format!(
+                    "System V message queue {id}: reading message {i} without taking it (MSG_COPY, a kernel built \
+                     with CONFIG_CHECKPOINT_RESTORE): errno {e}"
+                )
+            })?;
+        let mtype = i64::from_ne_bytes(buf[..8].try_into().unwrap_or_default());
+        messages.push(SysvMessage { mtype, data: buf[8..8 + n as usize].to_vec() });
+    }
+    Ok(Some(SysvObject::MessageQueue {
+        id,
+        key: ds.msg_perm.__key,
+        mode: u32::from(ds.msg_perm.mode) & 0o777,
+        qbytes: ds.msg_qbytes,
+        messages,
+    }))
+}
+
+fn semaphores(id: i32) -> Result<Option<SysvObject>, String> {
+    // SAFETY: semid_ds is plain data.
+    let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+    match syscall(libc::SYS_semctl, [id as c_long, 0, libc::IPC_STAT as c_long, &mut ds as *mut _ as c_long, 0]) {
+        Ok(_) => {}
+        Err(libc::EINVAL | libc::EIDRM) => return Ok(None),
+        Err(e) => return Err(format!("System V semaphore set {id}: IPC_STAT: errno {e}")),
+    }
+    let mut values = vec![0u16; ds.sem_nsems as usize];
+    syscall(libc::SYS_semctl, [id as c_long, 0, libc::GETALL as c_long, values.as_mut_ptr() as c_long, 0])
+        .map_err(|e| format!("System V semaphore set {id}: GETALL: errno {e}"))?;
+    Ok(Some(SysvObject::Semaphores { id, key: ds.sem_perm.__key, mode: u32::from(ds.sem_perm.mode) & 0o777, values }))
+}
+
+// ---- POSIX message queues ----------------------------------------------------
+
+/// statfs f_type of the mqueue filesystem.
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+
+/// Whether `fd` is a POSIX message queue.
+pub fn is_message_queue(fd: i32) -> bool {
+    // SAFETY: statfs is plain data; fstatfs fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid buffer.
+    unsafe { libc::fstatfs(fd, &mut st) == 0 && st.f_type == MQUEUE_MAGIC }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MqAttr {
+    flags: c_long,
+    maxmsg: c_long,
+    msgsize: c_long,
+    curmsgs: c_long,
+    _reserved: [c_long; 4],
+}
+
+fn getattr(fd: i32) -> Result<MqAttr, i32> {
+    let mut a = MqAttr::default();
+    syscall(libc::SYS_mq_getsetattr, [fd as c_long, 0, &mut a as *mut _ as c_long, 0, 0])?;
+    Ok(a)
+}
+
+/// Descriptor `fd`, a POSIX message queue: its attributes, its messages
+/// (taken and sent back, see the module's comment) and who it notifies.
+/// `link` is its /proc/self/fd link ("/name", "/name (deleted)").
+pub fn describe_queue(fd: i32, link: &str, st: &libc::stat, flags: u32) -> Result<FdKind, String> {
+    let at = |what: &str, e: i32| format!("fd {fd} (POSIX message queue {link}): {what}: errno {e}");
+    let attr = getattr(fd).map_err(|e| at("mq_getattr", e))?;
+    let name = if st.st_nlink == 0 { String::new() } else { link.to_string() };
+    // Our own open file: reading and the flags it needs leave the
+    // program's descriptor (its offset, O_NONBLOCK, access mode) alone.
+    let own = reopen(fd).map_err(|e| at("open it again", e))?;
+    let notify = notification(own);
+    let mut messages = Vec::new();
+    if attr.curmsgs > 0 {
+        let locked = lock(own);
+        let result = take_and_put_back(own, attr.msgsize.max(1) as usize, &mut messages);
+        if locked {
+            // SAFETY: flock on our own descriptor.
+            unsafe { libc::flock(own, libc::LOCK_UN) };
+        }
+        if let Err(e) = result {
+            close(own);
+            return Err(at("saving its messages", e));
+        }
+    }
+    close(own);
+    Ok(FdKind::MessageQueue {
+        id: st.st_ino,
+        name,
+        flags,
+        mode: st.st_mode & 0o7777,
+        maxmsg: attr.maxmsg as u64,
+        msgsize: attr.msgsize as u64,
+        messages,
+        notify,
+    })
+}
+
+/// A new open file of the queue behind `fd`, for reading and writing,
+/// non-blocking (every process that uses a queue may open it so).
+fn reopen(fd: i32) -> Result<i32, i32> {
+    let path = format!("/proc/self/fd/{fd}\0");
+    // SAFETY: open with a NUL-terminated path.
+    let own = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if own < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)) } else { Ok(own) }
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing a descriptor this module opened.
+    unsafe { libc::close(fd) };
+}
+
+/// Takes the queue for us alone among the computation's processes, which
+/// all save it at this moment; gives up after two seconds (something else
+/// holds a lock on it) and goes on without.
+fn lock(fd: i32) -> bool {
+    for _ in 0..2000 {
+        // SAFETY: flock on our own descriptor.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return true;
+        }
+        crate::sys::sleep_ms(1);
+    }
+    false
+}
+
+/// Receives every message (non-blocking `fd`), then sends them back in the
+/// same order. A message that cannot go back is an error: the checkpoint
+/// fails rather than lose it silently (the program has lost it anyway).
+fn take_and_put_back(fd: i32, msgsize: usize, out: &mut Vec<MqMessage>) -> Result<(), i32> {
+    let mut buf = vec![0u8; msgsize];
+    loop {
+        let mut prio: u32 = 0;
+        let args = [fd as c_long, buf.as_mut_ptr() as c_long, msgsize as c_long, &mut prio as *mut u32 as c_long, 0];
+        match syscall(libc::SYS_mq_timedreceive, args) {
+            Ok(n) => out.push(MqMessage { priority: prio, data: buf[..n as usize].to_vec() }),
+            Err(libc::EAGAIN) => break,
+            Err(libc::EINTR) => continue,
+            Err(e) => {
+                put_back(fd, out)?;
+                return Err(e);
+            }
+        }
+    }
+    put_back(fd, out)
+}
+
+fn put_back(fd: i32, messages: &[MqMessage]) -> Result<(), i32> {
+    for m in messages {
+        loop {
+            let args =
+                [fd as c_long, m.data.as_ptr() as c_long, m.data.len() as c_long, c_long::from(m.priority), 0];
+            match syscall(libc::SYS_mq_timedsend, args) {
+                Ok(_) => break,
+                Err(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The registration reading the queue shows: "QSIZE:n NOTIFY:k SIGNO:s
+/// NOTIFY_PID:p" (NOTIFY is SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD 2;
+/// the pid as this process's pid namespace sees it; 0: nobody).
+fn notification(fd: i32) -> Option<MqNotify> {
+    let mut buf = [0u8; 128];
+    // SAFETY: pread into a live buffer from our own descriptor.
+    let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let text = std::str::from_utf8(buf.get(..n.max(0) as usize)?).ok()?;
+    parse_notification(text).map(|(pid, notify, signal)| MqNotify {
+        pid,
+        notify,
+        signal,
+        value: notify_value(fd_inode(fd), pid),
+    })
+}
+
+fn parse_notification(text: &str) -> Option<(i32, i32, i32)> {
+    let field = |name: &str| -> Option<i32> {
+        let at = text.find(name)? + name.len();
+        text[at..].split_whitespace().next()?.parse().ok()
+    };
+    let pid = field("NOTIFY_PID:")?;
+    (pid > 0).then_some((pid, field(" NOTIFY:")?, field("SIGNO:")?))
+}
+
+fn fd_inode(fd: i32) -> u64 {
+    // SAFETY: stat is plain data; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid buffer.
+    if unsafe { libc::fstat(fd, &mut st) } == 0 { st.st_ino } else { 0 }
+}
+
+// ---- mq_notify: the sigev_value the kernel does not tell -------------------
+
+const NOTIFY_SLOTS: usize = 64;
+/// (queue inode, sigev_value) of this process's registrations; inode 0 is free.
+static NOTIFY_INODE: [std::sync::atomic::AtomicU64; NOTIFY_SLOTS] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; NOTIFY_SLOTS];
+static NOTIFY_VALUE: [std::sync::atomic::AtomicU64; NOTIFY_SLOTS] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; NOTIFY_SLOTS];
+static REAL_MQ_NOTIFY: AtomicUsize = AtomicUsize::new(0);
+
+/// The value this process gave for its registration on queue `inode`
+/// (0 if the agent did not see it: another process registered).
+fn notify_value(inode: u64, pid: i32) -> u64 {
+    if pid != crate::sys::getpid() {
+        return 0;
+    }
+    (0..NOTIFY_SLOTS)
+        .find(|&i| NOTIFY_INODE[i].load(Ordering::Acquire) == inode)
+        .map_or(0, |i| NOTIFY_VALUE[i].load(Ordering::Acquire))
+}
+
+fn remember_notify_value(inode: u64, value: u64) {
+    if inode == 0 {
+        return;
+    }
+    let slot = (0..NOTIFY_SLOTS).find(|&i| NOTIFY_INODE[i].load(Ordering::Acquire) == inode).or_else(|| {
+        (0..NOTIFY_SLOTS).find(|&i| {
+            NOTIFY_INODE[i].compare_exchange(0, inode, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        })
+    });
+    if let Some(i) = slot {
+        NOTIFY_VALUE[i].store(value, Ordering::Release);
+    }
+}
+
+/// Resolves libc's mq_notify (in libc, or librt on older glibc).
+pub fn resolve_mq_notify() {
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+    REAL_MQ_NOTIFY.store(unsafe { libc::dlsym(libc::RTLD_NEXT, c"mq_notify".as_ptr()) } as usize, Ordering::Release);
+}
+
+/// # Safety
+/// Same contract as libc's mq_notify.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mq_notify(fd: libc::mqd_t, sev: *const libc::sigevent) -> c_int {
+    let Some(f) = real(&REAL_MQ_NOTIFY) else { return -1 };
+    // SAFETY: dlsym found libc's function of this signature.
+    let real = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(libc::mqd_t, *const libc::sigevent) -> c_int>(f) };
+    // SAFETY: forwarded unchanged.
+    let r = unsafe { real(fd, sev) };
+    if r == 0 && !sev.is_null() {
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        // SAFETY: the caller passes a valid sigevent; sigev_value is its
+        // first field, a union of an int and a pointer.
+        let value = unsafe { std::ptr::read(sev.cast::<u64>()) };
+        remember_notify_value(fd_inode(fd), value);
+        if let Some(e) = errno {
+            // SAFETY: this thread's errno, as libc left it.
+            unsafe { *libc::__errno_location() = e };
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_notification_line_is_read() {
+        let line = "QSIZE:2          NOTIFY:0     SIGNO:10    NOTIFY_PID:4242  \n";
+        assert_eq!(parse_notification(line), Some((4242, 0, 10)));
+        assert_eq!(parse_notification("QSIZE:0          NOTIFY:0     SIGNO:0     NOTIFY_PID:0     \n"), None);
+        assert_eq!(parse_notification("garbage"), None);
+    }
+
+    #[test]
+    fn ids_are_noted_once() {
+        static T: [AtomicI32; IDS] = [const { AtomicI32::new(-1) }; IDS];
+        for id in [5, 7, 5, -1, 0] {
+            note(&T, id);
+        }
+        assert_eq!(noted(&T), vec![0, 5, 7]);
+    }
+}
