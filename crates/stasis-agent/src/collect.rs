@@ -88,6 +88,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
     let shared_pending = stasis_procfs::status_hex(&status, "ShdPnd").unwrap_or(0);
 
     let threads = threads(pid)?;
+    crate::ipc::forget_kept();
     let fds = descriptors(agent_fd)?;
     let deleted_files = fds
         .iter()

@@ -292,6 +292,13 @@ pub fn describe_queue(fd: i32, link: &str, st: &libc::stat, flags: u32) -> Resul
         }
     }
     close(own);
+    // Closing any descriptor of a queue drops the registration the closing
+    // process holds on it (the kernel's mqueue flush): ours, just closed,
+    // did. It is made again at once, as it was.
+    if let Some(n) = notify.filter(|n| n.pid == crate::sys::getpid()) {
+        register_again(fd, &n).map_err(|e| at("its mq_notify registration could not be kept", e))?;
+        keep_for_restore(fd, &n);
+    }
     Ok(FdKind::MessageQueue {
         id: st.st_ino,
         name,
@@ -311,6 +318,26 @@ fn reopen(fd: i32) -> Result<i32, i32> {
     // SAFETY: open with a NUL-terminated path.
     let own = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
     if own < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)) } else { Ok(own) }
+}
+
+/// The kernel's `struct sigevent` (64 bytes): value, signal, how.
+#[repr(C)]
+struct KernelSigevent {
+    value: u64,
+    signo: i32,
+    notify: i32,
+    _pad: [i32; 12],
+}
+
+fn register_again(fd: i32, n: &MqNotify) -> Result<(), i32> {
+    if n.notify == libc::SIGEV_THREAD {
+        // Its netlink socket and cookie are glibc's, unknown here: the
+        // registration is lost (docs/ipc.md says so); the restart's log
+        // names it.
+        return Ok(());
+    }
+    let sev = KernelSigevent { value: n.value, signo: n.signal, notify: n.notify, _pad: [0; 12] };
+    syscall(libc::SYS_mq_notify, [fd as c_long, &sev as *const KernelSigevent as c_long, 0, 0, 0]).map(|_| ())
 }
 
 fn close(fd: i32) {
@@ -398,6 +425,65 @@ fn fd_inode(fd: i32) -> u64 {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid buffer.
     if unsafe { libc::fstat(fd, &mut st) } == 0 { st.st_ino } else { 0 }
+}
+
+// ---- mq_notify after a restart -----------------------------------------------
+
+/// This process's registrations at the checkpoint, by descriptor: a
+/// restored process asks again (`register_after_restore`), after restart
+/// has closed its own descriptors of the queues (each close by the owner
+/// would have dropped a registration made earlier).
+struct Kept {
+    fd: AtomicI32,
+    notify: AtomicI32,
+    signal: AtomicI32,
+    value: std::sync::atomic::AtomicU64,
+}
+
+const KEPT_SLOTS: usize = 16;
+static KEPT: [Kept; KEPT_SLOTS] = [const {
+    Kept {
+        fd: AtomicI32::new(-1),
+        notify: AtomicI32::new(0),
+        signal: AtomicI32::new(0),
+        value: std::sync::atomic::AtomicU64::new(0),
+    }
+}; KEPT_SLOTS];
+
+/// Called once per checkpoint before the descriptors are listed.
+pub fn forget_kept() {
+    for k in &KEPT {
+        k.fd.store(-1, Ordering::Release);
+    }
+}
+
+fn keep_for_restore(fd: i32, n: &MqNotify) {
+    if let Some(k) = KEPT.iter().find(|k| k.fd.load(Ordering::Acquire) < 0) {
+        k.notify.store(n.notify, Ordering::Release);
+        k.signal.store(n.signal, Ordering::Release);
+        k.value.store(n.value, Ordering::Release);
+        k.fd.store(fd, Ordering::Release);
+    }
+}
+
+/// In a restored process, before the program runs again.
+pub fn register_after_restore() {
+    for k in &KEPT {
+        let fd = k.fd.load(Ordering::Acquire);
+        if fd < 0 {
+            continue;
+        }
+        let n = MqNotify {
+            pid: 0,
+            notify: k.notify.load(Ordering::Acquire),
+            signal: k.signal.load(Ordering::Acquire),
+            value: k.value.load(Ordering::Acquire),
+        };
+        // EBUSY: restart's own registration held (the same one).
+        let _ = register_again(fd, &n);
+        // The queue is another inode now.
+        remember_notify_value(fd_inode(fd), n.value);
+    }
 }
 
 // ---- mq_notify: the sigev_value the kernel does not tell -------------------

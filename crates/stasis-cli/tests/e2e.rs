@@ -27,6 +27,9 @@ mod tree;
 // Between processes: shared memory, Unix and TCP sockets.
 #[path = "e2e/ipc.rs"]
 mod ipc;
+// System V message queues and semaphores, POSIX message queues.
+#[path = "e2e/ipc_objects.rs"]
+mod ipc_objects;
 // Everyday process trees: a Python multiprocessing pool, make -j2.
 #[path = "e2e/apps.rs"]
 mod apps;
