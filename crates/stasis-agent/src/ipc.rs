@@ -149,7 +149,8 @@ pub unsafe extern "C" fn semop(id: c_int, ops: *mut libc::sembuf, n: usize) -> c
     note(&SEM_IDS, id);
     let Some(f) = real(&REAL_SEMOP) else { return -1 };
     // SAFETY: dlsym found libc's function of this signature.
-    let real = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(c_int, *mut libc::sembuf, usize) -> c_int>(f) };
+    let real =
+        unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(c_int, *mut libc::sembuf, usize) -> c_int>(f) };
     // SAFETY: forwarded unchanged.
     unsafe { real(id, ops, n) }
 }
@@ -383,8 +384,7 @@ fn take_and_put_back(fd: i32, msgsize: usize, out: &mut Vec<MqMessage>) -> Resul
 fn put_back(fd: i32, messages: &[MqMessage]) -> Result<(), i32> {
     for m in messages {
         loop {
-            let args =
-                [fd as c_long, m.data.as_ptr() as c_long, m.data.len() as c_long, c_long::from(m.priority), 0];
+            let args = [fd as c_long, m.data.as_ptr() as c_long, m.data.len() as c_long, c_long::from(m.priority), 0];
             match syscall(libc::SYS_mq_timedsend, args) {
                 Ok(_) => break,
                 Err(libc::EINTR) => continue,
@@ -512,9 +512,8 @@ fn remember_notify_value(inode: u64, value: u64) {
         return;
     }
     let slot = (0..NOTIFY_SLOTS).find(|&i| NOTIFY_INODE[i].load(Ordering::Acquire) == inode).or_else(|| {
-        (0..NOTIFY_SLOTS).find(|&i| {
-            NOTIFY_INODE[i].compare_exchange(0, inode, Ordering::AcqRel, Ordering::Acquire).is_ok()
-        })
+        (0..NOTIFY_SLOTS)
+            .find(|&i| NOTIFY_INODE[i].compare_exchange(0, inode, Ordering::AcqRel, Ordering::Acquire).is_ok())
     });
     if let Some(i) = slot {
         NOTIFY_VALUE[i].store(value, Ordering::Release);
@@ -533,7 +532,8 @@ pub fn resolve_mq_notify() {
 pub unsafe extern "C" fn mq_notify(fd: libc::mqd_t, sev: *const libc::sigevent) -> c_int {
     let Some(f) = real(&REAL_MQ_NOTIFY) else { return -1 };
     // SAFETY: dlsym found libc's function of this signature.
-    let real = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(libc::mqd_t, *const libc::sigevent) -> c_int>(f) };
+    let real =
+        unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(libc::mqd_t, *const libc::sigevent) -> c_int>(f) };
     // SAFETY: forwarded unchanged.
     let r = unsafe { real(fd, sev) };
     if r == 0 && !sev.is_null() {

@@ -7,8 +7,8 @@
 use std::fmt::Write;
 
 use crate::{
-    SysvObject,
     ChunkKind, Compression, FdKind, FileSave, Header, PROT_EXEC, PROT_READ, PROT_WRITE, ProcessMeta, RegionKind,
+    SysvObject,
 };
 
 /// Where the kernel's x86_64 `struct ucontext` keeps what we show:

@@ -141,7 +141,13 @@ fn creation_flags(key: i32, mode: u32) -> libc::c_int {
     libc::IPC_CREAT | excl | (mode & 0o777) as libc::c_int
 }
 
-fn message_queue(id: i32, key: i32, mode: u32, qbytes: u64, messages: &[stasis_image::SysvMessage]) -> Result<(), String> {
+fn message_queue(
+    id: i32,
+    key: i32,
+    mode: u32,
+    qbytes: u64,
+    messages: &[stasis_image::SysvMessage],
+) -> Result<(), String> {
     let total: u64 = messages.iter().map(|m| m.data.len() as u64).sum();
     raise_limit("/proc/sys/kernel/msgmnb", qbytes);
     raise_limit("/proc/sys/kernel/msgmax", messages.iter().map(|m| m.data.len() as u64).max().unwrap_or(0));
@@ -204,7 +210,10 @@ fn posix_queue(q: &Queue, n: usize, min_fd: i32) -> Result<i32, String> {
     // SAFETY: mq_open with a NUL-terminated name and a valid attribute block.
     let fd = unsafe { libc::mq_open(c.as_ptr(), flags, q.mode as libc::mode_t, &mut attr as *mut libc::mq_attr) };
     let fd = check(fd).map_err(|e| {
-        format!("mq_open with at most {} messages of {} bytes: {e} (the limits of /proc/sys/fs/mqueue)", q.maxmsg, q.msgsize)
+        format!(
+            "mq_open with at most {} messages of {} bytes: {e} (the limits of /proc/sys/fs/mqueue)",
+            q.maxmsg, q.msgsize
+        )
     })?;
     if q.name.is_empty() {
         // SAFETY: mq_unlink with a NUL-terminated name.
