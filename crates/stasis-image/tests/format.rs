@@ -277,116 +277,109 @@ fn arb_file_save() -> impl Strategy<Value = FileSave> {
 }
 
 fn arb_fd() -> impl Strategy<Value = Fd> {
-    let kind =
-        prop_oneof![
-            (
-                (arb_string(), any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>()),
-                (any::<u64>(), any::<u64>(), arb_file_save())
-            )
-                .prop_map(|((path, flags, offset, size, deleted), (dev, inode, saved))| FdKind::File {
-                    path,
-                    flags,
-                    offset,
-                    size,
-                    deleted,
-                    dev,
-                    inode,
-                    saved
-                }),
-            (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Directory { path, flags }),
-            (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Device { path, flags }),
-            arb_string().prop_map(|what| FdKind::Inherited { what }),
-            Just(FdKind::Agent),
-            Just(FdKind::Unsupported),
-            (any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(count, semaphore, flags)| FdKind::EventFd {
-                count,
-                semaphore,
-                flags
+    let kind = prop_oneof![
+        (
+            (arb_string(), any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>()),
+            (any::<u64>(), any::<u64>(), arb_file_save())
+        )
+            .prop_map(|((path, flags, offset, size, deleted), (dev, inode, saved))| FdKind::File {
+                path,
+                flags,
+                offset,
+                size,
+                deleted,
+                dev,
+                inode,
+                saved
             }),
-            (any::<u64>(), any::<u32>()).prop_map(|(mask, flags)| FdKind::SignalFd { mask, flags }),
-            (any::<i32>(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(clock, flags, value_ns, interval_ns, ticks)| FdKind::TimerFd {
-                    clock,
-                    flags,
-                    value_ns,
-                    interval_ns,
-                    ticks
-                }
-            ),
-            (
-                any::<u32>(),
-                proptest::collection::vec(
-                    (any::<i32>(), any::<u32>(), any::<u64>()).prop_map(|(fd, events, data)| EpollTarget {
-                        fd,
-                        events,
-                        data
-                    }),
-                    0..4
-                )
-            )
-                .prop_map(|(flags, targets)| FdKind::Epoll { flags, targets }),
-            (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), arb_string(), any::<bool>()).prop_map(
-                |(id, write, flags, size, fifo, peer_gone)| FdKind::Pipe { id, write, flags, size, fifo, peer_gone }
-            ),
-            (
-                (any::<u64>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<u32>(), any::<bool>()),
-                proptest::collection::vec(any::<u8>(), 0..40),
-                proptest::collection::vec(any::<u8>(), 0..40),
-                any::<u64>(),
-                proptest::collection::vec(
-                    (any::<(i32, i32)>(), proptest::collection::vec(any::<u8>(), 0..16))
-                        .prop_map(|((level, name), value)| SockOpt { level, name, value }),
-                    0..3
-                )
-            )
-                .prop_map(
-                    |((id, domain, kind, protocol, flags, listening), local, peer, peer_id, options)| {
-                        FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id, options }
-                    }
-                ),
-            (
-                any::<u32>(),
-                proptest::collection::vec(
-                    (any::<i32>(), any::<u32>(), arb_string()).prop_map(|(wd, mask, path)| InotifyWatch {
-                        wd,
-                        mask,
-                        path
-                    }),
-                    0..3
-                ),
-                any::<u32>()
-            )
-                .prop_map(|(flags, watches, unread)| FdKind::Inotify { flags, watches, unread }),
-            (
-                (any::<u64>(), arb_string(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u64>()),
-                proptest::collection::vec(
-                    (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..20))
-                        .prop_map(|(priority, data)| MqMessage { priority, data }),
-                    0..3
-                ),
-                proptest::option::of(any::<(i32, i32, i32, u64)>().prop_map(|(pid, notify, signal, value)| MqNotify {
-                    pid,
-                    notify,
-                    signal,
-                    value
-                }))
-            )
-                .prop_map(|((id, name, flags, mode, maxmsg, msgsize), messages, notify)| {
-                    FdKind::MessageQueue { id, name, flags, mode, maxmsg, msgsize, messages, notify }
+        (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Directory { path, flags }),
+        (arb_string(), any::<u32>()).prop_map(|(path, flags)| FdKind::Device { path, flags }),
+        arb_string().prop_map(|what| FdKind::Inherited { what }),
+        Just(FdKind::Agent),
+        Just(FdKind::Unsupported),
+        (any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(count, semaphore, flags)| FdKind::EventFd {
+            count,
+            semaphore,
+            flags
+        }),
+        (any::<u64>(), any::<u32>()).prop_map(|(mask, flags)| FdKind::SignalFd { mask, flags }),
+        (any::<i32>(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(clock, flags, value_ns, interval_ns, ticks)| FdKind::TimerFd {
+                clock,
+                flags,
+                value_ns,
+                interval_ns,
+                ticks
+            }
+        ),
+        (
+            any::<u32>(),
+            proptest::collection::vec(
+                (any::<i32>(), any::<u32>(), any::<u64>()).prop_map(|(fd, events, data)| EpollTarget {
+                    fd,
+                    events,
+                    data
                 }),
-            (
-                (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..60), any::<bool>(), any::<i32>()),
-                any::<[u16; 4]>(),
-                proptest::option::of(
-                    any::<(bool, u32, bool, bool)>()
-                        .prop_map(|(master, index, locked, packet)| { PtyEnd { master, index, locked, packet } })
-                ),
-                proptest::collection::vec(any::<u8>(), 0..40)
+                0..4
             )
-                .prop_map(|((flags, termios, controlling, foreground), window, pty, unread)| {
-                    FdKind::Terminal { flags, termios, controlling, foreground, window, pty, unread }
-                }),
-        ];
+        )
+            .prop_map(|(flags, targets)| FdKind::Epoll { flags, targets }),
+        (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), arb_string(), any::<bool>()).prop_map(
+            |(id, write, flags, size, fifo, peer_gone)| FdKind::Pipe { id, write, flags, size, fifo, peer_gone }
+        ),
+        (
+            (any::<u64>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<u32>(), any::<bool>()),
+            proptest::collection::vec(any::<u8>(), 0..40),
+            proptest::collection::vec(any::<u8>(), 0..40),
+            any::<u64>(),
+            proptest::collection::vec(
+                (any::<(i32, i32)>(), proptest::collection::vec(any::<u8>(), 0..16))
+                    .prop_map(|((level, name), value)| SockOpt { level, name, value }),
+                0..3
+            )
+        )
+            .prop_map(|((id, domain, kind, protocol, flags, listening), local, peer, peer_id, options)| {
+                FdKind::Socket { id, domain, kind, protocol, flags, listening, local, peer, peer_id, options }
+            }),
+        (
+            any::<u32>(),
+            proptest::collection::vec(
+                (any::<i32>(), any::<u32>(), arb_string()).prop_map(|(wd, mask, path)| InotifyWatch { wd, mask, path }),
+                0..3
+            ),
+            any::<u32>()
+        )
+            .prop_map(|(flags, watches, unread)| FdKind::Inotify { flags, watches, unread }),
+        (
+            (any::<u64>(), arb_string(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u64>()),
+            proptest::collection::vec(
+                (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..20))
+                    .prop_map(|(priority, data)| MqMessage { priority, data }),
+                0..3
+            ),
+            proptest::option::of(any::<(i32, i32, i32, u64)>().prop_map(|(pid, notify, signal, value)| MqNotify {
+                pid,
+                notify,
+                signal,
+                value
+            }))
+        )
+            .prop_map(|((id, name, flags, mode, maxmsg, msgsize), messages, notify)| {
+                FdKind::MessageQueue { id, name, flags, mode, maxmsg, msgsize, messages, notify }
+            }),
+        (
+            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..60), any::<bool>(), any::<i32>()),
+            any::<[u16; 4]>(),
+            proptest::option::of(
+                any::<(bool, u32, bool, bool)>()
+                    .prop_map(|(master, index, locked, packet)| { PtyEnd { master, index, locked, packet } })
+            ),
+            proptest::collection::vec(any::<u8>(), 0..40)
+        )
+            .prop_map(|((flags, termios, controlling, foreground), window, pty, unread)| {
+                FdKind::Terminal { flags, termios, controlling, foreground, window, pty, unread }
+            }),
+    ];
     (any::<i32>(), any::<bool>(), kind, proptest::option::of(0u8..3))
         .prop_map(|(fd, cloexec, kind, outside_stdio)| Fd { fd, cloexec, kind, outside_stdio })
 }
