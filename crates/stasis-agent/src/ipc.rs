@@ -563,6 +563,36 @@ mod tests {
     }
 
     #[test]
+    fn messages_taken_and_put_back_keep_their_order() {
+        let name = format!("/stasis-agent-test-{}\0", std::process::id());
+        // SAFETY: mq_attr is plain data.
+        let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
+        attr.mq_maxmsg = 8;
+        attr.mq_msgsize = 16;
+        let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NONBLOCK;
+        // SAFETY: a NUL-terminated name and a valid attribute block.
+        let q = unsafe { libc::mq_open(name.as_ptr().cast(), flags, 0o600, &mut attr as *mut libc::mq_attr) };
+        assert!(q >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: as above.
+        unsafe { libc::mq_unlink(name.as_ptr().cast()) };
+        let sent: [(u32, &[u8]); 5] = [(1, b"a"), (5, b"b"), (1, b"c"), (3, b"d"), (5, b"e")];
+        for (prio, data) in sent {
+            // SAFETY: sends from a live buffer.
+            assert_eq!(unsafe { libc::mq_send(q, data.as_ptr().cast(), data.len(), prio) }, 0);
+        }
+        let mut saved = Vec::new();
+        take_and_put_back(q, 16, &mut saved).unwrap();
+        let order: Vec<(u32, &[u8])> = saved.iter().map(|m| (m.priority, m.data.as_slice())).collect();
+        let want: Vec<(u32, &[u8])> = vec![(5, b"b"), (5, b"e"), (3, b"d"), (1, b"a"), (1, b"c")];
+        assert_eq!(order, want);
+        // The queue holds them again, in the same order.
+        let mut again = Vec::new();
+        take_and_put_back(q, 16, &mut again).unwrap();
+        assert_eq!(again, saved);
+        close(q);
+    }
+
+    #[test]
     fn ids_are_noted_once() {
         static T: [AtomicI32; IDS] = [const { AtomicI32::new(-1) }; IDS];
         for id in [5, 7, 5, -1, 0] {
