@@ -21,7 +21,7 @@
  * Usage: ipcq [STEPS [PAUSE_MS]]; "ipcq clean" removes what a killed run
  * left behind in the current directory's name (its keys and names come
  * from the directory's path, so that concurrent runs in other directories
- * never meet).
+ * never meet; the private semaphore set's id is in ipcq.semid).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -64,11 +64,23 @@ static void names(void)
 	snprintf(notify_name, sizeof notify_name, "/stasis-ipcq-%08x-n", h);
 }
 
+/* The private semaphore set has no key to be found by: its id is kept in
+ * a file of the directory. */
 static void clean(void)
 {
 	int q = msgget(queue_key, 0);
 	if (q >= 0)
 		msgctl(q, IPC_RMID, NULL);
+	FILE *f = fopen("ipcq.semid", "r");
+	int set;
+	struct semid_ds ds;
+	/* Only a set that still looks like ours: three semaphores, no key. */
+	if (f && fscanf(f, "%d", &set) == 1 && semctl(set, 0, IPC_STAT, &ds) == 0 && ds.sem_nsems == 3 &&
+	    ds.sem_perm.__key == IPC_PRIVATE && ds.sem_perm.uid == getuid())
+		semctl(set, 0, IPC_RMID);
+	if (f)
+		fclose(f);
+	unlink("ipcq.semid");
 	mq_unlink(named);
 	mq_unlink(reply_name);
 	mq_unlink(notify_name);
@@ -165,6 +177,11 @@ int main(int argc, char **argv)
 	int set = semget(IPC_PRIVATE, 3, IPC_CREAT | 0600);
 	if (q < 0 || set < 0)
 		die("msgget/semget");
+	FILE *ids = fopen("ipcq.semid", "w");
+	if (!ids)
+		die("ipcq.semid");
+	fprintf(ids, "%d\n", set);
+	fclose(ids);
 	struct msqid_ds ds;
 	if (msgctl(q, IPC_STAT, &ds) != 0)
 		die("msgctl");
