@@ -88,7 +88,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
     let shared_pending = stasis_procfs::status_hex(&status, "ShdPnd").unwrap_or(0);
 
     let threads = threads(pid)?;
-    crate::ipc::forget_kept();
+    crate::mqueue::forget_kept();
     let fds = descriptors(agent_fd)?;
     let deleted_files = fds
         .iter()
@@ -563,9 +563,9 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
             FdKind::Agent
         } else if let Some(kind) = link.strip_prefix("anon_inode:") {
             anon_inode(fd, kind, flags, &info_text).unwrap_or(FdKind::Unsupported)
-        } else if st.st_mode & libc::S_IFMT == libc::S_IFREG && crate::ipc::is_message_queue(fd) {
+        } else if st.st_mode & libc::S_IFMT == libc::S_IFREG && crate::mqueue::is_message_queue(fd) {
             let name = link.strip_suffix(" (deleted)").unwrap_or(&link);
-            crate::ipc::describe_queue(fd, name, &st, flags)?
+            crate::mqueue::describe_queue(fd, name, &st, flags)?
         } else {
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => {

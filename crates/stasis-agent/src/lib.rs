@@ -20,6 +20,7 @@ mod fork_advice;
 mod imagemap;
 mod inotify;
 mod ipc;
+mod mqueue;
 mod pending;
 mod progsig;
 mod pty;
@@ -68,7 +69,7 @@ extern "C" fn init() {
     stdio::remember_at_start();
     inotify::resolve_real_functions();
     ipc::resolve_real_functions();
-    ipc::resolve_mq_notify();
+    mqueue::resolve_mq_notify();
     collect::init_rseq_lookup();
     if signals::install(sig, ckpt::in_handler).is_err() {
         sys::write_stderr(b"stasis agent: cannot install the checkpoint signal handler\n");
