@@ -49,29 +49,40 @@ pub fn describe_queue(fd: i32, link: &str, st: &libc::stat, flags: u32) -> Resul
     let at = |what: &str, e: i32| format!("fd {fd} (POSIX message queue {link}): {what}: errno {e}");
     let attr = getattr(fd).map_err(|e| at("mq_getattr", e))?;
     let name = if st.st_nlink == 0 { String::new() } else { link.to_string() };
-    // Our own open file: reading and the flags it needs leave the
-    // program's descriptor (its offset, O_NONBLOCK, access mode) alone.
-    let own = reopen(fd).map_err(|e| at("open it again", e))?;
-    let notify = notification(own);
+    let readable = flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32;
     let mut messages = Vec::new();
-    if attr.curmsgs > 0 {
-        let locked = lock(own);
-        let result = take_and_put_back(own, attr.msgsize.max(1) as usize, &mut messages);
-        if locked {
-            // SAFETY: flock on our own descriptor.
-            unsafe { libc::flock(own, libc::LOCK_UN) };
+    let notify = if attr.curmsgs == 0 && readable {
+        // Nothing to take: the program's own descriptor tells who is
+        // notified (pread leaves its offset alone), and no descriptor of
+        // ours is closed, which would drop this process's registration.
+        notification(fd)
+    } else {
+        // Our own open file: reading and the flags it needs leave the
+        // program's descriptor (its offset, O_NONBLOCK, access mode) alone.
+        let own = reopen(fd).map_err(|e| at("open it again", e))?;
+        let notify = notification(own);
+        if attr.curmsgs > 0 {
+            let locked = lock(own);
+            let result = take_and_put_back(own, attr.msgsize.max(1) as usize, &mut messages);
+            if locked {
+                // SAFETY: flock on our own descriptor.
+                unsafe { libc::flock(own, libc::LOCK_UN) };
+            }
+            if let Err(e) = result {
+                close(own);
+                return Err(at("saving its messages", e));
+            }
         }
-        if let Err(e) = result {
-            close(own);
-            return Err(at("saving its messages", e));
+        close(own);
+        // Closing any descriptor of a queue drops the registration the
+        // closing process holds on it (the kernel's mqueue flush): ours,
+        // just closed, did. It is made again at once, as it was.
+        if let Some(n) = notify.filter(|n| n.pid == crate::sys::getpid()) {
+            register_again(fd, &n).map_err(|e| at("its mq_notify registration could not be kept", e))?;
         }
-    }
-    close(own);
-    // Closing any descriptor of a queue drops the registration the closing
-    // process holds on it (the kernel's mqueue flush): ours, just closed,
-    // did. It is made again at once, as it was.
+        notify
+    };
     if let Some(n) = notify.filter(|n| n.pid == crate::sys::getpid()) {
-        register_again(fd, &n).map_err(|e| at("its mq_notify registration could not be kept", e))?;
         keep_for_restore(fd, &n);
     }
     Ok(FdKind::MessageQueue {
