@@ -105,8 +105,9 @@ static void check(const char *what, long r, long want, int err, int64_t t0, int 
 
 /* ---- a helper thread that wakes the main thread's SysV waits ---------- */
 
-/* SysV queues and semaphores are not saved by a checkpoint: what was sent
- * before it may be gone after a restart (or taken by the killed run). So
+/* SysV queues and semaphores come back from a restart as they were at the
+ * checkpoint (docs/ipc.md); still, which request the main thread had seen
+ * by then depends on timing. So
  * the helper sends again and again until the main thread says it got it,
  * each request with a type of its own. */
 static int cmd_pipe[2];

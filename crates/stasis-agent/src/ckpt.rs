@@ -504,6 +504,7 @@ fn finish_restore(agent_fd: i32) {
     }
     // Before the program runs again: where the coordinator is now.
     crate::control::restored(agent_fd);
+    crate::mqueue::register_after_restore();
     RESTORE_INFO.phase.store(0, Ordering::Release);
     sys::futex_wake(&RESTORE_INFO.phase);
     RESTORE_INFO.restored.store(0, Ordering::Release);

@@ -88,6 +88,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
     let shared_pending = stasis_procfs::status_hex(&status, "ShdPnd").unwrap_or(0);
 
     let threads = threads(pid)?;
+    crate::mqueue::forget_kept();
     let fds = descriptors(agent_fd)?;
     let deleted_files = fds
         .iter()
@@ -184,6 +185,7 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
         },
         ..Default::default()
     };
+    meta.sysv_ipc = crate::ipc::sysv_objects()?;
     crate::timing::mark("collect");
     let epoch = crate::ALLOC.epoch();
     let (regions, plans) = memory()?;
@@ -568,6 +570,9 @@ fn descriptors(agent_fd: i32) -> Result<Vec<Fd>, String> {
             FdKind::Agent
         } else if let Some(kind) = link.strip_prefix("anon_inode:") {
             anon_inode(fd, kind, flags, &info_text).unwrap_or(FdKind::Unsupported)
+        } else if st.st_mode & libc::S_IFMT == libc::S_IFREG && crate::mqueue::is_message_queue(fd) {
+            let name = link.strip_suffix(" (deleted)").unwrap_or(&link);
+            crate::mqueue::describe_queue(fd, name, &st, flags)?
         } else {
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => {

@@ -19,6 +19,8 @@ mod exec;
 mod fork_advice;
 mod imagemap;
 mod inotify;
+mod ipc;
+mod mqueue;
 mod pending;
 mod progsig;
 mod pty;
@@ -66,6 +68,8 @@ extern "C" fn init() {
     // After the line above: it publishes through libc's setenv.
     stdio::remember_at_start();
     inotify::resolve_real_functions();
+    ipc::resolve_real_functions();
+    mqueue::resolve_mq_notify();
     collect::init_rseq_lookup();
     if signals::install(sig, ckpt::in_handler).is_err() {
         sys::write_stderr(b"stasis agent: cannot install the checkpoint signal handler\n");

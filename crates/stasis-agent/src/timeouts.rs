@@ -218,6 +218,7 @@ pub unsafe extern "C-unwind" fn semtimedop(
     n: libc::size_t,
     timeout: *const libc::timespec,
 ) -> c_int {
+    crate::ipc::note_sem(id);
     let f = real!(REAL_SEMTIMEDOP, c"semtimedop", SemtimedopFn);
     if timeout.is_null() {
         // SAFETY: forwarded unchanged.

@@ -33,6 +33,9 @@ mod ipc;
 // Sockets as DMTCP's autotest left them: bytes in flight, a peer closed.
 #[path = "e2e/dmtcp_sockets.rs"]
 mod dmtcp_sockets;
+// System V message queues and semaphores, POSIX message queues.
+#[path = "e2e/ipc_objects.rs"]
+mod ipc_objects;
 // Everyday process trees: a Python multiprocessing pool, make -j2.
 #[path = "e2e/apps.rs"]
 mod apps;

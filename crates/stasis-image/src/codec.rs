@@ -312,6 +312,26 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
                 });
                 e.u32(*unread);
             }
+            FdKind::MessageQueue { id, name, flags, mode, maxmsg, msgsize, messages, notify } => {
+                e.u8(20);
+                e.u64(*id);
+                e.str(name);
+                e.u32(*flags);
+                e.u32(*mode);
+                e.u64(*maxmsg);
+                e.u64(*msgsize);
+                e.vec(messages, |e, m| {
+                    e.u32(m.priority);
+                    e.bytes(&m.data);
+                });
+                e.bool(notify.is_some());
+                if let Some(n) = notify {
+                    e.i32(n.pid);
+                    e.i32(n.notify);
+                    e.i32(n.signal);
+                    e.u64(n.value);
+                }
+            }
             FdKind::Terminal { flags, termios, controlling, foreground, window, pty, unread } => {
                 e.u8(12);
                 e.u32(*flags);
@@ -388,6 +408,26 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
         e.u64(r.generation);
     });
     e.vec(&meta.sockets_peer_shut, |e, id| e.u64(*id));
+    e.vec(&meta.sysv_ipc, |e, o| match o {
+        SysvObject::MessageQueue { id, key, mode, qbytes, messages } => {
+            e.u8(0);
+            e.i32(*id);
+            e.i32(*key);
+            e.u32(*mode);
+            e.u64(*qbytes);
+            e.vec(messages, |e, m| {
+                e.u64(m.mtype as u64);
+                e.bytes(&m.data);
+            });
+        }
+        SysvObject::Semaphores { id, key, mode, values } => {
+            e.u8(1);
+            e.i32(*id);
+            e.i32(*key);
+            e.u32(*mode);
+            e.vec(values, |e, v| e.u16(*v));
+        }
+    });
     e.0
 }
 
@@ -398,7 +438,8 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
 }
 
 /// Decodes the metadata section of an image of format `version` (6 to 8:
-/// version 6 has no `inherited` list, 6 and 7 no `sockets_peer_shut`).
+/// version 6 has no `inherited` list, 6 and 7 no `sockets_peer_shut` nor
+/// `sysv_ipc` list).
 pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
     let mut d = Dec { data: bytes, pos: 0 };
     let mut m = ProcessMeta {
@@ -551,6 +592,20 @@ pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
                 },
                 unread: d.bytes()?,
             },
+            20 => FdKind::MessageQueue {
+                id: d.u64()?,
+                name: d.str()?,
+                flags: d.u32()?,
+                mode: d.u32()?,
+                maxmsg: d.u64()?,
+                msgsize: d.u64()?,
+                messages: d.vec(8, |d| Ok(MqMessage { priority: d.u32()?, data: d.bytes()? }))?,
+                notify: if d.bool()? {
+                    Some(MqNotify { pid: d.i32()?, notify: d.i32()?, signal: d.i32()?, value: d.u64()? })
+                } else {
+                    None
+                },
+            },
             t => return Err(corrupt(format!("unknown descriptor kind {t}"))),
         };
         let outside_stdio = match d.u8()? {
@@ -600,6 +655,24 @@ pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
     }
     if version >= 8 {
         m.sockets_peer_shut = d.vec(8, |d| d.u64())?;
+        m.sysv_ipc = d.vec(13, |d| {
+            Ok(match d.u8()? {
+                0 => SysvObject::MessageQueue {
+                    id: d.i32()?,
+                    key: d.i32()?,
+                    mode: d.u32()?,
+                    qbytes: d.u64()?,
+                    messages: d.vec(12, |d| Ok(SysvMessage { mtype: d.u64()? as i64, data: d.bytes()? }))?,
+                },
+                1 => SysvObject::Semaphores {
+                    id: d.i32()?,
+                    key: d.i32()?,
+                    mode: d.u32()?,
+                    values: d.vec(2, |d| d.u16())?,
+                },
+                t => return Err(corrupt(format!("unknown System V object kind {t}"))),
+            })
+        })?;
     }
     if d.pos != bytes.len() {
         return Err(corrupt(format!("{} unexpected bytes after the metadata", bytes.len() - d.pos)));
@@ -818,8 +891,30 @@ mod tests {
         assert_eq!(decode_meta(&bytes).unwrap(), m);
         // Version 7 has no list.
         assert!(decode_meta_version(&bytes, 7).is_err());
-        let v7 = &bytes[..bytes.len() - 4 - 16];
+        let v7 = &bytes[..bytes.len() - 4 - 4 - 16];
         assert!(decode_meta_version(v7, 7).unwrap().sockets_peer_shut.is_empty());
+    }
+
+    #[test]
+    fn system_v_objects() {
+        let mut m = valid();
+        m.sysv_ipc = vec![
+            SysvObject::MessageQueue {
+                id: 32768,
+                key: 9977,
+                mode: 0o666,
+                qbytes: 16384,
+                messages: vec![SysvMessage { mtype: 3, data: b"abc".to_vec() }],
+            },
+            SysvObject::Semaphores { id: 5, key: 0, mode: 0o600, values: vec![0, 7] },
+        ];
+        let bytes = encode_meta(&m);
+        assert_eq!(decode_meta(&bytes).unwrap(), m);
+        assert!(decode_meta_version(&bytes, 7).is_err());
+        let mut bad = bytes.clone();
+        let at = bad.len() - (1 + 4 + 4 + 4 + 4 + 2 * 2);
+        bad[at] = 2;
+        assert!(what(decode_meta(&bad).unwrap_err()).contains("System V object kind 2"));
     }
 
     #[test]
@@ -830,10 +925,10 @@ mod tests {
         let bytes = encode_meta(&m);
         assert_eq!(decode_meta(&bytes).unwrap(), m);
         // Version 6 has no list: its bytes end before it (and before
-        // version 8's empty sockets_peer_shut list).
-        let v7 = &bytes[..bytes.len() - 4];
+        // version 8's empty sockets_peer_shut and System V lists).
+        let v7 = &bytes[..bytes.len() - 4 - 4];
         assert_eq!(decode_meta_version(v7, 7).unwrap(), m);
-        let v6 = &bytes[..bytes.len() - 4 - 4 - 28];
+        let v6 = &bytes[..bytes.len() - 4 - 4 - 4 - 28];
         let back = decode_meta_version(v6, 6).unwrap();
         assert!(back.inherited.is_empty());
         assert!(decode_meta_version(&bytes, 6).is_err());
@@ -892,9 +987,9 @@ mod tests {
         );
         refused(|m| m.chunks[1].data_len = 10, "holds 10 bytes in 9 stored ones");
         // The compression tag is the second last field of the last chunk
-        // (the empty inherited and sockets_peer_shut lists follow).
+        // (the empty inherited, sockets_peer_shut and sysv_ipc lists follow).
         let mut v = encode_meta(&valid());
-        let at = v.len() - 9 - 4 - 4;
+        let at = v.len() - 9 - 4 - 4 - 4;
         v[at] = 2;
         assert_eq!(decode_meta(&v).unwrap().chunks[1].compression, Compression::Zstd);
         v[at] = 3;
@@ -919,13 +1014,14 @@ mod tests {
             let w = what(decode_meta(&v).unwrap_err());
             assert!(w.contains(want), "{w:?} should mention {want:?}");
         }
-        // The descriptor's tag is followed by its outside-stdio byte and 49
+        // The descriptor's tag is followed by its outside-stdio byte and 53
         // bytes: four empty lists' counts, shared_pending, the agent's 17
-        // bytes and the empty inherited and sockets_peer_shut lists' counts.
-        let fd_tag = good.len() - 51;
+        // bytes and the empty inherited, sockets_peer_shut and sysv_ipc
+        // lists' counts.
+        let fd_tag = good.len() - 55;
         let mut v = good.clone();
-        v[fd_tag] = 14;
-        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 14"));
+        v[fd_tag] = 99;
+        assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 99"));
         let mut v = good.clone();
         v[fd_tag + 1] = 3;
         assert_eq!(decode_meta(&v).unwrap().fds[0].outside_stdio, Some(2));

@@ -55,6 +55,54 @@ pub struct ProcessMeta {
     /// are read, they read end of file (a half-closed connection). Format
     /// version 8.
     pub sockets_peer_shut: Vec<u64>,
+    /// The System V message queues and semaphore sets the process used,
+    /// with their contents (format version 8). Restart makes each again
+    /// once, with its id, in the computation's own IPC namespace.
+    pub sysv_ipc: Vec<SysvObject>,
+}
+
+/// A System V IPC object, by its id as the program knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SysvObject {
+    /// A message queue: its messages in the order msgrcv would take them,
+    /// and its capacity in bytes (`msg_qbytes`).
+    MessageQueue { id: i32, key: i32, mode: u32, qbytes: u64, messages: Vec<SysvMessage> },
+    /// A semaphore set: each semaphore's value, in order.
+    Semaphores { id: i32, key: i32, mode: u32, values: Vec<u16> },
+}
+
+impl SysvObject {
+    pub fn id(&self) -> i32 {
+        match self {
+            SysvObject::MessageQueue { id, .. } | SysvObject::Semaphores { id, .. } => *id,
+        }
+    }
+}
+
+/// One message of a System V queue: its type and bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SysvMessage {
+    pub mtype: i64,
+    pub data: Vec<u8>,
+}
+
+/// One message of a POSIX message queue: its priority and bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MqMessage {
+    pub priority: u32,
+    pub data: Vec<u8>,
+}
+
+/// A process's mq_notify registration on a POSIX message queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MqNotify {
+    /// The process that registered (its pid as the program saw it).
+    pub pid: i32,
+    /// SIGEV_SIGNAL, SIGEV_NONE or SIGEV_THREAD.
+    pub notify: i32,
+    pub signal: i32,
+    /// The `sigev_value` the program gave, when the agent saw the call.
+    pub value: u64,
 }
 
 /// `len` bytes of `regions[region]` from `offset` are as the image of the
@@ -371,6 +419,22 @@ pub enum FdKind {
         flags: u32,
         watches: Vec<InotifyWatch>,
         unread: u32,
+    },
+    /// A POSIX message queue (a descriptor of the mqueue filesystem).
+    /// `id` (its inode) is shared by every descriptor of it in every
+    /// process; `name` is its name ("/q"), empty once unlinked. `flags`
+    /// are the descriptor's (access mode, O_NONBLOCK). The messages, in
+    /// the order mq_receive takes them, and its mq_notify registration
+    /// are those of the checkpoint (every holder saves them alike).
+    MessageQueue {
+        id: u64,
+        name: String,
+        flags: u32,
+        mode: u32,
+        maxmsg: u64,
+        msgsize: u64,
+        messages: Vec<MqMessage>,
+        notify: Option<MqNotify>,
     },
     /// Not restorable: left closed at restart, with `what` in the log.
     #[default]

@@ -8,6 +8,7 @@ use std::fmt::Write;
 
 use crate::{
     ChunkKind, Compression, FdKind, FileSave, Header, PROT_EXEC, PROT_READ, PROT_WRITE, ProcessMeta, RegionKind,
+    SysvObject,
 };
 
 /// Where the kernel's x86_64 `struct ucontext` keeps what we show:
@@ -312,6 +313,19 @@ pub fn render(m: &ProcessMeta) -> String {
                     watches.iter().map(|w| format!("{}:{}:{:#x}", w.wd, clean(&w.path), w.mask)).collect();
                 format!("inotify flags {flags:#o} watching [{}], {unread} bytes of events unread", w.join(" "))
             }
+            FdKind::MessageQueue { id, name, flags, maxmsg, msgsize, messages, notify, .. } => {
+                let name = if name.is_empty() { "unlinked".to_string() } else { clean(name) };
+                let bytes: usize = messages.iter().map(|m| m.data.len()).sum();
+                let notify = match notify {
+                    Some(n) => format!(", notifies process {} (signal {})", n.pid, n.signal),
+                    None => String::new(),
+                };
+                format!(
+                    "message queue {id} {name} flags {flags:#o} up to {maxmsg} of {msgsize} bytes, {} messages \
+                     ({bytes} bytes) saved{notify}",
+                    messages.len()
+                )
+            }
             FdKind::Terminal { flags, controlling, foreground, pty, unread, .. } => {
                 let ctty =
                     if *controlling { format!(" (controlling, foreground group {foreground})") } else { String::new() };
@@ -345,6 +359,23 @@ pub fn render(m: &ProcessMeta) -> String {
             None => String::new(),
         };
         let _ = writeln!(o, "  {:>4}{} {what}{outside}", f.fd, if f.cloexec { " cloexec" } else { "        " });
+    }
+
+    if !m.sysv_ipc.is_empty() {
+        let _ = writeln!(o, "\nSystem V IPC:");
+        for obj in &m.sysv_ipc {
+            let line = match obj {
+                SysvObject::MessageQueue { id, key, mode, qbytes, messages } => format!(
+                    "message queue {id} key {key:#x} mode {mode:#o} capacity {qbytes}: {} messages ({} bytes)",
+                    messages.len(),
+                    messages.iter().map(|m| m.data.len()).sum::<usize>()
+                ),
+                SysvObject::Semaphores { id, key, mode, values } => {
+                    format!("semaphore set {id} key {key:#x} mode {mode:#o} values {values:?}")
+                }
+            };
+            let _ = writeln!(o, "  {line}");
+        }
     }
 
     let _ = writeln!(o, "\nsignals: pending for the process {:#x}", m.shared_pending);

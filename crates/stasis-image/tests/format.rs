@@ -351,6 +351,23 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
         )
             .prop_map(|(flags, watches, unread)| FdKind::Inotify { flags, watches, unread }),
         (
+            (any::<u64>(), arb_string(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u64>()),
+            proptest::collection::vec(
+                (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..20))
+                    .prop_map(|(priority, data)| MqMessage { priority, data }),
+                0..3
+            ),
+            proptest::option::of(any::<(i32, i32, i32, u64)>().prop_map(|(pid, notify, signal, value)| MqNotify {
+                pid,
+                notify,
+                signal,
+                value
+            }))
+        )
+            .prop_map(|((id, name, flags, mode, maxmsg, msgsize), messages, notify)| {
+                FdKind::MessageQueue { id, name, flags, mode, maxmsg, msgsize, messages, notify }
+            }),
+        (
             (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..60), any::<bool>(), any::<i32>()),
             any::<[u16; 4]>(),
             proptest::option::of(
@@ -359,14 +376,8 @@ fn arb_fd() -> impl Strategy<Value = Fd> {
             ),
             proptest::collection::vec(any::<u8>(), 0..40)
         )
-            .prop_map(|((flags, termios, controlling, foreground), window, pty, unread)| FdKind::Terminal {
-                flags,
-                termios,
-                controlling,
-                foreground,
-                window,
-                pty,
-                unread
+            .prop_map(|((flags, termios, controlling, foreground), window, pty, unread)| {
+                FdKind::Terminal { flags, termios, controlling, foreground, window, pty, unread }
             }),
     ];
     (any::<i32>(), any::<bool>(), kind, proptest::option::of(0u8..3))
@@ -478,6 +489,7 @@ prop_compose! {
         numbers in any::<[u64; 6]>(),
         ids in any::<(i32, i32, u32, i32, u32)>(),
         zombies in proptest::collection::vec(any::<(i32, i32)>(), 0..3),
+        sysv_ipc in proptest::collection::vec(arb_sysv(), 0..3),
         strings in (arb_string(), arb_string(), arb_string()),
     ) -> ProcessMeta {
         let chunks = raw_chunks.into_iter().filter_map(|raw| make_chunk(raw, &regions, fds.len())).collect();
@@ -520,6 +532,7 @@ prop_compose! {
             chunks,
             inherited: Vec::new(),
             sockets_peer_shut: (0..numbers[5] % 3).map(|i| numbers[5].wrapping_add(i)).collect(),
+            sysv_ipc,
         }
     }
 }
@@ -669,4 +682,26 @@ fn compressed_chunks_round_trip_and_random_data_stays_plain() {
     let r = ImageReader::open(&path).unwrap();
     assert!(r.verify_payload().is_err());
     assert!(r.chunk_data(&chunks[0]).is_err());
+}
+
+fn arb_sysv() -> impl Strategy<Value = SysvObject> {
+    prop_oneof![
+        (
+            any::<(i32, i32, u32, u64)>(),
+            proptest::collection::vec(
+                (any::<i64>(), proptest::collection::vec(any::<u8>(), 0..20))
+                    .prop_map(|(mtype, data)| SysvMessage { mtype, data }),
+                0..3
+            )
+        )
+            .prop_map(|((id, key, mode, qbytes), messages)| SysvObject::MessageQueue {
+                id,
+                key,
+                mode,
+                qbytes,
+                messages
+            }),
+        (any::<(i32, i32, u32)>(), proptest::collection::vec(any::<u16>(), 0..4))
+            .prop_map(|((id, key, mode), values)| SysvObject::Semaphores { id, key, mode, values }),
+    ]
 }

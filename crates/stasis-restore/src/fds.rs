@@ -250,6 +250,8 @@ pub struct Shared<'a> {
     pub ptys: &'a crate::pty::SharedPtys,
     /// The verification gate (`verify::Gate`): kept open for `plan`.
     pub gate: Option<i32>,
+    /// POSIX message queues (and System V objects), made again by init.
+    pub ipc: &'a crate::ipc::Ipc,
 }
 
 /// What a descriptor that led outside the computation becomes: at 0-2 the
@@ -320,7 +322,7 @@ pub fn restore(
     shared: &Shared<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<Helpers, String> {
-    let Shared { pipes, shm, sockets, terminal, ptys, gate } = *shared;
+    let Shared { pipes, shm, sockets, terminal, ptys, gate, ipc } = *shared;
     // Contents of deleted files, read while the image's descriptor is open.
     let mut saved_contents: HashMap<i32, Vec<(u64, Vec<u8>)>> = HashMap::new();
     for c in &meta.chunks {
@@ -336,6 +338,7 @@ pub fn restore(
     inherited.extend(terminal);
     inherited.extend(ptys.fds());
     inherited.extend(gate);
+    inherited.extend(ipc.fds());
     let base = base.max(16).max(inherited.iter().max().map_or(0, |m| m + 1));
     // Our own descriptors go above the program's first.
     let stdio: Vec<i32> = (0..3).map(|fd| dup_at_least(fd, base).unwrap_or(-1)).collect();
@@ -442,6 +445,16 @@ pub fn restore(
                     Some(fd) => fd,
                     None => continue,
                 },
+            },
+            FdKind::MessageQueue { id, flags, notify, .. } => match ipc.queue(*id) {
+                Some(q) => crate::ipc::open_queue(q, *flags, notify.as_ref(), meta.pid, &mut |w| {
+                    warn(format!("fd {} (message queue): {w}", f.fd))
+                })
+                .map_err(|e| at(format!("message queue: {e}")))?,
+                None => {
+                    warn(format!("fd {}: its message queue was not made again; it is closed", f.fd));
+                    continue;
+                }
             },
             FdKind::Socket { id, flags, .. } => match sockets.get(*id) {
                 Some(s) => {

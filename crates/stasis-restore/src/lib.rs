@@ -13,6 +13,7 @@
 //! single-threaded: its children run Rust code after a raw clone.
 
 mod fds;
+mod ipc;
 mod kobj;
 mod layout;
 pub mod memory;
@@ -294,6 +295,8 @@ pub fn spawn_computation(
         socks.close();
         RestoreError(e)
     })?;
+    // Made by init, in the computation's new IPC namespace.
+    let ipc = ipc::Ipc::new(images);
     let barrier = tree::Barrier::new(images.len()).map_err(RestoreError)?;
     let conns: Vec<i32> = agent_conns.iter().map(AsRawFd::as_raw_fd).collect();
     let terminal = terminal.map(AsRawFd::as_raw_fd);
@@ -318,7 +321,15 @@ pub fn spawn_computation(
     let ctx = Ctx {
         images,
         shape: &shape,
-        shared: fds::Shared { pipes: &pipes, shm: &shm, sockets: &socks, terminal, ptys: &ptys, gate: gate_fd },
+        shared: fds::Shared {
+            pipes: &pipes,
+            shm: &shm,
+            sockets: &socks,
+            terminal,
+            ptys: &ptys,
+            gate: gate_fd,
+            ipc: &ipc,
+        },
         barrier: &barrier,
         conns: &conns,
         gate: gate_fd,
@@ -329,7 +340,9 @@ pub fn spawn_computation(
     let first = metas[shape.roots[0]];
     let stand_ins = ns::stand_ins(first.ppid, first.pgid, first.sid, &shape.pids);
     let below: Vec<bool> = shape.roots.iter().map(|&i| metas[i].ppid == first.ppid).collect();
-    let roots = ns::Roots { pids: &root_pids, below_stand_ins: &below, stand_ins: &stand_ins, terminal };
+    let prepare = || ipc.create(min_fd);
+    let roots =
+        ns::Roots { pids: &root_pids, below_stand_ins: &below, stand_ins: &stand_ins, terminal, prepare: &prepare };
     let spawned = ns::spawn(roots, |i| member(&ctx, shape.roots[i]));
     pipes.close();
     shm.close();

@@ -1,7 +1,9 @@
 //! The namespaces a restored process lives in.
 //!
-//! Restart clones an init process into a new user + pid + mount namespace
-//! (allowed to unprivileged users): it maps our uid and gid to themselves,
+//! Restart clones an init process into a new user + pid + mount + IPC
+//! namespace (allowed to unprivileged users): it maps our uid and gid to
+//! themselves, makes the computation's message queues and semaphores again
+//! in the IPC namespace (`ipc`),
 //! mounts a /proc that shows the new pid namespace, and creates each root
 //! of the computation's process tree with clone3(set_tid) so it gets back
 //! its old pid (the roots create their children the same way, see
@@ -116,6 +118,9 @@ pub struct Roots<'a> {
     pub stand_ins: &'a [StandIn],
     /// The terminal the stand-in session leader takes as its controlling one.
     pub terminal: Option<i32>,
+    /// Run by init in the new namespaces before it makes any process (the
+    /// IPC objects, made where the program will see them).
+    pub prepare: &'a dyn Fn() -> Result<(), String>,
 }
 
 /// Clones init into new namespaces; init makes the stand-ins and clones one
@@ -139,7 +144,7 @@ pub fn spawn(roots: Roots<'_>, restore: impl Fn(usize)) -> Result<(i32, File), R
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let (rd, wr) = pipe()?;
-    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD;
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::SIGCHLD;
     // SAFETY: a fork-like clone (no new stack, no shared memory); the
     // child only runs `init` and never returns into the caller.
     let r = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0, 0, 0, 0) };
@@ -234,7 +239,7 @@ fn clone_roots(status: &mut File, roots: &Roots<'_>, which: &[usize], restore: &
 }
 
 fn init(mut status: File, uid: u32, gid: u32, roots: &Roots<'_>, restore: &impl Fn(usize)) -> ! {
-    if let Err(e) = enter(uid, gid) {
+    if let Err(e) = enter(uid, gid).and_then(|()| (roots.prepare)()) {
         fail(&mut status, &e);
     }
     for (slot, &pid) in ROOTS.iter().zip(roots.pids) {
