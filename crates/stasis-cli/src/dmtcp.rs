@@ -81,7 +81,10 @@ const OVERWRITE: &str = "it goes with --checkpoint-open-files, which stasis does
 const MODIFY_ENV: &str = "stasis restores the environment the program had";
 const MPI: &str = "stasis does not checkpoint MPI programs yet";
 const INFINIBAND: &str = "stasis cannot checkpoint InfiniBand connections";
-const PLUGINS: &str = "stasis has no DMTCP plugins";
+const PLUGINS: &str = "stasis has no DMTCP plugins of its own to turn off";
+const PLUGIN_ENV: &[&str] = &["DMTCP_PLUGIN"];
+const EVENT_PLUGIN: &str = "the agent itself keeps epoll, eventfd, signalfd and inotify across checkpoints; \
+     there is no event plugin to turn off";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -151,9 +154,12 @@ struct LaunchArgs {
     /// Not supported
     #[arg(long = "ib", alias = "infiniband")]
     infiniband: bool,
-    /// Not supported: stasis has no plugins
+    /// DMTCP plugins (colon-separated libraries) to load into the program (DMTCP_PLUGIN)
     #[arg(long = "with-plugin", value_name = "PLUGINS")]
     with_plugin: Option<String>,
+    /// Ignored: stasis has no event plugin (DMTCP_EVENT_PLUGIN=0 likewise)
+    #[arg(long = "disable-event-plugin")]
+    disable_event_plugin: bool,
     /// Ignored: stasis has no plugins
     #[arg(long = "disable-all-plugins")]
     disable_all_plugins: bool,
@@ -419,7 +425,6 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 (a.modify_env, "--modify-env", MODIFY_ENV),
                 (a.mpi, "--mpi", MPI),
                 (a.infiniband, "--ib", INFINIBAND),
-                (a.with_plugin.is_some(), "--with-plugin", PLUGINS),
             ] {
                 if set {
                     return Err(refuse(option, why));
@@ -435,6 +440,16 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                     notes.push(format!("{option} is ignored: {PLUGINS}"));
                 }
             }
+            if a.disable_event_plugin {
+                notes.push(format!("--disable-event-plugin is ignored: {EVENT_PLUGIN}"));
+            }
+            // DMTCP_PLUGIN's first, as DMTCP preloads them.
+            let plugins: Vec<PathBuf> = first_env(env, PLUGIN_ENV)
+                .map(|(_, v)| v)
+                .into_iter()
+                .chain(a.with_plugin)
+                .flat_map(|list| list.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect::<Vec<_>>())
+                .collect();
             if a.prefix.is_some() {
                 notes.push("--prefix is ignored: stasis finds its agent next to its own binary".into());
             }
@@ -464,6 +479,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 save_files: Default::default(),
                 quiet: a.quiet > 0 || env_quiet(env),
                 usr2_checkpoints: true,
+                plugins,
                 program: a.program,
             })
         }
