@@ -60,6 +60,15 @@ int main(int argc, char **argv) {
         tick_forever();
     }
     if (strcmp(mode, "critical") == 0) {
+        /* In the coordinator's count first, so that it waits for us. */
+        for (int peers = 0; peers < 1;) {
+            int running = 1;
+            if (dmtcp_get_coordinator_status(&peers, &running) != 4) {
+                say("no coordinator status\n", 0, 0);
+                return 2;
+            }
+            if (peers < 1) usleep(50 * 1000);
+        }
         say("disable %ld\n", stasis_disable_checkpoints(), 0);
         say("in critical section\n", 0, 0);
         for (;;) {

@@ -1,0 +1,134 @@
+//! The application API: a C program built with include/stasis.h (no
+//! library linked) runs alone and under stasis, its hooks fire around a
+//! checkpoint it asks for itself and around a restart, and a critical
+//! section holds a checkpoint back (tests/programs/api.c); the Python
+//! module over it (python/stasis.py, tests/programs/api.py).
+
+use std::process::Stdio;
+
+use crate::support::*;
+
+/// Waits until `app` printed a line starting with `prefix`; returns its index.
+fn wait_for_line(sb: &Sandbox, app: &mut Proc, prefix: &str) -> usize {
+    let mut found = None;
+    crate::wait_until(sb, &format!("a line starting {prefix:?} from {}", app.label), RUN_TIMEOUT, || {
+        app.drain();
+        found = app.lines().iter().position(|l| l.starts_with(prefix));
+        found.is_some() || app.poll_exit().is_some()
+    });
+    found.unwrap_or_else(|| {
+        sb.fail(format!("{} exited without printing {prefix:?}; it printed {:?}", app.label, app.lines()))
+    })
+}
+
+fn index_of(sb: &Sandbox, lines: &[String], line: &str) -> usize {
+    lines.iter().position(|l| l == line).unwrap_or_else(|| sb.fail(format!("no line {line:?} in {lines:?}")))
+}
+
+/// The output of a program run alone, to its end.
+fn run_alone(sb: &Sandbox, mut cmd: std::process::Command) -> Vec<String> {
+    let out = cmd.stdin(Stdio::null()).current_dir(sb.path()).output().unwrap_or_else(|e| sb.fail(e));
+    sb.check(out.status.success(), || format!("the program alone exited with {}", out.status));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn c_api_program_runs_alone_and_every_function_says_not_present() {
+    let sb = Sandbox::new("api-alone");
+    let lines = run_alone(&sb, Program::c("api", &["alone"]).command());
+    // 3 is STASIS_NOT_PRESENT (DMTCP's DMTCP_NOT_PRESENT).
+    let want = ["enabled 0 dmtcp 0", "checkpoint 3 generation 0", "disable 3 enable 3", "hook 3"];
+    sb.check(lines == want, || format!("alone, the program printed {lines:?}, not {want:?}"));
+}
+
+#[test]
+fn c_api_checkpoint_from_the_program_fires_hooks_and_returns_after_restart() {
+    let sb = Sandbox::new("api-self");
+    let run_dir = sb.mkdir("run");
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch(&sb, &Program::c("api", &["self"]), &sock, &ck, &run_dir, Out::Pipe);
+    let at = wait_for_line(&sb, &mut app, "checkpoint returned ");
+    let lines = app.lines();
+    sb.check(lines[at].starts_with("checkpoint returned 1 generation ") && !lines[at].ends_with(" 0"), || {
+        format!("stasis_checkpoint() under stasis: {:?} (want 1, STASIS_AFTER_CHECKPOINT, and a generation)", lines[at])
+    });
+    let (enabled, pre, resume) = (
+        index_of(&sb, &lines, "enabled 1 dmtcp 1"),
+        index_of(&sb, &lines, "hook precheckpoint"),
+        index_of(&sb, &lines, "hook resume"),
+    );
+    sb.check(enabled < pre && pre < resume && resume < at, || format!("hooks out of order: {lines:?}"));
+    sb.check(committed_generations(&ck).len() == 1, || format!("want one generation in {}", ck.display()));
+    wait_for_line(&sb, &mut app, "tick 1 ");
+    app.kill_computation(&sb, &run_dir);
+
+    // The image was taken inside stasis_checkpoint(): the restarted process
+    // returns from it, saying so.
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let at = wait_for_line(&sb, &mut re, "checkpoint returned ");
+    wait_for_line(&sb, &mut re, "hook restart");
+    wait_for_line(&sb, &mut re, "tick 1 ");
+    let lines = re.lines();
+    sb.check(lines[at].starts_with("checkpoint returned 2 generation ") && !lines[at].ends_with(" 0"), || {
+        format!("after the restart: {:?} (want 2, STASIS_AFTER_RESTART)", lines[at])
+    });
+    sb.check(!lines.iter().any(|l| l == "hook resume" || l == "hook precheckpoint"), || {
+        format!("a restart fired checkpoint hooks: {lines:?}")
+    });
+    re.kill_computation(&sb, &run_dir);
+}
+
+#[test]
+fn c_api_critical_section_holds_a_checkpoint_back_until_it_ends() {
+    let sb = Sandbox::new("api-critical");
+    let run_dir = sb.mkdir("run");
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch(&sb, &Program::c("api", &["critical"]), &sock, &ck, &run_dir, Out::Pipe);
+    wait_for_line(&sb, &mut app, "in critical section");
+    // The program leaves its section only once the coordinator shows this
+    // checkpoint waiting for it; the checkpoint must happen after that.
+    let window = checkpoint(&sb, &sock, &mut app);
+    wait_for_line(&sb, &mut app, "hook resume");
+    let lines = app.lines();
+    let (left, enable, pre, resume) = (
+        index_of(&sb, &lines, "checkpoint waiting; leaving critical section"),
+        index_of(&sb, &lines, "enable 1"),
+        index_of(&sb, &lines, "hook precheckpoint"),
+        index_of(&sb, &lines, "hook resume"),
+    );
+    sb.check(left < enable && enable < pre && pre < resume, || {
+        format!("the checkpoint did not wait for the critical section: {lines:?} (checkpoint window {window:?})")
+    });
+    sb.check(committed_generations(&ck).len() == 1, || format!("want one generation in {}", ck.display()));
+    app.kill_computation(&sb, &run_dir);
+}
+
+#[test]
+fn python_api_alone_under_stasis_and_after_restart() {
+    let sb = Sandbox::new("api-python");
+    let prog = Program::python("api.py", &["tick"]);
+    let alone = run_alone(&sb, Program::python("api.py", &[]).command());
+    let want = ["enabled False", "in critical section", "checkpoint None generation 0"];
+    sb.check(alone == want, || format!("alone, api.py printed {alone:?}, not {want:?}"));
+
+    let run_dir = sb.mkdir("run");
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut app = launch(&sb, &prog, &sock, &ck, &run_dir, Out::Pipe);
+    let at = wait_for_line(&sb, &mut app, "checkpoint ");
+    let lines = app.lines();
+    sb.check(lines[..at] == ["enabled True", "in critical section"], || format!("api.py under stasis: {lines:?}"));
+    sb.check(lines[at].starts_with("checkpoint checkpoint generation ") && !lines[at].ends_with(" 0"), || {
+        format!("stasis.checkpoint() under stasis: {:?}", lines[at])
+    });
+    wait_for_line(&sb, &mut app, "tick 1");
+    app.kill_computation(&sb, &run_dir);
+
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    let at = wait_for_line(&sb, &mut re, "checkpoint ");
+    wait_for_line(&sb, &mut re, "tick 1");
+    let lines = re.lines();
+    sb.check(lines[at].starts_with("checkpoint restart generation "), || {
+        format!("stasis.checkpoint() after the restart: {:?}", lines[at])
+    });
+    re.kill_computation(&sb, &run_dir);
+}
