@@ -132,3 +132,48 @@ fn python_api_alone_under_stasis_and_after_restart() {
     });
     re.kill_computation(&sb, &run_dir);
 }
+
+#[test]
+fn dmtcp_plugin_is_loaded_initialized_and_called_around_checkpoint_and_restart() {
+    let sb = Sandbox::new("api-plugin");
+    let plugin = sb.join("libtest_plugin.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&plugin)
+        .arg(programs_dir().join("plugin.c"))
+        .output()
+        .unwrap_or_else(|e| sb.fail(format!("cannot run cc: {e}")));
+    sb.check(built.status.success(), || format!("cc plugin.c: {}", String::from_utf8_lossy(&built.stderr)));
+    let run_dir = sb.mkdir("run");
+    let (ck, sock) = (sb.join("ck"), sb.socket());
+    let mut cmd = std::process::Command::new(dmtcp_bin("dmtcp_launch"));
+    cmd.arg("--ckptdir")
+        .arg(&ck)
+        .arg("--coord-socket")
+        .arg(&sock)
+        .arg("--with-plugin")
+        .arg(&plugin)
+        .args(&Program::c("api", &["self"]).argv)
+        .current_dir(&run_dir);
+    let mut app = Proc::spawn(&sb, &sb.label("dmtcp_launch"), cmd, Out::Pipe);
+    wait_for_line(&sb, &mut app, "checkpoint returned 1 ");
+    let lines = app.lines();
+    let order = [
+        "plugin init after its constructor",
+        "enabled 1 dmtcp 1",
+        "plugin presuspend",
+        "plugin precheckpoint, write wrapped",
+        "hook precheckpoint",
+        "plugin resume",
+        "hook resume",
+    ];
+    let at: Vec<usize> = order.iter().map(|l| index_of(&sb, &lines, l)).collect();
+    sb.check(at.windows(2).all(|w| w[0] < w[1]), || format!("plugin events out of order: {lines:?}"));
+    app.kill_computation(&sb, &run_dir);
+
+    let mut re = restart(&sb, &sb.socket(), &ck, Out::Pipe);
+    wait_for_line(&sb, &mut re, "plugin restart");
+    wait_for_line(&sb, &mut re, "checkpoint returned 2 ");
+    wait_for_line(&sb, &mut re, "tick 1 ");
+    re.kill_computation(&sb, &run_dir);
+}
