@@ -707,6 +707,15 @@ mod tests {
         assert_eq!(o.port_file, Some(PathBuf::from("pf")));
         let (o, _) = launch(&["--new-coordinator", "--coord-port", "0", "./p"], &[]);
         assert_eq!((o.mode, o.coord.port), (Mode::New, Some(0)));
+        // Plugins: DMTCP_PLUGIN's first, then --with-plugin's, colon-separated.
+        let (o, notes) = launch(
+            &["--with-plugin", "/p/b.so:/p/c.so", "--disable-event-plugin", "./p"],
+            &[("DMTCP_PLUGIN", "/p/a.so")],
+        );
+        let want: Vec<PathBuf> = ["/p/a.so", "/p/b.so", "/p/c.so"].iter().map(PathBuf::from).collect();
+        assert_eq!(o.plugins, want);
+        assert!(notes.iter().any(|n| n.contains("--disable-event-plugin is ignored")), "{notes:?}");
+        assert!(launch(&["./p"], &[]).0.plugins.is_empty());
         let (o, _) = launch(&["--tmpdir", "/t", "--ckpt-signal", "12", "-q", "--no-gzip", "./p"], &[]);
         assert_eq!((o.coord.tmpdir, o.ckpt_signal, o.quiet), (Some(PathBuf::from("/t")), Some(12), true));
         let (o, _) = launch(&["--coord-host", "n", "--interval", "5", "--coord-logfile", "log", "./p"], &[]);
@@ -754,7 +763,6 @@ mod tests {
         refused(Name::Launch, &["--modify-env", "./p"], &["--modify-env"]);
         refused(Name::Launch, &["--mpi", "./p"], &["--mpi"]);
         refused(Name::Launch, &["--ib", "./p"], &["--ib"]);
-        refused(Name::Launch, &["--with-plugin", "x.so", "./p"], &["--with-plugin", "plugins"]);
         refused(Name::Launch, &["-j", "--new-coordinator", "./p"], &["dmtcp_launch --help"]);
         refused(Name::Launch, &["--frobnicate", "./p"], &["--frobnicate", "dmtcp_launch --help"]);
         refused(Name::Launch, &[], &["dmtcp_launch --help"]);
