@@ -4,9 +4,55 @@
 //! section holds a checkpoint back (tests/programs/api.c); the Python
 //! module over it (python/stasis.py, tests/programs/api.py).
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use crate::support::*;
+
+/// The header and the Python module, as this build has them (written into
+/// the sandbox: the tests may run where the source tree is not).
+const HEADER: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../include/stasis.h"));
+const PYTHON_MODULE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../python/stasis.py"));
+
+/// tests/programs/api.c built against include/stasis.h, and run with `mode`.
+fn api_program(sb: &Sandbox, mode: &str) -> Program {
+    let include = sb.mkdir("include");
+    std::fs::write(include.join("stasis.h"), HEADER).unwrap_or_else(|e| sb.fail(e));
+    let exe = sb.join("api");
+    if !exe.is_file() {
+        cc(
+            sb,
+            &[
+                &"-O1",
+                &"-g",
+                &"-pthread",
+                &"-I",
+                &include.as_path(),
+                &"-o",
+                &exe.as_path(),
+                &programs_dir().join("api.c").as_path(),
+            ],
+        );
+    }
+    Program { name: "api".into(), argv: vec![exe.into_os_string(), mode.into()] }
+}
+
+/// tests/programs/api.py with python/stasis.py beside it in the sandbox.
+fn python_program(sb: &Sandbox, args: &[&str]) -> Program {
+    let dir = sb.mkdir("python");
+    std::fs::write(dir.join("stasis.py"), PYTHON_MODULE).unwrap_or_else(|e| sb.fail(e));
+    let mut all = vec![dir.to_str().unwrap_or_else(|| sb.fail("sandbox path is not UTF-8"))];
+    all.extend(args);
+    Program::python("api.py", &all)
+}
+
+fn cc(sb: &Sandbox, args: &[&dyn AsRef<std::ffi::OsStr>]) {
+    let out = Command::new("cc")
+        .args(args.iter().map(|a| a.as_ref()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| sb.fail(format!("cannot run cc: {e} (install gcc)")));
+    sb.check(out.status.success(), || format!("cc failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+}
 
 /// Waits until `app` printed a line starting with `prefix`; returns its index.
 fn wait_for_line(sb: &Sandbox, app: &mut Proc, prefix: &str) -> usize {
@@ -35,7 +81,7 @@ fn run_alone(sb: &Sandbox, mut cmd: std::process::Command) -> Vec<String> {
 #[test]
 fn c_api_program_runs_alone_and_every_function_says_not_present() {
     let sb = Sandbox::new("api-alone");
-    let lines = run_alone(&sb, Program::c("api", &["alone"]).command());
+    let lines = run_alone(&sb, api_program(&sb, "alone").command());
     // 3 is STASIS_NOT_PRESENT (DMTCP's DMTCP_NOT_PRESENT).
     let want = ["enabled 0 dmtcp 0", "checkpoint 3 generation 0", "disable 3 enable 3", "hook 3"];
     sb.check(lines == want, || format!("alone, the program printed {lines:?}, not {want:?}"));
@@ -46,7 +92,7 @@ fn c_api_checkpoint_from_the_program_fires_hooks_and_returns_after_restart() {
     let sb = Sandbox::new("api-self");
     let run_dir = sb.mkdir("run");
     let (ck, sock) = (sb.join("ck"), sb.socket());
-    let mut app = launch(&sb, &Program::c("api", &["self"]), &sock, &ck, &run_dir, Out::Pipe);
+    let mut app = launch(&sb, &api_program(&sb, "self"), &sock, &ck, &run_dir, Out::Pipe);
     let at = wait_for_line(&sb, &mut app, "checkpoint returned ");
     let lines = app.lines();
     sb.check(lines[at].starts_with("checkpoint returned 1 generation ") && !lines[at].ends_with(" 0"), || {
@@ -83,7 +129,7 @@ fn c_api_critical_section_holds_a_checkpoint_back_until_it_ends() {
     let sb = Sandbox::new("api-critical");
     let run_dir = sb.mkdir("run");
     let (ck, sock) = (sb.join("ck"), sb.socket());
-    let mut app = launch(&sb, &Program::c("api", &["critical"]), &sock, &ck, &run_dir, Out::Pipe);
+    let mut app = launch(&sb, &api_program(&sb, "critical"), &sock, &ck, &run_dir, Out::Pipe);
     wait_for_line(&sb, &mut app, "in critical section");
     // The program leaves its section only once the coordinator shows this
     // checkpoint waiting for it; the checkpoint must happen after that.
@@ -106,8 +152,8 @@ fn c_api_critical_section_holds_a_checkpoint_back_until_it_ends() {
 #[test]
 fn python_api_alone_under_stasis_and_after_restart() {
     let sb = Sandbox::new("api-python");
-    let prog = Program::python("api.py", &["tick"]);
-    let alone = run_alone(&sb, Program::python("api.py", &[]).command());
+    let prog = python_program(&sb, &["tick"]);
+    let alone = run_alone(&sb, python_program(&sb, &[]).command());
     let want = ["enabled False", "in critical section", "checkpoint None generation 0"];
     sb.check(alone == want, || format!("alone, api.py printed {alone:?}, not {want:?}"));
 
@@ -137,23 +183,17 @@ fn python_api_alone_under_stasis_and_after_restart() {
 fn dmtcp_plugin_is_loaded_initialized_and_called_around_checkpoint_and_restart() {
     let sb = Sandbox::new("api-plugin");
     let plugin = sb.join("libtest_plugin.so");
-    let built = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&plugin)
-        .arg(programs_dir().join("plugin.c"))
-        .output()
-        .unwrap_or_else(|e| sb.fail(format!("cannot run cc: {e}")));
-    sb.check(built.status.success(), || format!("cc plugin.c: {}", String::from_utf8_lossy(&built.stderr)));
+    cc(&sb, &[&"-shared", &"-fPIC", &"-O1", &"-o", &plugin.as_path(), &programs_dir().join("plugin.c").as_path()]);
     let run_dir = sb.mkdir("run");
     let (ck, sock) = (sb.join("ck"), sb.socket());
-    let mut cmd = std::process::Command::new(dmtcp_bin("dmtcp_launch"));
+    let mut cmd = Command::new(dmtcp_bin("dmtcp_launch"));
     cmd.arg("--ckptdir")
         .arg(&ck)
         .arg("--coord-socket")
         .arg(&sock)
         .arg("--with-plugin")
         .arg(&plugin)
-        .args(&Program::c("api", &["self"]).argv)
+        .args(&api_program(&sb, "self").argv)
         .current_dir(&run_dir);
     let mut app = Proc::spawn(&sb, &sb.label("dmtcp_launch"), cmd, Out::Pipe);
     wait_for_line(&sb, &mut app, "checkpoint returned 1 ");
