@@ -146,6 +146,10 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
         cmd.env("STASIS_TMPDIR", t);
     }
     cmd.env("STASIS_CKPT_DIR", &ckpt_dir);
+    // What dmtcp_nocheckpoint gives back (`nocheckpoint.rs`).
+    if let Some(p) = std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty()) {
+        cmd.env(crate::nocheckpoint::USER_PRELOAD, p);
+    }
     if let Some(sig) = opts.ckpt_signal {
         cmd.env("STASIS_CKPT_SIGNAL", sig.to_string());
     }
