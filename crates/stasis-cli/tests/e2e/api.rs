@@ -217,3 +217,13 @@ fn dmtcp_plugin_is_loaded_initialized_and_called_around_checkpoint_and_restart()
     wait_for_line(&sb, &mut re, "tick 1 ");
     re.kill_computation(&sb, &run_dir);
 }
+
+#[test]
+fn dmtcp_nocheckpoint_runs_commands_outside_a_computation_checkpointed_and_restarted() {
+    // Called by its name, as DMTCP's programs call it: a link to stasis.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let link = dir.path().join("dmtcp_nocheckpoint");
+    std::os::unix::fs::symlink(stasis(), &link).unwrap_or_else(|e| panic!("symlink: {e}"));
+    let link = link.to_str().unwrap_or_else(|| panic!("temp path is not UTF-8")).to_string();
+    crate::checkpoint_kill_restart("nocheckpoint", &Program::bash("nocheckpoint.sh", &[&link]));
+}
