@@ -150,8 +150,41 @@ extern "C" fn at_exit() {
     deliver(DMTCP, dmtcp_event::EXIT);
 }
 
+/// How long after the RESUME or RESTART hooks the next PRESUSPEND waits at
+/// least: the program may act on those hooks in its own threads (DMTCP's
+/// `presuspend` test forks a new child once RESTART said so), and DMTCP
+/// delivers RESTART before the program's threads run, so they have acted
+/// by the time the next checkpoint comes.
+const SETTLE: Duration = Duration::from_secs(2);
+/// When the last RESUME/RESTART hooks were delivered to DMTCP hooks.
+static LAST_RUNNING: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+fn has_dmtcp_hooks() -> bool {
+    let n = USED.load(Ordering::Acquire).min(MAX_HOOKS);
+    SLOTS[..n].iter().any(|s| s.kind.load(Ordering::Acquire) == DMTCP)
+}
+
+fn note_running() {
+    if has_dmtcp_hooks()
+        && let Ok(mut t) = LAST_RUNNING.lock()
+    {
+        *t = Some(std::time::Instant::now());
+    }
+}
+
+/// Gives the program the rest of SETTLE to act on its last RESUME/RESTART.
+fn settle() {
+    let since = LAST_RUNNING.lock().ok().and_then(|t| *t).map(|t| t.elapsed());
+    if let Some(since) = since
+        && since < SETTLE
+    {
+        std::thread::sleep(SETTLE - since);
+    }
+}
+
 /// Before the program's threads are stopped for a checkpoint.
 pub fn before_checkpoint() {
+    settle();
     IN_PRESUSPEND.store(true, Ordering::Release);
     deliver(DMTCP, dmtcp_event::PRESUSPEND);
     IN_PRESUSPEND.store(false, Ordering::Release);
@@ -164,6 +197,7 @@ pub fn after_resume() {
     deliver(DMTCP, dmtcp_event::RESUME);
     deliver(STASIS, stasis_event::RESUME);
     deliver(DMTCP, dmtcp_event::RUNNING);
+    note_running();
 }
 
 /// In a restored process, once its program runs again.
@@ -171,6 +205,7 @@ pub fn after_restart() {
     deliver(DMTCP, dmtcp_event::RESTART);
     deliver(STASIS, stasis_event::RESTART);
     deliver(DMTCP, dmtcp_event::RUNNING);
+    note_running();
 }
 
 /// How long a global barrier in a PRESUSPEND hook holds this process back.
