@@ -142,7 +142,9 @@ fn c_api_critical_section_holds_a_checkpoint_back_until_it_ends() {
         index_of(&sb, &lines, "hook precheckpoint"),
         index_of(&sb, &lines, "hook resume"),
     );
-    sb.check(left < enable && enable < pre && pre < resume, || {
+    // "enable 1" is printed once enable returned: the checkpoint may be
+    // under way by then.
+    sb.check(left < enable && left < pre && pre < resume, || {
         format!("the checkpoint did not wait for the critical section: {lines:?} (checkpoint window {window:?})")
     });
     sb.check(committed_generations(&ck).len() == 1, || format!("want one generation in {}", ck.display()));
