@@ -95,6 +95,19 @@ pub fn note_restored(generation: u64) {
     release_critical_sections();
 }
 
+/// Whether child `pid` may still join the computation: not when its
+/// environment names no coordinator (dmtcp_nocheckpoint ran it outside;
+/// the agent's exec wrappers put the address in every other). One whose
+/// environment cannot be read counts as joining. While the program is stopped.
+pub fn may_join(pid: i32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(env) => env
+            .split(|&b| b == 0)
+            .any(|e| e.starts_with(b"STASIS_COORD_ADDR=") || e.starts_with(b"STASIS_COORD_SOCKET=")),
+        Err(_) => true,
+    }
+}
+
 // ---- what the program sees --------------------------------------------------
 
 /// Asks the coordinator for a checkpoint of the whole computation and
@@ -412,4 +425,29 @@ pub extern "C" fn dmtcp_dlsym(_handle: *mut c_void, _symbol: *const c_char) -> *
 #[unsafe(no_mangle)]
 pub extern "C" fn dmtcp_dlsym(_handle: *mut c_void, _symbol: *const c_char) -> *mut c_void {
     std::arch::naked_asm!("adrp x16, :got:dlsym", "ldr x16, [x16, :got_lo12:dlsym]", "br x16")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_outside_the_computation_is_not_waited_for() {
+        // The test runner's environment names no coordinator.
+        if std::env::var_os("STASIS_COORD_ADDR").is_none() && std::env::var_os("STASIS_COORD_SOCKET").is_none() {
+            assert!(!may_join(std::process::id() as i32));
+        }
+        // Unreadable (no such process): counted as joining.
+        assert!(may_join(i32::MAX));
+    }
+
+    #[test]
+    fn critical_sections_count_and_an_unmatched_enable_is_refused() {
+        DISABLED.store(0, Ordering::SeqCst);
+        DISABLED.fetch_add(2, Ordering::SeqCst);
+        leave();
+        assert_eq!(DISABLED.load(Ordering::SeqCst), 1);
+        leave();
+        assert!(DISABLED.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err());
+    }
 }

@@ -832,7 +832,8 @@ pub(crate) fn ask_coordinator(m: &Message) -> Result<Message, String> {
 /// SUSPENDED, with the children the coordinator must also see stopped.
 fn suspended(generation: u64) -> Message {
     let (live, _) = tree::children();
-    let list: Vec<String> = live.iter().map(i32::to_string).collect();
+    // [stasis api] children that run outside (dmtcp_nocheckpoint) never join.
+    let list: Vec<String> = live.iter().filter(|&&p| crate::api::may_join(p)).map(i32::to_string).collect();
     Message::new(proto::SUSPENDED).with("generation", generation).with("children", list.join(","))
 }
 
