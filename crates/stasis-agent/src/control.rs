@@ -226,6 +226,8 @@ fn addr_text(a: &Addr) -> String {
 pub fn restored(agent_fd: i32) {
     // Restart's socket, at the number the image saw ours at.
     let _ = Link::adopt(agent_fd);
+    // [stasis api] before the program runs: dmtcp_checkpoint() returns "restarted".
+    crate::api::note_restored(crate::signals::RESTORE_INFO.generation.load(Ordering::Acquire));
     crate::imagemap::restored();
     crate::stdio::restored();
     let Some(addr) = peer_addr(agent_fd) else { return };
@@ -567,6 +569,8 @@ pub fn run() {
             End::Restored => {
                 // The program runs again: its environment may change now.
                 crate::stdio::restored_environ();
+                // [stasis api] the program's hooks after a restart.
+                crate::plugins::after_restart();
                 restored = true;
                 conn = Some(c);
             }
@@ -682,6 +686,7 @@ fn serve(conn: &Link, s: &mut Session) -> End {
     while let Some(msg) = next(&mut reader, &mut timed_out) {
         let end = obey(conn, &mut reader, s, msg);
         publish(s);
+        crate::api::set_generation(s.generation); // [stasis api]
         if let Some(end) = end {
             return end;
         }
@@ -702,7 +707,12 @@ fn obey(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, msg: Messag
                 if let Err(e) = crate::imagemap::wait_verified(VERIFY_WAIT) {
                     return (!send(conn, failed(g, &e))).then_some(End::Closed);
                 }
+                // [stasis api] the program's hooks and critical sections first.
+                before_checkpoint();
                 let result = ckpt::checkpoint(req);
+                if !matches!(result, Ok(Outcome::Restored { .. })) {
+                    after_checkpoint();
+                }
                 if let Ok(Outcome::Restored { generation }) = result {
                     s.generation = generation;
                     return Some(End::Restored);
@@ -719,9 +729,17 @@ fn obey(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, msg: Messag
                     send(conn, failed(s.generation + 1, "no absolute dir= in the request"));
                     return None;
                 };
-                return phased(conn, reader, s, req);
+                // [stasis api] the program's hooks and critical sections first.
+                before_checkpoint();
+                let end = phased(conn, reader, s, req);
+                if !matches!(end, Some(End::Restored)) {
+                    after_checkpoint();
+                }
+                return end;
             }
             proto::COORDINATOR => {
+                // [stasis api] the coordinator counts this process now.
+                crate::api::note_connected();
                 if let Some(text) = msg.get("addr")
                     && let Some(a) = parse_addr(text)
                 {
@@ -750,10 +768,72 @@ fn obey(conn: &Link, reader: &mut BufReader<&Link>, s: &mut Session, msg: Messag
     None
 }
 
+/// [stasis api] Waits for the program's critical sections to end, then runs
+/// its hooks before a checkpoint (api.rs, plugins.rs).
+fn before_checkpoint() {
+    crate::api::hold_critical_sections();
+    crate::plugins::before_checkpoint();
+}
+
+/// [stasis api] The checkpoint is over, done or given up (a restored
+/// process has its own: `plugins::after_restart`).
+fn after_checkpoint() {
+    crate::api::release_critical_sections();
+    crate::plugins::after_resume();
+}
+
+/// [stasis api] A client's request to the coordinator (`COMMAND ...`) and
+/// its answer, from one of the program's threads: a connection of its own,
+/// with the same checks as the agent's, closed when answered. Blocks until
+/// the coordinator answers (a checkpoint: once committed).
+pub(crate) fn ask_coordinator(m: &Message) -> Result<Message, String> {
+    let env = ENVIRONMENT.get();
+    let (addr, secret) = match inherited() {
+        Some(s) => (s.addr, s.secret),
+        None => (env.and_then(|e| e.addr.clone()), env.and_then(|e| e.secret.clone())),
+    };
+    let addr = addr.ok_or("no coordinator address")?;
+    let plain_socket = |family: i32| -> Result<File, String> {
+        // SAFETY: plain socket creation.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just made and is owned here.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    };
+    let sock = match &addr {
+        Addr::Unix(path) => {
+            let sock = plain_socket(libc::AF_UNIX)?;
+            connect_raw(&sock, &unix_sockaddr(path)?).map_err(|e| format!("{}: {e}", path.display()))?;
+            check_unix_peer(&sock, path)?;
+            sock
+        }
+        Addr::Tcp(hp) => {
+            let sa = hp
+                .to_socket_addrs()
+                .map_err(|e| format!("{hp}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{hp}: no address"))?;
+            let sock = plain_socket(if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 })?;
+            connect_tcp(&sock, &inet_sockaddr(sa), secret.as_deref(), &addr_text(&addr))?;
+            sock
+        }
+    };
+    (&sock).write_all(m.encode().as_bytes()).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    match BufReader::new(&sock).read_line(&mut line) {
+        Ok(0) => Err("the coordinator closed the connection".into()),
+        Ok(_) => Message::decode(&line).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// SUSPENDED, with the children the coordinator must also see stopped.
 fn suspended(generation: u64) -> Message {
     let (live, _) = tree::children();
-    let list: Vec<String> = live.iter().map(i32::to_string).collect();
+    // [stasis api] children that run outside (dmtcp_nocheckpoint) never join.
+    let list: Vec<String> = live.iter().filter(|&&p| crate::api::may_join(p)).map(i32::to_string).collect();
     Message::new(proto::SUSPENDED).with("generation", generation).with("children", list.join(","))
 }
 

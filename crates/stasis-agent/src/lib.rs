@@ -10,6 +10,7 @@
 //! uses its own allocator so it cannot deadlock on the program's malloc.
 
 mod alloc;
+mod api;
 mod ckpt;
 mod collect;
 mod conn_fd;
@@ -22,6 +23,7 @@ mod inotify;
 mod ipc;
 mod mqueue;
 mod pending;
+mod plugins;
 mod progsig;
 mod pty;
 mod reuse_addr;
@@ -82,6 +84,9 @@ extern "C" fn init() {
     }
     // The program's view of our signal's mask, carried into a fork child.
     progsig::install_fork_handlers();
+    // The application API and DMTCP plugins (api.rs, plugins.rs).
+    api::remember_environment();
+    plugins::init();
     start_checkpoint_thread();
 }
 

@@ -520,6 +520,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
             save_files: SaveFiles { limit: a.save_files_limit, excluded: a.no_save_file },
             quiet: a.quiet,
             usr2_checkpoints: false,
+            plugins: Vec::new(),
             program: a.program,
         }),
         VerbArgs::Restart(a) => {

@@ -84,7 +84,10 @@ const OVERWRITE: &str = "it goes with --checkpoint-open-files, which stasis does
 const MODIFY_ENV: &str = "stasis restores the environment the program had";
 const MPI: &str = "stasis does not checkpoint MPI programs yet";
 const INFINIBAND: &str = "stasis cannot checkpoint InfiniBand connections";
-const PLUGINS: &str = "stasis has no DMTCP plugins";
+const PLUGINS: &str = "stasis has no DMTCP plugins of its own to turn off";
+const PLUGIN_ENV: &[&str] = &["DMTCP_PLUGIN"];
+const EVENT_PLUGIN: &str = "the agent itself keeps epoll, eventfd, signalfd and inotify across checkpoints; \
+     there is no event plugin to turn off";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -154,9 +157,12 @@ struct LaunchArgs {
     /// Not supported
     #[arg(long = "ib", alias = "infiniband")]
     infiniband: bool,
-    /// Not supported: stasis has no plugins
+    /// DMTCP plugins (colon-separated libraries) to load into the program (DMTCP_PLUGIN)
     #[arg(long = "with-plugin", value_name = "PLUGINS")]
     with_plugin: Option<String>,
+    /// Ignored: stasis has no event plugin (DMTCP_EVENT_PLUGIN=0 likewise)
+    #[arg(long = "disable-event-plugin")]
+    disable_event_plugin: bool,
     /// Ignored: stasis has no plugins
     #[arg(long = "disable-all-plugins")]
     disable_all_plugins: bool,
@@ -169,9 +175,6 @@ struct LaunchArgs {
     /// Ignored: stasis has no plugins (the rest of DMTCP's built-in plugin switches)
     #[arg(long = "disable-ssh-plugin")]
     disable_ssh_plugin: bool,
-    /// Ignored: stasis has no plugins
-    #[arg(long = "disable-event-plugin")]
-    disable_event_plugin: bool,
     /// Ignored: stasis has no plugins
     #[arg(long = "disable-file-plugin")]
     disable_file_plugin: bool,
@@ -390,7 +393,6 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 (a.modify_env, "--modify-env", MODIFY_ENV),
                 (a.mpi, "--mpi", MPI),
                 (a.infiniband, "--ib", INFINIBAND),
-                (a.with_plugin.is_some(), "--with-plugin", PLUGINS),
             ] {
                 if set {
                     return Err(refuse(option, why));
@@ -402,7 +404,6 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 (a.disable_alloc_plugin, "--disable-alloc-plugin"),
                 (a.disable_dl_plugin, "--disable-dl-plugin"),
                 (a.disable_ssh_plugin, "--disable-ssh-plugin"),
-                (a.disable_event_plugin, "--disable-event-plugin"),
                 (a.disable_file_plugin, "--disable-file-plugin"),
                 (a.disable_pty_plugin, "--disable-pty-plugin"),
                 (a.disable_socket_plugin, "--disable-socket-plugin"),
@@ -414,6 +415,16 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                     notes.push(format!("{option} is ignored: {PLUGINS}"));
                 }
             }
+            if a.disable_event_plugin {
+                notes.push(format!("--disable-event-plugin is ignored: {EVENT_PLUGIN}"));
+            }
+            // DMTCP_PLUGIN's first, as DMTCP preloads them.
+            let plugins: Vec<PathBuf> = first_env(env, PLUGIN_ENV)
+                .map(|(_, v)| v)
+                .into_iter()
+                .chain(a.with_plugin)
+                .flat_map(|list| list.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect::<Vec<_>>())
+                .collect();
             if a.prefix.is_some() {
                 notes.push("--prefix is ignored: stasis finds its agent next to its own binary".into());
             }
@@ -443,6 +454,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 save_files: Default::default(),
                 quiet: a.quiet > 0 || env_quiet(env),
                 usr2_checkpoints: true,
+                plugins,
                 program: a.program,
             })
         }
@@ -756,6 +768,15 @@ mod tests {
         assert_eq!(o.port_file, Some(PathBuf::from("pf")));
         let (o, _) = launch(&["--new-coordinator", "--coord-port", "0", "./p"], &[]);
         assert_eq!((o.mode, o.coord.port), (Mode::New, Some(0)));
+        // Plugins: DMTCP_PLUGIN's first, then --with-plugin's, colon-separated.
+        let (o, notes) = launch(
+            &["--with-plugin", "/p/b.so:/p/c.so", "--disable-event-plugin", "./p"],
+            &[("DMTCP_PLUGIN", "/p/a.so")],
+        );
+        let want: Vec<PathBuf> = ["/p/a.so", "/p/b.so", "/p/c.so"].iter().map(PathBuf::from).collect();
+        assert_eq!(o.plugins, want);
+        assert!(notes.iter().any(|n| n.contains("--disable-event-plugin is ignored")), "{notes:?}");
+        assert!(launch(&["./p"], &[]).0.plugins.is_empty());
         let (o, _) = launch(&["--tmpdir", "/t", "--ckpt-signal", "12", "-q", "--no-gzip", "./p"], &[]);
         assert_eq!((o.coord.tmpdir, o.ckpt_signal, o.quiet), (Some(PathBuf::from("/t")), Some(12), true));
         let (o, _) = launch(&["--coord-host", "n", "--interval", "5", "--coord-logfile", "log", "./p"], &[]);
@@ -803,7 +824,6 @@ mod tests {
         refused(Name::Launch, &["--modify-env", "./p"], &["--modify-env"]);
         refused(Name::Launch, &["--mpi", "./p"], &["--mpi"]);
         refused(Name::Launch, &["--ib", "./p"], &["--ib"]);
-        refused(Name::Launch, &["--with-plugin", "x.so", "./p"], &["--with-plugin", "plugins"]);
         refused(Name::Launch, &["-j", "--new-coordinator", "./p"], &["dmtcp_launch --help"]);
         refused(Name::Launch, &["--frobnicate", "./p"], &["--frobnicate", "dmtcp_launch --help"]);
         refused(Name::Launch, &[], &["dmtcp_launch --help"]);

@@ -14,6 +14,7 @@ mod commands;
 mod coord_socket;
 mod dmtcp;
 mod exit;
+mod nocheckpoint;
 mod output;
 mod pty;
 mod reach;
@@ -29,6 +30,13 @@ use exit::Exit;
 
 pub use dmtcp::Name as DmtcpName;
 
+/// `dmtcp_nocheckpoint PROGRAM...`: the program outside the computation
+/// (`nocheckpoint.rs`), whatever the binary is called.
+pub fn nocheckpoint_main() -> ! {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    std::process::exit(nocheckpoint::run(&args))
+}
+
 /// The entry point of every binary: `stasis`, and the DMTCP names. The
 /// name it was called by (argv[0]) decides, so that a symbolic link named
 /// dmtcp_launch works, and so that stasis can run itself as `stasis ...`
@@ -36,6 +44,9 @@ pub use dmtcp::Name as DmtcpName;
 pub fn main_as(default: Option<DmtcpName>) -> ! {
     let args: Vec<OsString> = std::env::args_os().collect();
     let called = args.first().map(|a| std::path::Path::new(a).file_name().unwrap_or(a.as_os_str()));
+    if called.is_some_and(|c| c == "dmtcp_nocheckpoint") {
+        std::process::exit(nocheckpoint::run(&args));
+    }
     let name = match called {
         Some(c) if c == "stasis" => None,
         Some(c) => DmtcpName::from_program(c).or(default),

@@ -87,6 +87,10 @@ mod incremental;
 // The image writer: parallel workers, one copy, zstd chunks.
 #[path = "e2e/speed_writer.rs"]
 mod speed_writer;
+// The application API (include/stasis.h, DMTCP's names, python/stasis.py)
+// and DMTCP plugins.
+#[path = "e2e/api.rs"]
+mod api;
 
 use std::fs;
 use std::path::{Path, PathBuf};

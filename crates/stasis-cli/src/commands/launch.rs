@@ -46,6 +46,9 @@ pub struct LaunchOpts {
     /// it ignored, so that SLURM's `--signal=USR2`, sent to every process
     /// of the job, does not kill it. The DMTCP names only.
     pub usr2_checkpoints: bool,
+    /// DMTCP plugins to preload after the agent (`--with-plugin`,
+    /// DMTCP_PLUGIN; stasis-agent/src/plugins.rs, docs/api.md).
+    pub plugins: Vec<PathBuf>,
     /// The program and its arguments (at least the program).
     pub program: Vec<OsString>,
 }
@@ -117,11 +120,12 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
         write_port_file(f, &found, opts.quiet)?;
     }
 
+    let plugins = plugin_paths(&opts.plugins)?;
     let signals = signals::block().context("cannot block signals")?;
     let (program, args) = opts.program.split_first().context("no program to launch")?;
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .env("LD_PRELOAD", preload(&agent, std::env::var_os("LD_PRELOAD")))
+        .env("LD_PRELOAD", preload(&agent, &plugins, std::env::var_os("LD_PRELOAD")))
         .env("STASIS_COORD_ADDR", found.addr.to_string())
         // A launch from inside another computation records its own stdio,
         // not the outer computation's (`stasis-agent/src/stdio.rs`).
@@ -136,6 +140,15 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
                 cmd.env(SECRET_ENV, s.hex());
             }
         }
+    }
+    // What the application API answers (stasis-agent/src/api.rs).
+    if let Some(t) = &opts.coord.tmpdir {
+        cmd.env("STASIS_TMPDIR", t);
+    }
+    cmd.env("STASIS_CKPT_DIR", &ckpt_dir);
+    // What dmtcp_nocheckpoint gives back (`nocheckpoint.rs`).
+    if let Some(p) = std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty()) {
+        cmd.env(crate::nocheckpoint::USER_PRELOAD, p);
     }
     if let Some(sig) = opts.ckpt_signal {
         cmd.env("STASIS_CKPT_SIGNAL", sig.to_string());
@@ -186,9 +199,23 @@ pub(super) fn checkpoint_request(found: &Found) -> Box<dyn Fn() + Send> {
     })
 }
 
-/// LD_PRELOAD with the agent first, before whatever the caller preloads.
-fn preload(agent: &Path, existing: Option<OsString>) -> OsString {
+/// The plugins' absolute paths; one that is not there is an error.
+fn plugin_paths(plugins: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    plugins
+        .iter()
+        .map(|p| std::fs::canonicalize(p).map_err(|e| anyhow::anyhow!("plugin {}: {e}", p.display())))
+        .collect()
+}
+
+/// LD_PRELOAD with the agent first, then the DMTCP plugins (after the
+/// agent, so that their constructors have run when the agent's calls
+/// them), before whatever the caller preloads.
+fn preload(agent: &Path, plugins: &[PathBuf], existing: Option<OsString>) -> OsString {
     let mut v = agent.as_os_str().to_owned();
+    for p in plugins {
+        v.push(":");
+        v.push(p);
+    }
     if let Some(e) = existing.filter(|e| !e.is_empty()) {
         v.push(":");
         v.push(e);
@@ -203,8 +230,13 @@ mod tests {
     #[test]
     fn preload_goes_first() {
         let a = Path::new("/opt/stasis/libstasis_agent.so");
-        assert_eq!(preload(a, None), "/opt/stasis/libstasis_agent.so");
-        assert_eq!(preload(a, Some("".into())), "/opt/stasis/libstasis_agent.so");
-        assert_eq!(preload(a, Some("libx.so".into())), "/opt/stasis/libstasis_agent.so:libx.so");
+        assert_eq!(preload(a, &[], None), "/opt/stasis/libstasis_agent.so");
+        assert_eq!(preload(a, &[], Some("".into())), "/opt/stasis/libstasis_agent.so");
+        assert_eq!(preload(a, &[], Some("libx.so".into())), "/opt/stasis/libstasis_agent.so:libx.so");
+        let plugins = [PathBuf::from("/p/one.so"), PathBuf::from("/p/two.so")];
+        assert_eq!(
+            preload(a, &plugins, Some("libx.so".into())),
+            "/opt/stasis/libstasis_agent.so:/p/one.so:/p/two.so:libx.so"
+        );
     }
 }
