@@ -387,6 +387,10 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
         e.u64(r.len);
         e.u64(r.generation);
     });
+    // Version 8: the regions mapped MAP_NORESERVE, by index.
+    let noreserve: Vec<u32> = meta.regions.iter().enumerate().filter(|(_, r)| r.noreserve).map(|(i, _)| i as u32).collect();
+    e.vec(&noreserve, |e, i| e.u32(*i));
+    e.bool(meta.allow_file_overwrite);
     e.0
 }
 
@@ -396,8 +400,9 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
     decode_meta_version(bytes, crate::VERSION)
 }
 
-/// Decodes the metadata section of an image of format `version` (6 or 7:
-/// version 6 has no `inherited` list).
+/// Decodes the metadata section of an image of format `version` (6, 7 or
+/// 8: version 6 has no `inherited` list, 7 no MAP_NORESERVE regions nor
+/// `allow_file_overwrite`).
 pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
     let mut d = Dec { data: bytes, pos: 0 };
     let mut m = ProcessMeta {
@@ -457,7 +462,7 @@ pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
         if fork_advice & !(ADVICE_DONTFORK | ADVICE_WIPEONFORK) != 0 {
             return Err(corrupt(format!("unknown fork advice {fork_advice:#x}")));
         }
-        Ok(Region { start, end, prot, shared, growsdown, kind, name, fork_advice })
+        Ok(Region { start, end, prot, shared, growsdown, kind, name, fork_advice, noreserve: false })
     })?;
     m.threads = d.vec(70, |d| {
         Ok(Thread {
@@ -596,6 +601,19 @@ pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
     if version >= 7 {
         m.inherited =
             d.vec(28, |d| Ok(Inherited { region: d.u32()?, offset: d.u64()?, len: d.u64()?, generation: d.u64()? }))?;
+    }
+    if version >= 8 {
+        for i in d.vec(4, |d| d.u32())? {
+            let n = m.regions.len();
+            let r = m.regions.get_mut(i as usize).ok_or_else(|| {
+                corrupt(format!("MAP_NORESERVE region {i} does not exist (the image has {n} regions)"))
+            })?;
+            if r.noreserve {
+                return Err(corrupt(format!("MAP_NORESERVE region {i} is listed twice")));
+            }
+            r.noreserve = true;
+        }
+        m.allow_file_overwrite = d.bool()?;
     }
     if d.pos != bytes.len() {
         return Err(corrupt(format!("{} unexpected bytes after the metadata", bytes.len() - d.pos)));
@@ -806,6 +824,33 @@ mod tests {
         refused(|m| m.chunks[1].kind = ChunkKind::FileContents { fd_index: 0, offset: u64::MAX }, "past the largest");
     }
 
+    /// Version 8's fields with nothing in them: an empty list of
+    /// MAP_NORESERVE regions (its count) and `allow_file_overwrite`.
+    const V8_TAIL: usize = 5;
+
+    #[test]
+    fn noreserve_regions_and_file_overwrite() {
+        let mut m = valid();
+        m.regions[0].noreserve = true;
+        m.allow_file_overwrite = true;
+        let bytes = encode_meta(&m);
+        assert_eq!(decode_meta(&bytes).unwrap(), m);
+        // Version 7 ends before them.
+        let v7 = &bytes[..bytes.len() - 4 - 4 - 1];
+        let back = decode_meta_version(v7, 7).unwrap();
+        assert!(!back.regions[0].noreserve && !back.allow_file_overwrite);
+        // A region index past the list, or one listed twice.
+        let mut v = bytes.clone();
+        let at = v.len() - 5;
+        v[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
+        assert!(what(decode_meta(&v).unwrap_err()).contains("MAP_NORESERVE region 9 does not exist"));
+        let mut v = bytes[..bytes.len() - 9].to_vec();
+        v.extend(2u32.to_le_bytes());
+        v.extend([0u8; 8]);
+        v.push(0);
+        assert!(what(decode_meta(&v).unwrap_err()).contains("listed twice"));
+    }
+
     #[test]
     fn inherited_memory() {
         let mut m = valid();
@@ -813,8 +858,9 @@ mod tests {
         m.inherited = vec![Inherited { region: 0, offset: 0, len: 0x1000, generation: 3 }];
         let bytes = encode_meta(&m);
         assert_eq!(decode_meta(&bytes).unwrap(), m);
-        // Version 6 has no list: its bytes end before it.
-        let v6 = &bytes[..bytes.len() - 4 - 28];
+        // Version 6 has no list: its bytes end before it (and before
+        // version 8's two fields, 5 bytes here).
+        let v6 = &bytes[..bytes.len() - 5 - 4 - 28];
         let back = decode_meta_version(v6, 6).unwrap();
         assert!(back.inherited.is_empty());
         assert!(decode_meta_version(&bytes, 6).is_err());
@@ -872,9 +918,9 @@ mod tests {
         );
         refused(|m| m.chunks[1].data_len = 10, "holds 10 bytes in 9 stored ones");
         // The compression tag is the second last field of the last chunk
-        // (an empty inherited list follows).
+        // (an empty inherited list follows, then version 8's 5 bytes).
         let mut v = encode_meta(&valid());
-        let at = v.len() - 9 - 4;
+        let at = v.len() - 9 - 4 - V8_TAIL;
         v[at] = 2;
         assert_eq!(decode_meta(&v).unwrap().chunks[1].compression, Compression::Zstd);
         v[at] = 3;
@@ -901,8 +947,8 @@ mod tests {
         }
         // The descriptor's tag is followed by its outside-stdio byte and 45
         // bytes: four empty lists' counts, shared_pending, the agent's 17
-        // bytes and the empty inherited list's count.
-        let fd_tag = good.len() - 47;
+        // bytes and the empty inherited list's count; then version 8's.
+        let fd_tag = good.len() - 47 - V8_TAIL;
         let mut v = good.clone();
         v[fd_tag] = 14;
         assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 14"));

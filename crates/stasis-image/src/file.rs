@@ -888,14 +888,15 @@ mod tests {
     fn version_6_images_are_read() {
         let t = tempfile::tempdir().unwrap();
         let (path, mut bytes) = image(t.path());
-        // Version 6 metadata is version 7's without its last field, the
-        // `inherited` list (empty here): 4 bytes of count.
+        // Version 6 metadata is version 8's without its last fields: the
+        // `inherited` list and the MAP_NORESERVE list (empty here, 4 bytes
+        // of count each) and `allow_file_overwrite` (1 byte).
         let h = Header::decode(&bytes[..HEADER_LEN], Path::new("x")).unwrap();
-        let meta = &bytes[h.meta_offset as usize..(h.meta_offset + h.meta_len - 4) as usize];
+        let meta = &bytes[h.meta_offset as usize..(h.meta_offset + h.meta_len - 9) as usize];
         let checksum = xxhash_rust::xxh3::xxh3_64(meta);
         forge(&mut bytes, |h| {
             h.version = 6;
-            h.meta_len -= 4;
+            h.meta_len -= 9;
             h.meta_checksum = checksum;
         });
         std::fs::write(&path, &bytes).unwrap();

@@ -50,6 +50,12 @@ pub struct ProcessMeta {
     /// earlier generation's image, which holds it (an incremental
     /// checkpoint). Format version 7.
     pub inherited: Vec<Inherited>,
+    /// Launched with `--allow-file-overwrite`: a file open read-only whose
+    /// contents `--checkpoint-open-files` saved replaces, at restart, a
+    /// file of the same path that differs from it (the one found is kept
+    /// beside it as `PATH-DATE.bk`). Without it such a restart is refused.
+    /// Format version 8.
+    pub allow_file_overwrite: bool,
 }
 
 /// `len` bytes of `regions[region]` from `offset` are as the image of the
@@ -124,6 +130,10 @@ pub struct Region {
     pub name: String,
     /// `ADVICE_DONTFORK` | `ADVICE_WIPEONFORK`: madvise flags to apply again.
     pub fork_advice: u8,
+    /// Mapped MAP_NORESERVE (smaps VmFlags `nr`): no swap space was
+    /// committed for it, and a restart commits none either (a 2 TiB
+    /// reservation of a sanitizer). Format version 8.
+    pub noreserve: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

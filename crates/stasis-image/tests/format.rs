@@ -426,7 +426,17 @@ fn arb_regions() -> impl Strategy<Value = Vec<Region>> {
             .map(|(gap, len, prot, shared, growsdown, kind, name)| {
                 let start = at + gap * PAGE_SIZE;
                 at = start + len * PAGE_SIZE;
-                Region { start, end: at, prot, shared, growsdown, kind, name, fork_advice: (gap % 4) as u8 }
+                Region {
+                    start,
+                    end: at,
+                    prot,
+                    shared,
+                    growsdown,
+                    kind,
+                    name,
+                    fork_advice: (gap % 4) as u8,
+                    noreserve: len % 3 == 0,
+                }
             })
             .collect()
     })
@@ -519,6 +529,7 @@ prop_compose! {
             },
             chunks,
             inherited: Vec::new(),
+            allow_file_overwrite: ids.4 % 3 == 1,
         }
     }
 }

@@ -200,11 +200,13 @@ fn accept_copy(path: &str, what: &str, f: &File) -> Result<(), RestoreError> {
     } else if md.mode() & 0o022 != 0 {
         format!("group or others can write it (mode {:o})", md.mode() & 0o7777)
     } else {
-        eprintln!(
+        // On restart's stderr even once the program's descriptors are in
+        // place (`Helpers::map_fd` checks files then).
+        log(&format!(
             "stasis: restart: note: {path} is not the very file the program mapped ({what}) but has its size, \
-             mtime and first {} KiB and only you or root can write it: using it",
+             mtime and first {} KiB and only you or root can write it: using it\n",
             identity::HEAD_LEN >> 10
-        );
+        ));
         return Ok(());
     };
     Err(RestoreError(format!(
