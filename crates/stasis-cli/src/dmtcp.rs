@@ -18,9 +18,9 @@ use crate::cli::{self, EnvNames, NotRun, Parsed, Verb, cwd, env_number, first_en
 use crate::commands::command::{Action, CommandOpts};
 use crate::commands::coordinator::CoordinatorOpts;
 use crate::commands::launch::{LaunchOpts, SaveFiles};
-use stasis_image::savedfiles;
 use crate::commands::restart::RestartOpts;
 use crate::commands::start::Mode;
+use stasis_image::savedfiles;
 
 /// Which DMTCP command stasis was called as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

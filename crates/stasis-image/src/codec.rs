@@ -388,7 +388,8 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
         e.u64(r.generation);
     });
     // Version 8: the regions mapped MAP_NORESERVE, by index.
-    let noreserve: Vec<u32> = meta.regions.iter().enumerate().filter(|(_, r)| r.noreserve).map(|(i, _)| i as u32).collect();
+    let noreserve: Vec<u32> =
+        meta.regions.iter().enumerate().filter(|(_, r)| r.noreserve).map(|(i, _)| i as u32).collect();
     e.vec(&noreserve, |e, i| e.u32(*i));
     e.bool(meta.allow_file_overwrite);
     e.0

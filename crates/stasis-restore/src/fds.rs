@@ -649,7 +649,10 @@ pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String
         if backups.contains(&s.path) {
             let backup = backup_name(s.path);
             std::fs::rename(s.path, &backup).map_err(|e| format!("keep {} as {backup}: {e}", s.path))?;
-            warn(format!("{} differed from its contents at the checkpoint: replaced, the one found kept as {backup}", s.path));
+            warn(format!(
+                "{} differed from its contents at the checkpoint: replaced, the one found kept as {backup}",
+                s.path
+            ));
         } else if !s.writes && Path::new(s.path).exists() {
             continue; // the same as at the checkpoint
         }

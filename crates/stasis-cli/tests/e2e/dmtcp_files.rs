@@ -26,7 +26,11 @@ fn huge_noreserve_and_prot_none_reservations_survive_two_checkpoint_kill_restart
 /// killed. `after_kill` then changes its input file (in/sub/table.txt in
 /// the run directory) before the restart. Returns the sandbox, the run
 /// directory, the reference run, the killed run's piece and the restart.
-fn checkpoint_then(test: &str, args: &[&str], after_kill: &dyn Fn(&Path)) -> (Sandbox, std::path::PathBuf, Proc, Piece, Proc) {
+fn checkpoint_then(
+    test: &str,
+    args: &[&str],
+    after_kill: &dyn Fn(&Path),
+) -> (Sandbox, std::path::PathBuf, Proc, Piece, Proc) {
     let sb = Sandbox::new(test);
     let prog = Program::c("readonly", &["30"]);
     let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
@@ -75,7 +79,9 @@ fn a_read_only_file_that_differs_refuses_the_restart_without_allow_file_overwrit
     sb.check(said.contains("table.txt differs") && said.contains("--allow-file-overwrite"), || {
         format!("the refusal does not name the file and the option; stderr:\n{said}")
     });
-    sb.check(re.lines().is_empty(), || format!("the refused restart printed on the program's stdout: {:?}", re.lines()));
+    sb.check(re.lines().is_empty(), || {
+        format!("the refused restart printed on the program's stdout: {:?}", re.lines())
+    });
     let now = fs::read_to_string(run_dir.join("in/sub/table.txt")).unwrap_or_default();
     sb.check(now == changed, || format!("table.txt was changed by the refused restart: {now:?}"));
     drop(finish_reference(&sb, reference));
