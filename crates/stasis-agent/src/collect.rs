@@ -36,15 +36,13 @@ impl Pages {
     /// The wanted pages of a region of `pages` pages, as ranges [first, end)
     /// of page numbers in order; a bitmap's empty words are skipped whole.
     pub fn runs(&self, pages: u64) -> Vec<(u64, u64)> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        let mut push = |p: u64| match out.last_mut() {
-            Some(last) if last.1 == p => last.1 += 1,
-            _ => out.push((p, p + 1)),
-        };
+        let within = |(a, b): (u64, u64)| (a, b.min(pages));
         match self {
-            Pages::None => {}
-            Pages::Prefix(len) => return vec![(0, (len / PAGE).min(pages))].into_iter().filter(|r| r.1 > 0).collect(),
+            Pages::None => Vec::new(),
+            Pages::Prefix(len) => [(0, len / PAGE)].into_iter().map(within).filter(|(a, b)| a < b).collect(),
+            Pages::Runs(runs) => runs.iter().copied().map(within).filter(|(a, b)| a < b).collect(),
             Pages::Bitmap(bits) => {
+                let mut out: Vec<(u64, u64)> = Vec::new();
                 for (w, &word) in bits.iter().enumerate() {
                     let mut rest = word;
                     while rest != 0 {
@@ -52,16 +50,16 @@ impl Pages {
                         if p >= pages {
                             break;
                         }
-                        push(p);
+                        match out.last_mut() {
+                            Some(last) if last.1 == p => last.1 += 1,
+                            _ => out.push((p, p + 1)),
+                        }
                         rest &= rest - 1;
                     }
                 }
-            }
-            Pages::Runs(runs) => {
-                return runs.iter().map(|&(a, b)| (a, b.min(pages))).filter(|(a, b)| a < b).collect();
+                out
             }
         }
-        out
     }
 }
 
@@ -805,5 +803,22 @@ mod tests {
         assert_eq!(all_pages(3 * PAGE), vec![0b111]);
         assert_eq!(all_pages(65 * PAGE), vec![u64::MAX, 1]);
         assert!(all_pages(0).is_empty());
+    }
+
+    #[test]
+    fn wanted_pages_as_ranges() {
+        assert!(Pages::None.runs(10).is_empty());
+        assert_eq!(Pages::Prefix(3 * PAGE).runs(10), vec![(0, 3)]);
+        assert_eq!(Pages::Prefix(30 * PAGE).runs(10), vec![(0, 10)]);
+        assert!(Pages::Prefix(0).runs(10).is_empty());
+        // Bits 1-2, 63-65 (across two words), 200 (past the region).
+        let mut bits = vec![0u64; 4];
+        for p in [1, 2, 63, 64, 65, 200] {
+            bits[p / 64] |= 1 << (p % 64);
+        }
+        assert_eq!(Pages::Bitmap(bits).runs(100), vec![(1, 3), (63, 66)]);
+        assert!(Pages::Bitmap(Vec::new()).runs(100).is_empty());
+        assert_eq!(Pages::Runs(vec![(0, 2), (5, 1 << 30)]).runs(100), vec![(0, 2), (5, 100)]);
+        assert_eq!(Pages::Runs(vec![(0, 2), (200, 300)]).runs(100), vec![(0, 2)]);
     }
 }
