@@ -369,7 +369,11 @@ fn log(msg: &str) {
 /// and the reason, before the process ends with 125 (which restart
 /// returns): never nothing.
 fn member(ctx: &Ctx<'_>, i: usize) -> ! {
-    let result = become_restored(ctx, i);
+    // A bug here must not print on the program's stderr (fd 2 is the
+    // program's once its descriptors are in place), nor end otherwise.
+    std::panic::set_hook(Box::new(|info| log(&format!("stasis: restart: internal error: {info}\n"))));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| become_restored(ctx, i)))
+        .unwrap_or_else(|_| Err("an internal error (above)".into()));
     ctx.barrier.fail();
     let why = result.err().unwrap_or_default();
     // The one that failed says why; the others only that they gave up.
