@@ -25,6 +25,42 @@ pub enum Pages {
     Prefix(u64),
     /// Pages whose bit is set (bit i = page i of the region).
     Bitmap(Vec<u64>),
+    /// Pages in these ranges [first, end) of page numbers, sorted: a huge
+    /// sparse region (a 2 TiB MAP_NORESERVE reservation with a few pages
+    /// touched), whose bitmap alone would be tens of MiB. Not tracked for
+    /// incremental checkpoints (`track` takes bitmaps only): saved whole.
+    Runs(Vec<(u64, u64)>),
+}
+
+impl Pages {
+    /// The wanted pages of a region of `pages` pages, as ranges [first, end)
+    /// of page numbers in order; a bitmap's empty words are skipped whole.
+    pub fn runs(&self, pages: u64) -> Vec<(u64, u64)> {
+        let within = |(a, b): (u64, u64)| (a, b.min(pages));
+        match self {
+            Pages::None => Vec::new(),
+            Pages::Prefix(len) => [(0, len / PAGE)].into_iter().map(within).filter(|(a, b)| a < b).collect(),
+            Pages::Runs(runs) => runs.iter().copied().map(within).filter(|(a, b)| a < b).collect(),
+            Pages::Bitmap(bits) => {
+                let mut out: Vec<(u64, u64)> = Vec::new();
+                for (w, &word) in bits.iter().enumerate() {
+                    let mut rest = word;
+                    while rest != 0 {
+                        let p = w as u64 * 64 + u64::from(rest.trailing_zeros());
+                        if p >= pages {
+                            break;
+                        }
+                        match out.last_mut() {
+                            Some(last) if last.1 == p => last.1 += 1,
+                            _ => out.push((p, p + 1)),
+                        }
+                        rest &= rest - 1;
+                    }
+                }
+                out
+            }
+        }
+    }
 }
 
 /// A region and what to save of it.
@@ -454,15 +490,12 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
                 Some(_) => {
                     // A deleted file: nothing to map at restart, so keep
                     // everything that is in memory now.
-                    let bits = kept_pages(&e, &pagemap, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
-                    (RegionKind::Anonymous, RegionPlan { pages: Pages::Bitmap(bits), skip_zero: false, uffd_wp: false })
+                    let pages = resident_pages(&e, &pagemap, false)?;
+                    (RegionKind::Anonymous, RegionPlan { pages, skip_zero: false, uffd_wp: false })
                 }
                 None => {
-                    let bits = kept_pages(&e, &pagemap, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
-                    (
-                        RegionKind::Anonymous,
-                        RegionPlan { pages: Pages::Bitmap(bits), skip_zero: true, uffd_wp: e.has_flag("uw") },
-                    )
+                    let pages = resident_pages(&e, &pagemap, true)?;
+                    (RegionKind::Anonymous, RegionPlan { pages, skip_zero: true, uffd_wp: e.has_flag("uw") })
                 }
             },
         };
@@ -477,6 +510,7 @@ fn memory() -> Result<(Vec<Region>, Vec<RegionPlan>), String> {
             kind,
             name: e.name.clone(),
             fork_advice,
+            noreserve: e.has_flag("nr"),
         });
         plans.push(plan);
     }
@@ -490,6 +524,54 @@ fn fork_advice(e: &stasis_procfs::MapEntry) -> u8 {
     let bit = |flag: &str, b: u8| if e.has_flag(flag) { b } else { 0 };
     // "dc": VM_DONTCOPY ("dd" is VM_DONTDUMP, which has no effect on fork).
     bit("dc", stasis_image::ADVICE_DONTFORK) | bit("wf", stasis_image::ADVICE_WIPEONFORK)
+}
+
+/// Regions of at least this size whose pages are in memory or swapped are
+/// listed as ranges (`Pages::Runs`), found by PAGEMAP_SCAN, which skips
+/// the holes of the page table whole: a bitmap of a 2 TiB reservation is
+/// 64 MiB, and reading its pagemap 4 GiB.
+const HUGE_REGION: u64 = 4 << 30;
+
+/// The pages of a private anonymous region (or a deleted file's:
+/// `anonymous` false) to save: those in memory or swapped out.
+fn resident_pages(e: &stasis_procfs::MapEntry, pagemap: &fs::File, anonymous: bool) -> Result<Pages, String> {
+    let len = e.end - e.start;
+    // No page of it in memory nor in swap (a reservation never written):
+    // nothing to read. (A deleted file's pages are in the page cache, which
+    // smaps does not count as anonymous.)
+    let untouched = anonymous && e.anonymous + e.swap == 0;
+    if len >= HUGE_REGION {
+        if untouched {
+            return Ok(Pages::Runs(Vec::new()));
+        }
+        if let Some(runs) = scanned_runs(pagemap, e.start, e.end) {
+            return Ok(Pages::Runs(runs));
+        }
+    } else if untouched && !e.has_flag("uw") {
+        // A tracked region keeps its bitmap (`track`).
+        return Ok(Pages::Bitmap(Vec::new()));
+    }
+    let bits = kept_pages(e, pagemap, |pm| pm & (PM_PRESENT | PM_SWAPPED) != 0)?;
+    Ok(Pages::Bitmap(bits))
+}
+
+/// The pages of [start, end) in memory or swapped, as ranges of page
+/// numbers from `start`; None where the kernel has no PAGEMAP_SCAN (before
+/// Linux 6.7).
+fn scanned_runs(pagemap: &fs::File, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let found = crate::track::scan(pagemap.as_raw_fd(), start, end, false).ok()?;
+    let wanted = crate::track::PAGE_IS_PRESENT | crate::track::PAGE_IS_SWAPPED;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for r in found.iter().filter(|r| r.categories & wanted != 0) {
+        let (a, b) = ((r.start.max(start) - start) / PAGE, (r.end.min(end) - start) / PAGE);
+        match runs.last_mut() {
+            Some(last) if last.1 == a => last.1 = b,
+            _ if a < b => runs.push((a, b)),
+            _ => {}
+        }
+    }
+    Some(runs)
 }
 
 /// The pages of a private region to save: those `keep` picks from their
@@ -733,5 +815,22 @@ mod tests {
         assert_eq!(all_pages(3 * PAGE), vec![0b111]);
         assert_eq!(all_pages(65 * PAGE), vec![u64::MAX, 1]);
         assert!(all_pages(0).is_empty());
+    }
+
+    #[test]
+    fn wanted_pages_as_ranges() {
+        assert!(Pages::None.runs(10).is_empty());
+        assert_eq!(Pages::Prefix(3 * PAGE).runs(10), vec![(0, 3)]);
+        assert_eq!(Pages::Prefix(30 * PAGE).runs(10), vec![(0, 10)]);
+        assert!(Pages::Prefix(0).runs(10).is_empty());
+        // Bits 1-2, 63-65 (across two words), 200 (past the region).
+        let mut bits = vec![0u64; 4];
+        for p in [1, 2, 63, 64, 65, 200] {
+            bits[p / 64] |= 1 << (p % 64);
+        }
+        assert_eq!(Pages::Bitmap(bits).runs(100), vec![(1, 3), (63, 66)]);
+        assert!(Pages::Bitmap(Vec::new()).runs(100).is_empty());
+        assert_eq!(Pages::Runs(vec![(0, 2), (5, 1 << 30)]).runs(100), vec![(0, 2), (5, 100)]);
+        assert_eq!(Pages::Runs(vec![(0, 2), (200, 300)]).runs(100), vec![(0, 2)]);
     }
 }

@@ -1,6 +1,7 @@
-//! Contents of the regular files the program has open for writing, kept
-//! beside the image so that restart puts each back as it was at the
-//! checkpoint (docs/files.md). Runs in the image writer while the program
+//! Contents of the regular files the program has open for writing (and,
+//! with `--checkpoint-open-files`, of the user's own files it has open
+//! read-only), kept beside the image so that restart puts each back as it
+//! was at the checkpoint (docs/files.md). Runs in the image writer while the program
 //! is still stopped: a copy taken after it resumes could hold writes made
 //! after the checkpoint.
 //!
@@ -13,7 +14,7 @@
 //! lengthen the pause, which `--save-files-limit` bounds.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use stasis_image::savedfiles::{self, FileState};
 use stasis_image::{Dir, FdKind, FileSave, ProcessMeta};
@@ -24,6 +25,10 @@ use crate::sys;
 static LIMIT: AtomicU64 = AtomicU64::new(savedfiles::DEFAULT_LIMIT);
 /// The user's `:`-separated patterns of files never to keep.
 static EXCLUDED: OnceLock<String> = OnceLock::new();
+/// `--checkpoint-open-files`: the user's own files open read-only are kept too.
+static OPEN_FILES: AtomicBool = AtomicBool::new(false);
+/// `--allow-file-overwrite`, recorded in each image for restart.
+static ALLOW_OVERWRITE: AtomicBool = AtomicBool::new(false);
 
 /// A file whose last change is this recent may still change within the
 /// same tick of the file-time clock: its copy is never reused.
@@ -42,17 +47,25 @@ pub fn remember_settings() {
         }
     }
     let _ = EXCLUDED.set(crate::exec::env_var(savedfiles::EXCLUDE_VAR).unwrap_or_default());
+    let on = |var: &str| savedfiles::is_on(crate::exec::env_var(var).as_deref());
+    OPEN_FILES.store(on(savedfiles::OPEN_FILES_VAR), Ordering::Relaxed);
+    ALLOW_OVERWRITE.store(on(savedfiles::OVERWRITE_VAR), Ordering::Relaxed);
 }
 
 /// Whether the descriptor's file is one whose contents a checkpoint keeps:
-/// a regular file open for writing, still at its path, and not one of the
-/// kernel's (/proc, /sys), which hold no contents of the program's.
+/// a regular file open for writing (or, with `--checkpoint-open-files`,
+/// open at all), still at its path, and not one of the kernel's (/proc,
+/// /sys), which hold no contents of the program's.
 pub fn wanted(kind: &FdKind) -> bool {
     let FdKind::File { path, flags, deleted: false, .. } = kind else { return false };
-    *flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32
+    (OPEN_FILES.load(Ordering::Relaxed) || !read_only(*flags))
         && path.starts_with('/')
         && !path.starts_with("/proc/")
         && !path.starts_with("/sys/")
+}
+
+fn read_only(flags: u32) -> bool {
+    flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32
 }
 
 /// Keeps, in the pending generation's directory `dir`, the contents of the
@@ -63,6 +76,8 @@ pub fn save(meta: &mut ProcessMeta, dir: &Dir, note: &mut dyn FnMut(String)) -> 
     let excluded = EXCLUDED.get().map_or("", String::as_str);
     let previous = previous_generation(dir, meta.generation);
     let mut budget = limit;
+    meta.allow_file_overwrite = ALLOW_OVERWRITE.load(Ordering::Relaxed);
+    let me = sys::getuid();
     let mut done: Vec<((u64, u64), FileSave)> = Vec::new();
     for i in 0..meta.fds.len() {
         // The launch's stdio from outside (a batch system's output file) is
@@ -71,9 +86,15 @@ pub fn save(meta: &mut ProcessMeta, dir: &Dir, note: &mut dyn FnMut(String)) -> 
             continue;
         }
         let fd = meta.fds[i].fd;
-        let FdKind::File { path, dev, inode, saved, .. } = &mut meta.fds[i].kind else { continue };
+        let FdKind::File { path, dev, inode, saved, flags, .. } = &mut meta.fds[i].kind else { continue };
         if let Some((_, known)) = done.iter().find(|(id, _)| *id == (*dev, *inode)) {
             *saved = known.clone();
+            continue;
+        }
+        // A file open read-only is kept only if it is the user's own (the
+        // libraries and settings of the system are not the program's), as
+        // DMTCP's --checkpoint-open-files does.
+        if read_only(*flags) && owner(fd) != Some(me) {
             continue;
         }
         let kept = save_one(fd, path, dir, previous.as_ref(), excluded, limit, &mut budget)?;
@@ -139,6 +160,12 @@ fn save_one(
     }
     *budget -= state.size;
     Ok(FileSave::Copy { name })
+}
+
+/// The owner of the descriptor's file.
+fn owner(fd: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/fd/{fd}")).ok().map(|md| md.uid())
 }
 
 fn file_state(fd: i32) -> std::io::Result<FileState> {

@@ -215,14 +215,6 @@ fn same_stat(a: &stasis_image::FileId, b: &stasis_image::FileId) -> bool {
     (a.size, a.mtime_ns, a.ctime_ns, a.inode) == (b.size, b.mtime_ns, b.ctime_ns, b.inode)
 }
 
-fn page_wanted(plan: &RegionPlan, page: u64) -> bool {
-    match &plan.pages {
-        Pages::None => false,
-        Pages::Prefix(len) => page * PAGE < *len,
-        Pages::Bitmap(bits) => bits.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0),
-    }
-}
-
 /// Writes the wanted pages of the regions `pass` selects, in parallel
 /// (`workers`), straight from this process's memory.
 fn write_memory(
@@ -255,32 +247,21 @@ fn write_memory(
 /// units are read through /proc/self/mem.
 fn plan_units(units: &mut Vec<Unit>, region: u32, r: &stasis_image::Region, plan: &RegionPlan) {
     let first = units.len();
-    let pages = match &plan.pages {
-        Pages::None => return,
-        Pages::Prefix(len) => len / PAGE,
-        Pages::Bitmap(bits) => bits.len() as u64 * 64,
-    };
-    let pages = pages.min((r.end - r.start) / PAGE);
     let max_run = MAX_CHUNK / PAGE;
-    let mut p = 0;
-    while p < pages {
-        if !page_wanted(plan, p) {
-            p += 1;
-            continue;
+    for (a, b) in plan.pages.runs((r.end - r.start) / PAGE) {
+        let mut p = a;
+        while p < b {
+            let q = b.min(p + max_run);
+            units.push(Unit {
+                region,
+                addr: r.start + p * PAGE,
+                offset: p * PAGE,
+                len: (q - p) * PAGE,
+                skip_zero: plan.skip_zero,
+                via_mem: false,
+            });
+            p = q;
         }
-        let mut q = p + 1;
-        while q < pages && q - p < max_run && page_wanted(plan, q) {
-            q += 1;
-        }
-        units.push(Unit {
-            region,
-            addr: r.start + p * PAGE,
-            offset: p * PAGE,
-            len: (q - p) * PAGE,
-            skip_zero: plan.skip_zero,
-            via_mem: false,
-        });
-        p = q;
     }
     // Only a region with pages to save (a large PROT_NONE reservation
     // usually has none).

@@ -290,6 +290,12 @@ struct LaunchArgs {
     /// Never save the contents of files matching GLOB (`*` and `?`; repeatable): restart leaves them as they are
     #[arg(long = "no-save-file", value_name = "GLOB")]
     no_save_file: Vec<String>,
+    /// Also save the contents of your own files the program has open read-only (restart makes them again if missing)
+    #[arg(long = "checkpoint-open-files", alias = "ckpt-open-files")]
+    checkpoint_open_files: bool,
+    /// At restart, replace a file --checkpoint-open-files saved that differs now (the one found is kept as PATH-DATE.bk)
+    #[arg(long = "allow-file-overwrite")]
+    allow_file_overwrite: bool,
     /// Print no notes, only errors
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
@@ -517,7 +523,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
             port_file: a.port_file,
             coord_logfile: a.coord_logfile,
             ckpt_signal: a.ckpt_signal,
-            save_files: SaveFiles { limit: a.save_files_limit, excluded: a.no_save_file },
+            save_files: SaveFiles {
+                limit: a.save_files_limit,
+                excluded: a.no_save_file,
+                open_files: a.checkpoint_open_files,
+                allow_overwrite: a.allow_file_overwrite,
+            },
             quiet: a.quiet,
             usr2_checkpoints: false,
             plugins: Vec::new(),
@@ -693,7 +704,10 @@ mod tests {
         ]) else {
             panic!()
         };
-        assert_eq!(o.save_files, SaveFiles { limit: Some(2 << 30), excluded: vec!["*.log".into(), "/x/*".into()] });
+        assert_eq!(
+            o.save_files,
+            SaveFiles { limit: Some(2 << 30), excluded: vec!["*.log".into(), "/x/*".into()], ..Default::default() }
+        );
         assert!(parse_str(&["launch", "--save-files-limit", "lots", "p"]).is_err());
     }
 

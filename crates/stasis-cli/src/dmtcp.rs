@@ -17,9 +17,10 @@ use clap::{ArgAction, ArgGroup, Parser};
 use crate::cli::{self, EnvNames, NotRun, Parsed, Verb, cwd, env_number, first_env};
 use crate::commands::command::{self, Action, CommandOpts};
 use crate::commands::coordinator::CoordinatorOpts;
-use crate::commands::launch::LaunchOpts;
+use crate::commands::launch::{LaunchOpts, SaveFiles};
 use crate::commands::restart::RestartOpts;
 use crate::commands::start::Mode;
+use stasis_image::savedfiles;
 
 /// Which DMTCP command stasis was called as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +79,10 @@ fn refuse(option: &str, why: &str) -> NotRun {
 
 const NO_COORDINATOR: &str =
     "every stasis computation has a coordinator (dmtcp_launch starts one in the background when none runs)";
-const OPEN_FILES: &str = "stasis saves the contents of files open for writing at every checkpoint (up to \
-     --save-files-limit) and reopens the others by path and offset; it copies no other file into the checkpoint";
-const OVERWRITE: &str = "it goes with --checkpoint-open-files, which stasis does not support";
+/// DMTCP's variables of --checkpoint-open-files and --allow-file-overwrite
+/// (on when set, as under DMTCP; `0` is off).
+const OPEN_FILES_ENV: &[&str] = &["DMTCP_CKPT_OPEN_FILES"];
+const OVERWRITE_ENV: &[&str] = &["DMTCP_ALLOW_OVERWRITE_WITH_CKPTED_FILES", "DMTCP_ALLOW_FILE_OVERWRITE"];
 const MODIFY_ENV: &str = "stasis restores the environment the program had";
 const MPI: &str = "stasis does not checkpoint MPI programs yet";
 const INFINIBAND: &str = "stasis cannot checkpoint InfiniBand connections";
@@ -142,10 +144,10 @@ struct LaunchArgs {
     /// The signal that stops the program's threads (DMTCP_SIGCKPT; default 62)
     #[arg(long = "ckpt-signal", value_name = "SIGNUM", value_parser = cli::ckpt_signal)]
     ckpt_signal: Option<i32>,
-    /// Not supported
+    /// Also save your own files open read-only (DMTCP_CKPT_OPEN_FILES)
     #[arg(long = "checkpoint-open-files", alias = "ckpt-open-files")]
     checkpoint_open_files: bool,
-    /// Not supported
+    /// At restart, replace a saved file that differs (DMTCP_ALLOW_OVERWRITE_WITH_CKPTED_FILES)
     #[arg(long = "allow-file-overwrite")]
     allow_file_overwrite: bool,
     /// Not supported
@@ -388,8 +390,6 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
             let a = LaunchArgs::try_parse_from(args).map_err(err)?;
             for (set, option, why) in [
                 (a.no_coordinator, "--no-coordinator", NO_COORDINATOR),
-                (a.checkpoint_open_files, "--checkpoint-open-files", OPEN_FILES),
-                (a.allow_file_overwrite, "--allow-file-overwrite", OVERWRITE),
                 (a.modify_env, "--modify-env", MODIFY_ENV),
                 (a.mpi, "--mpi", MPI),
                 (a.infiniband, "--ib", INFINIBAND),
@@ -451,7 +451,13 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 coord_logfile: a.coord_logfile,
                 ckpt_signal,
                 // STASIS_SAVE_FILES_LIMIT and STASIS_NO_SAVE_FILE reach the agent as they are.
-                save_files: Default::default(),
+                save_files: SaveFiles {
+                    open_files: a.checkpoint_open_files
+                        || first_env(env, OPEN_FILES_ENV).is_some_and(|(_, v)| savedfiles::is_on(Some(&v))),
+                    allow_overwrite: a.allow_file_overwrite
+                        || first_env(env, OVERWRITE_ENV).is_some_and(|(_, v)| savedfiles::is_on(Some(&v))),
+                    ..Default::default()
+                },
                 quiet: a.quiet > 0 || env_quiet(env),
                 usr2_checkpoints: true,
                 plugins,
@@ -816,11 +822,23 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_open_files_and_allow_file_overwrite_by_option_or_variable() {
+        let files = |args: &[&str], env: &[(&str, &str)]| {
+            let (o, _) = launch(args, env);
+            (o.save_files.open_files, o.save_files.allow_overwrite)
+        };
+        assert_eq!(files(&["./p"], &[]), (false, false));
+        assert_eq!(files(&["--checkpoint-open-files", "./p"], &[]), (true, false));
+        assert_eq!(files(&["--ckpt-open-files", "--allow-file-overwrite", "./p"], &[]), (true, true));
+        assert_eq!(files(&["./p"], &[("DMTCP_CKPT_OPEN_FILES", "1")]), (true, false));
+        assert_eq!(files(&["./p"], &[("DMTCP_CKPT_OPEN_FILES", "0")]), (false, false));
+        assert_eq!(files(&["./p"], &[("DMTCP_ALLOW_OVERWRITE_WITH_CKPTED_FILES", "1")]), (false, true));
+        assert_eq!(files(&["./p"], &[("DMTCP_ALLOW_FILE_OVERWRITE", "1")]), (false, true));
+    }
+
+    #[test]
     fn launch_refuses_what_it_cannot_do_and_notes_what_it_ignores() {
         refused(Name::Launch, &["--no-coordinator", "./p"], &["--no-coordinator", "not supported"]);
-        refused(Name::Launch, &["--checkpoint-open-files", "./p"], &["--checkpoint-open-files", "not supported"]);
-        refused(Name::Launch, &["--ckpt-open-files", "./p"], &["--checkpoint-open-files"]);
-        refused(Name::Launch, &["--allow-file-overwrite", "./p"], &["--allow-file-overwrite"]);
         refused(Name::Launch, &["--modify-env", "./p"], &["--modify-env"]);
         refused(Name::Launch, &["--mpi", "./p"], &["--mpi"]);
         refused(Name::Launch, &["--ib", "./p"], &["--ib"]);

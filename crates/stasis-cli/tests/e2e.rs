@@ -50,6 +50,10 @@ mod kernel;
 // files whose path is gone.
 #[path = "e2e/files.rs"]
 mod files;
+// DMTCP's memory and file cases: MAP_NORESERVE and PROT_NONE reservations,
+// --checkpoint-open-files and --allow-file-overwrite.
+#[path = "e2e/dmtcp_files.rs"]
+mod dmtcp_files;
 // Another user on the node against a computation: refused directories,
 // impostor coordinators, floods, the default port (run as root, two users).
 #[path = "e2e/security.rs"]

@@ -428,6 +428,11 @@ pub fn encode_meta(meta: &ProcessMeta) -> Vec<u8> {
             e.vec(values, |e, v| e.u16(*v));
         }
     });
+    // Version 8: the regions mapped MAP_NORESERVE, by index.
+    let noreserve: Vec<u32> =
+        meta.regions.iter().enumerate().filter(|(_, r)| r.noreserve).map(|(i, _)| i as u32).collect();
+    e.vec(&noreserve, |e, i| e.u32(*i));
+    e.bool(meta.allow_file_overwrite);
     e.0
 }
 
@@ -437,9 +442,9 @@ pub fn decode_meta(bytes: &[u8]) -> Result<ProcessMeta> {
     decode_meta_version(bytes, crate::VERSION)
 }
 
-/// Decodes the metadata section of an image of format `version` (6 to 8:
-/// version 6 has no `inherited` list, 6 and 7 no `sockets_peer_shut` nor
-/// `sysv_ipc` list).
+/// Decodes the metadata section of an image of format `version` (6, 7 or
+/// 8: version 6 has no `inherited` list; 6 and 7 no `sockets_peer_shut`,
+/// `sysv_ipc`, MAP_NORESERVE regions nor `allow_file_overwrite`).
 pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
     let mut d = Dec { data: bytes, pos: 0 };
     let mut m = ProcessMeta {
@@ -499,7 +504,7 @@ pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
         if fork_advice & !(ADVICE_DONTFORK | ADVICE_WIPEONFORK) != 0 {
             return Err(corrupt(format!("unknown fork advice {fork_advice:#x}")));
         }
-        Ok(Region { start, end, prot, shared, growsdown, kind, name, fork_advice })
+        Ok(Region { start, end, prot, shared, growsdown, kind, name, fork_advice, noreserve: false })
     })?;
     m.threads = d.vec(70, |d| {
         Ok(Thread {
@@ -673,6 +678,17 @@ pub fn decode_meta_version(bytes: &[u8], version: u32) -> Result<ProcessMeta> {
                 t => return Err(corrupt(format!("unknown System V object kind {t}"))),
             })
         })?;
+        for i in d.vec(4, |d| d.u32())? {
+            let n = m.regions.len();
+            let r = m.regions.get_mut(i as usize).ok_or_else(|| {
+                corrupt(format!("MAP_NORESERVE region {i} does not exist (the image has {n} regions)"))
+            })?;
+            if r.noreserve {
+                return Err(corrupt(format!("MAP_NORESERVE region {i} is listed twice")));
+            }
+            r.noreserve = true;
+        }
+        m.allow_file_overwrite = d.bool()?;
     }
     if d.pos != bytes.len() {
         return Err(corrupt(format!("{} unexpected bytes after the metadata", bytes.len() - d.pos)));
@@ -883,6 +899,35 @@ mod tests {
         refused(|m| m.chunks[1].kind = ChunkKind::FileContents { fd_index: 0, offset: u64::MAX }, "past the largest");
     }
 
+    /// Version 8's fields with nothing in them: the counts of the empty
+    /// sockets_peer_shut, sysv_ipc and MAP_NORESERVE region lists, and
+    /// `allow_file_overwrite`.
+    const V8_TAIL: usize = 4 + 4 + 4 + 1;
+
+    #[test]
+    fn noreserve_regions_and_file_overwrite() {
+        let mut m = valid();
+        m.regions[0].noreserve = true;
+        m.allow_file_overwrite = true;
+        let bytes = encode_meta(&m);
+        assert_eq!(decode_meta(&bytes).unwrap(), m);
+        // Version 7 ends before them (and the empty sockets_peer_shut and
+        // sysv_ipc lists before them).
+        let v7 = &bytes[..bytes.len() - 4 - 4 - 4 - 4 - 1];
+        let back = decode_meta_version(v7, 7).unwrap();
+        assert!(!back.regions[0].noreserve && !back.allow_file_overwrite);
+        // A region index past the list, or one listed twice.
+        let mut v = bytes.clone();
+        let at = v.len() - 5;
+        v[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
+        assert!(what(decode_meta(&v).unwrap_err()).contains("MAP_NORESERVE region 9 does not exist"));
+        let mut v = bytes[..bytes.len() - 9].to_vec();
+        v.extend(2u32.to_le_bytes());
+        v.extend([0u8; 8]);
+        v.push(0);
+        assert!(what(decode_meta(&v).unwrap_err()).contains("listed twice"));
+    }
+
     #[test]
     fn half_closed_sockets() {
         let mut m = valid();
@@ -891,7 +936,7 @@ mod tests {
         assert_eq!(decode_meta(&bytes).unwrap(), m);
         // Version 7 has no list.
         assert!(decode_meta_version(&bytes, 7).is_err());
-        let v7 = &bytes[..bytes.len() - 4 - 4 - 16];
+        let v7 = &bytes[..bytes.len() - 4 - 16 - (V8_TAIL - 4)];
         assert!(decode_meta_version(v7, 7).unwrap().sockets_peer_shut.is_empty());
     }
 
@@ -912,7 +957,9 @@ mod tests {
         assert_eq!(decode_meta(&bytes).unwrap(), m);
         assert!(decode_meta_version(&bytes, 7).is_err());
         let mut bad = bytes.clone();
-        let at = bad.len() - (1 + 4 + 4 + 4 + 4 + 2 * 2);
+        // The set is the last object; the MAP_NORESERVE count and
+        // allow_file_overwrite (5 bytes) follow the list.
+        let at = bad.len() - (1 + 4 + 4 + 4 + 4 + 2 * 2) - 5;
         bad[at] = 2;
         assert!(what(decode_meta(&bad).unwrap_err()).contains("System V object kind 2"));
     }
@@ -925,10 +972,10 @@ mod tests {
         let bytes = encode_meta(&m);
         assert_eq!(decode_meta(&bytes).unwrap(), m);
         // Version 6 has no list: its bytes end before it (and before
-        // version 8's empty sockets_peer_shut and System V lists).
-        let v7 = &bytes[..bytes.len() - 4 - 4];
+        // version 8's fields, empty here: V8_TAIL bytes).
+        let v7 = &bytes[..bytes.len() - V8_TAIL];
         assert_eq!(decode_meta_version(v7, 7).unwrap(), m);
-        let v6 = &bytes[..bytes.len() - 4 - 4 - 4 - 28];
+        let v6 = &bytes[..bytes.len() - V8_TAIL - 4 - 28];
         let back = decode_meta_version(v6, 6).unwrap();
         assert!(back.inherited.is_empty());
         assert!(decode_meta_version(&bytes, 6).is_err());
@@ -987,9 +1034,9 @@ mod tests {
         );
         refused(|m| m.chunks[1].data_len = 10, "holds 10 bytes in 9 stored ones");
         // The compression tag is the second last field of the last chunk
-        // (the empty inherited, sockets_peer_shut and sysv_ipc lists follow).
+        // (an empty inherited list follows, then version 8's 5 bytes).
         let mut v = encode_meta(&valid());
-        let at = v.len() - 9 - 4 - 4 - 4;
+        let at = v.len() - 9 - 4 - V8_TAIL;
         v[at] = 2;
         assert_eq!(decode_meta(&v).unwrap().chunks[1].compression, Compression::Zstd);
         v[at] = 3;
@@ -1016,9 +1063,8 @@ mod tests {
         }
         // The descriptor's tag is followed by its outside-stdio byte and 53
         // bytes: four empty lists' counts, shared_pending, the agent's 17
-        // bytes and the empty inherited, sockets_peer_shut and sysv_ipc
-        // lists' counts.
-        let fd_tag = good.len() - 55;
+        // bytes and the empty inherited list's count; then version 8's.
+        let fd_tag = good.len() - 47 - V8_TAIL;
         let mut v = good.clone();
         v[fd_tag] = 99;
         assert!(what(decode_meta(&v).unwrap_err()).contains("descriptor kind 99"));

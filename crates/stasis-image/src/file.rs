@@ -888,15 +888,16 @@ mod tests {
     fn version_6_images_are_read() {
         let t = tempfile::tempdir().unwrap();
         let (path, mut bytes) = image(t.path());
-        // Version 6 metadata is version 8's without its last three fields,
-        // the `inherited`, `sockets_peer_shut` and `sysv_ipc` lists (empty
-        // here): 4 bytes of count each.
+        // Version 6 metadata is version 8's without its last fields: the
+        // `inherited`, `sockets_peer_shut`, `sysv_ipc` and MAP_NORESERVE
+        // lists (empty here, 4 bytes of count each) and
+        // `allow_file_overwrite` (1 byte).
         let h = Header::decode(&bytes[..HEADER_LEN], Path::new("x")).unwrap();
-        let meta = &bytes[h.meta_offset as usize..(h.meta_offset + h.meta_len - 12) as usize];
+        let meta = &bytes[h.meta_offset as usize..(h.meta_offset + h.meta_len - 17) as usize];
         let checksum = xxhash_rust::xxh3::xxh3_64(meta);
         forge(&mut bytes, |h| {
             h.version = 6;
-            h.meta_len -= 12;
+            h.meta_len -= 17;
             h.meta_checksum = checksum;
         });
         std::fs::write(&path, &bytes).unwrap();

@@ -59,6 +59,12 @@ pub struct ProcessMeta {
     /// with their contents (format version 8). Restart makes each again
     /// once, with its id, in the computation's own IPC namespace.
     pub sysv_ipc: Vec<SysvObject>,
+    /// Launched with `--allow-file-overwrite`: a file open read-only whose
+    /// contents `--checkpoint-open-files` saved replaces, at restart, a
+    /// file of the same path that differs from it (the one found is kept
+    /// beside it as `PATH-DATE.bk`). Without it such a restart is refused.
+    /// Format version 8.
+    pub allow_file_overwrite: bool,
 }
 
 /// A System V IPC object, by its id as the program knows it.
@@ -177,6 +183,10 @@ pub struct Region {
     pub name: String,
     /// `ADVICE_DONTFORK` | `ADVICE_WIPEONFORK`: madvise flags to apply again.
     pub fork_advice: u8,
+    /// Mapped MAP_NORESERVE (smaps VmFlags `nr`): no swap space was
+    /// committed for it, and a restart commits none either (a 2 TiB
+    /// reservation of a sanitizer). Format version 8.
+    pub noreserve: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -205,6 +205,9 @@ pub fn render(m: &ProcessMeta) -> String {
         if r.fork_advice & crate::ADVICE_WIPEONFORK != 0 {
             name.push_str(" (wipeonfork)");
         }
+        if r.noreserve {
+            name.push_str(" (noreserve)");
+        }
         let line = format!(
             "  {:014x}-{:014x} {:>9} {:>9} {} {kind:<4} {name}",
             r.start,

@@ -22,6 +22,18 @@ pub const DEFAULT_LIMIT: u64 = 1 << 30;
 pub const LIMIT_VAR: &str = "STASIS_SAVE_FILES_LIMIT";
 /// Environment variable holding the excluded patterns, separated by `:`.
 pub const EXCLUDE_VAR: &str = "STASIS_NO_SAVE_FILE";
+/// Environment variable (`1`) of `--checkpoint-open-files`: files open
+/// read-only (the user's own) are saved too.
+pub const OPEN_FILES_VAR: &str = "STASIS_CKPT_OPEN_FILES";
+/// Environment variable (`1`) of `--allow-file-overwrite`: at restart, a
+/// file saved by `--checkpoint-open-files` replaces one that differs.
+pub const OVERWRITE_VAR: &str = "STASIS_ALLOW_FILE_OVERWRITE";
+
+/// Whether an environment variable of an on/off setting says on: set,
+/// and not empty nor `0` (DMTCP's variables are on when merely set).
+pub fn is_on(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0")
+}
 
 /// The state of a file that identifies its copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

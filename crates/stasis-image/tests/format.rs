@@ -437,7 +437,17 @@ fn arb_regions() -> impl Strategy<Value = Vec<Region>> {
             .map(|(gap, len, prot, shared, growsdown, kind, name)| {
                 let start = at + gap * PAGE_SIZE;
                 at = start + len * PAGE_SIZE;
-                Region { start, end: at, prot, shared, growsdown, kind, name, fork_advice: (gap % 4) as u8 }
+                Region {
+                    start,
+                    end: at,
+                    prot,
+                    shared,
+                    growsdown,
+                    kind,
+                    name,
+                    fork_advice: (gap % 4) as u8,
+                    noreserve: len % 3 == 0,
+                }
             })
             .collect()
     })
@@ -533,6 +543,7 @@ prop_compose! {
             inherited: Vec::new(),
             sockets_peer_shut: (0..numbers[5] % 3).map(|i| numbers[5].wrapping_add(i)).collect(),
             sysv_ipc,
+            allow_file_overwrite: ids.4 % 3 == 1,
         }
     }
 }

@@ -38,6 +38,12 @@ pub struct MapOp {
     /// `FORK_DONTFORK` | `FORK_WIPEONFORK`: madvise once filled.
     pub fork_advice: u32,
     pub offset: u64,
+    /// 1: nothing is put into the region, which is mapped with its final
+    /// protection at once: a region the program never made writable (a
+    /// PROT_NONE reservation) is never made writable, so no memory is
+    /// committed for it that the program had not.
+    pub empty: u32,
+    pub _pad: u32,
 }
 
 /// `MapOp::fork_advice` bits.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
 
 use stasis_image::{ChunkKind, FdKind, FileId, FileSave, ImageReader, ProcessMeta};
 
@@ -606,24 +607,71 @@ fn memfd(name: &str) -> std::io::Result<i32> {
 /// place at the file's path: the program finds the very file it had open,
 /// as it was at the checkpoint. A file that was not kept is left as it is
 /// now, and `warn` says so.
+///
+/// A file that only `--checkpoint-open-files` kept (open read-only by
+/// every process) is made again if it is gone; if it is there and differs
+/// from the copy, it is replaced only where the image allows it
+/// (`--allow-file-overwrite`; the file found is kept as `PATH-DATE.bk`),
+/// and otherwise the restart is refused, before anything was changed.
 pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String)) -> Result<(), String> {
     // Every process that has the file open recorded it; any copy will do
     // (all are of one instant), and a copy wins over a process that had no
     // room left for it.
-    let mut done: Vec<&str> = Vec::new();
+    let mut saved: Vec<Saved> = Vec::new();
     for image in images {
         for f in &image.meta().fds {
-            let FdKind::File { path, saved: FileSave::Copy { name }, deleted: false, .. } = &f.kind else { continue };
+            let FdKind::File { path, flags, saved: FileSave::Copy { name }, deleted: false, .. } = &f.kind else {
+                continue;
+            };
             if f.outside_stdio.is_some() {
                 continue; // restart's own stdio takes its place
             }
-            if !done.contains(&path.as_str()) {
-                let dir = saved_copy_dir(image, name);
-                put_back(path, &dir, name).map_err(|e| format!("put back the contents of {path}: {e}"))?;
-                done.push(path);
+            let writes = (*flags as i32) & libc::O_ACCMODE != libc::O_RDONLY;
+            match saved.iter_mut().find(|s| s.path == *path) {
+                Some(s) => {
+                    s.writes |= writes;
+                    s.overwrite &= image.meta().allow_file_overwrite;
+                }
+                None => saved.push(Saved {
+                    path,
+                    dir: saved_copy_dir(image, name),
+                    name,
+                    writes,
+                    overwrite: image.meta().allow_file_overwrite,
+                }),
             }
         }
     }
+    // Files only read: all checked before any file is touched.
+    let mut backups = Vec::new();
+    for s in saved.iter().filter(|s| !s.writes) {
+        let same = same_as_copy(s).map_err(|e| format!("compare {} with its saved contents: {e}", s.path))?;
+        match same {
+            None | Some(true) => {}
+            Some(false) if s.overwrite => backups.push(s.path),
+            Some(false) => {
+                return Err(format!(
+                    "{} differs from its contents at the checkpoint, which --checkpoint-open-files saved; \
+                     launch with --allow-file-overwrite to have a restart replace it, or put it back as it was",
+                    s.path
+                ));
+            }
+        }
+    }
+    for s in &saved {
+        if backups.contains(&s.path) {
+            let backup = backup_name(s.path);
+            std::fs::rename(s.path, &backup).map_err(|e| format!("keep {} as {backup}: {e}", s.path))?;
+            warn(format!(
+                "{} differed from its contents at the checkpoint: replaced, the one found kept as {backup}",
+                s.path
+            ));
+        } else if !s.writes && Path::new(s.path).exists() {
+            continue; // the same as at the checkpoint
+        }
+        put_back(s.path, &s.dir, s.name).map_err(|e| format!("put back the contents of {}: {e}", s.path))?;
+    }
+    let mut done: Vec<&str> = saved.iter().map(|s| s.path).collect();
     for image in images {
         for f in &image.meta().fds {
             let FdKind::File { path, saved: FileSave::Left { why }, deleted: false, .. } = &f.kind else { continue };
@@ -637,6 +685,81 @@ pub fn put_back_saved_files(images: &[&ImageReader], warn: &mut dyn FnMut(String
         }
     }
     Ok(())
+}
+
+/// A file whose contents a checkpoint kept, and where.
+struct Saved<'a> {
+    path: &'a str,
+    dir: std::path::PathBuf,
+    name: &'a str,
+    /// Open for writing by some process: always put back.
+    writes: bool,
+    /// Every image that has it allows replacing it (`--allow-file-overwrite`).
+    overwrite: bool,
+}
+
+/// Whether the file at the saved path holds what its copy holds (None: it
+/// is gone).
+fn same_as_copy(s: &Saved<'_>) -> std::io::Result<Option<bool>> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(s.path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut copy = stasis_image::Dir::open(&s.dir)?.open_file(s.name)?;
+    if file.metadata()?.len() != copy.metadata()?.len() {
+        return Ok(Some(false));
+    }
+    let (mut a, mut b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = read_full(&mut file, &mut a)?;
+        if read_full(&mut copy, &mut b)? != n || a[..n] != b[..n] {
+            return Ok(Some(false));
+        }
+        if n == 0 {
+            return Ok(Some(true));
+        }
+    }
+    fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Where the file found at `path` goes when a saved copy replaces it:
+/// `PATH-YYYY-MM-DD-HH-MM-SS.bk` in local time, as DMTCP names it (a
+/// number added if that exists already).
+fn backup_name(path: &str) -> String {
+    // SAFETY: time and localtime_r write only `now` and `tm`.
+    let tm = unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&now, &mut tm);
+        tm
+    };
+    let stamp = format!(
+        "{path}-{:04}-{:02}-{:02}-{:02}-{:02}-{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    );
+    let mut name = format!("{stamp}.bk");
+    let mut n = 1;
+    while Path::new(&name).symlink_metadata().is_ok() {
+        name = format!("{stamp}.{n}.bk");
+        n += 1;
+    }
+    name
 }
 
 /// Where the copy `name` lies: beside the image (in its generation), or,
@@ -654,7 +777,13 @@ fn put_back(path: &str, dir: &std::path::Path, name: &str) -> std::io::Result<()
     let mut copy = stasis_image::Dir::open(dir)?.open_file(name)?;
     let len = copy.metadata()?.len();
     // Made again if it is gone (a journal the program deleted after the
-    // checkpoint), with the permissions of a file the program creates.
+    // checkpoint, even with its directories), with the permissions of a
+    // file the program creates.
+    if let Some(parent) = Path::new(path).parent()
+        && !parent.exists()
+    {
+        std::fs::create_dir_all(parent)?;
+    }
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(path)?;
     // SAFETY: ioctl FICLONE between two descriptors we own; the kernel
     // reads nothing else.

@@ -201,11 +201,13 @@ fn accept_copy(path: &str, what: &str, f: &File) -> Result<(), RestoreError> {
     } else if md.mode() & 0o022 != 0 {
         format!("group or others can write it (mode {:o})", md.mode() & 0o7777)
     } else {
-        eprintln!(
+        // On restart's stderr even once the program's descriptors are in
+        // place (`Helpers::map_fd` checks files then).
+        log(&format!(
             "stasis: restart: note: {path} is not the very file the program mapped ({what}) but has its size, \
-             mtime and first {} KiB and only you or root can write it: using it",
+             mtime and first {} KiB and only you or root can write it: using it\n",
             identity::HEAD_LEN >> 10
-        );
+        ));
         return Ok(());
     };
     Err(RestoreError(format!(
@@ -380,7 +382,11 @@ fn log(msg: &str) {
 /// and the reason, before the process ends with 125 (which restart
 /// returns): never nothing.
 fn member(ctx: &Ctx<'_>, i: usize) -> ! {
-    let result = become_restored(ctx, i);
+    // A bug here must not print on the program's stderr (fd 2 is the
+    // program's once its descriptors are in place), nor end otherwise.
+    std::panic::set_hook(Box::new(|info| log(&format!("stasis: restart: internal error: {info}\n"))));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| become_restored(ctx, i)))
+        .unwrap_or_else(|_| Err("an internal error (above)".into()));
     ctx.barrier.fail();
     let why = result.err().unwrap_or_default();
     // The one that failed says why; the others only that they gave up.

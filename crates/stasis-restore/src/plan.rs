@@ -54,6 +54,12 @@ impl Arena<'_> {
     }
 }
 
+/// The region `addr` lies in.
+fn region_at(meta: &ProcessMeta, addr: u64) -> Option<&stasis_image::Region> {
+    let i = meta.regions.partition_point(|r| r.end <= addr);
+    meta.regions.get(i).filter(|r| r.start <= addr)
+}
+
 fn map_flags(r: &stasis_image::Region) -> u32 {
     let mut f = if r.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u32;
     if matches!(r.kind, RegionKind::Anonymous) {
@@ -61,6 +67,10 @@ fn map_flags(r: &stasis_image::Region) -> u32 {
     }
     if r.growsdown {
         f |= libc::MAP_GROWSDOWN as u32;
+    }
+    // No memory committed for it, before as now (smaps VmFlags `nr`).
+    if r.noreserve {
+        f |= libc::MAP_NORESERVE as u32;
     }
     f
 }
@@ -230,9 +240,13 @@ pub fn build_and_jump(
     let mut arena = Arena { base, buf, used: RESTORER.len() };
     let plan_addr = arena.alloc(std::mem::size_of::<Plan>(), PAGE as usize)?;
 
-    // Memory.
+    // Memory. A region no piece goes into is mapped as it is at once.
+    let mut filled = vec![false; meta.regions.len()];
+    for p in &pieces {
+        filled[p.region] = true;
+    }
     let mut maps = Vec::new();
-    for r in &meta.regions {
+    for (r, filled) in meta.regions.iter().zip(filled) {
         let (fd, offset) = match &r.kind {
             RegionKind::Vdso | RegionKind::Vvar => continue,
             RegionKind::Anonymous => (-1, 0),
@@ -250,6 +264,8 @@ pub fn build_and_jump(
             fd,
             fork_advice: fork_advice(r.fork_advice),
             offset,
+            empty: u32::from(!filled),
+            _pad: 0,
         });
     }
     // Compressed pieces, decompressed now (in parallel, each checked as it
@@ -278,10 +294,15 @@ pub fn build_and_jump(
             len,
             // The region's final protection comes with its mprotect.
             prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
-            flags: libc::MAP_PRIVATE as u32,
+            // Part of a MAP_NORESERVE region stays one.
+            flags: (libc::MAP_PRIVATE
+                | if region_at(meta, start).is_some_and(|r| r.noreserve) { libc::MAP_NORESERVE } else { 0 })
+                as u32,
             fd: image_fds[img],
             fork_advice: 0,
             offset,
+            empty: 0,
+            _pad: 0,
         })
         .collect();
     let reads: Vec<ReadOp> = layout

@@ -211,8 +211,11 @@ fn unmap_everything_else(p: &Plan) {
 fn map_memory(p: &Plan) {
     let maps = slice::<stasis_plan::MapOp>(p.maps);
     for m in maps {
-        let direct = m.fd >= 0 && m.flags & MAP_SHARED != 0;
-        let prot = if direct { m.prot } else { PROT_READ | PROT_WRITE };
+        // Shared memory and shared files hold their contents already; a
+        // region nothing goes into is mapped as it is (a PROT_NONE
+        // reservation is never made writable: nothing committed for it).
+        let as_is = (m.fd >= 0 && m.flags & MAP_SHARED != 0) || m.empty != 0;
+        let prot = if as_is { m.prot } else { PROT_READ | PROT_WRITE };
         let r = mmap(m.start, m.len, prot, m.flags | MAP_FIXED, m.fd, m.offset);
         if r as u64 != m.start {
             fail(b"mmap", r);
@@ -244,8 +247,8 @@ fn map_memory(p: &Plan) {
         read_fully(r.fd, r.addr, r.len, r.file_offset);
     }
     for m in maps {
-        let direct = m.fd >= 0 && m.flags & MAP_SHARED != 0;
-        if !direct {
+        let as_is = (m.fd >= 0 && m.flags & MAP_SHARED != 0) || m.empty != 0;
+        if !as_is {
             check(b"mprotect", mprotect(m.start, m.len, m.prot));
         }
         // How the program asked the region to behave across fork.

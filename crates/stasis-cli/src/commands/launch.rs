@@ -53,17 +53,22 @@ pub struct LaunchOpts {
     pub program: Vec<OsString>,
 }
 
-/// `--save-files-limit` and `--no-save-file`, handed to the agent in its
-/// environment (which the agent reads once: a restart keeps them).
+/// `--save-files-limit`, `--no-save-file`, `--checkpoint-open-files` and
+/// `--allow-file-overwrite`, handed to the agent in its environment (which
+/// the agent reads once: a restart keeps them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SaveFiles {
     pub limit: Option<u64>,
     pub excluded: Vec<String>,
+    /// The user's own files open read-only are saved too.
+    pub open_files: bool,
+    /// A restart replaces a file saved read-only that differs.
+    pub allow_overwrite: bool,
 }
 
 impl SaveFiles {
     fn set_env(&self, cmd: &mut std::process::Command) {
-        use stasis_image::savedfiles::{EXCLUDE_VAR, LIMIT_VAR};
+        use stasis_image::savedfiles::{EXCLUDE_VAR, LIMIT_VAR, OPEN_FILES_VAR, OVERWRITE_VAR};
         if let Some(limit) = self.limit {
             cmd.env(LIMIT_VAR, limit.to_string());
         }
@@ -72,6 +77,12 @@ impl SaveFiles {
             let mut all: Vec<String> = std::env::var(EXCLUDE_VAR).ok().into_iter().collect();
             all.extend(self.excluded.iter().cloned());
             cmd.env(EXCLUDE_VAR, all.join(":"));
+        }
+        if self.open_files {
+            cmd.env(OPEN_FILES_VAR, "1");
+        }
+        if self.allow_overwrite {
+            cmd.env(OVERWRITE_VAR, "1");
         }
     }
 }

@@ -221,11 +221,19 @@ fn a_version_6_lz4_image_is_read_not_mapped() {
     let image = images_in(&sb, &newest_generation(&sb, &ck)).into_iter().next().unwrap_or_else(|| sb.fail("no image"));
     let alone = sb.mkdir("alone").join(image.file_name().unwrap_or_default());
     std::fs::copy(&image, &alone).unwrap_or_else(|e| sb.fail(e));
-    let mut header = *stasis_image::ImageReader::open(&alone).unwrap_or_else(|e| sb.fail(e)).header();
+    let reader = stasis_image::ImageReader::open(&alone).unwrap_or_else(|e| sb.fail(e));
+    let mut header = *reader.header();
     header.version = 6;
-    // Version 6 metadata is version 7's without its last field, the
-    // `inherited` list (empty here: a first checkpoint): 4 bytes of count.
-    header.meta_len -= 4;
+    // Version 6 metadata is version 8's without its last fields: the
+    // `inherited`, `sockets_peer_shut` and `sysv_ipc` lists (empty here: a
+    // first checkpoint of a program with neither; 4 bytes of count each),
+    // the list of MAP_NORESERVE regions (a count and an index each: the
+    // agent's own arenas are some) and `allow_file_overwrite` (1 byte).
+    let meta = reader.meta();
+    assert!(meta.inherited.is_empty() && meta.sockets_peer_shut.is_empty() && meta.sysv_ipc.is_empty());
+    let noreserve = meta.regions.iter().filter(|r| r.noreserve).count() as u64;
+    header.meta_len -= 4 + 4 + 4 + 4 + 4 * noreserve + 1;
+    drop(reader);
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&alone).unwrap_or_else(|e| sb.fail(e));
     let mut meta = vec![0u8; header.meta_len as usize];
     f.read_exact_at(&mut meta, header.meta_offset).unwrap_or_else(|e| sb.fail(e));
