@@ -49,7 +49,7 @@ pub use trust::{open_checkpoint_dir, open_image_dir, untrusted};
 /// First eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"STASISIM";
 /// Format version written by this build.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 /// The oldest version readers accept: 6 has no `inherited` list, no zstd
 /// chunks, and its writer's agent knew no memory mapped from images at
 /// restart.
