@@ -65,6 +65,9 @@ const RESTART_DIR_ENV: &[&str] = &["DMTCP_RESTART_DIR"];
 const SIGNAL_ENV: &[&str] = &["DMTCP_SIGCKPT"];
 const GZIP_ENV: &[&str] = &["DMTCP_GZIP"];
 const QUIET_ENV: &[&str] = &["DMTCP_QUIET"];
+const UNIQUE_ENV: &[&str] = &["DMTCP_UNIQUE_CKPT_PLUGIN"];
+const STRICT_ENV: &[&str] = &["DMTCP_DISABLE_STRICT_CHECKING"];
+const PAUSE_ENV: &[&str] = &["DMTCP_RESTART_PAUSE", "MTCP_RESTART_PAUSE"];
 
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (stasis)");
 
@@ -82,6 +85,11 @@ const MODIFY_ENV: &str = "stasis restores the environment the program had";
 const MPI: &str = "stasis does not checkpoint MPI programs yet";
 const INFINIBAND: &str = "stasis cannot checkpoint InfiniBand connections";
 const PLUGINS: &str = "stasis has no DMTCP plugins";
+const PATHVIRT: &str = "stasis does not translate the program's paths yet; restart it where its files are";
+const NO_STRICT: &str = "stasis always checks what a restart needs";
+const UNIQUE: &str = "stasis keeps each checkpoint in a gen-NNNNNN directory of its own already, and puts the \
+     newest one's .dmtcp names at the top of the checkpoint directory; a directory of .dmtcp names per checkpoint \
+     is not supported yet";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -145,6 +153,15 @@ struct LaunchArgs {
     /// Not supported
     #[arg(long = "modify-env")]
     modify_env: bool,
+    /// Not supported yet
+    #[arg(long)]
+    pathvirt: bool,
+    /// Put each checkpoint's `.dmtcp` names in a directory of their own, ckpt_<program>_<computation>_<generation>/ (DMTCP_UNIQUE_CKPT_PLUGIN=1)
+    #[arg(long = "enable-unique-checkpoint-filenames", overrides_with = "no_unique")]
+    unique: bool,
+    /// The `.dmtcp` names at the top of the checkpoint directory (the default)
+    #[arg(long = "disable-unique-checkpoint-filenames", overrides_with = "unique")]
+    no_unique: bool,
     /// Not supported yet
     #[arg(long)]
     mpi: bool,
@@ -236,9 +253,9 @@ struct RestartArgs {
     /// Ignored: stasis always checks images, mapped files and the kernel
     #[arg(long = "no-strict-checking")]
     no_strict_checking: bool,
-    /// Ignored
-    #[arg(long = "debug-restart-pause", value_name = "N")]
-    debug_restart_pause: Option<u32>,
+    /// Stop before restoring, for a debugger, until sent SIGCONT (DMTCP_RESTART_PAUSE; 1 to 7, all the same here)
+    #[arg(long = "debug-restart-pause", value_name = "N", value_parser = cli::restart_pause)]
+    debug_restart_pause: Option<u8>,
     /// Not supported
     #[arg(long = "modify-env")]
     modify_env: bool,
@@ -395,6 +412,15 @@ fn compress(flag: bool, no_flag: bool, env: cli::Env) -> bool {
     first_env(env, GZIP_ENV).is_none_or(|(_, v)| v != "0")
 }
 
+/// Whether each checkpoint's `.dmtcp` names go in a directory of their
+/// own: a flag wins over DMTCP_UNIQUE_CKPT_PLUGIN (on unless "0").
+fn unique(flag: bool, no_flag: bool, env: cli::Env) -> bool {
+    if flag || no_flag {
+        return flag;
+    }
+    first_env(env, UNIQUE_ENV).is_some_and(|(_, v)| v != "0")
+}
+
 fn mode(join: bool, new: bool) -> Mode {
     if join {
         Mode::Join
@@ -417,6 +443,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 (a.checkpoint_open_files, "--checkpoint-open-files", OPEN_FILES),
                 (a.allow_file_overwrite, "--allow-file-overwrite", OVERWRITE),
                 (a.modify_env, "--modify-env", MODIFY_ENV),
+                (a.pathvirt, "--pathvirt", PATHVIRT),
                 (a.mpi, "--mpi", MPI),
                 (a.infiniband, "--ib", INFINIBAND),
                 (a.with_plugin.is_some(), "--with-plugin", PLUGINS),
@@ -426,6 +453,12 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 }
             }
             let compress = compress(a.gzip, a.no_gzip, env);
+            let unique_ckpt = unique(a.unique, a.no_unique, env);
+            if unique_ckpt {
+                let asked =
+                    if a.unique { "--enable-unique-checkpoint-filenames" } else { "DMTCP_UNIQUE_CKPT_PLUGIN=1" };
+                return Err(refuse(asked, UNIQUE));
+            }
             for (set, option) in [
                 (a.disable_all_plugins, "--disable-all-plugins"),
                 (a.disable_alloc_plugin, "--disable-alloc-plugin"),
@@ -464,6 +497,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 save_files: Default::default(),
                 quiet: a.quiet > 0 || env_quiet(env),
                 usr2_checkpoints: true,
+                unique_ckpt,
                 program: a.program,
             })
         }
@@ -475,11 +509,17 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 }
             }
             if a.no_strict_checking {
-                notes.push("--no-strict-checking is ignored: stasis always checks what a restart needs".into());
+                notes.push(format!("--no-strict-checking is ignored: {NO_STRICT}"));
+            } else if let Some((n, _)) = first_env(env, STRICT_ENV) {
+                notes.push(format!("{n} is ignored: {NO_STRICT}"));
             }
-            if a.debug_restart_pause.is_some() {
-                notes.push("--debug-restart-pause is ignored".into());
-            }
+            let pause = match a.debug_restart_pause {
+                Some(p) => Some(p),
+                None => match first_env(env, PAUSE_ENV) {
+                    None => None,
+                    Some((n, v)) => Some(cli::restart_pause(&v).map_err(|e| NotRun::Usage(format!("{n}: {e}")))?),
+                },
+            };
             let restart_dir = a.restart_dir.or_else(|| env_path(env, RESTART_DIR_ENV));
             if a.targets.is_empty() && restart_dir.is_none() {
                 return Err(NotRun::Usage(
@@ -506,6 +546,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 quiet: a.quiet > 0 || env_quiet(env),
                 usr2_checkpoints: true,
                 verify_first: cli::verify_first_env(env),
+                pause,
                 targets: a.targets,
             })
         }
@@ -739,6 +780,25 @@ mod tests {
         refused(Name::Launch, &["--mpi", "./p"], &["--mpi"]);
         refused(Name::Launch, &["--ib", "./p"], &["--ib"]);
         refused(Name::Launch, &["--with-plugin", "x.so", "./p"], &["--with-plugin", "plugins"]);
+        refused(Name::Launch, &["--pathvirt", "./p"], &["--pathvirt", "not supported", "paths"]);
+        refused(Name::Launch, &["--enable-unique-checkpoint-filenames", "./p"], &["unique", "gen-NNNNNN"]);
+        // The last of the two flags counts, and a flag beats the variable.
+        let unique = |args: &[&str], vars: &[(&str, &str)]| match parse_env(Name::Launch, args, vars) {
+            Ok(Parsed { verb: Verb::Launch(o), .. }) => Ok(o.unique_ckpt),
+            Err(NotRun::Usage(m)) => Err(m),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(unique(&["--disable-unique-checkpoint-filenames", "./p"], &[]), Ok(false));
+        assert_eq!(
+            unique(&["--disable-unique-checkpoint-filenames", "./p"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "1")]),
+            Ok(false)
+        );
+        assert_eq!(
+            unique(&["--enable-unique-checkpoint-filenames", "--disable-unique-checkpoint-filenames", "./p"], &[]),
+            Ok(false)
+        );
+        assert_eq!(unique(&["./p"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "0")]), Ok(false));
+        assert!(unique(&["./p"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "1")]).is_err_and(|m| m.contains("DMTCP_UNIQUE")));
         refused(Name::Launch, &["-j", "--new-coordinator", "./p"], &["dmtcp_launch --help"]);
         refused(Name::Launch, &["--frobnicate", "./p"], &["--frobnicate", "dmtcp_launch --help"]);
         refused(Name::Launch, &[], &["dmtcp_launch --help"]);
@@ -783,6 +843,21 @@ mod tests {
         refused(Name::Restart, &["--fallback", "--generation", "3", "/ck"], &["--generation"]);
         let (_, notes) = restart(&["--no-strict-checking", "x.dmtcp"], &[]);
         assert!(notes[0].contains("--no-strict-checking is ignored"), "{notes:?}");
+        let (_, notes) = restart(&["x.dmtcp"], &[("DMTCP_DISABLE_STRICT_CHECKING", "1")]);
+        assert!(notes[0].contains("DMTCP_DISABLE_STRICT_CHECKING is ignored"), "{notes:?}");
+        // A pause before restoring: the flag, else the variable; 1 to 7.
+        assert_eq!(restart(&["--debug-restart-pause", "2", "x.dmtcp"], &[]).0.pause, Some(2));
+        assert_eq!(restart(&["x.dmtcp"], &[("DMTCP_RESTART_PAUSE", "1")]).0.pause, Some(1));
+        assert_eq!(
+            restart(&["--debug-restart-pause", "3", "x.dmtcp"], &[("DMTCP_RESTART_PAUSE", "1")]).0.pause,
+            Some(3)
+        );
+        assert_eq!(restart(&["x.dmtcp"], &[]).0.pause, None);
+        refused(Name::Restart, &["--debug-restart-pause", "8", "x.dmtcp"], &["restart pause level"]);
+        match parse_env(Name::Restart, &["x.dmtcp"], &[("DMTCP_RESTART_PAUSE", "yes")]) {
+            Err(NotRun::Usage(m)) => assert!(m.contains("DMTCP_RESTART_PAUSE"), "{m}"),
+            other => panic!("{other:?}"),
+        }
         refused(Name::Restart, &[], &["needs images"]);
         refused(Name::Restart, &["--modify-env", "x.dmtcp"], &["--modify-env", "not supported"]);
         refused(Name::Restart, &["--mpi", "x.dmtcp"], &["--mpi"]);

@@ -46,6 +46,9 @@ pub struct LaunchOpts {
     /// it ignored, so that SLURM's `--signal=USR2`, sent to every process
     /// of the job, does not kill it. The DMTCP names only.
     pub usr2_checkpoints: bool,
+    /// Each checkpoint's `.dmtcp` names in a directory of their own
+    /// (DMTCP's unique checkpoint filenames).
+    pub unique_ckpt: bool,
     /// The program and its arguments (at least the program).
     pub program: Vec<OsString>,
 }
@@ -74,6 +77,9 @@ impl SaveFiles {
 }
 
 /// The checkpoint directory asked for (or the current one), absolute.
+/// The program's temporary directory (`--tmpdir`), in its environment.
+pub const TMPDIR_ENV: &str = "STASIS_TMPDIR";
+
 pub(crate) fn ckpt_dir_or_cwd(dir: Option<&Path>) -> Result<PathBuf> {
     let dir = match dir {
         Some(d) => d.to_path_buf(),
@@ -139,6 +145,12 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
     }
     if let Some(sig) = opts.ckpt_signal {
         cmd.env("STASIS_CKPT_SIGNAL", sig.to_string());
+    }
+    // `--tmpdir`: the program's temporary directory too (dmtcp_get_tmpdir
+    // answers it), absolute since the program may change directories.
+    if let Some(t) = &opts.coord.tmpdir {
+        let t = std::path::absolute(t).with_context(|| format!("cannot make {} absolute", t.display()))?;
+        cmd.env(TMPDIR_ENV, t);
     }
     opts.save_files.set_env(&mut cmd);
     let restore_mask = signals.restorer();

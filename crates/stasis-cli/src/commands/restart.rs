@@ -50,6 +50,8 @@ pub struct RestartOpts {
     pub quiet: bool,
     /// SIGUSR2 asks for a checkpoint (the DMTCP names; launch.rs).
     pub usr2_checkpoints: bool,
+    /// `--debug-restart-pause N`: stop before restoring until SIGCONT.
+    pub pause: Option<u8>,
     /// Restart exactly this generation of the checkpoint directory.
     pub generation: Option<u64>,
     /// Restart the newest intact generation when the newest is damaged.
@@ -61,6 +63,37 @@ pub struct RestartOpts {
 }
 
 /// What `targets` name, relative ones under `restart_dir`.
+/// `--debug-restart-pause`: everything is checked and the coordinator
+/// found, nothing restored yet and no process joined. Waits for SIGCONT
+/// (a debugger attached by then stays attached); SIGTERM, SIGINT and the
+/// like end restart as usual.
+fn pause_for_debugger(level: u8) -> Result<()> {
+    eprintln!(
+        "stasis: restart paused before restoring (--debug-restart-pause {level}): attach a debugger to pid {} if \
+         you like, then kill -CONT {0}",
+        std::process::id()
+    );
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset
+    // before use; sigprocmask and sigwait act on this thread only and on
+    // SIGCONT only, which is unblocked again before returning.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCONT);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
+            bail!("cannot wait for SIGCONT: pthread_sigmask failed");
+        }
+        let mut sig = 0;
+        let r = libc::sigwait(&set, &mut sig);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if r != 0 {
+            bail!("cannot wait for SIGCONT: {}", std::io::Error::from_raw_os_error(r));
+        }
+    }
+    Ok(())
+}
+
 fn targets_of(targets: &[PathBuf], restart_dir: Option<&Path>) -> Vec<PathBuf> {
     match restart_dir {
         None => targets.to_vec(),
@@ -157,6 +190,9 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     }
     if let Some(f) = &opts.port_file {
         write_port_file(f, &found, opts.quiet)?;
+    }
+    if let Some(level) = opts.pause {
+        pause_for_debugger(level)?;
     }
     // One connection per process, made here: each restored agent finds
     // its own at the descriptor it had, and greets the coordinator on it.
