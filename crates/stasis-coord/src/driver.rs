@@ -50,7 +50,7 @@ const CHILDREN_EVERY: Duration = Duration::from_millis(500);
 /// less than the whole phase, since the program pays it at every attempt.
 const CHILDREN_LIMIT: Duration = Duration::from_secs(10);
 
-pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
+pub(crate) fn run(shared: Arc<Shared>, mut dir: CheckpointDir) {
     loop {
         let mut st = shared.lock();
         let by_timer = loop {
@@ -74,6 +74,11 @@ pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
         };
         let mut waiters = std::mem::take(&mut st.waiters);
         st.busy = true;
+        // A directory moved to (`COMMAND what=ckptdir`) while no process
+        // was here: this computation's checkpoints go there from now on.
+        if let Some(moved) = st.move_to.take() {
+            dir = moved;
+        }
         drop(st);
 
         let outcome = checkpoint(&shared, &dir, &mut waiters);

@@ -131,7 +131,7 @@ impl Coordinator {
             None => random::computation_id()?,
         };
         let (listener, socket) = socket::bind(&cfg.socket_path)?;
-        let state = State::new(computation_id, cfg.interval_s, last_generation);
+        let state = State::new(computation_id, cfg.interval_s, last_generation, dir.path.clone());
         let unix_addr = Addr::Unix(std::path::absolute(socket.path()).unwrap_or_else(|_| socket.path().into()));
         let shared = Shared::new(state, &cfg, dir.path.clone(), unix_addr);
         Ok(Coordinator { listener, socket, tcp: None, dir, shared, adopted: Vec::new() })

@@ -180,6 +180,12 @@ pub(crate) struct State {
     /// Since when no agent has been connected (None: one is).
     pub(crate) empty_since: Option<Instant>,
     pub(crate) shutdown: bool,
+    /// Where checkpoints go now (canonical): `Shared::ckpt_dir` until a
+    /// launch or restart that joined with no process here moved it.
+    pub(crate) ckpt_dir: PathBuf,
+    /// The directory moved to, opened and checked, for the driver to take
+    /// up at the next checkpoint.
+    pub(crate) move_to: Option<stasis_image::CheckpointDir>,
 }
 
 /// A connected agent: one process of the computation.
@@ -287,7 +293,7 @@ impl Stage {
 }
 
 impl State {
-    pub(crate) fn new(computation_id: u64, interval_s: u32, last_generation: u64) -> Self {
+    pub(crate) fn new(computation_id: u64, interval_s: u32, last_generation: u64, ckpt_dir: PathBuf) -> Self {
         State {
             computation_id,
             interval_s,
@@ -313,6 +319,8 @@ impl State {
             stop: false,
             empty_since: Some(Instant::now()),
             shutdown: false,
+            ckpt_dir,
+            move_to: None,
         }
     }
 
@@ -423,7 +431,7 @@ impl State {
             .with("generation", self.last_generation)
             .with("last_checkpoint", self.last_checkpoint_unix)
             .with("computation", format!("{:016x}", self.computation_id))
-            .with("ckptdir", shared.ckpt_dir.display());
+            .with("ckptdir", self.ckpt_dir.display());
         if let Addr::Unix(p) = &shared.unix_addr {
             m = m.with("socket", p.display());
         }
