@@ -15,6 +15,8 @@ mod support;
 mod console;
 #[path = "e2e/dmtcp.rs"]
 mod dmtcp;
+#[path = "e2e/dmtcp_options.rs"]
+mod dmtcp_options;
 // The coordinator a computation gets when it names none.
 #[path = "e2e/default_coordinator.rs"]
 mod default_coordinator;

@@ -65,21 +65,24 @@ pub struct RestartOpts {
 /// What `targets` name, relative ones under `restart_dir`.
 /// `--debug-restart-pause`: everything is checked and the coordinator
 /// found, nothing restored yet and no process joined. Waits for SIGCONT
-/// (a debugger attached by then stays attached); SIGTERM, SIGINT and the
-/// like end restart as usual.
+/// (a debugger attached by then stays attached). SIGTERM, SIGINT or
+/// SIGHUP end restart there, its coordinator with it if it started one.
 fn pause_for_debugger(level: u8) -> Result<()> {
     eprintln!(
         "stasis: restart paused before restoring (--debug-restart-pause {level}): attach a debugger to pid {} if \
          you like, then kill -CONT {0}",
         std::process::id()
     );
-    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset
-    // before use; sigprocmask and sigwait act on this thread only and on
-    // SIGCONT only, which is unblocked again before returning.
-    unsafe {
+    let ending = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before
+    // use; pthread_sigmask and sigwait act on this thread only, and the
+    // mask is put back before returning.
+    let (r, sig) = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCONT);
+        for s in std::iter::once(libc::SIGCONT).chain(ending) {
+            libc::sigaddset(&mut set, s);
+        }
         let mut old: libc::sigset_t = std::mem::zeroed();
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
             bail!("cannot wait for SIGCONT: pthread_sigmask failed");
@@ -87,9 +90,13 @@ fn pause_for_debugger(level: u8) -> Result<()> {
         let mut sig = 0;
         let r = libc::sigwait(&set, &mut sig);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        if r != 0 {
-            bail!("cannot wait for SIGCONT: {}", std::io::Error::from_raw_os_error(r));
-        }
+        (r, sig)
+    };
+    if r != 0 {
+        bail!("cannot wait for SIGCONT: {}", std::io::Error::from_raw_os_error(r));
+    }
+    if ending.contains(&sig) {
+        return Err(super::WithCode(128 + sig, format!("restart ended by signal {sig} while paused")).into());
     }
     Ok(())
 }
