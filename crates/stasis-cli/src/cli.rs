@@ -557,6 +557,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
                 usr2_checkpoints: false,
                 verify_first: a.verify_first || verify_first_env(env),
                 pause: a.debug_restart_pause,
+                unique_ckpt: false,
                 targets: a.targets,
             })
         }

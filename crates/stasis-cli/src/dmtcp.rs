@@ -87,9 +87,6 @@ const INFINIBAND: &str = "stasis cannot checkpoint InfiniBand connections";
 const PLUGINS: &str = "stasis has no DMTCP plugins";
 const PATHVIRT: &str = "stasis does not translate the program's paths yet; restart it where its files are";
 const NO_STRICT: &str = "stasis always checks what a restart needs";
-const UNIQUE: &str = "stasis keeps each checkpoint in a gen-NNNNNN directory of its own already, and puts the \
-     newest one's .dmtcp names at the top of the checkpoint directory; a directory of .dmtcp names per checkpoint \
-     is not supported yet";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -454,11 +451,6 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
             }
             let compress = compress(a.gzip, a.no_gzip, env);
             let unique_ckpt = unique(a.unique, a.no_unique, env);
-            if unique_ckpt {
-                let asked =
-                    if a.unique { "--enable-unique-checkpoint-filenames" } else { "DMTCP_UNIQUE_CKPT_PLUGIN=1" };
-                return Err(refuse(asked, UNIQUE));
-            }
             for (set, option) in [
                 (a.disable_all_plugins, "--disable-all-plugins"),
                 (a.disable_alloc_plugin, "--disable-alloc-plugin"),
@@ -547,6 +539,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 usr2_checkpoints: true,
                 verify_first: cli::verify_first_env(env),
                 pause,
+                unique_ckpt: unique(false, false, env),
                 targets: a.targets,
             })
         }
@@ -781,7 +774,6 @@ mod tests {
         refused(Name::Launch, &["--ib", "./p"], &["--ib"]);
         refused(Name::Launch, &["--with-plugin", "x.so", "./p"], &["--with-plugin", "plugins"]);
         refused(Name::Launch, &["--pathvirt", "./p"], &["--pathvirt", "not supported", "paths"]);
-        refused(Name::Launch, &["--enable-unique-checkpoint-filenames", "./p"], &["unique", "gen-NNNNNN"]);
         // The last of the two flags counts, and a flag beats the variable.
         let unique = |args: &[&str], vars: &[(&str, &str)]| match parse_env(Name::Launch, args, vars) {
             Ok(Parsed { verb: Verb::Launch(o), .. }) => Ok(o.unique_ckpt),
@@ -798,7 +790,10 @@ mod tests {
             Ok(false)
         );
         assert_eq!(unique(&["./p"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "0")]), Ok(false));
-        assert!(unique(&["./p"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "1")]).is_err_and(|m| m.contains("DMTCP_UNIQUE")));
+        assert_eq!(unique(&["./p"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "1")]), Ok(true));
+        assert_eq!(unique(&["--enable-unique-checkpoint-filenames", "./p"], &[]), Ok(true));
+        assert!(restart(&["x.dmtcp"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "1")]).0.unique_ckpt);
+        assert!(!restart(&["x.dmtcp"], &[]).0.unique_ckpt);
         refused(Name::Launch, &["-j", "--new-coordinator", "./p"], &["dmtcp_launch --help"]);
         refused(Name::Launch, &["--frobnicate", "./p"], &["--frobnicate", "dmtcp_launch --help"]);
         refused(Name::Launch, &[], &["dmtcp_launch --help"]);

@@ -584,6 +584,15 @@ pub(crate) fn command(shared: &Shared, msg: &Message) -> Message {
             Message::new(proto::OK).with("interval", seconds)
         }
         Some("ckptdir") => move_ckpt_dir(shared, msg),
+        Some("unique") => {
+            let on = match msg.get("on") {
+                Some("1") => true,
+                Some("0") => false,
+                _ => return error("unique needs on=1 or on=0"),
+            };
+            shared.lock().unique_names = on;
+            Message::new(proto::OK).with("unique", u8::from(on))
+        }
         Some("kill") => {
             let (killed, left) = kill_all(shared);
             Message::new(proto::OK).with("processes", killed).with("survivors", left)

@@ -153,11 +153,15 @@ fn checkpoint(
         return Err(abort(dir, pending, reason));
     }
     let committed = dir.commit(pending, &manifest).map_err(|e| e.to_string())?;
-    for problem in publish::after_commit(dir, &committed, &manifest, &programs) {
+    let unique = shared.lock().unique_names;
+    for problem in publish::after_commit(dir, &committed, &manifest, &programs, unique) {
         warn(&problem);
     }
     if let Err(e) = dir.prune(shared.keep.max(1)) {
         warn(&format!("cannot remove old generations: {e}"));
+    }
+    for problem in publish::after_prune(dir) {
+        warn(&problem);
     }
 
     let mut st = shared.lock();

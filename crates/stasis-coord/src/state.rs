@@ -186,6 +186,9 @@ pub(crate) struct State {
     /// The directory moved to, opened and checked, for the driver to take
     /// up at the next checkpoint.
     pub(crate) move_to: Option<stasis_image::CheckpointDir>,
+    /// Each generation's `.dmtcp` names in a directory of their own
+    /// (DMTCP's unique checkpoint filenames; `COMMAND what=unique`).
+    pub(crate) unique_names: bool,
 }
 
 /// A connected agent: one process of the computation.
@@ -321,6 +324,7 @@ impl State {
             shutdown: false,
             ckpt_dir,
             move_to: None,
+            unique_names: false,
         }
     }
 

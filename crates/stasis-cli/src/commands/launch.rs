@@ -119,6 +119,9 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
     {
         found.set_interval(i)?;
     }
+    if opts.unique_ckpt {
+        found.set_unique_names()?;
+    }
     if let Some(f) = &opts.port_file {
         write_port_file(f, &found, opts.quiet)?;
     }

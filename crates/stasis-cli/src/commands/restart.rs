@@ -52,6 +52,9 @@ pub struct RestartOpts {
     pub usr2_checkpoints: bool,
     /// `--debug-restart-pause N`: stop before restoring until SIGCONT.
     pub pause: Option<u8>,
+    /// Each checkpoint's `.dmtcp` names in a directory of their own
+    /// (DMTCP_UNIQUE_CKPT_PLUGIN=1 at restart).
+    pub unique_ckpt: bool,
     /// Restart exactly this generation of the checkpoint directory.
     pub generation: Option<u64>,
     /// Restart the newest intact generation when the newest is damaged.
@@ -194,6 +197,9 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
         && let Some(i) = opts.interval_s
     {
         found.set_interval(i)?;
+    }
+    if opts.unique_ckpt {
+        found.set_unique_names()?;
     }
     if let Some(f) = &opts.port_file {
         write_port_file(f, &found, opts.quiet)?;

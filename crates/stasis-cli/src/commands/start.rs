@@ -100,6 +100,12 @@ impl Found {
         Ok(reply)
     }
 
+    /// Puts each generation's `.dmtcp` names in a directory of their own
+    /// (DMTCP's unique checkpoint filenames), from the next checkpoint on.
+    pub fn set_unique_names(&self) -> Result<()> {
+        self.ask(&Message::new(proto::COMMAND).with("what", "unique").with("on", 1)).map(drop)
+    }
+
     /// Changes the interval of a coordinator that was joined.
     pub fn set_interval(&self, seconds: u32) -> Result<()> {
         self.ask(&Message::new(proto::COMMAND).with("what", "interval").with("seconds", seconds)).map(drop)
