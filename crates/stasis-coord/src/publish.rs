@@ -174,10 +174,12 @@ pub(crate) fn after_prune(ckpt_dir: &CheckpointDir) -> Vec<String> {
         let Some(name) = name.to_str() else { continue };
         let Some(n) = unique_dir_generation(name) else { continue };
         let ours = top.stat(name).is_ok_and(|s| s.is_dir() && s.uid == me);
-        if ours && !kept.contains(&n) && !kept.is_empty() {
-            if let Err(e) = top.remove_tree(name) {
-                problems.push(format!("cannot remove {}: {e}", ckpt_dir.path.join(name).display()));
-            }
+        if ours
+            && !kept.contains(&n)
+            && !kept.is_empty()
+            && let Err(e) = top.remove_tree(name)
+        {
+            problems.push(format!("cannot remove {}: {e}", ckpt_dir.path.join(name).display()));
         }
     }
     problems

@@ -299,3 +299,66 @@ fn tmpdir_reaches_the_program() {
     let want = format!("tmpdir={}", run.join("tmp").display());
     sb.check(launch.lines() == [want.clone()], || format!("the program printed {:?}, not {want:?}", launch.lines()));
 }
+
+/// `--enable-unique-checkpoint-filenames`: each checkpoint's `.dmtcp`
+/// names in `ckpt_<computation>_<generation>/`, none at the top, gone with
+/// their generation (`--keep`); a restart from one of those directories
+/// goes on from that checkpoint and checkpoints into the directory above.
+#[test]
+fn unique_checkpoint_filenames() {
+    let sb = Sandbox::new("dmtcp-unique");
+    let prog = Program::c("single", &["150", "40"]);
+    let reference = start_reference(&sb, &prog, &sb.mkdir("ref"));
+    let ck = sb.join("ck");
+    let ckdir = ck.to_string_lossy().into_owned();
+    let mut cmd = dmtcp(&sb, "dmtcp_launch");
+    cmd.args(["--enable-unique-checkpoint-filenames", "--keep", "1", "--ckptdir", &ckdir]).args(&prog.argv);
+    cmd.current_dir(sb.mkdir("run"));
+    let mut app = Proc::spawn(&sb, &sb.label("dmtcp_launch"), cmd, Out::Pipe);
+    app.wait_lines(&sb, 3);
+    let unique_dirs = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(&ck)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ckpt_")))
+            .collect();
+        v.sort();
+        v
+    };
+    bcheckpoint(&sb, &["--ckptdir", &ckdir], &mut app);
+    let first = unique_dirs();
+    sb.check(first.len() == 1 && dmtcp_images(&first[0]).len() == 1 && dmtcp_images(&ck).is_empty(), || {
+        format!("after one checkpoint: {first:?}, names at the top {:?}", dmtcp_images(&ck))
+    });
+    let window = bcheckpoint(&sb, &["--ckptdir", &ckdir], &mut app);
+    let second = unique_dirs();
+    // One directory of names per generation kept (--keep 1, and what the
+    // kept one refers to), and none of a generation pruned.
+    let numbers: Vec<u64> = committed_generations(&ck).iter().map(|(n, _)| *n).collect();
+    let named: Vec<u64> =
+        second.iter().filter_map(|d| d.to_string_lossy().rsplit_once('_').and_then(|(_, n)| n.parse().ok())).collect();
+    sb.check(named == numbers && numbers.last() == Some(&2) && dmtcp_images(&ck).is_empty(), || {
+        format!("generations {numbers:?}, directories of names {second:?}")
+    });
+    let newest = second.last().cloned().unwrap_or_default();
+    app.wait_lines(&sb, window.hi + 2);
+    app.kill();
+    let launched = Piece::new(&app.label, app.lines(), vec![window]);
+    let reference = finish_reference(&sb, reference);
+
+    require_user_namespaces();
+    let mut cmd = dmtcp(&sb, "dmtcp_restart");
+    cmd.args(dmtcp_images(&newest));
+    let mut restart = Proc::spawn(&sb, &sb.label("dmtcp_restart"), cmd, Out::Pipe);
+    restart.wait_lines(&sb, 2);
+    // Its checkpoints go where the generation is, not into `newest`.
+    let window = bcheckpoint(&sb, &["--ckptdir", &ckdir], &mut restart);
+    sb.check(committed_generations(&ck).last().is_some_and(|(n, _)| *n == 3), || {
+        format!("generations of {}: {:?}", ck.display(), committed_generations(&ck))
+    });
+    let status = restart.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}", restart.label));
+    verify_history(&sb, &reference, &[launched, Piece::new(&restart.label, restart.lines(), vec![window])]);
+}
