@@ -153,7 +153,7 @@ struct LaunchArgs {
     /// Not supported yet
     #[arg(long)]
     pathvirt: bool,
-    /// Put each checkpoint's `.dmtcp` names in a directory of their own, ckpt_<program>_<computation>_<generation>/ (DMTCP_UNIQUE_CKPT_PLUGIN=1)
+    /// Put each checkpoint's `.dmtcp` names in a directory of their own, ckpt_<computation>_<generation>/ (DMTCP_UNIQUE_CKPT_PLUGIN=1)
     #[arg(long = "enable-unique-checkpoint-filenames", overrides_with = "no_unique")]
     unique: bool,
     /// The `.dmtcp` names at the top of the checkpoint directory (the default)

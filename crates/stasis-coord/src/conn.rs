@@ -542,8 +542,9 @@ fn move_ckpt_dir(shared: &Shared, msg: &Message) -> Message {
     }
     let live = st.live_agents() + st.pending_conns();
     if live > 0 || st.busy {
+        let who = if live > 0 { format!("{live} process(es) checkpoint") } else { "a checkpoint is under way".into() };
         return error(format!(
-            "{live} process(es) checkpoint into {}: their checkpoint directory does not change under them",
+            "{who} into {}: their checkpoint directory does not change under them",
             st.ckpt_dir.display()
         ));
     }

@@ -76,10 +76,10 @@ impl SaveFiles {
     }
 }
 
-/// The checkpoint directory asked for (or the current one), absolute.
 /// The program's temporary directory (`--tmpdir`), in its environment.
 pub const TMPDIR_ENV: &str = "STASIS_TMPDIR";
 
+/// The checkpoint directory asked for (or the current one), absolute.
 pub(crate) fn ckpt_dir_or_cwd(dir: Option<&Path>) -> Result<PathBuf> {
     let dir = match dir {
         Some(d) => d.to_path_buf(),

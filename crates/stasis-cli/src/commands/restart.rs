@@ -65,7 +65,6 @@ pub struct RestartOpts {
     pub targets: Vec<PathBuf>,
 }
 
-/// What `targets` name, relative ones under `restart_dir`.
 /// `--debug-restart-pause`: everything is checked and the coordinator
 /// found, nothing restored yet and no process joined. Waits for SIGCONT
 /// (a debugger attached by then stays attached). SIGTERM, SIGINT or
@@ -104,6 +103,7 @@ fn pause_for_debugger(level: u8) -> Result<()> {
     Ok(())
 }
 
+/// What `targets` name, relative ones under `restart_dir`.
 fn targets_of(targets: &[PathBuf], restart_dir: Option<&Path>) -> Vec<PathBuf> {
     match restart_dir {
         None => targets.to_vec(),
