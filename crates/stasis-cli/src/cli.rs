@@ -171,6 +171,14 @@ pub fn ckpt_signal(s: &str) -> Result<i32, String> {
     Ok(n)
 }
 
+/// `--debug-restart-pause N` (DMTCP_RESTART_PAUSE): DMTCP's levels, 1 to 7.
+pub fn restart_pause(s: &str) -> Result<u8, String> {
+    match s.trim().parse::<u8>() {
+        Ok(n @ 1..=7) => Ok(n),
+        _ => Err(format!("{s:?} is not a restart pause level (1 to 7)")),
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "stasis",
@@ -346,6 +354,9 @@ struct RestartArgs {
     /// Verify every chunk's checksum before the program runs (or STASIS_VERIFY_FIRST=1); default: in the background, while it runs
     #[arg(long = "verify-first")]
     verify_first: bool,
+    /// Stop before restoring, for a debugger, until sent SIGCONT (N: 1 to 7, DMTCP's levels, all the same here)
+    #[arg(long = "debug-restart-pause", value_name = "N", value_parser = restart_pause)]
+    debug_restart_pause: Option<u8>,
     /// Print no notes, only errors
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
@@ -532,6 +543,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
             quiet: a.quiet,
             usr2_checkpoints: false,
             plugins: Vec::new(),
+            unique_ckpt: false,
             program: a.program,
         }),
         VerbArgs::Restart(a) => {
@@ -556,6 +568,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
                 quiet: a.quiet,
                 usr2_checkpoints: false,
                 verify_first: a.verify_first || verify_first_env(env),
+                pause: a.debug_restart_pause,
+                unique_ckpt: false,
                 targets: a.targets,
             })
         }

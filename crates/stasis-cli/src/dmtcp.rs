@@ -67,6 +67,9 @@ const SIGNAL_ENV: &[&str] = &["DMTCP_SIGCKPT"];
 const GZIP_ENV: &[&str] = &["DMTCP_GZIP"];
 const QUIET_ENV: &[&str] = &["DMTCP_QUIET"];
 const COORD_LOG_ENV: &[&str] = &["DMTCP_COORD_LOG_FILENAME"];
+const UNIQUE_ENV: &[&str] = &["DMTCP_UNIQUE_CKPT_PLUGIN"];
+const STRICT_ENV: &[&str] = &["DMTCP_DISABLE_STRICT_CHECKING"];
+const PAUSE_ENV: &[&str] = &["DMTCP_RESTART_PAUSE", "MTCP_RESTART_PAUSE"];
 
 /// What `--version` prints after the name: the DMTCP release whose
 /// command line these names answer to, then stasis's own version.
@@ -90,6 +93,8 @@ const PLUGINS: &str = "stasis has no DMTCP plugins of its own to turn off";
 const PLUGIN_ENV: &[&str] = &["DMTCP_PLUGIN"];
 const EVENT_PLUGIN: &str = "the agent itself keeps epoll, eventfd, signalfd and inotify across checkpoints; \
      there is no event plugin to turn off";
+const PATHVIRT: &str = "stasis does not translate the program's paths yet; restart it where its files are";
+const NO_STRICT: &str = "stasis always checks what a restart needs";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -153,6 +158,15 @@ struct LaunchArgs {
     /// Not supported
     #[arg(long = "modify-env")]
     modify_env: bool,
+    /// Not supported yet
+    #[arg(long)]
+    pathvirt: bool,
+    /// Put each checkpoint's `.dmtcp` names in a directory of their own, ckpt_<computation>_<generation>/ (DMTCP_UNIQUE_CKPT_PLUGIN=1)
+    #[arg(long = "enable-unique-checkpoint-filenames", overrides_with = "no_unique")]
+    unique: bool,
+    /// The `.dmtcp` names at the top of the checkpoint directory (the default)
+    #[arg(long = "disable-unique-checkpoint-filenames", overrides_with = "unique")]
+    no_unique: bool,
     /// Not supported yet
     #[arg(long)]
     mpi: bool,
@@ -268,9 +282,9 @@ struct RestartArgs {
     /// Ignored: stasis always checks images, mapped files and the kernel
     #[arg(long = "no-strict-checking")]
     no_strict_checking: bool,
-    /// Ignored
-    #[arg(long = "debug-restart-pause", value_name = "N")]
-    debug_restart_pause: Option<u32>,
+    /// Stop before restoring, for a debugger, until sent SIGCONT (DMTCP_RESTART_PAUSE; 1 to 7, all the same here)
+    #[arg(long = "debug-restart-pause", value_name = "N", value_parser = cli::restart_pause)]
+    debug_restart_pause: Option<u8>,
     /// Not supported
     #[arg(long = "modify-env")]
     modify_env: bool,
@@ -371,6 +385,15 @@ fn compress(flag: bool, no_flag: bool, env: cli::Env) -> bool {
     first_env(env, GZIP_ENV).is_none_or(|(_, v)| v != "0")
 }
 
+/// Whether each checkpoint's `.dmtcp` names go in a directory of their
+/// own: a flag wins over DMTCP_UNIQUE_CKPT_PLUGIN (on unless "0").
+fn unique(flag: bool, no_flag: bool, env: cli::Env) -> bool {
+    if flag || no_flag {
+        return flag;
+    }
+    first_env(env, UNIQUE_ENV).is_some_and(|(_, v)| v != "0")
+}
+
 fn mode(join: bool, new: bool) -> Mode {
     if join {
         Mode::Join
@@ -391,6 +414,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
             for (set, option, why) in [
                 (a.no_coordinator, "--no-coordinator", NO_COORDINATOR),
                 (a.modify_env, "--modify-env", MODIFY_ENV),
+                (a.pathvirt, "--pathvirt", PATHVIRT),
                 (a.mpi, "--mpi", MPI),
                 (a.infiniband, "--ib", INFINIBAND),
             ] {
@@ -399,6 +423,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 }
             }
             let compress = compress(a.gzip, a.no_gzip, env);
+            let unique_ckpt = unique(a.unique, a.no_unique, env);
             for (set, option) in [
                 (a.disable_all_plugins, "--disable-all-plugins"),
                 (a.disable_alloc_plugin, "--disable-alloc-plugin"),
@@ -461,6 +486,7 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 quiet: a.quiet > 0 || env_quiet(env),
                 usr2_checkpoints: true,
                 plugins,
+                unique_ckpt,
                 program: a.program,
             })
         }
@@ -472,11 +498,17 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 }
             }
             if a.no_strict_checking {
-                notes.push("--no-strict-checking is ignored: stasis always checks what a restart needs".into());
+                notes.push(format!("--no-strict-checking is ignored: {NO_STRICT}"));
+            } else if let Some((n, _)) = first_env(env, STRICT_ENV) {
+                notes.push(format!("{n} is ignored: {NO_STRICT}"));
             }
-            if a.debug_restart_pause.is_some() {
-                notes.push("--debug-restart-pause is ignored".into());
-            }
+            let pause = match a.debug_restart_pause {
+                Some(p) => Some(p),
+                None => match first_env(env, PAUSE_ENV) {
+                    None => None,
+                    Some((n, v)) => Some(cli::restart_pause(&v).map_err(|e| NotRun::Usage(format!("{n}: {e}")))?),
+                },
+            };
             let restart_dir = a.restart_dir.or_else(|| env_path(env, RESTART_DIR_ENV));
             if a.targets.is_empty() && restart_dir.is_none() {
                 return Err(NotRun::Usage(
@@ -503,6 +535,8 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 quiet: a.quiet > 0 || env_quiet(env),
                 usr2_checkpoints: true,
                 verify_first: cli::verify_first_env(env),
+                pause,
+                unique_ckpt: unique(false, false, env),
                 targets: a.targets,
             })
         }
@@ -842,6 +876,27 @@ mod tests {
         refused(Name::Launch, &["--modify-env", "./p"], &["--modify-env"]);
         refused(Name::Launch, &["--mpi", "./p"], &["--mpi"]);
         refused(Name::Launch, &["--ib", "./p"], &["--ib"]);
+        refused(Name::Launch, &["--pathvirt", "./p"], &["--pathvirt", "not supported", "paths"]);
+        // The last of the two flags counts, and a flag beats the variable.
+        let unique = |args: &[&str], vars: &[(&str, &str)]| match parse_env(Name::Launch, args, vars) {
+            Ok(Parsed { verb: Verb::Launch(o), .. }) => Ok(o.unique_ckpt),
+            Err(NotRun::Usage(m)) => Err(m),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(unique(&["--disable-unique-checkpoint-filenames", "./p"], &[]), Ok(false));
+        assert_eq!(
+            unique(&["--disable-unique-checkpoint-filenames", "./p"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "1")]),
+            Ok(false)
+        );
+        assert_eq!(
+            unique(&["--enable-unique-checkpoint-filenames", "--disable-unique-checkpoint-filenames", "./p"], &[]),
+            Ok(false)
+        );
+        assert_eq!(unique(&["./p"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "0")]), Ok(false));
+        assert_eq!(unique(&["./p"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "1")]), Ok(true));
+        assert_eq!(unique(&["--enable-unique-checkpoint-filenames", "./p"], &[]), Ok(true));
+        assert!(restart(&["x.dmtcp"], &[("DMTCP_UNIQUE_CKPT_PLUGIN", "1")]).0.unique_ckpt);
+        assert!(!restart(&["x.dmtcp"], &[]).0.unique_ckpt);
         refused(Name::Launch, &["-j", "--new-coordinator", "./p"], &["dmtcp_launch --help"]);
         refused(Name::Launch, &["--frobnicate", "./p"], &["--frobnicate", "dmtcp_launch --help"]);
         refused(Name::Launch, &[], &["dmtcp_launch --help"]);
@@ -886,6 +941,21 @@ mod tests {
         refused(Name::Restart, &["--fallback", "--generation", "3", "/ck"], &["--generation"]);
         let (_, notes) = restart(&["--no-strict-checking", "x.dmtcp"], &[]);
         assert!(notes[0].contains("--no-strict-checking is ignored"), "{notes:?}");
+        let (_, notes) = restart(&["x.dmtcp"], &[("DMTCP_DISABLE_STRICT_CHECKING", "1")]);
+        assert!(notes[0].contains("DMTCP_DISABLE_STRICT_CHECKING is ignored"), "{notes:?}");
+        // A pause before restoring: the flag, else the variable; 1 to 7.
+        assert_eq!(restart(&["--debug-restart-pause", "2", "x.dmtcp"], &[]).0.pause, Some(2));
+        assert_eq!(restart(&["x.dmtcp"], &[("DMTCP_RESTART_PAUSE", "1")]).0.pause, Some(1));
+        assert_eq!(
+            restart(&["--debug-restart-pause", "3", "x.dmtcp"], &[("DMTCP_RESTART_PAUSE", "1")]).0.pause,
+            Some(3)
+        );
+        assert_eq!(restart(&["x.dmtcp"], &[]).0.pause, None);
+        refused(Name::Restart, &["--debug-restart-pause", "8", "x.dmtcp"], &["restart pause level"]);
+        match parse_env(Name::Restart, &["x.dmtcp"], &[("DMTCP_RESTART_PAUSE", "yes")]) {
+            Err(NotRun::Usage(m)) => assert!(m.contains("DMTCP_RESTART_PAUSE"), "{m}"),
+            other => panic!("{other:?}"),
+        }
         refused(Name::Restart, &[], &["needs images"]);
         refused(Name::Restart, &["--modify-env", "x.dmtcp"], &["--modify-env", "not supported"]);
         refused(Name::Restart, &["--mpi", "x.dmtcp"], &["--mpi"]);

@@ -18,6 +18,8 @@ mod dmtcp;
 // dmtcp_command -kc in one step; a restart beside its running original.
 #[path = "e2e/dmtcp_command.rs"]
 mod dmtcp_command;
+#[path = "e2e/dmtcp_options.rs"]
+mod dmtcp_options;
 // The coordinator a computation gets when it names none.
 #[path = "e2e/default_coordinator.rs"]
 mod default_coordinator;

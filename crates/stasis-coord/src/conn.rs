@@ -520,6 +520,40 @@ fn serve_client(shared: &Shared, link: &Conn, reader: &mut Reader<'_>, first: Me
     }
 }
 
+/// `COMMAND what=ckptdir dir=PATH`: checkpoints go to PATH from now on.
+/// Only while no process is here (nor being restored, nor a checkpoint
+/// under way): a launch or restart that joins with a checkpoint directory
+/// of its own, as DMTCP's `--ckptdir` does. A computation's generations
+/// are never split between two directories. The next checkpoint is full:
+/// the generations incremental ones would refer to are in the old one.
+fn move_ckpt_dir(shared: &Shared, msg: &Message) -> Message {
+    let Some(path) = msg.get("dir").filter(|d| d.starts_with('/')) else {
+        return error("ckptdir needs dir=<absolute path>");
+    };
+    // Opened (created 0700 if missing) and checked as at start, outside
+    // the lock: a slow file system must not stall the coordinator.
+    let dir = match stasis_image::CheckpointDir::open_or_create(std::path::Path::new(path)) {
+        Ok(d) => d,
+        Err(e) => return error(format!("cannot checkpoint into {path}: {e}")),
+    };
+    let mut st = shared.lock();
+    if st.ckpt_dir == dir.path {
+        return Message::new(proto::OK).with("ckptdir", dir.path.display());
+    }
+    let live = st.live_agents() + st.pending_conns();
+    if live > 0 || st.busy {
+        let who = if live > 0 { format!("{live} process(es) checkpoint") } else { "a checkpoint is under way".into() };
+        return error(format!(
+            "{who} into {}: their checkpoint directory does not change under them",
+            st.ckpt_dir.display()
+        ));
+    }
+    st.ckpt_dir = dir.path.clone();
+    st.last_full = 0;
+    st.move_to = Some(dir);
+    Message::new(proto::OK).with("ckptdir", st.ckpt_dir.display())
+}
+
 /// Carries out one client command and returns the answer.
 pub(crate) fn command(shared: &Shared, msg: &Message) -> Message {
     match msg.get("what") {
@@ -557,6 +591,16 @@ pub(crate) fn command(shared: &Shared, msg: &Message) -> Message {
             st.timer_base = std::time::Instant::now();
             shared.changed.notify_all();
             Message::new(proto::OK).with("interval", seconds)
+        }
+        Some("ckptdir") => move_ckpt_dir(shared, msg),
+        Some("unique") => {
+            let on = match msg.get("on") {
+                Some("1") => true,
+                Some("0") => false,
+                _ => return error("unique needs on=1 or on=0"),
+            };
+            shared.lock().unique_names = on;
+            Message::new(proto::OK).with("unique", u8::from(on))
         }
         Some("kill") => {
             let (killed, left) = kill_all(shared);

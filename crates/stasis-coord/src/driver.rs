@@ -52,7 +52,7 @@ const CHILDREN_LIMIT: Duration = Duration::from_secs(10);
 /// How long a checkpoint waits for processes still being restored to join.
 const RESTORING_LIMIT: Duration = Duration::from_secs(20);
 
-pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
+pub(crate) fn run(shared: Arc<Shared>, mut dir: CheckpointDir) {
     loop {
         let mut st = shared.lock();
         let by_timer = loop {
@@ -79,6 +79,11 @@ pub(crate) fn run(shared: Arc<Shared>, dir: CheckpointDir) {
         // snapshot and its end, so the round holds it stopped.
         let then_kill = st.kill_after_checkpoint || waiters.iter().any(|w| w.then_kill);
         st.busy = true;
+        // A directory moved to (`COMMAND what=ckptdir`) while no process
+        // was here: this computation's checkpoints go there from now on.
+        if let Some(moved) = st.move_to.take() {
+            dir = moved;
+        }
         drop(st);
 
         let outcome = checkpoint(&shared, &dir, &mut waiters, then_kill);
@@ -185,11 +190,15 @@ fn checkpoint(
         return Err(abort(dir, pending, reason));
     }
     let committed = dir.commit(pending, &manifest).map_err(|e| e.to_string())?;
-    for problem in publish::after_commit(dir, &committed, &manifest, &programs) {
+    let unique = shared.lock().unique_names;
+    for problem in publish::after_commit(dir, &committed, &manifest, &programs, unique) {
         warn(&problem);
     }
     if let Err(e) = dir.prune(shared.keep.max(1)) {
         warn(&format!("cannot remove old generations: {e}"));
+    }
+    for problem in publish::after_prune(dir) {
+        warn(&problem);
     }
 
     let mut st = shared.lock();

@@ -136,7 +136,7 @@ impl Coordinator {
             None => random::computation_id()?,
         };
         let (listener, socket) = socket::bind(&cfg.socket_path)?;
-        let mut state = State::new(computation_id, cfg.interval_s, last_generation);
+        let mut state = State::new(computation_id, cfg.interval_s, last_generation, dir.path.clone());
         state.kill_after_checkpoint = cfg.kill_after_checkpoint;
         let unix_addr = Addr::Unix(std::path::absolute(socket.path()).unwrap_or_else(|_| socket.path().into()));
         let shared = Shared::new(state, &cfg, dir.path.clone(), unix_addr);

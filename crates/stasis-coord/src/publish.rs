@@ -9,6 +9,11 @@
 //!   process across checkpoints and restarts (pids are restored exactly).
 //! - `dmtcp_restart_script.sh`, which restarts from the directory it lies
 //!   in, wherever that is seen from: no host, port or absolute path in it.
+//!
+//! With DMTCP's unique checkpoint filenames asked for, each generation's
+//! names go in a directory of their own instead,
+//! `ckpt_<computation>_<generation>/` (DMTCP's naming), kept as long as
+//! the generation is.
 
 use std::fs;
 use std::io::{self, Write};
@@ -80,6 +85,7 @@ pub(crate) fn after_commit(
     generation: &Generation,
     manifest: &Manifest,
     programs: &[Option<String>],
+    unique: bool,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let top = ckpt_dir.dir();
@@ -88,14 +94,31 @@ pub(crate) fn after_commit(
         Ok(d) => d,
         Err(e) => return vec![format!("cannot open {}: {e}", generation.path.display())],
     };
+    // Where the names go: the top, or the generation's own directory.
+    let own = unique.then(|| unique_dir_name(manifest.computation_id, generation.number));
+    let names_dir = match &own {
+        None => top.try_clone(),
+        Some(sub) => match top.mkdir(sub, 0o700) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            _ => top.open_dir(sub),
+        },
+    };
+    let names_dir = match names_dir {
+        Ok(d) => d,
+        Err(e) => return vec![format!("cannot make {}: {e}", ckpt_dir.path.join(own.unwrap_or_default()).display())],
+    };
     let mut names = Vec::with_capacity(manifest.processes.len());
     for (i, p) in manifest.processes.iter().enumerate() {
         let program = programs.get(i).cloned().flatten().unwrap_or_else(|| p.name.clone());
         let name = dmtcp_name(&program, manifest.computation_id, p.pid);
-        if let Err(e) = place(&gen_dir, &p.image, top, &name) {
-            problems.push(format!("cannot put {name} in {shown}: {e}"));
+        if let Err(e) = place(&gen_dir, &p.image, &names_dir, &name) {
+            problems.push(format!("cannot put {name} in {}: {e}", names_dir.path().display()));
         }
         names.push(name);
+    }
+    if own.is_some() {
+        // None at the top: they would be an older generation's.
+        names.clear();
     }
     match top.names() {
         Ok(entries) => {
@@ -117,6 +140,47 @@ pub(crate) fn after_commit(
     }
     if let Err(e) = write_script(top) {
         problems.push(format!("cannot write {}: {e}", ckpt_dir.path.join(RESTART_SCRIPT).display()));
+    }
+    problems
+}
+
+/// `ckpt_<computation>_<generation>`: a generation's own directory of
+/// `.dmtcp` names, as DMTCP's unique checkpoint filenames name it.
+pub fn unique_dir_name(computation: u64, generation: u64) -> String {
+    format!("ckpt_{computation:016x}_{generation:05}")
+}
+
+/// The generation of a directory named by `unique_dir_name`.
+fn unique_dir_generation(name: &str) -> Option<u64> {
+    let (hex, number) = name.strip_prefix("ckpt_")?.split_once('_')?;
+    let digits = |s: &str, hex: bool| {
+        !s.is_empty() && s.bytes().all(|b| if hex { b.is_ascii_hexdigit() } else { b.is_ascii_digit() })
+    };
+    (hex.len() == 16 && digits(hex, true) && digits(number, false)).then(|| number.parse().ok()).flatten()
+}
+
+/// After pruning: the directories of names of generations no longer kept
+/// go too (ours only, as everything removed here).
+pub(crate) fn after_prune(ckpt_dir: &CheckpointDir) -> Vec<String> {
+    let top = ckpt_dir.dir();
+    let kept: Vec<u64> = ckpt_dir.generations().map(|g| g.iter().map(|g| g.number).collect()).unwrap_or_default();
+    let names = match top.names() {
+        Ok(n) => n,
+        Err(e) => return vec![format!("cannot list {}: {e}", ckpt_dir.path.display())],
+    };
+    let me = stasis_image::euid();
+    let mut problems = Vec::new();
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        let Some(n) = unique_dir_generation(name) else { continue };
+        let ours = top.stat(name).is_ok_and(|s| s.is_dir() && s.uid == me);
+        if ours
+            && !kept.contains(&n)
+            && !kept.is_empty()
+            && let Err(e) = top.remove_tree(name)
+        {
+            problems.push(format!("cannot remove {}: {e}", ckpt_dir.path.join(name).display()));
+        }
     }
     problems
 }
@@ -204,14 +268,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = CheckpointDir::open_or_create(t.path()).unwrap();
         let (g1, m1) = commit(&dir, &[10, 20]);
-        assert!(after_commit(&dir, &g1, &m1, &[]).is_empty());
+        assert!(after_commit(&dir, &g1, &m1, &[], false).is_empty());
         let a = dir.path.join(dmtcp_name("prog10", 0x77, 10));
         let b = dir.path.join(dmtcp_name("prog20", 0x77, 20));
         assert_eq!(fs::read_to_string(&a).unwrap(), "image of 10 in 1");
         assert!(b.is_file());
 
         let (g2, m2) = commit(&dir, &[10]);
-        assert!(after_commit(&dir, &g2, &m2, &[]).is_empty());
+        assert!(after_commit(&dir, &g2, &m2, &[], false).is_empty());
         assert_eq!(fs::read_to_string(&a).unwrap(), "image of 10 in 2");
         assert!(!b.exists(), "process 20 is not in generation 2");
         let script = dir.path.join(RESTART_SCRIPT);
@@ -225,6 +289,34 @@ mod tests {
             .filter(|n| n.starts_with('.'))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn unique_names_go_in_a_directory_per_generation_kept_as_long_as_it() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open_or_create(t.path()).unwrap();
+        let (g1, m1) = commit(&dir, &[10]);
+        // Names of an earlier generation at the top go once names are unique.
+        assert!(after_commit(&dir, &g1, &m1, &[], false).is_empty());
+        let (g2, m2) = commit(&dir, &[10]);
+        assert!(after_commit(&dir, &g2, &m2, &[], true).is_empty());
+        let own = dir.path.join(unique_dir_name(0x77, 2));
+        assert_eq!(own.file_name().unwrap(), "ckpt_0000000000000077_00002");
+        let name = dmtcp_name("prog10", 0x77, 10);
+        assert_eq!(fs::read_to_string(own.join(&name)).unwrap(), "image of 10 in 2");
+        assert!(!dir.path.join(&name).exists(), "a name left at the top");
+        assert_eq!(fs::metadata(&own).unwrap().permissions().mode() & 0o777, 0o700);
+        // Generation 3 too; keep 1: generation 2 and its names go.
+        let (g3, m3) = commit(&dir, &[10]);
+        assert!(after_commit(&dir, &g3, &m3, &[], true).is_empty());
+        dir.prune(1).unwrap();
+        assert!(after_prune(&dir).is_empty());
+        assert!(!own.exists());
+        assert!(dir.path.join(unique_dir_name(0x77, 3)).join(&name).is_file());
+        assert_eq!(unique_dir_generation("ckpt_0000000000000077_00003"), Some(3));
+        for other in ["ckpt_77_00003", "ckpt_0000000000000077_", "ckpt_a_0000000000000077-1.dmtcp", "gen-000003"] {
+            assert_eq!(unique_dir_generation(other), None, "{other}");
+        }
     }
 
     #[test]
@@ -242,7 +334,7 @@ mod tests {
         // An outdated name that is a link, not a file of ours: left alone.
         let stale = dmtcp_name("gone", 0x77, 99);
         std::os::unix::fs::symlink(&victim, dir.path.join(&stale)).unwrap();
-        assert_eq!(after_commit(&dir, &g1, &m1, &[]), Vec::<String>::new());
+        assert_eq!(after_commit(&dir, &g1, &m1, &[], false), Vec::<String>::new());
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         let published = dir.path.join(&name);
         assert!(fs::symlink_metadata(&published).unwrap().file_type().is_file());

@@ -186,6 +186,15 @@ pub(crate) struct State {
     /// Since when no agent has been connected (None: one is).
     pub(crate) empty_since: Option<Instant>,
     pub(crate) shutdown: bool,
+    /// Where checkpoints go now (canonical): `Shared::ckpt_dir` until a
+    /// launch or restart that joined with no process here moved it.
+    pub(crate) ckpt_dir: PathBuf,
+    /// The directory moved to, opened and checked, for the driver to take
+    /// up at the next checkpoint.
+    pub(crate) move_to: Option<stasis_image::CheckpointDir>,
+    /// Each generation's `.dmtcp` names in a directory of their own
+    /// (DMTCP's unique checkpoint filenames; `COMMAND what=unique`).
+    pub(crate) unique_names: bool,
 }
 
 /// A connected agent: one process of the computation.
@@ -293,7 +302,7 @@ impl Stage {
 }
 
 impl State {
-    pub(crate) fn new(computation_id: u64, interval_s: u32, last_generation: u64) -> Self {
+    pub(crate) fn new(computation_id: u64, interval_s: u32, last_generation: u64, ckpt_dir: PathBuf) -> Self {
         State {
             computation_id,
             interval_s,
@@ -320,6 +329,9 @@ impl State {
             stop: false,
             empty_since: Some(Instant::now()),
             shutdown: false,
+            ckpt_dir,
+            move_to: None,
+            unique_names: false,
         }
     }
 
@@ -430,7 +442,7 @@ impl State {
             .with("generation", self.last_generation)
             .with("last_checkpoint", self.last_checkpoint_unix)
             .with("computation", format!("{:016x}", self.computation_id))
-            .with("ckptdir", shared.ckpt_dir.display());
+            .with("ckptdir", self.ckpt_dir.display());
         if let Addr::Unix(p) = &shared.unix_addr {
             m = m.with("socket", p.display());
         }

@@ -1357,3 +1357,26 @@ fn a_pid_whose_connection_hung_up_may_connect_again() {
         t.wait_processes(1);
     }
 }
+
+#[test]
+fn the_checkpoint_directory_moves_only_while_no_process_is_here() {
+    let t = Test::new();
+    let _coord = t.start();
+    let other = t._tmp.path().join("other");
+    let moved = ok(&t.command(&[("what", "ckptdir"), ("dir", other.to_str().unwrap())])).clone();
+    let canonical = other.canonicalize().unwrap();
+    assert_eq!(moved.get("ckptdir"), Some(canonical.to_str().unwrap()));
+    assert_eq!(t.command(&[("what", "status")]).get("ckptdir"), Some(canonical.to_str().unwrap()));
+    assert!(err(&t.command(&[("what", "ckptdir"), ("dir", "relative")])).contains("absolute"));
+
+    let _a = t.agent(101, "alpha", Behaviour::Write);
+    t.wait_processes(1);
+    ok(&checkpoint(&t));
+    assert_eq!(CheckpointDir::open(&other).unwrap().latest().ok().map(|g| g.number), Some(1));
+    assert_eq!(t.latest(), None, "{:?}", t.entries());
+    // With a process here, its directory stays.
+    let third = t._tmp.path().join("third");
+    let refused = err(&t.command(&[("what", "ckptdir"), ("dir", third.to_str().unwrap())]));
+    assert!(refused.contains("process") && refused.contains("does not change"), "{refused}");
+    assert_eq!(t.command(&[("what", "status")]).get("ckptdir"), Some(canonical.to_str().unwrap()));
+}

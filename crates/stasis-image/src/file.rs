@@ -12,13 +12,25 @@ use crate::{
     ProcessMeta, Result, VERSION,
 };
 
+/// Length of the header's fields (with their checksum).
 const HEADER_LEN: usize = 64;
 /// The header checksum covers everything before it.
 const HEADER_SUMMED: usize = 56;
+/// What a version-8 image starts with, before the header: DMTCP's
+/// signature prefix (tools and scripts written for DMTCP, its test suite
+/// among them, recognise a checkpoint image by it), then whose image it
+/// is. Zero-padded to `SIGNATURE_LEN`.
+pub const SIGNATURE: [u8; SIGNATURE_LEN] = *b"DMTCP_CHECKPOINT_IMAGE_STASIS\n\0\0";
+/// Where a version-8 header starts: after the signature.
+const SIGNATURE_LEN: usize = 32;
+/// The first version that starts with `SIGNATURE`.
+const SIGNED_VERSION: u32 = 8;
+/// The most a header takes at the start of the file (signature included).
+const HEADER_MAX: usize = SIGNATURE_LEN + HEADER_LEN;
 /// Block size for checking chunks: memory stays bounded whatever their size.
 const VERIFY_BLOCK: usize = 1 << 20;
 
-/// The fixed header at offset 0.
+/// The fixed header at offset 0 (after the signature from version 8 on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Header {
     pub version: u32,
@@ -29,18 +41,34 @@ pub struct Header {
     pub meta_checksum: u64,
 }
 
+/// Where the header's fields start in an image of `version`.
+fn fields_at(version: u32) -> usize {
+    if version >= SIGNED_VERSION { SIGNATURE_LEN } else { 0 }
+}
+
 impl Header {
-    /// Encoded length of the header; the rest of the first page is zero.
-    pub const LEN: u64 = HEADER_LEN as u64;
+    /// The most the encoded header takes; the rest of the first page is zero.
+    pub const LEN: u64 = HEADER_MAX as u64;
 
     /// Where the metadata ends: the length of a complete image file.
     pub fn file_len(&self) -> u64 {
         self.meta_offset.saturating_add(self.meta_len)
     }
 
-    /// The 64 bytes at offset 0, header checksum included.
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut h = [0u8; HEADER_LEN];
+    /// How many bytes at offset 0 the header of this version takes.
+    pub fn encoded_len(&self) -> usize {
+        fields_at(self.version) + HEADER_LEN
+    }
+
+    /// The bytes at offset 0 (`encoded_len()` of them; zero after):
+    /// from version 8 the signature, then the fields and their checksum.
+    pub fn encode(&self) -> [u8; HEADER_MAX] {
+        let mut out = [0u8; HEADER_MAX];
+        let at = fields_at(self.version);
+        if at > 0 {
+            out[..SIGNATURE_LEN].copy_from_slice(&SIGNATURE);
+        }
+        let h = &mut out[at..at + HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         h[8..12].copy_from_slice(&self.version.to_le_bytes());
         h[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
@@ -51,19 +79,23 @@ impl Header {
         h[48..56].copy_from_slice(&self.meta_checksum.to_le_bytes());
         let sum = xxh3_64(&h[..HEADER_SUMMED]);
         h[HEADER_SUMMED..].copy_from_slice(&sum.to_le_bytes());
-        h
+        out
     }
 
-    /// Decodes and checks the header that `h` starts with. The checks run
-    /// in the order that gives the most useful message: a foreign file is
-    /// "not an image" and a newer image is "unsupported version" (a later
-    /// format may lay out or checksum its header differently), before any
-    /// talk of corruption.
+    /// Decodes and checks the header that `h` (the start of the file)
+    /// starts with. The checks run in the order that gives the most useful
+    /// message: a foreign file is "not an image" and a newer image is
+    /// "unsupported version" (a later format may lay out or checksum its
+    /// header differently), before any talk of corruption.
     pub fn decode(h: &[u8], path: &Path) -> Result<Header> {
+        let actual = h.len() as u64;
+        let n = h.len().min(SIGNATURE_LEN);
+        let signed = n > 0 && h[..n] == SIGNATURE[..n];
+        let h = if signed { h.get(SIGNATURE_LEN..).unwrap_or_default() } else { h };
         let Some(h) = h.get(..HEADER_LEN) else {
             let magic_prefix = h.len() <= MAGIC.len() && h == &MAGIC[..h.len()] || h.starts_with(&MAGIC);
-            return Err(if magic_prefix {
-                Error::Truncated { path: path.into(), expected: PAGE_SIZE, actual: h.len() as u64 }
+            return Err(if magic_prefix || signed {
+                Error::Truncated { path: path.into(), expected: PAGE_SIZE, actual }
             } else {
                 Error::NotAnImage { path: path.into() }
             });
@@ -81,6 +113,13 @@ impl Header {
             return Err(Error::Checksum { path: path.into(), what: "the header".into() });
         }
         let corrupt = |what: String| Error::Corrupt { path: path.into(), what };
+        if signed != (version >= SIGNED_VERSION) {
+            return Err(corrupt(if signed {
+                format!("a version {version} header after the signature of version {SIGNED_VERSION} and later")
+            } else {
+                format!("a version {version} header without the signature it starts with")
+            }));
+        }
         let header_len = u32_at(12);
         if header_len as usize != HEADER_LEN {
             return Err(corrupt(format!("header length {header_len} (expected {HEADER_LEN})")));
@@ -368,7 +407,7 @@ impl ImageWriter {
         self.file.write_all_at(&header.encode(), 0).map_err(io(&self.path, "write"))?;
         if let Err(e) = self.file.sync_all() {
             // Failure must not leave a valid-looking image; best effort.
-            let _ = self.file.write_all_at(&[0u8; HEADER_LEN], 0);
+            let _ = self.file.write_all_at(&[0u8; HEADER_MAX], 0);
             return Err(io(&self.path, "fsync")(e));
         }
         Ok(header.file_len())
@@ -393,10 +432,12 @@ fn load(
     len: u64,
     read_at: &mut dyn FnMut(&mut [u8], u64) -> Result<()>,
 ) -> Result<(Header, ProcessMeta, Digest)> {
-    let mut h = [0u8; HEADER_LEN];
-    let head = &mut h[..len.min(HEADER_LEN as u64) as usize];
+    let mut h = [0u8; HEADER_MAX];
+    let head = &mut h[..len.min(HEADER_MAX as u64) as usize];
     read_at(head, 0)?;
     let header = Header::decode(head, path)?;
+    // What the digest covers: the header as its version lays it out.
+    let h = &h[..header.encoded_len()];
     let end = header.file_len();
     if end > len {
         return Err(Error::Truncated { path: path.into(), expected: end, actual: len });
@@ -408,7 +449,7 @@ fn load(
         return Err(Error::Checksum { path: path.into(), what: "the metadata".into() });
     }
     let meta = crate::codec::decode_meta_version(&meta_bytes, header.version).map_err(|e| e.at(path))?;
-    let digest = Digest::of(&h, &meta_bytes);
+    let digest = Digest::of(h, &meta_bytes);
     for (i, c) in meta.chunks.iter().enumerate() {
         let inside =
             c.file_offset >= header.payload_offset && c.file_offset.saturating_add(c.len) <= header.payload_end();
@@ -688,9 +729,9 @@ mod tests {
     /// Rewrites the header of `bytes` with a valid checksum, so that the
     /// checks behind the checksum are reached.
     fn forge(bytes: &mut [u8], f: impl FnOnce(&mut Header)) {
-        let mut h = Header::decode(&bytes[..HEADER_LEN], Path::new("x")).unwrap();
+        let mut h = Header::decode(&bytes[..HEADER_MAX], Path::new("x")).unwrap();
         f(&mut h);
-        bytes[..HEADER_LEN].copy_from_slice(&h.encode());
+        bytes[..HEADER_MAX].copy_from_slice(&h.encode());
     }
 
     fn err(bytes: &[u8]) -> String {
@@ -702,8 +743,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (_, bytes) = image(t.path());
         let (h, m) = parse_image(&bytes).unwrap();
-        assert_eq!(&bytes[..8], b"STASISIM");
-        assert!(bytes[HEADER_LEN..PAGE_SIZE as usize].iter().all(|&b| b == 0));
+        // DMTCP's signature prefix, then the header.
+        assert!(bytes.starts_with(b"DMTCP_CHECKPOINT_IMAGE_"));
+        assert_eq!(&bytes[..SIGNATURE_LEN], b"DMTCP_CHECKPOINT_IMAGE_STASIS\n\0\0");
+        assert_eq!(&bytes[SIGNATURE_LEN..SIGNATURE_LEN + 8], b"STASISIM");
+        assert!(bytes[HEADER_MAX..PAGE_SIZE as usize].iter().all(|&b| b == 0));
         assert_eq!(h.payload_offset, PAGE_SIZE);
         assert_eq!(h.meta_offset % 8, 0);
         assert_eq!(h.file_len(), bytes.len() as u64);
@@ -752,10 +796,49 @@ mod tests {
             assert!(e.contains(want), "{e:?} should mention {want:?}");
         }
         let mut v = good.clone();
-        v[12] = 32;
-        let sum = xxh3_64(&v[..HEADER_SUMMED]);
-        v[HEADER_SUMMED..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+        let h = &mut v[SIGNATURE_LEN..HEADER_MAX];
+        h[12] = 32;
+        let sum = xxh3_64(&h[..HEADER_SUMMED]);
+        h[HEADER_SUMMED..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
         assert!(err(&v).contains("header length 32"));
+        // A signed header must be of version 8 or later, and those are signed.
+        let mut v = good.clone();
+        let h = &mut v[SIGNATURE_LEN..HEADER_MAX];
+        h[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let sum = xxh3_64(&h[..HEADER_SUMMED]);
+        h[HEADER_SUMMED..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+        assert!(err(&v).contains("a version 7 header after the signature"), "{}", err(&v));
+        let mut v = good.clone();
+        v.copy_within(SIGNATURE_LEN..HEADER_MAX, 0);
+        assert!(err(&v).contains("a version 8 header without the signature"), "{}", err(&v));
+    }
+
+    #[test]
+    fn version_7_images_are_read() {
+        let t = tempfile::tempdir().unwrap();
+        let (path, mut bytes) = image(t.path());
+        let digest_of = |path: &Path| ImageReader::open(path).unwrap().digest();
+        // Version 7 metadata is version 8's without its last fields: the
+        // `sockets_peer_shut`, `sysv_ipc` and MAP_NORESERVE lists (empty
+        // here, 4 bytes of count each) and `allow_file_overwrite` (1 byte).
+        let h = Header::decode(&bytes[..HEADER_MAX], Path::new("x")).unwrap();
+        let meta = &bytes[h.meta_offset as usize..(h.meta_offset + h.meta_len - 13) as usize];
+        let checksum = xxh3_64(meta);
+        forge(&mut bytes, |h| {
+            h.version = 7;
+            h.meta_len -= 13;
+            h.meta_checksum = checksum;
+        });
+        // Version 7 starts with the header itself, and its digest covers it alone.
+        assert_eq!(&bytes[..8], b"STASISIM");
+        assert!(bytes[HEADER_LEN..PAGE_SIZE as usize].iter().all(|&b| b == 0));
+        std::fs::write(&path, &bytes).unwrap();
+        let r = ImageReader::open(&path).unwrap();
+        assert_eq!(r.header().version, 7);
+        assert_eq!(r.chunk_data(&r.meta().chunks[1]).unwrap(), [2u8; 8192]);
+        let h = r.header();
+        let meta = &bytes[h.meta_offset as usize..(h.meta_offset + h.meta_len) as usize];
+        assert_eq!(digest_of(&path), Digest::of(&bytes[..HEADER_LEN], meta));
     }
 
     #[test]
@@ -892,7 +975,7 @@ mod tests {
         // `inherited`, `sockets_peer_shut`, `sysv_ipc` and MAP_NORESERVE
         // lists (empty here, 4 bytes of count each) and
         // `allow_file_overwrite` (1 byte).
-        let h = Header::decode(&bytes[..HEADER_LEN], Path::new("x")).unwrap();
+        let h = Header::decode(&bytes[..HEADER_MAX], Path::new("x")).unwrap();
         let meta = &bytes[h.meta_offset as usize..(h.meta_offset + h.meta_len - 17) as usize];
         let checksum = xxhash_rust::xxh3::xxh3_64(meta);
         forge(&mut bytes, |h| {
@@ -985,7 +1068,14 @@ mod tests {
             let e = parse_image(&v).unwrap_err();
             assert!(matches!(e, Error::Truncated { expected: PAGE_SIZE, .. }), "{len}: {e}");
         }
+        for len in [1, 23, 31, 32, 95] {
+            let mut v = SIGNATURE.to_vec();
+            v.resize(len, 0);
+            let e = parse_image(&v).unwrap_err();
+            assert!(matches!(e, Error::Truncated { expected: PAGE_SIZE, .. }), "{len}: {e}");
+        }
         assert!(matches!(parse_image(b"#!/bin"), Err(Error::NotAnImage { .. })));
+        assert!(matches!(parse_image(b"DMTCP_CHECKPOINT_IMAGE_v3.0\n\0\0\0\0"), Err(Error::NotAnImage { .. })));
         assert!(matches!(parse_image(b"\x7fELF\x02\x01\x01\0\0\0\0\0"), Err(Error::NotAnImage { .. })));
     }
 

@@ -519,6 +519,20 @@ fn open_given_image(path: &Path) -> Result<(ImageReader, PathBuf, Dir)> {
 /// be listed by digest in the MANIFEST of its generation next to or above
 /// it, and all of that generation's must be given. An image with no
 /// checkpoint directory around it stands alone.
+/// The checkpoint directory of an image of generation `g` found in
+/// `parent`, a directory of names of that generation (DMTCP's unique
+/// checkpoint filenames, `ckpt_<computation>_<generation>/`) beside it.
+fn unique_names_parent(parent: &Path, g: u64) -> Option<PathBuf> {
+    let name = parent.file_name()?.to_str()?;
+    let (hex, number) = name.strip_prefix("ckpt_")?.split_once('_')?;
+    let named_so = hex.len() == 16
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && number.parse::<u64>().ok() == Some(g);
+    let ck = parent.parent()?;
+    (named_so && fs::symlink_metadata(ck.join(committed_name(g))).is_ok_and(|m| m.is_dir())).then(|| ck.to_path_buf())
+}
+
 fn restartable_images(targets: &[PathBuf]) -> Result<Restartable> {
     // (reader, as given, its generation: checkpoint directory and number)
     type Around = Option<(PathBuf, u64)>;
@@ -551,6 +565,8 @@ fn restartable_images(targets: &[PathBuf]) -> Result<Restartable> {
             Some((parent.parent().unwrap_or(&parent).to_path_buf(), n))
         } else if pdir.stat(&committed_name(g)).is_ok() {
             Some((parent.clone(), g))
+        } else if let Some(ck) = unique_names_parent(&parent, g) {
+            Some((ck, g))
         } else {
             let holds_generations = pdir
                 .names()
@@ -1035,6 +1051,23 @@ mod tests {
         assert_eq!(r.generation_dir.as_deref(), Some(g2.path.as_path()));
         // Images inside the generation directory.
         restarted(&[&g2.path.join("p2.img"), &g2.path.join("p1.img")], Choice::Newest);
+        // In a directory of names of their generation (DMTCP's unique
+        // checkpoint filenames), beside it; not in one of another.
+        for (sub, ok) in [("ckpt_0000000000000077_00002", true), ("ckpt_0000000000000077_00001", false)] {
+            fs::create_dir(ck.join(sub)).unwrap();
+            let (ua, ub) = (ck.join(sub).join("ckpt_a.dmtcp"), ck.join(sub).join("ckpt_b.dmtcp"));
+            fs::hard_link(g2.path.join("p1.img"), &ua).unwrap();
+            fs::hard_link(g2.path.join("p2.img"), &ub).unwrap();
+            if ok {
+                let r = restarted(&[&ua, &ub], Choice::Newest);
+                assert_eq!(
+                    (r.generation_dir.as_deref(), r.ckpt_dir.as_deref()),
+                    (Some(g2.path.as_path()), Some(ck.as_path()))
+                );
+            } else {
+                assert!(restarted(&[&ua, &ub], Choice::Newest).ckpt_dir.is_none());
+            }
+        }
         // One left out.
         let e = refusal(&[&a], Choice::Newest);
         assert_eq!(

@@ -160,21 +160,22 @@ fn damage_gives_named_errors() {
     check(&[0u8; 8192], "not a stasis image");
 
     let meta_end = header.meta_offset + header.meta_len;
-    for cut in [4, 8, 63, 64, 100, 4095, 4096, 5000, 12288, header.meta_offset, meta_end - 1] {
+    for cut in [4, 8, 31, 32, 63, 64, 95, 96, 100, 4095, 4096, 5000, 12288, header.meta_offset, meta_end - 1] {
         let e = open_error(t.path(), &good[..cut as usize]);
         assert!(matches!(e, Error::Truncated { .. }), "cut at {cut}: {e}");
-        if cut >= 64 {
+        // The header (after DMTCP's 32-byte signature) ends at 96.
+        if cut >= 96 {
             assert!(e.to_string().contains(&format!("expected {meta_end} bytes, found {cut}")), "{e}");
         }
     }
 
     let mut v = good.to_vec();
-    v[8] = 99;
+    v[32 + 8] = 99;
     check(
         &v,
         &format!("image format version 99 is not supported (this stasis reads versions {OLDEST_VERSION} to {VERSION})"),
     );
-    for i in [16, 24, 40, 50, 60] {
+    for i in [16, 24, 40, 50, 60].map(|i| i + 32) {
         let mut v = good.to_vec();
         v[i] ^= 4;
         check(&v, "checksum mismatch in the header");
@@ -557,7 +558,8 @@ fn significant(i: usize) -> bool {
         let bytes = sample_bytes();
         let (h, m) = parse_image(bytes).unwrap();
         let mut map = vec![false; bytes.len()];
-        map[..64].fill(true);
+        // DMTCP's signature (32 bytes), then the header (64).
+        map[..96].fill(true);
         for c in &m.chunks {
             map[c.file_offset as usize..(c.file_offset + c.len) as usize].fill(true);
         }

@@ -49,6 +49,9 @@ pub struct LaunchOpts {
     /// DMTCP plugins to preload after the agent (`--with-plugin`,
     /// DMTCP_PLUGIN; stasis-agent/src/plugins.rs, docs/api.md).
     pub plugins: Vec<PathBuf>,
+    /// Each checkpoint's `.dmtcp` names in a directory of their own
+    /// (DMTCP's unique checkpoint filenames).
+    pub unique_ckpt: bool,
     /// The program and its arguments (at least the program).
     pub program: Vec<OsString>,
 }
@@ -86,6 +89,9 @@ impl SaveFiles {
         }
     }
 }
+
+/// The program's temporary directory (`--tmpdir`), in its environment.
+pub const TMPDIR_ENV: &str = "STASIS_TMPDIR";
 
 /// The checkpoint directory asked for (or the current one), absolute.
 pub(crate) fn ckpt_dir_or_cwd(dir: Option<&Path>) -> Result<PathBuf> {
@@ -127,6 +133,9 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
     {
         found.set_interval(i)?;
     }
+    if opts.unique_ckpt {
+        found.set_unique_names()?;
+    }
     if let Some(f) = &opts.port_file {
         write_port_file(f, &found, opts.quiet)?;
     }
@@ -163,6 +172,12 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
     }
     if let Some(sig) = opts.ckpt_signal {
         cmd.env("STASIS_CKPT_SIGNAL", sig.to_string());
+    }
+    // `--tmpdir`: the program's temporary directory too (dmtcp_get_tmpdir
+    // answers it), absolute since the program may change directories.
+    if let Some(t) = &opts.coord.tmpdir {
+        let t = std::path::absolute(t).with_context(|| format!("cannot make {} absolute", t.display()))?;
+        cmd.env(TMPDIR_ENV, t);
     }
     opts.save_files.set_env(&mut cmd);
     let restore_mask = signals.restorer();

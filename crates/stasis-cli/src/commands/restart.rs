@@ -51,6 +51,11 @@ pub struct RestartOpts {
     pub quiet: bool,
     /// SIGUSR2 asks for a checkpoint (the DMTCP names; launch.rs).
     pub usr2_checkpoints: bool,
+    /// `--debug-restart-pause N`: stop before restoring until SIGCONT.
+    pub pause: Option<u8>,
+    /// Each checkpoint's `.dmtcp` names in a directory of their own
+    /// (DMTCP_UNIQUE_CKPT_PLUGIN=1 at restart).
+    pub unique_ckpt: bool,
     /// Restart exactly this generation of the checkpoint directory.
     pub generation: Option<u64>,
     /// Restart the newest intact generation when the newest is damaged.
@@ -59,6 +64,44 @@ pub struct RestartOpts {
     pub verify_first: bool,
     /// Checkpoint directories, generation directories, or images.
     pub targets: Vec<PathBuf>,
+}
+
+/// `--debug-restart-pause`: everything is checked and the coordinator
+/// found, nothing restored yet and no process joined. Waits for SIGCONT
+/// (a debugger attached by then stays attached). SIGTERM, SIGINT or
+/// SIGHUP end restart there, its coordinator with it if it started one.
+fn pause_for_debugger(level: u8) -> Result<()> {
+    eprintln!(
+        "stasis: restart paused before restoring (--debug-restart-pause {level}): attach a debugger to pid {} if \
+         you like, then kill -CONT {0}",
+        std::process::id()
+    );
+    let ending = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before
+    // use; pthread_sigmask and sigwait act on this thread only, and the
+    // mask is put back before returning.
+    let (r, sig) = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in std::iter::once(libc::SIGCONT).chain(ending) {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
+            bail!("cannot wait for SIGCONT: pthread_sigmask failed");
+        }
+        let mut sig = 0;
+        let r = libc::sigwait(&set, &mut sig);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        (r, sig)
+    };
+    if r != 0 {
+        bail!("cannot wait for SIGCONT: {}", std::io::Error::from_raw_os_error(r));
+    }
+    if ending.contains(&sig) {
+        return Err(super::WithCode(128 + sig, format!("restart ended by signal {sig} while paused")).into());
+    }
+    Ok(())
 }
 
 /// What `targets` name, relative ones under `restart_dir`.
@@ -159,8 +202,14 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     {
         found.set_interval(i)?;
     }
+    if opts.unique_ckpt {
+        found.set_unique_names()?;
+    }
     if let Some(f) = &opts.port_file {
         write_port_file(f, &found, opts.quiet)?;
+    }
+    if let Some(level) = opts.pause {
+        pause_for_debugger(level)?;
     }
     // One connection per process, made here: each restored agent finds
     // its own at the descriptor it had, and greets the coordinator on it.

@@ -81,6 +81,8 @@ pub struct Found {
     pub port: Option<u16>,
     /// Its checkpoint directory (joined ones only).
     pub ckpt_dir: Option<PathBuf>,
+    /// How many processes it had when joined (joined ones only).
+    pub processes: Option<u64>,
     /// Set when it was started here.
     pub started: Option<Started>,
 }
@@ -96,6 +98,12 @@ impl Found {
             bail!("the coordinator at {} says: {}", self.addr, reply.get("reason").unwrap_or("no reason given"));
         }
         Ok(reply)
+    }
+
+    /// Puts each generation's `.dmtcp` names in a directory of their own
+    /// (DMTCP's unique checkpoint filenames), from the next checkpoint on.
+    pub fn set_unique_names(&self) -> Result<()> {
+        self.ask(&Message::new(proto::COMMAND).with("what", "unique").with("on", 1)).map(drop)
     }
 
     /// Changes the interval of a coordinator that was joined.
@@ -121,6 +129,16 @@ impl Found {
         if !bg.explicit_ckpt_dir {
             note(bg.quiet, &what);
             return Ok(());
+        }
+        // With no process there yet (a dmtcp_coordinator started by hand,
+        // or one whose computation was killed for a restart), this
+        // computation's checkpoints go where it says, as with DMTCP.
+        if self.processes == Some(0) {
+            let moved = Message::new(proto::COMMAND).with("what", "ckptdir").with("dir", asked.display());
+            return match self.ask(&moved) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.context(format!("{what}, and cannot be moved"))),
+            };
         }
         let fix = match via {
             Via::Port => "choose another port with -p, or leave -p out for a coordinator of this computation's own",
@@ -313,6 +331,7 @@ fn joined(reached: Reached) -> Result<Found> {
         secret: reached.secret,
         port: status.get_parsed("port"),
         ckpt_dir: status.get("ckptdir").map(PathBuf::from),
+        processes: status.get_parsed("processes"),
         started: None,
     })
 }
@@ -464,7 +483,14 @@ fn start(target: &Target, bg: &Background) -> Result<Found> {
                 eprintln!("stasis: this computation's coordinator: {}", where_started(target, bg, &socket, port));
             }
             let started = Started { child: Some(child), socket: socket.clone() };
-            Ok(Found { addr: Addr::Unix(socket), secret: None, port, ckpt_dir: None, started: Some(started) })
+            Ok(Found {
+                addr: Addr::Unix(socket),
+                secret: None,
+                port,
+                ckpt_dir: None,
+                processes: None,
+                started: Some(started),
+            })
         }
         Some(m) => {
             let _ = child.wait();
