@@ -37,7 +37,7 @@ const VERIFY_WAIT: Duration = Duration::from_secs(30);
 /// Pause between attempts to reach a coordinator that went away.
 const RETRY: Duration = Duration::from_secs(2);
 
-fn log(msg: &str) {
+pub(crate) fn log(msg: &str) {
     sys::write_stderr(format!("stasis agent[{}]: {msg}\n", sys::getpid()).as_bytes());
 }
 
@@ -226,6 +226,8 @@ fn addr_text(a: &Addr) -> String {
 pub fn restored(agent_fd: i32) {
     // Restart's socket, at the number the image saw ours at.
     let _ = Link::adopt(agent_fd);
+    // --modify-env, before anything tells the program it was restarted.
+    crate::modify_env::restored();
     // [stasis api] before the program runs: dmtcp_checkpoint() returns "restarted".
     crate::api::note_restored(crate::signals::RESTORE_INFO.generation.load(Ordering::Acquire));
     crate::imagemap::restored();

@@ -21,6 +21,7 @@ mod fork_advice;
 mod imagemap;
 mod inotify;
 mod ipc;
+mod modify_env;
 mod mqueue;
 mod pending;
 mod plugins;

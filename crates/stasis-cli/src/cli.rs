@@ -304,6 +304,9 @@ struct LaunchArgs {
     /// At restart, replace a file --checkpoint-open-files saved that differs now (the one found is kept as PATH-DATE.bk)
     #[arg(long = "allow-file-overwrite")]
     allow_file_overwrite: bool,
+    /// At restart, set and remove the variables dmtcp_env.txt in the checkpoint directory lists (NAME=value, NAME)
+    #[arg(long = "modify-env")]
+    modify_env: bool,
     /// Print no notes, only errors
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
@@ -544,6 +547,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
             usr2_checkpoints: false,
             plugins: Vec::new(),
             unique_ckpt: false,
+            modify_env: a.modify_env,
             program: a.program,
         }),
         VerbArgs::Restart(a) => {

@@ -86,7 +86,8 @@ const NO_COORDINATOR: &str =
 /// (on when set, as under DMTCP; `0` is off).
 const OPEN_FILES_ENV: &[&str] = &["DMTCP_CKPT_OPEN_FILES"];
 const OVERWRITE_ENV: &[&str] = &["DMTCP_ALLOW_OVERWRITE_WITH_CKPTED_FILES", "DMTCP_ALLOW_FILE_OVERWRITE"];
-const MODIFY_ENV: &str = "stasis restores the environment the program had";
+const MODIFY_ENV_RESTART: &str =
+    "it is an option of dmtcp_launch: a computation launched with it reads dmtcp_env.txt at every restart";
 const MPI: &str = "stasis does not checkpoint MPI programs yet";
 const INFINIBAND: &str = "stasis cannot checkpoint InfiniBand connections";
 const PLUGINS: &str = "stasis has no DMTCP plugins of its own to turn off";
@@ -155,7 +156,7 @@ struct LaunchArgs {
     /// At restart, replace a saved file that differs (DMTCP_ALLOW_OVERWRITE_WITH_CKPTED_FILES)
     #[arg(long = "allow-file-overwrite")]
     allow_file_overwrite: bool,
-    /// Not supported
+    /// At restart, set and remove the variables dmtcp_env.txt in the checkpoint directory lists
     #[arg(long = "modify-env")]
     modify_env: bool,
     /// Not supported yet
@@ -413,7 +414,6 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
             let a = LaunchArgs::try_parse_from(args).map_err(err)?;
             for (set, option, why) in [
                 (a.no_coordinator, "--no-coordinator", NO_COORDINATOR),
-                (a.modify_env, "--modify-env", MODIFY_ENV),
                 (a.pathvirt, "--pathvirt", PATHVIRT),
                 (a.mpi, "--mpi", MPI),
                 (a.infiniband, "--ib", INFINIBAND),
@@ -487,12 +487,13 @@ pub fn parse(name: Name, args: impl IntoIterator<Item = OsString>, env: cli::Env
                 usr2_checkpoints: true,
                 plugins,
                 unique_ckpt,
+                modify_env: a.modify_env,
                 program: a.program,
             })
         }
         Name::Restart => {
             let a = RestartArgs::try_parse_from(args).map_err(err)?;
-            for (set, option, why) in [(a.modify_env, "--modify-env", MODIFY_ENV), (a.mpi, "--mpi", MPI)] {
+            for (set, option, why) in [(a.modify_env, "--modify-env", MODIFY_ENV_RESTART), (a.mpi, "--mpi", MPI)] {
                 if set {
                     return Err(refuse(option, why));
                 }
@@ -873,7 +874,10 @@ mod tests {
     #[test]
     fn launch_refuses_what_it_cannot_do_and_notes_what_it_ignores() {
         refused(Name::Launch, &["--no-coordinator", "./p"], &["--no-coordinator", "not supported"]);
-        refused(Name::Launch, &["--modify-env", "./p"], &["--modify-env"]);
+        match parse_env(Name::Launch, &["--modify-env", "./p"], &[]) {
+            Ok(Parsed { verb: Verb::Launch(o), .. }) => assert!(o.modify_env),
+            other => panic!("{other:?}"),
+        }
         refused(Name::Launch, &["--mpi", "./p"], &["--mpi"]);
         refused(Name::Launch, &["--ib", "./p"], &["--ib"]);
         refused(Name::Launch, &["--pathvirt", "./p"], &["--pathvirt", "not supported", "paths"]);
@@ -957,7 +961,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         refused(Name::Restart, &[], &["needs images"]);
-        refused(Name::Restart, &["--modify-env", "x.dmtcp"], &["--modify-env", "not supported"]);
+        refused(Name::Restart, &["--modify-env", "x.dmtcp"], &["--modify-env", "dmtcp_launch"]);
         refused(Name::Restart, &["--mpi", "x.dmtcp"], &["--mpi"]);
         refused(Name::Restart, &["--gzip", "x.dmtcp"], &["--gzip", "dmtcp_restart --help"]);
     }

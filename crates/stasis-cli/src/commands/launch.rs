@@ -52,6 +52,9 @@ pub struct LaunchOpts {
     /// Each checkpoint's `.dmtcp` names in a directory of their own
     /// (DMTCP's unique checkpoint filenames).
     pub unique_ckpt: bool,
+    /// `--modify-env`: at restart the agent applies `dmtcp_env.txt` of the
+    /// checkpoint directory (stasis-agent/src/modify_env.rs).
+    pub modify_env: bool,
     /// The program and its arguments (at least the program).
     pub program: Vec<OsString>,
 }
@@ -161,11 +164,14 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
             }
         }
     }
-    // What the application API answers (stasis-agent/src/api.rs).
-    if let Some(t) = &opts.coord.tmpdir {
-        cmd.env("STASIS_TMPDIR", t);
-    }
+    // What the application API answers (stasis-agent/src/api.rs), and
+    // where --modify-env finds dmtcp_env.txt.
     cmd.env("STASIS_CKPT_DIR", &ckpt_dir);
+    if opts.modify_env {
+        cmd.env("STASIS_MODIFY_ENV", "1");
+    } else {
+        cmd.env_remove("STASIS_MODIFY_ENV");
+    }
     // What dmtcp_nocheckpoint gives back (`nocheckpoint.rs`).
     if let Some(p) = std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty()) {
         cmd.env(crate::nocheckpoint::USER_PRELOAD, p);

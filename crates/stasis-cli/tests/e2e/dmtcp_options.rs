@@ -362,3 +362,44 @@ fn unique_checkpoint_filenames() {
     sb.check(status.success(), || format!("{} exited with {status}", restart.label));
     verify_history(&sb, &reference, &[launched, Piece::new(&restart.label, restart.lines(), vec![window])]);
 }
+
+/// `--modify-env`: a restart applies `dmtcp_env.txt` of the checkpoint
+/// directory (NAME=value sets, NAME alone removes) before the program runs
+/// again: every line it prints after the restart shows the new values, and
+/// every line before the checkpoint the old ones. Without the file nothing
+/// changes.
+#[test]
+fn modify_env_changes_the_environment_at_restart() {
+    let sb = Sandbox::new("dmtcp-modify-env");
+    let prog = Program::c("envwatch", &["120", "40"]);
+    let ck = sb.join("ck");
+    let ckdir = ck.to_string_lossy().into_owned();
+    let mut cmd = dmtcp(&sb, "dmtcp_launch");
+    cmd.args(["--modify-env", "--ckptdir", &ckdir]).args(&prog.argv);
+    cmd.env("WATCHED", "before").env("GONE", "here").current_dir(sb.mkdir("run"));
+    let mut app = Proc::spawn(&sb, &sb.label("dmtcp_launch"), cmd, Out::Pipe);
+    app.wait_lines(&sb, 3);
+    let window = bcheckpoint(&sb, &["--ckptdir", &ckdir], &mut app);
+    app.kill();
+    let before = app.lines();
+    sb.check(before.iter().all(|l| l.ends_with("WATCHED=before GONE=here")), || {
+        format!("before the checkpoint: {before:?}")
+    });
+    fs::write(ck.join("dmtcp_env.txt"), "# where the restart runs\nWATCHED=after\nGONE\n")
+        .unwrap_or_else(|e| sb.fail(format!("write dmtcp_env.txt: {e}")));
+
+    require_user_namespaces();
+    let mut cmd = dmtcp(&sb, "dmtcp_restart");
+    cmd.args(dmtcp_images(&ck)).env("WATCHED", "restart's own").env_remove("GONE");
+    let mut restart = Proc::spawn(&sb, &sb.label("dmtcp_restart"), cmd, Out::Pipe);
+    let status = restart.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}: {}", restart.label, restart.stderr_text()));
+    let after = restart.lines();
+    let steps: Vec<&String> = after.iter().filter(|l| l.starts_with("step ")).collect();
+    sb.check(
+        !steps.is_empty()
+            && steps.iter().all(|l| l.ends_with("WATCHED=after GONE=unset"))
+            && after.last().is_some_and(|l| l == "final 120"),
+        || format!("after the restart (checkpoint after lines {window:?}): {after:?}"),
+    );
+}
