@@ -179,7 +179,10 @@ pub fn run(opts: CoordinatorOpts) -> Result<Exit> {
     };
     let end = handle.wait_end(when);
     // A log file gets the line even when quiet: it is the record asked for.
-    if chatty || stderr_is_a_file() {
+    // Not the stderr file a coordinator started in the background shares
+    // with launch or restart: there the line would be noise among theirs.
+    let log_file = stderr_is_a_file() && (opts.ready_fd.is_none() || opts.coord_logfile.is_some());
+    if chatty || log_file {
         let why = match end {
             End::Quit => "told to quit",
             End::LastGone => "the last process is gone",

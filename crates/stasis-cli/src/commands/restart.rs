@@ -195,7 +195,8 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     };
     let mut found = start::find_or_start(&opts.coord, opts.mode, &bg, &[ckpt_dir.clone(), origin_dir])?;
     if found.started.is_none() {
-        refuse_if_running(&found, first.computation_id)?;
+        let pids: Vec<i32> = metas.iter().map(|m| m.pid).collect();
+        refuse_if_running(&found, first.computation_id, &pids)?;
     }
     if found.started.is_none()
         && let Some(i) = opts.interval_s
@@ -300,17 +301,30 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
 const VERIFY_THREADS: usize = 2;
 
 /// The checkpoint named in messages: its one image, or its directory.
-/// A joined coordinator whose computation is this checkpoint's and still
-/// has processes: restarting would run a second copy beside the first
-/// (the same pids, files and connections), so it is refused.
-fn refuse_if_running(found: &start::Found, computation_id: u64) -> Result<()> {
+/// A joined coordinator whose computation is this checkpoint's and has
+/// one of the processes this restart would bring back still connected:
+/// restarting would run a second copy beside the first (the same pids,
+/// files and connections), so it is refused. Other processes of the
+/// computation may be there: each task of a SLURM step restarts its own
+/// into the coordinator the first task's restart started.
+fn refuse_if_running(found: &start::Found, computation_id: u64, pids: &[i32]) -> Result<()> {
     let status = found.ask(&Message::new(proto::COMMAND).with("what", "status"))?;
     let theirs = status.get("computation").and_then(|c| u64::from_str_radix(c, 16).ok());
-    let live = status.get_parsed::<u64>("processes").unwrap_or(0);
-    if theirs == Some(computation_id) && live > 0 {
+    if theirs != Some(computation_id) {
+        return Ok(());
+    }
+    let running: Vec<i32> = status
+        .fields
+        .iter()
+        .filter(|(k, _)| k.starts_with("proc.") && k.ends_with(".pid"))
+        .filter_map(|(_, v)| v.parse().ok())
+        .filter(|p| pids.contains(p))
+        .collect();
+    if let Some(pid) = running.first() {
         bail!(
-            "computation {computation_id:016x} is still running ({live} process(es) connected to the coordinator at {}): \
-             restarting it would run a second copy; end it first (dmtcp_command --kill, stasis command --kill)",
+            "computation {computation_id:016x} is still running (process {pid}, which this checkpoint holds, is \
+             connected to the coordinator at {}): restarting it would run a second copy; end it first \
+             (dmtcp_command --kill, stasis command --kill)",
             found.addr
         );
     }
