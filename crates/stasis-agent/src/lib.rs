@@ -63,6 +63,7 @@ extern "C" fn init() {
     threadstart::resolve_real_functions();
     progsig::resolve_real_functions();
     exec::resolve_real_functions();
+    exec::remember_inherited();
     // After the line above: it publishes through libc's setenv.
     stdio::remember_at_start();
     inotify::resolve_real_functions();
