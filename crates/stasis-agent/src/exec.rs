@@ -198,14 +198,17 @@ fn entry_name(entry: &[u8]) -> &[u8] {
 /// LD_PRELOAD where it is not there; or None when it needs no change.
 ///
 /// # Safety
-/// `envp` is null or a null-terminated array of C strings.
+/// `envp` is null (no variables) or a null-terminated array of C strings.
 unsafe fn mended(envp: *const *const c_char) -> Option<Mended> {
     let current = CURRENT.load(Ordering::Acquire);
     let stdio = CURRENT_STDIO.load(Ordering::Acquire);
     let inherited = INHERITED.get();
-    if (current.is_null() && stdio.is_null() && inherited.is_none()) || envp.is_null() {
+    if current.is_null() && stdio.is_null() && inherited.is_none() {
         return None;
     }
+    // A null array (after clearenv) is an empty one to the kernel.
+    let empty: [*const c_char; 1] = [std::ptr::null()];
+    let envp = if envp.is_null() { empty.as_ptr() } else { envp };
     let stdio_name = stdio_name(stdio);
     let no_entries: &[CString] = &[];
     let wanted = inherited.map_or(no_entries, |i| &i.entries);
