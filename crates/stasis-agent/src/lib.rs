@@ -32,6 +32,7 @@ mod sys;
 mod threads;
 mod threadstart;
 mod timeouts;
+mod timerthread;
 mod timing;
 mod track;
 mod tree;
@@ -61,6 +62,7 @@ extern "C" fn init() {
     timeouts::resolve_real_functions();
     sigwait::resolve_real_functions();
     threadstart::resolve_real_functions();
+    timerthread::resolve_real_functions();
     progsig::resolve_real_functions();
     exec::resolve_real_functions();
     exec::remember_inherited();
