@@ -120,12 +120,12 @@ fn start_notification(index: usize, t: &Timer) {
     }
 }
 
-/// A notification thread: the program's signals open (as libc's are), then
-/// the program's function with the timer's value.
+/// A notification thread: the program's function with the timer's value.
+/// It inherits the helper's mask, the program's signals all blocked, as
+/// libc's notification threads have them.
 extern "C-unwind" fn notification(index: *mut c_void) -> *mut c_void {
     let Some(t) = TIMERS.get(index as usize) else { return std::ptr::null_mut() };
     let (function, value) = (t.function.load(Ordering::Acquire), t.value.load(Ordering::Relaxed));
-    sys::sigmask_set(libc::SIG_SETMASK, 0);
     if function != 0 {
         // SAFETY: the function the program gave timer_create, of this
         // signature (a union sigval is passed as one word).

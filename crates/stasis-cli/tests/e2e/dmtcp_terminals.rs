@@ -13,3 +13,13 @@ use crate::tree::tree_checkpoint_kill_restart;
 fn children_exec_d_with_an_environment_of_their_own_stay_in_the_computation() {
     tree_checkpoint_kill_restart("ownenv", &Program::c("ownenv", &["40"]), 3, 2);
 }
+
+/// timerthread.c: a periodic SIGEV_THREAD timer (as vim arms one), deleted
+/// and made again halfway. libc's helper thread for such timers blocks
+/// every signal, ours included; the agent runs them itself, so checkpoints
+/// stop the process, and after a restart the timer goes on ticking with
+/// its value, on a thread of its own, with libc's mask. Two cycles.
+#[test]
+fn a_timer_that_notifies_by_starting_a_thread_survives_two_checkpoint_kill_restart_cycles() {
+    tree_checkpoint_kill_restart("timerthread", &Program::c("timerthread", &["40"]), 1, 2);
+}
