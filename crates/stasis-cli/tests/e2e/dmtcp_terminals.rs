@@ -23,3 +23,14 @@ fn children_exec_d_with_an_environment_of_their_own_stay_in_the_computation() {
 fn a_timer_that_notifies_by_starting_a_thread_survives_two_checkpoint_kill_restart_cycles() {
     tree_checkpoint_kill_restart("timerthread", &Program::c("timerthread", &["40"]), 1, 2);
 }
+
+/// ptyname.c: the program keeps its pair's path (`ptsname`, once) and its
+/// child, a session leader whose controlling terminal the slave is, opens
+/// that path again every step: a restart gives the pair its number back
+/// (although a lower one is free), so the path still leads to the same
+/// terminal, the session's, with its settings; the parent reads the master
+/// without blocking. Two cycles.
+#[test]
+fn a_pseudo_terminal_pair_keeps_its_number_across_two_checkpoint_kill_restart_cycles() {
+    tree_checkpoint_kill_restart("ptyname", &Program::c("ptyname", &["40"]), 2, 2);
+}
