@@ -34,3 +34,14 @@ fn a_timer_that_notifies_by_starting_a_thread_survives_two_checkpoint_kill_resta
 fn a_pseudo_terminal_pair_keeps_its_number_across_two_checkpoint_kill_restart_cycles() {
     tree_checkpoint_kill_restart("ptyname", &Program::c("ptyname", &["40"]), 2, 2);
 }
+
+/// timersig.c: two periodic POSIX timers on SIGRTMIN (as DMTCP's timer1
+/// has them), whose signals are blocked, hence pending, at nearly every
+/// checkpoint: they come back with their siginfo (SI_TIMER, the value
+/// pointing at the timer's record, its id), not as a bare SIGRTMIN without
+/// a value (on which timer1's handler dereferences a null pointer). Two
+/// cycles.
+#[test]
+fn pending_timer_signals_keep_their_value_across_two_checkpoint_kill_restart_cycles() {
+    tree_checkpoint_kill_restart("timersig", &Program::c("timersig", &["40"]), 1, 2);
+}
