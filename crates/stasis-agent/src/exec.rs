@@ -265,12 +265,13 @@ unsafe fn mended(envp: *const *const c_char) -> Option<Mended> {
         out.push(entry);
         i += 1;
     }
-    if !saw_preload && let Some(agent) = agent {
-        if let Ok(c) = CString::new([PRELOAD, agent.to_bytes()].concat()) {
-            out.push(c.as_ptr());
-            made.push(c);
-            changed = true;
-        }
+    if !saw_preload
+        && let Some(agent) = agent
+        && let Ok(c) = CString::new([PRELOAD, agent.to_bytes()].concat())
+    {
+        out.push(c.as_ptr());
+        made.push(c);
+        changed = true;
     }
     for (w, seen) in wanted.iter().zip(&seen) {
         if *seen {

@@ -86,7 +86,10 @@ extern "C-unwind" fn helper(_: *mut c_void) -> *mut c_void {
         // SAFETY: rt_sigtimedwait reads one kernel sigset and writes one
         // 128-byte siginfo into `info`; no timeout.
         let got = unsafe {
-            sys::syscall6(libc::SYS_rt_sigtimedwait, [&set as *const u64 as usize, info.as_mut_ptr() as usize, 0, 8, 0, 0])
+            sys::syscall6(
+                libc::SYS_rt_sigtimedwait,
+                [&set as *const u64 as usize, info.as_mut_ptr() as usize, 0, 8, 0, 0],
+            )
         };
         // Interrupted (a checkpoint): wait again.
         if got != Ok(TIMER_SIGNAL as usize) || (info[1] as u32 as i32) != libc::SI_TIMER {
@@ -177,8 +180,8 @@ pub unsafe extern "C" fn timer_create(
     // SAFETY: libc's timer_create has this signature.
     let real: TimerCreateFn = unsafe { std::mem::transmute::<usize, TimerCreateFn>(f) };
     // SAFETY: a non-null `sevp` is a readable sigevent (caller's contract).
-    if sevp.is_null() || unsafe { (*sevp).sigev_notify } != libc::SIGEV_THREAD || CKPT_SIGNAL.load(Ordering::Acquire) <= 0
-    {
+    let by_thread = !sevp.is_null() && unsafe { (*sevp).sigev_notify } == libc::SIGEV_THREAD;
+    if !by_thread || CKPT_SIGNAL.load(Ordering::Acquire) <= 0 {
         // SAFETY: forwarded unchanged.
         return unsafe { real(clock, sevp, timerid) };
     }
@@ -192,7 +195,8 @@ pub unsafe extern "C" fn timer_create(
     if !attributes.is_null() && unsafe { libc::pthread_attr_getstacksize(attributes, &mut stack) } != 0 {
         stack = 0;
     }
-    let Some(index) = TIMERS.iter().position(|t| t.id.compare_exchange(0, -1, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+    let Some(index) =
+        TIMERS.iter().position(|t| t.id.compare_exchange(0, -1, Ordering::AcqRel, Ordering::Relaxed).is_ok())
     else {
         // SAFETY: forwarded unchanged (the table is full: libc's way).
         return unsafe { real(clock, sevp, timerid) };
