@@ -45,3 +45,12 @@ fn a_pseudo_terminal_pair_keeps_its_number_across_two_checkpoint_kill_restart_cy
 fn pending_timer_signals_keep_their_value_across_two_checkpoint_kill_restart_cycles() {
     tree_checkpoint_kill_restart("timersig", &Program::c("timersig", &["40"]), 1, 2);
 }
+
+/// attrmask.c: a thread started with every signal blocked by its
+/// attributes (`pthread_attr_setsigmask_np`) reads its mask back whole,
+/// the checkpoint signal's number included, while checkpoints still stop
+/// it (its real mask leaves that signal open). Two cycles.
+#[test]
+fn a_thread_whose_attributes_block_every_signal_reads_its_mask_back_and_is_checkpointed() {
+    tree_checkpoint_kill_restart("attrmask", &Program::c("attrmask", &["40"]), 1, 2);
+}
