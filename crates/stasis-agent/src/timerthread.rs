@@ -16,7 +16,7 @@
 //! found by the index the kernel hands back in each expiry's siginfo.
 
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use crate::signals::{CKPT_SIGNAL, next_symbol};
 use crate::sys;
@@ -29,8 +29,8 @@ const TIMER_SIGNAL: c_int = 32;
 const TABLE: usize = 256;
 
 struct Timer {
-    /// The kernel's timer id + 1 (0: a free entry).
-    id: AtomicI32,
+    /// The kernel's timer id + 1 (0: a free entry; -1: being made).
+    id: AtomicI64,
     function: AtomicUsize,
     value: AtomicU64,
     /// The stack size the program's thread attributes asked for (0: libc's).
@@ -38,7 +38,7 @@ struct Timer {
 }
 
 static TIMERS: [Timer; TABLE] = [const {
-    Timer { id: AtomicI32::new(0), function: AtomicUsize::new(0), value: AtomicU64::new(0), stack: AtomicUsize::new(0) }
+    Timer { id: AtomicI64::new(0), function: AtomicUsize::new(0), value: AtomicU64::new(0), stack: AtomicUsize::new(0) }
 }; TABLE];
 
 /// The helper's tid; 0: none yet; -1: being started.
@@ -98,7 +98,7 @@ extern "C-unwind" fn helper(_: *mut c_void) -> *mut c_void {
         // The siginfo of a timer: si_value at byte 24, our table index.
         let index = info[3] as usize;
         if let Some(t) = TIMERS.get(index)
-            && t.id.load(Ordering::Acquire) != 0
+            && t.id.load(Ordering::Acquire) > 0
         {
             start_notification(index, t);
         }
@@ -224,7 +224,7 @@ pub unsafe extern "C" fn timer_create(
         return r;
     }
     // A kernel timer's id is a small number (libc's timer_t is the id).
-    t.id.store(id as usize as i32 + 1, Ordering::Release);
+    t.id.store(id as usize as i64 + 1, Ordering::Release);
     if !timerid.is_null() {
         // SAFETY: the caller gave a writable timer_t.
         unsafe { *timerid = id };
@@ -242,7 +242,7 @@ pub unsafe extern "C" fn timer_delete(timerid: libc::timer_t) -> c_int {
     // Only a kernel timer's id can be one of ours (libc's own timers have
     // ids it makes negative).
     if r == 0 && (0..i32::MAX as isize).contains(&(timerid as isize)) {
-        let key = timerid as isize as i32 + 1;
+        let key = timerid as isize as i64 + 1;
         if let Some(t) = TIMERS.iter().find(|t| t.id.load(Ordering::Acquire) == key) {
             t.id.store(0, Ordering::Release);
         }
