@@ -188,7 +188,8 @@ fn open_master(want: u32, min_fd: i32) -> Result<i32, String> {
             n => {
                 if n != Some(want) {
                     eprintln!(
-                        "stasis: restart: /dev/pts/{want} is in use: that pseudo-terminal pair comes back as                          /dev/pts/{}",
+                        "stasis: restart: /dev/pts/{want} could not be had again (in use): that pseudo-terminal pair \
+                         comes back as /dev/pts/{}",
                         n.map_or("?".to_string(), |n| n.to_string())
                     );
                 }
