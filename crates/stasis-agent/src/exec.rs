@@ -172,6 +172,11 @@ fn agent_path() -> Option<CString> {
 }
 
 const PRELOAD: &[u8] = b"LD_PRELOAD=";
+/// An environment that holds this variable is passed on as it is: the
+/// program started with it is meant to run outside the computation (what
+/// DMTCP's `dmtcp_nocheckpoint` asks for), its caller having taken the
+/// agent out of its LD_PRELOAD.
+const NOCHECKPOINT: &[u8] = b"STASIS_NOCHECKPOINT=";
 
 /// Whether LD_PRELOAD's list (split at spaces and colons, as the loader
 /// does) already names the agent.
@@ -228,6 +233,9 @@ unsafe fn mended(envp: *const *const c_char) -> Option<Mended> {
         }
         // SAFETY: every entry is a C string (caller's promise).
         let bytes = unsafe { CStr::from_ptr(e) }.to_bytes();
+        if bytes.starts_with(NOCHECKPOINT) {
+            return None;
+        }
         let mut entry = e;
         if bytes.starts_with(VAR) {
             saw_addr = true;
@@ -549,6 +557,12 @@ mod tests {
             c"STASIS_OUTSIDE_STDIO=1:2,-,-",
             c"LD_PRELOAD=x.so /else/libstasis_agent.so",
         ];
+        let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: as above.
+        assert!(unsafe { mended(envp.as_ptr()) }.is_none());
+        // Asked to run outside the computation: left alone.
+        let entries = [c"STASIS_NOCHECKPOINT=1", c"LD_PRELOAD=mine.so"];
         let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
         envp.push(std::ptr::null());
         // SAFETY: as above.
