@@ -101,10 +101,11 @@ pub fn snapshot(agent_fd: i32, ckpt_signal: i32, interval_s: u32, compress: bool
     let pid = sys::getpid();
     let stat = stasis_procfs::parse_stat(&read_string("/proc/self/stat")?).ok_or("cannot parse /proc/self/stat")?;
     // Signals sent to the process and pending are kept with their sender
-    // (`pending.rs`), but for POSIX timers' own: their siginfo belongs to
-    // the timer, which restart arms again.
-    let timer_signals = posix_timers()?.iter().fold(0u64, |m, t| m | signal_bit(t.signal));
-    crate::pending::take(ckpt_signal, timer_signals);
+    // (`pending.rs`), POSIX timers' own too: raised again from the bit
+    // alone, a timer's signal would come without its value (a handler that
+    // reads `si_value` as a pointer crashes: DMTCP's timer1). Taking one
+    // out is what its delivery does to the timer (a periodic one goes on).
+    crate::pending::take(ckpt_signal, 0);
     // Timers before the pending signals: one that fires in between reads
     // as armed (restart arms it again) or is pending (queued again), never
     // neither, which would leave a program waiting for it for ever.
@@ -236,10 +237,6 @@ pub fn refresh_memory(snap: &mut Snapshot) -> Result<(), String> {
     snap.meta.regions = regions;
     snap.plans = plans;
     Ok(())
-}
-
-fn signal_bit(sig: i32) -> u64 {
-    if (1..=64).contains(&sig) { 1u64 << (sig - 1) } else { 0 }
 }
 
 fn rlimits() -> Vec<Rlimit> {

@@ -123,22 +123,107 @@ pub fn env_var(name: &str) -> Option<String> {
     }
 }
 
-/// `envp` with its STASIS_COORD_ADDR and STASIS_OUTSIDE_STDIO entries
-/// replaced by the current ones (the second added where the first is there
-/// alone: the child is in the computation), or None when it needs no change.
-///
-/// # Safety
-/// `envp` is null or a null-terminated array of C strings.
-unsafe fn mended(envp: *const *const c_char) -> Option<Vec<*const c_char>> {
-    let current = CURRENT.load(Ordering::Acquire);
-    let stdio = CURRENT_STDIO.load(Ordering::Acquire);
-    if (current.is_null() && stdio.is_null()) || envp.is_null() {
+/// What the process started with that its children need to stay in the
+/// computation: every `STASIS_*` entry, and the agent's own path as
+/// LD_PRELOAD named it. A program that builds its children's environment
+/// itself (or drops LD_PRELOAD, or puts a library of its own there) gets
+/// them put back at exec, as DMTCP does.
+struct Inherited {
+    entries: Vec<CString>,
+    agent: Option<CString>,
+}
+
+static INHERITED: std::sync::OnceLock<Inherited> = std::sync::OnceLock::new();
+
+/// Records the `STASIS_*` entries and the agent's path. Only from the
+/// constructor (see `env_var`).
+pub fn remember_inherited() {
+    let env = current_environ();
+    let mut entries = Vec::new();
+    let mut i = 0;
+    while !env.is_null() {
+        // SAFETY: `environ` is a null-terminated array of C strings.
+        let e = unsafe { *env.add(i) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: every entry is a C string.
+        let entry = unsafe { CStr::from_ptr(e) };
+        if entry.to_bytes().starts_with(b"STASIS_") {
+            entries.push(entry.to_owned());
+        }
+        i += 1;
+    }
+    let _ = INHERITED.set(Inherited { entries, agent: agent_path() });
+}
+
+/// The path this library was loaded from (as LD_PRELOAD named it).
+fn agent_path() -> Option<CString> {
+    // SAFETY: a zeroed Dl_info is valid; dladdr fills it.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: any address inside this library; `info` is writable.
+    let found = unsafe { libc::dladdr(agent_path as *const () as *const libc::c_void, &mut info) } != 0;
+    if !found || info.dli_fname.is_null() {
         return None;
     }
+    // SAFETY: dladdr gives a C string that lives as long as the library.
+    let path = unsafe { CStr::from_ptr(info.dli_fname) };
+    path.to_bytes().starts_with(b"/").then(|| path.to_owned())
+}
+
+const PRELOAD: &[u8] = b"LD_PRELOAD=";
+/// An environment that holds this variable is passed on as it is: the
+/// program started with it is meant to run outside the computation (what
+/// DMTCP's `dmtcp_nocheckpoint` asks for), its caller having taken the
+/// agent out of its LD_PRELOAD.
+const NOCHECKPOINT: &[u8] = b"STASIS_NOCHECKPOINT=";
+
+/// Whether LD_PRELOAD's list (split at spaces and colons, as the loader
+/// does) already names the agent.
+fn preloads_agent(list: &[u8], agent: &[u8]) -> bool {
+    let name = agent.rsplit(|&b| b == b'/').next().unwrap_or(agent);
+    list.split(|&b| b == b':' || b == b' ')
+        .any(|item| item == agent || item.rsplit(|&b| b == b'/').next() == Some(name))
+}
+
+/// An environment array for exec, and the entries made for it.
+struct Mended {
+    ptrs: Vec<*const c_char>,
+    _made: Vec<CString>,
+}
+
+/// The name part of an entry, "NAME=" included (the whole entry if none).
+fn entry_name(entry: &[u8]) -> &[u8] {
+    entry.iter().position(|&b| b == b'=').map_or(entry, |at| &entry[..=at])
+}
+
+/// `envp` with its STASIS_COORD_ADDR and STASIS_OUTSIDE_STDIO entries
+/// replaced by the current ones, the other `STASIS_*` entries the process
+/// started with added where missing, and the agent put first in
+/// LD_PRELOAD where it is not there; or None when it needs no change.
+///
+/// # Safety
+/// `envp` is null (no variables) or a null-terminated array of C strings.
+unsafe fn mended(envp: *const *const c_char) -> Option<Mended> {
+    let current = CURRENT.load(Ordering::Acquire);
+    let stdio = CURRENT_STDIO.load(Ordering::Acquire);
+    let inherited = INHERITED.get();
+    if current.is_null() && stdio.is_null() && inherited.is_none() {
+        return None;
+    }
+    // A null array (after clearenv) is an empty one to the kernel.
+    let empty: [*const c_char; 1] = [std::ptr::null()];
+    let envp = if envp.is_null() { empty.as_ptr() } else { envp };
     let stdio_name = stdio_name(stdio);
+    let no_entries: &[CString] = &[];
+    let wanted = inherited.map_or(no_entries, |i| &i.entries);
+    let agent = inherited.and_then(|i| i.agent.as_deref());
+    // Which of the `wanted` entries' names the array has.
+    let mut seen = vec![false; wanted.len()];
     let mut out = Vec::new();
+    let mut made = Vec::new();
     let mut changed = false;
-    let (mut saw_addr, mut saw_stdio) = (false, false);
+    let (mut saw_addr, mut saw_stdio, mut saw_preload) = (false, false, false);
     let mut i = 0;
     loop {
         // SAFETY: within the null-terminated array (caller's promise).
@@ -148,6 +233,9 @@ unsafe fn mended(envp: *const *const c_char) -> Option<Vec<*const c_char>> {
         }
         // SAFETY: every entry is a C string (caller's promise).
         let bytes = unsafe { CStr::from_ptr(e) }.to_bytes();
+        if bytes.starts_with(NOCHECKPOINT) {
+            return None;
+        }
         let mut entry = e;
         if bytes.starts_with(VAR) {
             saw_addr = true;
@@ -161,17 +249,66 @@ unsafe fn mended(envp: *const *const c_char) -> Option<Vec<*const c_char>> {
             if bytes != unsafe { CStr::from_ptr(stdio) }.to_bytes() {
                 entry = stdio;
             }
+        } else if let Some(list) = bytes.strip_prefix(PRELOAD) {
+            saw_preload = true;
+            if let Some(agent) = agent
+                && !preloads_agent(list, agent.to_bytes())
+            {
+                let mut value = [PRELOAD, agent.to_bytes()].concat();
+                if !list.is_empty() {
+                    value.push(b':');
+                    value.extend_from_slice(list);
+                }
+                if let Ok(c) = CString::new(value) {
+                    entry = c.as_ptr();
+                    made.push(c);
+                }
+            }
+        }
+        let name = entry_name(bytes);
+        for (w, seen) in wanted.iter().zip(seen.iter_mut()) {
+            *seen |= entry_name(w.to_bytes()) == name;
         }
         changed |= entry != e;
         out.push(entry);
         i += 1;
     }
-    if saw_addr && !saw_stdio && !stdio.is_null() {
+    if !saw_preload
+        && let Some(agent) = agent
+        && let Ok(c) = CString::new([PRELOAD, agent.to_bytes()].concat())
+    {
+        out.push(c.as_ptr());
+        made.push(c);
+        changed = true;
+    }
+    for (w, seen) in wanted.iter().zip(&seen) {
+        if *seen {
+            continue;
+        }
+        let bytes = w.to_bytes();
+        // The current address and stdio rather than those of the start.
+        let entry = if bytes.starts_with(VAR) && !current.is_null() {
+            current
+        } else if !stdio.is_null() && bytes.starts_with(stdio_name) {
+            saw_stdio = true;
+            stdio
+        } else {
+            w.as_ptr()
+        };
+        saw_addr |= bytes.starts_with(VAR);
+        out.push(entry);
+        changed = true;
+    }
+    if !saw_addr && !current.is_null() {
+        out.push(current);
+        changed = true;
+    }
+    if !saw_stdio && !stdio.is_null() {
         out.push(stdio);
         changed = true;
     }
     out.push(std::ptr::null());
-    changed.then_some(out)
+    changed.then_some(Mended { ptrs: out, _made: made })
 }
 
 /// "STASIS_OUTSIDE_STDIO=" out of its entry (empty for none).
@@ -233,7 +370,7 @@ unsafe fn exec_with(f: usize, path: *const c_char, argv: *const *const c_char, e
     // SAFETY: envp is the caller's environment array (the closure's unsafe).
     match crate::signals::unstoppable(|| unsafe { mended(envp) }) {
         // SAFETY: forwarded, with an array that lives across the call.
-        Some(env) => unsafe { f(path, argv, env.as_ptr()) },
+        Some(env) => unsafe { f(path, argv, env.ptrs.as_ptr()) },
         // SAFETY: forwarded unchanged.
         None => unsafe { f(path, argv, envp) },
     }
@@ -303,7 +440,7 @@ unsafe fn spawn_with(
     // SAFETY: envp is the caller's environment array (the closure's unsafe).
     match crate::signals::unstoppable(|| unsafe { mended(envp) }) {
         // SAFETY: forwarded, with an array that lives across the call.
-        Some(env) => unsafe { f(pid, path, actions, attr, argv, env.as_ptr()) },
+        Some(env) => unsafe { f(pid, path, actions, attr, argv, env.ptrs.as_ptr()) },
         // SAFETY: forwarded unchanged.
         None => unsafe { f(pid, path, actions, attr, argv, envp) },
     }
@@ -352,7 +489,7 @@ mod tests {
         assert!(unsafe { mended(envp.as_ptr()) }.is_none(), "nothing known yet");
         CURRENT.store(CString::new("STASIS_COORD_ADDR=unix:/new").unwrap().into_raw(), Ordering::Release);
         // SAFETY: as above.
-        let out = unsafe { mended(envp.as_ptr()) }.unwrap();
+        let out = unsafe { mended(envp.as_ptr()) }.unwrap().ptrs;
         // SAFETY: the entries are C strings.
         let text: Vec<&CStr> = out[..3].iter().map(|&p| unsafe { CStr::from_ptr(p) }).collect();
         assert_eq!(text, [c"A=1", c"STASIS_COORD_ADDR=unix:/new", c"B=2"]);
@@ -364,7 +501,7 @@ mod tests {
         let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
         envp.push(std::ptr::null());
         // SAFETY: as above.
-        let out = unsafe { mended(envp.as_ptr()) }.unwrap();
+        let out = unsafe { mended(envp.as_ptr()) }.unwrap().ptrs;
         // SAFETY: the entries are C strings.
         let text: Vec<&CStr> = out[..2].iter().map(|&p| unsafe { CStr::from_ptr(p) }).collect();
         assert_eq!(text, [c"STASIS_OUTSIDE_STDIO=1:2,-,-", c"STASIS_COORD_ADDR=unix:/new"]);
@@ -372,9 +509,63 @@ mod tests {
         let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
         envp.push(std::ptr::null());
         // SAFETY: as above.
-        let out = unsafe { mended(envp.as_ptr()) }.unwrap();
+        let out = unsafe { mended(envp.as_ptr()) }.unwrap().ptrs;
         assert_eq!(out.len(), 3);
         // SAFETY: a C string.
         assert_eq!(unsafe { CStr::from_ptr(out[1]) }, c"STASIS_OUTSIDE_STDIO=1:2,-,-");
+
+        // An environment of the program's own, without ours and with a
+        // library of its own preloaded: the agent goes first, and every
+        // variable the process started with comes back.
+        let _ = INHERITED.set(Inherited {
+            entries: vec![
+                CString::new("STASIS_COORD_ADDR=unix:/start").unwrap(),
+                CString::new("STASIS_CKPT_SIGNAL=50").unwrap(),
+            ],
+            agent: Some(CString::new("/opt/s/libstasis_agent.so").unwrap()),
+        });
+        let entries = [c"A=B", c"LD_PRELOAD=taco"];
+        let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: as above.
+        let out = unsafe { mended(envp.as_ptr()) }.unwrap();
+        // SAFETY: the entries are C strings.
+        let text: Vec<&CStr> = out.ptrs[..5].iter().map(|&p| unsafe { CStr::from_ptr(p) }).collect();
+        assert_eq!(
+            text,
+            [
+                c"A=B",
+                c"LD_PRELOAD=/opt/s/libstasis_agent.so:taco",
+                c"STASIS_COORD_ADDR=unix:/new",
+                c"STASIS_CKPT_SIGNAL=50",
+                c"STASIS_OUTSIDE_STDIO=1:2,-,-"
+            ]
+        );
+        assert!(out.ptrs[5].is_null());
+        // No LD_PRELOAD at all: the agent's alone.
+        let entries = [c"STASIS_COORD_ADDR=unix:/new", c"STASIS_CKPT_SIGNAL=50", c"STASIS_OUTSIDE_STDIO=1:2,-,-"];
+        let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: as above.
+        let out = unsafe { mended(envp.as_ptr()) }.unwrap();
+        // SAFETY: a C string.
+        assert_eq!(unsafe { CStr::from_ptr(out.ptrs[3]) }, c"LD_PRELOAD=/opt/s/libstasis_agent.so");
+        // Already there (under any directory): nothing to do.
+        let entries = [
+            c"STASIS_COORD_ADDR=unix:/new",
+            c"STASIS_CKPT_SIGNAL=50",
+            c"STASIS_OUTSIDE_STDIO=1:2,-,-",
+            c"LD_PRELOAD=x.so /else/libstasis_agent.so",
+        ];
+        let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: as above.
+        assert!(unsafe { mended(envp.as_ptr()) }.is_none());
+        // Asked to run outside the computation: left alone.
+        let entries = [c"STASIS_NOCHECKPOINT=1", c"LD_PRELOAD=mine.so"];
+        let mut envp: Vec<*const c_char> = entries.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: as above.
+        assert!(unsafe { mended(envp.as_ptr()) }.is_none());
     }
 }

@@ -37,6 +37,7 @@ mod sys;
 mod threads;
 mod threadstart;
 mod timeouts;
+mod timerthread;
 mod timing;
 mod track;
 mod tree;
@@ -66,8 +67,10 @@ extern "C" fn init() {
     timeouts::resolve_real_functions();
     sigwait::resolve_real_functions();
     threadstart::resolve_real_functions();
+    timerthread::resolve_real_functions();
     progsig::resolve_real_functions();
     exec::resolve_real_functions();
+    exec::remember_inherited();
     // After the line above: it publishes through libc's setenv.
     stdio::remember_at_start();
     inotify::resolve_real_functions();

@@ -113,6 +113,7 @@ pub fn unstoppable<R>(f: impl FnOnce() -> R) -> R {
 /// of the parent's gets a copy of it (a page fault per page, per fork).
 pub fn reset_after_fork() {
     crate::threads::reset_after_fork();
+    crate::timerthread::reset_after_fork();
     if STOP_REQUESTED.load(Ordering::Relaxed) {
         STOP_REQUESTED.store(false, Ordering::Release);
     }

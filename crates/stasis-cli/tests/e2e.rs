@@ -817,3 +817,6 @@ fn launch_exits_with_the_program_status() {
     sb.check(status.code() == Some(7), || format!("{} exited with {status}, not 7", app.label));
     sb.check(app.lines() == ["hello"], || format!("stdout {:?}", app.stdout_text()));
 }
+// Terminals, exec and signals as DMTCP's test suite exercises them.
+#[path = "e2e/dmtcp_terminals.rs"]
+mod dmtcp_terminals;

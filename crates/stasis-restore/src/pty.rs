@@ -109,7 +109,7 @@ fn open_pair(kind: &FdKind, min_fd: i32) -> Result<(i32, i32), String> {
     let FdKind::Terminal { termios, window, pty: Some(end), unread, .. } = kind else {
         return Err("not a pseudo-terminal master".into());
     };
-    let master = open_high(c"/dev/ptmx", min_fd)?;
+    let master = open_master(end.index, min_fd)?;
     let slave = (|| {
         // SAFETY: TIOCSPTLCK reads one int; TIOCGPTPEER opens the slave of
         // this master (no path lookup: the right devpts whatever is mounted).
@@ -160,6 +160,58 @@ fn open_pair(kind: &FdKind, min_fd: i32) -> Result<(i32, i32), String> {
             unsafe { libc::close(master) };
             Err(e)
         }
+    }
+}
+
+/// Most pairs held on the way to the wanted number.
+const MAX_ON_THE_WAY: usize = 256;
+
+/// A new master, of the pair numbered `want` where that number is free: a
+/// program may have kept the slave's path (`ptsname`) and open it again
+/// (DMTCP's pty2 test does so every step, and checks it is still its
+/// controlling terminal). devpts hands out the lowest free number, so the
+/// pairs opened on the way, numbered lower, are held until it comes, then
+/// closed. A number some other terminal holds cannot be had: the pair gets
+/// another, and restart says so.
+fn open_master(want: u32, min_fd: i32) -> Result<i32, String> {
+    let mut on_the_way = Vec::new();
+    let got = loop {
+        let master = match open_high(c"/dev/ptmx", min_fd) {
+            Ok(m) => m,
+            Err(e) => {
+                close_all(&on_the_way);
+                return Err(e);
+            }
+        };
+        match pair_number(master) {
+            Some(n) if n < want && on_the_way.len() < MAX_ON_THE_WAY => on_the_way.push(master),
+            n => {
+                if n != Some(want) {
+                    eprintln!(
+                        "stasis: restart: /dev/pts/{want} could not be had again (in use): that pseudo-terminal pair \
+                         comes back as /dev/pts/{}",
+                        n.map_or("?".to_string(), |n| n.to_string())
+                    );
+                }
+                break master;
+            }
+        }
+    };
+    close_all(&on_the_way);
+    Ok(got)
+}
+
+/// The number N of master `fd`'s slave, /dev/pts/N.
+fn pair_number(fd: i32) -> Option<u32> {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int.
+    (unsafe { libc::ioctl(fd, libc::TIOCGPTN, &mut n) } == 0).then_some(n)
+}
+
+fn close_all(fds: &[i32]) {
+    for &fd in fds {
+        // SAFETY: closing descriptors this code opened.
+        unsafe { libc::close(fd) };
     }
 }
 
@@ -277,6 +329,22 @@ mod tests {
             // SAFETY: closing descriptors opened here.
             unsafe { libc::close(fd) };
         }
+    }
+
+    #[test]
+    fn a_free_pair_number_is_had_again() {
+        // Other programs on the machine open pairs too: a few tries.
+        let kept = (0..5).any(|_| {
+            // Two pairs; the higher one's number is freed, then asked for.
+            let (a, b) = (open_high(c"/dev/ptmx", 0).unwrap(), open_high(c"/dev/ptmx", 0).unwrap());
+            let want = pair_number(b).unwrap();
+            close_all(&[b]);
+            let got = open_master(want, 0).unwrap();
+            let same = pair_number(got) == Some(want);
+            close_all(&[a, got]);
+            same
+        });
+        assert!(kept, "never had the freed number again");
     }
 
     fn master_record(termios: Vec<u8>, window: [u16; 4], unread: Vec<u8>) -> FdKind {
