@@ -626,6 +626,14 @@ fn next(reader: &mut BufReader<&Link>, timed_out: &mut bool) -> Option<Message> 
         match reader.read_line(&mut line) {
             Ok(0) => return None,
             Ok(_) => match Message::decode(&line) {
+                // KILL ends the process at whatever step it comes, in the
+                // middle of a checkpoint too (the checkpoint then fails,
+                // and the last one stays): `dmtcp_command --kill` must not
+                // wait for a checkpoint that an interval started.
+                Ok(m) if m.verb == proto::KILL => {
+                    let _ = sys::kill(sys::getpid(), libc::SIGKILL);
+                    return Some(m);
+                }
                 Ok(m) => return Some(m),
                 Err(_) => log(&format!("ignoring a bad line from the coordinator: {:?}", line.trim_end())),
             },

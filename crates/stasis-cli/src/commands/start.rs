@@ -438,6 +438,11 @@ fn start(target: &Target, bg: &Background) -> Result<Found> {
     if bg.compress {
         cmd.arg("--compress");
     }
+    // Named too, not only its stderr: a log file of its own gets the
+    // coordinator's last line even when quiet (commands/coordinator.rs).
+    if let Some(f) = bg.logfile {
+        cmd.arg("--coord-logfile").arg(f);
+    }
     let stderr = match bg.logfile {
         Some(f) => Stdio::from(
             OpenOptions::new()
