@@ -526,6 +526,9 @@ fn serve_client(shared: &Shared, link: &Conn, reader: &mut Reader<'_>, first: Me
 /// of its own, as DMTCP's `--ckptdir` does. A computation's generations
 /// are never split between two directories. The next checkpoint is full:
 /// the generations incremental ones would refer to are in the old one.
+/// How long a move waits for processes that are going away.
+const MOVE_SETTLE: Duration = Duration::from_secs(2);
+
 fn move_ckpt_dir(shared: &Shared, msg: &Message) -> Message {
     let Some(path) = msg.get("dir").filter(|d| d.starts_with('/')) else {
         return error("ckptdir needs dir=<absolute path>");
@@ -540,7 +543,14 @@ fn move_ckpt_dir(shared: &Shared, msg: &Message) -> Message {
     if st.ckpt_dir == dir.path {
         return Message::new(proto::OK).with("ckptdir", dir.path.display());
     }
-    let live = st.live_agents() + st.pending_conns();
+    // Processes of a computation killed a moment ago for this restart may
+    // still be closing their connections: give them a little while.
+    let settle = Instant::now() + MOVE_SETTLE;
+    let mut live = st.live_agents() + st.pending_conns();
+    while (live > 0 || st.busy) && Instant::now() < settle {
+        st = shared.wait_timeout(st, Duration::from_millis(20));
+        live = st.live_agents() + st.pending_conns();
+    }
     if live > 0 || st.busy {
         let who = if live > 0 { format!("{live} process(es) checkpoint") } else { "a checkpoint is under way".into() };
         return error(format!(
