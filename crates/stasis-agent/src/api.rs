@@ -12,7 +12,7 @@
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use stasis_proto::{self as proto, Message};
 
@@ -204,9 +204,11 @@ fn kept(cell: &'static OnceLock<CString>, make: impl FnOnce() -> String) -> *con
     cell.get_or_init(|| CString::new(make()).unwrap_or_default()).as_ptr()
 }
 
-/// Where the computation's temporary files go: `--tmpdir` of launch, else
-/// DMTCP_TMPDIR or TMPDIR as launched, else /tmp.
-static TMPDIR: OnceLock<CString> = OnceLock::new();
+/// Where the computation's temporary files go: `--tmpdir` of launch (or
+/// of the restart that brought the process back), else DMTCP_TMPDIR or
+/// TMPDIR as launched; null: /tmp. Each value stays allocated for good:
+/// the program may keep the pointer it was given.
+static TMPDIR: AtomicPtr<c_char> = AtomicPtr::new(std::ptr::null_mut());
 static CKPT_DIR: OnceLock<CString> = OnceLock::new();
 
 /// Reads what the environment says, from the constructor (see `exec::env_var`).
@@ -215,7 +217,7 @@ pub fn remember_environment() {
         .iter()
         .find_map(|n| crate::exec::env_var(n).filter(|v| !v.is_empty()))
         .unwrap_or_else(|| "/tmp".into());
-    let _ = kept(&TMPDIR, || tmp);
+    set_tmpdir(tmp.into_bytes());
     if let Some(d) = crate::exec::env_var("STASIS_CKPT_DIR") {
         let _ = kept(&CKPT_DIR, || d);
     }
@@ -305,7 +307,16 @@ pub extern "C" fn dmtcp_plugin_enable_ckpt() {
 
 #[unsafe(no_mangle)]
 pub extern "C" fn dmtcp_get_tmpdir() -> *const c_char {
-    kept(&TMPDIR, || "/tmp".into())
+    let p = TMPDIR.load(Ordering::Acquire);
+    if p.is_null() { c"/tmp".as_ptr() } else { p }
+}
+
+/// A new temporary directory: from the environment at start, or restart's
+/// `--tmpdir` (then `STASIS_TMPDIR` too, for what the program execs).
+pub fn set_tmpdir(dir: Vec<u8>) {
+    if let Ok(c) = CString::new(dir) {
+        TMPDIR.store(c.into_raw(), Ordering::Release);
+    }
 }
 
 /// The checkpoint directory; "" before the agent has learnt it.

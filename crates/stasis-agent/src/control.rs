@@ -226,8 +226,15 @@ fn addr_text(a: &Addr) -> String {
 pub fn restored(agent_fd: i32) {
     // Restart's socket, at the number the image saw ours at.
     let _ = Link::adopt(agent_fd);
-    // --modify-env, before anything tells the program it was restarted.
+    // --modify-env and restart's --tmpdir, before anything tells the
+    // program it was restarted.
     crate::modify_env::restored();
+    if let Some(dir) = crate::signals::take_restart_tmpdir()
+        && let Ok(c) = std::ffi::CString::new(dir.clone())
+    {
+        crate::exec::setenv_real(c"STASIS_TMPDIR", &c);
+        crate::api::set_tmpdir(dir);
+    }
     // [stasis api] before the program runs: dmtcp_checkpoint() returns "restarted".
     crate::api::note_restored(crate::signals::RESTORE_INFO.generation.load(Ordering::Acquire));
     crate::imagemap::restored();

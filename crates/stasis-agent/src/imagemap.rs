@@ -327,6 +327,9 @@ mod tests {
         assert_eq!(&t.gate as *const _ as u64 - base, ri::VERIFY_GATE_OFFSET);
         assert_eq!(&t.count as *const _ as u64 - base, ri::IMAGES_COUNT_OFFSET);
         assert_eq!(&t.entries[1][0] as *const _ as u64 - base, ri::IMAGES_OFFSET + ri::IMAGE_ENTRY_LEN);
+        let info = &crate::signals::RESTORE_INFO;
+        assert_eq!(&info.tmpdir_len as *const _ as u64 - base, ri::TMPDIR_LEN_OFFSET);
+        assert_eq!(&info.tmpdir[0] as *const _ as u64 - base, ri::TMPDIR_OFFSET);
         assert!(!image_backed(1, 2));
     }
 }

@@ -136,6 +136,9 @@ pub struct RestoreInfo {
     pub generation: AtomicU64,
     /// The images memory is mapped from (`imagemap`).
     pub images: crate::imagemap::Table,
+    /// The temporary directory restart was told (`restore_info::TMPDIR_*`).
+    pub tmpdir_len: AtomicU64,
+    pub tmpdir: [AtomicU64; stasis_plan::restore_info::TMPDIR_MAX / 8],
 }
 
 pub static RESTORE_INFO: RestoreInfo = RestoreInfo {
@@ -147,7 +150,22 @@ pub static RESTORE_INFO: RestoreInfo = RestoreInfo {
     restored: AtomicU64::new(0),
     generation: AtomicU64::new(0),
     images: crate::imagemap::Table::new(),
+    tmpdir_len: AtomicU64::new(0),
+    tmpdir: [const { AtomicU64::new(0) }; stasis_plan::restore_info::TMPDIR_MAX / 8],
 };
+
+/// The temporary directory the restart that brought this process back
+/// was told, if any; read once (cleared), so that a later restart that
+/// names none does not find this one's.
+pub fn take_restart_tmpdir() -> Option<Vec<u8>> {
+    let len = RESTORE_INFO.tmpdir_len.swap(0, Ordering::AcqRel) as usize;
+    if len == 0 || len > stasis_plan::restore_info::TMPDIR_MAX {
+        return None;
+    }
+    let mut bytes: Vec<u8> = RESTORE_INFO.tmpdir.iter().flat_map(|w| w.load(Ordering::Acquire).to_le_bytes()).collect();
+    bytes.truncate(len);
+    Some(bytes)
+}
 
 /// Runs the checkpoint itself when the checkpoint thread signals itself.
 pub type SelfHandler = fn(*mut c_void);

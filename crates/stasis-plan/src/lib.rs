@@ -263,6 +263,15 @@ pub mod restore_info {
     pub const IMAGES_OFFSET: u64 = 64;
     pub const IMAGE_ENTRY_LEN: u64 = 24;
     pub const IMAGES_MAX: usize = 32;
+    /// `u64`: the length of the path that follows, 0 for none: the
+    /// program's temporary directory as the restart was told it
+    /// (`dmtcp_restart --tmpdir`), which the agent puts in
+    /// `STASIS_TMPDIR` before the program runs again; the agent clears it.
+    /// Only in agents of image version 8 and later.
+    pub const TMPDIR_LEN_OFFSET: u64 = IMAGES_OFFSET + IMAGES_MAX as u64 * IMAGE_ENTRY_LEN;
+    /// The path's bytes, at most `TMPDIR_MAX`, in whole `u64`s.
+    pub const TMPDIR_OFFSET: u64 = TMPDIR_LEN_OFFSET + 8;
+    pub const TMPDIR_MAX: usize = 504;
     pub const MAGIC: u64 = u64::from_le_bytes(*b"STASRINF");
     pub const PHASE_RESTORING: u32 = 1;
 }

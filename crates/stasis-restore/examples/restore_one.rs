@@ -13,8 +13,8 @@ fn main() {
     let image = stasis_image::ImageReader::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let generation = image.meta().generation + 1;
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let spawned =
-        stasis_restore::spawn_computation(&[&image], vec![theirs.into()], None, None).unwrap_or_else(|e| panic!("{e}"));
+    let spawned = stasis_restore::spawn_computation(&[&image], vec![theirs.into()], None, None, None)
+        .unwrap_or_else(|e| panic!("{e}"));
     let init = spawned.pid();
     std::thread::spawn(move || {
         let mut w = ours.try_clone().expect("clone");

@@ -254,11 +254,15 @@ pub fn needs_terminal(images: &[&ImageReader], stdin_terminal: bool) -> bool {
 /// agents wait on before any checkpoint while restart verifies in the
 /// background (images for which `verify_first` holds are verified first
 /// anyway).
+///
+/// `tmpdir`: the program's temporary directory as restart was told it
+/// (`--tmpdir`), for the agents to put in `STASIS_TMPDIR`.
 pub fn spawn_computation(
     images: &[&ImageReader],
     agent_conns: Vec<OwnedFd>,
     terminal: Option<&OwnedFd>,
     gate: Option<&OwnedFd>,
+    tmpdir: Option<&[u8]>,
 ) -> Result<Spawned, RestoreError> {
     for image in images {
         precheck(image, verify_first(image, gate.is_none()))
@@ -335,6 +339,7 @@ pub fn spawn_computation(
         barrier: &barrier,
         conns: &conns,
         gate: gate_fd,
+        tmpdir,
     };
     let root_pids: Vec<i32> = shape.roots.iter().map(|&i| shape.pids[i]).collect();
     // The first root's outside (its launcher, group and session) comes
@@ -365,6 +370,8 @@ struct Ctx<'a> {
     conns: &'a [i32],
     /// The read end of `verify::Gate`, when restart verifies in the background.
     gate: Option<i32>,
+    /// Restart's `--tmpdir`, for the agents (`plan::build_and_jump`).
+    tmpdir: Option<&'a [u8]>,
 }
 
 /// Where the process being restored reports: the restart command's stderr
@@ -474,7 +481,7 @@ fn prepare_and_jump(
             libc::setrlimit(l.resource as _, &want);
         }
     }
-    step("preparing its memory", plan::build_and_jump(image, ctx.gate, helpers, ready))
+    step("preparing its memory", plan::build_and_jump(image, ctx.gate, ctx.tmpdir, helpers, ready))
 }
 
 #[cfg(test)]

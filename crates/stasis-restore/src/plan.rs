@@ -183,6 +183,7 @@ fn place_area(meta: &ProcessMeta, current_vdso: &[VdsoArea], size: u64) -> Resul
 pub fn build_and_jump(
     image: &ImageReader,
     gate: Option<i32>,
+    tmpdir: Option<&[u8]>,
     mut helpers: Helpers,
     ready: &dyn Fn() -> Result<(), String>,
 ) -> Result<(), String> {
@@ -212,7 +213,7 @@ pub fn build_and_jump(
     let record = |n: usize, size: usize| (n * size + 16) as u64;
     let arrays = record(meta.regions.len(), std::mem::size_of::<MapOp>())
         + record(pieces.len(), std::mem::size_of::<ReadOp>())
-        + record(7 + 3 * restore_info::IMAGES_MAX, std::mem::size_of::<Poke>())
+        + record(8 + 3 * restore_info::IMAGES_MAX + restore_info::TMPDIR_MAX / 8, std::mem::size_of::<Poke>())
         + record(pieces.len(), std::mem::size_of::<MapOp>())
         + record(layout.staged.len(), std::mem::size_of::<RemapOp>())
         + record(threads.len(), std::mem::size_of::<ThreadPlan>())
@@ -333,6 +334,17 @@ pub fn build_and_jump(
             pokes.push(Poke { addr: at, value: dev });
             pokes.push(Poke { addr: at + 8, value: inode });
             pokes.push(Poke { addr: at + 16, value: generation });
+        }
+    }
+    // Restart's --tmpdir, for an agent that has room for it (version 8).
+    if let Some(dir) = tmpdir.filter(|d| !d.is_empty() && d.len() <= restore_info::TMPDIR_MAX)
+        && image.header().version >= 8
+    {
+        pokes.push(Poke { addr: ri + restore_info::TMPDIR_LEN_OFFSET, value: dir.len() as u64 });
+        for (i, word) in dir.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..word.len()].copy_from_slice(word);
+            pokes.push(Poke { addr: ri + restore_info::TMPDIR_OFFSET + 8 * i as u64, value: u64::from_le_bytes(w) });
         }
     }
 

@@ -238,11 +238,18 @@ pub fn run(opts: RestartOpts) -> Result<Exit> {
     // verified in the background (docs/image-format.md, "What restart
     // checks"), unless asked to before anything runs.
     let gate = if opts.verify_first { None } else { Some(Gate::new().context("cannot make a pipe")?) };
+    // `--tmpdir`: the program's temporary directory from now on too (what
+    // dmtcp_get_tmpdir answers), absolute as launch gives it.
+    let tmpdir = match &opts.coord.tmpdir {
+        Some(t) => Some(std::path::absolute(t).with_context(|| format!("cannot make {} absolute", t.display()))?),
+        None => None,
+    };
     let spawned = stasis_restore::spawn_computation(
         &images,
         conns,
         pty.as_ref().map(|p| &p.slave),
         gate.as_ref().map(|g| &g.read),
+        tmpdir.as_ref().map(|t| t.as_os_str().as_encoded_bytes()),
     )
     .map_err(|e| anyhow!("cannot restart {}: {e}", restart_label(&paths)))?;
     let verifier = match gate {

@@ -403,3 +403,39 @@ fn modify_env_changes_the_environment_at_restart() {
         || format!("after the restart (checkpoint after lines {window:?}): {after:?}"),
     );
 }
+
+/// `dmtcp_restart --tmpdir`: the restarted program's temporary directory
+/// is restart's from before its first step after the restart on (what
+/// dmtcp_get_tmpdir answers, and STASIS_TMPDIR for what it execs), and the
+/// launch's before the checkpoint.
+#[test]
+fn restart_tmpdir_reaches_the_restarted_program() {
+    let sb = Sandbox::new("dmtcp-restart-tmpdir");
+    let (first, second) = (sb.mkdir("tmp-launch"), sb.mkdir("tmp-restart"));
+    let prog = Program::c("envwatch", &["120", "40", "STASIS_TMPDIR"]);
+    let ck = sb.join("ck");
+    let ckdir = ck.to_string_lossy().into_owned();
+    let mut cmd = dmtcp(&sb, "dmtcp_launch");
+    cmd.args(["--ckptdir", &ckdir, "--tmpdir"]).arg(&first).args(&prog.argv);
+    cmd.current_dir(sb.mkdir("run"));
+    let mut app = Proc::spawn(&sb, &sb.label("dmtcp_launch"), cmd, Out::Pipe);
+    app.wait_lines(&sb, 3);
+    bcheckpoint(&sb, &["--ckptdir", &ckdir, "--tmpdir", &first.to_string_lossy()], &mut app);
+    app.kill();
+    let want_before = format!("STASIS_TMPDIR={}", first.display());
+    let before = app.lines();
+    sb.check(before.iter().all(|l| l.ends_with(&want_before)), || format!("before the checkpoint: {before:?}"));
+
+    require_user_namespaces();
+    let mut cmd = dmtcp(&sb, "dmtcp_restart");
+    cmd.arg("--tmpdir").arg(&second).args(dmtcp_images(&ck));
+    let mut restart = Proc::spawn(&sb, &sb.label("dmtcp_restart"), cmd, Out::Pipe);
+    let status = restart.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}: {}", restart.label, restart.stderr_text()));
+    let want_after = format!("STASIS_TMPDIR={}", second.display());
+    let after = restart.lines();
+    let steps: Vec<&String> = after.iter().filter(|l| l.starts_with("step ")).collect();
+    sb.check(!steps.is_empty() && steps.iter().all(|l| l.ends_with(&want_after)), || {
+        format!("after the restart: {after:?}")
+    });
+}
