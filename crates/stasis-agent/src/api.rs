@@ -213,6 +213,13 @@ static CKPT_DIR: OnceLock<CString> = OnceLock::new();
 
 /// Reads what the environment says, from the constructor (see `exec::env_var`).
 pub fn remember_environment() {
+    if let Some(f) = ["STASIS_LOG_FILE", "DMTCP_LOG_FILE"]
+        .iter()
+        .find_map(|n| crate::exec::env_var(n).filter(|v| !v.is_empty()))
+        .and_then(|f| CString::new(f).ok())
+    {
+        sys::set_log_file(f);
+    }
     let tmp = ["STASIS_TMPDIR", "DMTCP_TMPDIR", "TMPDIR"]
         .iter()
         .find_map(|n| crate::exec::env_var(n).filter(|v| !v.is_empty()))

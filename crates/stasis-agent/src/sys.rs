@@ -284,6 +284,33 @@ pub fn timer_getoverrun(id: i32) -> i32 {
 pub fn write_stderr(msg: &[u8]) {
     // SAFETY: write reads `msg` only.
     let _ = unsafe { syscall6(libc::SYS_write, [2, msg.as_ptr() as usize, msg.len(), 0, 0, 0]) };
+    append_to_log_file(msg);
+}
+
+/// The log file the agent's messages also go to (`STASIS_LOG_FILE`,
+/// DMTCP's `DMTCP_LOG_FILE`): a NUL-terminated path set once at start and
+/// never freed, so that any context may read it.
+static LOG_FILE: std::sync::atomic::AtomicPtr<libc::c_char> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+pub fn set_log_file(path: std::ffi::CString) {
+    LOG_FILE.store(path.into_raw(), std::sync::atomic::Ordering::Release);
+}
+
+/// Appends `msg` to the log file, if there is one: raw system calls only
+/// (no allocation, no lock), as write_stderr.
+fn append_to_log_file(msg: &[u8]) {
+    let path = LOG_FILE.load(std::sync::atomic::Ordering::Acquire);
+    if path.is_null() {
+        return;
+    }
+    let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC;
+    // SAFETY: open with a NUL-terminated path that lives for good.
+    let opened =
+        unsafe { syscall6(libc::SYS_openat, [libc::AT_FDCWD as usize, path as usize, flags as usize, 0o600, 0, 0]) };
+    let Ok(fd) = opened else { return };
+    // SAFETY: write reads `msg` only.
+    let _ = unsafe { syscall6(libc::SYS_write, [fd, msg.as_ptr() as usize, msg.len(), 0, 0, 0]) };
+    close(fd as i32);
 }
 
 /// The numeric entries of a /proc directory (task ids, fd numbers), read

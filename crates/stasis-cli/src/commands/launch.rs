@@ -167,6 +167,17 @@ pub fn run(opts: LaunchOpts) -> Result<Exit> {
     // What the application API answers (stasis-agent/src/api.rs), and
     // where --modify-env finds dmtcp_env.txt.
     cmd.env("STASIS_CKPT_DIR", &ckpt_dir);
+    // A log file (STASIS_LOG_FILE, DMTCP's DMTCP_LOG_FILE): made now, and
+    // named absolute to the agent, which appends its messages there too.
+    if let Some(f) =
+        ["STASIS_LOG_FILE", "DMTCP_LOG_FILE"].iter().find_map(|n| std::env::var_os(n).filter(|v| !v.is_empty()))
+    {
+        let f = std::path::absolute(&f).with_context(|| format!("cannot make the log file {f:?} absolute"))?;
+        std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().create(true).append(true), 0o600)
+            .open(&f)
+            .with_context(|| format!("cannot open the log file {}", f.display()))?;
+        cmd.env("STASIS_LOG_FILE", &f);
+    }
     if opts.modify_env {
         cmd.env("STASIS_MODIFY_ENV", "1");
     } else {

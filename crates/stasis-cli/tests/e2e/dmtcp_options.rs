@@ -439,3 +439,39 @@ fn restart_tmpdir_reaches_the_restarted_program() {
         format!("after the restart: {after:?}")
     });
 }
+
+/// `DMTCP_LOG_FILE`: launch makes the file, and the agent's messages go
+/// there as well as to the program's stderr. Here the message is the one
+/// `--modify-env` gives for a `dmtcp_env.txt` line that names no variable
+/// (the environment is then left as it was).
+#[test]
+fn the_agents_messages_also_go_to_the_log_file() {
+    let sb = Sandbox::new("dmtcp-log-file");
+    let prog = Program::c("envwatch", &["120", "40"]);
+    let (ck, log) = (sb.join("ck"), sb.join("agent.log"));
+    let ckdir = ck.to_string_lossy().into_owned();
+    let mut cmd = dmtcp(&sb, "dmtcp_launch");
+    cmd.args(["--modify-env", "--ckptdir", &ckdir]).args(&prog.argv);
+    cmd.env("WATCHED", "before").env("DMTCP_LOG_FILE", &log).current_dir(sb.mkdir("run"));
+    let mut app = Proc::spawn(&sb, &sb.label("dmtcp_launch"), cmd, Out::Pipe);
+    app.wait_lines(&sb, 3);
+    sb.check(log.is_file(), || format!("{} was not made", log.display()));
+    bcheckpoint(&sb, &["--ckptdir", &ckdir], &mut app);
+    app.kill();
+    fs::write(ck.join("dmtcp_env.txt"), "=nameless\n").unwrap_or_else(|e| sb.fail(format!("write: {e}")));
+
+    require_user_namespaces();
+    let mut cmd = dmtcp(&sb, "dmtcp_restart");
+    cmd.args(dmtcp_images(&ck));
+    let mut restart = Proc::spawn(&sb, &sb.label("dmtcp_restart"), cmd, Out::Pipe);
+    let status = restart.wait_exit(&sb, RUN_TIMEOUT);
+    sb.check(status.success(), || format!("{} exited with {status}: {}", restart.label, restart.stderr_text()));
+    let logged = fs::read_to_string(&log).unwrap_or_default();
+    let said = |text: &str| text.lines().any(|l| l.contains("stasis agent[") && l.contains("names no variable"));
+    sb.check(said(&logged) && said(&restart.stderr_text()), || {
+        format!("the log file holds {logged:?}; restart's stderr {:?}", restart.stderr_text())
+    });
+    sb.check(restart.lines().iter().filter(|l| l.starts_with("step ")).all(|l| l.contains("WATCHED=before")), || {
+        format!("the environment changed: {:?}", restart.lines())
+    });
+}
