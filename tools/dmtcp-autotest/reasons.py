@@ -1,0 +1,16 @@
+REASONS = {
+    "coordinator-synthetic": "speaks DMTCP's binary worker protocol to the coordinator; Stasis's coordinator speaks its own, authenticated one (docs/protocol.md, docs/security.md) and does not take DMTCP's, which has no authentication",
+    "gzip": "expects a gzip file; `--gzip` images are Stasis images with zstd chunks inside, which restart maps and decompresses in parallel ([Images](#images))",
+    "gzip-flag": "as `gzip`",
+    "logging-quiet": "`DMTCP_LOG_FILE` is not read ([Logging](#logging))",
+    "logging-runtime": "`DMTCP_LOG_LEVEL=trace` is not read (no trace levels), and the group looks for DMTCP's own trace lines in the log file ([Logging](#logging))",
+    "logging-overrides": "as `logging-runtime` (`DMTCP_LOG_OVERRIDES`)",
+    "pathvirt": "`--pathvirt` is refused: no path translation ([Paths at restart](#paths-at-restart))",
+    "plugin-example-db": "its plugin needs `dmtcp::kvdb`, DMTCP's key-value store in the coordinator, and libstdc++ symbols of DMTCP's ([The application API and plugins](#the-application-api-and-plugins))",
+    "presuspend": "flaky under load, for DMTCP too (the same \"checkpoint image was not created\")",
+    "dmtcp5": "DMTCP's run timed out waiting for its second process under load",
+    "seqpacket": "the test binds the fixed path /tmp/seqpacket_sock: a root run's leftover makes a user run fail (both)",
+    "file3": "the test writes the fixed path /tmp/file_recreate.out: a root run's leftover makes a user run fail (both)",
+    "timer1": "DMTCP's user run timed out waiting for the restarted process",
+    "popen1": "DMTCP's user run timed out waiting for its processes",
+}
