@@ -24,7 +24,7 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// Variables of the test's own environment that would steer the DMTCP
 /// commands elsewhere than the test says.
-const STEERING: [&str; 15] = [
+const STEERING: [&str; 17] = [
     "DMTCP_COORD_HOST",
     "DMTCP_HOST",
     "DMTCP_COORD_PORT",
@@ -33,7 +33,9 @@ const STEERING: [&str; 15] = [
     "DMTCP_CHECKPOINT_DIR",
     "DMTCP_CHECKPOINT_INTERVAL",
     "DMTCP_RESTART_DIR",
+    "DMTCP_RESTART_PAUSE",
     "DMTCP_QUIET",
+    "DMTCP_UNIQUE_CKPT_PLUGIN",
     "STASIS_COORD_ADDR",
     "STASIS_COORD_SOCKET",
     "STASIS_COORD_HOST",
@@ -44,7 +46,7 @@ const STEERING: [&str; 15] = [
 
 /// `name` (dmtcp_launch, ...) run in the sandbox, with the coordinators'
 /// sockets under the sandbox and nothing inherited that names another.
-fn dmtcp(sb: &Sandbox, name: &str) -> Command {
+pub(crate) fn dmtcp(sb: &Sandbox, name: &str) -> Command {
     let mut cmd = Command::new(dmtcp_bin(name));
     for var in STEERING {
         cmd.env_remove(var);
@@ -203,7 +205,7 @@ fn dmtcp_images(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     v
 }
 
-fn copy_piece(p: &Piece) -> Piece {
+pub(crate) fn copy_piece(p: &Piece) -> Piece {
     Piece::new(&p.label, p.lines.clone(), p.checkpoints.clone())
 }
 

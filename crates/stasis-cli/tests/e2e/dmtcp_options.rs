@@ -9,55 +9,14 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use crate::dmtcp::{copy_piece, dmtcp};
 use crate::support::*;
+use crate::wait_until;
 
 const POLL: Duration = Duration::from_millis(20);
-
-/// Variables of the test's own environment that would steer the DMTCP
-/// commands elsewhere than the test says.
-const STEERING: [&str; 17] = [
-    "DMTCP_COORD_HOST",
-    "DMTCP_HOST",
-    "DMTCP_COORD_PORT",
-    "DMTCP_PORT",
-    "DMTCP_TMPDIR",
-    "DMTCP_CHECKPOINT_DIR",
-    "DMTCP_CHECKPOINT_INTERVAL",
-    "DMTCP_RESTART_DIR",
-    "DMTCP_RESTART_PAUSE",
-    "DMTCP_QUIET",
-    "DMTCP_UNIQUE_CKPT_PLUGIN",
-    "STASIS_COORD_ADDR",
-    "STASIS_COORD_SOCKET",
-    "STASIS_COORD_HOST",
-    "STASIS_COORD_PORT",
-    "STASIS_COORD_SECRET",
-    "STASIS_TMPDIR",
-];
-
-/// `name` (dmtcp_launch, ...) run in the sandbox, its sockets under it.
-fn dmtcp(sb: &Sandbox, name: &str) -> Command {
-    let mut cmd = Command::new(dmtcp_bin(name));
-    for var in STEERING {
-        cmd.env_remove(var);
-    }
-    cmd.env("DMTCP_TMPDIR", sb.path()).current_dir(sb.path());
-    cmd
-}
-
-fn wait_for(sb: &Sandbox, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() > deadline {
-            sb.fail(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        sleep(POLL);
-    }
-}
 
 /// `dmtcp_command ARGS...` to its end: (success, stdout).
 fn command(sb: &Sandbox, args: &[&str]) -> (bool, String) {
@@ -100,7 +59,7 @@ fn coordinator(sb: &Sandbox, ck: &Path) -> (Proc, u16) {
     cmd.args(["-p", "0", "--port-file"]).arg(&port_file).arg("--ckptdir").arg(ck).arg("--exit-on-last");
     let mut coord = Proc::spawn(sb, &sb.label("dmtcp_coordinator"), cmd, Out::Pipe);
     let mut port = None;
-    wait_for(sb, "the coordinator's port file", QUICK_TIMEOUT, || {
+    wait_until(sb, "the coordinator's port file", QUICK_TIMEOUT, || {
         port = fs::read_to_string(&port_file).ok().and_then(|t| t.trim().parse::<u16>().ok());
         port.is_some() || coord.poll_exit().is_some()
     });
@@ -153,7 +112,7 @@ fn ckptdir_given_to_an_idle_coordinator() {
     cmd.current_dir(sb.mkdir("run"));
     let mut app = Proc::spawn(&sb, &sb.label("dmtcp_launch"), cmd, Out::Pipe);
     app.wait_lines(&sb, 3);
-    wait_for(&sb, "the coordinator to count the process", QUICK_TIMEOUT, || {
+    wait_until(&sb, "the coordinator to count the process", QUICK_TIMEOUT, || {
         command(&sb, &["-p", &p, "-s"]).1.contains("NUM_PEERS=1")
     });
     // A computation's directory never changes under its processes.
@@ -191,7 +150,7 @@ fn ckptdir_given_to_an_idle_coordinator() {
     cmd.args(["--join-coordinator", "-p", &p, "--ckptdir"]).arg(&restarted_ck).args(&images);
     let mut restart = Proc::spawn(&sb, &sb.label("dmtcp_restart"), cmd, Out::Pipe);
     restart.wait_lines(&sb, 2);
-    wait_for(&sb, "the coordinator to count the restarted process", QUICK_TIMEOUT, || {
+    wait_until(&sb, "the coordinator to count the restarted process", QUICK_TIMEOUT, || {
         command(&sb, &["-p", &p, "-s"]).1.contains("NUM_PEERS=1")
     });
     let window = bcheckpoint(&sb, &["-p", &p], &mut restart);
@@ -232,7 +191,7 @@ fn debug_restart_pause_waits_for_sigcont() {
     let launched = Piece::new(&app.label, app.lines(), vec![window]);
     let reference = finish_reference(&sb, reference);
     // The coordinator launch started goes with its computation.
-    wait_for(&sb, "the launch's coordinator to go", QUICK_TIMEOUT, || !command(&sb, &["--ckptdir", &ckdir, "-s"]).0);
+    wait_until(&sb, "the launch's coordinator to go", QUICK_TIMEOUT, || !command(&sb, &["--ckptdir", &ckdir, "-s"]).0);
 
     require_user_namespaces();
     for (how, flag, var) in [("flag", Some("1"), None), ("variable", None, Some("3"))] {
@@ -245,7 +204,7 @@ fn debug_restart_pause_waits_for_sigcont() {
         }
         cmd.arg(&ck);
         let mut restart = Proc::spawn(&sb, &sb.label(&format!("dmtcp_restart-pause-{how}")), cmd, Out::Pipe);
-        wait_for(&sb, "restart to say it pauses", QUICK_TIMEOUT, || {
+        wait_until(&sb, "restart to say it pauses", QUICK_TIMEOUT, || {
             restart.drain();
             restart.stderr_text().contains("restart paused before restoring") || restart.poll_exit().is_some()
         });
@@ -262,7 +221,11 @@ fn debug_restart_pause_waits_for_sigcont() {
             unsafe { libc::kill(restart.pid(), libc::SIGCONT) };
             let status = restart.wait_exit(&sb, RUN_TIMEOUT);
             sb.check(status.success(), || format!("{} exited with {status}", restart.label));
-            verify_history(&sb, &reference, &[copy(&launched), Piece::new(&restart.label, restart.lines(), vec![])]);
+            verify_history(
+                &sb,
+                &reference,
+                &[copy_piece(&launched), Piece::new(&restart.label, restart.lines(), vec![])],
+            );
         } else {
             // SIGTERM while paused ends it, with the coordinator it
             // started, and leaves the checkpoint as it was.
@@ -272,15 +235,11 @@ fn debug_restart_pause_waits_for_sigcont() {
             sb.check(status.code() == Some(128 + libc::SIGTERM), || {
                 format!("{} exited with {status} on SIGTERM while paused", restart.label)
             });
-            wait_for(&sb, "the paused restart's coordinator to go", QUICK_TIMEOUT, || {
+            wait_until(&sb, "the paused restart's coordinator to go", QUICK_TIMEOUT, || {
                 !command(&sb, &["--ckptdir", &ckdir, "-s"]).0
             });
         }
     }
-}
-
-fn copy(p: &Piece) -> Piece {
-    Piece::new(&p.label, p.lines.clone(), p.checkpoints.clone())
 }
 
 /// `--tmpdir DIR` (and DMTCP_TMPDIR) reaches the program as STASIS_TMPDIR,
